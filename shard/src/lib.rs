@@ -10,4 +10,8 @@
 
 pub mod breaker;
 pub mod clock;
+pub mod fanout;
+pub mod history;
+pub mod room;
+pub mod sse;
 pub mod timer_wheel;

@@ -1,0 +1,356 @@
+//! Configuration: command-line flags (clap) over an optional TOML file (`--config`), over
+//! built-in defaults. Flags win over the file; the file wins over defaults.
+
+use clap::Parser;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Default listen address: loopback only, so a fresh run exposes nothing.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:8080";
+/// Default largest message body, in bytes.
+pub const MAX_MESSAGE_BYTES_DEFAULT: usize = 64 * 1024;
+/// Default largest request head (request line + headers), in bytes.
+pub const MAX_HEADER_BYTES_DEFAULT: usize = 16 * 1024;
+/// Largest accepted `--max-message-bytes`.
+pub const MAX_MESSAGE_BYTES_LIMIT: usize = 16 << 20;
+
+/// Flags of the `ringcast` binary. Every flag but `--config` can also be set in the file.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "ringcast",
+    version,
+    about = "Thread-per-core io_uring SSE fan-out gateway"
+)]
+pub struct Flags {
+    /// TOML config file; flags given on the command line win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on for HTTP/1.1 [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Shard threads, one per CPU [default: every CPU this process may run on].
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// Seconds between heartbeat comments on an SSE stream [default: 15].
+    #[arg(long, value_name = "SECS")]
+    pub heartbeat: Option<f64>,
+    /// Largest message body in bytes; larger gets 413 [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Largest request head in bytes; larger gets 431 [default: 16384].
+    #[arg(long, value_name = "BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Seconds a client has to send a complete request head; later gets 408 [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub header_timeout: Option<f64>,
+    /// Seconds an idle keep-alive connection is kept between requests [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<f64>,
+    /// Messages kept per room for Last-Event-ID resume [default: 256].
+    #[arg(long, value_name = "N")]
+    pub history: Option<usize>,
+    /// Bytes kept per room for resume [default: 4194304].
+    #[arg(long, value_name = "BYTES")]
+    pub history_bytes: Option<usize>,
+    /// Rooms per shard [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub max_rooms: Option<usize>,
+    /// Connections per process, split evenly over shards [default: 1048576].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Milliseconds a subscriber may wait under load so later events share its write
+    /// [default: 20].
+    #[arg(long, value_name = "MS")]
+    pub coalesce_delay_ms: Option<u64>,
+    /// Queued subscribers per shard from which the coalescing delay applies [default: 2048].
+    #[arg(long, value_name = "N")]
+    pub coalesce_queue_min: Option<usize>,
+    /// Writes handed to the ring per loop turn before reading new events [default: 64].
+    #[arg(long, value_name = "N")]
+    pub write_budget: Option<usize>,
+    /// Log filter (tracing EnvFilter syntax) [default: info].
+    #[arg(long, value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+/// The same settings as read from a TOML file; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    listen: Option<SocketAddr>,
+    shards: Option<usize>,
+    heartbeat: Option<f64>,
+    max_message_bytes: Option<usize>,
+    max_header_bytes: Option<usize>,
+    header_timeout: Option<f64>,
+    idle_timeout: Option<f64>,
+    history: Option<usize>,
+    history_bytes: Option<usize>,
+    max_rooms: Option<usize>,
+    max_connections: Option<usize>,
+    coalesce_delay_ms: Option<u64>,
+    coalesce_queue_min: Option<usize>,
+    write_budget: Option<usize>,
+    log: Option<String>,
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or holds an unknown key.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What toml said, with the line.
+        message: String,
+    },
+    /// A value is out of its range.
+    #[error("--{flag}: {message}")]
+    Invalid {
+        /// The flag (or file key) at fault.
+        flag: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The settings in force.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTP/1.1 listen address.
+    pub listen: SocketAddr,
+    /// Shard threads.
+    pub shards: usize,
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// Largest message body.
+    pub max_message_bytes: usize,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// Time to send a full request head.
+    pub header_timeout: Duration,
+    /// Keep-alive idle time between requests.
+    pub idle_timeout: Duration,
+    /// Messages kept per room.
+    pub history: usize,
+    /// Bytes kept per room.
+    pub history_bytes: usize,
+    /// Rooms per shard.
+    pub max_rooms: usize,
+    /// Connections per process.
+    pub max_connections: usize,
+    /// Coalescing delay under load.
+    pub coalesce_delay: Duration,
+    /// Queue length from which the coalescing delay applies.
+    pub coalesce_queue_min: usize,
+    /// Writes per loop turn.
+    pub write_budget: usize,
+    /// Log filter.
+    pub log: String,
+    /// Where the file settings came from, for reloads.
+    pub config_path: Option<PathBuf>,
+}
+
+fn seconds(flag: &'static str, value: f64) -> Result<Duration, ConfigError> {
+    if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
+        return Err(ConfigError::Invalid {
+            flag,
+            message: format!("{value} is not between 0 and 86400 seconds"),
+        });
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+fn in_range(
+    flag: &'static str,
+    value: usize,
+    min: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::Invalid {
+            flag,
+            message: format!("{value} is not between {min} and {max}"),
+        });
+    }
+    Ok(value)
+}
+
+/// Reads and parses a TOML config file.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|err| ConfigError::Parse {
+        path: path.to_owned(),
+        message: err.to_string(),
+    })
+}
+
+impl Config {
+    /// Merges flags over the file (if any) over defaults and checks every value.
+    pub fn load(flags: Flags) -> Result<Self, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(flags, file)
+    }
+
+    /// Merges flags over file settings over defaults.
+    pub fn merge(flags: Flags, file: FileConfig) -> Result<Self, ConfigError> {
+        let cpus = core_affinity::get_core_ids().map_or(1, |ids| ids.len().max(1));
+        let listen = flags.listen.or(file.listen).unwrap_or_else(|| {
+            LISTEN_DEFAULT
+                .parse()
+                .expect("the default listen address parses")
+        });
+        let shards = in_range(
+            "shards",
+            flags.shards.or(file.shards).unwrap_or(cpus),
+            1,
+            1024,
+        )?;
+        let max_message_bytes = in_range(
+            "max-message-bytes",
+            flags
+                .max_message_bytes
+                .or(file.max_message_bytes)
+                .unwrap_or(MAX_MESSAGE_BYTES_DEFAULT),
+            1,
+            MAX_MESSAGE_BYTES_LIMIT,
+        )?;
+        Ok(Self {
+            listen,
+            shards,
+            heartbeat: seconds(
+                "heartbeat",
+                flags.heartbeat.or(file.heartbeat).unwrap_or(15.0),
+            )?,
+            max_message_bytes,
+            max_header_bytes: in_range(
+                "max-header-bytes",
+                flags
+                    .max_header_bytes
+                    .or(file.max_header_bytes)
+                    .unwrap_or(MAX_HEADER_BYTES_DEFAULT),
+                256,
+                1 << 20,
+            )?,
+            header_timeout: seconds(
+                "header-timeout",
+                flags.header_timeout.or(file.header_timeout).unwrap_or(10.0),
+            )?,
+            idle_timeout: seconds(
+                "idle-timeout",
+                flags.idle_timeout.or(file.idle_timeout).unwrap_or(60.0),
+            )?,
+            history: in_range(
+                "history",
+                flags
+                    .history
+                    .or(file.history)
+                    .unwrap_or(shard::fanout::HISTORY_MESSAGES_DEFAULT),
+                1,
+                1 << 20,
+            )?,
+            history_bytes: in_range(
+                "history-bytes",
+                flags
+                    .history_bytes
+                    .or(file.history_bytes)
+                    .unwrap_or(shard::fanout::HISTORY_BYTES_DEFAULT),
+                1,
+                1 << 30,
+            )?,
+            max_rooms: in_range(
+                "max-rooms",
+                flags
+                    .max_rooms
+                    .or(file.max_rooms)
+                    .unwrap_or(shard::fanout::ROOMS_MAX_DEFAULT),
+                1,
+                1 << 24,
+            )?,
+            max_connections: in_range(
+                "max-connections",
+                flags
+                    .max_connections
+                    .or(file.max_connections)
+                    .unwrap_or(1 << 20),
+                shards,
+                1 << 24,
+            )?,
+            coalesce_delay: Duration::from_millis(in_range(
+                "coalesce-delay-ms",
+                flags
+                    .coalesce_delay_ms
+                    .or(file.coalesce_delay_ms)
+                    .unwrap_or(20) as usize,
+                0,
+                1000,
+            )? as u64),
+            coalesce_queue_min: flags
+                .coalesce_queue_min
+                .or(file.coalesce_queue_min)
+                .unwrap_or(shard::fanout::COALESCE_QUEUE_MIN_DEFAULT),
+            write_budget: in_range(
+                "write-budget",
+                flags.write_budget.or(file.write_budget).unwrap_or(64),
+                1,
+                100_000,
+            )?,
+            log: flags.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
+            config_path: flags.config,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_over_defaults() {
+        let file: FileConfig =
+            toml::from_str("heartbeat = 3.0\nhistory = 9\nlisten = \"127.0.0.1:9\"").unwrap();
+        let flags = Flags {
+            heartbeat: Some(1.5),
+            ..Flags::default()
+        };
+        let config = Config::merge(flags, file).unwrap();
+        assert_eq!(config.heartbeat, Duration::from_millis(1500));
+        assert_eq!(config.history, 9);
+        assert_eq!(config.listen.port(), 9);
+        assert_eq!(config.max_message_bytes, MAX_MESSAGE_BYTES_DEFAULT);
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let flags = Flags {
+            heartbeat: Some(-1.0),
+            ..Flags::default()
+        };
+        let err = Config::merge(flags, FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--heartbeat:"), "{err}");
+        let err = toml::from_str::<FileConfig>("nope = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+}

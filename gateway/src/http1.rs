@@ -1,0 +1,345 @@
+//! HTTP/1.1 request heads (parsed with `httparse`), routes and the responses ringcast
+//! writes. No IO here: the worker hands in bytes and writes what comes back.
+
+use bytes::Bytes;
+use shard::room::validate_room_name;
+
+/// Headers a request may carry at most; more gets 431.
+pub const HEADERS_MAX: usize = 48;
+
+/// A parsed request head, reduced to what ringcast uses.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Bytes of the request line and headers, including the blank line.
+    pub len: usize,
+    /// The method.
+    pub method: Method,
+    /// What was asked for.
+    pub route: Route,
+    /// Declared body length.
+    pub content_length: usize,
+    /// The client asked to close after this request (or spoke HTTP/1.0 without keep-alive).
+    pub close: bool,
+    /// `Last-Event-ID` header or `last_event_id` query value.
+    pub last_event_id: Option<u64>,
+}
+
+/// Methods ringcast tells apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// GET (and HEAD is refused as 405).
+    Get,
+    /// POST.
+    Post,
+    /// Anything else.
+    Other,
+}
+
+/// The resources of DESIGN.md §3.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `/rooms/{room}/events`
+    Events(String),
+    /// `/rooms/{room}/messages`
+    Messages(String),
+    /// `/rooms/{room}`
+    Room(String),
+    /// `/publish`
+    Publish,
+    /// `/metrics`
+    Metrics,
+    /// `/healthz`
+    Healthz,
+    /// `/readyz`
+    Readyz,
+}
+
+/// A request that must be refused, with its status and a short reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP status.
+    pub status: u16,
+    /// Plain-text reason for the body.
+    pub reason: String,
+    /// Extra header lines (`Name: value\r\n`).
+    pub extra: &'static str,
+}
+
+impl Refusal {
+    fn new(status: u16, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+            extra: "",
+        }
+    }
+}
+
+/// The outcome of parsing what a connection sent so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// More bytes are needed.
+    Partial,
+    /// A full head.
+    Head(Head),
+}
+
+/// Parses a request head from `buf`.
+pub fn parse(
+    buf: &[u8],
+    max_header_bytes: usize,
+    max_body_bytes: usize,
+) -> Result<Parsed, Refusal> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut request = httparse::Request::new(&mut headers);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > max_header_bytes {
+                return Err(Refusal::new(431, "request header fields too large"));
+            }
+            return Ok(Parsed::Partial);
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Refusal::new(431, "too many header fields"))
+        }
+        Err(err) => return Err(Refusal::new(400, format!("bad request: {err}"))),
+    };
+    if len > max_header_bytes {
+        return Err(Refusal::new(431, "request header fields too large"));
+    }
+    let method = match request.method {
+        Some("GET") => Method::Get,
+        Some("POST") => Method::Post,
+        _ => Method::Other,
+    };
+    let version = request.version.unwrap_or(1);
+    let mut close = version == 0;
+    let mut content_length = 0usize;
+    let mut last_event_id = None;
+    for header in request.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            content_length = std::str::from_utf8(header.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| Refusal::new(400, "bad content-length"))?;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(Refusal::new(
+                411,
+                "chunked bodies are not accepted; send content-length",
+            ));
+        } else if name.eq_ignore_ascii_case("connection") {
+            let value = String::from_utf8_lossy(header.value).to_ascii_lowercase();
+            if value.contains("close") {
+                close = true;
+            } else if value.contains("keep-alive") {
+                close = false;
+            }
+        } else if name.eq_ignore_ascii_case("last-event-id") {
+            last_event_id = Some(parse_id(header.value)?);
+        }
+    }
+    let target = request.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    for pair in query.split('&') {
+        if let Some(value) = pair.strip_prefix("last_event_id=") {
+            last_event_id = Some(parse_id(value.as_bytes())?);
+        }
+    }
+    let route = route(path)?;
+    if method == Method::Post && content_length > max_body_bytes {
+        return Err(Refusal::new(
+            413,
+            format!("body over {max_body_bytes} bytes"),
+        ));
+    }
+    Ok(Parsed::Head(Head {
+        len,
+        method,
+        route,
+        content_length,
+        close,
+        last_event_id,
+    }))
+}
+
+fn parse_id(value: &[u8]) -> Result<u64, Refusal> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| Refusal::new(400, "last event id must be a decimal number"))
+}
+
+fn room(name: &str) -> Result<String, Refusal> {
+    validate_room_name(name.as_bytes())
+        .map(str::to_owned)
+        .map_err(|err| Refusal::new(400, format!("bad room name: {err}")))
+}
+
+fn route(path: &str) -> Result<Route, Refusal> {
+    Ok(match path {
+        "/publish" => Route::Publish,
+        "/metrics" => Route::Metrics,
+        "/healthz" => Route::Healthz,
+        "/readyz" => Route::Readyz,
+        _ => {
+            let Some(rest) = path.strip_prefix("/rooms/") else {
+                return Err(Refusal::new(404, "not found"));
+            };
+            match rest.split_once('/') {
+                None => Route::Room(room(rest)?),
+                Some((name, "events")) => Route::Events(room(name)?),
+                Some((name, "messages")) => Route::Messages(room(name)?),
+                Some(_) => return Err(Refusal::new(404, "not found")),
+            }
+        }
+    })
+}
+
+impl Route {
+    /// The method each route answers to.
+    pub fn allowed(&self) -> Method {
+        match self {
+            Route::Messages(_) | Route::Publish => Method::Post,
+            _ => Method::Get,
+        }
+    }
+}
+
+/// A 405 for a route that answers to `allowed` only.
+pub fn method_not_allowed(allowed: Method) -> Refusal {
+    let extra = if allowed == Method::Post {
+        "Allow: POST\r\n"
+    } else {
+        "Allow: GET\r\n"
+    };
+    Refusal {
+        status: 405,
+        reason: "method not allowed".into(),
+        extra,
+    }
+}
+
+fn status_text(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// A complete response with a body.
+pub fn response(status: u16, content_type: &str, extra: &str, body: &[u8], close: bool) -> Bytes {
+    let connection = if close { "close" } else { "keep-alive" };
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {connection}\r\n{extra}\r\n",
+        status_text(status),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    Bytes::from(out)
+}
+
+/// A plain-text refusal; refusals of malformed requests close the connection.
+pub fn refusal(refusal: &Refusal, close: bool) -> Bytes {
+    let body = format!("{}\n", refusal.reason);
+    response(
+        refusal.status,
+        "text/plain; charset=utf-8",
+        refusal.extra,
+        body.as_bytes(),
+        close,
+    )
+}
+
+/// The head of an SSE stream; the body runs until the connection closes.
+pub const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: keep-alive\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(req: &str) -> Result<Parsed, Refusal> {
+        parse(req.as_bytes(), 1024, 100)
+    }
+
+    fn status(req: &str) -> u16 {
+        head(req).map(|_| 200).unwrap_or_else(|r| r.status)
+    }
+
+    #[test]
+    fn routes_and_refusals_table() {
+        let cases: &[(&str, u16)] = &[
+            ("GET /rooms/a/events HTTP/1.1\r\n\r\n", 200),
+            (
+                "POST /rooms/a/messages HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
+                200,
+            ),
+            ("GET /rooms/a HTTP/1.1\r\n\r\n", 200),
+            ("GET /nope HTTP/1.1\r\n\r\n", 404),
+            ("GET /rooms/a/nope HTTP/1.1\r\n\r\n", 404),
+            ("GET /rooms/a%20b/events HTTP/1.1\r\n\r\n", 400),
+            ("GET /rooms//events HTTP/1.1\r\n\r\n", 400),
+            ("BLAH\r\n\r\n", 400),
+            ("GET / HTTP/9.9\r\n\r\n", 400),
+            (
+                "POST /rooms/a/messages HTTP/1.1\r\nContent-Length: 101\r\n\r\n",
+                413,
+            ),
+            (
+                "POST /rooms/a/messages HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+                400,
+            ),
+            (
+                "POST /rooms/a/messages HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                411,
+            ),
+            ("GET /rooms/a/events?last_event_id=x HTTP/1.1\r\n\r\n", 400),
+        ];
+        for (req, want) in cases {
+            assert_eq!(status(req), *want, "{req:?}");
+        }
+        let many: String = (0..60).map(|i| format!("X-{i}: y\r\n")).collect();
+        assert_eq!(status(&format!("GET /healthz HTTP/1.1\r\n{many}\r\n")), 431);
+        let big = format!("GET /healthz HTTP/1.1\r\nX: {}\r\n", "y".repeat(2000));
+        assert_eq!(status(&big), 431, "partial head over the limit");
+        assert_eq!(
+            head("GET /healthz HTTP/1.1\r\nHost: x"),
+            Ok(Parsed::Partial)
+        );
+    }
+
+    #[test]
+    fn resume_ids_from_header_or_query() {
+        let Ok(Parsed::Head(h)) = head("GET /rooms/a/events?last_event_id=7 HTTP/1.1\r\n\r\n")
+        else {
+            panic!()
+        };
+        assert_eq!(h.last_event_id, Some(7));
+        let Ok(Parsed::Head(h)) = head("GET /rooms/a/events HTTP/1.1\r\nLast-Event-ID: 12\r\n\r\n")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (h.last_event_id, h.route),
+            (Some(12), Route::Events("a".into()))
+        );
+        let Ok(Parsed::Head(h)) = head("GET /healthz HTTP/1.0\r\n\r\n") else {
+            panic!()
+        };
+        assert!(h.close);
+    }
+}

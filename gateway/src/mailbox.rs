@@ -1,0 +1,119 @@
+//! Cross-shard message passing: one bounded single-producer queue per ordered pair of
+//! shards plus an eventfd per shard to wake its loop. Nothing else is shared between
+//! shards on the hot path.
+
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+/// Messages one queue holds. A publish is refused (503) when its outbox backs up past
+/// [`OUTBOX_MAX`], so the queues never need to grow.
+pub const QUEUE_CAPACITY: usize = 8192;
+/// Messages a shard keeps waiting for room in a full queue before it refuses publishes.
+pub const OUTBOX_MAX: usize = 65_536;
+
+/// Where a reply goes: a connection slot on a shard, checked by serial so a reply to a
+/// connection that has since closed is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// Origin shard.
+    pub shard: u32,
+    /// Connection slot on the origin shard.
+    pub slot: u32,
+    /// The connection's serial.
+    pub serial: u32,
+    /// Line of a batch publish (0 for single publishes).
+    pub index: u32,
+}
+
+/// One message between shards.
+#[derive(Debug)]
+pub enum Mail {
+    /// Sequence this message in a room the receiver owns.
+    Publish {
+        /// Room name.
+        room: Arc<str>,
+        /// Message data.
+        data: Bytes,
+        /// Who waits for the id.
+        reply: ReplyTo,
+    },
+    /// The owner's answer to [`Mail::Publish`]: the id, or why it refused.
+    Sequenced {
+        /// Who waits.
+        reply: ReplyTo,
+        /// The id or a refusal reason.
+        result: Result<u64, &'static str>,
+    },
+    /// A sequenced frame for this shard's replica of a room.
+    Frame {
+        /// Room name.
+        room: Arc<str>,
+        /// Its id.
+        id: u64,
+        /// The encoded SSE frame, shared with every shard.
+        frame: Bytes,
+    },
+    /// How many subscribers of `room` do you hold?
+    RoomQuery {
+        /// Room name.
+        room: Arc<str>,
+        /// Who waits.
+        reply: ReplyTo,
+    },
+    /// Answer to [`Mail::RoomQuery`].
+    RoomCount {
+        /// Who waits.
+        reply: ReplyTo,
+        /// Subscribers on the answering shard.
+        subscribers: usize,
+    },
+}
+
+/// Every queue and wake-up fd of the process.
+pub struct Mesh {
+    shards: usize,
+    queues: Vec<ArrayQueue<Mail>>,
+    eventfds: Vec<OwnedFd>,
+}
+
+impl Mesh {
+    /// Queues for `shards` shards.
+    pub fn new(shards: usize) -> io::Result<Self> {
+        let mut eventfds = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            // SAFETY: eventfd has no memory arguments; the fd is checked below and owned.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
+            eventfds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let queues = (0..shards * shards)
+            .map(|_| ArrayQueue::new(QUEUE_CAPACITY))
+            .collect();
+        Ok(Self {
+            shards,
+            queues,
+            eventfds,
+        })
+    }
+
+    /// Shards in the mesh.
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// The queue from `from` to `to`.
+    pub fn queue(&self, from: usize, to: usize) -> &ArrayQueue<Mail> {
+        &self.queues[from * self.shards + to]
+    }
+
+    /// The wake-up eventfd of `shard`.
+    pub fn eventfd(&self, shard: usize) -> RawFd {
+        self.eventfds[shard].as_raw_fd()
+    }
+}

@@ -1,0 +1,1212 @@
+//! One shard's event loop: its io_uring ring, listener, connections, fan-out state and
+//! mailbox. Runs on one pinned thread; owns everything it touches.
+//!
+//! A loop turn: reap completions (accepts, reads, finished writes), drain the mailbox,
+//! expire timers, hand at most `write_budget` writes from the fan-out to the ring, flush
+//! outgoing mail, publish figures, then submit and sleep until a completion or the next
+//! deadline. The bounded write budget is what lets publishes that arrive during a big
+//! fan-out ride in the same writes (DESIGN.md §2).
+
+use crate::config::Config;
+use crate::http1::{self, Parsed, Refusal, Route};
+use crate::mailbox::{Mail, Mesh, ReplyTo, OUTBOX_MAX};
+use crate::metrics::{Figure, ShardFigures};
+use crate::uring::{Completion, OpKind, Ring};
+use bytes::Bytes;
+use shard::fanout::{Action, ConnId, Fanout, FanoutConfig};
+use shard::room::owner_shard;
+use shard::timer_wheel::{TimerKey, TimerWheel};
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Bytes a receive asks for at once.
+const RECV_CHUNK: usize = 16 * 1024;
+/// Resolution of the request/idle timer wheel.
+const TIMER_TICK: Duration = Duration::from_millis(10);
+/// How long a connection refused for bad input may keep sending before it is closed (so
+/// the client reads the refusal instead of a reset).
+const LINGER: Duration = Duration::from_secs(2);
+/// Longest sleep in one wait, so a stop request is seen promptly.
+const WAIT_MAX: Duration = Duration::from_millis(100);
+/// Mail taken from each queue per turn.
+const MAIL_PER_TURN: usize = 4096;
+/// Lines one `POST /publish` batch may hold.
+const BATCH_LINES_MAX: usize = 10_000;
+/// Extra connection slots past the limit, used only to answer 503 before closing.
+const REFUSAL_SLOTS: usize = 1024;
+/// How long a stopping shard waits for its connections to close.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// What the shards share: settings, the mesh, figures and the stop flag.
+pub struct Shared {
+    /// Settings.
+    pub config: Config,
+    /// Cross-shard queues.
+    pub mesh: Mesh,
+    /// One block of figures per shard.
+    pub figures: Vec<ShardFigures>,
+    /// Set by the signal handler.
+    pub stop: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading a request (or waiting for the next one on keep-alive).
+    Reading,
+    /// Waiting for other shards to answer.
+    Waiting,
+    /// An SSE stream.
+    Streaming,
+    /// A refusal was written; reading until the client closes.
+    Lingering,
+    /// Closing: waiting for in-flight operations, then the close.
+    Closing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimerKind {
+    Header,
+    Idle,
+    Linger,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Publish {
+        room: Arc<str>,
+        result: Option<Result<u64, &'static str>>,
+    },
+    Batch {
+        results: Vec<BatchLine>,
+    },
+    RoomInfo {
+        room: Arc<str>,
+        subscribers: usize,
+        last_id: u64,
+        history_len: usize,
+    },
+}
+
+#[derive(Debug)]
+enum BatchLine {
+    Waiting,
+    Done(Result<u64, String>),
+}
+
+struct Conn {
+    fd: RawFd,
+    serial: u32,
+    state: State,
+    buf: Vec<u8>,
+    recv_in_flight: bool,
+    write_in_flight: bool,
+    close_submitted: bool,
+    close_after_write: bool,
+    frames: Vec<Bytes>,
+    iov: Vec<libc::iovec>,
+    write_len: usize,
+    written: usize,
+    timer: Option<(TimerKey, TimerKind)>,
+    pending: Option<Pending>,
+    outstanding: u32,
+    keep_alive: bool,
+}
+
+/// A connection slot's memory must not move while the kernel holds pointers into it, so
+/// slots are boxed.
+type Slot = Option<Box<Conn>>;
+
+/// One shard.
+pub struct Worker {
+    index: usize,
+    shards: usize,
+    shared: Arc<Shared>,
+    ring: Ring,
+    listener: RawFd,
+    accepting: bool,
+    fanout: Fanout,
+    conns: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    conns_max: usize,
+    serial_next: u32,
+    timers: TimerWheel<(u32, u32)>,
+    completions: Vec<Completion>,
+    scratch: Vec<Bytes>,
+    outbox: Vec<VecDeque<Mail>>,
+    wake_word: Box<u64>,
+    wake_read: Box<u64>,
+    wake_pending: Vec<bool>,
+    discard: Box<[u8]>,
+    bytes_written: u64,
+    rejections: u64,
+}
+
+impl Worker {
+    /// Sets up shard `index` around its listener.
+    pub fn new(index: usize, shared: Arc<Shared>, listener: RawFd) -> std::io::Result<Self> {
+        let config = &shared.config;
+        let now = Instant::now();
+        let shards = shared.mesh.shards();
+        let fanout = Fanout::new(
+            FanoutConfig {
+                history_messages_max: config.history,
+                history_bytes_max: config.history_bytes,
+                rooms_max: config.max_rooms,
+                heartbeat: config.heartbeat,
+                coalesce_delay: config.coalesce_delay,
+                coalesce_queue_min: config.coalesce_queue_min,
+                ..FanoutConfig::default()
+            },
+            now,
+        );
+        let conns_max = config.max_connections.div_ceil(shards);
+        Ok(Self {
+            index,
+            shards,
+            ring: Ring::new()?,
+            listener,
+            accepting: true,
+            fanout,
+            conns: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            conns_max,
+            serial_next: 1,
+            timers: TimerWheel::new(now, TIMER_TICK, conns_max + REFUSAL_SLOTS),
+            completions: Vec::with_capacity(1024),
+            scratch: Vec::with_capacity(shard::fanout::WRITE_FRAMES_MAX + 2),
+            outbox: (0..shards).map(|_| VecDeque::new()).collect(),
+            wake_word: Box::new(1),
+            wake_read: Box::new(0),
+            wake_pending: vec![false; shards],
+            discard: vec![0u8; 4096].into_boxed_slice(),
+            bytes_written: 0,
+            rejections: 0,
+            shared,
+        })
+    }
+
+    /// Runs the loop until a stop is requested and every connection is closed.
+    pub fn run(mut self) -> std::io::Result<()> {
+        self.ring.accept(self.listener)?;
+        let eventfd = self.shared.mesh.eventfd(self.index);
+        // SAFETY: `wake_read` is boxed and lives as long as the worker, which outlives
+        // the ring's operations (the loop only returns after the ring is dropped last).
+        unsafe { self.ring.read_eventfd(eventfd, &mut *self.wake_read)? };
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            self.completions.clear();
+            let mut completions = std::mem::take(&mut self.completions);
+            self.ring.reap(&mut completions);
+            for completion in &completions {
+                self.on_completion(now, *completion)?;
+            }
+            self.completions = completions;
+            self.drain_mail(now);
+            self.expire_timers(now);
+            self.fanout.handle_timeout(now);
+            let budget_used = self.write_out(now)?;
+            self.flush_outbox()?;
+            self.publish_figures();
+
+            if self.shared.stop.load(Ordering::Relaxed) && stop_deadline.is_none() {
+                stop_deadline = Some(now + STOP_GRACE);
+                self.begin_stop()?;
+            }
+            if let Some(deadline) = stop_deadline {
+                if self.live == 0 || now >= deadline {
+                    tracing::info!(shard = self.index, open = self.live, "shard stopped");
+                    return Ok(());
+                }
+            }
+            let mut wait = WAIT_MAX;
+            if budget_used >= self.shared.config.write_budget {
+                wait = Duration::ZERO;
+            } else {
+                for deadline in [self.fanout.poll_timeout(), self.timers.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                {
+                    wait = wait.min(deadline.saturating_duration_since(now));
+                }
+                if wait < Duration::from_micros(50) {
+                    wait = Duration::ZERO;
+                }
+            }
+            self.ring.submit_and_wait(wait)?;
+        }
+    }
+
+    fn begin_stop(&mut self) -> std::io::Result<()> {
+        self.accepting = false;
+        self.ring.cancel_accept()?;
+        for slot in 0..self.conns.len() as u32 {
+            if self.conns[slot as usize].is_some() {
+                self.begin_close(slot)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_completion(&mut self, now: Instant, c: Completion) -> std::io::Result<()> {
+        match c.kind {
+            Some(OpKind::Accept) => {
+                if c.result >= 0 {
+                    self.on_accept(now, c.result)?;
+                } else if c.result != -libc::ECANCELED {
+                    tracing::warn!(shard = self.index, errno = -c.result, "accept failed");
+                }
+                if !c.more && self.accepting {
+                    self.ring.accept(self.listener)?;
+                }
+            }
+            Some(OpKind::Recv) => self.on_recv(now, c.slot, c.result)?,
+            Some(OpKind::Write) => self.on_write(now, c.slot, c.result)?,
+            Some(OpKind::Close) => self.on_closed(c.slot),
+            Some(OpKind::WakeRead) => {
+                let eventfd = self.shared.mesh.eventfd(self.index);
+                // SAFETY: as in `run`.
+                unsafe { self.ring.read_eventfd(eventfd, &mut *self.wake_read)? };
+            }
+            Some(OpKind::WakeWrite) | Some(OpKind::Cancel) | None => {}
+        }
+        Ok(())
+    }
+
+    fn on_accept(&mut self, now: Instant, fd: RawFd) -> std::io::Result<()> {
+        if self.live >= self.conns_max + REFUSAL_SLOTS || !self.accepting {
+            // SAFETY: `fd` was just accepted and is ours; nothing else refers to it.
+            unsafe { libc::close(fd) };
+            self.rejections += 1;
+            return Ok(());
+        }
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads `one` during the call only.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        let serial = self.serial_next;
+        self.serial_next = self.serial_next.wrapping_add(1).max(1);
+        let conn = Box::new(Conn {
+            fd,
+            serial,
+            state: State::Reading,
+            buf: Vec::new(),
+            recv_in_flight: false,
+            write_in_flight: false,
+            close_submitted: false,
+            close_after_write: false,
+            frames: Vec::new(),
+            iov: Vec::new(),
+            write_len: 0,
+            written: 0,
+            timer: None,
+            pending: None,
+            outstanding: 0,
+            keep_alive: true,
+        });
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.conns[slot as usize] = Some(conn);
+                slot
+            }
+            None => {
+                self.conns.push(Some(conn));
+                (self.conns.len() - 1) as u32
+            }
+        };
+        self.live += 1;
+        if self.live > self.conns_max {
+            self.rejections += 1;
+            let refusal = Refusal {
+                status: 503,
+                reason: "connection limit reached".into(),
+                extra: "Retry-After: 1\r\n",
+            };
+            return self.refuse(slot, &refusal);
+        }
+        self.arm_timer(now, slot, TimerKind::Header);
+        self.post_recv(slot)
+    }
+
+    fn conn(&mut self, slot: u32) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(slot as usize)
+            .and_then(|c| c.as_deref_mut())
+    }
+
+    fn arm_timer(&mut self, now: Instant, slot: u32, kind: TimerKind) {
+        let config = &self.shared.config;
+        let after = match kind {
+            TimerKind::Header => config.header_timeout,
+            TimerKind::Idle => config.idle_timeout,
+            TimerKind::Linger => LINGER,
+        };
+        let Some(conn) = self
+            .conns
+            .get_mut(slot as usize)
+            .and_then(|c| c.as_deref_mut())
+        else {
+            return;
+        };
+        if let Some((key, old)) = conn.timer.take() {
+            if old == kind && self.timers.reset(&key, now + after) {
+                conn.timer = Some((key, kind));
+                return;
+            }
+            self.timers.cancel(key);
+        }
+        conn.timer = self
+            .timers
+            .insert(now + after, (slot, conn.serial))
+            .ok()
+            .map(|key| (key, kind));
+    }
+
+    fn cancel_timer(&mut self, slot: u32) {
+        if let Some(conn) = self
+            .conns
+            .get_mut(slot as usize)
+            .and_then(|c| c.as_deref_mut())
+        {
+            if let Some((key, _)) = conn.timer.take() {
+                self.timers.cancel(key);
+            }
+        }
+    }
+
+    fn expire_timers(&mut self, now: Instant) {
+        while let Some((slot, serial)) = self.timers.poll_expired(now) {
+            let Some(conn) = self.conn(slot) else {
+                continue;
+            };
+            if conn.serial != serial {
+                continue;
+            }
+            let Some((_, kind)) = conn.timer.take() else {
+                continue;
+            };
+            let result = match kind {
+                TimerKind::Header if conn.state == State::Reading && !conn.write_in_flight => {
+                    let refusal = Refusal {
+                        status: 408,
+                        reason: "request head not complete in time".into(),
+                        extra: "",
+                    };
+                    self.refuse(slot, &refusal)
+                }
+                _ => self.begin_close(slot),
+            };
+            if let Err(err) = result {
+                tracing::warn!(shard = self.index, %err, "timer action failed");
+            }
+        }
+    }
+
+    fn post_recv(&mut self, slot: u32) -> std::io::Result<()> {
+        let limit = self.shared.config.max_header_bytes + self.shared.config.max_message_bytes + 1;
+        let discard_ptr = self.discard.as_mut_ptr();
+        let discard_len = self.discard.len() as u32;
+        let Some(conn) = self
+            .conns
+            .get_mut(slot as usize)
+            .and_then(|c| c.as_deref_mut())
+        else {
+            return Ok(());
+        };
+        if conn.recv_in_flight || conn.state == State::Closing {
+            return Ok(());
+        }
+        let (ptr, len) = match conn.state {
+            State::Reading => {
+                let room = limit.saturating_sub(conn.buf.len()).clamp(1, RECV_CHUNK);
+                conn.buf.reserve(room);
+                let spare = conn.buf.spare_capacity_mut();
+                (
+                    spare.as_mut_ptr().cast::<u8>(),
+                    spare.len().min(room) as u32,
+                )
+            }
+            // Subscribers and lingering connections send nothing we keep: their bytes
+            // land in the shard's discard buffer, which is never read.
+            _ => (discard_ptr, discard_len),
+        };
+        conn.recv_in_flight = true;
+        let fd = conn.fd;
+        // SAFETY: a Reading connection's buffer is neither touched nor reallocated while
+        // `recv_in_flight` is set, and the slot (boxed) outlives the operation; the discard
+        // buffer lives as long as the worker and is never read.
+        unsafe { self.ring.recv(slot, fd, ptr, len) }
+    }
+
+    fn on_recv(&mut self, now: Instant, slot: u32, result: i32) -> std::io::Result<()> {
+        let Some(conn) = self.conn(slot) else {
+            return Ok(());
+        };
+        conn.recv_in_flight = false;
+        match conn.state {
+            State::Closing => return self.finish_close(slot),
+            _ if result <= 0 => return self.begin_close(slot),
+            State::Reading => {
+                let was_empty = conn.buf.is_empty();
+                // SAFETY: the kernel initialised `result` bytes of the spare capacity.
+                unsafe { conn.buf.set_len(conn.buf.len() + result as usize) };
+                if was_empty {
+                    self.arm_timer(now, slot, TimerKind::Header);
+                }
+                self.process(now, slot)
+            }
+            State::Waiting => Ok(()),
+            State::Streaming | State::Lingering => {
+                conn.buf = Vec::new();
+                self.post_recv(slot)
+            }
+        }
+    }
+
+    /// Handles every complete request in the connection's buffer, one at a time.
+    fn process(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
+        let config = &self.shared.config;
+        let (max_header, max_body) = (config.max_header_bytes, config.max_message_bytes);
+        let Some(conn) = self.conn(slot) else {
+            return Ok(());
+        };
+        if conn.state != State::Reading || conn.write_in_flight || conn.recv_in_flight {
+            return Ok(());
+        }
+        let head = match http1::parse(&conn.buf, max_header, max_body) {
+            Err(refusal) => return self.refuse(slot, &refusal),
+            Ok(Parsed::Partial) => return self.post_recv(slot),
+            Ok(Parsed::Head(head)) => head,
+        };
+        let total = head.len + head.content_length;
+        if conn.buf.len() < total {
+            return self.post_recv(slot);
+        }
+        conn.keep_alive = !head.close;
+        if head.method != head.route.allowed() {
+            return self.refuse(slot, &http1::method_not_allowed(head.route.allowed()));
+        }
+        let body: Vec<u8> = conn.buf[head.len..total].to_vec();
+        conn.buf.drain(..total);
+        let close = head.close;
+        match head.route {
+            Route::Events(room) => self.subscribe(now, slot, &room, head.last_event_id),
+            Route::Messages(room) => self.publish_one(now, slot, room, body),
+            Route::Publish => self.publish_batch(now, slot, &body),
+            Route::Room(room) => self.room_info(slot, room),
+            Route::Metrics => {
+                let text = crate::metrics::render(&self.shared.figures);
+                self.respond(
+                    slot,
+                    http1::response(
+                        200,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        "",
+                        text.as_bytes(),
+                        close,
+                    ),
+                )
+            }
+            Route::Healthz => {
+                self.respond(slot, http1::response(200, "text/plain", "", b"ok\n", close))
+            }
+            Route::Readyz => {
+                if self.shared.stop.load(Ordering::Relaxed) {
+                    self.respond(
+                        slot,
+                        http1::response(
+                            503,
+                            "text/plain",
+                            "Retry-After: 1\r\n",
+                            b"draining\n",
+                            close,
+                        ),
+                    )
+                } else {
+                    self.respond(
+                        slot,
+                        http1::response(200, "text/plain", "", b"ready\n", close),
+                    )
+                }
+            }
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        room: &str,
+        last_event_id: Option<u64>,
+    ) -> std::io::Result<()> {
+        match self.fanout.handle_subscribe(
+            now,
+            ConnId(slot),
+            room,
+            last_event_id,
+            Bytes::from_static(http1::SSE_HEAD),
+        ) {
+            Ok(()) => {
+                self.cancel_timer(slot);
+                if let Some(conn) = self.conn(slot) {
+                    conn.state = State::Streaming;
+                    conn.buf = Vec::new();
+                }
+                self.post_recv(slot)
+            }
+            Err(err) => {
+                self.rejections += 1;
+                let refusal = Refusal {
+                    status: 503,
+                    reason: err.to_string(),
+                    extra: "Retry-After: 1\r\n",
+                };
+                self.refuse(slot, &refusal)
+            }
+        }
+    }
+
+    fn outbox_full(&self) -> bool {
+        self.outbox.iter().any(|q| q.len() >= OUTBOX_MAX)
+    }
+
+    /// Sequences a message of a room this shard owns and hands the frame to every other
+    /// shard.
+    fn sequence(
+        &mut self,
+        now: Instant,
+        room: &Arc<str>,
+        data: &[u8],
+    ) -> Result<u64, &'static str> {
+        if self.outbox_full() {
+            self.rejections += 1;
+            return Err("shard queues full");
+        }
+        let (id, frame) = self
+            .fanout
+            .handle_publish(now, room, data)
+            .map_err(|_| "room limit reached")?;
+        for target in 0..self.shards {
+            if target != self.index {
+                self.outbox[target].push_back(Mail::Frame {
+                    room: room.clone(),
+                    id,
+                    frame: frame.clone(),
+                });
+            }
+        }
+        Ok(id)
+    }
+
+    fn reply_to(&self, slot: u32, index: u32) -> ReplyTo {
+        let serial = self.conns[slot as usize].as_ref().map_or(0, |c| c.serial);
+        ReplyTo {
+            shard: self.index as u32,
+            slot,
+            serial,
+            index,
+        }
+    }
+
+    fn publish_one(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        room: String,
+        body: Vec<u8>,
+    ) -> std::io::Result<()> {
+        let room: Arc<str> = Arc::from(room);
+        let owner = owner_shard(&room, self.shards);
+        if owner == self.index {
+            let result = self.sequence(now, &room, &body);
+            return self.finish_publish(slot, &room, result);
+        }
+        if self.outbox_full() {
+            self.rejections += 1;
+            return self.finish_publish(slot, &room, Err("shard queues full"));
+        }
+        let reply = self.reply_to(slot, 0);
+        self.outbox[owner].push_back(Mail::Publish {
+            room: room.clone(),
+            data: Bytes::from(body),
+            reply,
+        });
+        if let Some(conn) = self.conn(slot) {
+            conn.state = State::Waiting;
+            conn.outstanding = 1;
+            conn.pending = Some(Pending::Publish { room, result: None });
+        }
+        Ok(())
+    }
+
+    fn finish_publish(
+        &mut self,
+        slot: u32,
+        room: &str,
+        result: Result<u64, &'static str>,
+    ) -> std::io::Result<()> {
+        let close = self.conn(slot).is_none_or(|c| !c.keep_alive);
+        let response = match result {
+            Ok(id) => http1::response(
+                201,
+                "application/json",
+                "",
+                format!("{{\"id\":{id}}}").as_bytes(),
+                close,
+            ),
+            Err(reason) => {
+                tracing::debug!(shard = self.index, room, reason, "publish refused");
+                http1::response(
+                    503,
+                    "text/plain",
+                    "Retry-After: 1\r\n",
+                    format!("{reason}\n").as_bytes(),
+                    close,
+                )
+            }
+        };
+        self.respond(slot, response)
+    }
+
+    fn publish_batch(&mut self, now: Instant, slot: u32, body: &[u8]) -> std::io::Result<()> {
+        let mut results = Vec::new();
+        let mut outstanding = 0;
+        for (index, line) in body.split(|&b| b == b'\n').enumerate() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            if results.len() >= BATCH_LINES_MAX {
+                results.push(BatchLine::Done(Err(format!(
+                    "line {}: batch over {BATCH_LINES_MAX} lines",
+                    index + 1
+                ))));
+                break;
+            }
+            let parsed = match serde_json::from_slice::<serde_json::Value>(line) {
+                Ok(value) => batch_line(&value),
+                Err(err) => Err(format!("not JSON: {err}")),
+            };
+            let (room, data) = match parsed {
+                Ok(pair) => pair,
+                Err(reason) => {
+                    results.push(BatchLine::Done(Err(format!(
+                        "line {}: {reason}",
+                        index + 1
+                    ))));
+                    continue;
+                }
+            };
+            let room: Arc<str> = Arc::from(room);
+            let owner = owner_shard(&room, self.shards);
+            if owner == self.index {
+                let result = self
+                    .sequence(now, &room, data.as_bytes())
+                    .map_err(str::to_owned);
+                results.push(BatchLine::Done(result));
+            } else if self.outbox_full() {
+                self.rejections += 1;
+                results.push(BatchLine::Done(Err("shard queues full".to_owned())));
+            } else {
+                let reply = self.reply_to(slot, results.len() as u32);
+                self.outbox[owner].push_back(Mail::Publish {
+                    room,
+                    data: Bytes::from(data.into_bytes()),
+                    reply,
+                });
+                results.push(BatchLine::Waiting);
+                outstanding += 1;
+            }
+        }
+        if let Some(conn) = self.conn(slot) {
+            conn.pending = Some(Pending::Batch { results });
+            conn.outstanding = outstanding;
+            conn.state = State::Waiting;
+        }
+        if outstanding == 0 {
+            return self.complete_pending(slot);
+        }
+        Ok(())
+    }
+
+    fn room_info(&mut self, slot: u32, room: String) -> std::io::Result<()> {
+        let room: Arc<str> = Arc::from(room);
+        let info = self.fanout.room_info(&room);
+        let (subscribers, last_id, history_len) =
+            info.map_or((0, 0, 0), |i| (i.subscribers, i.last_id, i.history_len));
+        let mut outstanding = 0;
+        for target in 0..self.shards {
+            if target != self.index {
+                let reply = self.reply_to(slot, 0);
+                self.outbox[target].push_back(Mail::RoomQuery {
+                    room: room.clone(),
+                    reply,
+                });
+                outstanding += 1;
+            }
+        }
+        if let Some(conn) = self.conn(slot) {
+            conn.pending = Some(Pending::RoomInfo {
+                room,
+                subscribers,
+                last_id,
+                history_len,
+            });
+            conn.outstanding = outstanding;
+            conn.state = State::Waiting;
+        }
+        if outstanding == 0 {
+            return self.complete_pending(slot);
+        }
+        Ok(())
+    }
+
+    fn complete_pending(&mut self, slot: u32) -> std::io::Result<()> {
+        let Some(conn) = self.conn(slot) else {
+            return Ok(());
+        };
+        let close = !conn.keep_alive;
+        conn.state = State::Reading;
+        let Some(pending) = conn.pending.take() else {
+            return Ok(());
+        };
+        let response = match pending {
+            Pending::Publish { room, result } => {
+                return self.finish_publish(
+                    slot,
+                    &room,
+                    result.unwrap_or(Err("no answer from the owner shard")),
+                );
+            }
+            Pending::Batch { results } => {
+                let items: Vec<serde_json::Value> = results
+                    .into_iter()
+                    .map(|line| match line {
+                        BatchLine::Done(Ok(id)) => serde_json::json!({ "id": id }),
+                        BatchLine::Done(Err(error)) => serde_json::json!({ "error": error }),
+                        BatchLine::Waiting => serde_json::json!({ "error": "no answer" }),
+                    })
+                    .collect();
+                let body = serde_json::json!({ "results": items }).to_string();
+                http1::response(200, "application/json", "", body.as_bytes(), close)
+            }
+            Pending::RoomInfo {
+                room,
+                subscribers,
+                last_id,
+                history_len,
+            } => {
+                let body = serde_json::json!({ "room": &*room, "subscribers": subscribers, "last_id": last_id, "history_len": history_len }).to_string();
+                http1::response(200, "application/json", "", body.as_bytes(), close)
+            }
+        };
+        self.respond(slot, response)
+    }
+
+    fn drain_mail(&mut self, now: Instant) {
+        for from in 0..self.shards {
+            if from == self.index {
+                continue;
+            }
+            for _ in 0..MAIL_PER_TURN {
+                let Some(mail) = self.shared.mesh.queue(from, self.index).pop() else {
+                    break;
+                };
+                if let Err(err) = self.on_mail(now, mail) {
+                    tracing::warn!(shard = self.index, %err, "mail handling failed");
+                }
+            }
+        }
+    }
+
+    fn on_mail(&mut self, now: Instant, mail: Mail) -> std::io::Result<()> {
+        match mail {
+            Mail::Publish { room, data, reply } => {
+                let result = self.sequence(now, &room, &data);
+                self.outbox[reply.shard as usize].push_back(Mail::Sequenced { reply, result });
+            }
+            Mail::Frame { room, id, frame } => {
+                self.fanout.handle_frame(now, &room, id, frame);
+            }
+            Mail::RoomQuery { room, reply } => {
+                let subscribers = self.fanout.room_info(&room).map_or(0, |i| i.subscribers);
+                self.outbox[reply.shard as usize].push_back(Mail::RoomCount { reply, subscribers });
+            }
+            Mail::Sequenced { reply, result } => {
+                let Some(conn) = self.conn(reply.slot).filter(|c| c.serial == reply.serial) else {
+                    return Ok(());
+                };
+                match &mut conn.pending {
+                    Some(Pending::Publish {
+                        result: slot_result,
+                        ..
+                    }) => *slot_result = Some(result),
+                    Some(Pending::Batch { results }) => {
+                        if let Some(line) = results.get_mut(reply.index as usize) {
+                            *line = BatchLine::Done(result.map_err(str::to_owned));
+                        }
+                    }
+                    _ => return Ok(()),
+                }
+                conn.outstanding = conn.outstanding.saturating_sub(1);
+                if conn.outstanding == 0 {
+                    return self.complete_pending(reply.slot);
+                }
+            }
+            Mail::RoomCount { reply, subscribers } => {
+                let Some(conn) = self.conn(reply.slot).filter(|c| c.serial == reply.serial) else {
+                    return Ok(());
+                };
+                if let Some(Pending::RoomInfo {
+                    subscribers: total, ..
+                }) = &mut conn.pending
+                {
+                    *total += subscribers;
+                    conn.outstanding = conn.outstanding.saturating_sub(1);
+                    if conn.outstanding == 0 {
+                        return self.complete_pending(reply.slot);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_outbox(&mut self) -> std::io::Result<()> {
+        for target in 0..self.shards {
+            let queue = self.shared.mesh.queue(self.index, target);
+            let mut pushed = false;
+            while let Some(mail) = self.outbox[target].pop_front() {
+                match queue.push(mail) {
+                    Ok(()) => pushed = true,
+                    Err(mail) => {
+                        self.outbox[target].push_front(mail);
+                        break;
+                    }
+                }
+            }
+            if pushed {
+                self.wake_pending[target] = true;
+            }
+        }
+        for target in 0..self.shards {
+            if std::mem::take(&mut self.wake_pending[target]) {
+                let fd = self.shared.mesh.eventfd(target);
+                // SAFETY: `wake_word` is boxed, never written after setup and outlives the ring.
+                unsafe {
+                    self.ring
+                        .write_eventfd(target as u32, fd, &*self.wake_word)?
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands up to `write_budget` fan-out actions to the ring; returns how many.
+    fn write_out(&mut self, now: Instant) -> std::io::Result<usize> {
+        let budget = self.shared.config.write_budget;
+        let mut used = 0;
+        while used < budget {
+            let mut frames = std::mem::take(&mut self.scratch);
+            frames.clear();
+            let action = self.fanout.poll_action(now, &mut frames);
+            match action {
+                None => {
+                    self.scratch = frames;
+                    break;
+                }
+                Some(Action::Write { conn }) => {
+                    self.start_write(conn.0, &mut frames)?;
+                }
+                Some(Action::Close { conn, reason }) => {
+                    tracing::debug!(
+                        shard = self.index,
+                        conn = conn.0,
+                        ?reason,
+                        "closing subscriber"
+                    );
+                    let writable = self
+                        .conn(conn.0)
+                        .is_some_and(|c| !c.write_in_flight && c.state == State::Streaming);
+                    if writable && !frames.is_empty() {
+                        if let Some(c) = self.conn(conn.0) {
+                            c.close_after_write = true;
+                        }
+                        self.start_write(conn.0, &mut frames)?;
+                    } else {
+                        self.begin_close(conn.0)?;
+                    }
+                }
+            }
+            self.scratch = frames;
+            used += 1;
+        }
+        Ok(used)
+    }
+
+    /// Starts one writev of `frames` (taken) on `slot`.
+    fn start_write(&mut self, slot: u32, frames: &mut Vec<Bytes>) -> std::io::Result<()> {
+        let Some(conn) = self
+            .conns
+            .get_mut(slot as usize)
+            .and_then(|c| c.as_deref_mut())
+        else {
+            frames.clear();
+            return Ok(());
+        };
+        if conn.state == State::Closing {
+            frames.clear();
+            return self.finish_close(slot);
+        }
+        debug_assert!(!conn.write_in_flight, "one write in flight per connection");
+        std::mem::swap(&mut conn.frames, frames);
+        frames.clear();
+        conn.write_len = conn.frames.iter().map(Bytes::len).sum();
+        conn.written = 0;
+        self.submit_write(slot)
+    }
+
+    fn submit_write(&mut self, slot: u32) -> std::io::Result<()> {
+        let Some(conn) = self
+            .conns
+            .get_mut(slot as usize)
+            .and_then(|c| c.as_deref_mut())
+        else {
+            return Ok(());
+        };
+        conn.iov.clear();
+        let mut skip = conn.written;
+        for frame in &conn.frames {
+            if skip >= frame.len() {
+                skip -= frame.len();
+                continue;
+            }
+            conn.iov.push(libc::iovec {
+                iov_base: frame[skip..].as_ptr() as *mut libc::c_void,
+                iov_len: frame.len() - skip,
+            });
+            skip = 0;
+        }
+        conn.write_in_flight = true;
+        let (fd, iov, count) = (conn.fd, conn.iov.as_ptr(), conn.iov.len() as u32);
+        // SAFETY: `iov` and the frames it points into are owned by the boxed connection
+        // slot and are not modified until this write's completion is reaped
+        // (`write_in_flight`); the slot is freed only after that.
+        unsafe { self.ring.writev(slot, fd, iov, count) }
+    }
+
+    fn on_write(&mut self, now: Instant, slot: u32, result: i32) -> std::io::Result<()> {
+        if result > 0 {
+            self.bytes_written += result as u64;
+        }
+        let Some(conn) = self.conn(slot) else {
+            return Ok(());
+        };
+        conn.write_in_flight = false;
+        if conn.state == State::Closing {
+            conn.frames.clear();
+            return self.finish_close(slot);
+        }
+        if result < 0 {
+            conn.frames.clear();
+            return self.begin_close(slot);
+        }
+        conn.written += result as usize;
+        if conn.written < conn.write_len {
+            return self.submit_write(slot);
+        }
+        conn.frames.clear();
+        if conn.frames.capacity() > 64 {
+            conn.frames = Vec::new();
+            conn.iov = Vec::new();
+        }
+        if conn.close_after_write {
+            return self.begin_close(slot);
+        }
+        match conn.state {
+            State::Streaming => {
+                self.fanout.handle_write_done(now, ConnId(slot));
+                Ok(())
+            }
+            State::Lingering => {
+                // SAFETY: shutdown takes no memory; the fd is open while the slot lives.
+                unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
+                self.arm_timer(now, slot, TimerKind::Linger);
+                self.post_recv(slot)
+            }
+            State::Reading => {
+                if !conn.keep_alive {
+                    return self.begin_close(slot);
+                }
+                let kind = if conn.buf.is_empty() {
+                    TimerKind::Idle
+                } else {
+                    TimerKind::Header
+                };
+                self.arm_timer(now, slot, kind);
+                self.process(now, slot)
+            }
+            State::Waiting | State::Closing => Ok(()),
+        }
+    }
+
+    fn respond(&mut self, slot: u32, response: Bytes) -> std::io::Result<()> {
+        let mut frames = std::mem::take(&mut self.scratch);
+        frames.clear();
+        frames.push(response);
+        let result = self.start_write(slot, &mut frames);
+        self.scratch = frames;
+        result
+    }
+
+    /// Writes a refusal, then lingers: reads until the client closes so it gets the
+    /// answer rather than a reset.
+    fn refuse(&mut self, slot: u32, refusal: &Refusal) -> std::io::Result<()> {
+        tracing::debug!(shard = self.index, conn = slot, status = refusal.status, reason = %refusal.reason, "request refused");
+        self.cancel_timer(slot);
+        let Some(conn) = self.conn(slot) else {
+            return Ok(());
+        };
+        conn.state = State::Lingering;
+        if conn.recv_in_flight {
+            // The kernel may still write into the request buffer: keep it until that
+            // receive completes (it is freed in `on_recv`), and make it complete now.
+            // SAFETY: shutdown takes no memory.
+            unsafe { libc::shutdown(conn.fd, libc::SHUT_RD) };
+        } else {
+            conn.buf = Vec::new();
+        }
+        self.respond(slot, http1::refusal(refusal, true))
+    }
+
+    fn begin_close(&mut self, slot: u32) -> std::io::Result<()> {
+        self.cancel_timer(slot);
+        let Some(conn) = self
+            .conns
+            .get_mut(slot as usize)
+            .and_then(|c| c.as_deref_mut())
+        else {
+            return Ok(());
+        };
+        if conn.state == State::Closing {
+            return Ok(());
+        }
+        let was_streaming = conn.state == State::Streaming;
+        conn.state = State::Closing;
+        if conn.recv_in_flight || conn.write_in_flight {
+            // SAFETY: shutdown takes no memory; it makes in-flight operations complete.
+            unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
+        }
+        if was_streaming {
+            self.fanout.handle_disconnect(ConnId(slot));
+        }
+        self.finish_close(slot)
+    }
+
+    fn finish_close(&mut self, slot: u32) -> std::io::Result<()> {
+        let Some(conn) = self
+            .conns
+            .get_mut(slot as usize)
+            .and_then(|c| c.as_deref_mut())
+        else {
+            return Ok(());
+        };
+        if conn.state != State::Closing
+            || conn.recv_in_flight
+            || conn.write_in_flight
+            || conn.close_submitted
+        {
+            return Ok(());
+        }
+        conn.close_submitted = true;
+        let fd = conn.fd;
+        self.ring.close(slot, fd)
+    }
+
+    fn on_closed(&mut self, slot: u32) {
+        if let Some(conn) = self.conns.get_mut(slot as usize).and_then(Option::take) {
+            debug_assert!(
+                conn.timer.is_none(),
+                "a released connection holds no ticker"
+            );
+            self.live -= 1;
+            self.free.push(slot);
+        }
+    }
+
+    fn publish_figures(&mut self) {
+        let figures = &self.shared.figures[self.index];
+        let stats = self.fanout.stats();
+        let ring = self.ring.stats();
+        figures.set(Figure::Connections, self.live as u64);
+        figures.set(Figure::Subscribers, self.fanout.subscribers_live() as u64);
+        figures.set(
+            Figure::Tickers,
+            (self.fanout.tickers_live() + self.timers.len()) as u64,
+        );
+        figures.set(Figure::Rooms, self.fanout.rooms_len() as u64);
+        figures.set(Figure::Publishes, stats.publishes_total);
+        figures.set(Figure::Deliveries, stats.deliveries_total);
+        figures.set(Figure::Writes, stats.writes_total);
+        figures.set(Figure::BytesWritten, self.bytes_written);
+        figures.set(Figure::SlowCuts, stats.slow_cuts_total);
+        figures.set(Figure::Gaps, stats.gaps_total);
+        figures.set(Figure::Heartbeats, stats.heartbeats_total);
+        figures.set(Figure::SqFull, ring.sq_full_total);
+        figures.set(Figure::CqOverflow, ring.cq_overflow_total);
+        figures.set(Figure::Rejections, self.rejections);
+        figures.set(Figure::DirtyQueue, self.fanout.dirty_len() as u64);
+    }
+}
+
+fn batch_line(value: &serde_json::Value) -> Result<(String, String), String> {
+    let room = value
+        .get("room")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| "missing \"room\" string".to_owned())?;
+    let room = shard::room::validate_room_name(room.as_bytes())
+        .map_err(|err| format!("bad room name: {err}"))?;
+    let data = match value.get("data") {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => return Err("missing \"data\"".to_owned()),
+    };
+    Ok((room.to_owned(), data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_lines_table() {
+        let cases: &[(&str, Result<(&str, &str), &str>)] = &[
+            (r#"{"room":"a","data":"hi"}"#, Ok(("a", "hi"))),
+            (r#"{"room":"a","data":{"x":1}}"#, Ok(("a", "{\"x\":1}"))),
+            (r#"{"data":"hi"}"#, Err("missing \"room\" string")),
+            (r#"{"room":"a b","data":"x"}"#, Err("bad room name")),
+            (r#"{"room":"a"}"#, Err("missing \"data\"")),
+        ];
+        for (line, want) in cases {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            let got = batch_line(&value);
+            match (got, want) {
+                (Ok((r, d)), Ok((wr, wd))) => assert_eq!((r.as_str(), d.as_str()), (*wr, *wd)),
+                (Err(e), Err(w)) => assert!(e.starts_with(w), "{e}"),
+                (got, want) => panic!("{line}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+}

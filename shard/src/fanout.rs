@@ -1,0 +1,559 @@
+//! The per-shard fan-out state machine: rooms (replicas), subscribers with cursors, the
+//! queue of subscribers that have something to be written, heartbeats and the
+//! slow-consumer policy.
+//!
+//! Shape (as quinn-proto): `handle_*(now, …)` feeds events in; `poll_action(now, …)`
+//! hands out the next write or close; `poll_timeout()` says when to call again. A
+//! subscriber is a cursor into its room's history, not a queue: when its connection is
+//! idle and the cursor is behind the head, one write carries every frame from cursor to
+//! head (bounded by [`FanoutConfig::write_frames_max`]). Writes are handed out in the order
+//! subscribers became dirty; the driver takes a bounded number per loop turn, so publishes
+//! read in between ride in the same write. Under load (a long dirty queue) a subscriber
+//! waits up to [`FanoutConfig::coalesce_delay`] after becoming dirty, so that later events
+//! join its write.
+
+use crate::history::ResumeFrom;
+use crate::room::Room;
+use crate::sse;
+use crate::timer_wheel::{TimerKey, TimerWheel};
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// A connection as the driver numbers it (its slot in the driver's connection slab).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u32);
+
+/// Default history length per room, in messages.
+pub const HISTORY_MESSAGES_DEFAULT: usize = 256;
+/// Default history size per room, in bytes.
+pub const HISTORY_BYTES_DEFAULT: usize = 4 << 20;
+/// Default bound on rooms a shard creates for subscribers or owned publishes.
+pub const ROOMS_MAX_DEFAULT: usize = 100_000;
+/// Default bound on subscribers per shard.
+pub const SUBSCRIBERS_MAX_DEFAULT: usize = 1 << 20;
+/// Frames one write carries at most; below the kernel's IOV_MAX (1024) with room for the
+/// response head and a gap notice.
+pub const WRITE_FRAMES_MAX: usize = 512;
+/// Default delay a dirty subscriber may wait under load so later events join its write.
+/// Live comments tolerate tens of milliseconds; at low load it is never applied.
+pub const COALESCE_DELAY_DEFAULT: Duration = Duration::from_millis(20);
+/// Default dirty-queue length above which the loop counts as loaded. Chosen above a
+/// 1000-subscriber room so one message to a big room is written at once.
+pub const COALESCE_QUEUE_MIN_DEFAULT: usize = 2048;
+/// Default heartbeat period.
+pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(15);
+/// Resolution of the heartbeat wheel.
+pub const HEARTBEAT_TICK: Duration = Duration::from_millis(10);
+
+/// Bounds and timings of one shard's fan-out.
+#[derive(Debug, Clone)]
+pub struct FanoutConfig {
+    /// Messages kept per room for resume.
+    pub history_messages_max: usize,
+    /// Bytes kept per room for resume (the newest message is always kept).
+    pub history_bytes_max: usize,
+    /// Rooms this shard creates for subscribes and owned publishes (replicas of rooms owned
+    /// elsewhere are always kept so no shard misses a frame; at most shards × this).
+    pub rooms_max: usize,
+    /// Subscribers this shard holds.
+    pub subscribers_max: usize,
+    /// Frames one write carries at most (≤ [`WRITE_FRAMES_MAX`]).
+    pub write_frames_max: usize,
+    /// Heartbeat comment period per subscriber.
+    pub heartbeat: Duration,
+    /// Longest a dirty subscriber waits under load.
+    pub coalesce_delay: Duration,
+    /// Dirty-queue length from which the delay applies.
+    pub coalesce_queue_min: usize,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        Self {
+            history_messages_max: HISTORY_MESSAGES_DEFAULT,
+            history_bytes_max: HISTORY_BYTES_DEFAULT,
+            rooms_max: ROOMS_MAX_DEFAULT,
+            subscribers_max: SUBSCRIBERS_MAX_DEFAULT,
+            write_frames_max: WRITE_FRAMES_MAX,
+            heartbeat: HEARTBEAT_DEFAULT,
+            coalesce_delay: COALESCE_DELAY_DEFAULT,
+            coalesce_queue_min: COALESCE_QUEUE_MIN_DEFAULT,
+        }
+    }
+}
+
+/// Why the fan-out refused a subscribe or publish.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum FanoutError {
+    /// This shard already holds `rooms_max` rooms.
+    #[error("room limit reached")]
+    RoomsFull,
+    /// This shard already holds `subscribers_max` subscribers.
+    #[error("subscriber limit reached")]
+    SubscribersFull,
+    /// The connection is already subscribed.
+    #[error("connection already subscribed")]
+    AlreadySubscribed,
+    /// The per-shard ticker wheel is full.
+    #[error("timer capacity reached")]
+    TimersFull,
+}
+
+/// Why the fan-out wants a connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The history head lapped the subscriber's cursor (slow consumer).
+    Lapped,
+}
+
+/// What the driver must do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Action {
+    /// Write the frames appended to `out` to `conn`, as one write, then call
+    /// [`Fanout::handle_write_done`].
+    Write {
+        /// Target connection.
+        conn: ConnId,
+    },
+    /// The subscriber is gone from the fan-out: write the frames appended to `out` if the
+    /// connection is writable (none if a write is stuck), then close it.
+    Close {
+        /// Target connection.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// Counters of one shard's fan-out, read by the metrics layer.
+#[derive(Debug, Default, Clone)]
+pub struct FanoutStats {
+    /// Messages sequenced by this shard (owned rooms).
+    pub publishes_total: u64,
+    /// Frames received from owner shards.
+    pub replicated_total: u64,
+    /// Message frames handed out to writes (one per subscriber per message).
+    pub deliveries_total: u64,
+    /// Writes handed out.
+    pub writes_total: u64,
+    /// Subscribers cut for falling behind.
+    pub slow_cuts_total: u64,
+    /// Gap notices sent on resume.
+    pub gaps_total: u64,
+    /// Heartbeats handed out.
+    pub heartbeats_total: u64,
+}
+
+/// Public facts about one room, for `GET /rooms/{room}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// This shard's subscribers of the room.
+    pub subscribers: usize,
+    /// Highest id sequenced (0 if none).
+    pub last_id: u64,
+    /// Messages held for resume.
+    pub history_len: usize,
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    room: u32,
+    /// Index in the room's subscriber list.
+    slot: u32,
+    /// Tells queue entries of an earlier subscriber in the same slot apart.
+    serial: u32,
+    /// Last id handed to a write.
+    cursor: u64,
+    in_flight: bool,
+    queued: bool,
+    heartbeat_due: bool,
+    /// The response head and a gap notice go out with the first write.
+    preamble: Option<(Bytes, Option<Bytes>)>,
+    heartbeat: Option<TimerKey>,
+}
+
+/// One shard's fan-out state. See the module doc.
+#[derive(Debug)]
+pub struct Fanout {
+    config: FanoutConfig,
+    rooms: Vec<Room>,
+    room_index: HashMap<Arc<str>, u32>,
+    subscribers: Vec<Option<Subscriber>>,
+    subscribers_live: usize,
+    serial_next: u32,
+    /// Subscribers with something to write, in the order they became dirty.
+    dirty: VecDeque<(ConnId, u32, Instant)>,
+    /// Subscribers lapped while a write was stuck: cut before any write.
+    cuts: VecDeque<ConnId>,
+    heartbeats: TimerWheel<(ConnId, u32)>,
+    stats: FanoutStats,
+}
+
+impl Fanout {
+    /// An empty shard fan-out. `now` anchors the heartbeat wheel.
+    pub fn new(config: FanoutConfig, now: Instant) -> Self {
+        assert!(config.write_frames_max >= 1 && config.write_frames_max <= WRITE_FRAMES_MAX);
+        let timers_max = config.subscribers_max;
+        Self {
+            heartbeats: TimerWheel::new(now, HEARTBEAT_TICK, timers_max),
+            config,
+            rooms: Vec::new(),
+            room_index: HashMap::new(),
+            subscribers: Vec::new(),
+            subscribers_live: 0,
+            serial_next: 0,
+            dirty: VecDeque::new(),
+            cuts: VecDeque::new(),
+            stats: FanoutStats::default(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &FanoutConfig {
+        &self.config
+    }
+
+    /// Changes the timings that can change live (heartbeat period, coalescing).
+    pub fn set_timings(
+        &mut self,
+        heartbeat: Duration,
+        coalesce_delay: Duration,
+        coalesce_queue_min: usize,
+    ) {
+        self.config.heartbeat = heartbeat;
+        self.config.coalesce_delay = coalesce_delay;
+        self.config.coalesce_queue_min = coalesce_queue_min;
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &FanoutStats {
+        &self.stats
+    }
+
+    /// Live subscribers on this shard.
+    pub fn subscribers_live(&self) -> usize {
+        self.subscribers_live
+    }
+
+    /// Live tickers (heartbeat timers) on this shard: equals the live subscribers unless a
+    /// ticker leaked.
+    pub fn tickers_live(&self) -> usize {
+        self.heartbeats.len()
+    }
+
+    /// Rooms this shard holds.
+    pub fn rooms_len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Subscribers waiting for a write.
+    pub fn dirty_len(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// Facts about a room, if this shard holds it.
+    pub fn room_info(&self, name: &str) -> Option<RoomInfo> {
+        let room = &self.rooms[*self.room_index.get(name)? as usize];
+        Some(RoomInfo {
+            subscribers: room.subscribers.len(),
+            last_id: room.history.last_id(),
+            history_len: room.history.len(),
+        })
+    }
+
+    /// Subscriber counts per room on this shard, for the metrics' size buckets.
+    pub fn room_sizes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.rooms.iter().map(|room| room.subscribers.len())
+    }
+
+    fn room_for(&mut self, name: &str, over_limit_ok: bool) -> Result<u32, FanoutError> {
+        if let Some(&index) = self.room_index.get(name) {
+            return Ok(index);
+        }
+        if !over_limit_ok && self.rooms.len() >= self.config.rooms_max {
+            return Err(FanoutError::RoomsFull);
+        }
+        let name: Arc<str> = Arc::from(name);
+        let index = self.rooms.len() as u32;
+        self.rooms.push(Room::new(
+            name.clone(),
+            self.config.history_messages_max,
+            self.config.history_bytes_max,
+        ));
+        self.room_index.insert(name, index);
+        Ok(index)
+    }
+
+    /// Subscribes `conn` to `room`. `head` (the HTTP response head) goes out in the first
+    /// write. With `last_event_id`, the cursor starts there: every message after it still
+    /// in history is replayed, and a gap notice says what is no longer there. An id above
+    /// the head starts at the head.
+    pub fn handle_subscribe(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        room: &str,
+        last_event_id: Option<u64>,
+        head: Bytes,
+    ) -> Result<(), FanoutError> {
+        let index = conn.0 as usize;
+        if self.subscribers.get(index).is_some_and(Option::is_some) {
+            return Err(FanoutError::AlreadySubscribed);
+        }
+        if self.subscribers_live >= self.config.subscribers_max {
+            return Err(FanoutError::SubscribersFull);
+        }
+        let room_index = self.room_for(room, false)?;
+        let serial = self.serial_next;
+        let heartbeat = self
+            .heartbeats
+            .insert(now + self.config.heartbeat, (conn, serial))
+            .map_err(|_| FanoutError::TimersFull)?;
+        self.serial_next = self.serial_next.wrapping_add(1);
+        let room_ref = &mut self.rooms[room_index as usize];
+        let head_id = room_ref.history.last_id();
+        let mut cursor = last_event_id.map_or(head_id, |id| id.min(head_id));
+        let mut gap = None;
+        if let ResumeFrom::Gap { from, to } = room_ref.history.resume_from(cursor) {
+            gap = Some(sse::encode_gap(from, to));
+            cursor = to;
+            self.stats.gaps_total += 1;
+        }
+        let slot = room_ref.subscribers.len() as u32;
+        room_ref.subscribers.push(conn);
+        if self.subscribers.len() <= index {
+            self.subscribers.resize_with(index + 1, || None);
+        }
+        self.subscribers[index] = Some(Subscriber {
+            room: room_index,
+            slot,
+            serial,
+            cursor,
+            in_flight: false,
+            queued: true,
+            heartbeat_due: false,
+            preamble: Some((head, gap)),
+            heartbeat: Some(heartbeat),
+        });
+        self.subscribers_live += 1;
+        self.dirty.push_back((conn, serial, now));
+        Ok(())
+    }
+
+    /// Sequences a message in a room this shard owns: assigns the next id, encodes the
+    /// frame once, stores it and marks the room's subscribers dirty. Returns the id and the
+    /// frame, which the driver hands to the other shards ([`Fanout::handle_frame`]).
+    pub fn handle_publish(
+        &mut self,
+        now: Instant,
+        room: &str,
+        data: &[u8],
+    ) -> Result<(u64, Bytes), FanoutError> {
+        let room_index = self.room_for(room, false)?;
+        let id = self.rooms[room_index as usize].history.last_id() + 1;
+        let frame = sse::encode_message(id, data);
+        self.append(now, room_index, id, frame.clone());
+        self.stats.publishes_total += 1;
+        Ok((id, frame))
+    }
+
+    /// Stores a frame sequenced by the room's owner shard (or by the cluster broker) and
+    /// marks this shard's subscribers dirty. Frames at or below the room's head are
+    /// duplicates and ignored; returns whether it was new.
+    pub fn handle_frame(&mut self, now: Instant, room: &str, id: u64, frame: Bytes) -> bool {
+        let Ok(room_index) = self.room_for(room, true) else {
+            return false;
+        };
+        if id <= self.rooms[room_index as usize].history.last_id() {
+            return false;
+        }
+        self.append(now, room_index, id, frame);
+        self.stats.replicated_total += 1;
+        true
+    }
+
+    fn append(&mut self, now: Instant, room_index: u32, id: u64, frame: Bytes) {
+        let room = &mut self.rooms[room_index as usize];
+        room.history.push(id, frame);
+        for conn in &room.subscribers {
+            let Some(sub) = self.subscribers[conn.0 as usize].as_mut() else {
+                continue;
+            };
+            if sub.in_flight {
+                if room.history.is_lapped(sub.cursor) {
+                    self.cuts.push_back(*conn);
+                }
+            } else if !sub.queued {
+                sub.queued = true;
+                self.dirty.push_back((*conn, sub.serial, now));
+            }
+        }
+    }
+
+    /// The driver finished writing what the last [`Action::Write`] for `conn` carried.
+    pub fn handle_write_done(&mut self, now: Instant, conn: ConnId) {
+        let Some(sub) = self
+            .subscribers
+            .get_mut(conn.0 as usize)
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
+        sub.in_flight = false;
+        let room = &self.rooms[sub.room as usize];
+        if (sub.cursor < room.history.last_id() || sub.heartbeat_due) && !sub.queued {
+            sub.queued = true;
+            self.dirty.push_back((conn, sub.serial, now));
+        }
+    }
+
+    /// The connection is gone (closed by the peer, by an error, or after a Close action):
+    /// forget the subscriber and cancel its tickers. Idempotent.
+    pub fn handle_disconnect(&mut self, conn: ConnId) {
+        let Some(sub) = self
+            .subscribers
+            .get_mut(conn.0 as usize)
+            .and_then(Option::take)
+        else {
+            return;
+        };
+        self.subscribers_live -= 1;
+        if let Some(key) = sub.heartbeat {
+            self.heartbeats.cancel(key);
+        }
+        let room = &mut self.rooms[sub.room as usize];
+        let slot = sub.slot as usize;
+        room.subscribers.swap_remove(slot);
+        if let Some(moved) = room.subscribers.get(slot) {
+            if let Some(other) = self.subscribers[moved.0 as usize].as_mut() {
+                other.slot = slot as u32;
+            }
+        }
+    }
+
+    /// Expires due heartbeat tickers and re-arms them.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some((conn, serial)) = self.heartbeats.poll_expired(now) {
+            let Some(sub) = self
+                .subscribers
+                .get_mut(conn.0 as usize)
+                .and_then(Option::as_mut)
+            else {
+                continue;
+            };
+            if sub.serial != serial {
+                continue;
+            }
+            // The key held by the subscriber went stale when the timer fired.
+            sub.heartbeat = self
+                .heartbeats
+                .insert(now + self.config.heartbeat, (conn, serial))
+                .ok();
+            if !sub.in_flight && !sub.queued {
+                sub.heartbeat_due = true;
+                sub.queued = true;
+                self.dirty.push_back((conn, serial, now));
+            }
+        }
+    }
+
+    /// When the driver should call again at the latest: the next heartbeat, or the moment
+    /// the oldest dirty subscriber's coalescing delay ends. `Some(now)`-like answers
+    /// (a past instant) mean there is work now.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let dirty = self.dirty.front().map(|&(_, _, since)| {
+            if self.dirty.len() > self.config.coalesce_queue_min {
+                since + self.config.coalesce_delay
+            } else {
+                since
+            }
+        });
+        match (dirty, self.heartbeats.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Hands out the next write or close, appending the frames it carries to `out`. `None`
+    /// when nothing is due now.
+    pub fn poll_action(&mut self, now: Instant, out: &mut Vec<Bytes>) -> Option<Action> {
+        while let Some(conn) = self.cuts.pop_front() {
+            if self
+                .subscribers
+                .get(conn.0 as usize)
+                .is_some_and(Option::is_some)
+            {
+                self.handle_disconnect(conn);
+                self.stats.slow_cuts_total += 1;
+                return Some(Action::Close {
+                    conn,
+                    reason: CloseReason::Lapped,
+                });
+            }
+        }
+        while let Some(&(conn, serial, since)) = self.dirty.front() {
+            if self.dirty.len() > self.config.coalesce_queue_min
+                && now < since + self.config.coalesce_delay
+            {
+                return None;
+            }
+            self.dirty.pop_front();
+            let Some(sub) = self
+                .subscribers
+                .get_mut(conn.0 as usize)
+                .and_then(Option::as_mut)
+            else {
+                continue;
+            };
+            if sub.serial != serial || !sub.queued {
+                continue;
+            }
+            sub.queued = false;
+            debug_assert!(!sub.in_flight, "a queued subscriber has no write in flight");
+            let room = &self.rooms[sub.room as usize];
+            if room.history.is_lapped(sub.cursor) {
+                out.push(sse::encode_lagged(sub.cursor));
+                self.handle_disconnect(conn);
+                self.stats.slow_cuts_total += 1;
+                return Some(Action::Close {
+                    conn,
+                    reason: CloseReason::Lapped,
+                });
+            }
+            let start = out.len();
+            if let Some((head, gap)) = sub.preamble.take() {
+                out.push(head);
+                out.extend(gap);
+            }
+            let extra = out.len() - start;
+            let cursor = room
+                .history
+                .collect_after(sub.cursor, self.config.write_frames_max, out);
+            let delivered = out.len() - start - extra;
+            debug_assert!(cursor >= sub.cursor, "a cursor never moves back");
+            sub.cursor = cursor;
+            if sub.heartbeat_due {
+                sub.heartbeat_due = false;
+                if out.len() == start {
+                    out.push(Bytes::from_static(sse::HEARTBEAT));
+                    self.stats.heartbeats_total += 1;
+                }
+            }
+            if out.len() == start {
+                continue;
+            }
+            sub.in_flight = true;
+            self.stats.deliveries_total += delivered as u64;
+            self.stats.writes_total += 1;
+            return Some(Action::Write { conn });
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;

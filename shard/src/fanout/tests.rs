@@ -1,0 +1,433 @@
+//! The fan-out driven by a simulated shard: virtual time, subscribers whose sockets read
+//! at once or never, no real IO.
+
+use super::*;
+use proptest::prelude::*;
+
+/// A driver stand-in: polls actions, "writes" by recording frames per connection, and
+/// completes writes of connections that read.
+struct Sim {
+    fanout: Fanout,
+    now: Instant,
+    received: HashMap<ConnId, Vec<Bytes>>,
+    writes: HashMap<ConnId, usize>,
+    stuck: std::collections::HashSet<ConnId>,
+    closed: Vec<(ConnId, CloseReason, Vec<Bytes>)>,
+    pending_done: Vec<ConnId>,
+}
+
+impl Sim {
+    fn new(config: FanoutConfig) -> Self {
+        let now = Instant::now();
+        Self {
+            fanout: Fanout::new(config, now),
+            now,
+            received: HashMap::new(),
+            writes: HashMap::new(),
+            stuck: Default::default(),
+            closed: Vec::new(),
+            pending_done: Vec::new(),
+        }
+    }
+
+    fn subscribe(&mut self, conn: u32, room: &str, last: Option<u64>) {
+        self.fanout
+            .handle_subscribe(
+                self.now,
+                ConnId(conn),
+                room,
+                last,
+                Bytes::from_static(b"HEAD"),
+            )
+            .expect("subscribe");
+    }
+
+    fn publish(&mut self, room: &str, data: &str) -> u64 {
+        self.fanout
+            .handle_publish(self.now, room, data.as_bytes())
+            .expect("publish")
+            .0
+    }
+
+    /// One loop turn: complete the writes of readers, then hand out up to `budget` actions.
+    fn turn(&mut self, budget: usize) -> usize {
+        for conn in std::mem::take(&mut self.pending_done) {
+            self.fanout.handle_write_done(self.now, conn);
+        }
+        self.fanout.handle_timeout(self.now);
+        let mut done = 0;
+        let mut out = Vec::new();
+        while done < budget {
+            out.clear();
+            match self.fanout.poll_action(self.now, &mut out) {
+                None => break,
+                Some(Action::Write { conn }) => {
+                    *self.writes.entry(conn).or_default() += 1;
+                    self.received.entry(conn).or_default().extend(out.drain(..));
+                    if !self.stuck.contains(&conn) {
+                        self.pending_done.push(conn);
+                    }
+                }
+                Some(Action::Close { conn, reason }) => {
+                    self.closed.push((conn, reason, out.drain(..).collect()));
+                }
+            }
+            done += 1;
+        }
+        done
+    }
+
+    fn run_idle(&mut self) {
+        while self.turn(64) > 0 || !self.pending_done.is_empty() {}
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+    }
+
+    /// The ids of message frames a connection received, in order.
+    fn ids(&self, conn: u32) -> Vec<u64> {
+        self.received
+            .get(&ConnId(conn))
+            .map(|frames| {
+                frames
+                    .iter()
+                    .filter_map(|f| f.strip_prefix(b"id: "))
+                    .map(|rest| {
+                        let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+                        std::str::from_utf8(&rest[..end]).unwrap().parse().unwrap()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn frames(&self, conn: u32) -> &[Bytes] {
+        self.received.get(&ConnId(conn)).map_or(&[], Vec::as_slice)
+    }
+}
+
+#[test]
+fn every_subscriber_gets_every_message_in_order_once() {
+    let mut sim = Sim::new(FanoutConfig::default());
+    for conn in 0..1000 {
+        sim.subscribe(conn, &format!("r{}", conn % 7), None);
+    }
+    sim.run_idle();
+    for round in 0..20 {
+        for room in 0..7 {
+            sim.publish(&format!("r{room}"), &format!("m{round}"));
+        }
+        sim.turn(64);
+    }
+    sim.run_idle();
+    for conn in 0..1000 {
+        assert_eq!(sim.ids(conn), (1..=20).collect::<Vec<_>>(), "conn {conn}");
+        assert_eq!(sim.frames(conn)[0], Bytes::from_static(b"HEAD"));
+    }
+    assert_eq!(sim.fanout.stats().deliveries_total, 20_000);
+}
+
+#[test]
+fn publishes_during_a_write_ride_in_the_next_write() {
+    let mut sim = Sim::new(FanoutConfig::default());
+    sim.subscribe(1, "a", None);
+    sim.run_idle();
+    sim.stuck.insert(ConnId(1));
+    sim.publish("a", "one");
+    sim.turn(64);
+    assert_eq!(sim.writes[&ConnId(1)], 2);
+    for i in 0..10 {
+        sim.publish("a", &format!("x{i}"));
+    }
+    // A write is in flight: nothing more is handed out until it completes.
+    assert_eq!(sim.turn(64), 0);
+    sim.stuck.clear();
+    sim.fanout.handle_write_done(sim.now, ConnId(1));
+    assert_eq!(sim.turn(64), 1);
+    assert_eq!(
+        sim.writes[&ConnId(1)],
+        3,
+        "ten publishes coalesced into one write"
+    );
+    assert_eq!(sim.ids(1), (1..=11).collect::<Vec<_>>());
+}
+
+#[test]
+fn resume_replays_exactly_the_missed_messages() {
+    let mut sim = Sim::new(FanoutConfig::default());
+    for i in 1..=10 {
+        sim.publish("a", &format!("m{i}"));
+    }
+    sim.subscribe(1, "a", Some(6));
+    sim.subscribe(2, "a", None);
+    sim.subscribe(3, "a", Some(999));
+    sim.run_idle();
+    assert_eq!(sim.ids(1), vec![7, 8, 9, 10]);
+    assert!(sim.ids(2).is_empty());
+    assert!(sim.ids(3).is_empty(), "an id above the head starts live");
+    sim.publish("a", "m11");
+    sim.run_idle();
+    assert_eq!(sim.ids(1), vec![7, 8, 9, 10, 11]);
+    assert_eq!(sim.ids(2), vec![11]);
+    assert_eq!(sim.ids(3), vec![11]);
+}
+
+#[test]
+fn too_old_an_id_gets_a_gap_notice_first() {
+    let config = FanoutConfig {
+        history_messages_max: 4,
+        ..FanoutConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    for i in 1..=10 {
+        sim.publish("a", &format!("m{i}"));
+    }
+    sim.subscribe(1, "a", Some(2));
+    sim.run_idle();
+    let frames = sim.frames(1);
+    assert_eq!(
+        frames[1],
+        Bytes::from("event: gap\ndata: {\"from\":3,\"to\":6}\n\n")
+    );
+    assert_eq!(sim.ids(1), vec![7, 8, 9, 10]);
+    assert_eq!(sim.fanout.stats().gaps_total, 1);
+}
+
+#[test]
+fn a_stuck_subscriber_is_cut_and_others_are_not_delayed() {
+    let config = FanoutConfig {
+        history_messages_max: 8,
+        ..FanoutConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    for conn in 0..100 {
+        sim.subscribe(conn, "a", None);
+    }
+    sim.run_idle();
+    sim.stuck.insert(ConnId(0));
+    sim.publish("a", "first");
+    sim.turn(1000);
+    for i in 0..20 {
+        sim.publish("a", &format!("m{i}"));
+        sim.turn(1000);
+        // Every reader got message i+2 in this very turn.
+        for conn in 1..100 {
+            assert_eq!(sim.ids(conn).last(), Some(&(i + 2)), "conn {conn} delayed");
+        }
+    }
+    assert_eq!(sim.closed.len(), 1);
+    assert_eq!(sim.closed[0].0, ConnId(0));
+    assert_eq!(sim.closed[0].1, CloseReason::Lapped);
+    assert_eq!(sim.fanout.stats().slow_cuts_total, 1);
+    assert_eq!(sim.fanout.subscribers_live(), 99);
+    assert_eq!(sim.fanout.tickers_live(), 99);
+}
+
+#[test]
+fn a_lapped_idle_subscriber_gets_the_terminal_event() {
+    let config = FanoutConfig {
+        history_messages_max: 4,
+        write_frames_max: 2,
+        ..FanoutConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    sim.subscribe(1, "a", None);
+    sim.run_idle();
+    // Ten messages land before the subscriber's next write is handed out.
+    for i in 0..10 {
+        sim.publish("a", &format!("m{i}"));
+    }
+    sim.turn(64);
+    assert_eq!(sim.closed.len(), 1);
+    assert!(sim.closed[0].2[0].starts_with(b"event: lagged"));
+}
+
+#[test]
+fn heartbeats_arrive_on_idle_streams_and_tickers_die_with_connections() {
+    let mut sim = Sim::new(FanoutConfig {
+        heartbeat: Duration::from_secs(15),
+        ..FanoutConfig::default()
+    });
+    for conn in 0..50 {
+        sim.subscribe(conn, "a", None);
+    }
+    sim.run_idle();
+    assert_eq!(sim.fanout.tickers_live(), 50);
+    sim.advance(Duration::from_secs(14));
+    sim.run_idle();
+    assert_eq!(sim.frames(3).len(), 1, "no heartbeat before the period");
+    sim.advance(Duration::from_millis(1100));
+    sim.run_idle();
+    assert_eq!(sim.frames(3)[1], Bytes::from_static(sse::HEARTBEAT));
+    sim.advance(Duration::from_secs(15));
+    sim.run_idle();
+    assert_eq!(sim.frames(3).len(), 3);
+    for conn in 0..50 {
+        sim.fanout.handle_disconnect(ConnId(conn));
+    }
+    assert_eq!(sim.fanout.tickers_live(), 0);
+    assert_eq!(sim.fanout.subscribers_live(), 0);
+    assert_eq!(sim.fanout.room_info("a").unwrap().subscribers, 0);
+}
+
+#[test]
+fn under_load_writes_wait_for_the_coalescing_delay() {
+    let config = FanoutConfig {
+        coalesce_queue_min: 10,
+        coalesce_delay: Duration::from_millis(20),
+        ..FanoutConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    for conn in 0..100 {
+        sim.subscribe(conn, &format!("r{}", conn % 10), None);
+    }
+    sim.advance(Duration::from_millis(20));
+    sim.run_idle();
+    for room in 0..10 {
+        sim.publish(&format!("r{room}"), "x");
+    }
+    assert_eq!(sim.turn(1000), 0, "a long queue waits");
+    assert!(sim.fanout.poll_timeout().unwrap() > sim.now);
+    for room in 0..10 {
+        sim.publish(&format!("r{room}"), "y");
+    }
+    sim.advance(Duration::from_millis(20));
+    assert_eq!(sim.turn(1000), 100);
+    for conn in 0..100 {
+        assert_eq!(
+            sim.writes[&ConnId(conn)],
+            2,
+            "head write, then both events in one write"
+        );
+        assert_eq!(sim.ids(conn), vec![1, 2]);
+    }
+    // A short queue is served at once.
+    sim.run_idle();
+    sim.publish("r0", "z");
+    assert_eq!(sim.turn(1000), 10);
+}
+
+#[test]
+fn limits_are_enforced() {
+    let config = FanoutConfig {
+        rooms_max: 2,
+        subscribers_max: 3,
+        ..FanoutConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    sim.subscribe(0, "a", None);
+    sim.subscribe(1, "b", None);
+    let now = sim.now;
+    let head = Bytes::new();
+    assert_eq!(
+        sim.fanout
+            .handle_subscribe(now, ConnId(2), "c", None, head.clone()),
+        Err(FanoutError::RoomsFull)
+    );
+    assert_eq!(
+        sim.fanout
+            .handle_subscribe(now, ConnId(0), "a", None, head.clone()),
+        Err(FanoutError::AlreadySubscribed)
+    );
+    sim.subscribe(2, "a", None);
+    assert_eq!(
+        sim.fanout.handle_subscribe(now, ConnId(3), "a", None, head),
+        Err(FanoutError::SubscribersFull)
+    );
+    assert_eq!(
+        sim.fanout.handle_publish(now, "c", b"x"),
+        Err(FanoutError::RoomsFull)
+    );
+    // Replicated frames of rooms owned elsewhere are never refused.
+    assert!(sim
+        .fanout
+        .handle_frame(now, "c", 1, sse::encode_message(1, b"x")));
+    assert!(
+        !sim.fanout
+            .handle_frame(now, "c", 1, sse::encode_message(1, b"x")),
+        "duplicate ignored"
+    );
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Subscribe(u32, u8, Option<u8>),
+    Disconnect(u32),
+    Publish(u8),
+    Turn(u8),
+    Stick(u32),
+    Unstick(u32),
+    Advance(u16),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u32..40, 0u8..4, proptest::option::of(0u8..30))
+            .prop_map(|(c, r, l)| Op::Subscribe(c, r, l)),
+        (0u32..40).prop_map(Op::Disconnect),
+        (0u8..4).prop_map(Op::Publish),
+        (0u8..4).prop_map(Op::Publish),
+        (1u8..50).prop_map(Op::Turn),
+        (0u32..40).prop_map(Op::Stick),
+        (0u32..40).prop_map(Op::Unstick),
+        (0u16..20_000).prop_map(Op::Advance),
+    ]
+}
+
+proptest! {
+    /// Whatever happens, a subscriber's ids only increase without holes (unless a gap
+    /// notice said so), tickers match subscribers, and nothing is handed to a stuck write.
+    #[test]
+    fn invariants_hold_under_random_schedules(ops in proptest::collection::vec(op(), 1..300)) {
+        let config = FanoutConfig { history_messages_max: 6, write_frames_max: 3, coalesce_queue_min: 5, ..FanoutConfig::default() };
+        let mut sim = Sim::new(config);
+        let mut live: HashMap<u32, u8> = HashMap::new();
+        for op in ops {
+            match op {
+                Op::Subscribe(c, r, l) => {
+                    if let std::collections::hash_map::Entry::Vacant(e) = live.entry(c) {
+                        sim.received.remove(&ConnId(c));
+                        sim.fanout.handle_subscribe(sim.now, ConnId(c), &format!("r{r}"), l.map(u64::from), Bytes::from_static(b"HEAD")).unwrap();
+                        e.insert(r);
+                    }
+                }
+                Op::Disconnect(c) => {
+                    sim.fanout.handle_disconnect(ConnId(c));
+                    sim.pending_done.retain(|p| p.0 != c);
+                    sim.stuck.remove(&ConnId(c));
+                    live.remove(&c);
+                }
+                Op::Publish(r) => { sim.publish(&format!("r{r}"), "m"); }
+                Op::Turn(b) => { sim.turn(b as usize); }
+                Op::Stick(c) => { sim.stuck.insert(ConnId(c)); }
+                Op::Unstick(c) => {
+                    if sim.stuck.remove(&ConnId(c)) && live.contains_key(&c) {
+                        sim.pending_done.push(ConnId(c));
+                    }
+                }
+                Op::Advance(ms) => sim.advance(Duration::from_millis(ms.into())),
+            }
+            for (conn, _, _) in sim.closed.drain(..) {
+                live.remove(&conn.0);
+                sim.stuck.remove(&conn);
+                sim.pending_done.retain(|p| *p != conn);
+            }
+            prop_assert_eq!(sim.fanout.subscribers_live(), live.len());
+            prop_assert_eq!(sim.fanout.tickers_live(), live.len());
+        }
+        for (conn, _) in live {
+            let frames = sim.frames(conn);
+            let mut last: Option<u64> = None;
+            for f in frames {
+                if f.starts_with(b"event: gap") { last = None; continue; }
+                if let Some(rest) = f.strip_prefix(b"id: ") {
+                    let end = rest.iter().position(|&b| b == b'\n').unwrap();
+                    let id: u64 = std::str::from_utf8(&rest[..end]).unwrap().parse().unwrap();
+                    if let Some(prev) = last { prop_assert_eq!(id, prev + 1, "conn {} holes", conn); }
+                    last = Some(id);
+                }
+            }
+        }
+    }
+}
