@@ -107,6 +107,8 @@ pub enum FanoutError {
 pub enum CloseReason {
     /// The history head lapped the subscriber's cursor (slow consumer).
     Lapped,
+    /// The shard is draining and the subscriber has been sent everything up to the head.
+    Drained,
 }
 
 /// What the driver must do next.
@@ -189,6 +191,8 @@ pub struct Fanout {
     dirty: VecDeque<(ConnId, u32, Instant)>,
     /// Subscribers lapped while a write was stuck: cut before any write.
     cuts: VecDeque<ConnId>,
+    /// Set by [`Fanout::handle_drain`]: caught-up subscribers are closed with a retry hint.
+    drain_retry: Option<Bytes>,
     heartbeats: TimerWheel<(ConnId, u32)>,
     stats: FanoutStats,
 }
@@ -208,6 +212,7 @@ impl Fanout {
             serial_next: 0,
             dirty: VecDeque::new(),
             cuts: VecDeque::new(),
+            drain_retry: None,
             stats: FanoutStats::default(),
         }
     }
@@ -405,7 +410,8 @@ impl Fanout {
         };
         sub.in_flight = false;
         let room = &self.rooms[sub.room as usize];
-        if (sub.cursor < room.history.last_id() || sub.heartbeat_due) && !sub.queued {
+        let due = sub.cursor < room.history.last_id() || sub.heartbeat_due || self.drain_retry.is_some();
+        if due && !sub.queued {
             sub.queued = true;
             self.dirty.push_back((conn, sub.serial, now));
         }
@@ -431,6 +437,23 @@ impl Fanout {
         if let Some(moved) = room.subscribers.get(slot) {
             if let Some(other) = self.subscribers[moved.0 as usize].as_mut() {
                 other.slot = slot as u32;
+            }
+        }
+    }
+
+    /// Starts draining: from now on, every subscriber whose cursor has reached its room's
+    /// head (and whose writes are done) is handed out as [`Action::Close`] with
+    /// [`CloseReason::Drained`], carrying an SSE `retry:` hint of `retry_ms` so the client
+    /// reconnects (elsewhere) after that delay. Subscribers still behind are written to
+    /// first, so every message sequenced before the drain reaches them.
+    pub fn handle_drain(&mut self, now: Instant, retry_ms: u64) {
+        self.drain_retry = Some(sse::encode_retry(retry_ms));
+        for (index, sub) in self.subscribers.iter_mut().enumerate() {
+            if let Some(sub) = sub {
+                if !sub.in_flight && !sub.queued {
+                    sub.queued = true;
+                    self.dirty.push_back((ConnId(index as u32), sub.serial, now));
+                }
             }
         }
     }
@@ -544,6 +567,11 @@ impl Fanout {
                 }
             }
             if out.len() == start {
+                if let Some(retry) = &self.drain_retry {
+                    out.push(retry.clone());
+                    self.handle_disconnect(conn);
+                    return Some(Action::Close { conn, reason: CloseReason::Drained });
+                }
                 continue;
             }
             sub.in_flight = true;

@@ -63,13 +63,13 @@ impl Sim {
                 None => break,
                 Some(Action::Write { conn }) => {
                     *self.writes.entry(conn).or_default() += 1;
-                    self.received.entry(conn).or_default().extend(out.drain(..));
+                    self.received.entry(conn).or_default().append(&mut out);
                     if !self.stuck.contains(&conn) {
                         self.pending_done.push(conn);
                     }
                 }
                 Some(Action::Close { conn, reason }) => {
-                    self.closed.push((conn, reason, out.drain(..).collect()));
+                    self.closed.push((conn, reason, std::mem::take(&mut out)));
                 }
             }
             done += 1;
@@ -348,6 +348,35 @@ fn limits_are_enforced() {
             .handle_frame(now, "c", 1, sse::encode_message(1, b"x")),
         "duplicate ignored"
     );
+}
+
+#[test]
+fn draining_writes_everything_then_closes_with_a_retry_hint() {
+    let mut sim = Sim::new(FanoutConfig::default());
+    for conn in 0..10 {
+        sim.subscribe(conn, "a", None);
+    }
+    sim.run_idle();
+    sim.stuck.insert(ConnId(3));
+    for i in 0..5 {
+        sim.publish("a", &format!("m{i}"));
+    }
+    sim.turn(4);
+    sim.fanout.handle_drain(sim.now, 2000);
+    sim.run_idle();
+    // Conn 3's write is stuck: it is neither closed nor given up on yet.
+    assert_eq!(sim.closed.len(), 9);
+    sim.stuck.clear();
+    sim.fanout.handle_write_done(sim.now, ConnId(3));
+    sim.run_idle();
+    assert_eq!(sim.closed.len(), 10);
+    for (conn, reason, frames) in &sim.closed {
+        assert_eq!(*reason, CloseReason::Drained);
+        assert_eq!(frames, &vec![Bytes::from("retry: 2000\n\n")]);
+        assert_eq!(sim.ids(conn.0), vec![1, 2, 3, 4, 5], "conn {conn:?} got everything first");
+    }
+    assert_eq!(sim.fanout.subscribers_live(), 0);
+    assert_eq!(sim.fanout.tickers_live(), 0);
 }
 
 #[derive(Debug, Clone)]
