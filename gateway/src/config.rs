@@ -22,7 +22,10 @@ pub const MAX_MESSAGE_BYTES_LIMIT: usize = 16 << 20;
 #[command(
     name = "ringcast",
     version,
-    about = "Thread-per-core io_uring SSE fan-out gateway"
+    about = "Thread-per-core io_uring SSE fan-out gateway",
+    // `--heartbeat -1` must reach the range check (which names the flag) instead of clap
+    // taking `-1` for an unknown short flag.
+    allow_negative_numbers = true
 )]
 pub struct Flags {
     /// TOML config file; flags given on the command line win over it.
@@ -71,6 +74,10 @@ pub struct Flags {
     /// Writes handed to the ring per loop turn before reading new events [default: 64].
     #[arg(long, value_name = "N")]
     pub write_budget: Option<usize>,
+    /// Seconds a stopping gateway gives subscribers to receive what was accepted before
+    /// the signal [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub drain_timeout: Option<f64>,
     /// Log filter (tracing EnvFilter syntax) [default: info].
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
@@ -94,6 +101,7 @@ pub struct FileConfig {
     coalesce_delay_ms: Option<u64>,
     coalesce_queue_min: Option<usize>,
     write_budget: Option<usize>,
+    drain_timeout: Option<f64>,
     log: Option<String>,
 }
 
@@ -157,6 +165,8 @@ pub struct Config {
     pub coalesce_queue_min: usize,
     /// Writes per loop turn.
     pub write_budget: usize,
+    /// Time subscribers get on stop.
+    pub drain_timeout: Duration,
     /// Log filter.
     pub log: String,
     /// Where the file settings came from, for reloads.
@@ -312,6 +322,10 @@ impl Config {
                 flags.write_budget.or(file.write_budget).unwrap_or(64),
                 1,
                 100_000,
+            )?,
+            drain_timeout: seconds(
+                "drain-timeout",
+                flags.drain_timeout.or(file.drain_timeout).unwrap_or(10.0),
             )?,
             log: flags.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
             config_path: flags.config,

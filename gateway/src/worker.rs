@@ -37,8 +37,12 @@ const MAIL_PER_TURN: usize = 4096;
 const BATCH_LINES_MAX: usize = 10_000;
 /// Extra connection slots past the limit, used only to answer 503 before closing.
 const REFUSAL_SLOTS: usize = 1024;
-/// How long a stopping shard waits for its connections to close.
-const STOP_GRACE: Duration = Duration::from_secs(2);
+/// After a stop signal, how long a shard keeps taking mail before it starts closing
+/// caught-up subscribers: long enough for messages other shards accepted before the
+/// signal to arrive (mail is flushed every loop turn).
+const DRAIN_SETTLE: Duration = Duration::from_millis(200);
+/// The `retry:` hint (ms) sent to subscribers closed by a drain.
+const DRAIN_RETRY_MS: u64 = 1000;
 
 /// What the shards share: settings, the mesh, figures and the stop flag.
 pub struct Shared {
@@ -198,6 +202,8 @@ impl Worker {
         // the ring's operations (the loop only returns after the ring is dropped last).
         unsafe { self.ring.read_eventfd(eventfd, &mut *self.wake_read)? };
         let mut stop_deadline: Option<Instant> = None;
+        let mut drain_at: Option<Instant> = None;
+        let mut forced = false;
         loop {
             let now = Instant::now();
             self.completions.clear();
@@ -215,12 +221,41 @@ impl Worker {
             self.publish_figures();
 
             if self.shared.stop.load(Ordering::Relaxed) && stop_deadline.is_none() {
-                stop_deadline = Some(now + STOP_GRACE);
+                stop_deadline = Some(now + self.shared.config.drain_timeout);
+                drain_at = Some(now + DRAIN_SETTLE);
                 self.begin_stop()?;
             }
+            if drain_at.is_some_and(|at| now >= at) {
+                drain_at = None;
+                tracing::info!(
+                    shard = self.index,
+                    subscribers = self.fanout.subscribers_live(),
+                    "draining subscribers"
+                );
+                self.fanout.handle_drain(now, DRAIN_RETRY_MS);
+            }
             if let Some(deadline) = stop_deadline {
-                if self.live == 0 || now >= deadline {
-                    tracing::info!(shard = self.index, open = self.live, "shard stopped");
+                if self.live == 0 {
+                    tracing::info!(shard = self.index, "shard stopped");
+                    return Ok(());
+                }
+                if now >= deadline && !forced {
+                    forced = true;
+                    tracing::warn!(
+                        shard = self.index,
+                        open = self.live,
+                        "drain timeout: closing the rest"
+                    );
+                    for slot in 0..self.conns.len() as u32 {
+                        self.begin_close(slot)?;
+                    }
+                }
+                if now >= deadline + Duration::from_secs(2) {
+                    tracing::warn!(
+                        shard = self.index,
+                        open = self.live,
+                        "shard stopped with operations in flight"
+                    );
                     return Ok(());
                 }
             }
@@ -242,15 +277,26 @@ impl Worker {
         }
     }
 
+    /// Stops accepting; closes idle non-stream connections and makes the others close
+    /// after their current request. Subscribers are drained later (`DRAIN_SETTLE`).
     fn begin_stop(&mut self) -> std::io::Result<()> {
         self.accepting = false;
         self.ring.cancel_accept()?;
         for slot in 0..self.conns.len() as u32 {
-            if self.conns[slot as usize].is_some() {
+            let Some(conn) = self.conn(slot) else {
+                continue;
+            };
+            conn.keep_alive = false;
+            let idle = conn.state == State::Reading && conn.buf.is_empty() && !conn.write_in_flight;
+            if idle || conn.state == State::Lingering {
                 self.begin_close(slot)?;
             }
         }
         Ok(())
+    }
+
+    fn stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::Relaxed)
     }
 
     fn on_completion(&mut self, now: Instant, c: Completion) -> std::io::Result<()> {
@@ -456,8 +502,8 @@ impl Worker {
         };
         conn.recv_in_flight = false;
         match conn.state {
-            State::Closing => return self.finish_close(slot),
-            _ if result <= 0 => return self.begin_close(slot),
+            State::Closing => self.finish_close(slot),
+            _ if result <= 0 => self.begin_close(slot),
             State::Reading => {
                 let was_empty = conn.buf.is_empty();
                 // SAFETY: the kernel initialised `result` bytes of the spare capacity.
@@ -551,6 +597,14 @@ impl Worker {
         room: &str,
         last_event_id: Option<u64>,
     ) -> std::io::Result<()> {
+        if self.stopping() {
+            let refusal = Refusal {
+                status: 503,
+                reason: "draining".into(),
+                extra: "Retry-After: 1\r\n",
+            };
+            return self.refuse(slot, &refusal);
+        }
         match self.fanout.handle_subscribe(
             now,
             ConnId(slot),
@@ -590,6 +644,9 @@ impl Worker {
         room: &Arc<str>,
         data: &[u8],
     ) -> Result<u64, &'static str> {
+        if self.stopping() {
+            return Err("draining");
+        }
         if self.outbox_full() {
             self.rejections += 1;
             return Err("shard queues full");
@@ -1192,7 +1249,8 @@ mod tests {
 
     #[test]
     fn batch_lines_table() {
-        let cases: &[(&str, Result<(&str, &str), &str>)] = &[
+        type Case<'a> = (&'a str, Result<(&'a str, &'a str), &'a str>);
+        let cases: &[Case] = &[
             (r#"{"room":"a","data":"hi"}"#, Ok(("a", "hi"))),
             (r#"{"room":"a","data":{"x":1}}"#, Ok(("a", "{\"x\":1}"))),
             (r#"{"data":"hi"}"#, Err("missing \"room\" string")),

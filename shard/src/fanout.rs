@@ -410,7 +410,8 @@ impl Fanout {
         };
         sub.in_flight = false;
         let room = &self.rooms[sub.room as usize];
-        let due = sub.cursor < room.history.last_id() || sub.heartbeat_due || self.drain_retry.is_some();
+        let due =
+            sub.cursor < room.history.last_id() || sub.heartbeat_due || self.drain_retry.is_some();
         if due && !sub.queued {
             sub.queued = true;
             self.dirty.push_back((conn, sub.serial, now));
@@ -452,7 +453,8 @@ impl Fanout {
             if let Some(sub) = sub {
                 if !sub.in_flight && !sub.queued {
                     sub.queued = true;
-                    self.dirty.push_back((ConnId(index as u32), sub.serial, now));
+                    self.dirty
+                        .push_back((ConnId(index as u32), sub.serial, now));
                 }
             }
         }
@@ -570,7 +572,10 @@ impl Fanout {
                 if let Some(retry) = &self.drain_retry {
                     out.push(retry.clone());
                     self.handle_disconnect(conn);
-                    return Some(Action::Close { conn, reason: CloseReason::Drained });
+                    return Some(Action::Close {
+                        conn,
+                        reason: CloseReason::Drained,
+                    });
                 }
                 continue;
             }

@@ -12,6 +12,7 @@ pub mod breaker;
 pub mod clock;
 pub mod fanout;
 pub mod history;
+pub mod metrics;
 pub mod room;
 pub mod sse;
 pub mod timer_wheel;

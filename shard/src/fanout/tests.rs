@@ -373,7 +373,11 @@ fn draining_writes_everything_then_closes_with_a_retry_hint() {
     for (conn, reason, frames) in &sim.closed {
         assert_eq!(*reason, CloseReason::Drained);
         assert_eq!(frames, &vec![Bytes::from("retry: 2000\n\n")]);
-        assert_eq!(sim.ids(conn.0), vec![1, 2, 3, 4, 5], "conn {conn:?} got everything first");
+        assert_eq!(
+            sim.ids(conn.0),
+            vec![1, 2, 3, 4, 5],
+            "conn {conn:?} got everything first"
+        );
     }
     assert_eq!(sim.fanout.subscribers_live(), 0);
     assert_eq!(sim.fanout.tickers_live(), 0);

@@ -1,0 +1,270 @@
+//! Command-line flags (clap) and their conversion into run configurations. Flag values are
+//! validated here so that a bad flag fails with a message naming it (exit code 2).
+
+use crate::duration::{parse_duration, parse_rate};
+use crate::fanout::{FanoutConfig, ROOMS_MAX, SUBSCRIBERS_MAX};
+use crate::http_bench::{HttpConfig, CONNECTIONS_MAX};
+use crate::payload::PAYLOAD_BYTES_MAX;
+use crate::publisher::PUB_CONNS_MAX;
+use crate::socket::SOURCE_IPS_MAX;
+use crate::target::{Target, UrlTemplate};
+use crate::template::Template;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Most worker threads.
+pub const THREADS_MAX: usize = 1024;
+
+/// Default publisher connections cap (one room's messages always share one connection).
+pub const PUB_CONNS_DEFAULT_MAX: usize = 16;
+
+/// ringload — load generator for ringcast (and any SSE fan-out server with the same URLs).
+#[derive(Debug, Parser)]
+#[command(name = "ringload", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The modes.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// wrk-like HTTP/1.1 keep-alive load on one URL.
+    Http(Box<HttpArgs>),
+    /// Subscribers over rooms + fixed-rate publisher, every delivery checked.
+    Fanout(Box<FanoutArgs>),
+}
+
+/// Output flags shared by both modes.
+#[derive(Debug, Args, Clone)]
+pub struct OutputArgs {
+    /// Print one JSON object with every figure on stdout instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress line.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Write the latency percentile distribution (HdrHistogram text format) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub hdr_out: Option<PathBuf>,
+}
+
+/// Flags of `ringload http`.
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// Target URL (http://host:port/path).
+    #[arg(value_parser = parse_target)]
+    pub url: Target,
+    /// Connections in total.
+    #[arg(short = 'c', long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=CONNECTIONS_MAX as u64))]
+    pub connections: u64,
+    /// Threads (default: number of CPUs this process may use), each pinned to one.
+    #[arg(short = 't', long, value_parser = clap::value_parser!(u64).range(1..=THREADS_MAX as u64))]
+    pub threads: Option<u64>,
+    /// Duration (10s, 500ms, 1m).
+    #[arg(short = 'd', long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Total requests per second: open loop, latency counted from the scheduled time.
+    #[arg(short = 'R', long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// Request method.
+    #[arg(short = 'm', long, default_value = "GET", value_parser = parse_method)]
+    pub method: String,
+    /// Extra header `Name: value` (repeatable).
+    #[arg(short = 'H', long = "header", value_parser = parse_header)]
+    pub headers: Vec<String>,
+    /// Request body.
+    #[arg(long)]
+    pub body: Option<String>,
+    /// Per-request timeout.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Output.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Flags of `ringload fanout`.
+#[derive(Debug, Args)]
+pub struct FanoutArgs {
+    /// Subscribe URL template, e.g. http://127.0.0.1:8080/rooms/{room}/events.
+    #[arg(long, value_parser = parse_url_template)]
+    pub sub_url: UrlTemplate,
+    /// Publish URL template, e.g. http://127.0.0.1:8080/rooms/{room}/messages.
+    #[arg(long, value_parser = parse_url_template, required_unless_present = "idle")]
+    pub pub_url: Option<UrlTemplate>,
+    /// Publish body template; {payload} is the stamped payload.
+    #[arg(long, default_value = "{payload}", value_parser = parse_body_template)]
+    pub pub_body: Template,
+    /// Subscribers in total (subscriber i joins room i % rooms).
+    #[arg(short = 's', long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=SUBSCRIBERS_MAX as u64))]
+    pub subscribers: u64,
+    /// Rooms (named PREFIX0, PREFIX1, …).
+    #[arg(short = 'r', long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=ROOMS_MAX as u64))]
+    pub rooms: u64,
+    /// Room name prefix.
+    #[arg(long, default_value = "r", value_parser = parse_room_prefix)]
+    pub room_prefix: String,
+    /// Messages per second over all rooms (round-robin).
+    #[arg(long, default_value = "100", value_parser = parse_rate)]
+    pub rate: f64,
+    /// Publishing duration.
+    #[arg(short = 'd', long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Publisher connections, 1..=rooms (default: min(rooms, 16)).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=PUB_CONNS_MAX as u64))]
+    pub pub_conns: Option<u64>,
+    /// Time after publishing to collect deliveries.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Payload bytes.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=PAYLOAD_BYTES_MAX as u64))]
+    pub size: u64,
+    /// Highest p99 latency from schedule that still counts as clean.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    pub max_p99: Duration,
+    /// Only connect the subscribers and hold them (memory tests).
+    #[arg(long)]
+    pub idle: bool,
+    /// How long --idle holds the subscribers.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub hold: Duration,
+    /// Spread client source addresses over 127.0.0.1..=127.0.0.N (beyond ~28k connections).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=SOURCE_IPS_MAX as i64))]
+    pub src_ips: u32,
+    /// Subscriber threads (default: number of CPUs this process may use), each pinned.
+    #[arg(short = 't', long, value_parser = clap::value_parser!(u64).range(1..=THREADS_MAX as u64))]
+    pub threads: Option<u64>,
+    /// Extra header `Name: value` for subscribe and publish requests (repeatable).
+    #[arg(short = 'H', long = "header", value_parser = parse_header)]
+    pub headers: Vec<String>,
+    /// Time allowed for all subscribers to connect.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Find the highest clean rate: double from --rate, then bisect.
+    #[arg(long, conflicts_with = "idle")]
+    pub sweep: bool,
+    /// Most bisection steps of --sweep.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub sweep_steps: u32,
+    /// Highest rate --sweep tries.
+    #[arg(long, value_parser = parse_rate)]
+    pub sweep_max: Option<f64>,
+    /// Output.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+fn parse_target(text: &str) -> Result<Target, String> {
+    Target::parse(text).map_err(|error| error.to_string())
+}
+
+fn parse_url_template(text: &str) -> Result<UrlTemplate, String> {
+    UrlTemplate::parse(text).map_err(|error| error.to_string())
+}
+
+fn parse_body_template(text: &str) -> Result<Template, String> {
+    if text.contains(['\r', '\n']) {
+        return Err("the body must not contain newlines (it becomes one SSE data line)".into());
+    }
+    Template::parse(text).map_err(|error| error.to_string())
+}
+
+fn parse_header(text: &str) -> Result<String, String> {
+    crate::http1::validate_header(text).map(|()| text.to_string())
+}
+
+fn parse_method(text: &str) -> Result<String, String> {
+    if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_uppercase()) {
+        return Err(format!(
+            "'{text}' is not an HTTP method (use upper case, e.g. GET, POST)"
+        ));
+    }
+    Ok(text.to_string())
+}
+
+fn parse_room_prefix(text: &str) -> Result<String, String> {
+    let allowed = |byte: u8| byte.is_ascii_alphanumeric() || b"_.:-".contains(&byte);
+    if text.len() > 100 || !text.bytes().all(allowed) {
+        return Err("room prefix must be at most 100 of [A-Za-z0-9_.:-]".into());
+    }
+    Ok(text.to_string())
+}
+
+/// Number of CPUs this process may run on (its affinity mask), at least 1.
+pub fn allowed_cpus() -> usize {
+    core_affinity::get_core_ids().map_or(1, |ids| ids.len().max(1))
+}
+
+/// A flag combination that clap cannot check by itself.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagError {
+    /// `--pub-conns` outside 1..=rooms.
+    #[error("--pub-conns {0} must be between 1 and --rooms ({1})")]
+    PubConns(u64, u64),
+    /// `--body` with a method that takes none is still allowed; this is for GET+body.
+    #[error("--duration must be longer than zero")]
+    ZeroDuration,
+}
+
+impl HttpArgs {
+    /// The run configuration.
+    pub fn config(&self) -> Result<HttpConfig, FlagError> {
+        if self.duration.is_zero() {
+            return Err(FlagError::ZeroDuration);
+        }
+        let connections = self.connections as usize;
+        Ok(HttpConfig {
+            url: format!("http://{}{}", self.url.host_header, self.url.path),
+            target: self.url.clone(),
+            method: self.method.clone(),
+            headers: self.headers.clone(),
+            body: self.body.clone().unwrap_or_default().into_bytes(),
+            connections,
+            threads: self
+                .threads
+                .map_or_else(allowed_cpus, |t| t as usize)
+                .min(connections),
+            duration: self.duration,
+            rate: self.rate,
+            timeout: self.timeout,
+        })
+    }
+}
+
+impl FanoutArgs {
+    /// The run configuration.
+    pub fn config(&self) -> Result<FanoutConfig, FlagError> {
+        let pub_conns = self
+            .pub_conns
+            .unwrap_or_else(|| self.rooms.min(PUB_CONNS_DEFAULT_MAX as u64));
+        if pub_conns > self.rooms {
+            return Err(FlagError::PubConns(pub_conns, self.rooms));
+        }
+        if self.duration.is_zero() && !self.idle {
+            return Err(FlagError::ZeroDuration);
+        }
+        Ok(FanoutConfig {
+            sub_url: self.sub_url.clone(),
+            pub_url: self.pub_url.clone(),
+            pub_body: self.pub_body.clone(),
+            headers: self.headers.clone(),
+            subscribers: self.subscribers as usize,
+            rooms: self.rooms as usize,
+            room_prefix: self.room_prefix.clone(),
+            rate: self.rate,
+            duration: self.duration,
+            pub_conns: pub_conns as usize,
+            grace: self.grace,
+            size: self.size as usize,
+            max_p99: self.max_p99,
+            idle: self.idle,
+            hold: self.hold,
+            src_ips: self.src_ips,
+            threads: self.threads.map_or_else(allowed_cpus, |t| t as usize),
+            connect_timeout: self.connect_timeout,
+        })
+    }
+}

@@ -1,0 +1,31 @@
+//! ringload: the load generator of ringcast.
+//!
+//! Two modes: `http` (wrk-like keep-alive load, optionally open loop with coordinated-
+//! omission correction) and `fanout` (SSE subscribers over rooms plus a fixed-rate
+//! publisher, with every delivery checked for loss, duplication, order and room, and
+//! latency measured from both the publish stamp and the schedule). Thread-per-core mio
+//! event loops; parsing on the delivery path does not allocate.
+#![deny(missing_docs)]
+
+pub mod chunked;
+pub mod cli;
+pub mod clock;
+pub mod cpu;
+pub mod duration;
+pub mod fanout;
+pub mod http1;
+pub mod http_bench;
+pub mod latency;
+pub mod payload;
+pub mod progress;
+pub mod publisher;
+pub mod socket;
+pub mod sse;
+pub mod subscriber;
+pub mod sweep;
+pub mod target;
+pub mod template;
+pub mod tracker;
+
+/// A payload (plus a generous body template around it) must fit one SSE line.
+const _: () = assert!(payload::PAYLOAD_BYTES_MAX * 2 <= sse::LINE_BYTES_MAX);

@@ -1,0 +1,109 @@
+//! Bad flags and unreachable targets: exit code 2 and a message naming the problem.
+
+mod loadgen_support;
+
+use loadgen_support::{closed_port, ringload, FanoutServer, Options};
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn bad_duration_names_the_flag() {
+    let output = ringload(&["http", "http://127.0.0.1:9/", "-d", "soon"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("--duration"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn bad_url_and_template_name_the_flag() {
+    let output = ringload(&["http", "ftp://x/"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("http://"), "{}", stderr(&output));
+
+    let output = ringload(&[
+        "fanout",
+        "--sub-url",
+        "http://127.0.0.1:9/rooms/{rom}/events",
+        "--pub-url",
+        "http://127.0.0.1:9/rooms/{room}/messages",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let text = stderr(&output);
+    assert!(
+        text.contains("--sub-url") && text.contains("{rom}"),
+        "{text}"
+    );
+}
+
+#[test]
+fn pub_conns_beyond_rooms_is_rejected() {
+    let output = ringload(&[
+        "fanout",
+        "--sub-url",
+        "http://127.0.0.1:9/e/{room}",
+        "--pub-url",
+        "http://127.0.0.1:9/p/{room}",
+        "-r",
+        "2",
+        "--pub-conns",
+        "5",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("--pub-conns"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn unreachable_http_target_exits_2() {
+    let addr = closed_port();
+    let output = ringload(&["http", &format!("http://{addr}/"), "-d", "1s"]);
+    assert_eq!(output.status.code(), Some(2));
+    let text = stderr(&output);
+    assert!(
+        text.contains("cannot connect") && text.contains(&addr.to_string()),
+        "{text}"
+    );
+}
+
+#[test]
+fn unreachable_fanout_target_names_the_flag() {
+    let addr = closed_port();
+    let output = ringload(&[
+        "fanout",
+        "--sub-url",
+        &format!("http://{addr}/rooms/{{room}}/events"),
+        "--pub-url",
+        &format!("http://{addr}/rooms/{{room}}/messages"),
+        "-d",
+        "1s",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("--sub-url"), "{}", stderr(&output));
+}
+
+#[test]
+fn refused_subscription_exits_2_with_the_status() {
+    let server = FanoutServer::start(Options::default());
+    // Wrong path: the server answers 404 to the subscribe request.
+    let output = ringload(&[
+        "fanout",
+        "--sub-url",
+        &format!("http://{}/nope/{{room}}", server.addr),
+        "--pub-url",
+        &server.pub_url(),
+        "-s",
+        "3",
+        "-d",
+        "1s",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("404"), "{}", stderr(&output));
+}

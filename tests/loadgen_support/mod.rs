@@ -1,0 +1,365 @@
+//! Test servers for the ringload integration tests: a small ringcast-compatible SSE fan-out
+//! server (std::net, one thread per connection) with injectable faults, and a plain HTTP
+//! responder. Everything binds 127.0.0.1 port 0.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One misbehaviour, triggered by the n-th publish (1-based, over all rooms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Behave.
+    None,
+    /// Do not deliver publish n.
+    Drop(u64),
+    /// Deliver publish n twice.
+    Duplicate(u64),
+    /// Deliver publish n after publish n+1.
+    Swap(u64),
+    /// Also deliver publish n to the subscribers of another room.
+    WrongRoom(u64),
+    /// Deliver publish n at once but answer it only after this many ms.
+    StallPublish(u64, u64),
+    /// Answer publish n with 500 and do not deliver it.
+    FailPublish(u64),
+    /// Close every subscriber connection at publish n.
+    Disconnect(u64),
+}
+
+/// How the server speaks.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Fault to inject.
+    pub fault: Fault,
+    /// nchan style: chunked SSE stream, 202 publish answers with a chunked body,
+    /// `event: message` lines and heartbeat comments.
+    pub nchan_style: bool,
+    /// Write each event in two pieces (split mid-line) to exercise reassembly.
+    pub split_writes: bool,
+    /// Sleep this long (ms) before answering every publish (a slow server).
+    pub publish_delay_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            fault: Fault::None,
+            nchan_style: false,
+            split_writes: false,
+            publish_delay_ms: 0,
+        }
+    }
+}
+
+struct Room {
+    subscribers: Vec<TcpStream>,
+    next_id: u64,
+}
+
+struct State {
+    options: Options,
+    rooms: Mutex<HashMap<String, Room>>,
+    publishes: AtomicU64,
+    held: Mutex<Option<(String, Vec<u8>)>>,
+    requests: AtomicU64,
+}
+
+/// A running fan-out test server.
+pub struct FanoutServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    state: Arc<State>,
+}
+
+impl FanoutServer {
+    /// Starts a server with `options`.
+    pub fn start(options: Options) -> FanoutServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(State {
+            options,
+            rooms: Mutex::new(HashMap::new()),
+            publishes: AtomicU64::new(0),
+            held: Mutex::new(None),
+            requests: AtomicU64::new(0),
+        });
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let state = shared.clone();
+                std::thread::spawn(move || serve(stream, &state));
+            }
+        });
+        FanoutServer { addr, state }
+    }
+
+    /// `--sub-url` template.
+    pub fn sub_url(&self) -> String {
+        format!("http://{}/rooms/{{room}}/events", self.addr)
+    }
+
+    /// `--pub-url` template.
+    pub fn pub_url(&self) -> String {
+        format!("http://{}/rooms/{{room}}/messages", self.addr)
+    }
+
+    /// Publishes received so far.
+    pub fn publishes(&self) -> u64 {
+        self.state.publishes.load(Ordering::SeqCst)
+    }
+
+    /// Plain requests (`/hello`, `/missing`) answered so far.
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let path = parts.next()?.to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).ok()?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let (name, value) = header.split_once(':')?;
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let length = headers
+        .iter()
+        .find(|(name, _)| name == "content-length")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(Request {
+        method,
+        path,
+        headers,
+        body,
+    })
+}
+
+fn serve(stream: TcpStream, state: &State) {
+    let _ = stream.set_nodelay(true);
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut stream = stream;
+    while let Some(request) = read_request(&mut reader) {
+        let segments: Vec<&str> = request.path.trim_start_matches('/').split('/').collect();
+        match (request.method.as_str(), segments.as_slice()) {
+            ("GET", ["rooms", room, "events"]) => {
+                subscribe(stream, &request, room, state);
+                return;
+            }
+            ("POST", ["rooms", room, "messages"]) => {
+                if !publish(&mut stream, &request, room, state) {
+                    return;
+                }
+            }
+            ("GET", ["hello"]) | ("POST", ["hello"]) => {
+                state.requests.fetch_add(1, Ordering::SeqCst);
+                let _ =
+                    stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world");
+            }
+            ("GET", ["chunked"]) => {
+                state.requests.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                );
+            }
+            _ => {
+                state.requests.fetch_add(1, Ordering::SeqCst);
+                let _ = stream
+                    .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found");
+            }
+        }
+    }
+}
+
+fn subscribe(mut stream: TcpStream, request: &Request, room: &str, state: &State) {
+    let accepts_sse = request
+        .headers
+        .iter()
+        .any(|(name, value)| name == "accept" && value.contains("text/event-stream"));
+    if !accepts_sse {
+        let _ = stream.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
+        return;
+    }
+    let head: &[u8] = if state.options.nchan_style {
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
+    } else {
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+    };
+    let mut rooms = state.rooms.lock().unwrap();
+    if stream.write_all(head).is_err() {
+        return;
+    }
+    if state.options.nchan_style {
+        let _ = write_frame(&mut stream, b": hi\n\n", state);
+    }
+    rooms
+        .entry(room.to_string())
+        .or_insert(Room {
+            subscribers: Vec::new(),
+            next_id: 1,
+        })
+        .subscribers
+        .push(stream);
+}
+
+fn write_frame(stream: &mut TcpStream, frame: &[u8], state: &State) -> std::io::Result<()> {
+    let mut wire = Vec::new();
+    if state.options.nchan_style {
+        wire.extend_from_slice(format!("{:x}\r\n", frame.len()).as_bytes());
+        wire.extend_from_slice(frame);
+        wire.extend_from_slice(b"\r\n");
+    } else {
+        wire.extend_from_slice(frame);
+    }
+    if state.options.split_writes {
+        let middle = wire.len() / 2;
+        stream.write_all(&wire[..middle])?;
+        stream.flush()?;
+        std::thread::sleep(Duration::from_micros(200));
+        stream.write_all(&wire[middle..])
+    } else {
+        stream.write_all(&wire)
+    }
+}
+
+fn deliver(rooms: &mut HashMap<String, Room>, room: &str, data: &[u8], state: &State) {
+    let Some(entry) = rooms.get_mut(room) else {
+        return;
+    };
+    let id = entry.next_id;
+    entry.next_id += 1;
+    let mut frame = Vec::new();
+    if state.options.nchan_style {
+        frame.extend_from_slice(b"event: message\n");
+    }
+    frame.extend_from_slice(format!("id: {id}\ndata: ").as_bytes());
+    frame.extend_from_slice(data);
+    frame.extend_from_slice(b"\n\n");
+    if state.options.nchan_style {
+        frame.extend_from_slice(b":\n\n");
+    }
+    entry
+        .subscribers
+        .retain_mut(|subscriber| write_frame(subscriber, &frame, state).is_ok());
+}
+
+/// Returns false when the connection should close.
+fn publish(stream: &mut TcpStream, request: &Request, room: &str, state: &State) -> bool {
+    let n = state.publishes.fetch_add(1, Ordering::SeqCst) + 1;
+    let fault = state.options.fault;
+    let mut status = if state.options.nchan_style { 202 } else { 201 };
+    let mut stall_ms = state.options.publish_delay_ms;
+    {
+        let mut rooms = state.rooms.lock().unwrap();
+        let body = request.body.as_slice();
+        match fault {
+            Fault::Drop(at) if at == n => {}
+            Fault::FailPublish(at) if at == n => status = 500,
+            Fault::Duplicate(at) if at == n => {
+                deliver(&mut rooms, room, body, state);
+                deliver(&mut rooms, room, body, state);
+            }
+            Fault::Swap(at) if at == n => {
+                *state.held.lock().unwrap() = Some((room.to_string(), body.to_vec()));
+            }
+            Fault::Swap(at) if at + 1 == n => {
+                deliver(&mut rooms, room, body, state);
+                if let Some((held_room, held)) = state.held.lock().unwrap().take() {
+                    deliver(&mut rooms, &held_room, &held, state);
+                }
+            }
+            Fault::WrongRoom(at) if at == n => {
+                deliver(&mut rooms, room, body, state);
+                let other = rooms.keys().find(|name| name.as_str() != room).cloned();
+                if let Some(other) = other {
+                    deliver(&mut rooms, &other, body, state);
+                }
+            }
+            Fault::Disconnect(at) if at == n => {
+                for entry in rooms.values_mut() {
+                    for subscriber in entry.subscribers.drain(..) {
+                        let _ = subscriber.shutdown(std::net::Shutdown::Both);
+                    }
+                }
+            }
+            Fault::StallPublish(at, ms) if at == n => {
+                deliver(&mut rooms, room, body, state);
+                stall_ms += ms;
+            }
+            _ => deliver(&mut rooms, room, body, state),
+        }
+    }
+    if stall_ms > 0 {
+        std::thread::sleep(Duration::from_millis(stall_ms));
+    }
+    let answer = if status == 500 {
+        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nfail".to_vec()
+    } else if state.options.nchan_style {
+        let text = b"queued messages: 1\r\nlast requested: 0 sec. ago\r\nactive subscribers: 1\r\n";
+        let mut answer = b"HTTP/1.1 202 Accepted\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        answer.extend_from_slice(format!("{:x}\r\n", text.len()).as_bytes());
+        answer.extend_from_slice(text);
+        answer.extend_from_slice(b"\r\n0\r\n\r\n");
+        answer
+    } else {
+        let body = format!("{{\"id\":{n}}}");
+        format!("HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+    };
+    stream.write_all(&answer).is_ok()
+}
+
+/// Runs the ringload binary with `args`.
+pub fn ringload(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ringload"))
+        .args(args)
+        .output()
+        .expect("run ringload")
+}
+
+/// Parses ringload's `--json` stdout, with the whole output in the panic message if not.
+pub fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "stdout is not JSON ({error}); status {:?}\nstdout: {}\nstderr: {}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// An address on 127.0.0.1 with nothing listening.
+pub fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
