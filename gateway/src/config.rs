@@ -16,9 +16,13 @@ pub const MAX_MESSAGE_BYTES_DEFAULT: usize = 64 * 1024;
 pub const MAX_HEADER_BYTES_DEFAULT: usize = 16 * 1024;
 /// Largest accepted `--max-message-bytes`.
 pub const MAX_MESSAGE_BYTES_LIMIT: usize = 16 << 20;
+/// Default bound on a shard's pending write bytes: far above what a healthy shard holds
+/// (1000 subscribers × a few KiB in flight), low enough that a shard stuck behind slow
+/// readers refuses new work instead of growing without bound.
+pub const MAX_PENDING_WRITE_BYTES_DEFAULT: usize = 1 << 30;
 
 /// Flags of the `ringcast` binary. Every flag but `--config` can also be set in the file.
-#[derive(Debug, Parser, Default)]
+#[derive(Debug, Parser, Default, Clone)]
 #[command(
     name = "ringcast",
     version,
@@ -81,6 +85,38 @@ pub struct Flags {
     /// Log filter (tracing EnvFilter syntax) [default: info].
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
+    /// Connections per client IP address, over the whole process (exact: counted in one
+    /// table all shards share); 0 means no limit [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Bytes handed to socket writes and not yet written, per shard; past it new
+    /// subscribes and publishes get 503 [default: 1073741824].
+    #[arg(long, value_name = "BYTES")]
+    pub max_pending_write_bytes: Option<usize>,
+    /// Do not record the publish→write latency histogram (to measure what it costs).
+    #[arg(long)]
+    pub no_latency_metrics: bool,
+    /// Subscribe authorization callback (http:// only): each `GET /rooms/{room}/events` is
+    /// POSTed there first as JSON (room, client, headers); 2xx admits, 401/403 refuse
+    /// [default: none, subscribes are not authorized].
+    #[arg(long, value_name = "URL")]
+    pub auth_url: Option<String>,
+    /// Seconds an authorization call may take, queueing included [default: 2].
+    #[arg(long, value_name = "SECS")]
+    pub auth_timeout: Option<f64>,
+    /// Admit subscribers when authorization is unavailable (breaker open, call failed,
+    /// queue full) instead of answering 503.
+    #[arg(long)]
+    pub auth_fail_open: bool,
+    /// Seconds of the auth circuit breaker's rolling window [default: 5].
+    #[arg(long, value_name = "SECS")]
+    pub auth_breaker_window: Option<f64>,
+    /// Calls in the window before the auth breaker judges failure rates [default: 20].
+    #[arg(long, value_name = "N")]
+    pub auth_breaker_calls_min: Option<usize>,
+    /// Seconds the auth breaker stays open before probing the upstream [default: 5].
+    #[arg(long, value_name = "SECS")]
+    pub auth_breaker_open: Option<f64>,
 }
 
 /// The same settings as read from a TOML file; every key optional.
@@ -103,6 +139,15 @@ pub struct FileConfig {
     write_budget: Option<usize>,
     drain_timeout: Option<f64>,
     log: Option<String>,
+    max_connections_per_ip: Option<usize>,
+    max_pending_write_bytes: Option<usize>,
+    latency_metrics: Option<bool>,
+    auth_url: Option<String>,
+    auth_timeout: Option<f64>,
+    auth_fail_open: Option<bool>,
+    auth_breaker_window: Option<f64>,
+    auth_breaker_calls_min: Option<usize>,
+    auth_breaker_open: Option<f64>,
 }
 
 /// Why the configuration could not be used.
@@ -169,6 +214,14 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Log filter.
     pub log: String,
+    /// Connections per client IP over the process; 0 = no limit.
+    pub max_connections_per_ip: usize,
+    /// Pending (submitted, not yet written) write bytes per shard.
+    pub max_pending_write_bytes: usize,
+    /// Whether the publish→write latency histogram is recorded.
+    pub latency_metrics: bool,
+    /// Subscribe authorization, when `--auth-url` is set.
+    pub auth: Option<crate::auth::AuthConfig>,
     /// Where the file settings came from, for reloads.
     pub config_path: Option<PathBuf>,
 }
@@ -196,6 +249,67 @@ fn in_range(
         });
     }
     Ok(value)
+}
+
+/// The authorization settings (`--auth-*`), `None` without `--auth-url`. The breaker keeps
+/// `BreakerConfig`'s rates and probes; a call slower than the smaller of its 1 s slow-call
+/// duration and the timeout counts as slow.
+fn auth_config(
+    flags: &Flags,
+    file: &FileConfig,
+) -> Result<Option<crate::auth::AuthConfig>, ConfigError> {
+    use shard::breaker::{BreakerConfig, CALLS_MIN_DEFAULT, OPEN_DURATION_DEFAULT};
+    let Some(url) = flags.auth_url.as_ref().or(file.auth_url.as_ref()) else {
+        return Ok(None);
+    };
+    let url = crate::auth::AuthUrl::parse(url).map_err(|message| ConfigError::Invalid {
+        flag: "auth-url",
+        message,
+    })?;
+    let timeout = seconds(
+        "auth-timeout",
+        flags
+            .auth_timeout
+            .or(file.auth_timeout)
+            .unwrap_or(crate::auth::TIMEOUT_DEFAULT.as_secs_f64()),
+    )?;
+    let breaker = BreakerConfig {
+        window: seconds(
+            "auth-breaker-window",
+            flags
+                .auth_breaker_window
+                .or(file.auth_breaker_window)
+                .unwrap_or(crate::auth::BREAKER_WINDOW_DEFAULT.as_secs_f64()),
+        )?,
+        calls_min: in_range(
+            "auth-breaker-calls-min",
+            flags
+                .auth_breaker_calls_min
+                .or(file.auth_breaker_calls_min)
+                .unwrap_or(CALLS_MIN_DEFAULT as usize),
+            1,
+            1_000_000,
+        )? as u32,
+        open_duration: seconds(
+            "auth-breaker-open",
+            flags
+                .auth_breaker_open
+                .or(file.auth_breaker_open)
+                .unwrap_or(OPEN_DURATION_DEFAULT.as_secs_f64()),
+        )?,
+        slow_call_duration: BreakerConfig::default().slow_call_duration.min(timeout),
+        ..BreakerConfig::default()
+    };
+    breaker.validate().map_err(|err| ConfigError::Invalid {
+        flag: "auth-breaker-window",
+        message: err.to_string(),
+    })?;
+    Ok(Some(crate::auth::AuthConfig {
+        url,
+        timeout,
+        fail_open: flags.auth_fail_open || file.auth_fail_open.unwrap_or(false),
+        breaker,
+    }))
 }
 
 /// Reads and parses a TOML config file.
@@ -243,6 +357,7 @@ impl Config {
             1,
             MAX_MESSAGE_BYTES_LIMIT,
         )?;
+        let auth = auth_config(&flags, &file)?;
         Ok(Self {
             listen,
             shards,
@@ -328,6 +443,26 @@ impl Config {
                 flags.drain_timeout.or(file.drain_timeout).unwrap_or(10.0),
             )?,
             log: flags.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
+            max_connections_per_ip: in_range(
+                "max-connections-per-ip",
+                flags
+                    .max_connections_per_ip
+                    .or(file.max_connections_per_ip)
+                    .unwrap_or(0),
+                0,
+                1 << 24,
+            )?,
+            max_pending_write_bytes: in_range(
+                "max-pending-write-bytes",
+                flags
+                    .max_pending_write_bytes
+                    .or(file.max_pending_write_bytes)
+                    .unwrap_or(MAX_PENDING_WRITE_BYTES_DEFAULT),
+                1,
+                1 << 40,
+            )?,
+            latency_metrics: !flags.no_latency_metrics && file.latency_metrics.unwrap_or(true),
+            auth,
             config_path: flags.config,
         })
     }

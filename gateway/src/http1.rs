@@ -22,6 +22,9 @@ pub struct Head {
     pub close: bool,
     /// `Last-Event-ID` header or `last_event_id` query value.
     pub last_event_id: Option<u64>,
+    /// For `/metrics`: the exposition format the `Accept` header asks for (Prometheus text
+    /// for every other route).
+    pub metrics_format: shard::metrics::Format,
 }
 
 /// Methods ringcast tells apart.
@@ -117,6 +120,7 @@ pub fn parse(
     let mut close = version == 0;
     let mut content_length = 0usize;
     let mut last_event_id = None;
+    let mut accept = None;
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -138,6 +142,8 @@ pub fn parse(
             }
         } else if name.eq_ignore_ascii_case("last-event-id") {
             last_event_id = Some(parse_id(header.value)?);
+        } else if name.eq_ignore_ascii_case("accept") {
+            accept = std::str::from_utf8(header.value).ok();
         }
     }
     let target = request.path.unwrap_or("/");
@@ -154,7 +160,13 @@ pub fn parse(
             format!("body over {max_body_bytes} bytes"),
         ));
     }
+    let metrics_format = if route == Route::Metrics {
+        shard::metrics::Format::from_accept(accept)
+    } else {
+        shard::metrics::Format::Prometheus
+    };
     Ok(Parsed::Head(Head {
+        metrics_format,
         len,
         method,
         route,
@@ -265,6 +277,28 @@ pub fn refusal(refusal: &Refusal, close: bool) -> Bytes {
     )
 }
 
+/// Every header field of a complete request head, names lower-cased, values lossily decoded
+/// (at most [`HEADERS_MAX`], as [`parse`] accepted). For the authorization call, off the shard
+/// loop; the hot path never calls it.
+pub fn header_fields(head: &[u8]) -> Vec<(String, String)> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut request = httparse::Request::new(&mut headers);
+    if request.parse(head).is_err() {
+        return Vec::new();
+    }
+    request
+        .headers
+        .iter()
+        .take_while(|h| !h.name.is_empty())
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
 /// The head of an SSE stream; the body runs until the connection closes.
 pub const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: keep-alive\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\n\r\n";
 
@@ -320,6 +354,47 @@ mod tests {
             head("GET /healthz HTTP/1.1\r\nHost: x"),
             Ok(Parsed::Partial)
         );
+    }
+
+    #[test]
+    fn header_fields_for_authorization() {
+        let fields = header_fields(
+            b"GET /rooms/a/events HTTP/1.1\r\nAuthorization: Bearer t\r\nCookie: a=1\r\n\r\n",
+        );
+        assert_eq!(
+            fields,
+            vec![
+                ("authorization".to_owned(), "Bearer t".to_owned()),
+                ("cookie".to_owned(), "a=1".to_owned()),
+            ]
+        );
+        assert!(header_fields(b"BLAH\r\n\r\n").is_empty());
+    }
+
+    #[test]
+    fn metrics_format_follows_accept() {
+        use shard::metrics::Format;
+        let cases = [
+            ("GET /metrics HTTP/1.1\r\n\r\n", Format::Prometheus),
+            (
+                "GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n",
+                Format::OpenMetrics,
+            ),
+            (
+                "GET /metrics HTTP/1.1\r\nAccept: text/plain;version=0.0.4\r\n\r\n",
+                Format::Prometheus,
+            ),
+            (
+                "GET /healthz HTTP/1.1\r\nAccept: application/openmetrics-text\r\n\r\n",
+                Format::Prometheus,
+            ),
+        ];
+        for (request, want) in cases {
+            let Ok(Parsed::Head(h)) = head(request) else {
+                panic!("{request}")
+            };
+            assert_eq!(h.metrics_format, want, "{request}");
+        }
     }
 
     #[test]

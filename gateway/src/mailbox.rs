@@ -55,6 +55,8 @@ pub enum Mail {
         id: u64,
         /// The encoded SSE frame, shared with every shard.
         frame: Bytes,
+        /// Process-clock time of sequencing (Unix nanoseconds; 0 when not recorded).
+        stamp_unix_nanos: u64,
     },
     /// How many subscribers of `room` do you hold?
     RoomQuery {
@@ -115,5 +117,11 @@ impl Mesh {
     /// The wake-up eventfd of `shard`.
     pub fn eventfd(&self, shard: usize) -> RawFd {
         self.eventfds[shard].as_raw_fd()
+    }
+
+    /// A duplicate of `shard`'s wake-up eventfd, for a thread outside the mesh (the
+    /// authorization pool) that must outlive a borrow of the mesh.
+    pub fn eventfd_owned(&self, shard: usize) -> io::Result<OwnedFd> {
+        self.eventfds[shard].try_clone()
     }
 }

@@ -8,7 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let flags = Flags::parse();
-    let config = match Config::load(flags) {
+    let config = match Config::load(flags.clone()) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("ringcast: {err}");
@@ -21,7 +21,7 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    match gateway::server::run(config) {
+    match gateway::server::run(config, flags) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");

@@ -1,9 +1,18 @@
-//! Per-shard counters and gauges, written by each shard to its own cache-line-padded
-//! block of atomics once per loop turn (relaxed stores, no locks), merged at scrape into
-//! Prometheus text.
+//! Per-shard figures and their exposition. Each shard writes its own cache-line-aligned
+//! block of atomics once per loop turn (relaxed stores and adds, no locks); a scrape, on
+//! whichever shard it lands, reads every block and renders them with
+//! [`shard::metrics::Exposition`] (Prometheus text, or OpenMetrics when `Accept` asks).
+//!
+//! The publish→write latency is recorded per delivered frame: at the completion of the
+//! write that carried it, `now − the frame's stamp at sequencing`, both from the process
+//! clock. A shard records into a plain [`HistogramSnapshot`] during a turn (a bucket
+//! search and two adds per frame) and adds it to its atomic histograms once per turn.
 
-use std::fmt::Write as _;
+use crate::admission::{Rejection, REJECTIONS};
+use crate::worker::Shared;
+use shard::metrics::{AtomicHistogram, Exposition, Format, HistogramSnapshot, WindowedHistogram};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// One figure a shard reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,90 +44,149 @@ pub enum Figure {
     SqFull,
     /// Completion queue overflow events.
     CqOverflow,
-    /// Requests refused by admission control.
-    Rejections,
     /// Subscribers waiting for a write.
     DirtyQueue,
+    /// Bytes submitted to writes and not yet written.
+    PendingWriteBytes,
+    /// Generation of the configuration in force (bumped by each SIGHUP reload).
+    ConfigGeneration,
 }
 
 /// How many figures there are.
-pub const FIGURES: usize = Figure::DirtyQueue as usize + 1;
+pub const FIGURES: usize = Figure::ConfigGeneration as usize + 1;
 
-const META: [(&str, &str, &str); FIGURES] = [
+/// Whether a figure is a counter or a gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+const META: [(&str, Kind, &str); FIGURES] = [
     (
         "ringcast_connections",
-        "gauge",
+        Kind::Gauge,
         "Open connections by transport.",
     ),
-    ("ringcast_subscribers", "gauge", "Live SSE subscribers."),
+    ("ringcast_subscribers", Kind::Gauge, "Live SSE subscribers."),
     (
         "ringcast_tickers_live",
-        "gauge",
+        Kind::Gauge,
         "Live per-connection tickers (heartbeat, request and idle timers).",
     ),
     (
         "ringcast_rooms",
-        "gauge",
+        Kind::Gauge,
         "Rooms held (replicas count once per shard).",
     ),
-    ("ringcast_publishes_total", "counter", "Messages sequenced."),
+    (
+        "ringcast_publishes_total",
+        Kind::Counter,
+        "Messages sequenced.",
+    ),
     (
         "ringcast_deliveries_total",
-        "counter",
+        Kind::Counter,
         "Message frames handed to subscriber writes.",
     ),
     (
         "ringcast_writes_total",
-        "counter",
+        Kind::Counter,
         "Socket writes submitted to io_uring.",
     ),
     (
         "ringcast_written_bytes_total",
-        "counter",
+        Kind::Counter,
         "Bytes written to sockets.",
     ),
     (
         "ringcast_slow_consumer_cuts_total",
-        "counter",
+        Kind::Counter,
         "Subscribers closed because the history head lapped them.",
     ),
     (
         "ringcast_gaps_total",
-        "counter",
+        Kind::Counter,
         "Gap notices sent on resume.",
     ),
     (
         "ringcast_heartbeats_total",
-        "counter",
+        Kind::Counter,
         "Heartbeat comments sent.",
     ),
     (
         "ringcast_uring_sq_full_total",
-        "counter",
+        Kind::Counter,
         "Times an io_uring submission queue was full.",
     ),
     (
         "ringcast_uring_cq_overflow_total",
-        "counter",
+        Kind::Counter,
         "io_uring completion queue overflows.",
     ),
     (
-        "ringcast_admission_rejections_total",
-        "counter",
-        "Requests refused with 503 by admission control.",
+        "ringcast_write_queue_subscribers",
+        Kind::Gauge,
+        "Subscribers waiting for a write.",
     ),
     (
-        "ringcast_write_queue_subscribers",
-        "gauge",
-        "Subscribers waiting for a write.",
+        "ringcast_pending_write_bytes",
+        Kind::Gauge,
+        "Bytes handed to socket writes and not yet written.",
+    ),
+    (
+        "ringcast_config_generation",
+        Kind::Gauge,
+        "Configuration generation in force (1 at start, one more per SIGHUP reload).",
     ),
 ];
 
+/// Rooms are counted by how many subscribers they have on a shard: 0, 1, 2–10, 11–100,
+/// 101–1000, more.
+pub const ROOM_SIZE_LABELS: [&str; 6] = ["0", "1", "2-10", "11-100", "101-1000", "1001+"];
+
+/// The bucket of a room with `subscribers` subscribers.
+pub fn room_size_bucket(subscribers: usize) -> usize {
+    match subscribers {
+        0 => 0,
+        1 => 1,
+        2..=10 => 2,
+        11..=100 => 3,
+        101..=1000 => 4,
+        _ => 5,
+    }
+}
+
+/// Quantiles exported for the last complete latency window.
+const QUANTILES: [(f64, &str); 4] = [(0.5, "0.5"), (0.9, "0.9"), (0.99, "0.99"), (0.999, "0.999")];
+
+/// How far behind `now` a scrape looks for the last complete window: a shard adds its
+/// turn's samples at the end of the turn, so a window is final a turn after it ends.
+const WINDOW_GRACE: Duration = Duration::from_secs(1);
+
 /// One shard's block of figures, alone on its cache lines.
 #[repr(align(128))]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ShardFigures {
     values: [AtomicU64; FIGURES],
+    rejections: [AtomicU64; REJECTIONS],
+    room_sizes: [AtomicU64; ROOM_SIZE_LABELS.len()],
+    /// Publish→write latency since start.
+    pub latency: AtomicHistogram,
+    /// Publish→write latency per wall-clock-aligned 10 s window.
+    pub latency_window: WindowedHistogram,
+}
+
+impl Default for ShardFigures {
+    fn default() -> Self {
+        Self {
+            values: Default::default(),
+            rejections: Default::default(),
+            room_sizes: Default::default(),
+            latency: AtomicHistogram::new(),
+            latency_window: WindowedHistogram::new(shard::metrics::WINDOW_DEFAULT),
+        }
+    }
 }
 
 impl ShardFigures {
@@ -130,6 +198,24 @@ impl ShardFigures {
     /// Reads a figure.
     pub fn get(&self, figure: Figure) -> u64 {
         self.values[figure as usize].load(Ordering::Relaxed)
+    }
+
+    /// Stores the rejection count of one reason.
+    pub fn set_rejections(&self, reason: Rejection, value: u64) {
+        self.rejections[reason as usize].store(value, Ordering::Relaxed);
+    }
+
+    /// Stores the room counts per size bucket ([`ROOM_SIZE_LABELS`]).
+    pub fn set_room_sizes(&self, counts: &[u64; ROOM_SIZE_LABELS.len()]) {
+        for (cell, count) in self.room_sizes.iter().zip(counts) {
+            cell.store(*count, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds a turn's latency samples, taken at `now_unix_nanos`.
+    pub fn add_latency(&self, now_unix_nanos: u64, turn: &HistogramSnapshot) {
+        self.latency.add(turn);
+        self.latency_window.add(now_unix_nanos, turn);
     }
 }
 
@@ -154,25 +240,195 @@ pub fn fds() -> (u64, u64) {
     (used, limit)
 }
 
-/// Renders every figure in the Prometheus text format, per shard.
-pub fn render(shards: &[ShardFigures]) -> String {
-    let mut out = String::with_capacity(4096);
+/// Renders every figure of every shard, the process figures and the latency histograms.
+pub fn render(shared: &Shared, format: Format, now_unix_nanos: u64) -> String {
+    let mut out = Exposition::new(format);
+    expose_shards(&mut out, &shared.figures, now_unix_nanos);
+    let clock = &shared.clock;
+    out.gauge(
+        "ringcast_clock_drift_seconds",
+        "Offset between realtime and the process clock still to be slewed (positive: realtime ahead).",
+        &[],
+        clock.drift_seconds(),
+    );
+    out.counter(
+        "ringcast_clock_corrections_total",
+        "Slew episodes the process clock started.",
+        &[],
+        clock.corrections_total() as f64,
+    );
+    let (used, limit) = fds();
+    out.gauge(
+        "ringcast_fds_used",
+        "Open file descriptors of the process.",
+        &[],
+        used as f64,
+    );
+    out.gauge(
+        "ringcast_fds_limit",
+        "File descriptor limit of the process.",
+        &[],
+        limit as f64,
+    );
+    out.gauge(
+        "ringcast_client_addresses",
+        "Client addresses holding connections (entries of the per-address table).",
+        &[],
+        shared.per_ip.addresses() as f64,
+    );
+    if let Some(pool) = &shared.auth {
+        crate::auth::expose(&mut out, pool);
+    }
+    out.finish()
+}
+
+/// The per-shard part of [`render`]: figures (label `shard`), rejections by reason, room
+/// size buckets, and the latency histograms merged over shards.
+pub fn expose_shards(out: &mut Exposition, shards: &[ShardFigures], now_unix_nanos: u64) {
+    let mut labels = [String::new()];
     for (index, (name, kind, help)) in META.iter().enumerate() {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (shard, figures) in shards.iter().enumerate() {
-            let value = figures.values[index].load(Ordering::Relaxed);
-            if index == Figure::Connections as usize {
-                let _ = writeln!(
-                    out,
-                    "{name}{{shard=\"{shard}\",transport=\"http1\"}} {value}"
-                );
-            } else {
-                let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {value}");
+            labels[0] = shard.to_string();
+            let value = figures.values[index].load(Ordering::Relaxed) as f64;
+            let shard_label = ("shard", labels[0].as_str());
+            match kind {
+                Kind::Counter => out.counter(name, help, &[shard_label], value),
+                Kind::Gauge if index == Figure::Connections as usize => {
+                    out.gauge(name, help, &[shard_label, ("transport", "http1")], value)
+                }
+                Kind::Gauge => out.gauge(name, help, &[shard_label], value),
             }
         }
     }
-    let (used, limit) = fds();
-    let _ = writeln!(out, "# HELP ringcast_fds_used Open file descriptors of the process.\n# TYPE ringcast_fds_used gauge\nringcast_fds_used {used}");
-    let _ = writeln!(out, "# HELP ringcast_fds_limit File descriptor limit of the process.\n# TYPE ringcast_fds_limit gauge\nringcast_fds_limit {limit}");
-    out
+    for (shard, figures) in shards.iter().enumerate() {
+        labels[0] = shard.to_string();
+        for reason in Rejection::ALL {
+            out.counter(
+                "ringcast_admission_rejections_total",
+                "Requests and connections refused with 503, by reason.",
+                &[("shard", &labels[0]), ("reason", reason.label())],
+                figures.rejections[reason as usize].load(Ordering::Relaxed) as f64,
+            );
+        }
+    }
+    for (shard, figures) in shards.iter().enumerate() {
+        labels[0] = shard.to_string();
+        for (bucket, size) in ROOM_SIZE_LABELS.iter().enumerate() {
+            out.gauge(
+                "ringcast_rooms_by_subscribers",
+                "Rooms by how many subscribers they have on the shard (updated once a second).",
+                &[("shard", &labels[0]), ("subscribers", size)],
+                figures.room_sizes[bucket].load(Ordering::Relaxed) as f64,
+            );
+        }
+    }
+    let mut total = HistogramSnapshot::EMPTY;
+    for figures in shards {
+        total.merge(&figures.latency.snapshot());
+    }
+    out.histogram(
+        "ringcast_publish_to_write_seconds",
+        "Time from a message's sequencing to the completion of the write that carried it, per delivered frame.",
+        &[],
+        &total,
+    );
+    let grace = WINDOW_GRACE.as_nanos() as u64;
+    let mut window: Option<(u64, HistogramSnapshot)> = None;
+    for figures in shards {
+        let Some((end, snapshot)) = figures
+            .latency_window
+            .last_complete(now_unix_nanos.saturating_sub(grace))
+        else {
+            window = None;
+            break;
+        };
+        let merged = window.get_or_insert((end, HistogramSnapshot::EMPTY));
+        merged.1.merge(&snapshot);
+    }
+    if let Some((end, snapshot)) = window {
+        out.gauge_at(
+            "ringcast_publish_to_write_window_deliveries",
+            "Deliveries in the last complete 10 s wall-clock window (stamped with its end).",
+            &[],
+            snapshot.count() as f64,
+            end,
+        );
+        for (q, label) in QUANTILES {
+            if let Some(value) = snapshot.quantile(q) {
+                out.gauge_at(
+                    "ringcast_publish_to_write_window_seconds",
+                    "Publish-to-write latency quantiles over the last complete 10 s wall-clock window (stamped with its end).",
+                    &[("quantile", label)],
+                    value,
+                    end,
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_size_buckets_table() {
+        let cases = [
+            (0, "0"),
+            (1, "1"),
+            (2, "2-10"),
+            (10, "2-10"),
+            (11, "11-100"),
+            (100, "11-100"),
+            (101, "101-1000"),
+            (1000, "101-1000"),
+            (1001, "1001+"),
+        ];
+        for (subscribers, label) in cases {
+            assert_eq!(
+                ROOM_SIZE_LABELS[room_size_bucket(subscribers)],
+                label,
+                "{subscribers}"
+            );
+        }
+    }
+
+    #[test]
+    fn shards_merge_into_one_histogram_and_one_window() {
+        const SECOND: u64 = 1_000_000_000;
+        let start = 1_767_225_600 * SECOND;
+        let shards = [ShardFigures::default(), ShardFigures::default()];
+        shards[0].set(Figure::Deliveries, 3);
+        shards[1].set(Figure::Deliveries, 4);
+        shards[1].set_rejections(Rejection::PerIpLimit, 2);
+        let mut turn = HistogramSnapshot::EMPTY;
+        turn.record(2_000_000);
+        shards[0].add_latency(start + SECOND, &turn);
+        turn.record(4_000_000);
+        shards[1].add_latency(start + 2 * SECOND, &turn);
+        let mut out = Exposition::new(Format::Prometheus);
+        expose_shards(&mut out, &shards, start + 12 * SECOND);
+        let text = out.finish();
+        assert!(
+            text.contains("ringcast_deliveries_total{shard=\"1\"} 4\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "ringcast_admission_rejections_total{shard=\"1\",reason=\"per_ip_limit\"} 2\n"
+        ));
+        assert!(
+            text.contains("ringcast_publish_to_write_seconds_count 3\n"),
+            "{text}"
+        );
+        // The window [start, start+10 s) is complete at start+11 s (12 s minus the grace),
+        // stamped with its end in milliseconds.
+        let end_ms = (start + 10 * SECOND) / 1_000_000;
+        assert!(
+            text.contains(&format!(
+                "ringcast_publish_to_write_window_deliveries 3 {end_ms}\n"
+            )),
+            "{text}"
+        );
+        assert!(text.contains("ringcast_publish_to_write_window_seconds{quantile=\"0.99\"}"));
+    }
 }

@@ -1,16 +1,22 @@
 //! Starting and stopping the process: one SO_REUSEPORT listener and one pinned thread per
 //! shard, signal handling, and joining.
 
-use crate::config::Config;
+use crate::admission::PerIpConnections;
+use crate::clock::SharedClock;
+use crate::config::{Config, Flags};
 use crate::mailbox::Mesh;
 use crate::metrics::ShardFigures;
+use crate::reload::LiveConfig;
 use crate::worker::{Shared, Worker};
 use anyhow::Context;
+use shard::clock::ProcessClock;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Pending connections the kernel queues per listener.
 const LISTEN_BACKLOG: i32 = 4096;
@@ -26,8 +32,17 @@ fn listener(addr: SocketAddr) -> anyhow::Result<Socket> {
     Ok(socket)
 }
 
+/// How often the main thread feeds the process clock a realtime sample.
+const CLOCK_SAMPLE_PERIOD: Duration = Duration::from_secs(1);
+/// How long the main thread sleeps between checks for SIGHUP and stopped shards.
+const KEEPER_TICK: Duration = Duration::from_millis(50);
+
 /// Runs the gateway until SIGINT or SIGTERM; returns once every shard has stopped.
-pub fn run(config: Config) -> anyhow::Result<()> {
+///
+/// The main thread, once the shards run, keeps the process clock (a realtime sample a
+/// second, published to the shards) and handles SIGHUP reloads: `flags` are the
+/// command-line flags, merged again over the re-read file so they still win.
+pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
     let shards = config.shards;
     // The first listener picks the port (when 0 was asked for); the others share it.
     let first = listener(config.listen)?;
@@ -42,10 +57,33 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    let hangup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hangup.clone())?;
+    let mut clock = ProcessClock::new(Instant::now(), SystemTime::now());
+    let mesh = Mesh::new(shards)?;
+    let auth = match &config.auth {
+        Some(auth) => {
+            let wakers = (0..shards)
+                .map(|shard| mesh.eventfd_owned(shard))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            tracing::info!(url = ?auth.url, fail_open = auth.fail_open, "subscribe authorization on");
+            Some(crate::auth::AuthPool::start(
+                auth.clone(),
+                wakers,
+                crate::auth::WORKERS,
+                crate::auth::QUEUE_MAX,
+            )?)
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared {
-        mesh: Mesh::new(shards)?,
+        mesh,
+        auth,
         figures: (0..shards).map(|_| ShardFigures::default()).collect(),
         stop,
+        clock: SharedClock::new(&clock),
+        live: LiveConfig::new(config.clone()),
+        per_ip: PerIpConnections::default(),
         config,
     });
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -72,6 +110,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             })?;
         threads.push(thread);
     }
+    keep_clock_and_config(&shared, &threads, &mut clock, &hangup, &flags);
     let mut result = Ok(());
     for thread in threads {
         match thread.join() {
@@ -93,4 +132,57 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     result
+}
+
+/// The main thread's work while shards run: a clock sample a second, SIGHUP reloads.
+/// Returns once every shard thread has finished.
+fn keep_clock_and_config(
+    shared: &Shared,
+    threads: &[JoinHandle<anyhow::Result<()>>],
+    clock: &mut ProcessClock,
+    hangup: &AtomicBool,
+    flags: &Flags,
+) {
+    let mut next_sample = Instant::now() + CLOCK_SAMPLE_PERIOD;
+    while !threads.iter().all(JoinHandle::is_finished) {
+        std::thread::sleep(KEEPER_TICK);
+        if threads.iter().any(JoinHandle::is_finished) {
+            // A shard only returns after a stop request, or when it failed: stop the rest.
+            shared.stop.store(true, Ordering::Relaxed);
+        }
+        if hangup.swap(false, Ordering::Relaxed) {
+            reload(shared, flags);
+        }
+        let now = Instant::now();
+        if now >= next_sample {
+            next_sample = now + CLOCK_SAMPLE_PERIOD;
+            clock.handle_realtime_sample(now, SystemTime::now());
+            shared.clock.publish(clock);
+        }
+    }
+}
+
+/// Re-reads the config file and puts its live settings in force.
+fn reload(shared: &Shared, flags: &Flags) {
+    if flags.config.is_none() {
+        tracing::warn!("SIGHUP: no --config file to reload");
+        return;
+    }
+    let fresh = match Config::load(flags.clone()) {
+        Ok(fresh) => fresh,
+        Err(err) => {
+            tracing::error!(%err, "SIGHUP: config not reloaded; the settings in force stay");
+            return;
+        }
+    };
+    let (_, current) = shared.live.current();
+    let reloaded = crate::reload::apply(&current, &fresh, shared.config.max_connections);
+    if !reloaded.not_live.is_empty() {
+        tracing::warn!(
+            settings = ?reloaded.not_live,
+            "SIGHUP: these settings cannot change while running; restart to apply them"
+        );
+    }
+    let generation = shared.live.replace(reloaded.config);
+    tracing::info!(generation, changed = ?reloaded.changed, "config reloaded");
 }

@@ -93,8 +93,8 @@ impl Ring {
     pub fn new() -> io::Result<Self> {
         let ring = IoUring::builder()
             .setup_cqsize(RING_ENTRIES * 2)
-            .setup_coop_taskrun()
             .setup_single_issuer()
+            .setup_defer_taskrun()
             .build(RING_ENTRIES)
             .or_else(|_| {
                 IoUring::builder()

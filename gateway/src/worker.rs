@@ -7,23 +7,33 @@
 //! deadline. The bounded write budget is what lets publishes that arrive during a big
 //! fan-out ride in the same writes (DESIGN.md §2).
 
+use crate::admission::{PerIpConnections, Rejection, REJECTIONS};
+use crate::clock::{ShardClock, SharedClock};
 use crate::config::Config;
 use crate::http1::{self, Parsed, Refusal, Route};
 use crate::mailbox::{Mail, Mesh, ReplyTo, OUTBOX_MAX};
-use crate::metrics::{Figure, ShardFigures};
+use crate::metrics::{Figure, ShardFigures, ROOM_SIZE_LABELS};
+use crate::reload::LiveConfig;
 use crate::uring::{Completion, OpKind, Ring};
 use bytes::Bytes;
-use shard::fanout::{Action, ConnId, Fanout, FanoutConfig};
+use shard::fanout::{Action, ConnId, Fanout, FanoutConfig, FanoutError};
+use shard::metrics::HistogramSnapshot;
 use shard::room::owner_shard;
 use shard::timer_wheel::{TimerKey, TimerWheel};
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Bytes a receive asks for at once.
-const RECV_CHUNK: usize = 16 * 1024;
+/// Bytes the first receive of a request asks for: a typical request head fits, and an
+/// idle subscriber's connection never holds more (the buffer is freed once it streams).
+const RECV_FIRST: usize = 2048;
+/// Most bytes a later receive asks for at once.
+const RECV_CHUNK: usize = 64 * 1024;
+/// Spare write vectors kept per shard, so idle connections hold none.
+const WRITE_VECS_POOLED_MAX: usize = 4096;
 /// Resolution of the request/idle timer wheel.
 const TIMER_TICK: Duration = Duration::from_millis(10);
 /// How long a connection refused for bad input may keep sending before it is closed (so
@@ -41,6 +51,10 @@ const REFUSAL_SLOTS: usize = 1024;
 /// caught-up subscribers: long enough for messages other shards accepted before the
 /// signal to arrive (mail is flushed every loop turn).
 const DRAIN_SETTLE: Duration = Duration::from_millis(200);
+/// How often a shard recounts its rooms by subscriber count for the metrics.
+const ROOM_SIZES_PERIOD: Duration = Duration::from_secs(1);
+/// Spare stamp vectors kept per shard (as the write vectors).
+const STAMP_VECS_POOLED_MAX: usize = 4096;
 /// The `retry:` hint (ms) sent to subscribers closed by a drain.
 const DRAIN_RETRY_MS: u64 = 1000;
 
@@ -54,6 +68,14 @@ pub struct Shared {
     pub figures: Vec<ShardFigures>,
     /// Set by the signal handler.
     pub stop: Arc<AtomicBool>,
+    /// The process clock, kept by the main thread.
+    pub clock: SharedClock,
+    /// The settings in force (swapped by SIGHUP reloads); `config` is the start-up copy.
+    pub live: LiveConfig,
+    /// Open connections per client address, over every shard.
+    pub per_ip: PerIpConnections,
+    /// Subscribe authorization threads, when `--auth-url` is set.
+    pub auth: Option<crate::auth::AuthPool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +139,10 @@ struct Conn {
     pending: Option<Pending>,
     outstanding: u32,
     keep_alive: bool,
+    /// The client's address while it counts against the per-address limit.
+    peer: Option<IpAddr>,
+    /// Sequencing stamps of the message frames the write in flight carries.
+    stamps: Vec<u64>,
 }
 
 /// A connection slot's memory must not move while the kernel holds pointers into it, so
@@ -145,14 +171,33 @@ pub struct Worker {
     wake_read: Box<u64>,
     wake_pending: Vec<bool>,
     discard: Box<[u8]>,
+    frame_vecs: Vec<Vec<Bytes>>,
+    iov_vecs: Vec<Vec<libc::iovec>>,
     bytes_written: u64,
-    rejections: u64,
+    /// Refusals by reason ([`Rejection`]).
+    rejections: [u64; REJECTIONS],
+    /// Settings in force and their generation (see [`LiveConfig`]).
+    config: Arc<Config>,
+    generation: u64,
+    clock: ShardClock,
+    /// Process-clock time at the start of the turn.
+    now_unix: u64,
+    /// Publish→write latencies recorded this turn, added to the figures at its end.
+    latency_turn: HistogramSnapshot,
+    stamp_scratch: Vec<u64>,
+    stamp_vecs: Vec<Vec<u64>>,
+    /// Bytes submitted to writes and not yet written (the admission bound).
+    pending_write_bytes: usize,
+    room_sizes_at: Instant,
+    /// This shard's authorization breaker and calls, when `--auth-url` is set.
+    auth: Option<crate::auth::AuthShard>,
 }
 
 impl Worker {
     /// Sets up shard `index` around its listener.
     pub fn new(index: usize, shared: Arc<Shared>, listener: RawFd) -> std::io::Result<Self> {
-        let config = &shared.config;
+        let (generation, live_config) = shared.live.current();
+        let config = &*live_config;
         let now = Instant::now();
         let shards = shared.mesh.shards();
         let fanout = Fanout::new(
@@ -188,8 +233,20 @@ impl Worker {
             wake_read: Box::new(0),
             wake_pending: vec![false; shards],
             discard: vec![0u8; 4096].into_boxed_slice(),
+            frame_vecs: Vec::new(),
+            iov_vecs: Vec::new(),
             bytes_written: 0,
-            rejections: 0,
+            rejections: [0; REJECTIONS],
+            config: live_config,
+            generation,
+            clock: ShardClock::new(&shared.clock),
+            now_unix: 0,
+            latency_turn: HistogramSnapshot::EMPTY,
+            stamp_scratch: Vec::with_capacity(shard::fanout::WRITE_FRAMES_MAX),
+            stamp_vecs: Vec::new(),
+            pending_write_bytes: 0,
+            room_sizes_at: now,
+            auth: shared.auth.as_ref().map(|pool| pool.shard(index)),
             shared,
         })
     }
@@ -206,6 +263,7 @@ impl Worker {
         let mut forced = false;
         loop {
             let now = Instant::now();
+            self.begin_turn(now);
             self.completions.clear();
             let mut completions = std::mem::take(&mut self.completions);
             self.ring.reap(&mut completions);
@@ -214,14 +272,15 @@ impl Worker {
             }
             self.completions = completions;
             self.drain_mail(now);
+            self.drain_auth(now);
             self.expire_timers(now);
             self.fanout.handle_timeout(now);
             let budget_used = self.write_out(now)?;
             self.flush_outbox()?;
-            self.publish_figures();
+            self.publish_figures(now);
 
             if self.shared.stop.load(Ordering::Relaxed) && stop_deadline.is_none() {
-                stop_deadline = Some(now + self.shared.config.drain_timeout);
+                stop_deadline = Some(now + self.config.drain_timeout);
                 drain_at = Some(now + DRAIN_SETTLE);
                 self.begin_stop()?;
             }
@@ -260,7 +319,7 @@ impl Worker {
                 }
             }
             let mut wait = WAIT_MAX;
-            if budget_used >= self.shared.config.write_budget {
+            if budget_used >= self.config.write_budget {
                 wait = Duration::ZERO;
             } else {
                 for deadline in [self.fanout.poll_timeout(), self.timers.poll_timeout()]
@@ -275,6 +334,46 @@ impl Worker {
             }
             self.ring.submit_and_wait(wait)?;
         }
+    }
+
+    /// Once per turn: reads the process clock, and picks up reloaded settings.
+    fn begin_turn(&mut self, now: Instant) {
+        self.clock.refresh(&self.shared.clock);
+        self.now_unix = self.clock.now_unix_nanos(now);
+        if self.shared.live.generation() == self.generation {
+            return;
+        }
+        let (generation, config) = self.shared.live.current();
+        self.generation = generation;
+        self.fanout.set_timings(
+            config.heartbeat,
+            config.coalesce_delay,
+            config.coalesce_queue_min,
+        );
+        self.conns_max = config.max_connections.div_ceil(self.shards);
+        tracing::debug!(shard = self.index, generation, "settings reloaded");
+        self.config = config;
+    }
+
+    /// Counts a refusal.
+    fn count_rejection(&mut self, reason: Rejection) {
+        self.rejections[reason as usize] += 1;
+    }
+
+    /// Refuses with 503, `Retry-After` and the reason, and counts it.
+    fn refuse_unavailable(&mut self, slot: u32, reason: Rejection) -> std::io::Result<()> {
+        self.count_rejection(reason);
+        let refusal = Refusal {
+            status: 503,
+            reason: reason.text().into(),
+            extra: "Retry-After: 1\r\n",
+        };
+        self.refuse(slot, &refusal)
+    }
+
+    /// Whether the shard's write backlog is past `--max-pending-write-bytes`.
+    fn backlogged(&self) -> bool {
+        self.pending_write_bytes > self.config.max_pending_write_bytes
     }
 
     /// Stops accepting; closes idle non-stream connections and makes the others close
@@ -326,9 +425,15 @@ impl Worker {
 
     fn on_accept(&mut self, now: Instant, fd: RawFd) -> std::io::Result<()> {
         if self.live >= self.conns_max + REFUSAL_SLOTS || !self.accepting {
+            // Past the refusal slots there is no room even to answer 503: close at once
+            // (counted, so it is not silent in the metrics).
             // SAFETY: `fd` was just accepted and is ours; nothing else refers to it.
             unsafe { libc::close(fd) };
-            self.rejections += 1;
+            self.count_rejection(if self.accepting {
+                Rejection::ConnectionLimit
+            } else {
+                Rejection::Draining
+            });
             return Ok(());
         }
         let one: libc::c_int = 1;
@@ -361,6 +466,8 @@ impl Worker {
             pending: None,
             outstanding: 0,
             keep_alive: true,
+            peer: None,
+            stamps: Vec::new(),
         });
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -374,13 +481,19 @@ impl Worker {
         };
         self.live += 1;
         if self.live > self.conns_max {
-            self.rejections += 1;
-            let refusal = Refusal {
-                status: 503,
-                reason: "connection limit reached".into(),
-                extra: "Retry-After: 1\r\n",
-            };
-            return self.refuse(slot, &refusal);
+            return self.refuse_unavailable(slot, Rejection::ConnectionLimit);
+        }
+        if let Some(ip) = crate::auth::peer_addr(fd).map(|addr| addr.ip()) {
+            if !self
+                .shared
+                .per_ip
+                .try_acquire(ip, self.config.max_connections_per_ip)
+            {
+                return self.refuse_unavailable(slot, Rejection::PerIpLimit);
+            }
+            if let Some(conn) = self.conn(slot) {
+                conn.peer = Some(ip);
+            }
         }
         self.arm_timer(now, slot, TimerKind::Header);
         self.post_recv(slot)
@@ -393,7 +506,7 @@ impl Worker {
     }
 
     fn arm_timer(&mut self, now: Instant, slot: u32, kind: TimerKind) {
-        let config = &self.shared.config;
+        let config = &self.config;
         let after = match kind {
             TimerKind::Header => config.header_timeout,
             TimerKind::Idle => config.idle_timeout,
@@ -476,7 +589,12 @@ impl Worker {
         }
         let (ptr, len) = match conn.state {
             State::Reading => {
-                let room = limit.saturating_sub(conn.buf.len()).clamp(1, RECV_CHUNK);
+                let want = if conn.buf.is_empty() {
+                    RECV_FIRST
+                } else {
+                    conn.buf.len().clamp(RECV_FIRST, RECV_CHUNK)
+                };
+                let room = limit.saturating_sub(conn.buf.len()).clamp(1, want);
                 conn.buf.reserve(room);
                 let spare = conn.buf.spare_capacity_mut();
                 (
@@ -525,6 +643,7 @@ impl Worker {
     fn process(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
         let config = &self.shared.config;
         let (max_header, max_body) = (config.max_header_bytes, config.max_message_bytes);
+        let auth_on = self.auth.is_some();
         let Some(conn) = self.conn(slot) else {
             return Ok(());
         };
@@ -545,24 +664,27 @@ impl Worker {
             return self.refuse(slot, &http1::method_not_allowed(head.route.allowed()));
         }
         let body: Vec<u8> = conn.buf[head.len..total].to_vec();
+        // The authorization call forwards the subscriber's headers: keep its raw head
+        // (subscribes only, and only with --auth-url; publishes never pay for this).
+        let auth_head = (auth_on && matches!(head.route, Route::Events(_)))
+            .then(|| conn.buf[..head.len].to_vec());
         conn.buf.drain(..total);
         let close = head.close;
         match head.route {
-            Route::Events(room) => self.subscribe(now, slot, &room, head.last_event_id),
+            Route::Events(room) => match auth_head {
+                Some(raw) => self.authorize(now, slot, room, head.last_event_id, raw),
+                None => self.subscribe(now, slot, &room, head.last_event_id),
+            },
             Route::Messages(room) => self.publish_one(now, slot, room, body),
             Route::Publish => self.publish_batch(now, slot, &body),
             Route::Room(room) => self.room_info(slot, room),
             Route::Metrics => {
-                let text = crate::metrics::render(&self.shared.figures);
+                let format = head.metrics_format;
+                let now_unix = self.clock.now_unix_nanos(Instant::now());
+                let text = crate::metrics::render(&self.shared, format, now_unix);
                 self.respond(
                     slot,
-                    http1::response(
-                        200,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                        "",
-                        text.as_bytes(),
-                        close,
-                    ),
+                    http1::response(200, format.content_type(), "", text.as_bytes(), close),
                 )
             }
             Route::Healthz => {
@@ -598,12 +720,10 @@ impl Worker {
         last_event_id: Option<u64>,
     ) -> std::io::Result<()> {
         if self.stopping() {
-            let refusal = Refusal {
-                status: 503,
-                reason: "draining".into(),
-                extra: "Retry-After: 1\r\n",
-            };
-            return self.refuse(slot, &refusal);
+            return self.refuse_unavailable(slot, Rejection::Draining);
+        }
+        if self.backlogged() {
+            return self.refuse_unavailable(slot, Rejection::PendingWriteBytes);
         }
         match self.fanout.handle_subscribe(
             now,
@@ -621,13 +741,93 @@ impl Worker {
                 self.post_recv(slot)
             }
             Err(err) => {
-                self.rejections += 1;
-                let refusal = Refusal {
-                    status: 503,
-                    reason: err.to_string(),
-                    extra: "Retry-After: 1\r\n",
+                let reason = match err {
+                    FanoutError::RoomsFull => Rejection::RoomLimit,
+                    FanoutError::SubscribersFull
+                    | FanoutError::TimersFull
+                    | FanoutError::AlreadySubscribed => Rejection::SubscriberLimit,
                 };
-                self.refuse(slot, &refusal)
+                self.refuse_unavailable(slot, reason)
+            }
+        }
+    }
+
+    /// A subscribe that `--auth-url` must approve first: decided at once (breaker open,
+    /// queue full) or the connection waits for [`Self::drain_auth`].
+    fn authorize(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        room: String,
+        last_event_id: Option<u64>,
+        head: Vec<u8>,
+    ) -> std::io::Result<()> {
+        let (Some(conn), false) = (
+            self.conns.get(slot as usize).and_then(|c| c.as_deref()),
+            self.stopping(),
+        ) else {
+            // Draining (or gone): the plain path refuses.
+            return self.subscribe(now, slot, &room, last_event_id);
+        };
+        let ticket = crate::auth::Ticket {
+            slot,
+            serial: conn.serial,
+            room,
+            last_event_id,
+        };
+        let client = crate::auth::peer_addr(conn.fd);
+        let Some(auth) = self.auth.as_mut() else {
+            return self.subscribe(now, slot, &ticket.room, last_event_id);
+        };
+        match auth.begin(now, ticket, client, head) {
+            crate::auth::Begin::Waiting => {
+                if let Some(conn) = self.conn(slot) {
+                    conn.state = State::Waiting;
+                }
+                Ok(())
+            }
+            crate::auth::Begin::Decided(ticket, decision) => {
+                self.finish_authorize(now, ticket, decision)
+            }
+        }
+    }
+
+    /// Resumes subscribes whose authorization call finished; replies for connections that
+    /// closed meanwhile (serial changed, or no longer waiting) are dropped.
+    fn drain_auth(&mut self, now: Instant) {
+        let Some(auth) = self.auth.as_mut() else {
+            return;
+        };
+        // Bounded: a shard has at most SHARD_IN_FLIGHT_MAX calls out.
+        let mut decided = Vec::new();
+        while let Some(done) = auth.poll_decision(now) {
+            decided.push(done);
+        }
+        auth.publish_figures(now);
+        for (ticket, decision) in decided {
+            let waiting = self
+                .conn(ticket.slot)
+                .is_some_and(|c| c.serial == ticket.serial && c.state == State::Waiting);
+            if !waiting {
+                continue;
+            }
+            if let Err(err) = self.finish_authorize(now, ticket, decision) {
+                tracing::warn!(shard = self.index, %err, "resuming an authorized subscribe failed");
+            }
+        }
+    }
+
+    fn finish_authorize(
+        &mut self,
+        now: Instant,
+        ticket: crate::auth::Ticket,
+        decision: crate::auth::Decision,
+    ) -> std::io::Result<()> {
+        match decision.response() {
+            None => self.subscribe(now, ticket.slot, &ticket.room, ticket.last_event_id),
+            Some(response) => {
+                tracing::debug!(shard = self.index, conn = ticket.slot, room = %ticket.room, ?decision, "subscribe not authorized");
+                self.refuse_with(ticket.slot, response)
             }
         }
     }
@@ -645,22 +845,33 @@ impl Worker {
         data: &[u8],
     ) -> Result<u64, &'static str> {
         if self.stopping() {
-            return Err("draining");
+            self.count_rejection(Rejection::Draining);
+            return Err(Rejection::Draining.text());
         }
         if self.outbox_full() {
-            self.rejections += 1;
-            return Err("shard queues full");
+            self.count_rejection(Rejection::ShardQueues);
+            return Err(Rejection::ShardQueues.text());
         }
-        let (id, frame) = self
-            .fanout
-            .handle_publish(now, room, data)
-            .map_err(|_| "room limit reached")?;
+        // The stamp is read now rather than at the start of the turn: a turn can be long.
+        let stamp = if self.config.latency_metrics {
+            self.clock.now_unix_nanos(Instant::now())
+        } else {
+            0
+        };
+        let (id, frame) = match self.fanout.handle_publish_stamped(now, stamp, room, data) {
+            Ok(sequenced) => sequenced,
+            Err(_) => {
+                self.count_rejection(Rejection::RoomLimit);
+                return Err(Rejection::RoomLimit.text());
+            }
+        };
         for target in 0..self.shards {
             if target != self.index {
                 self.outbox[target].push_back(Mail::Frame {
                     room: room.clone(),
                     id,
                     frame: frame.clone(),
+                    stamp_unix_nanos: stamp,
                 });
             }
         }
@@ -685,14 +896,18 @@ impl Worker {
         body: Vec<u8>,
     ) -> std::io::Result<()> {
         let room: Arc<str> = Arc::from(room);
+        if self.backlogged() {
+            self.count_rejection(Rejection::PendingWriteBytes);
+            return self.finish_publish(slot, &room, Err(Rejection::PendingWriteBytes.text()));
+        }
         let owner = owner_shard(&room, self.shards);
         if owner == self.index {
             let result = self.sequence(now, &room, &body);
             return self.finish_publish(slot, &room, result);
         }
         if self.outbox_full() {
-            self.rejections += 1;
-            return self.finish_publish(slot, &room, Err("shard queues full"));
+            self.count_rejection(Rejection::ShardQueues);
+            return self.finish_publish(slot, &room, Err(Rejection::ShardQueues.text()));
         }
         let reply = self.reply_to(slot, 0);
         self.outbox[owner].push_back(Mail::Publish {
@@ -738,6 +953,10 @@ impl Worker {
     }
 
     fn publish_batch(&mut self, now: Instant, slot: u32, body: &[u8]) -> std::io::Result<()> {
+        if self.backlogged() {
+            self.count_rejection(Rejection::PendingWriteBytes);
+            return self.finish_publish(slot, "(batch)", Err(Rejection::PendingWriteBytes.text()));
+        }
         let mut results = Vec::new();
         let mut outstanding = 0;
         for (index, line) in body.split(|&b| b == b'\n').enumerate() {
@@ -774,8 +993,10 @@ impl Worker {
                     .map_err(str::to_owned);
                 results.push(BatchLine::Done(result));
             } else if self.outbox_full() {
-                self.rejections += 1;
-                results.push(BatchLine::Done(Err("shard queues full".to_owned())));
+                self.count_rejection(Rejection::ShardQueues);
+                results.push(BatchLine::Done(Err(Rejection::ShardQueues
+                    .text()
+                    .to_owned())));
             } else {
                 let reply = self.reply_to(slot, results.len() as u32);
                 self.outbox[owner].push_back(Mail::Publish {
@@ -894,8 +1115,14 @@ impl Worker {
                 let result = self.sequence(now, &room, &data);
                 self.outbox[reply.shard as usize].push_back(Mail::Sequenced { reply, result });
             }
-            Mail::Frame { room, id, frame } => {
-                self.fanout.handle_frame(now, &room, id, frame);
+            Mail::Frame {
+                room,
+                id,
+                frame,
+                stamp_unix_nanos,
+            } => {
+                self.fanout
+                    .handle_frame_stamped(now, stamp_unix_nanos, &room, id, frame);
             }
             Mail::RoomQuery { room, reply } => {
                 let subscribers = self.fanout.room_info(&room).map_or(0, |i| i.subscribers);
@@ -973,12 +1200,19 @@ impl Worker {
 
     /// Hands up to `write_budget` fan-out actions to the ring; returns how many.
     fn write_out(&mut self, now: Instant) -> std::io::Result<usize> {
-        let budget = self.shared.config.write_budget;
+        let budget = self.config.write_budget;
+        let stamped = self.config.latency_metrics;
         let mut used = 0;
         while used < budget {
             let mut frames = std::mem::take(&mut self.scratch);
             frames.clear();
-            let action = self.fanout.poll_action(now, &mut frames);
+            self.stamp_scratch.clear();
+            let action = if stamped {
+                self.fanout
+                    .poll_action_stamped(now, &mut frames, &mut self.stamp_scratch)
+            } else {
+                self.fanout.poll_action(now, &mut frames)
+            };
             match action {
                 None => {
                     self.scratch = frames;
@@ -986,6 +1220,9 @@ impl Worker {
                 }
                 Some(Action::Write { conn }) => {
                     self.start_write(conn.0, &mut frames)?;
+                    if !self.stamp_scratch.is_empty() {
+                        self.attach_stamps(conn.0);
+                    }
                 }
                 Some(Action::Close { conn, reason }) => {
                     tracing::debug!(
@@ -1013,6 +1250,26 @@ impl Worker {
         Ok(used)
     }
 
+    /// Hands the stamps of the write just started on `slot` to the connection, which
+    /// records their latency when the write completes.
+    fn attach_stamps(&mut self, slot: u32) {
+        let Some(conn) = self
+            .conns
+            .get_mut(slot as usize)
+            .and_then(|c| c.as_deref_mut())
+            .filter(|c| c.write_in_flight)
+        else {
+            self.stamp_scratch.clear();
+            return;
+        };
+        debug_assert!(conn.stamps.is_empty(), "one write in flight per connection");
+        if conn.stamps.capacity() == 0 {
+            conn.stamps = self.stamp_vecs.pop().unwrap_or_default();
+        }
+        conn.stamps.clear();
+        std::mem::swap(&mut conn.stamps, &mut self.stamp_scratch);
+    }
+
     /// Starts one writev of `frames` (taken) on `slot`.
     fn start_write(&mut self, slot: u32, frames: &mut Vec<Bytes>) -> std::io::Result<()> {
         let Some(conn) = self
@@ -1028,10 +1285,13 @@ impl Worker {
             return self.finish_close(slot);
         }
         debug_assert!(!conn.write_in_flight, "one write in flight per connection");
-        std::mem::swap(&mut conn.frames, frames);
-        frames.clear();
+        conn.frames = std::mem::replace(frames, self.frame_vecs.pop().unwrap_or_default());
+        if conn.iov.capacity() == 0 {
+            conn.iov = self.iov_vecs.pop().unwrap_or_default();
+        }
         conn.write_len = conn.frames.iter().map(Bytes::len).sum();
         conn.written = 0;
+        self.pending_write_bytes += conn.write_len;
         self.submit_write(slot)
     }
 
@@ -1068,24 +1328,57 @@ impl Worker {
         if result > 0 {
             self.bytes_written += result as u64;
         }
-        let Some(conn) = self.conn(slot) else {
+        let Some(conn) = self
+            .conns
+            .get_mut(slot as usize)
+            .and_then(|c| c.as_deref_mut())
+        else {
             return Ok(());
         };
         conn.write_in_flight = false;
-        if conn.state == State::Closing {
+        let remaining = conn.write_len.saturating_sub(conn.written);
+        if conn.state == State::Closing || result < 0 {
+            // Abandoned: nothing more of it will be written, and nothing was delivered.
+            self.pending_write_bytes -= remaining;
             conn.frames.clear();
-            return self.finish_close(slot);
-        }
-        if result < 0 {
-            conn.frames.clear();
-            return self.begin_close(slot);
+            conn.stamps.clear();
+            return if conn.state == State::Closing {
+                self.finish_close(slot)
+            } else {
+                self.begin_close(slot)
+            };
         }
         conn.written += result as usize;
+        self.pending_write_bytes -= (result as usize).min(remaining);
         if conn.written < conn.write_len {
             return self.submit_write(slot);
         }
+        // Delivered: one latency sample per message frame the write carried.
+        for &stamp in &conn.stamps {
+            if stamp != 0 {
+                self.latency_turn
+                    .record(self.now_unix.saturating_sub(stamp));
+            }
+        }
+        if conn.stamps.capacity() != 0 {
+            conn.stamps.clear();
+            if self.stamp_vecs.len() < STAMP_VECS_POOLED_MAX
+                && conn.stamps.capacity() <= shard::fanout::WRITE_FRAMES_MAX
+            {
+                self.stamp_vecs.push(std::mem::take(&mut conn.stamps));
+            } else {
+                conn.stamps = Vec::new();
+            }
+        }
         conn.frames.clear();
-        if conn.frames.capacity() > 64 {
+        conn.iov.clear();
+        // Hand the vectors back to the shard: idle streams hold none.
+        if self.frame_vecs.len() < WRITE_VECS_POOLED_MAX
+            && conn.frames.capacity() <= shard::fanout::WRITE_FRAMES_MAX + 2
+        {
+            self.frame_vecs.push(std::mem::take(&mut conn.frames));
+            self.iov_vecs.push(std::mem::take(&mut conn.iov));
+        } else {
             conn.frames = Vec::new();
             conn.iov = Vec::new();
         }
@@ -1132,6 +1425,11 @@ impl Worker {
     /// answer rather than a reset.
     fn refuse(&mut self, slot: u32, refusal: &Refusal) -> std::io::Result<()> {
         tracing::debug!(shard = self.index, conn = slot, status = refusal.status, reason = %refusal.reason, "request refused");
+        self.refuse_with(slot, http1::refusal(refusal, true))
+    }
+
+    /// [`Self::refuse`] with a response already rendered (e.g. a computed `Retry-After`).
+    fn refuse_with(&mut self, slot: u32, response: Bytes) -> std::io::Result<()> {
         self.cancel_timer(slot);
         let Some(conn) = self.conn(slot) else {
             return Ok(());
@@ -1145,7 +1443,7 @@ impl Worker {
         } else {
             conn.buf = Vec::new();
         }
-        self.respond(slot, http1::refusal(refusal, true))
+        self.respond(slot, response)
     }
 
     fn begin_close(&mut self, slot: u32) -> std::io::Result<()> {
@@ -1198,13 +1496,34 @@ impl Worker {
                 conn.timer.is_none(),
                 "a released connection holds no ticker"
             );
+            if let Some(ip) = conn.peer {
+                self.shared.per_ip.release(ip);
+            }
             self.live -= 1;
             self.free.push(slot);
         }
     }
 
-    fn publish_figures(&mut self) {
+    fn publish_figures(&mut self, now: Instant) {
         let figures = &self.shared.figures[self.index];
+        if self.latency_turn.count() != 0 {
+            figures.add_latency(self.now_unix, &self.latency_turn);
+            self.latency_turn.clear();
+        }
+        if now >= self.room_sizes_at {
+            // O(rooms), so once a second rather than per turn.
+            self.room_sizes_at = now + ROOM_SIZES_PERIOD;
+            let mut counts = [0u64; ROOM_SIZE_LABELS.len()];
+            for subscribers in self.fanout.room_sizes() {
+                counts[crate::metrics::room_size_bucket(subscribers)] += 1;
+            }
+            figures.set_room_sizes(&counts);
+        }
+        for reason in Rejection::ALL {
+            figures.set_rejections(reason, self.rejections[reason as usize]);
+        }
+        figures.set(Figure::PendingWriteBytes, self.pending_write_bytes as u64);
+        figures.set(Figure::ConfigGeneration, self.generation);
         let stats = self.fanout.stats();
         let ring = self.ring.stats();
         figures.set(Figure::Connections, self.live as u64);
@@ -1223,7 +1542,6 @@ impl Worker {
         figures.set(Figure::Heartbeats, stats.heartbeats_total);
         figures.set(Figure::SqFull, ring.sq_full_total);
         figures.set(Figure::CqOverflow, ring.cq_overflow_total);
-        figures.set(Figure::Rejections, self.rejections);
         figures.set(Figure::DirtyQueue, self.fanout.dirty_len() as u64);
     }
 }

@@ -163,6 +163,28 @@ impl ProcessClock {
         estimate.clamp(0, i128::from(u64::MAX)) as u64
     }
 
+    /// The clock's state as plain integers, for handing to other threads (e.g. in atomics
+    /// under a seqlock): [`ClockParams::now_unix_nanos`] then reads exactly what
+    /// [`Self::now_unix_nanos`] does, until the next sample.
+    pub fn params(&self) -> ClockParams {
+        ClockParams {
+            mono_ref_nanos: self.elapsed_nanos(self.mono_ref),
+            anchor_unix_nanos: self.anchor_unix_nanos,
+            correction_ref_nanos: self.correction_ref_nanos,
+            target_nanos: self.target_nanos,
+            slew_rate_ppm: if self.slewing {
+                self.config.slew_rate_ppm
+            } else {
+                0
+            },
+        }
+    }
+
+    /// The monotonic instant the clock is anchored at; [`ClockParams`] count from it.
+    pub fn anchor(&self) -> Instant {
+        self.anchor_mono
+    }
+
     /// Feeds one realtime reading (the driver calls this about once a second).
     ///
     /// Updates the median offset; starts a slew episode when the remaining drift exceeds
@@ -248,6 +270,45 @@ impl ProcessClock {
         } else {
             ((i128::from(sorted[middle - 1]) + i128::from(sorted[middle])) / 2) as i64
         }
+    }
+}
+
+/// A [`ProcessClock`]'s state at its latest sample, as plain integers ([`ProcessClock::params`]).
+///
+/// Monotonic time is counted in nanoseconds since [`ProcessClock::anchor`], so the whole
+/// state fits in five words another thread can read without a lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClockParams {
+    /// Monotonic nanoseconds (since the anchor) of the latest sample.
+    pub mono_ref_nanos: u64,
+    /// Wall time at the anchor, nanoseconds since the Unix epoch.
+    pub anchor_unix_nanos: u64,
+    /// Correction applied at the latest sample.
+    pub correction_ref_nanos: i64,
+    /// Correction being slewed toward.
+    pub target_nanos: i64,
+    /// Slew rate in ppm; 0 when no slew episode is under way.
+    pub slew_rate_ppm: u32,
+}
+
+impl ClockParams {
+    /// The wall-clock estimate `mono_since_anchor_nanos` after the anchor: the same value as
+    /// [`ProcessClock::now_unix_nanos`] for the clock these parameters came from, and
+    /// non-decreasing in its argument.
+    pub fn now_unix_nanos(&self, mono_since_anchor_nanos: u64) -> u64 {
+        let mono = mono_since_anchor_nanos.max(self.mono_ref_nanos);
+        let since = mono - self.mono_ref_nanos;
+        let step = u128::from(since) * u128::from(self.slew_rate_ppm) / u128::from(PPM);
+        let remaining = self.target_nanos.abs_diff(self.correction_ref_nanos);
+        let step = step.min(u128::from(remaining)) as u64;
+        let correction = if self.target_nanos >= self.correction_ref_nanos {
+            self.correction_ref_nanos.saturating_add_unsigned(step)
+        } else {
+            self.correction_ref_nanos.saturating_sub_unsigned(step)
+        };
+        let estimate =
+            i128::from(self.anchor_unix_nanos) + i128::from(mono) + i128::from(correction);
+        estimate.clamp(0, i128::from(u64::MAX)) as u64
     }
 }
 
@@ -580,6 +641,9 @@ mod tests {
                         let fresh = read_ms >= sample_ms;
                         let output = clock.now_unix_nanos(base + Duration::from_millis(read_ms));
                         prop_assert!(output >= last_output, "went back: {} < {}", output, last_output);
+                        // Another thread holding only the published parameters reads the same.
+                        prop_assert_eq!(clock.params().now_unix_nanos(read_ms * 1_000_000), output);
+                        prop_assert_eq!(clock.anchor(), base);
                         if fresh && last_read_fresh {
                             // Both reads on the slewed line: the rate is bounded both ways.
                             let elapsed = (read_ms - last_read_ms) * 1_000_000;

@@ -174,7 +174,8 @@ struct Subscriber {
     queued: bool,
     heartbeat_due: bool,
     /// The response head and a gap notice go out with the first write.
-    preamble: Option<(Bytes, Option<Bytes>)>,
+    /// Boxed: held only until the first write, so streaming subscribers stay small.
+    preamble: Option<Box<(Bytes, Option<Bytes>)>>,
     heartbeat: Option<TimerKey>,
 }
 
@@ -341,7 +342,7 @@ impl Fanout {
             in_flight: false,
             queued: true,
             heartbeat_due: false,
-            preamble: Some((head, gap)),
+            preamble: Some(Box::new((head, gap))),
             heartbeat: Some(heartbeat),
         });
         self.subscribers_live += 1;
@@ -358,10 +359,23 @@ impl Fanout {
         room: &str,
         data: &[u8],
     ) -> Result<(u64, Bytes), FanoutError> {
+        self.handle_publish_stamped(now, 0, room, data)
+    }
+
+    /// As [`Fanout::handle_publish`], stamping the frame with the process-clock time of
+    /// sequencing (Unix nanoseconds), which [`Fanout::poll_action_stamped`] hands back
+    /// with every write that carries the frame.
+    pub fn handle_publish_stamped(
+        &mut self,
+        now: Instant,
+        stamp_unix_nanos: u64,
+        room: &str,
+        data: &[u8],
+    ) -> Result<(u64, Bytes), FanoutError> {
         let room_index = self.room_for(room, false)?;
         let id = self.rooms[room_index as usize].history.last_id() + 1;
         let frame = sse::encode_message(id, data);
-        self.append(now, room_index, id, frame.clone());
+        self.append(now, room_index, id, frame.clone(), stamp_unix_nanos);
         self.stats.publishes_total += 1;
         Ok((id, frame))
     }
@@ -370,20 +384,32 @@ impl Fanout {
     /// marks this shard's subscribers dirty. Frames at or below the room's head are
     /// duplicates and ignored; returns whether it was new.
     pub fn handle_frame(&mut self, now: Instant, room: &str, id: u64, frame: Bytes) -> bool {
+        self.handle_frame_stamped(now, 0, room, id, frame)
+    }
+
+    /// As [`Fanout::handle_frame`], with the stamp the owner shard gave the frame.
+    pub fn handle_frame_stamped(
+        &mut self,
+        now: Instant,
+        stamp_unix_nanos: u64,
+        room: &str,
+        id: u64,
+        frame: Bytes,
+    ) -> bool {
         let Ok(room_index) = self.room_for(room, true) else {
             return false;
         };
         if id <= self.rooms[room_index as usize].history.last_id() {
             return false;
         }
-        self.append(now, room_index, id, frame);
+        self.append(now, room_index, id, frame, stamp_unix_nanos);
         self.stats.replicated_total += 1;
         true
     }
 
-    fn append(&mut self, now: Instant, room_index: u32, id: u64, frame: Bytes) {
+    fn append(&mut self, now: Instant, room_index: u32, id: u64, frame: Bytes, stamp: u64) {
         let room = &mut self.rooms[room_index as usize];
-        room.history.push(id, frame);
+        room.history.push_stamped(id, frame, stamp);
         for conn in &room.subscribers {
             let Some(sub) = self.subscribers[conn.0 as usize].as_mut() else {
                 continue;
@@ -506,6 +532,28 @@ impl Fanout {
     /// Hands out the next write or close, appending the frames it carries to `out`. `None`
     /// when nothing is due now.
     pub fn poll_action(&mut self, now: Instant, out: &mut Vec<Bytes>) -> Option<Action> {
+        self.poll(now, out, None)
+    }
+
+    /// As [`Fanout::poll_action`], also appending to `stamps` the sequencing stamp of each
+    /// message frame the action carries (not of response heads, gap notices, heartbeats or
+    /// retry hints), in order: the driver records publish→write latency from them when the
+    /// write completes.
+    pub fn poll_action_stamped(
+        &mut self,
+        now: Instant,
+        out: &mut Vec<Bytes>,
+        stamps: &mut Vec<u64>,
+    ) -> Option<Action> {
+        self.poll(now, out, Some(stamps))
+    }
+
+    fn poll(
+        &mut self,
+        now: Instant,
+        out: &mut Vec<Bytes>,
+        mut stamps: Option<&mut Vec<u64>>,
+    ) -> Option<Action> {
         while let Some(conn) = self.cuts.pop_front() {
             if self
                 .subscribers
@@ -550,14 +598,23 @@ impl Fanout {
                 });
             }
             let start = out.len();
-            if let Some((head, gap)) = sub.preamble.take() {
+            if let Some(preamble) = sub.preamble.take() {
+                let (head, gap) = *preamble;
                 out.push(head);
                 out.extend(gap);
             }
             let extra = out.len() - start;
-            let cursor = room
-                .history
-                .collect_after(sub.cursor, self.config.write_frames_max, out);
+            let cursor = match stamps.as_deref_mut() {
+                Some(stamps) => room.history.collect_after_stamped(
+                    sub.cursor,
+                    self.config.write_frames_max,
+                    out,
+                    stamps,
+                ),
+                None => room
+                    .history
+                    .collect_after(sub.cursor, self.config.write_frames_max, out),
+            };
             let delivered = out.len() - start - extra;
             debug_assert!(cursor >= sub.cursor, "a cursor never moves back");
             sub.cursor = cursor;

@@ -21,10 +21,12 @@ pub enum ResumeFrom {
     },
 }
 
-/// A bounded ring of `(id, frame)`.
+/// A bounded ring of `(id, frame, stamp)`: the stamp is the process-clock time (Unix
+/// nanoseconds, 0 when unknown) at which the owner shard sequenced the frame, carried to the
+/// write so the publish→write latency can be measured.
 #[derive(Debug)]
 pub struct History {
-    frames: VecDeque<(u64, Bytes)>,
+    frames: VecDeque<(u64, Bytes, u64)>,
     bytes: usize,
     messages_max: usize,
     bytes_max: usize,
@@ -52,6 +54,11 @@ impl History {
     /// Appends a frame; `id` must be above every id pushed before. Returns how many frames
     /// were evicted to stay within bounds.
     pub fn push(&mut self, id: u64, frame: Bytes) -> usize {
+        self.push_stamped(id, frame, 0)
+    }
+
+    /// As [`Self::push`], with the frame's sequencing stamp (Unix nanoseconds).
+    pub fn push_stamped(&mut self, id: u64, frame: Bytes, stamp_unix_nanos: u64) -> usize {
         assert!(
             id > self.last_id,
             "history ids must increase ({id} after {})",
@@ -59,12 +66,12 @@ impl History {
         );
         self.last_id = id;
         self.bytes += frame.len();
-        self.frames.push_back((id, frame));
+        self.frames.push_back((id, frame, stamp_unix_nanos));
         let mut evicted = 0;
         while self.frames.len() > self.messages_max
             || (self.bytes > self.bytes_max && self.frames.len() > 1)
         {
-            if let Some((old_id, old)) = self.frames.pop_front() {
+            if let Some((old_id, old, _)) = self.frames.pop_front() {
                 self.bytes -= old.len();
                 self.evicted_up_to = old_id;
                 evicted += 1;
@@ -80,7 +87,7 @@ impl History {
 
     /// Oldest id still held.
     pub fn first_id(&self) -> Option<u64> {
-        self.frames.front().map(|(id, _)| *id)
+        self.frames.front().map(|(id, _, _)| *id)
     }
 
     /// Frames currently held.
@@ -118,10 +125,34 @@ impl History {
     /// Appends to `out` up to `frames_max` frames with ids above `cursor`, oldest first, and
     /// returns the id of the last one appended (or `cursor` when none was).
     pub fn collect_after(&self, cursor: u64, frames_max: usize, out: &mut Vec<Bytes>) -> u64 {
-        let start = self.frames.partition_point(|(id, _)| *id <= cursor);
+        self.collect(cursor, frames_max, out, None)
+    }
+
+    /// As [`Self::collect_after`], also appending each frame's stamp to `stamps`.
+    pub fn collect_after_stamped(
+        &self,
+        cursor: u64,
+        frames_max: usize,
+        out: &mut Vec<Bytes>,
+        stamps: &mut Vec<u64>,
+    ) -> u64 {
+        self.collect(cursor, frames_max, out, Some(stamps))
+    }
+
+    fn collect(
+        &self,
+        cursor: u64,
+        frames_max: usize,
+        out: &mut Vec<Bytes>,
+        mut stamps: Option<&mut Vec<u64>>,
+    ) -> u64 {
+        let start = self.frames.partition_point(|(id, _, _)| *id <= cursor);
         let mut last = cursor;
-        for (id, frame) in self.frames.range(start..).take(frames_max) {
+        for (id, frame, stamp) in self.frames.range(start..).take(frames_max) {
             out.push(frame.clone());
+            if let Some(stamps) = stamps.as_deref_mut() {
+                stamps.push(*stamp);
+            }
             last = *id;
         }
         last
@@ -169,6 +200,22 @@ mod tests {
         assert_eq!(h.resume_from(7), ResumeFrom::Complete);
         assert_eq!(h.resume_from(3), ResumeFrom::Gap { from: 4, to: 7 });
         assert_eq!(h.resume_from(0), ResumeFrom::Gap { from: 1, to: 7 });
+    }
+
+    #[test]
+    fn stamps_travel_with_their_frames() {
+        let mut h = History::new(2, usize::MAX);
+        for id in 1..=3u64 {
+            h.push_stamped(id, Bytes::from(id.to_string()), 100 * id);
+        }
+        let (mut out, mut stamps) = (Vec::new(), Vec::new());
+        assert_eq!(h.collect_after_stamped(0, 10, &mut out, &mut stamps), 3);
+        assert_eq!(out, vec![Bytes::from("2"), Bytes::from("3")]);
+        assert_eq!(stamps, vec![200, 300]);
+        h.push(4, Bytes::from("4"));
+        stamps.clear();
+        assert_eq!(h.collect_after_stamped(3, 10, &mut out, &mut stamps), 4);
+        assert_eq!(stamps, vec![0], "unstamped frames carry 0");
     }
 
     #[test]

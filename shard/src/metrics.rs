@@ -133,6 +133,21 @@ impl AtomicHistogram {
         self.sum_nanos.fetch_add(value_ns, Ordering::Relaxed);
     }
 
+    /// Adds every sample of `snapshot` (relaxed adds, skipping empty buckets): a shard can
+    /// record into a plain [`HistogramSnapshot`] on its hot path and add it here once per
+    /// loop turn, so the per-sample cost is a bucket search and two plain adds.
+    pub fn add(&self, snapshot: &HistogramSnapshot) {
+        for (cell, count) in self.buckets.iter().zip(&snapshot.buckets) {
+            if *count != 0 {
+                cell.fetch_add(*count, Ordering::Relaxed);
+            }
+        }
+        if snapshot.sum_nanos != 0 {
+            self.sum_nanos
+                .fetch_add(snapshot.sum_nanos, Ordering::Relaxed);
+        }
+    }
+
     /// The current contents as plain data.
     ///
     /// Read while the writer records, the snapshot may miss the latest samples, and its sum
@@ -186,6 +201,11 @@ impl HistogramSnapshot {
         let index = bucket_index(value_ns);
         self.buckets[index] = self.buckets[index].wrapping_add(1);
         self.sum_nanos = self.sum_nanos.wrapping_add(value_ns);
+    }
+
+    /// Forgets every sample.
+    pub fn clear(&mut self) {
+        *self = Self::EMPTY;
     }
 
     /// Adds `other`'s samples to this one: merging the snapshots of several shards gives
@@ -360,6 +380,26 @@ impl WindowedHistogram {
             slot.start_unix_nanos.store(start, Ordering::Release);
         }
         slot.histogram.record(value_ns);
+    }
+
+    /// Adds every sample of `snapshot` to the window holding `unix_nanos_now`, as
+    /// [`Self::record`] does for one (a shard batches a loop turn's samples this way).
+    pub fn add(&self, unix_nanos_now: u64, snapshot: &HistogramSnapshot) {
+        let (start, _) = window_bounds(unix_nanos_now, self.window);
+        let slot = self.slot(start);
+        let held = slot.start_unix_nanos.load(Ordering::Relaxed);
+        if held > start {
+            return;
+        }
+        if held < start {
+            slot.start_unix_nanos
+                .store(SLOT_RESETTING, Ordering::Relaxed);
+            // As in `record`.
+            fence(Ordering::Release);
+            slot.histogram.reset();
+            slot.start_unix_nanos.store(start, Ordering::Release);
+        }
+        slot.histogram.add(snapshot);
     }
 
     /// The most recent complete window as of `unix_nanos_now` (the one before the window
@@ -1673,5 +1713,47 @@ mod tests {
             "promtool: {}\nstdout: {stdout}\nstderr: {stderr}\ninput:\n{text}",
             output.status
         );
+    }
+
+    #[test]
+    fn batched_adds_equal_single_records() {
+        let values = [
+            5 * MICROSECOND,
+            3 * MILLISECOND,
+            3 * MILLISECOND,
+            90 * SECOND,
+            0,
+        ];
+        let single = AtomicHistogram::new();
+        let mut batch = HistogramSnapshot::EMPTY;
+        for value in values {
+            single.record(value);
+            batch.record(value);
+        }
+        let batched = AtomicHistogram::new();
+        batched.add(&batch);
+        batched.add(&HistogramSnapshot::EMPTY);
+        assert_eq!(batched.snapshot(), single.snapshot());
+        batch.clear();
+        assert_eq!(batch, HistogramSnapshot::EMPTY);
+
+        let windowed = WindowedHistogram::new(Duration::from_nanos(WINDOW_NANOS));
+        let mut turn = HistogramSnapshot::EMPTY;
+        turn.record(2 * MILLISECOND);
+        turn.record(7 * MILLISECOND);
+        windowed.add(START_UNIX_NANOS + SECOND, &turn);
+        windowed.add(START_UNIX_NANOS + 2 * SECOND, &turn);
+        // The next window resets the slot before adding.
+        windowed.add(START_UNIX_NANOS + WINDOW_NANOS + SECOND, &turn);
+        let (end, last) = windowed
+            .last_complete(START_UNIX_NANOS + WINDOW_NANOS + 2 * SECOND)
+            .expect("a complete window");
+        assert_eq!(end, START_UNIX_NANOS + WINDOW_NANOS);
+        assert_eq!(last.count(), 4);
+        assert_eq!(last.sum_nanos(), 18 * MILLISECOND);
+        let (_, current) = windowed
+            .last_complete(START_UNIX_NANOS + 2 * WINDOW_NANOS)
+            .expect("the next window");
+        assert_eq!(current.count(), 2);
     }
 }

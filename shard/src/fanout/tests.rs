@@ -129,6 +129,51 @@ fn every_subscriber_gets_every_message_in_order_once() {
 }
 
 #[test]
+fn writes_hand_back_the_sequencing_stamps_of_their_frames() {
+    let now = Instant::now();
+    let mut fanout = Fanout::new(FanoutConfig::default(), now);
+    let head = Bytes::from_static(b"HEAD");
+    fanout
+        .handle_subscribe(now, ConnId(1), "r", None, head.clone())
+        .unwrap();
+    let (mut out, mut stamps) = (Vec::new(), Vec::new());
+    // The first write carries only the response head: no message, no stamp.
+    assert_eq!(
+        fanout.poll_action_stamped(now, &mut out, &mut stamps),
+        Some(Action::Write { conn: ConnId(1) })
+    );
+    assert_eq!((out.len(), stamps.len()), (1, 0));
+    fanout.handle_write_done(now, ConnId(1));
+    let (id, frame) = fanout
+        .handle_publish_stamped(now, 1_000, "r", b"a")
+        .unwrap();
+    assert!(fanout.handle_frame_stamped(now, 2_000, "other", 7, frame));
+    fanout
+        .handle_publish_stamped(now, 3_000, "r", b"b")
+        .unwrap();
+    fanout
+        .handle_subscribe(now, ConnId(2), "other", Some(0), head)
+        .unwrap();
+    out.clear();
+    assert_eq!(
+        fanout.poll_action_stamped(now, &mut out, &mut stamps),
+        Some(Action::Write { conn: ConnId(1) })
+    );
+    assert_eq!(
+        (id, out.len(), stamps.as_slice()),
+        (1, 2, &[1_000, 3_000][..])
+    );
+    out.clear();
+    stamps.clear();
+    assert_eq!(
+        fanout.poll_action_stamped(now, &mut out, &mut stamps),
+        Some(Action::Write { conn: ConnId(2) })
+    );
+    // Head plus the replicated frame, stamped by its owner.
+    assert_eq!((out.len(), stamps.as_slice()), (2, &[2_000][..]));
+}
+
+#[test]
 fn publishes_during_a_write_ride_in_the_next_write() {
     let mut sim = Sim::new(FanoutConfig::default());
     sim.subscribe(1, "a", None);
