@@ -116,7 +116,7 @@ impl AuthUrl {
 }
 
 /// Settings of the authorization callback.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuthConfig {
     /// The upstream.
     pub url: AuthUrl,

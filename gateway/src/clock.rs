@@ -6,6 +6,7 @@
 
 use shard::clock::{ClockParams, ProcessClock};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 /// Attempts a reader makes when it meets a publish in progress before keeping the
@@ -112,6 +113,65 @@ impl SharedClock {
     }
 }
 
+/// The clock log lines are stamped with, once the process clock exists.
+static LOG_CLOCK: OnceLock<(Arc<SharedClock>, Mutex<ShardClock>)> = OnceLock::new();
+
+/// Makes log lines carry the process clock's time from now on (called once, by the
+/// server, when it creates the clock). Later calls are ignored.
+pub fn install_log_clock(shared: Arc<SharedClock>) {
+    let view = Mutex::new(ShardClock::new(&shared));
+    let _ = LOG_CLOCK.set((shared, view));
+}
+
+/// The process clock's reading for a log line, or the system's realtime clock before the
+/// process clock exists.
+pub fn log_unix_nanos() -> u64 {
+    if let Some((shared, view)) = LOG_CLOCK.get() {
+        if let Ok(mut view) = view.lock() {
+            view.refresh(shared);
+            return view.now_unix_nanos(Instant::now());
+        }
+    }
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// `tracing` timestamps from the process clock (RFC 3339, UTC, microseconds), so log event
+/// times agree with message stamps and metric windows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for LogTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        write!(w, "{}", rfc3339_micros(log_unix_nanos()))
+    }
+}
+
+/// Formats Unix nanoseconds as `YYYY-MM-DDTHH:MM:SS.uuuuuuZ`.
+pub fn rfc3339_micros(unix_nanos: u64) -> String {
+    let secs = unix_nanos / 1_000_000_000;
+    let micros = (unix_nanos % 1_000_000_000) / 1_000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
 /// One shard's view of the process clock: the parameters it last read and the highest
 /// reading it gave, so its readings never decrease.
 #[derive(Debug, Clone)]
@@ -159,7 +219,19 @@ impl ShardClock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+
+    #[test]
+    fn log_times_are_rfc3339_utc() {
+        assert_eq!(rfc3339_micros(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339_micros(1_767_225_600_123_456_789),
+            "2026-01-01T00:00:00.123456Z"
+        );
+        assert_eq!(
+            rfc3339_micros(951_825_600_000_000_000),
+            "2000-02-29T12:00:00.000000Z"
+        );
+    }
     use std::time::{Duration, SystemTime};
 
     #[test]

@@ -117,6 +117,21 @@ pub struct Flags {
     /// Seconds the auth breaker stays open before probing the upstream [default: 5].
     #[arg(long, value_name = "SECS")]
     pub auth_breaker_open: Option<f64>,
+    /// TLS certificate chain (PEM), for `--tls-listen` and `--h3-listen`.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1), for `--tls-listen` and `--h3-listen`.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Address for TLS over TCP: HTTP/2 or HTTP/1.1 by ALPN [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Option<SocketAddr>,
+    /// Address for cleartext HTTP/2 with prior knowledge (h2c) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub h2c_listen: Option<SocketAddr>,
+    /// UDP address for HTTP/3 over QUIC; needs `--tls-cert` and `--tls-key` [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub h3_listen: Option<SocketAddr>,
 }
 
 /// The same settings as read from a TOML file; every key optional.
@@ -148,6 +163,11 @@ pub struct FileConfig {
     auth_breaker_window: Option<f64>,
     auth_breaker_calls_min: Option<usize>,
     auth_breaker_open: Option<f64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_listen: Option<SocketAddr>,
+    h2c_listen: Option<SocketAddr>,
+    h3_listen: Option<SocketAddr>,
 }
 
 /// Why the configuration could not be used.
@@ -224,6 +244,77 @@ pub struct Config {
     pub auth: Option<crate::auth::AuthConfig>,
     /// Where the file settings came from, for reloads.
     pub config_path: Option<PathBuf>,
+    /// TLS and the companion transports (HTTP/2, HTTP/3), when any is on.
+    pub transports: Transports,
+}
+
+/// The listeners served by each shard's companion thread (docs/TRANSPORTS.md).
+#[derive(Debug, Clone, Default)]
+pub struct Transports {
+    /// Certificate chain and key files, checked at load time.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// TLS over TCP (HTTP/2 or HTTP/1.1 by ALPN).
+    pub tls_listen: Option<SocketAddr>,
+    /// Cleartext HTTP/2 with prior knowledge.
+    pub h2c_listen: Option<SocketAddr>,
+    /// HTTP/3 over QUIC (UDP).
+    pub h3_listen: Option<SocketAddr>,
+}
+
+impl Transports {
+    /// Whether any companion transport is on.
+    pub fn any(&self) -> bool {
+        self.tls_listen.is_some() || self.h2c_listen.is_some() || self.h3_listen.is_some()
+    }
+}
+
+/// The `--tls-*`, `--h2c-listen` and `--h3-listen` settings; the certificate and key are
+/// loaded here so that a bad file stops the start with a message naming the flag.
+fn transports(flags: &Flags, file: &FileConfig) -> Result<Transports, ConfigError> {
+    let cert = flags.tls_cert.clone().or(file.tls_cert.clone());
+    let key = flags.tls_key.clone().or(file.tls_key.clone());
+    let tls_listen = flags.tls_listen.or(file.tls_listen);
+    let h3_listen = flags.h3_listen.or(file.h3_listen);
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let files = crate::tls::TlsFiles { cert, key };
+            files.load().map_err(|err| ConfigError::Invalid {
+                flag: err.flag(),
+                message: err.to_string(),
+            })?;
+            Some(files)
+        }
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::Invalid {
+                flag: "tls-key",
+                message: "--tls-cert needs --tls-key".into(),
+            })
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::Invalid {
+                flag: "tls-cert",
+                message: "--tls-key needs --tls-cert".into(),
+            })
+        }
+    };
+    if tls.is_none() && (tls_listen.is_some() || h3_listen.is_some()) {
+        let needs = if tls_listen.is_some() {
+            "--tls-listen"
+        } else {
+            "--h3-listen"
+        };
+        return Err(ConfigError::Invalid {
+            flag: "tls-cert",
+            message: format!("{needs} needs --tls-cert and --tls-key"),
+        });
+    }
+    Ok(Transports {
+        tls,
+        tls_listen,
+        h2c_listen: flags.h2c_listen.or(file.h2c_listen),
+        h3_listen,
+    })
 }
 
 fn seconds(flag: &'static str, value: f64) -> Result<Duration, ConfigError> {
@@ -358,7 +449,9 @@ impl Config {
             MAX_MESSAGE_BYTES_LIMIT,
         )?;
         let auth = auth_config(&flags, &file)?;
+        let transports = transports(&flags, &file)?;
         Ok(Self {
+            transports,
             listen,
             shards,
             heartbeat: seconds(

@@ -252,13 +252,45 @@ fn status_text(status: u16) -> &'static str {
     }
 }
 
+/// The `Alt-Svc` header line every response carries once HTTP/3 is on (set once at start).
+static ALT_SVC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The SSE head with [`ALT_SVC`] in it, built on first use.
+static SSE_HEAD_ALT_SVC: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+
+/// Makes every response advertise HTTP/3 on UDP `port` (`Alt-Svc: h3=":PORT"`). Called once,
+/// before any response is rendered; later calls are ignored.
+pub fn advertise_h3(port: u16) {
+    let _ = ALT_SVC.set(format!("Alt-Svc: h3=\":{port}\"; ma=86400\r\n"));
+}
+
+fn alt_svc() -> &'static str {
+    ALT_SVC.get().map_or("", String::as_str)
+}
+
+/// The head of an SSE stream ([`SSE_HEAD`], plus `Alt-Svc` when HTTP/3 is on).
+pub fn sse_head() -> Bytes {
+    SSE_HEAD_ALT_SVC
+        .get_or_init(|| {
+            let alt_svc = alt_svc();
+            if alt_svc.is_empty() {
+                return Bytes::from_static(SSE_HEAD);
+            }
+            let mut head = SSE_HEAD[..SSE_HEAD.len() - 2].to_vec();
+            head.extend_from_slice(alt_svc.as_bytes());
+            head.extend_from_slice(b"\r\n");
+            Bytes::from(head)
+        })
+        .clone()
+}
+
 /// A complete response with a body.
 pub fn response(status: u16, content_type: &str, extra: &str, body: &[u8], close: bool) -> Bytes {
     let connection = if close { "close" } else { "keep-alive" };
     let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {connection}\r\n{extra}\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {connection}\r\n{extra}{}\r\n",
         status_text(status),
-        body.len()
+        body.len(),
+        alt_svc(),
     )
     .into_bytes();
     out.extend_from_slice(body);

@@ -1,14 +1,20 @@
 //! ringcast's IO layer: configuration, the per-shard io_uring event loops, HTTP/1.1
-//! framing, cross-shard mail and metrics exposition, over the sans-IO `shard` core.
+//! framing, the per-shard companion threads for TLS, HTTP/2 and HTTP/3, cross-shard mail
+//! and metrics exposition, over the sans-IO `shard` core.
 
 pub mod admission;
 pub mod auth;
 pub mod clock;
+pub mod companion;
 pub mod config;
+pub mod h2;
+pub mod h3;
 pub mod http1;
 pub mod mailbox;
 pub mod metrics;
 pub mod reload;
 pub mod server;
+pub mod tls;
 pub mod uring;
+pub mod virtual_conn;
 pub mod worker;

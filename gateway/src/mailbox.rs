@@ -2,6 +2,7 @@
 //! shards plus an eventfd per shard to wake its loop. Nothing else is shared between
 //! shards on the hot path.
 
+use crate::virtual_conn::{Transport, VirtualSink};
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use std::io;
@@ -72,12 +73,34 @@ pub enum Mail {
         /// Subscribers on the answering shard.
         subscribers: usize,
     },
+    /// From the shard's companion thread: serve this request (complete HTTP/1.1 bytes,
+    /// translated from TLS, HTTP/2 or HTTP/3) as a virtual connection writing to `sink`.
+    VirtualOpen {
+        /// Request head and body.
+        request: Vec<u8>,
+        /// Where the answer goes.
+        sink: Arc<VirtualSink>,
+        /// The transport, for metrics.
+        transport: Transport,
+    },
+    /// From the companion: every frame of the batch taken from `sink` went to hyper/h3.
+    VirtualWriteDone {
+        /// The connection's sink (it holds the slot and serial).
+        sink: Arc<VirtualSink>,
+    },
+    /// From the companion: the peer is gone (stream reset or connection closed).
+    VirtualClose {
+        /// The connection's sink.
+        sink: Arc<VirtualSink>,
+    },
 }
 
 /// Every queue and wake-up fd of the process.
 pub struct Mesh {
     shards: usize,
     queues: Vec<ArrayQueue<Mail>>,
+    /// Companion thread `i` → shard `i` (single producer each).
+    companion_queues: Vec<ArrayQueue<Mail>>,
     eventfds: Vec<OwnedFd>,
 }
 
@@ -97,9 +120,13 @@ impl Mesh {
         let queues = (0..shards * shards)
             .map(|_| ArrayQueue::new(QUEUE_CAPACITY))
             .collect();
+        let companion_queues = (0..shards)
+            .map(|_| ArrayQueue::new(QUEUE_CAPACITY))
+            .collect();
         Ok(Self {
             shards,
             queues,
+            companion_queues,
             eventfds,
         })
     }
@@ -112,6 +139,25 @@ impl Mesh {
     /// The queue from `from` to `to`.
     pub fn queue(&self, from: usize, to: usize) -> &ArrayQueue<Mail> {
         &self.queues[from * self.shards + to]
+    }
+
+    /// The queue from `shard`'s companion thread to `shard`.
+    pub fn companion_queue(&self, shard: usize) -> &ArrayQueue<Mail> {
+        &self.companion_queues[shard]
+    }
+
+    /// Wakes `shard`'s loop (from a thread that holds no ring: the companion).
+    pub fn wake(&self, shard: usize) {
+        let one: u64 = 1;
+        // SAFETY: write(2) reads the 8 bytes of `one` during the call only; the eventfd
+        // lives as long as the mesh.
+        unsafe {
+            libc::write(
+                self.eventfds[shard].as_raw_fd(),
+                (&one as *const u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
     }
 
     /// The wake-up eventfd of `shard`.

@@ -20,6 +20,7 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_timer(gateway::clock::LogTime)
         .init();
     match gateway::server::run(config, flags) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -9,6 +9,7 @@
 //! search and two adds per frame) and adds it to its atomic histograms once per turn.
 
 use crate::admission::{Rejection, REJECTIONS};
+use crate::virtual_conn::Transport;
 use crate::worker::Shared;
 use shard::metrics::{AtomicHistogram, Exposition, Format, HistogramSnapshot, WindowedHistogram};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -171,6 +172,9 @@ pub struct ShardFigures {
     values: [AtomicU64; FIGURES],
     rejections: [AtomicU64; REJECTIONS],
     room_sizes: [AtomicU64; ROOM_SIZE_LABELS.len()],
+    /// Open connections of the companion transports ([`Transport`], kept by the
+    /// shard's companion thread).
+    transports: [AtomicU64; Transport::ALL.len()],
     /// Publish→write latency since start.
     pub latency: AtomicHistogram,
     /// Publish→write latency per wall-clock-aligned 10 s window.
@@ -183,6 +187,7 @@ impl Default for ShardFigures {
             values: Default::default(),
             rejections: Default::default(),
             room_sizes: Default::default(),
+            transports: Default::default(),
             latency: AtomicHistogram::new(),
             latency_window: WindowedHistogram::new(shard::metrics::WINDOW_DEFAULT),
         }
@@ -210,6 +215,16 @@ impl ShardFigures {
         for (cell, count) in self.room_sizes.iter().zip(counts) {
             cell.store(*count, Ordering::Relaxed);
         }
+    }
+
+    /// One more open connection of `transport` (the companion thread counts its own).
+    pub fn transport_opened(&self, transport: Transport) {
+        self.transports[transport as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One fewer open connection of `transport`.
+    pub fn transport_closed(&self, transport: Transport) {
+        self.transports[transport as usize].fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Adds a turn's latency samples, taken at `now_unix_nanos`.
@@ -294,7 +309,16 @@ pub fn expose_shards(out: &mut Exposition, shards: &[ShardFigures], now_unix_nan
             match kind {
                 Kind::Counter => out.counter(name, help, &[shard_label], value),
                 Kind::Gauge if index == Figure::Connections as usize => {
-                    out.gauge(name, help, &[shard_label, ("transport", "http1")], value)
+                    out.gauge(name, help, &[shard_label, ("transport", "http1")], value);
+                    for transport in Transport::ALL {
+                        let open = figures.transports[transport as usize].load(Ordering::Relaxed);
+                        out.gauge(
+                            name,
+                            help,
+                            &[shard_label, ("transport", transport.label())],
+                            open as f64,
+                        );
+                    }
                 }
                 Kind::Gauge => out.gauge(name, help, &[shard_label], value),
             }

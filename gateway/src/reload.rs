@@ -117,6 +117,7 @@ pub fn apply(current: &Config, fresh: &Config, connections_cap: usize) -> Reload
         max_rooms => "max-rooms",
         log => "log",
         latency_metrics => "latency-metrics",
+        auth => "auth-*",
     );
     Reloaded {
         config,

@@ -32,6 +32,63 @@ fn listener(addr: SocketAddr) -> anyhow::Result<Socket> {
     Ok(socket)
 }
 
+fn udp_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("cannot bind UDP {addr}"))?;
+    Ok(socket.into())
+}
+
+/// Binds one listener per shard for each companion transport that is on (all sockets of a
+/// transport share the first one's port), and logs each address as
+/// `listening TRANSPORT addr=…`.
+fn companion_listeners(config: &Config) -> anyhow::Result<Vec<crate::companion::Listeners>> {
+    let shards = config.shards;
+    let mut out: Vec<crate::companion::Listeners> =
+        (0..shards).map(|_| Default::default()).collect();
+    let transports = &config.transports;
+    for (name, addr, tls) in [
+        ("tls", transports.tls_listen, true),
+        ("h2c", transports.h2c_listen, false),
+    ] {
+        let Some(addr) = addr else { continue };
+        let first = listener(addr).with_context(|| format!("--{name}-listen"))?;
+        let bound = first
+            .local_addr()?
+            .as_socket()
+            .context("listener has no inet address")?;
+        let mut sockets = vec![first];
+        for _ in 1..shards {
+            sockets.push(listener(bound)?);
+        }
+        for (listeners, socket) in out.iter_mut().zip(sockets) {
+            let socket: std::net::TcpListener = socket.into();
+            if tls {
+                listeners.tls = Some(socket);
+            } else {
+                listeners.h2c = Some(socket);
+            }
+        }
+        tracing::info!(addr = %bound, transport = name, "listening {name} addr={bound}");
+    }
+    if let Some(addr) = transports.h3_listen {
+        let first = udp_socket(addr).context("--h3-listen")?;
+        let bound = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..shards {
+            sockets.push(udp_socket(bound)?);
+        }
+        for (listeners, socket) in out.iter_mut().zip(sockets) {
+            listeners.h3 = Some(socket);
+        }
+        crate::http1::advertise_h3(bound.port());
+        tracing::info!(addr = %bound, transport = "h3", "listening h3 addr={bound}");
+    }
+    Ok(out)
+}
+
 /// How often the main thread feeds the process clock a realtime sample.
 const CLOCK_SAMPLE_PERIOD: Duration = Duration::from_secs(1);
 /// How long the main thread sleeps between checks for SIGHUP and stopped shards.
@@ -54,6 +111,11 @@ pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
     for _ in 1..shards {
         listeners.push(listener(addr)?);
     }
+    let companion_listeners = companion_listeners(&config)?;
+    let identity = match &config.transports.tls {
+        Some(files) => Some(files.load()?),
+        None => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
@@ -81,16 +143,30 @@ pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
         auth,
         figures: (0..shards).map(|_| ShardFigures::default()).collect(),
         stop,
-        clock: SharedClock::new(&clock),
+        clock: Arc::new(SharedClock::new(&clock)),
         live: LiveConfig::new(config.clone()),
         per_ip: PerIpConnections::default(),
         config,
     });
+    crate::clock::install_log_clock(shared.clock.clone());
     let cores = core_affinity::get_core_ids().unwrap_or_default();
-    tracing::info!(%addr, shards, "listening addr={addr}");
+    // Each shard reports once its ring is set up; "listening" is logged only when all are,
+    // so scripts and tests that wait for that line find every shard serving.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<bool>();
     let mut threads = Vec::new();
+    if config_has_companions(&shared) {
+        for (index, listeners) in companion_listeners.into_iter().enumerate() {
+            let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let identity = identity
+                .as_ref()
+                .map(|(certs, key)| (certs.clone(), key.clone_key()));
+            // Detached: it serves until the stop flag, and ends with the process.
+            crate::companion::spawn(index, shared.clone(), listeners, identity, core)?;
+        }
+    }
     for (index, socket) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
+        let ready = ready_tx.clone();
         let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
         let thread = std::thread::Builder::new()
             .name(format!("shard-{index}"))
@@ -101,7 +177,9 @@ pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
                     }
                 }
                 let worker = Worker::new(index, shared, socket.as_raw_fd())
-                    .with_context(|| format!("shard {index}: cannot set up io_uring"))?;
+                    .with_context(|| format!("shard {index}: cannot set up io_uring"));
+                let _ = ready.send(worker.is_ok());
+                let worker = worker?;
                 worker
                     .run()
                     .with_context(|| format!("shard {index} failed"))?;
@@ -109,6 +187,17 @@ pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
                 Ok(())
             })?;
         threads.push(thread);
+    }
+    drop(ready_tx);
+    let ready = (0..shards)
+        .filter(|_| ready_rx.recv().unwrap_or(false))
+        .count();
+    if ready == shards {
+        tracing::info!(%addr, shards, "listening addr={addr}");
+    } else {
+        shared
+            .stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
     keep_clock_and_config(&shared, &threads, &mut clock, &hangup, &flags);
     let mut result = Ok(());
@@ -132,6 +221,10 @@ pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     result
+}
+
+fn config_has_companions(shared: &Shared) -> bool {
+    shared.config.transports.any()
 }
 
 /// The main thread's work while shards run: a clock sample a second, SIGHUP reloads.

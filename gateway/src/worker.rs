@@ -15,6 +15,7 @@ use crate::mailbox::{Mail, Mesh, ReplyTo, OUTBOX_MAX};
 use crate::metrics::{Figure, ShardFigures, ROOM_SIZE_LABELS};
 use crate::reload::LiveConfig;
 use crate::uring::{Completion, OpKind, Ring};
+use crate::virtual_conn::VirtualSink;
 use bytes::Bytes;
 use shard::fanout::{Action, ConnId, Fanout, FanoutConfig, FanoutError};
 use shard::metrics::HistogramSnapshot;
@@ -69,7 +70,7 @@ pub struct Shared {
     /// Set by the signal handler.
     pub stop: Arc<AtomicBool>,
     /// The process clock, kept by the main thread.
-    pub clock: SharedClock,
+    pub clock: Arc<SharedClock>,
     /// The settings in force (swapped by SIGHUP reloads); `config` is the start-up copy.
     pub live: LiveConfig,
     /// Open connections per client address, over every shard.
@@ -143,6 +144,9 @@ struct Conn {
     peer: Option<IpAddr>,
     /// Sequencing stamps of the message frames the write in flight carries.
     stamps: Vec<u64>,
+    /// Set for a virtual connection (a request from the companion thread; `fd` is -1):
+    /// writes go to the sink, not the ring (virtual_conn.rs).
+    sink: Option<Arc<VirtualSink>>,
 }
 
 /// A connection slot's memory must not move while the kernel holds pointers into it, so
@@ -161,6 +165,8 @@ pub struct Worker {
     conns: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
+    /// Virtual connections among `live`.
+    virtual_live: usize,
     conns_max: usize,
     serial_next: u32,
     timers: TimerWheel<(u32, u32)>,
@@ -223,6 +229,7 @@ impl Worker {
             conns: Vec::new(),
             free: Vec::new(),
             live: 0,
+            virtual_live: 0,
             conns_max,
             serial_next: 1,
             timers: TimerWheel::new(now, TIMER_TICK, conns_max + REFUSAL_SLOTS),
@@ -468,6 +475,7 @@ impl Worker {
             keep_alive: true,
             peer: None,
             stamps: Vec::new(),
+            sink: None,
         });
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -497,6 +505,67 @@ impl Worker {
         }
         self.arm_timer(now, slot, TimerKind::Header);
         self.post_recv(slot)
+    }
+
+    /// Opens a virtual connection for a request the companion thread translated to
+    /// HTTP/1.1 (virtual_conn.rs): a slot like an accepted socket's, its request already read.
+    fn open_virtual(
+        &mut self,
+        now: Instant,
+        request: Vec<u8>,
+        sink: Arc<VirtualSink>,
+    ) -> std::io::Result<()> {
+        if self.live >= self.conns_max + REFUSAL_SLOTS || !self.accepting {
+            self.count_rejection(if self.accepting {
+                Rejection::ConnectionLimit
+            } else {
+                Rejection::Draining
+            });
+            // Closed without an answer: the companion answers 503 itself.
+            sink.close();
+            return Ok(());
+        }
+        let serial = self.serial_next;
+        self.serial_next = self.serial_next.wrapping_add(1).max(1);
+        let conn = Box::new(Conn {
+            fd: -1,
+            serial,
+            state: State::Reading,
+            buf: request,
+            recv_in_flight: false,
+            write_in_flight: false,
+            close_submitted: false,
+            close_after_write: false,
+            frames: Vec::new(),
+            iov: Vec::new(),
+            write_len: 0,
+            written: 0,
+            timer: None,
+            pending: None,
+            outstanding: 0,
+            keep_alive: false,
+            peer: None,
+            stamps: Vec::new(),
+            sink: Some(sink.clone()),
+        });
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.conns[slot as usize] = Some(conn);
+                slot
+            }
+            None => {
+                self.conns.push(Some(conn));
+                (self.conns.len() - 1) as u32
+            }
+        };
+        sink.bind(slot, serial);
+        self.live += 1;
+        self.virtual_live += 1;
+        if self.live > self.conns_max {
+            return self.refuse_unavailable(slot, Rejection::ConnectionLimit);
+        }
+        self.arm_timer(now, slot, TimerKind::Header);
+        self.process(now, slot)
     }
 
     fn conn(&mut self, slot: u32) -> Option<&mut Conn> {
@@ -584,7 +653,7 @@ impl Worker {
         else {
             return Ok(());
         };
-        if conn.recv_in_flight || conn.state == State::Closing {
+        if conn.recv_in_flight || conn.state == State::Closing || conn.sink.is_some() {
             return Ok(());
         }
         let (ptr, len) = match conn.state {
@@ -730,7 +799,7 @@ impl Worker {
             ConnId(slot),
             room,
             last_event_id,
-            Bytes::from_static(http1::SSE_HEAD),
+            http1::sse_head(),
         ) {
             Ok(()) => {
                 self.cancel_timer(slot);
@@ -827,6 +896,9 @@ impl Worker {
             None => self.subscribe(now, ticket.slot, &ticket.room, ticket.last_event_id),
             Some(response) => {
                 tracing::debug!(shard = self.index, conn = ticket.slot, room = %ticket.room, ?decision, "subscribe not authorized");
+                if matches!(decision, crate::auth::Decision::Refuse { status: 503, .. }) {
+                    self.count_rejection(Rejection::AuthUnavailable);
+                }
                 self.refuse_with(ticket.slot, response)
             }
         }
@@ -1094,6 +1166,14 @@ impl Worker {
     }
 
     fn drain_mail(&mut self, now: Instant) {
+        for _ in 0..MAIL_PER_TURN {
+            let Some(mail) = self.shared.mesh.companion_queue(self.index).pop() else {
+                break;
+            };
+            if let Err(err) = self.on_mail(now, mail) {
+                tracing::warn!(shard = self.index, %err, "companion mail handling failed");
+            }
+        }
         for from in 0..self.shards {
             if from == self.index {
                 continue;
@@ -1111,6 +1191,30 @@ impl Worker {
 
     fn on_mail(&mut self, now: Instant, mail: Mail) -> std::io::Result<()> {
         match mail {
+            Mail::VirtualOpen { request, sink, .. } => {
+                return self.open_virtual(now, request, sink);
+            }
+            Mail::VirtualWriteDone { sink } => {
+                let Some((slot, serial)) = sink.slot() else {
+                    return Ok(());
+                };
+                let Some(conn) = self
+                    .conn(slot)
+                    .filter(|c| c.serial == serial && c.write_in_flight)
+                else {
+                    return Ok(());
+                };
+                let remaining = conn.write_len.saturating_sub(conn.written);
+                return self.on_write(now, slot, remaining as i32);
+            }
+            Mail::VirtualClose { sink } => {
+                let Some((slot, serial)) = sink.slot() else {
+                    return Ok(());
+                };
+                if self.conn(slot).is_some_and(|c| c.serial == serial) {
+                    return self.begin_close(slot);
+                }
+            }
             Mail::Publish { room, data, reply } => {
                 let result = self.sequence(now, &room, &data);
                 self.outbox[reply.shard as usize].push_back(Mail::Sequenced { reply, result });
@@ -1303,6 +1407,17 @@ impl Worker {
         else {
             return Ok(());
         };
+        if let Some(sink) = &conn.sink {
+            // Virtual: the companion takes the frames; the write stays in flight until it
+            // mails `VirtualWriteDone` (or the connection closes).
+            conn.write_in_flight = true;
+            let sink = sink.clone();
+            if sink.push(std::mem::take(&mut conn.frames)).is_err() {
+                debug_assert!(false, "one write in flight per virtual connection");
+                return self.begin_close(slot);
+            }
+            return Ok(());
+        }
         conn.iov.clear();
         let mut skip = conn.written;
         for frame in &conn.frames {
@@ -1390,6 +1505,7 @@ impl Worker {
                 self.fanout.handle_write_done(now, ConnId(slot));
                 Ok(())
             }
+            State::Lingering if conn.sink.is_some() => self.begin_close(slot),
             State::Lingering => {
                 // SAFETY: shutdown takes no memory; the fd is open while the slot lives.
                 unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
@@ -1478,6 +1594,22 @@ impl Worker {
         else {
             return Ok(());
         };
+        if let Some(sink) = conn.sink.clone() {
+            if conn.state != State::Closing {
+                return Ok(());
+            }
+            if conn.write_in_flight {
+                // The companion holds the frames (refcounted); nothing waits for them.
+                conn.write_in_flight = false;
+                self.pending_write_bytes -= conn.write_len.saturating_sub(conn.written);
+                conn.frames.clear();
+                conn.stamps.clear();
+            }
+            sink.close();
+            self.virtual_live -= 1;
+            self.on_closed(slot);
+            return Ok(());
+        }
         if conn.state != State::Closing
             || conn.recv_in_flight
             || conn.write_in_flight
@@ -1526,7 +1658,7 @@ impl Worker {
         figures.set(Figure::ConfigGeneration, self.generation);
         let stats = self.fanout.stats();
         let ring = self.ring.stats();
-        figures.set(Figure::Connections, self.live as u64);
+        figures.set(Figure::Connections, (self.live - self.virtual_live) as u64);
         figures.set(Figure::Subscribers, self.fanout.subscribers_live() as u64);
         figures.set(
             Figure::Tickers,

@@ -1,0 +1,119 @@
+//! HTTP/3 (issue 6): a quinn + h3 subscriber gets the same events as an HTTP/1.1
+//! subscriber, resumes with Last-Event-ID, is counted under `transport="h3"`, and TCP
+//! answers advertise HTTP/3 with `Alt-Svc`; an HTTP/3 stream that stops reading is cut as
+//! a slow consumer without the server's memory growing.
+
+mod common;
+mod transports;
+
+use std::time::Duration;
+use transports::{connections, H3Client, TestCert};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn start(cert: &TestCert, extra: &[&str]) -> common::Server {
+    let mut args = cert.args();
+    args.extend(["--h3-listen", "127.0.0.1:0"].map(String::from));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    transports::start(&args)
+}
+
+#[test]
+fn an_http3_subscriber_gets_the_same_events_and_resumes() {
+    let cert = TestCert::new();
+    let server = start(&cert, &["--shards", "2"]);
+    let h3 = transports::addr_of(&server, "h3");
+    transports::runtime().block_on(async {
+        let mut plain = server.subscribe("q", None);
+        let mut client = H3Client::connect(h3, &cert, None).await;
+        let mut over_h3 = client.send("/rooms/q/events", &[], None, true).await;
+        assert_eq!(over_h3.status, 200);
+        assert_eq!(over_h3.headers["content-type"], "text/event-stream");
+        let metrics = transports::wait_metrics(&server, WAIT, |m| {
+            m.sum("ringcast_subscribers") == 2 && connections(m, "h3") == 1
+        })
+        .await;
+        assert_eq!(metrics.sum("ringcast_subscribers"), 2, "{}", metrics.0);
+        assert_eq!(connections(&metrics, "h3"), 1, "{}", metrics.0);
+
+        for n in 1..=5u64 {
+            let data = format!("quic {n}");
+            if n % 2 == 0 {
+                let answer = client
+                    .send("/rooms/q/messages", &[], Some(&data), true)
+                    .await;
+                assert_eq!(answer.status, 201);
+                assert_eq!(answer.text().await, format!("{{\"id\":{n}}}"));
+            } else {
+                assert_eq!(server.publish("q", &data), n);
+            }
+        }
+        for n in 1..=5u64 {
+            let want = plain.next_event(WAIT);
+            assert_eq!(
+                (want.id, want.data.as_str()),
+                (Some(n), format!("quic {n}").as_str())
+            );
+            let got = over_h3.next_event(WAIT).await;
+            assert_eq!((got.id, got.data), (want.id, want.data));
+        }
+        let mut resumed = client
+            .send("/rooms/q/events", &[("last-event-id", "3")], None, true)
+            .await;
+        for n in 4..=5 {
+            assert_eq!(resumed.next_event(WAIT).await.id, Some(n));
+        }
+        let missing = client.send("/rooms/q/nope", &[], None, true).await;
+        assert_eq!(missing.status, 404);
+    });
+    // TCP answers advertise HTTP/3 on the UDP port, the SSE head included.
+    let want = format!("h3=\":{}\"", h3.port());
+    let response = server.client().request("GET", "/healthz", &[], b"");
+    let alt_svc = response.header("alt-svc").unwrap_or_default().to_owned();
+    assert!(alt_svc.contains(&want), "{response:?}");
+    let mut client = server.client();
+    client
+        .send(b"GET /rooms/q/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let head = client.read_head().unwrap();
+    assert!(
+        head.header("alt-svc").unwrap_or_default().contains(&want),
+        "{head:?}"
+    );
+}
+
+#[test]
+fn an_http3_stream_that_stops_reading_is_cut_and_memory_stays_bounded() {
+    let cert = TestCert::new();
+    let server = start(&cert, &["--shards", "1", "--history", "8"]);
+    let h3 = transports::addr_of(&server, "h3");
+    transports::runtime().block_on(async {
+        let mut client = H3Client::connect(h3, &cert, Some(256 * 1024)).await;
+        let stuck = client.send("/rooms/big/events", &[], None, false).await;
+        assert_eq!(stuck.status, 200);
+        let mut reader = client.send("/rooms/other/events", &[], None, true).await;
+        let before = transports::rss_bytes(server.pid());
+        let data = "x".repeat(60 * 1024);
+        let mut publisher = server.client();
+        for _ in 0..300 {
+            publisher.publish("big", &data);
+        }
+        let metrics = transports::wait_metrics(&server, WAIT, |m| {
+            m.sum("ringcast_slow_consumer_cuts_total") >= 1
+        })
+        .await;
+        assert!(
+            metrics.sum("ringcast_slow_consumer_cuts_total") >= 1,
+            "the stuck HTTP/3 stream was not cut:\n{}",
+            metrics.0
+        );
+        let after = transports::rss_bytes(server.pid());
+        eprintln!("server RSS before {before} B, after {after} B");
+        assert!(
+            after < before + 12 * 1024 * 1024,
+            "RSS grew from {before} to {after} bytes"
+        );
+        let id = server.publish("other", "still here");
+        assert_eq!(reader.next_event(WAIT).await.id, Some(id));
+    });
+}
