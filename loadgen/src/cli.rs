@@ -9,6 +9,8 @@ use crate::publisher::PUB_CONNS_MAX;
 use crate::socket::SOURCE_IPS_MAX;
 use crate::target::{Target, UrlTemplate};
 use crate::template::Template;
+use crate::tls::TlsOptions;
+use crate::transport::{Proto, TransportConfig, STREAMS_PER_CONN_DEFAULT, STREAMS_PER_CONN_MAX};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,10 +53,43 @@ pub struct OutputArgs {
     pub hdr_out: Option<PathBuf>,
 }
 
+/// Protocol and TLS flags shared by both modes.
+#[derive(Debug, Args, Clone)]
+pub struct TransportArgs {
+    /// Protocol: h1 (HTTP/1.1; TLS for https://), h2 (HTTP/2; TLS+ALPN for https://,
+    /// prior-knowledge h2c for http://), h3 (HTTP/3 over QUIC; https:// only).
+    #[arg(long, value_enum, default_value_t = Proto::H1)]
+    pub proto: Proto,
+    /// Streams (subscriptions, publish lanes, request lanes) sharing one HTTP/2 or HTTP/3
+    /// connection.
+    #[arg(long, default_value_t = STREAMS_PER_CONN_DEFAULT as u64, value_parser = clap::value_parser!(u64).range(1..=STREAMS_PER_CONN_MAX as u64))]
+    pub streams_per_conn: u64,
+    /// Accept any server certificate (self-signed test certificates).
+    #[arg(long, conflicts_with = "ca")]
+    pub insecure: bool,
+    /// Trust the certificates in this PEM file instead of the system roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+}
+
+impl TransportArgs {
+    /// The transport configuration.
+    pub fn config(&self) -> TransportConfig {
+        TransportConfig {
+            proto: self.proto,
+            streams_per_conn: self.streams_per_conn as usize,
+            tls: TlsOptions {
+                insecure: self.insecure,
+                ca: self.ca.clone(),
+            },
+        }
+    }
+}
+
 /// Flags of `ringload http`.
 #[derive(Debug, Args)]
 pub struct HttpArgs {
-    /// Target URL (http://host:port/path).
+    /// Target URL (http://host:port/path or https://…).
     #[arg(value_parser = parse_target)]
     pub url: Target,
     /// Connections in total.
@@ -81,6 +116,9 @@ pub struct HttpArgs {
     /// Per-request timeout.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Protocol and TLS.
+    #[command(flatten)]
+    pub transport: TransportArgs,
     /// Output.
     #[command(flatten)]
     pub output: OutputArgs,
@@ -152,6 +190,9 @@ pub struct FanoutArgs {
     /// Highest rate --sweep tries.
     #[arg(long, value_parser = parse_rate)]
     pub sweep_max: Option<f64>,
+    /// Protocol and TLS.
+    #[command(flatten)]
+    pub transport: TransportArgs,
     /// Output.
     #[command(flatten)]
     pub output: OutputArgs,
@@ -217,7 +258,12 @@ impl HttpArgs {
         }
         let connections = self.connections as usize;
         Ok(HttpConfig {
-            url: format!("http://{}{}", self.url.host_header, self.url.path),
+            url: format!(
+                "{}://{}{}",
+                if self.url.tls { "https" } else { "http" },
+                self.url.host_header,
+                self.url.path
+            ),
             target: self.url.clone(),
             method: self.method.clone(),
             headers: self.headers.clone(),
@@ -230,6 +276,7 @@ impl HttpArgs {
             duration: self.duration,
             rate: self.rate,
             timeout: self.timeout,
+            transport: self.transport.config(),
         })
     }
 }
@@ -265,6 +312,7 @@ impl FanoutArgs {
             src_ips: self.src_ips,
             threads: self.threads.map_or_else(allowed_cpus, |t| t as usize),
             connect_timeout: self.connect_timeout,
+            transport: self.transport.config(),
         })
     }
 }

@@ -1,15 +1,19 @@
 //! `ringload fanout`: connects subscribers over rooms, publishes at a fixed rate, checks
 //! every delivery and gives a verdict. This module orchestrates the run and builds the
-//! report; the IO lives in [`crate::subscriber`] and [`crate::publisher`].
+//! report; the IO lives in [`crate::subscriber`] and [`crate::publisher`] (plain HTTP/1.1,
+//! mio) or [`crate::stream_subscriber`] and [`crate::stream_publisher`] (TLS, HTTP/2,
+//! HTTP/3).
 
 use crate::http1;
 use crate::latency::{Latency, LatencySummary};
 use crate::progress::Progress;
 use crate::publisher::{self, PublishCounts, PublishPlan, PublishProgress};
 use crate::socket;
+use crate::stream_subscriber::StreamSubscriberSetup;
 use crate::subscriber::{Control, DeliveryCounts, SubscriberSetup, SubscriberThread};
 use crate::target::UrlTemplate;
 use crate::template::Template;
+use crate::transport::{Endpoint, TransportConfig, TransportError};
 use serde::Serialize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -66,6 +70,8 @@ pub struct FanoutConfig {
     pub threads: usize,
     /// Time allowed for all subscribers to connect.
     pub connect_timeout: Duration,
+    /// Protocol, streams per connection, TLS.
+    pub transport: TransportConfig,
 }
 
 /// Why a run could not be carried out (exit code 2).
@@ -100,6 +106,26 @@ pub enum FanoutError {
     /// A thread could not be started or panicked.
     #[error("thread failed: {0}")]
     Thread(String),
+    /// The transport for a URL could not be set up.
+    #[error("{flag}: {error}")]
+    Transport {
+        /// The flag naming the URL.
+        flag: &'static str,
+        /// What is wrong.
+        error: TransportError,
+    },
+    /// The probe connection over the chosen protocol failed.
+    #[error("cannot connect to {flag} target {url} over {proto}: {reason}")]
+    Connect {
+        /// The flag naming the target.
+        flag: &'static str,
+        /// The URL template.
+        url: String,
+        /// "h1", "h2" or "h3".
+        proto: &'static str,
+        /// What failed.
+        reason: String,
+    },
 }
 
 /// Per-check counts of a run.
@@ -139,6 +165,8 @@ pub struct Verdict {
 pub struct FanoutReport {
     /// "fanout" or "idle".
     pub mode: &'static str,
+    /// Protocol: "h1", "h2" or "h3".
+    pub proto: &'static str,
     /// Subscribe URL template.
     pub sub_url: String,
     /// Publish URL template.
@@ -199,8 +227,8 @@ impl std::fmt::Display for FanoutReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "ringload {} — {} subscribers over {} rooms, {} threads",
-            self.mode, self.subscribers, self.rooms, self.threads
+            "ringload {} over {} — {} subscribers over {} rooms, {} threads",
+            self.mode, self.proto, self.subscribers, self.rooms, self.threads
         )?;
         writeln!(
             f,
@@ -283,10 +311,36 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
             }
         })
     };
-    probe("--sub-url", config.sub_url.addr)?;
-    if let (Some(pub_url), false) = (&config.pub_url, config.idle) {
-        probe("--pub-url", pub_url.addr)?;
-    }
+    // An endpoint per URL that does not take the mio path, probed with one connection.
+    let stream_endpoint = |flag: &'static str, url: &UrlTemplate| {
+        if config.transport.uses_mio(url.tls) {
+            probe(flag, url.addr)?;
+            return Ok::<_, FanoutError>(None);
+        }
+        let endpoint = Endpoint::new(
+            &config.transport,
+            url.addr,
+            url.tls,
+            &url.host,
+            &url.host_header,
+            &config.headers,
+        )
+        .map_err(|error| FanoutError::Transport { flag, error })?;
+        crate::stream_probe::probe(&endpoint, crate::http_bench::PROBE_TIMEOUT).map_err(
+            |reason| FanoutError::Connect {
+                flag,
+                url: url.text.clone(),
+                proto: config.transport.proto.name(),
+                reason,
+            },
+        )?;
+        Ok(Some(endpoint))
+    };
+    let sub_endpoint = stream_endpoint("--sub-url", &config.sub_url)?;
+    let pub_endpoint = match (&config.pub_url, config.idle) {
+        (Some(pub_url), false) => stream_endpoint("--pub-url", pub_url)?,
+        _ => None,
+    };
     let rooms: Vec<String> = (0..config.rooms)
         .map(|index| room_name(&config.room_prefix, index))
         .collect();
@@ -309,6 +363,20 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
         .collect();
     let threads = config.threads.clamp(1, config.subscribers.max(1));
     let run_id = new_run_id();
+    let stream_setup = sub_endpoint.map(|endpoint| {
+        Arc::new(StreamSubscriberSetup {
+            rooms: rooms.clone(),
+            paths: rooms
+                .iter()
+                .map(|room| config.sub_url.path.render(room, 0))
+                .collect(),
+            endpoint,
+            streams_per_conn: config.transport.streams_per_conn(),
+            subscribers: config.subscribers,
+            threads,
+            run_id,
+        })
+    });
     let setup = Arc::new(SubscriberSetup {
         rooms: rooms.clone(),
         requests,
@@ -323,11 +391,23 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
     let connect_start = Instant::now();
     let mut handles = Vec::with_capacity(threads);
     for index in 0..threads {
+        let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+        if let Some(stream_setup) = &stream_setup {
+            let (stream_setup, control) = (stream_setup.clone(), control.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("ringload-sub-{index}"))
+                .spawn(move || {
+                    crate::stream_subscriber::run_thread(index, stream_setup, control, core)
+                })
+                .map_err(|error| FanoutError::Thread(error.to_string()))?;
+            handles.push(handle);
+            continue;
+        }
         let thread = SubscriberThread {
             index,
             setup: setup.clone(),
             control: control.clone(),
-            core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
+            core,
         };
         let handle = std::thread::Builder::new()
             .name(format!("ringload-sub-{index}"))
@@ -416,9 +496,18 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
             run_id,
         };
         let shared = publish_progress.clone();
+        let pub_streams_per_conn = config.transport.streams_per_conn();
         let publisher = std::thread::Builder::new()
             .name("ringload-pub".into())
-            .spawn(move || publisher::run(&plan, &shared))
+            .spawn(move || match pub_endpoint {
+                Some(endpoint) => crate::stream_publisher::run(
+                    &plan,
+                    shared.clone(),
+                    &endpoint,
+                    pub_streams_per_conn,
+                ),
+                None => publisher::run(&plan, &shared),
+            })
             .map_err(|error| FanoutError::Thread(error.to_string()))?;
         let started = Instant::now();
         while !publisher.is_finished() {
@@ -515,6 +604,7 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
     let empty = Latency::new();
     Ok(FanoutReport {
         mode: if config.idle { "idle" } else { "fanout" },
+        proto: config.transport.proto.name(),
         sub_url: config.sub_url.text.clone(),
         pub_url: config.pub_url.as_ref().map(|url| url.text.clone()),
         subscribers: config.subscribers,

@@ -1,12 +1,15 @@
 //! `ringload http`: wrk-like keep-alive HTTP/1.1 load, closed loop or open loop at a fixed
 //! total rate with coordinated-omission correction (latency counted from each request's
-//! scheduled send time, as wrk2 does). One pinned thread per core, each a mio event loop.
+//! scheduled send time, as wrk2 does). One pinned thread per core, each a mio event loop
+//! for plain HTTP/1.1; TLS, HTTP/2 and HTTP/3 run in [`crate::stream_http`] instead.
 
 use crate::http1::{self, BodyReader};
 use crate::latency::{Latency, LatencySummary};
 use crate::progress::Progress;
 use crate::socket;
+use crate::stream_http::StreamWorker;
 use crate::target::Target;
+use crate::transport::{Endpoint, TransportConfig, TransportError};
 use mio::{Events, Interest, Poll, Token};
 use serde::Serialize;
 use std::cmp::Reverse;
@@ -64,6 +67,8 @@ pub struct HttpConfig {
     pub rate: Option<f64>,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// Protocol, streams per connection, TLS.
+    pub transport: TransportConfig,
 }
 
 /// Why a run could not start.
@@ -80,6 +85,19 @@ pub enum HttpRunError {
     /// A worker thread could not be started or panicked.
     #[error("worker thread failed: {0}")]
     Thread(String),
+    /// The transport could not be set up (TLS roots, URL for the protocol).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The first connection over the chosen protocol failed.
+    #[error("cannot connect to {url} over {proto}: {reason}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// "h1", "h2" or "h3".
+        proto: &'static str,
+        /// What failed.
+        reason: String,
+    },
 }
 
 /// Errors by kind, as wrk reports them.
@@ -118,6 +136,8 @@ impl ErrorCounts {
 pub struct HttpReport {
     /// Always "http".
     pub mode: &'static str,
+    /// Protocol: "h1", "h2" or "h3".
+    pub proto: &'static str,
     /// Target URL.
     pub url: String,
     /// Connections.
@@ -157,8 +177,8 @@ impl std::fmt::Display for HttpReport {
         };
         writeln!(
             f,
-            "ringload http {} — {} connections, {} threads, {:.2}s, {mode}",
-            self.url, self.connections, self.threads, self.duration_s
+            "ringload http {} over {} — {} connections, {} threads, {:.2}s, {mode}",
+            self.url, self.proto, self.connections, self.threads, self.duration_s
         )?;
         writeln!(
             f,
@@ -190,12 +210,32 @@ impl std::fmt::Display for HttpReport {
 
 /// Runs the benchmark; the probe failing is the only error after flag parsing.
 pub fn run(config: &HttpConfig, progress: &mut Progress) -> Result<HttpReport, HttpRunError> {
-    socket::probe(config.target.addr, PROBE_TIMEOUT).map_err(|error| {
-        HttpRunError::Unreachable {
-            addr: config.target.addr,
-            reason: error.to_string(),
-        }
-    })?;
+    let endpoint = if config.transport.uses_mio(config.target.tls) {
+        socket::probe(config.target.addr, PROBE_TIMEOUT).map_err(|error| {
+            HttpRunError::Unreachable {
+                addr: config.target.addr,
+                reason: error.to_string(),
+            }
+        })?;
+        None
+    } else {
+        let endpoint = Endpoint::new(
+            &config.transport,
+            config.target.addr,
+            config.target.tls,
+            &config.target.host,
+            &config.target.host_header,
+            &config.headers,
+        )?;
+        crate::stream_probe::probe(&endpoint, PROBE_TIMEOUT).map_err(|reason| {
+            HttpRunError::Connect {
+                url: config.url.clone(),
+                proto: config.transport.proto.name(),
+                reason,
+            }
+        })?;
+        Some(endpoint)
+    };
     let mut request = Vec::new();
     http1::encode_request(
         &mut request,
@@ -207,7 +247,16 @@ pub fn run(config: &HttpConfig, progress: &mut Progress) -> Result<HttpReport, H
         false,
     );
     let request: Arc<[u8]> = request.into();
-    let threads = config.threads.clamp(1, config.connections.max(1));
+    // Threads beyond the number of connections would idle.
+    let connections = config
+        .connections
+        .div_ceil(config.transport.streams_per_conn());
+    let connections = if endpoint.is_some() {
+        connections
+    } else {
+        config.connections
+    };
+    let threads = config.threads.clamp(1, connections.max(1));
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let stop = Arc::new(AtomicBool::new(false));
     let counters: Arc<Vec<AtomicU64>> = Arc::new((0..threads).map(|_| AtomicU64::new(0)).collect());
@@ -215,6 +264,25 @@ pub fn run(config: &HttpConfig, progress: &mut Progress) -> Result<HttpReport, H
     let start = Instant::now() + Duration::from_millis(20);
     let mut handles = Vec::new();
     for index in 0..threads {
+        let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+        if let Some(endpoint) = &endpoint {
+            let worker = StreamWorker {
+                index,
+                threads,
+                config: config.clone(),
+                endpoint: endpoint.clone(),
+                stop: stop.clone(),
+                counters: counters.clone(),
+                start,
+                core,
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("ringload-http-{index}"))
+                .spawn(move || worker.run())
+                .map_err(|error| HttpRunError::Thread(error.to_string()))?;
+            handles.push(handle);
+            continue;
+        }
         let worker = Worker {
             index,
             threads,
@@ -223,7 +291,7 @@ pub fn run(config: &HttpConfig, progress: &mut Progress) -> Result<HttpReport, H
             stop: stop.clone(),
             counters: counters.clone(),
             start,
-            core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
+            core,
         };
         let handle = std::thread::Builder::new()
             .name(format!("ringload-http-{index}"))
@@ -265,6 +333,7 @@ pub fn run(config: &HttpConfig, progress: &mut Progress) -> Result<HttpReport, H
         .collect();
     Ok(HttpReport {
         mode: "http",
+        proto: config.transport.proto.name(),
         url: config.url.clone(),
         connections: config.connections,
         threads,
@@ -283,19 +352,20 @@ pub fn run(config: &HttpConfig, progress: &mut Progress) -> Result<HttpReport, H
 }
 
 /// Status codes counted in a flat array (0..=999).
-const STATUS_CODES: usize = 1000;
+pub(crate) const STATUS_CODES: usize = 1000;
 
+/// One thread's findings (shared with [`crate::stream_http`]).
 #[derive(Debug)]
-struct ThreadStats {
-    requests: u64,
-    bytes: u64,
-    status: Vec<u64>,
-    errors: ErrorCounts,
-    latency: Latency,
+pub(crate) struct ThreadStats {
+    pub(crate) requests: u64,
+    pub(crate) bytes: u64,
+    pub(crate) status: Vec<u64>,
+    pub(crate) errors: ErrorCounts,
+    pub(crate) latency: Latency,
 }
 
 impl ThreadStats {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         ThreadStats {
             requests: 0,
             bytes: 0,

@@ -4,7 +4,9 @@
 //! omission correction) and `fanout` (SSE subscribers over rooms plus a fixed-rate
 //! publisher, with every delivery checked for loss, duplication, order and room, and
 //! latency measured from both the publish stamp and the schedule). Thread-per-core mio
-//! event loops; parsing on the delivery path does not allocate.
+//! event loops for plain HTTP/1.1, where parsing on the delivery path does not allocate;
+//! TLS, HTTP/2 and HTTP/3 (`--proto`) run on one tokio current-thread runtime per thread
+//! ([`transport`], `stream_*`), checked by the same code.
 #![deny(missing_docs)]
 
 pub mod chunked;
@@ -21,11 +23,17 @@ pub mod progress;
 pub mod publisher;
 pub mod socket;
 pub mod sse;
+pub mod stream_http;
+pub mod stream_probe;
+pub mod stream_publisher;
+pub mod stream_subscriber;
 pub mod subscriber;
 pub mod sweep;
 pub mod target;
 pub mod template;
+pub mod tls;
 pub mod tracker;
+pub mod transport;
 
 /// A payload (plus a generous body template around it) must fit one SSE line.
 const _: () = assert!(payload::PAYLOAD_BYTES_MAX * 2 <= sse::LINE_BYTES_MAX);

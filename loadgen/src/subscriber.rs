@@ -85,7 +85,7 @@ impl Control {
         }
     }
 
-    fn fail(&self, message: String) {
+    pub(crate) fn fail(&self, message: String) {
         if let Ok(mut slot) = self.failure.lock() {
             slot.get_or_insert(message);
         }
@@ -180,7 +180,7 @@ enum EventKind {
 
 /// The event being assembled on one connection (its lines may span reads).
 #[derive(Debug, Clone, Copy, Default)]
-struct PendingEvent {
+pub(crate) struct PendingEvent {
     kind: EventKind,
     has_data: bool,
     has_stamp: bool,
@@ -201,16 +201,17 @@ struct Subscriber {
     tracker: SeqTracker,
 }
 
-/// The SSE sink that checks events of one subscriber.
-struct Checker<'a> {
-    pending: &'a mut PendingEvent,
-    tracker: &'a mut SeqTracker,
-    counts: &'a mut DeliveryCounts,
-    latency_stamp: &'a mut Latency,
-    latency_schedule: &'a mut Latency,
-    room: &'a [u8],
-    run_id: u32,
-    now_ns: u64,
+/// The SSE sink that checks events of one subscriber (shared with
+/// [`crate::stream_subscriber`], so every transport is judged by the same code).
+pub(crate) struct Checker<'a> {
+    pub(crate) pending: &'a mut PendingEvent,
+    pub(crate) tracker: &'a mut SeqTracker,
+    pub(crate) counts: &'a mut DeliveryCounts,
+    pub(crate) latency_stamp: &'a mut Latency,
+    pub(crate) latency_schedule: &'a mut Latency,
+    pub(crate) room: &'a [u8],
+    pub(crate) run_id: u32,
+    pub(crate) now_ns: u64,
 }
 
 impl SseSink for Checker<'_> {

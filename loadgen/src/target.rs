@@ -1,12 +1,12 @@
-//! Plain `http://host:port/path` targets: parsing and address resolution.
+//! `http://` and `https://host:port/path` targets: parsing and address resolution.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
 /// Why a URL could not be used as a target.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
-    /// Only `http://` is supported (no TLS).
-    #[error("'{0}' is not an http:// URL (only plain HTTP/1.1 is supported)")]
+    /// Only `http://` and `https://` are supported.
+    #[error("'{0}' is not an http:// or https:// URL")]
     Scheme(String),
     /// Host or port missing or malformed.
     #[error("'{0}' has no valid host[:port]")]
@@ -24,6 +24,10 @@ pub enum TargetError {
 /// A parsed and resolved HTTP target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// `https://`: the connection is TLS.
+    pub tls: bool,
+    /// Host name or address without port and brackets (TLS server name).
+    pub host: String,
     /// Value for the `Host` header (`host` or `host:port`).
     pub host_header: String,
     /// Path and query, starting with `/`.
@@ -33,11 +37,9 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parses `url` (`http://host[:port][/path]`) and resolves the host.
+    /// Parses `url` (`http[s]://host[:port][/path]`) and resolves the host.
     pub fn parse(url: &str) -> Result<Target, TargetError> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| TargetError::Scheme(url.to_string()))?;
+        let (tls, rest) = split_scheme(url)?;
         let (authority, path) = match rest.find('/') {
             Some(slash) => (&rest[..slash], &rest[slash..]),
             None => (rest, "/"),
@@ -45,8 +47,9 @@ impl Target {
         if authority.is_empty() || authority.contains('@') {
             return Err(TargetError::Authority(url.to_string()));
         }
-        let (host, port) =
-            split_host_port(authority).ok_or_else(|| TargetError::Authority(url.to_string()))?;
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = split_host_port(authority, default_port)
+            .ok_or_else(|| TargetError::Authority(url.to_string()))?;
         let addrs: Vec<SocketAddr> = (host, port)
             .to_socket_addrs()
             .map_err(|error| TargetError::Resolve {
@@ -64,6 +67,8 @@ impl Target {
                 reason: "no addresses".to_string(),
             })?;
         Ok(Target {
+            tls,
+            host: host.to_string(),
             host_header: authority.to_string(),
             path: path.to_string(),
             addr,
@@ -71,12 +76,23 @@ impl Target {
     }
 }
 
-fn split_host_port(authority: &str) -> Option<(&str, u16)> {
+/// `(tls, rest after "scheme://")`.
+fn split_scheme(url: &str) -> Result<(bool, &str), TargetError> {
+    if let Some(rest) = url.strip_prefix("http://") {
+        Ok((false, rest))
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        Ok((true, rest))
+    } else {
+        Err(TargetError::Scheme(url.to_string()))
+    }
+}
+
+fn split_host_port(authority: &str, default_port: u16) -> Option<(&str, u16)> {
     if let Some(bracketed) = authority.strip_prefix('[') {
         let close = bracketed.find(']')?;
         let host = &bracketed[..close];
         let port = match &bracketed[close + 1..] {
-            "" => 80,
+            "" => default_port,
             tail => tail.strip_prefix(':')?.parse().ok()?,
         };
         return Some((host, port));
@@ -84,7 +100,7 @@ fn split_host_port(authority: &str) -> Option<(&str, u16)> {
     match authority.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() => Some((host, port.parse().ok()?)),
         Some(_) => None,
-        None => Some((authority, 80)),
+        None => Some((authority, default_port)),
     }
 }
 
@@ -98,15 +114,20 @@ mod tests {
         assert_eq!(target.host_header, "127.0.0.1:8080");
         assert_eq!(target.path, "/rooms/r0/events?x=1");
         assert_eq!(target.addr, "127.0.0.1:8080".parse().unwrap());
+        assert!(!target.tls);
         let bare = Target::parse("http://127.0.0.1").unwrap();
         assert_eq!(bare.path, "/");
         assert_eq!(bare.addr.port(), 80);
+        let secure = Target::parse("https://localhost/x").unwrap();
+        assert!(secure.tls);
+        assert_eq!(secure.host, "localhost");
+        assert_eq!(secure.addr.port(), 443);
     }
 
     #[test]
     fn rejects_bad_urls() {
         assert!(matches!(
-            Target::parse("https://x/"),
+            Target::parse("ftp://x/"),
             Err(TargetError::Scheme(_))
         ));
         assert!(matches!(
@@ -126,6 +147,10 @@ mod tests {
 pub struct UrlTemplate {
     /// The text given on the command line.
     pub text: String,
+    /// `https://`.
+    pub tls: bool,
+    /// Host without port (TLS server name).
+    pub host: String,
     /// Value for the `Host` header.
     pub host_header: String,
     /// Resolved server address.
@@ -149,20 +174,21 @@ pub enum UrlTemplateError {
 }
 
 impl UrlTemplate {
-    /// Parses `http://host:port/path-with-{room}-{seq}` and resolves the host.
+    /// Parses `http[s]://host:port/path-with-{room}-{seq}` and resolves the host.
     pub fn parse(text: &str) -> Result<UrlTemplate, UrlTemplateError> {
-        let rest = text
-            .strip_prefix("http://")
-            .ok_or_else(|| TargetError::Scheme(text.to_string()))?;
+        let (tls, rest) = split_scheme(text)?;
         let slash = rest.find('/').unwrap_or(rest.len());
         let (authority, path) = rest.split_at(slash);
         if authority.contains('{') {
             return Err(UrlTemplateError::PlaceholderInAuthority(text.to_string()));
         }
-        let target = Target::parse(&format!("http://{authority}/"))?;
+        let scheme = if tls { "https" } else { "http" };
+        let target = Target::parse(&format!("{scheme}://{authority}/"))?;
         let path = if path.is_empty() { "/" } else { path };
         Ok(UrlTemplate {
             text: text.to_string(),
+            tls,
+            host: target.host,
             host_header: target.host_header,
             addr: target.addr,
             path: crate::template::Template::parse(path)?,
