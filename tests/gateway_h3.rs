@@ -117,3 +117,70 @@ fn an_http3_stream_that_stops_reading_is_cut_and_memory_stays_bounded() {
         assert_eq!(reader.next_event(WAIT).await.id, Some(id));
     });
 }
+
+/// Interoperability with an HTTP/3 client not written here: aioquic (PyPI, installed by
+/// `.ci/run`) subscribes over HTTP/3, receives the events, and resumes with Last-Event-ID.
+#[test]
+fn aioquic_subscribes_over_http3_and_resumes() {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/interop/h3_subscribe.py"
+    );
+    let has_aioquic = std::process::Command::new("python3")
+        .args(["-c", "import aioquic"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        has_aioquic,
+        "python3 cannot import aioquic: run .ci/run (it installs it) or `pip install aioquic`"
+    );
+    let cert = TestCert::new();
+    let server = start(&cert, &["--shards", "1"]);
+    let h3 = transports::addr_of(&server, "h3");
+    for n in 1..=3u64 {
+        assert_eq!(server.publish("aq", &format!("interop {n}")), n);
+    }
+    let run = |extra: &[&str], events: &str| {
+        let url = format!("https://127.0.0.1:{}/rooms/aq/events", h3.port());
+        let mut args = vec![
+            script,
+            "--url",
+            &url,
+            "--events",
+            events,
+            "--timeout",
+            "15",
+            "--insecure",
+        ];
+        args.extend_from_slice(extra);
+        let output = std::process::Command::new("python3")
+            .args(&args)
+            .output()
+            .expect("python3 runs");
+        assert!(
+            output.status.success(),
+            "aioquic client failed: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| {
+                serde_json::from_str::<serde_json::Value>(line).expect("a JSON line per event")
+            })
+            .collect::<Vec<_>>()
+    };
+    let all = run(&["--last-event-id", "0"], "3");
+    let ids: Vec<_> = all
+        .iter()
+        .map(|e| e["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids, ["1", "2", "3"], "{all:?}");
+    assert_eq!(all[2]["data"], "interop 3");
+    let resumed = run(&["--last-event-id", "1"], "2");
+    let ids: Vec<_> = resumed
+        .iter()
+        .map(|e| e["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids, ["2", "3"], "{resumed:?}");
+}
