@@ -97,3 +97,94 @@ fn bad_keys_and_values_exit_2_naming_them() {
         assert!(!stderr.contains("listening"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn demo_page_is_served_unless_turned_off() {
+    let server = Server::start(&["--shards", "1"]);
+    let page = server.client().request("GET", "/demo", &[], b"");
+    assert_eq!(page.status, 200, "{page:?}");
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let html = page.text();
+    assert!(
+        html.contains("new EventSource("),
+        "the page subscribes with EventSource"
+    );
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the page loads nothing from elsewhere (no CDN)"
+    );
+    assert!(
+        html.len() < 15 * 1024,
+        "the page stays small: {} bytes",
+        html.len()
+    );
+    drop(server);
+
+    let off = ConfigFile::new("demo-off", "demo = false\n");
+    for args in [&["--no-demo"][..], &["--config", off.path()][..]] {
+        let mut all = vec!["--shards", "1"];
+        all.extend_from_slice(args);
+        let server = Server::start(&all);
+        let page = server.client().request("GET", "/demo", &[], b"");
+        assert_eq!(page.status, 404, "{args:?}: {page:?}");
+    }
+}
+
+/// Runs `ringcast --check-config FILE ARGS…`; returns the exit code, stdout and stderr.
+fn check_config(file: &ConfigFile, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(common::RINGCAST)
+        .arg("--check-config")
+        .arg(file.path())
+        .args(args)
+        .output()
+        .expect("run ringcast --check-config");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_says_ok_or_explains_each_error_with_its_line() {
+    let good = ConfigFile::new("check-good", "# a comment\nheartbeat = 2.5\ndemo = false\n");
+    let (code, stdout, stderr) = check_config(&good, &[]);
+    assert_eq!((code, stdout.as_str()), (Some(0), "ok\n"), "{stderr}");
+
+    let bad = ConfigFile::new(
+        "check-bad",
+        "shards = 0\nheartbeat = 1.0\nbogus = 2\n  history = \"lots\"\nwrite-budget = 0\n",
+    );
+    let (code, stdout, stderr) = check_config(&bad, &[]);
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let want = [
+        (":1:1: shards: ", "not between 1 and 1024"),
+        (":3:1: bogus: ", "unknown field"),
+        (":4:3: history: ", "invalid type"),
+        (":5:1: write-budget: ", "not between 1 and 100000"),
+    ];
+    assert_eq!(lines.len(), want.len(), "one line per problem:\n{stderr}");
+    for (line, (place, why)) in lines.iter().zip(want) {
+        assert!(
+            line.starts_with(bad.path()) && line.contains(place) && line.contains(why),
+            "{line:?} should name {place:?} and say {why:?}"
+        );
+    }
+
+    let syntax = ConfigFile::new("check-syntax", "heartbeat = 1.0\nhistory = = 3\n");
+    let (code, _, stderr) = check_config(&syntax, &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.starts_with(&format!("{}:2:11: ", syntax.path())),
+        "{stderr}"
+    );
+
+    // Flags beside it are merged as a start would; their errors have no line.
+    let (code, _, stderr) = check_config(&good, &["--history", "0"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--history"), "{stderr}");
+}

@@ -35,6 +35,10 @@ pub struct Flags {
     /// TOML config file; flags given on the command line win over it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Check a TOML config file (as `--config` reads it, merged with the other flags) and
+    /// exit: prints `ok` (exit 0) or each error with its line (exit 2). Starts nothing.
+    #[arg(long, value_name = "FILE")]
+    pub check_config: Option<PathBuf>,
     /// Address to listen on for HTTP/1.1 [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
@@ -132,6 +136,21 @@ pub struct Flags {
     /// UDP address for HTTP/3 over QUIC; needs `--tls-cert` and `--tls-key` [default: off].
     #[arg(long, value_name = "ADDR")]
     pub h3_listen: Option<SocketAddr>,
+    /// Cluster mode: share rooms with other nodes through Redis Streams at this
+    /// `redis://host:port[/db]` URL (docs/CLUSTER.md) [default: off, single node].
+    #[arg(long, value_name = "URL")]
+    pub cluster_redis: Option<String>,
+    /// This node's name in cluster mode (logs, and a field of each entry it appends)
+    /// [default: host name and listen port].
+    #[arg(long, value_name = "NAME")]
+    pub node_id: Option<String>,
+    /// Seconds a Redis call may take in cluster mode, queueing included; later gets 503
+    /// [default: 1].
+    #[arg(long, value_name = "SECS")]
+    pub cluster_timeout: Option<f64>,
+    /// Do not serve the demo page (`GET /demo` answers 404).
+    #[arg(long)]
+    pub no_demo: bool,
 }
 
 /// The same settings as read from a TOML file; every key optional.
@@ -168,6 +187,10 @@ pub struct FileConfig {
     tls_listen: Option<SocketAddr>,
     h2c_listen: Option<SocketAddr>,
     h3_listen: Option<SocketAddr>,
+    cluster_redis: Option<String>,
+    node_id: Option<String>,
+    cluster_timeout: Option<f64>,
+    demo: Option<bool>,
 }
 
 /// Why the configuration could not be used.
@@ -246,6 +269,10 @@ pub struct Config {
     pub config_path: Option<PathBuf>,
     /// TLS and the companion transports (HTTP/2, HTTP/3), when any is on.
     pub transports: Transports,
+    /// Cluster mode, when `--cluster-redis` is set.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Whether `GET /demo` serves the demo page.
+    pub demo: bool,
 }
 
 /// The listeners served by each shard's companion thread (docs/TRANSPORTS.md).
@@ -403,6 +430,61 @@ fn auth_config(
     }))
 }
 
+/// The cluster settings (`--cluster-redis`, `--node-id`, `--cluster-timeout`), `None`
+/// without `--cluster-redis`.
+fn cluster_config(
+    flags: &Flags,
+    file: &FileConfig,
+    listen: SocketAddr,
+    history: usize,
+) -> Result<Option<crate::cluster::ClusterConfig>, ConfigError> {
+    use crate::cluster;
+    let Some(url) = flags.cluster_redis.as_ref().or(file.cluster_redis.as_ref()) else {
+        return Ok(None);
+    };
+    if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+        return Err(ConfigError::Invalid {
+            flag: "cluster-redis",
+            message: format!("{url:?}: expected redis://host:port[/db]"),
+        });
+    }
+    let timeout = seconds(
+        "cluster-timeout",
+        flags
+            .cluster_timeout
+            .or(file.cluster_timeout)
+            .unwrap_or(cluster::TIMEOUT_DEFAULT.as_secs_f64()),
+    )?;
+    let node_id = match flags.node_id.clone().or(file.node_id.clone()) {
+        Some(id) if !id.is_empty() && id.len() <= 128 => id,
+        Some(_) => {
+            return Err(ConfigError::Invalid {
+                flag: "node-id",
+                message: "must hold 1 to 128 bytes".into(),
+            })
+        }
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "node".into());
+            format!("{host}:{}", listen.port())
+        }
+    };
+    Ok(Some(cluster::ClusterConfig {
+        url: url.clone(),
+        node_id,
+        timeout,
+        history,
+        breaker: shard::breaker::BreakerConfig {
+            window: cluster::BREAKER_WINDOW_DEFAULT,
+            calls_min: cluster::BREAKER_CALLS_MIN_DEFAULT,
+            open_duration: cluster::BREAKER_OPEN_DEFAULT,
+            slow_call_duration: timeout,
+            ..shard::breaker::BreakerConfig::default()
+        },
+    }))
+}
+
 /// Reads and parses a TOML config file.
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -450,6 +532,16 @@ impl Config {
         )?;
         let auth = auth_config(&flags, &file)?;
         let transports = transports(&flags, &file)?;
+        let history = in_range(
+            "history",
+            flags
+                .history
+                .or(file.history)
+                .unwrap_or(shard::fanout::HISTORY_MESSAGES_DEFAULT),
+            1,
+            1 << 20,
+        )?;
+        let cluster = cluster_config(&flags, &file, listen, history)?;
         Ok(Self {
             transports,
             listen,
@@ -476,15 +568,7 @@ impl Config {
                 "idle-timeout",
                 flags.idle_timeout.or(file.idle_timeout).unwrap_or(60.0),
             )?,
-            history: in_range(
-                "history",
-                flags
-                    .history
-                    .or(file.history)
-                    .unwrap_or(shard::fanout::HISTORY_MESSAGES_DEFAULT),
-                1,
-                1 << 20,
-            )?,
+            history,
             history_bytes: in_range(
                 "history-bytes",
                 flags
@@ -556,6 +640,8 @@ impl Config {
             )?,
             latency_metrics: !flags.no_latency_metrics && file.latency_metrics.unwrap_or(true),
             auth,
+            cluster,
+            demo: !flags.no_demo && file.demo.unwrap_or(true),
             config_path: flags.config,
         })
     }

@@ -55,6 +55,8 @@ pub enum Route {
     Healthz,
     /// `/readyz`
     Readyz,
+    /// `/demo`: the danmaku demo page ([`DEMO_HTML`]), unless `--no-demo`.
+    Demo,
 }
 
 /// A request that must be refused, with its status and a short reason.
@@ -75,6 +77,11 @@ impl Refusal {
             reason: reason.into(),
             extra: "",
         }
+    }
+
+    /// The 404 every unknown path gets (also `/demo` under `--no-demo`).
+    pub fn not_found() -> Self {
+        Self::new(404, "not found")
     }
 }
 
@@ -195,15 +202,16 @@ fn route(path: &str) -> Result<Route, Refusal> {
         "/metrics" => Route::Metrics,
         "/healthz" => Route::Healthz,
         "/readyz" => Route::Readyz,
+        "/demo" => Route::Demo,
         _ => {
             let Some(rest) = path.strip_prefix("/rooms/") else {
-                return Err(Refusal::new(404, "not found"));
+                return Err(Refusal::not_found());
             };
             match rest.split_once('/') {
                 None => Route::Room(room(rest)?),
                 Some((name, "events")) => Route::Events(room(name)?),
                 Some((name, "messages")) => Route::Messages(room(name)?),
-                Some(_) => return Err(Refusal::new(404, "not found")),
+                Some(_) => return Err(Refusal::not_found()),
             }
         }
     })
@@ -331,6 +339,11 @@ pub fn header_fields(head: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The demo page served at `GET /demo`: one self-contained HTML file (inline CSS and JS, no
+/// external resources) that subscribes to a room with `EventSource` and flies each message
+/// across a stage. Compiled in so the binary alone is a working demo.
+pub const DEMO_HTML: &str = include_str!("demo.html");
+
 /// The head of an SSE stream; the body runs until the connection closes.
 pub const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: keep-alive\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\n\r\n";
 
@@ -355,6 +368,8 @@ mod tests {
                 200,
             ),
             ("GET /rooms/a HTTP/1.1\r\n\r\n", 200),
+            ("GET /demo HTTP/1.1\r\n\r\n", 200),
+            ("GET /demo/x HTTP/1.1\r\n\r\n", 404),
             ("GET /nope HTTP/1.1\r\n\r\n", 404),
             ("GET /rooms/a/nope HTTP/1.1\r\n\r\n", 404),
             ("GET /rooms/a%20b/events HTTP/1.1\r\n\r\n", 400),

@@ -5,8 +5,10 @@
 pub mod admission;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod companion;
 pub mod config;
+pub mod config_check;
 pub mod h2;
 pub mod h3;
 pub mod http1;

@@ -8,6 +8,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let flags = Flags::parse();
+    if let Some(path) = &flags.check_config {
+        let report = gateway::config_check::check_file(path, &flags);
+        if report.problems.is_empty() {
+            println!("ok");
+            return std::process::ExitCode::SUCCESS;
+        }
+        eprint!("{report}");
+        return std::process::ExitCode::from(2);
+    }
     let config = match Config::load(flags.clone()) {
         Ok(config) => config,
         Err(err) => {

@@ -291,6 +291,9 @@ pub fn render(shared: &Shared, format: Format, now_unix_nanos: u64) -> String {
         &[],
         shared.per_ip.addresses() as f64,
     );
+    if let Some(pool) = &shared.cluster {
+        crate::cluster::expose(&mut out, pool);
+    }
     if let Some(pool) = &shared.auth {
         crate::auth::expose(&mut out, pool);
     }

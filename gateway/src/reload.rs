@@ -118,6 +118,7 @@ pub fn apply(current: &Config, fresh: &Config, connections_cap: usize) -> Reload
         log => "log",
         latency_metrics => "latency-metrics",
         auth => "auth-*",
+        cluster => "cluster-redis, node-id, cluster-timeout",
     );
     Reloaded {
         config,

@@ -138,9 +138,20 @@ pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let cluster = match &config.cluster {
+        Some(cluster) => {
+            let wakers = (0..shards)
+                .map(|shard| mesh.eventfd_owned(shard))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            tracing::info!(url = %cluster.url, node = %cluster.node_id, "cluster mode on");
+            Some(crate::cluster::ClusterPool::start(cluster.clone(), wakers)?)
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared {
         mesh,
         auth,
+        cluster,
         figures: (0..shards).map(|_| ShardFigures::default()).collect(),
         stop,
         clock: Arc::new(SharedClock::new(&clock)),

@@ -77,6 +77,8 @@ pub struct Shared {
     pub per_ip: PerIpConnections,
     /// Subscribe authorization threads, when `--auth-url` is set.
     pub auth: Option<crate::auth::AuthPool>,
+    /// Redis publisher and follower threads, when `--cluster-redis` is set.
+    pub cluster: Option<crate::cluster::ClusterPool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +199,8 @@ pub struct Worker {
     room_sizes_at: Instant,
     /// This shard's authorization breaker and calls, when `--auth-url` is set.
     auth: Option<crate::auth::AuthShard>,
+    /// This shard's Redis breaker, calls and primed rooms, when `--cluster-redis` is set.
+    cluster: Option<crate::cluster::ClusterShard>,
 }
 
 impl Worker {
@@ -254,6 +258,7 @@ impl Worker {
             pending_write_bytes: 0,
             room_sizes_at: now,
             auth: shared.auth.as_ref().map(|pool| pool.shard(index)),
+            cluster: shared.cluster.as_ref().map(|pool| pool.shard(index)),
             shared,
         })
     }
@@ -280,6 +285,7 @@ impl Worker {
             self.completions = completions;
             self.drain_mail(now);
             self.drain_auth(now);
+            self.drain_cluster(now);
             self.expire_timers(now);
             self.fanout.handle_timeout(now);
             let budget_used = self.write_out(now)?;
@@ -759,6 +765,17 @@ impl Worker {
             Route::Healthz => {
                 self.respond(slot, http1::response(200, "text/plain", "", b"ok\n", close))
             }
+            Route::Demo if self.shared.config.demo => self.respond(
+                slot,
+                http1::response(
+                    200,
+                    "text/html; charset=utf-8",
+                    "Cache-Control: no-cache\r\n",
+                    http1::DEMO_HTML.as_bytes(),
+                    close,
+                ),
+            ),
+            Route::Demo => self.refuse(slot, &http1::Refusal::not_found()),
             Route::Readyz => {
                 if self.shared.stop.load(Ordering::Relaxed) {
                     self.respond(
@@ -774,7 +791,16 @@ impl Worker {
                 } else {
                     self.respond(
                         slot,
-                        http1::response(200, "text/plain", "", b"ready\n", close),
+                        match self.cluster.as_ref().and_then(|c| c.unready_reason(now)) {
+                            Some(reason) => http1::response(
+                                503,
+                                "text/plain",
+                                "Retry-After: 1\r\n",
+                                format!("{reason}\n").as_bytes(),
+                                close,
+                            ),
+                            None => http1::response(200, "text/plain", "", b"ready\n", close),
+                        },
                     )
                 }
             }
@@ -794,13 +820,41 @@ impl Worker {
         if self.backlogged() {
             return self.refuse_unavailable(slot, Rejection::PendingWriteBytes);
         }
-        match self.fanout.handle_subscribe(
-            now,
-            ConnId(slot),
-            room,
-            last_event_id,
-            http1::sse_head(),
-        ) {
+        if self.cluster.is_some() {
+            return self.cluster_subscribe(now, slot, room, last_event_id);
+        }
+        self.admit(now, slot, room, last_event_id, None)
+    }
+
+    /// Adds the subscriber to the fan-out; `replay` (cluster mode) are frames from Redis
+    /// to write first, and then `last_event_id` is taken as is (see
+    /// `Fanout::handle_subscribe_replayed`).
+    fn admit(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        room: &str,
+        last_event_id: Option<u64>,
+        replay: Option<Vec<Bytes>>,
+    ) -> std::io::Result<()> {
+        let admitted = match replay {
+            None => self.fanout.handle_subscribe(
+                now,
+                ConnId(slot),
+                room,
+                last_event_id,
+                http1::sse_head(),
+            ),
+            Some(replay) => self.fanout.handle_subscribe_replayed(
+                now,
+                ConnId(slot),
+                room,
+                last_event_id,
+                http1::sse_head(),
+                replay,
+            ),
+        };
+        match admitted {
             Ok(()) => {
                 self.cancel_timer(slot);
                 if let Some(conn) = self.conn(slot) {
@@ -904,6 +958,217 @@ impl Worker {
         }
     }
 
+    // Cluster mode (cluster.rs, docs/CLUSTER.md): publishes go to Redis from the shard that
+    // read them; rooms are filled from the streams by the follower thread.
+
+    fn cluster_ticket(&self, slot: u32, index: u32) -> crate::cluster::Ticket {
+        let serial = self.conns[slot as usize].as_ref().map_or(0, |c| c.serial);
+        crate::cluster::Ticket {
+            slot,
+            serial,
+            index,
+        }
+    }
+
+    /// Hands one message to a Redis publisher (`XADD`); its answer comes as
+    /// `Event::Published`. `Err` when refused at once.
+    fn cluster_append(
+        &mut self,
+        now: Instant,
+        ticket: crate::cluster::Ticket,
+        room: Arc<str>,
+        data: Bytes,
+    ) -> Result<(), &'static str> {
+        if self.stopping() {
+            self.count_rejection(Rejection::Draining);
+            return Err(Rejection::Draining.text());
+        }
+        let stamp = if self.config.latency_metrics {
+            self.clock.now_unix_nanos(Instant::now())
+        } else {
+            0
+        };
+        let Some(cluster) = self.cluster.as_mut() else {
+            return Err("cluster mode is off");
+        };
+        cluster.begin_publish(now, ticket, room, data, stamp)
+    }
+
+    fn cluster_publish(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        room: Arc<str>,
+        data: Bytes,
+    ) -> std::io::Result<()> {
+        let ticket = self.cluster_ticket(slot, 0);
+        if let Err(reason) = self.cluster_append(now, ticket, room.clone(), data) {
+            return self.finish_publish(slot, &room, Err(reason));
+        }
+        if let Some(conn) = self.conn(slot) {
+            conn.state = State::Waiting;
+            conn.outstanding = 1;
+            conn.pending = Some(Pending::Publish { room, result: None });
+        }
+        Ok(())
+    }
+
+    fn refuse_redis(&mut self, slot: u32) -> std::io::Result<()> {
+        let refusal = Refusal {
+            status: 503,
+            reason: "redis unreachable".into(),
+            extra: "Retry-After: 1\r\n",
+        };
+        self.refuse(slot, &refusal)
+    }
+
+    /// A subscribe in cluster mode: waits until the room follows its stream on this node,
+    /// and for a replay from Redis when `Last-Event-ID` is older than the replica.
+    fn cluster_subscribe(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        room: &str,
+        last_event_id: Option<u64>,
+    ) -> std::io::Result<()> {
+        let serial = self.conns[slot as usize].as_ref().map_or(0, |c| c.serial);
+        let Some(cluster) = self.cluster.as_mut() else {
+            return Ok(());
+        };
+        if !cluster.is_primed(room) {
+            let waiter = crate::cluster::Waiter {
+                slot,
+                serial,
+                last_event_id,
+            };
+            if !cluster.wait_primed(room, waiter) {
+                return self.refuse_redis(slot);
+            }
+            if let Some(conn) = self.conn(slot) {
+                conn.state = State::Waiting;
+            }
+            return Ok(());
+        }
+        if let Some(after) = last_event_id {
+            if let Some((shard::history::ResumeFrom::Gap { .. }, before)) =
+                self.fanout.resume_check(room, after)
+            {
+                let ticket = crate::cluster::ReplayTicket {
+                    slot,
+                    serial,
+                    room: Arc::from(room),
+                    after,
+                    before,
+                };
+                if cluster.begin_replay(ticket) {
+                    if let Some(conn) = self.conn(slot) {
+                        conn.state = State::Waiting;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        self.admit(now, slot, room, last_event_id, Some(Vec::new()))
+    }
+
+    /// Takes what the cluster threads sent: publish outcomes, followed frames, rooms primed.
+    fn drain_cluster(&mut self, now: Instant) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let mut events = Vec::new();
+        while events.len() < MAIL_PER_TURN {
+            match cluster.poll_event(now) {
+                Some(event) => events.push(event),
+                None => break,
+            }
+        }
+        cluster.publish_figures(now);
+        if events.len() == MAIL_PER_TURN {
+            // More is waiting: make sure the next turn does not sleep.
+            self.shared.mesh.wake(self.index);
+        }
+        for event in events {
+            if let Err(err) = self.on_cluster_event(now, event) {
+                tracing::warn!(shard = self.index, %err, "cluster event handling failed");
+            }
+        }
+    }
+
+    fn on_cluster_event(
+        &mut self,
+        now: Instant,
+        event: crate::cluster::Event,
+    ) -> std::io::Result<()> {
+        use crate::cluster::Event;
+        match event {
+            Event::Frame {
+                room,
+                id,
+                frame,
+                stamp_unix_nanos,
+            } => {
+                self.fanout
+                    .handle_frame_stamped(now, stamp_unix_nanos, &room, id, frame);
+            }
+            Event::Primed { room, first_id } => {
+                if let Some(first) = first_id {
+                    self.fanout.handle_history_start(&room, first);
+                }
+                let waiters = self
+                    .cluster
+                    .as_mut()
+                    .map(|c| c.take_waiters(&room))
+                    .unwrap_or_default();
+                for waiter in waiters {
+                    if self.is_waiting(waiter.slot, waiter.serial) {
+                        self.cluster_subscribe(now, waiter.slot, &room, waiter.last_event_id)?;
+                    }
+                }
+            }
+            Event::PrimeFailed { room } => {
+                let waiters = self
+                    .cluster
+                    .as_mut()
+                    .map(|c| c.take_waiters(&room))
+                    .unwrap_or_default();
+                for waiter in waiters {
+                    if self.is_waiting(waiter.slot, waiter.serial) {
+                        self.refuse_redis(waiter.slot)?;
+                    }
+                }
+            }
+            Event::Published { ticket, result } => {
+                let reply = ReplyTo {
+                    shard: self.index as u32,
+                    slot: ticket.slot,
+                    serial: ticket.serial,
+                    index: ticket.index,
+                };
+                return self.on_mail(now, Mail::Sequenced { reply, result });
+            }
+            Event::Replayed { ticket, replay } => {
+                if !self.is_waiting(ticket.slot, ticket.serial) {
+                    return Ok(());
+                }
+                let (after, frames) = match replay {
+                    Some(replay) => (replay.after, replay.frames),
+                    // Redis could not say: the replica's own gap notice tells the client.
+                    None => (ticket.after, Vec::new()),
+                };
+                return self.admit(now, ticket.slot, &ticket.room, Some(after), Some(frames));
+            }
+        }
+        Ok(())
+    }
+
+    fn is_waiting(&self, slot: u32, serial: u32) -> bool {
+        self.conns
+            .get(slot as usize)
+            .and_then(|c| c.as_deref())
+            .is_some_and(|c| c.serial == serial && c.state == State::Waiting)
+    }
+
     fn outbox_full(&self) -> bool {
         self.outbox.iter().any(|q| q.len() >= OUTBOX_MAX)
     }
@@ -971,6 +1236,9 @@ impl Worker {
         if self.backlogged() {
             self.count_rejection(Rejection::PendingWriteBytes);
             return self.finish_publish(slot, &room, Err(Rejection::PendingWriteBytes.text()));
+        }
+        if self.cluster.is_some() {
+            return self.cluster_publish(now, slot, room, Bytes::from(body));
         }
         let owner = owner_shard(&room, self.shards);
         if owner == self.index {
@@ -1059,7 +1327,16 @@ impl Worker {
             };
             let room: Arc<str> = Arc::from(room);
             let owner = owner_shard(&room, self.shards);
-            if owner == self.index {
+            if self.cluster.is_some() {
+                let ticket = self.cluster_ticket(slot, results.len() as u32);
+                match self.cluster_append(now, ticket, room, Bytes::from(data.into_bytes())) {
+                    Ok(()) => {
+                        results.push(BatchLine::Waiting);
+                        outstanding += 1;
+                    }
+                    Err(reason) => results.push(BatchLine::Done(Err(reason.to_owned()))),
+                }
+            } else if owner == self.index {
                 let result = self
                     .sequence(now, &room, data.as_bytes())
                     .map_err(str::to_owned);

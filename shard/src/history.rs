@@ -80,6 +80,14 @@ impl History {
         evicted
     }
 
+    /// Says that ids below `first_id` are not held and never will be (a cluster replica
+    /// filled from the middle of the broker's log): a cursor below `first_id - 1` then
+    /// counts as lapped, so resuming from it reports (or refetches) what is missing instead
+    /// of silently skipping it.
+    pub fn mark_held_from(&mut self, first_id: u64) {
+        self.evicted_up_to = self.evicted_up_to.max(first_id.saturating_sub(1));
+    }
+
     /// Highest id ever pushed, 0 when none was.
     pub fn last_id(&self) -> u64 {
         self.last_id
@@ -230,6 +238,28 @@ mod tests {
         out.clear();
         assert_eq!(h.collect_after(8, 5, &mut out), 8);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn held_from_makes_older_cursors_lapped() {
+        let mut h = History::new(10, usize::MAX);
+        for id in [100, 200] {
+            h.push(id, frame(1));
+        }
+        assert_eq!(
+            h.resume_from(5),
+            ResumeFrom::Complete,
+            "nothing evicted yet"
+        );
+        h.mark_held_from(100);
+        assert_eq!(h.resume_from(5), ResumeFrom::Gap { from: 6, to: 99 });
+        assert_eq!(h.resume_from(99), ResumeFrom::Complete);
+        h.mark_held_from(50);
+        assert_eq!(
+            h.resume_from(60),
+            ResumeFrom::Gap { from: 61, to: 99 },
+            "never lowered"
+        );
     }
 
     #[test]

@@ -65,9 +65,15 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
 impl Server {
     /// Starts `ringcast --listen 127.0.0.1:0 ARGS…` and waits until it logs its address.
     pub fn start(args: &[&str]) -> Server {
+        Self::start_at("127.0.0.1:0", args)
+    }
+
+    /// Starts `ringcast --listen LISTEN ARGS…` (e.g. a restart on the port a previous run
+    /// was given) and waits until it logs its address.
+    pub fn start_at(listen: &str, args: &[&str]) -> Server {
         let mut child = Command::new(RINGCAST)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

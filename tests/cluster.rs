@@ -1,0 +1,246 @@
+//! Cluster mode (`--cluster-redis`): three real `ringcast` nodes sharing rooms through a real
+//! `redis-server` that the test starts on a free port (and kills and restarts for the outage
+//! test). Fails with a clear message when `redis-server` is not installed (`.ci/run`
+//! installs it).
+
+mod common;
+
+use common::{wait_until, Event, Server, PATIENCE};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` without persistence on a given port, killed on drop.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Redis {
+    fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!("cannot start redis-server ({err}): install it (apt-get install redis-server); .ci/run does")
+            });
+        let up = wait_until(PATIENCE, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "redis-server did not listen on {port}");
+        Redis {
+            child: Some(child),
+            port,
+        }
+    }
+
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Redis::start_on(port)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn node(redis: &Redis, extra: &[&str]) -> Server {
+    let url = redis.url();
+    let mut args = vec!["--shards", "2", "--cluster-redis", url.as_str()];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// `POST /rooms/{room}/messages` on a keep-alive client: `Ok(id)` on 201, `Err(status)`.
+fn try_publish(client: &mut common::Client, room: &str, data: &str) -> Result<u64, u16> {
+    let response = client.request(
+        "POST",
+        &format!("/rooms/{room}/messages"),
+        &[],
+        data.as_bytes(),
+    );
+    match response.status {
+        201 => {
+            let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+            Ok(json["id"].as_u64().expect("an id"))
+        }
+        503 => {
+            assert!(response.header("retry-after").is_some(), "{response:?}");
+            Err(503)
+        }
+        other => panic!("publish answered {other}: {response:?}"),
+    }
+}
+
+fn events(sse: &mut common::Sse, count: usize) -> Vec<Event> {
+    (0..count).map(|_| sse.next_event(PATIENCE)).collect()
+}
+
+#[test]
+fn publish_on_one_node_reaches_the_others_in_one_order_with_the_same_ids() {
+    let redis = Redis::start();
+    let (a, b, c) = (node(&redis, &[]), node(&redis, &[]), node(&redis, &[]));
+    let mut on_b = b.subscribe("lobby", None);
+    let mut on_c = c.subscribe("lobby", None);
+    let mut publisher = a.client();
+    let ids: Vec<u64> = (0..50)
+        .map(|i| publisher.publish("lobby", &format!("m{i}")))
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+    let want: Vec<(Option<u64>, String)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (Some(*id), format!("m{i}")))
+        .collect();
+    for (name, sse) in [("B", &mut on_b), ("C", &mut on_c)] {
+        let got: Vec<_> = events(sse, 50)
+            .into_iter()
+            .map(|e| (e.id, e.data))
+            .collect();
+        assert_eq!(got, want, "node {name}");
+    }
+    // Every node answers the room's facts with the same last id.
+    for server in [&b, &c] {
+        assert_eq!(server.room("lobby")["last_id"], *ids.last().unwrap());
+    }
+}
+
+#[test]
+fn a_subscriber_moved_to_another_node_with_last_event_id_misses_nothing() {
+    let redis = Redis::start();
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    // C keeps a short history, so the resume point is older than its replica and must be
+    // replayed from the stream.
+    let c = node(&redis, &["--history", "4"]);
+    let mut publisher = a.client();
+    let mut on_b = b.subscribe("moving", None);
+    let first: Vec<u64> = (0..5)
+        .map(|i| publisher.publish("moving", &format!("m{i}")))
+        .collect();
+    let seen = events(&mut on_b, 5);
+    assert_eq!(seen.last().unwrap().id, Some(first[4]));
+    drop(on_b);
+    // Published while the client is between nodes; C already follows the room.
+    let _warm = c.subscribe("moving", None);
+    let later: Vec<u64> = (5..25)
+        .map(|i| publisher.publish("moving", &format!("m{i}")))
+        .collect();
+    wait_until(PATIENCE, || {
+        c.room("moving")["last_id"] == *later.last().unwrap()
+    });
+    let mut on_c = c.subscribe("moving", Some(first[4]));
+    let got = events(&mut on_c, 20);
+    assert!(
+        got.iter().all(|e| e.event.is_none()),
+        "no gap notice: {got:?}"
+    );
+    let got: Vec<_> = got.into_iter().map(|e| (e.id.unwrap(), e.data)).collect();
+    let want: Vec<_> = later
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, format!("m{}", i + 5)))
+        .collect();
+    assert_eq!(got, want);
+    // And it goes on live.
+    let next = publisher.publish("moving", "live");
+    assert_eq!(on_c.next_event(PATIENCE).id, Some(next));
+}
+
+#[test]
+fn redis_outage_loses_no_acknowledged_publish_and_delivers_no_refused_one() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let (a, b, c) = (node(&redis, &[]), node(&redis, &[]), node(&redis, &[]));
+    let mut on_b = b.subscribe("outage", None);
+    let mut on_c = c.subscribe("outage", None);
+    let mut publisher = a.client();
+    let mut acked: Vec<(u64, String)> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
+    let mut publish = |i: usize, acked: &mut Vec<(u64, String)>, refused: &mut Vec<String>| {
+        let data = format!("m{i}");
+        match try_publish(&mut publisher, "outage", &data) {
+            Ok(id) => acked.push((id, data)),
+            Err(_) => refused.push(data),
+        }
+    };
+    let mut i = 0;
+    for _ in 0..20 {
+        publish(i, &mut acked, &mut refused);
+        i += 1;
+    }
+    redis.kill();
+    // Publishing goes on through the outage: every answer is 201 or 503.
+    let down_until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < down_until {
+        publish(i, &mut acked, &mut refused);
+        i += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ready = a.client().request("GET", "/readyz", &[], b"");
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert!(ready.text().contains("redis unreachable"), "{ready:?}");
+    let metrics = a.metrics();
+    assert!(metrics.sum("ringcast_redis_errors_total") > 0);
+    assert_eq!(metrics.sum("ringcast_redis_up"), 0);
+    assert!(
+        metrics
+            .0
+            .contains("ringcast_breaker_state{upstream=\"redis\""),
+        "breaker state exposed"
+    );
+    let _redis = Redis::start_on(port);
+    // The nodes recover by themselves: publishes succeed again within a few seconds.
+    let recovered = wait_until(Duration::from_secs(10), || {
+        let before = acked.len();
+        publish(i, &mut acked, &mut refused);
+        i += 1;
+        acked.len() > before
+    });
+    assert!(recovered, "publishes did not succeed after Redis came back");
+    for _ in 0..20 {
+        publish(i, &mut acked, &mut refused);
+        i += 1;
+    }
+    assert!(!refused.is_empty(), "the outage refused some publishes");
+    let ready = wait_until(PATIENCE, || {
+        a.client().request("GET", "/readyz", &[], b"").status == 200
+    });
+    assert!(ready, "readyz recovers");
+    for (name, sse) in [("B", &mut on_b), ("C", &mut on_c)] {
+        let got: Vec<_> = events(sse, acked.len())
+            .into_iter()
+            .map(|e| (e.id.unwrap(), e.data))
+            .collect();
+        assert_eq!(got, acked, "node {name}: every 201, once, in order");
+        // Nothing else arrives (no refused publish, no duplicate).
+        let extra = sse.items_for(Duration::from_millis(300));
+        assert!(
+            extra
+                .iter()
+                .all(|item| !matches!(item, common::Item::Event(_))),
+            "node {name}: unexpected {extra:?}; refused were {refused:?}"
+        );
+    }
+}
