@@ -285,7 +285,7 @@ fn failing_upstream_opens_the_breaker_subscribes_fail_fast_then_recover() {
         let (response, took, _) = subscribe(&server, "auth-fail", &[]);
         assert_eq!(response.status, 503, "{response:?}");
         assert!(
-            took < Duration::from_millis(100),
+            took < Duration::from_millis(300),
             "fail fast while open: {took:?}"
         );
         let retry_after: u64 = response
@@ -363,7 +363,7 @@ fn fail_open_admits_on_failures_and_while_open_but_denials_still_refuse() {
         let (response, took, client) = subscribe(&server, "auth-open", &[]);
         assert_eq!(response.status, 200, "{response:?}");
         assert!(
-            took < Duration::from_millis(100),
+            took < Duration::from_millis(300),
             "admitted at once: {took:?}"
         );
         streams.push(common::Sse { client });

@@ -121,3 +121,33 @@ fn operations_md_lists_exactly_the_keys_of_the_config_file() {
         "docs/OPERATIONS.md's table names TOML keys the config file rejects: {stale:?}"
     );
 }
+
+/// Subcommands `ringcast --help` lists under `Commands:`.
+fn help_commands() -> BTreeSet<String> {
+    let out = Command::new(common::RINGCAST)
+        .arg("--help")
+        .output()
+        .expect("run ringcast --help");
+    let help = String::from_utf8(out.stdout).expect("utf-8 help");
+    help.lines()
+        .skip_while(|line| !line.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn operations_md_documents_every_subcommand_of_ringcast_help() {
+    let doc = operations_md();
+    let commands = help_commands();
+    assert!(commands.contains("doctor"), "help parsed: {commands:?}");
+    let missing: Vec<_> = commands
+        .iter()
+        .filter(|name| !doc.contains(&format!("| `ringcast {name}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "subcommands of `ringcast --help` missing from docs/OPERATIONS.md's command table: {missing:?}"
+    );
+}

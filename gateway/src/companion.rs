@@ -9,11 +9,11 @@
 //! sink: its head becomes the HTTP/2 or HTTP/3 response head, the rest its body.
 
 use crate::mailbox::Mail;
-use crate::virtual_conn::{Transport, VirtualSink};
+use crate::virtual_conn::{Doorbell, Transport, VirtualSink};
 use crate::worker::Shared;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -24,6 +24,59 @@ const OUTBOX_RETRY: Duration = Duration::from_millis(1);
 const STOP_POLL: Duration = Duration::from_millis(50);
 /// Largest response head the companion accepts from its shard (the shard writes ~300 B).
 const RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
+/// Streams an HTTP/2 or HTTP/3 connection may have open beyond its subscriptions
+/// (`--max-streams-per-conn`), for publishes and queries beside them. The protocol's stream
+/// limit (hyper's `max_concurrent_streams`, quinn's `max_concurrent_bidi_streams`) is the sum,
+/// so even a client that opens only subscriptions is held by the protocol itself.
+pub const SHORT_STREAMS_SLACK: usize = 16;
+/// The body of the 429 for a subscription past `--max-streams-per-conn`.
+const STREAMS_REFUSAL: &str = "too many streams on this connection\n";
+
+/// Subscriptions open on one HTTP/2 or HTTP/3 connection.
+#[derive(Debug, Default, Clone)]
+pub struct StreamCount(Arc<AtomicUsize>);
+
+/// One counted subscription; dropping it (when the stream ends) frees its place.
+#[derive(Debug)]
+pub struct StreamPlace(Arc<AtomicUsize>);
+
+impl StreamCount {
+    /// A place for one more subscription, unless `max` are open.
+    pub fn try_open(&self, max: usize) -> Option<StreamPlace> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| StreamPlace(self.0.clone()))
+    }
+
+    /// Subscriptions open.
+    pub fn open(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for StreamPlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Whether a request is a subscription (`GET /rooms/{room}/events`), which counts against
+/// `--max-streams-per-conn`.
+pub fn is_subscribe(parts: &http::request::Parts) -> bool {
+    let path = parts.uri.path();
+    parts.method == http::Method::GET && path.starts_with("/rooms/") && path.ends_with("/events")
+}
+/// Mail posted without waking the shard before the companion wakes it anyway (normally it
+/// wakes the shard once, when its runtime goes idle).
+const POSTS_PER_WAKE: usize = 1024;
+/// Longest the shard is left unwoken with mail waiting while the runtime stays busy.
+const WAKE_LATEST: Duration = Duration::from_millis(2);
+/// Largest body chunk made by joining the frames of one batch: a batch becomes one HTTP/2
+/// DATA frame or HTTP/3 `send_data` per this many bytes, not one per event.
+const CHUNK_BYTES_MAX: usize = 64 * 1024;
 
 /// The listeners of one shard's companion, bound (SO_REUSEPORT) by the server before any
 /// thread starts.
@@ -46,12 +99,69 @@ pub struct Companion {
     /// Mail that found the queue to the shard full, sent by the flusher later. Only this
     /// thread touches it; the mutex is never contended.
     overflow: Mutex<VecDeque<Mail>>,
-    wake_pending: AtomicBool,
+    /// Mail was posted and the shard not woken since.
+    wake_owed: AtomicBool,
+    /// Mail posted since the shard was last woken.
+    posted: AtomicUsize,
+    /// The flusher was told about overflow mail.
+    flush_pending: AtomicBool,
     flush: tokio::sync::Notify,
+    /// Batches pushed by the shard are announced here (virtual_conn.rs).
+    doorbell: Arc<Doorbell>,
 }
 
 impl Companion {
-    /// Sends mail to the shard; the shard is woken once per runtime turn, not per mail.
+    /// `--max-streams-per-conn` (subscriptions) and the protocol's concurrent stream limit.
+    pub fn streams_max(&self) -> (usize, u32) {
+        let subscriptions = self.shared.config.max_streams_per_conn;
+        (subscriptions, (subscriptions + SHORT_STREAMS_SLACK) as u32)
+    }
+
+    /// Whether a new connection from `ip` is within `--max-new-connections-per-ip-per-sec`
+    /// (the bucket shared with the HTTP/1.1 listeners); a refusal is counted.
+    pub fn admit_connection(&self, ip: std::net::IpAddr) -> bool {
+        let (_, config) = self.shared.live.current();
+        let rate = config.max_new_connections_per_ip_per_sec;
+        if self
+            .shared
+            .new_connections
+            .try_take(ip, std::time::Instant::now(), rate)
+        {
+            return true;
+        }
+        self.shared.figures[self.index]
+            .add_companion_rejection(crate::admission::Rejection::NewConnectionRate);
+        tracing::debug!(shard = self.index, %ip, "new connection over the per-address rate");
+        false
+    }
+
+    /// The 429 answer (head and body) to a subscription past `--max-streams-per-conn`;
+    /// counted.
+    pub fn refuse_stream(&self) -> (http::response::Parts, Bytes) {
+        self.shared.figures[self.index]
+            .add_refusal(crate::admission::RefusalReason::StreamsPerConnection);
+        (
+            plain_parts(429, STREAMS_REFUSAL),
+            Bytes::from_static(STREAMS_REFUSAL.as_bytes()),
+        )
+    }
+
+    fn new(index: usize, shared: Arc<Shared>) -> Self {
+        Companion {
+            index,
+            shared,
+            overflow: Mutex::new(VecDeque::new()),
+            wake_owed: AtomicBool::new(false),
+            posted: AtomicUsize::new(0),
+            flush_pending: AtomicBool::new(false),
+            flush: tokio::sync::Notify::new(),
+            doorbell: Arc::new(Doorbell::default()),
+        }
+    }
+
+    /// Sends mail to the shard. The shard shares the CPU, so it is not woken per mail but
+    /// once when the runtime goes idle ([`Self::wake_shard`] from the park hook), or after
+    /// [`POSTS_PER_WAKE`] mails: one wake-up carries every `VirtualWriteDone` of a round.
     pub fn post(&self, mail: Mail) {
         let mut overflow = self.overflow.lock().expect("companion outbox");
         let mail = if overflow.is_empty() {
@@ -63,23 +173,60 @@ impl Companion {
         } else {
             Some(mail)
         };
+        let overflowed = mail.is_some();
         if let Some(mail) = mail {
             overflow.push_back(mail);
         }
         drop(overflow);
-        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+        let owed = self.wake_owed.swap(true, Ordering::AcqRel);
+        if (overflowed || !owed) && !self.flush_pending.swap(true, Ordering::AcqRel) {
             self.flush.notify_one();
+        }
+        if self.posted.fetch_add(1, Ordering::Relaxed) + 1 >= POSTS_PER_WAKE {
+            self.wake_shard();
         }
     }
 
-    /// Moves overflow mail into the queue and wakes the shard, once per runtime turn.
+    /// Wakes the shard if mail was posted since the last wake-up.
+    fn wake_shard(&self) {
+        self.posted.store(0, Ordering::Relaxed);
+        if self.wake_owed.swap(false, Ordering::AcqRel) {
+            self.shared.mesh.wake(self.index);
+        }
+    }
+
+    /// Wakes the tasks of the sinks the shard pushed to, answers first (see [`Doorbell`]).
+    async fn dispatcher(self: Arc<Self>) {
+        let (mut urgent, mut streams) = (Vec::new(), Vec::new());
+        loop {
+            std::future::poll_fn(|cx| self.doorbell.poll_ready(cx, &mut urgent, &mut streams))
+                .await;
+            if !urgent.is_empty() {
+                for sink in urgent.drain(..) {
+                    sink.wake();
+                }
+                // Let the answers reach their sockets before the streams' round.
+                tokio::task::yield_now().await;
+            }
+            for sink in streams.drain(..) {
+                sink.wake();
+            }
+        }
+    }
+
+    /// Moves overflow mail into the queue (retrying while it is full) and wakes the shard;
+    /// wakes it after [`WAKE_LATEST`] if the runtime stays too busy to go idle.
     async fn flusher(self: Arc<Self>) {
         loop {
             self.flush.notified().await;
-            // Let the other ready tasks post first, so one wake-up carries their mail too.
-            tokio::task::yield_now().await;
+            self.flush_pending.store(false, Ordering::Release);
+            if self.overflow.lock().expect("companion outbox").is_empty() {
+                tokio::time::sleep(WAKE_LATEST).await;
+                self.wake_shard();
+                continue;
+            }
             loop {
-                self.wake_pending.store(false, Ordering::Release);
+                self.flush_pending.store(false, Ordering::Release);
                 let stuck = {
                     let mut overflow = self.overflow.lock().expect("companion outbox");
                     let queue = self.shared.mesh.companion_queue(self.index);
@@ -91,7 +238,8 @@ impl Companion {
                     }
                     !overflow.is_empty()
                 };
-                self.shared.mesh.wake(self.index);
+                self.wake_owed.store(true, Ordering::Release);
+                self.wake_shard();
                 if !stuck {
                     break;
                 }
@@ -108,7 +256,7 @@ impl Companion {
         body_len: usize,
         transport: Transport,
     ) -> (http::response::Parts, VirtualStream) {
-        let sink = Arc::new(VirtualSink::default());
+        let sink = Arc::new(VirtualSink::new(Some(self.doorbell.clone())));
         let request = http1_request(parts, body, body_len);
         self.post(Mail::VirtualOpen {
             request,
@@ -137,6 +285,9 @@ impl Companion {
                         stream.pending.push_front(rest);
                     }
                     stream.remaining = content_length;
+                    if content_length.is_none() {
+                        stream.sink.set_streaming();
+                    }
                     return (parts, stream);
                 }
                 Ok(None) if head.len() <= RESPONSE_HEAD_BYTES_MAX => {}
@@ -191,7 +342,7 @@ impl VirtualStream {
             }
             match self.sink.poll_batch(cx) {
                 Poll::Ready(Some(batch)) => {
-                    self.pending.extend(batch);
+                    join_batch(batch, &mut self.pending);
                     self.done_owed = true;
                     if self.pending.is_empty() {
                         self.write_done();
@@ -229,6 +380,35 @@ impl Drop for VirtualStream {
                 sink: self.sink.clone(),
             });
         }
+    }
+}
+
+/// Appends `batch` to `out` as few chunks as possible: frames are joined (copied) up to
+/// [`CHUNK_BYTES_MAX`], so a batch of events costs one DATA frame / `send_data`, not one
+/// per event. A lone frame, or one as large as a chunk, is passed on without a copy.
+fn join_batch(batch: Vec<Bytes>, out: &mut VecDeque<Bytes>) {
+    if batch.len() <= 1 {
+        out.extend(batch);
+        return;
+    }
+    let mut left: usize = batch.iter().map(Bytes::len).sum();
+    let mut chunk = BytesMut::new();
+    for frame in batch {
+        left -= frame.len();
+        if !chunk.is_empty() && chunk.len() + frame.len() > CHUNK_BYTES_MAX {
+            out.push_back(chunk.split().freeze());
+        }
+        if frame.len() >= CHUNK_BYTES_MAX {
+            out.push_back(frame);
+            continue;
+        }
+        if chunk.is_empty() {
+            chunk.reserve((frame.len() + left).min(CHUNK_BYTES_MAX));
+        }
+        chunk.extend_from_slice(&frame);
+    }
+    if !chunk.is_empty() {
+        out.push_back(chunk.freeze());
     }
 }
 
@@ -332,8 +512,12 @@ pub fn spawn(
                     tracing::warn!(shard = index, "companion could not pin to a CPU");
                 }
             }
+            let companion = Arc::new(Companion::new(index, shared));
+            let parked = companion.clone();
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                // Idle: hand the shard the round's mail with one wake-up.
+                .on_thread_park(move || parked.wake_shard())
                 .build()
             {
                 Ok(runtime) => runtime,
@@ -342,13 +526,6 @@ pub fn spawn(
                     return;
                 }
             };
-            let companion = Arc::new(Companion {
-                index,
-                shared,
-                overflow: Mutex::new(VecDeque::new()),
-                wake_pending: AtomicBool::new(false),
-                flush: tokio::sync::Notify::new(),
-            });
             runtime.block_on(run(companion, listeners, tls));
         })?;
     Ok(thread)
@@ -356,6 +533,7 @@ pub fn spawn(
 
 async fn run(companion: Arc<Companion>, listeners: Listeners, tls: Option<crate::tls::Identity>) {
     tokio::spawn(companion.clone().flusher());
+    tokio::spawn(companion.clone().dispatcher());
     let mut tasks = Vec::new();
     if let Some(listener) = listeners.h2c {
         tasks.push(tokio::spawn(crate::h2::serve_h2c(
@@ -391,6 +569,40 @@ async fn run(companion: Arc<Companion>, listeners: Listeners, tls: Option<crate:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_become_few_chunks() {
+        let mut out = VecDeque::new();
+        join_batch(vec![Bytes::from_static(b"one")], &mut out);
+        assert_eq!(out.len(), 1);
+        out.clear();
+        join_batch(
+            vec![
+                Bytes::from_static(b"a"),
+                Bytes::from_static(b"bc"),
+                Bytes::from_static(b"d"),
+            ],
+            &mut out,
+        );
+        assert_eq!(out, [Bytes::from_static(b"abcd")]);
+        out.clear();
+        let big = Bytes::from(vec![b'x'; CHUNK_BYTES_MAX]);
+        let half = Bytes::from(vec![b'y'; CHUNK_BYTES_MAX / 2 + 1]);
+        join_batch(
+            vec![
+                half.clone(),
+                half.clone(),
+                big.clone(),
+                Bytes::from_static(b"z"),
+            ],
+            &mut out,
+        );
+        let lens: Vec<usize> = out.iter().map(Bytes::len).collect();
+        assert_eq!(lens, [half.len(), half.len(), big.len(), 1]);
+        let joined: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+        let expected: Vec<u8> = [&half[..], &half[..], &big[..], b"z"].concat();
+        assert_eq!(joined, expected);
+    }
 
     #[test]
     fn h2_request_becomes_http1() {

@@ -20,6 +20,13 @@ pub const MAX_MESSAGE_BYTES_LIMIT: usize = 16 << 20;
 /// (1000 subscribers × a few KiB in flight), low enough that a shard stuck behind slow
 /// readers refuses new work instead of growing without bound.
 pub const MAX_PENDING_WRITE_BYTES_DEFAULT: usize = 1 << 30;
+/// Default `--header-timeout` and `--body-timeout`, in seconds.
+pub const REQUEST_TIMEOUT_SECONDS_DEFAULT: f64 = 10.0;
+/// Default `--max-streams-per-conn`: HTTP/2's recommended minimum concurrency is 100
+/// (RFC 9113 §6.5.2); one browser tab rarely holds more than a few SSE streams.
+pub const MAX_STREAMS_PER_CONN_DEFAULT: usize = 100;
+/// Largest accepted `--max-streams-per-conn`.
+pub const MAX_STREAMS_PER_CONN_LIMIT: usize = 10_000;
 
 /// Flags of the `ringcast` binary. Every flag but `--config` can also be set in the file.
 #[derive(Debug, Parser, Default, Clone)]
@@ -29,7 +36,8 @@ pub const MAX_PENDING_WRITE_BYTES_DEFAULT: usize = 1 << 30;
     about = "Thread-per-core io_uring SSE fan-out gateway",
     // `--heartbeat -1` must reach the range check (which names the flag) instead of clap
     // taking `-1` for an unknown short flag.
-    allow_negative_numbers = true
+    allow_negative_numbers = true,
+    disable_help_subcommand = true
 )]
 pub struct Flags {
     /// TOML config file; flags given on the command line win over it.
@@ -57,6 +65,10 @@ pub struct Flags {
     /// Seconds a client has to send a complete request head; later gets 408 [default: 10].
     #[arg(long, value_name = "SECS")]
     pub header_timeout: Option<f64>,
+    /// Seconds a client has to send a request's declared body once its head arrived; later
+    /// gets 408 [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub body_timeout: Option<f64>,
     /// Seconds an idle keep-alive connection is kept between requests [default: 60].
     #[arg(long, value_name = "SECS")]
     pub idle_timeout: Option<f64>,
@@ -93,6 +105,15 @@ pub struct Flags {
     /// table all shards share); 0 means no limit [default: 0].
     #[arg(long, value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
+    /// New connections per client IP address (IPv6: per /64) per second, over the whole
+    /// process and every transport: a token bucket holding up to N; past it 503 + Retry-After
+    /// (HTTP/1.1) or the connection is dropped (TLS, h2c, QUIC); 0 means no limit [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_new_connections_per_ip_per_sec: Option<u32>,
+    /// Subscriptions (SSE streams) one HTTP/2 or HTTP/3 connection may hold; past it 429
+    /// [default: 100].
+    #[arg(long, value_name = "N")]
+    pub max_streams_per_conn: Option<usize>,
     /// Bytes handed to socket writes and not yet written, per shard; past it new
     /// subscribes and publishes get 503 [default: 1073741824].
     #[arg(long, value_name = "BYTES")]
@@ -121,6 +142,19 @@ pub struct Flags {
     /// Seconds the auth breaker stays open before probing the upstream [default: 5].
     #[arg(long, value_name = "SECS")]
     pub auth_breaker_open: Option<f64>,
+    /// Publishes need a JWT (`Authorization: Bearer`) checked with this key, whose `rooms`
+    /// (or `room`) claim allows the room: `hs256:SECRET`, `hs256-file:PATH`, `rs256:PATH`,
+    /// `es256:PATH`, or a public key PEM PATH [default: none, publishing is open].
+    #[arg(long, value_name = "KEY")]
+    pub publish_key: Option<String>,
+    /// Key checking the JWTs of subscribers to private rooms (same forms as --publish-key)
+    /// [default: none].
+    #[arg(long, value_name = "KEY")]
+    pub subscribe_key: Option<String>,
+    /// Rooms whose subscribers need a token (`Authorization: Bearer` or `?token=`) listing
+    /// them: names, `PREFIX*` or `*`; comma-separated or repeated [default: none].
+    #[arg(long, value_name = "PATTERNS", value_delimiter = ',')]
+    pub private_rooms: Vec<String>,
     /// TLS certificate chain (PEM), for `--tls-listen` and `--h3-listen`.
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -151,6 +185,18 @@ pub struct Flags {
     /// Do not serve the demo page (`GET /demo` answers 404).
     #[arg(long)]
     pub no_demo: bool,
+    /// What to do instead of serving [default: serve].
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands of `ringcast`; without one it serves.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Print what this machine offers ringcast (kernel, io_uring and each operation it
+    /// uses, ring setup flags, fd limits, sysctls, CPUs) and what ringcast will use; exit 0
+    /// if ringcast can run here, 2 if not. Flags before `doctor` are taken into account.
+    Doctor,
 }
 
 /// The same settings as read from a TOML file; every key optional.
@@ -163,6 +209,7 @@ pub struct FileConfig {
     max_message_bytes: Option<usize>,
     max_header_bytes: Option<usize>,
     header_timeout: Option<f64>,
+    body_timeout: Option<f64>,
     idle_timeout: Option<f64>,
     history: Option<usize>,
     history_bytes: Option<usize>,
@@ -174,6 +221,8 @@ pub struct FileConfig {
     drain_timeout: Option<f64>,
     log: Option<String>,
     max_connections_per_ip: Option<usize>,
+    max_new_connections_per_ip_per_sec: Option<u32>,
+    max_streams_per_conn: Option<usize>,
     max_pending_write_bytes: Option<usize>,
     latency_metrics: Option<bool>,
     auth_url: Option<String>,
@@ -182,6 +231,9 @@ pub struct FileConfig {
     auth_breaker_window: Option<f64>,
     auth_breaker_calls_min: Option<usize>,
     auth_breaker_open: Option<f64>,
+    publish_key: Option<String>,
+    subscribe_key: Option<String>,
+    private_rooms: Option<Vec<String>>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_listen: Option<SocketAddr>,
@@ -237,6 +289,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// Time to send a full request head.
     pub header_timeout: Duration,
+    /// Time to send a declared body once the head arrived.
+    pub body_timeout: Duration,
     /// Keep-alive idle time between requests.
     pub idle_timeout: Duration,
     /// Messages kept per room.
@@ -259,12 +313,18 @@ pub struct Config {
     pub log: String,
     /// Connections per client IP over the process; 0 = no limit.
     pub max_connections_per_ip: usize,
+    /// New connections per client IP per second (token bucket); 0 = no limit.
+    pub max_new_connections_per_ip_per_sec: u32,
+    /// Subscriptions one HTTP/2 or HTTP/3 connection may hold.
+    pub max_streams_per_conn: usize,
     /// Pending (submitted, not yet written) write bytes per shard.
     pub max_pending_write_bytes: usize,
     /// Whether the publish→write latency histogram is recorded.
     pub latency_metrics: bool,
     /// Subscribe authorization, when `--auth-url` is set.
     pub auth: Option<crate::auth::AuthConfig>,
+    /// JWT checks of publishes and private-room subscribes, when a key is set.
+    pub jwt: Option<std::sync::Arc<crate::jwt::JwtConfig>>,
     /// Where the file settings came from, for reloads.
     pub config_path: Option<PathBuf>,
     /// TLS and the companion transports (HTTP/2, HTTP/3), when any is on.
@@ -531,6 +591,21 @@ impl Config {
             MAX_MESSAGE_BYTES_LIMIT,
         )?;
         let auth = auth_config(&flags, &file)?;
+        let private_rooms = if flags.private_rooms.is_empty() {
+            file.private_rooms.clone().unwrap_or_default()
+        } else {
+            flags.private_rooms.clone()
+        };
+        let jwt = crate::jwt::JwtConfig::new(
+            flags.publish_key.as_deref().or(file.publish_key.as_deref()),
+            flags
+                .subscribe_key
+                .as_deref()
+                .or(file.subscribe_key.as_deref()),
+            &private_rooms,
+        )
+        .map_err(|(flag, message)| ConfigError::Invalid { flag, message })?
+        .map(std::sync::Arc::new);
         let transports = transports(&flags, &file)?;
         let history = in_range(
             "history",
@@ -562,7 +637,17 @@ impl Config {
             )?,
             header_timeout: seconds(
                 "header-timeout",
-                flags.header_timeout.or(file.header_timeout).unwrap_or(10.0),
+                flags
+                    .header_timeout
+                    .or(file.header_timeout)
+                    .unwrap_or(REQUEST_TIMEOUT_SECONDS_DEFAULT),
+            )?,
+            body_timeout: seconds(
+                "body-timeout",
+                flags
+                    .body_timeout
+                    .or(file.body_timeout)
+                    .unwrap_or(REQUEST_TIMEOUT_SECONDS_DEFAULT),
             )?,
             idle_timeout: seconds(
                 "idle-timeout",
@@ -629,6 +714,24 @@ impl Config {
                 0,
                 1 << 24,
             )?,
+            max_new_connections_per_ip_per_sec: in_range(
+                "max-new-connections-per-ip-per-sec",
+                flags
+                    .max_new_connections_per_ip_per_sec
+                    .or(file.max_new_connections_per_ip_per_sec)
+                    .unwrap_or(0) as usize,
+                0,
+                1_000_000,
+            )? as u32,
+            max_streams_per_conn: in_range(
+                "max-streams-per-conn",
+                flags
+                    .max_streams_per_conn
+                    .or(file.max_streams_per_conn)
+                    .unwrap_or(MAX_STREAMS_PER_CONN_DEFAULT),
+                1,
+                MAX_STREAMS_PER_CONN_LIMIT,
+            )?,
             max_pending_write_bytes: in_range(
                 "max-pending-write-bytes",
                 flags
@@ -640,6 +743,7 @@ impl Config {
             )?,
             latency_metrics: !flags.no_latency_metrics && file.latency_metrics.unwrap_or(true),
             auth,
+            jwt,
             cluster,
             demo: !flags.no_demo && file.demo.unwrap_or(true),
             config_path: flags.config,

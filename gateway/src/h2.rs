@@ -7,7 +7,7 @@
 //! leaves its batch in the sink, its write stays in flight on the shard and the fan-out
 //! cuts it as a slow consumer. Memory held for it: one batch.
 
-use crate::companion::{Companion, VirtualStream};
+use crate::companion::{Companion, StreamCount, StreamPlace, VirtualStream};
 use crate::virtual_conn::Transport;
 use bytes::Bytes;
 use http_body::Frame;
@@ -22,23 +22,30 @@ use std::time::Duration;
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Concurrent streams per HTTP/2 connection (SSE subscriptions count).
-const STREAMS_PER_CONNECTION_MAX: u32 = 256;
 
-/// A response body fed by a virtual connection.
-pub struct VirtualBody(VirtualStream);
+/// A response body: fed by a virtual connection, or one piece the companion made itself.
+pub enum VirtualBody {
+    /// The shard's answer; a subscription holds its place on the connection until the
+    /// body is dropped.
+    Stream(VirtualStream, Option<StreamPlace>),
+    /// A short answer (the 429 for too many streams).
+    Fixed(Option<Bytes>),
+}
 
 impl http_body::Body for VirtualBody {
     type Data = Bytes;
     type Error = Infallible;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_frame(cx)
-            .map(|frame| frame.map(|data| Ok(Frame::data(data))))
+        match self.get_mut() {
+            VirtualBody::Stream(stream, _) => stream
+                .poll_frame(cx)
+                .map(|frame| frame.map(|data| Ok(Frame::data(data)))),
+            VirtualBody::Fixed(data) => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
+        }
     }
 }
 
@@ -63,12 +70,30 @@ async fn handle(
     companion: Arc<Companion>,
     request: http::Request<Incoming>,
     transport: Transport,
+    streams: StreamCount,
 ) -> Result<http::Response<VirtualBody>, Infallible> {
     let (parts, body) = request.into_parts();
+    let place = if crate::companion::is_subscribe(&parts) {
+        match streams.try_open(companion.streams_max().0) {
+            Some(place) => Some(place),
+            None => {
+                let (head, body) = companion.refuse_stream();
+                return Ok(http::Response::from_parts(
+                    head,
+                    VirtualBody::Fixed(Some(body)),
+                ));
+            }
+        }
+    } else {
+        None
+    };
     let limit = companion.shared.config.max_message_bytes;
     let (body, body_len) = read_body(body, limit).await.unwrap_or_default();
     let (head, stream) = companion.open(&parts, &body, body_len, transport).await;
-    Ok(http::Response::from_parts(head, VirtualBody(stream)))
+    Ok(http::Response::from_parts(
+        head,
+        VirtualBody::Stream(stream, place),
+    ))
 }
 
 /// Serves one TCP connection (plain or TLS) as HTTP/2 or HTTP/1.1.
@@ -80,13 +105,16 @@ where
     figures.transport_opened(transport);
     let service = {
         let companion = companion.clone();
-        hyper::service::service_fn(move |request| handle(companion.clone(), request, transport))
+        let streams = StreamCount::default();
+        hyper::service::service_fn(move |request| {
+            handle(companion.clone(), request, transport, streams.clone())
+        })
     };
     let io = TokioIo::new(io);
     let result = match transport {
         Transport::H2 => {
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
+                .max_concurrent_streams(companion.streams_max().1)
                 .serve_connection(io, service)
                 .await
         }
@@ -117,9 +145,12 @@ pub async fn serve_h2c(companion: Arc<Companion>, listener: std::net::TcpListene
         }
     };
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
+        if !companion.admit_connection(peer.ip()) {
+            continue; // dropped: closed at once
+        }
         let _ = stream.set_nodelay(true);
         tokio::spawn(serve_connection(companion.clone(), stream, Transport::H2));
     }
@@ -147,9 +178,12 @@ pub async fn serve_tls(
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
+        if !companion.admit_connection(peer.ip()) {
+            continue; // dropped before the handshake costs anything
+        }
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let companion = companion.clone();

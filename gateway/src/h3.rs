@@ -13,7 +13,7 @@
 //! buffer, bounded by the peer's stream window; a stream whose reader stopped leaves its
 //! batch in the sink and the fan-out cuts it as a slow consumer.
 
-use crate::companion::Companion;
+use crate::companion::{Companion, StreamCount};
 use crate::virtual_conn::Transport;
 use bytes::{Buf, Bytes};
 use std::sync::Arc;
@@ -21,8 +21,6 @@ use std::time::Duration;
 
 /// How long a stream cut or drained by the shard may take to hand over its last frame.
 const CLOSE_GRACE: Duration = Duration::from_millis(200);
-/// Concurrent request streams per QUIC connection (SSE subscriptions count).
-const STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// A QUIC connection with no traffic at all for this long is closed (heartbeats keep SSE
 /// streams well inside it).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -35,7 +33,7 @@ pub async fn serve(
     socket: std::net::UdpSocket,
     identity: crate::tls::Identity,
 ) {
-    let endpoint = match endpoint(socket, identity) {
+    let endpoint = match endpoint(socket, identity, companion.streams_max().1) {
         Ok(endpoint) => endpoint,
         Err(err) => {
             tracing::error!(shard = companion.index, "QUIC endpoint failed: {err:#}");
@@ -43,13 +41,19 @@ pub async fn serve(
         }
     };
     while let Some(incoming) = endpoint.accept().await {
+        if !companion.admit_connection(incoming.remote_address().ip()) {
+            incoming.refuse();
+            continue;
+        }
         tokio::spawn(connection(companion.clone(), incoming));
     }
 }
 
+/// The QUIC endpoint; a connection may open `streams_max` request streams at once.
 fn endpoint(
     socket: std::net::UdpSocket,
     identity: crate::tls::Identity,
+    streams_max: u32,
 ) -> anyhow::Result<quinn::Endpoint> {
     let tls = crate::tls::server_config(identity, &[crate::tls::ALPN_H3])?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
@@ -57,7 +61,7 @@ fn endpoint(
     config.migration(false);
     let mut transport = quinn::TransportConfig::default();
     transport
-        .max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into())
+        .max_concurrent_bidi_streams(streams_max.into())
         .max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?));
     config.transport_config(Arc::new(transport));
     socket.set_nonblocking(true)?;
@@ -75,14 +79,16 @@ async fn connection(companion: Arc<Companion>, incoming: quinn::Incoming) {
     };
     let figures = &companion.shared.figures[companion.index];
     figures.transport_opened(Transport::H3);
+    let streams = StreamCount::default();
     match h3::server::Connection::new(h3_quinn::Connection::new(connection)).await {
         Ok(mut h3) => loop {
             match h3.accept().await {
                 Ok(Some(resolver)) => {
                     let companion = companion.clone();
+                    let streams = streams.clone();
                     tokio::spawn(async move {
                         if let Ok((request, stream)) = resolver.resolve_request().await {
-                            request_stream(companion, request, stream).await;
+                            request_stream(companion, request, stream, streams).await;
                         }
                     });
                 }
@@ -102,8 +108,29 @@ async fn request_stream(
     companion: Arc<Companion>,
     request: http::Request<()>,
     mut stream: RequestStream,
+    streams: StreamCount,
 ) {
     let (parts, ()) = request.into_parts();
+    // Held until this function returns, i.e. until the stream ends.
+    let _place = if crate::companion::is_subscribe(&parts) {
+        match streams.try_open(companion.streams_max().0) {
+            Some(place) => Some(place),
+            None => {
+                let (head, body) = companion.refuse_stream();
+                if stream
+                    .send_response(http::Response::from_parts(head, ()))
+                    .await
+                    .is_ok()
+                    && stream.send_data(body).await.is_ok()
+                {
+                    let _ = stream.finish().await;
+                }
+                return;
+            }
+        }
+    } else {
+        None
+    };
     let limit = companion.shared.config.max_message_bytes;
     let mut body = Vec::new();
     let mut body_len = 0;

@@ -22,6 +22,10 @@ pub struct Head {
     pub close: bool,
     /// `Last-Event-ID` header or `last_event_id` query value.
     pub last_event_id: Option<u64>,
+    /// The token of an `Authorization: Bearer` header.
+    pub bearer: Option<String>,
+    /// A `token` query value (for subscribes: `EventSource` cannot set headers).
+    pub query_token: Option<String>,
     /// For `/metrics`: the exposition format the `Accept` header asks for (Prometheus text
     /// for every other route).
     pub metrics_format: shard::metrics::Format,
@@ -128,6 +132,7 @@ pub fn parse(
     let mut content_length = 0usize;
     let mut last_event_id = None;
     let mut accept = None;
+    let mut bearer = None;
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -151,13 +156,19 @@ pub fn parse(
             last_event_id = Some(parse_id(header.value)?);
         } else if name.eq_ignore_ascii_case("accept") {
             accept = std::str::from_utf8(header.value).ok();
+        } else if name.eq_ignore_ascii_case("authorization") {
+            bearer = crate::jwt::bearer_token(header.value).map(str::to_owned);
         }
     }
     let target = request.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut query_token = None;
     for pair in query.split('&') {
         if let Some(value) = pair.strip_prefix("last_event_id=") {
             last_event_id = Some(parse_id(value.as_bytes())?);
+        } else if let Some(value) = pair.strip_prefix("token=") {
+            // base64url and '.': nothing to percent-decode in a JWT.
+            query_token = (!value.is_empty()).then(|| value.to_owned());
         }
     }
     let route = route(path)?;
@@ -180,6 +191,8 @@ pub fn parse(
         content_length,
         close,
         last_event_id,
+        bearer,
+        query_token,
     }))
 }
 
@@ -463,5 +476,35 @@ mod tests {
             panic!()
         };
         assert!(h.close);
+    }
+
+    #[test]
+    fn tokens_from_header_or_query() {
+        let Ok(Parsed::Head(h)) = head(
+            "GET /rooms/a/events?token=q.r.s&x=1 HTTP/1.1\r\nAuthorization: Bearer h.i.j\r\n\r\n",
+        ) else {
+            panic!()
+        };
+        assert_eq!(h.bearer.as_deref(), Some("h.i.j"));
+        assert_eq!(h.query_token.as_deref(), Some("q.r.s"));
+        let Ok(Parsed::Head(h)) =
+            head("GET /rooms/a/events HTTP/1.1\r\nAuthorization: Basic eDp5\r\n\r\n")
+        else {
+            panic!()
+        };
+        assert_eq!((h.bearer, h.query_token), (None, None));
+    }
+
+    /// Fuzz crash-f2e3871d (`token`): a header value carrying `\n\n` ends the head there
+    /// (httparse takes bare LF line ends), so `Head::len` stops at the first blank line and
+    /// what follows is the body or the next request, never more headers of this one.
+    #[test]
+    fn a_bare_lf_blank_line_ends_the_head() {
+        let request = b"GET /rooms/a/events HTTP/1.1\r\nAuthorization: _id={\n\nnt_i\r\n\r\n";
+        let Ok(Parsed::Head(h)) = parse(request, 1024, 100) else {
+            panic!()
+        };
+        assert_eq!(h.len, request.iter().position(|&b| b == b'{').unwrap() + 3);
+        assert_eq!(h.bearer, None);
     }
 }

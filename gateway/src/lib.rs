@@ -4,14 +4,18 @@
 
 pub mod admission;
 pub mod auth;
+pub mod batch;
 pub mod clock;
 pub mod cluster;
 pub mod companion;
 pub mod config;
 pub mod config_check;
+pub mod doctor;
 pub mod h2;
 pub mod h3;
 pub mod http1;
+pub mod jwt;
+pub mod kernel;
 pub mod mailbox;
 pub mod metrics;
 pub mod reload;

@@ -1,7 +1,7 @@
 //! `ringcast`: parses flags and config, sets up logging and runs the gateway.
 
 use clap::Parser;
-use gateway::config::{Config, Flags};
+use gateway::config::{Command, Config, Flags};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -17,6 +17,12 @@ fn main() -> std::process::ExitCode {
         eprint!("{report}");
         return std::process::ExitCode::from(2);
     }
+    if flags.command == Some(Command::Doctor) {
+        let config = Config::load(flags.clone()).map_err(|err| err.to_string());
+        let report = gateway::doctor::Report::gather(config);
+        print!("{report}");
+        return std::process::ExitCode::from(if report.can_run() { 0 } else { 2 });
+    }
     let config = match Config::load(flags.clone()) {
         Ok(config) => config,
         Err(err) => {
@@ -24,6 +30,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // No epoll backend: without io_uring (or an operation it needs) ringcast stops here,
+    // saying what is missing and how to enable it.
+    if let Err(err) = gateway::kernel::require() {
+        eprintln!("ringcast: {err}");
+        return std::process::ExitCode::from(2);
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()

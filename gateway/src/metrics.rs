@@ -8,7 +8,7 @@
 //! clock. A shard records into a plain [`HistogramSnapshot`] during a turn (a bucket
 //! search and two adds per frame) and adds it to its atomic histograms once per turn.
 
-use crate::admission::{Rejection, REJECTIONS};
+use crate::admission::{RefusalReason, Rejection, REFUSAL_REASONS, REJECTIONS};
 use crate::virtual_conn::Transport;
 use crate::worker::Shared;
 use shard::metrics::{AtomicHistogram, Exposition, Format, HistogramSnapshot, WindowedHistogram};
@@ -171,6 +171,11 @@ const WINDOW_GRACE: Duration = Duration::from_secs(1);
 pub struct ShardFigures {
     values: [AtomicU64; FIGURES],
     rejections: [AtomicU64; REJECTIONS],
+    /// 503s counted by the companion thread (added to `rejections` at exposition).
+    companion_rejections: [AtomicU64; REJECTIONS],
+    /// Other refusals, added as they happen by the shard and its companion (rare enough
+    /// that a relaxed add each costs nothing measurable).
+    refusals: [AtomicU64; REFUSAL_REASONS],
     room_sizes: [AtomicU64; ROOM_SIZE_LABELS.len()],
     /// Open connections of the companion transports ([`Transport`], kept by the
     /// shard's companion thread).
@@ -186,6 +191,8 @@ impl Default for ShardFigures {
         Self {
             values: Default::default(),
             rejections: Default::default(),
+            companion_rejections: Default::default(),
+            refusals: Default::default(),
             room_sizes: Default::default(),
             transports: Default::default(),
             latency: AtomicHistogram::new(),
@@ -208,6 +215,22 @@ impl ShardFigures {
     /// Stores the rejection count of one reason.
     pub fn set_rejections(&self, reason: Rejection, value: u64) {
         self.rejections[reason as usize].store(value, Ordering::Relaxed);
+    }
+
+    /// Counts one 503 the companion thread made (the shard stores its own with
+    /// [`Self::set_rejections`]).
+    pub fn add_companion_rejection(&self, reason: Rejection) {
+        self.companion_rejections[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one refusal (not a 503).
+    pub fn add_refusal(&self, reason: RefusalReason) {
+        self.refusals[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refusals of one reason so far.
+    pub fn refusals(&self, reason: RefusalReason) -> u64 {
+        self.refusals[reason as usize].load(Ordering::Relaxed)
     }
 
     /// Stores the room counts per size bucket ([`ROOM_SIZE_LABELS`]).
@@ -291,6 +314,12 @@ pub fn render(shared: &Shared, format: Format, now_unix_nanos: u64) -> String {
         &[],
         shared.per_ip.addresses() as f64,
     );
+    out.gauge(
+        "ringcast_new_connection_rate_addresses",
+        "Client addresses (IPv6: /64 blocks) remembered by the new-connection-rate table.",
+        &[],
+        shared.new_connections.addresses() as f64,
+    );
     if let Some(pool) = &shared.cluster {
         crate::cluster::expose(&mut out, pool);
     }
@@ -330,11 +359,24 @@ pub fn expose_shards(out: &mut Exposition, shards: &[ShardFigures], now_unix_nan
     for (shard, figures) in shards.iter().enumerate() {
         labels[0] = shard.to_string();
         for reason in Rejection::ALL {
+            let value = figures.rejections[reason as usize].load(Ordering::Relaxed)
+                + figures.companion_rejections[reason as usize].load(Ordering::Relaxed);
             out.counter(
                 "ringcast_admission_rejections_total",
                 "Requests and connections refused with 503, by reason.",
                 &[("shard", &labels[0]), ("reason", reason.label())],
-                figures.rejections[reason as usize].load(Ordering::Relaxed) as f64,
+                value as f64,
+            );
+        }
+    }
+    for (shard, figures) in shards.iter().enumerate() {
+        labels[0] = shard.to_string();
+        for reason in RefusalReason::ALL {
+            out.counter(
+                "ringcast_refusals_total",
+                "Requests refused with a status other than 503 (401, 403, 408, 4xx for malformed or oversized requests, 429), by reason.",
+                &[("shard", &labels[0]), ("reason", reason.label())],
+                figures.refusals(reason) as f64,
             );
         }
     }
@@ -428,6 +470,8 @@ mod tests {
         shards[0].set(Figure::Deliveries, 3);
         shards[1].set(Figure::Deliveries, 4);
         shards[1].set_rejections(Rejection::PerIpLimit, 2);
+        shards[1].add_companion_rejection(Rejection::NewConnectionRate);
+        shards[0].add_refusal(RefusalReason::TokenExpired);
         let mut turn = HistogramSnapshot::EMPTY;
         turn.record(2_000_000);
         shards[0].add_latency(start + SECOND, &turn);
@@ -443,6 +487,13 @@ mod tests {
         assert!(text.contains(
             "ringcast_admission_rejections_total{shard=\"1\",reason=\"per_ip_limit\"} 2\n"
         ));
+        assert!(text.contains(
+            "ringcast_admission_rejections_total{shard=\"1\",reason=\"new_connection_rate\"} 1\n"
+        ));
+        assert!(
+            text.contains("ringcast_refusals_total{shard=\"0\",reason=\"token_expired\"} 1\n"),
+            "{text}"
+        );
         assert!(
             text.contains("ringcast_publish_to_write_seconds_count 3\n"),
             "{text}"

@@ -65,10 +65,11 @@ pub struct Reloaded {
 /// Takes from `fresh` (the file re-read, flags merged over it) the settings that can change
 /// live; keeps everything else of `current` and names what differs.
 ///
-/// Live: heartbeat, header and idle timeouts, coalescing delay and queue minimum, write
-/// budget, max connections (lowering applies at once; raising is capped at the value the
-/// process started with, `connections_cap`, because each shard sized its timer wheel for
-/// it), connections per IP, pending write bytes, drain timeout.
+/// Live: heartbeat, header, body and idle timeouts, coalescing delay and queue minimum,
+/// write budget, max connections (lowering applies at once; raising is capped at the value
+/// the process started with, `connections_cap`, because each shard sized its timer wheel
+/// for it), connections and new connections per second per IP, pending write bytes, drain
+/// timeout.
 pub fn apply(current: &Config, fresh: &Config, connections_cap: usize) -> Reloaded {
     let mut config = current.clone();
     let mut changed = Vec::new();
@@ -91,11 +92,13 @@ pub fn apply(current: &Config, fresh: &Config, connections_cap: usize) -> Reload
     live!(
         heartbeat => "heartbeat",
         header_timeout => "header-timeout",
+        body_timeout => "body-timeout",
         idle_timeout => "idle-timeout",
         coalesce_delay => "coalesce-delay-ms",
         coalesce_queue_min => "coalesce-queue-min",
         write_budget => "write-budget",
         max_connections_per_ip => "max-connections-per-ip",
+        max_new_connections_per_ip_per_sec => "max-new-connections-per-ip-per-sec",
         max_pending_write_bytes => "max-pending-write-bytes",
         drain_timeout => "drain-timeout",
     );
@@ -118,6 +121,8 @@ pub fn apply(current: &Config, fresh: &Config, connections_cap: usize) -> Reload
         log => "log",
         latency_metrics => "latency-metrics",
         auth => "auth-*",
+        jwt => "publish-key, subscribe-key, private-rooms",
+        max_streams_per_conn => "max-streams-per-conn",
         cluster => "cluster-redis, node-id, cluster-timeout",
     );
     Reloaded {

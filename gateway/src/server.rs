@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Pending connections the kernel queues per listener.
-const LISTEN_BACKLOG: i32 = 4096;
+pub const LISTEN_BACKLOG: i32 = 4096;
 
 fn listener(addr: SocketAddr) -> anyhow::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -157,6 +157,7 @@ pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
         clock: Arc::new(SharedClock::new(&clock)),
         live: LiveConfig::new(config.clone()),
         per_ip: PerIpConnections::default(),
+        new_connections: crate::admission::PerIpRate::default(),
         config,
     });
     crate::clock::install_log_clock(shared.clock.clone());

@@ -103,8 +103,7 @@ impl Ring {
             })?;
         let mut probe = io_uring::Probe::new();
         ring.submitter().register_probe(&mut probe)?;
-        let multishot_accept =
-            probe.is_supported(opcode::AcceptMulti::CODE) && kernel_at_least(5, 19);
+        let multishot_accept = multishot_accept(&probe);
         Ok(Self {
             ring,
             stats: RingStats::default(),
@@ -265,6 +264,12 @@ impl Ring {
             });
         }
     }
+}
+
+/// Whether the kernel behind `probe` has multishot accept: the probe lists accept, but
+/// not its multishot flag, so the release decides (5.19+).
+pub fn multishot_accept(probe: &io_uring::Probe) -> bool {
+    probe.is_supported(opcode::AcceptMulti::CODE) && kernel_at_least(5, 19)
 }
 
 fn kernel_at_least(major: u32, minor: u32) -> bool {

@@ -10,9 +10,10 @@
 //! write in flight, so the fan-out laps and cuts it exactly as an HTTP/1.1 socket.
 
 use bytes::Bytes;
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::{ArrayQueue, SegQueue};
 use futures_util::task::AtomicWaker;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// Batches a sink holds. The shard has one write in flight per connection, so one batch
@@ -45,6 +46,57 @@ impl Transport {
     }
 }
 
+/// The shard → companion wake-up path for batches, one per shard/companion pair.
+///
+/// The shard and its companion share a CPU, so every cross-thread wake-up is a context
+/// switch. A push does not wake the companion's task: it queues the sink here, and the
+/// shard rings the doorbell once at the end of its turn ([`Doorbell::ring`]). The
+/// companion's dispatcher task ([`Doorbell::poll_ready`]) then wakes the sinks' tasks from
+/// inside the runtime (no syscall), answers before streams, so a publisher's answer is
+/// not queued behind the fan-out it caused, and every stream's task before the connection
+/// tasks, so each connection writes once per round.
+#[derive(Default)]
+pub struct Doorbell {
+    ready: SegQueue<Arc<VirtualSink>>,
+    /// Sinks were queued since the last ring.
+    pending: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Doorbell {
+    /// Shard side, once per turn: wakes the companion's dispatcher if a sink was queued.
+    pub fn ring(&self) {
+        if self.pending.load(Ordering::Relaxed) && self.pending.swap(false, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// Companion side (the dispatcher task): takes the queued sinks, answers into `urgent`
+    /// and streams into `streams`; `Pending` while none is queued.
+    pub fn poll_ready(
+        &self,
+        cx: &mut Context<'_>,
+        urgent: &mut Vec<Arc<VirtualSink>>,
+        streams: &mut Vec<Arc<VirtualSink>>,
+    ) -> Poll<()> {
+        self.waker.register(cx.waker());
+        while let Some(sink) = self.ready.pop() {
+            // Cleared before the task is woken: a later push queues the sink again.
+            sink.queued.store(false, Ordering::Release);
+            if sink.streaming.load(Ordering::Relaxed) {
+                streams.push(sink);
+            } else {
+                urgent.push(sink);
+            }
+        }
+        if urgent.is_empty() && streams.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+}
+
 /// What a shard writes to one virtual connection, and how it learns the peer is gone.
 pub struct VirtualSink {
     /// `slot << 32 | serial` on the shard once it opened the connection; 0 before.
@@ -53,6 +105,13 @@ pub struct VirtualSink {
     /// Set by the shard: no more batches will come.
     closed: AtomicBool,
     waker: AtomicWaker,
+    /// Where a push queues the sink instead of waking its task (`None`: wake directly).
+    doorbell: Option<Arc<Doorbell>>,
+    /// The sink is in its doorbell's queue.
+    queued: AtomicBool,
+    /// Set by the companion once the answer is known to be a stream (SSE): the
+    /// dispatcher wakes such sinks after the short answers.
+    streaming: AtomicBool,
 }
 
 impl std::fmt::Debug for VirtualSink {
@@ -66,16 +125,29 @@ impl std::fmt::Debug for VirtualSink {
 
 impl Default for VirtualSink {
     fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl VirtualSink {
+    /// A sink whose pushes are announced through `doorbell` (or wake its task directly).
+    pub fn new(doorbell: Option<Arc<Doorbell>>) -> Self {
         Self {
             slot_serial: AtomicU64::new(0),
             batches: ArrayQueue::new(SINK_BATCHES_MAX),
             closed: AtomicBool::new(false),
             waker: AtomicWaker::new(),
+            doorbell,
+            queued: AtomicBool::new(false),
+            streaming: AtomicBool::new(false),
         }
     }
-}
 
-impl VirtualSink {
+    /// The doorbell the shard rings at the end of its turn.
+    pub fn doorbell(&self) -> Option<&Arc<Doorbell>> {
+        self.doorbell.as_ref()
+    }
+
     // --- shard side ---
 
     /// Records the slot and serial the shard gave the connection.
@@ -91,10 +163,19 @@ impl VirtualSink {
     }
 
     /// Hands a batch of frames to the companion; gives it back if the sink is full (which
-    /// one write in flight per connection rules out).
-    pub fn push(&self, frames: Vec<Bytes>) -> Result<(), Vec<Bytes>> {
+    /// one write in flight per connection rules out). With a doorbell the companion's task
+    /// is woken when the shard rings it, at the end of the turn.
+    pub fn push(self: &Arc<Self>, frames: Vec<Bytes>) -> Result<(), Vec<Bytes>> {
         self.batches.push(frames)?;
-        self.waker.wake();
+        match &self.doorbell {
+            Some(doorbell) => {
+                if !self.queued.swap(true, Ordering::AcqRel) {
+                    doorbell.ready.push(self.clone());
+                    doorbell.pending.store(true, Ordering::Release);
+                }
+            }
+            None => self.waker.wake(),
+        }
         Ok(())
     }
 
@@ -105,6 +186,16 @@ impl VirtualSink {
     }
 
     // --- companion side (one task polls a sink) ---
+
+    /// The answer is a stream: woken after short answers (see [`Doorbell`]).
+    pub fn set_streaming(&self) {
+        self.streaming.store(true, Ordering::Relaxed);
+    }
+
+    /// Wakes the task polling this sink (the dispatcher, on the companion thread).
+    pub fn wake(&self) {
+        self.waker.wake();
+    }
 
     /// The next batch; `Ready(None)` once the shard closed the connection and every batch
     /// was taken.
@@ -150,7 +241,6 @@ impl VirtualSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::task::Wake;
 
     struct Count(std::sync::atomic::AtomicUsize);
@@ -162,7 +252,7 @@ mod tests {
 
     #[test]
     fn batches_then_close_then_end() {
-        let sink = VirtualSink::default();
+        let sink = Arc::new(VirtualSink::default());
         let count = Arc::new(Count(Default::default()));
         let waker = std::task::Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
@@ -178,5 +268,45 @@ mod tests {
         assert_eq!(sink.slot(), None);
         sink.bind(7, 9);
         assert_eq!(sink.slot(), Some((7, 9)));
+    }
+
+    #[test]
+    fn doorbell_wakes_once_per_ring_answers_first() {
+        let doorbell = Arc::new(Doorbell::default());
+        let count = Arc::new(Count(Default::default()));
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let (mut urgent, mut streams) = (Vec::new(), Vec::new());
+        assert!(doorbell
+            .poll_ready(&mut cx, &mut urgent, &mut streams)
+            .is_pending());
+        let stream = Arc::new(VirtualSink::new(Some(doorbell.clone())));
+        stream.set_streaming();
+        let answer = Arc::new(VirtualSink::new(Some(doorbell.clone())));
+        stream.push(vec![Bytes::from_static(b"a")]).unwrap();
+        answer.push(vec![Bytes::from_static(b"b")]).unwrap();
+        assert_eq!(count.0.load(Ordering::Relaxed), 0, "a push does not wake");
+        doorbell.ring();
+        doorbell.ring();
+        assert_eq!(
+            count.0.load(Ordering::Relaxed),
+            1,
+            "one wake per ring with news"
+        );
+        assert!(doorbell
+            .poll_ready(&mut cx, &mut urgent, &mut streams)
+            .is_ready());
+        assert_eq!(urgent.len(), 1);
+        assert_eq!(streams.len(), 1);
+        assert!(Arc::ptr_eq(&urgent[0], &answer));
+        // Taken from the queue: the next push queues it again.
+        stream.batches.pop();
+        stream.push(vec![Bytes::from_static(b"c")]).unwrap();
+        streams.clear();
+        urgent.clear();
+        assert!(doorbell
+            .poll_ready(&mut cx, &mut urgent, &mut streams)
+            .is_ready());
+        assert_eq!(streams.len(), 1);
     }
 }

@@ -7,7 +7,8 @@
 //! deadline. The bounded write budget is what lets publishes that arrive during a big
 //! fan-out ride in the same writes (DESIGN.md §2).
 
-use crate::admission::{PerIpConnections, Rejection, REJECTIONS};
+use crate::admission::{PerIpConnections, PerIpRate, RefusalReason, Rejection, REJECTIONS};
+use crate::batch::{self, BATCH_LINES_MAX};
 use crate::clock::{ShardClock, SharedClock};
 use crate::config::Config;
 use crate::http1::{self, Parsed, Refusal, Route};
@@ -15,7 +16,7 @@ use crate::mailbox::{Mail, Mesh, ReplyTo, OUTBOX_MAX};
 use crate::metrics::{Figure, ShardFigures, ROOM_SIZE_LABELS};
 use crate::reload::LiveConfig;
 use crate::uring::{Completion, OpKind, Ring};
-use crate::virtual_conn::VirtualSink;
+use crate::virtual_conn::{Doorbell, VirtualSink};
 use bytes::Bytes;
 use shard::fanout::{Action, ConnId, Fanout, FanoutConfig, FanoutError};
 use shard::metrics::HistogramSnapshot;
@@ -44,8 +45,6 @@ const LINGER: Duration = Duration::from_secs(2);
 const WAIT_MAX: Duration = Duration::from_millis(100);
 /// Mail taken from each queue per turn.
 const MAIL_PER_TURN: usize = 4096;
-/// Lines one `POST /publish` batch may hold.
-const BATCH_LINES_MAX: usize = 10_000;
 /// Extra connection slots past the limit, used only to answer 503 before closing.
 const REFUSAL_SLOTS: usize = 1024;
 /// After a stop signal, how long a shard keeps taking mail before it starts closing
@@ -75,6 +74,8 @@ pub struct Shared {
     pub live: LiveConfig,
     /// Open connections per client address, over every shard.
     pub per_ip: PerIpConnections,
+    /// New-connection token buckets per client address, over every shard and transport.
+    pub new_connections: PerIpRate,
     /// Subscribe authorization threads, when `--auth-url` is set.
     pub auth: Option<crate::auth::AuthPool>,
     /// Redis publisher and follower threads, when `--cluster-redis` is set.
@@ -98,6 +99,8 @@ enum State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TimerKind {
     Header,
+    /// The head arrived, the declared body has not (`--body-timeout`).
+    Body,
     Idle,
     Linger,
 }
@@ -169,6 +172,9 @@ pub struct Worker {
     live: usize,
     /// Virtual connections among `live`.
     virtual_live: usize,
+    /// The companion's doorbell, rung once per turn after batches were pushed to sinks
+    /// (virtual_conn.rs); known from the first virtual connection.
+    virtual_doorbell: Option<Arc<Doorbell>>,
     conns_max: usize,
     serial_next: u32,
     timers: TimerWheel<(u32, u32)>,
@@ -234,6 +240,7 @@ impl Worker {
             free: Vec::new(),
             live: 0,
             virtual_live: 0,
+            virtual_doorbell: None,
             conns_max,
             serial_next: 1,
             timers: TimerWheel::new(now, TIMER_TICK, conns_max + REFUSAL_SLOTS),
@@ -345,6 +352,10 @@ impl Worker {
                     wait = Duration::ZERO;
                 }
             }
+            if let Some(doorbell) = &self.virtual_doorbell {
+                // One wake-up of the companion per turn, not one per pushed batch.
+                doorbell.ring();
+            }
             self.ring.submit_and_wait(wait)?;
         }
     }
@@ -371,6 +382,24 @@ impl Worker {
     /// Counts a refusal.
     fn count_rejection(&mut self, reason: Rejection) {
         self.rejections[reason as usize] += 1;
+    }
+
+    /// Counts a refusal that is not a 503 (`ringcast_refusals_total`).
+    fn count_refusal(&self, reason: RefusalReason) {
+        self.shared.figures[self.index].add_refusal(reason);
+    }
+
+    /// Refuses a request whose token does not let it through: 401 with a
+    /// `WWW-Authenticate: Bearer` challenge, or 403; counted by reason.
+    fn refuse_token(&mut self, slot: u32, denied: crate::jwt::TokenError) -> std::io::Result<()> {
+        self.count_refusal(RefusalReason::of_token(denied));
+        tracing::debug!(shard = self.index, conn = slot, ?denied, "token refused");
+        let refusal = Refusal {
+            status: denied.status(),
+            reason: denied.text().into(),
+            extra: denied.challenge(),
+        };
+        self.refuse(slot, &refusal)
     }
 
     /// Refuses with 503, `Retry-After` and the reason, and counts it.
@@ -498,6 +527,10 @@ impl Worker {
             return self.refuse_unavailable(slot, Rejection::ConnectionLimit);
         }
         if let Some(ip) = crate::auth::peer_addr(fd).map(|addr| addr.ip()) {
+            let rate = self.config.max_new_connections_per_ip_per_sec;
+            if !self.shared.new_connections.try_take(ip, now, rate) {
+                return self.refuse_unavailable(slot, Rejection::NewConnectionRate);
+            }
             if !self
                 .shared
                 .per_ip
@@ -565,6 +598,9 @@ impl Worker {
             }
         };
         sink.bind(slot, serial);
+        if self.virtual_doorbell.is_none() {
+            self.virtual_doorbell = sink.doorbell().cloned();
+        }
         self.live += 1;
         self.virtual_live += 1;
         if self.live > self.conns_max {
@@ -584,6 +620,7 @@ impl Worker {
         let config = &self.config;
         let after = match kind {
             TimerKind::Header => config.header_timeout,
+            TimerKind::Body => config.body_timeout,
             TimerKind::Idle => config.idle_timeout,
             TimerKind::Linger => LINGER,
         };
@@ -631,11 +668,24 @@ impl Worker {
             let Some((_, kind)) = conn.timer.take() else {
                 continue;
             };
+            let reading = conn.state == State::Reading && !conn.write_in_flight;
             let result = match kind {
-                TimerKind::Header if conn.state == State::Reading && !conn.write_in_flight => {
+                TimerKind::Header | TimerKind::Body if reading => {
+                    let (reason, text) = if kind == TimerKind::Header {
+                        (
+                            RefusalReason::HeaderTimeout,
+                            "request head not complete in time",
+                        )
+                    } else {
+                        (
+                            RefusalReason::BodyTimeout,
+                            "request body not complete in time",
+                        )
+                    };
+                    self.count_refusal(reason);
                     let refusal = Refusal {
                         status: 408,
-                        reason: "request head not complete in time".into(),
+                        reason: text.into(),
                         extra: "",
                     };
                     self.refuse(slot, &refusal)
@@ -701,7 +751,14 @@ impl Worker {
                 let was_empty = conn.buf.is_empty();
                 // SAFETY: the kernel initialised `result` bytes of the spare capacity.
                 unsafe { conn.buf.set_len(conn.buf.len() + result as usize) };
-                if was_empty {
+                // The head's clock starts at the first byte of a request after an idle
+                // keep-alive wait; a new connection's started at accept and is not reset
+                // (a slowloris client gets `--header-timeout` from connecting, not more).
+                let timing_head = conn
+                    .timer
+                    .as_ref()
+                    .is_some_and(|(_, kind)| *kind == TimerKind::Header);
+                if was_empty && !timing_head {
                     self.arm_timer(now, slot, TimerKind::Header);
                 }
                 self.process(now, slot)
@@ -726,16 +783,28 @@ impl Worker {
             return Ok(());
         }
         let head = match http1::parse(&conn.buf, max_header, max_body) {
-            Err(refusal) => return self.refuse(slot, &refusal),
+            Err(refusal) => {
+                self.count_refusal(RefusalReason::of_parse(&refusal));
+                return self.refuse(slot, &refusal);
+            }
             Ok(Parsed::Partial) => return self.post_recv(slot),
             Ok(Parsed::Head(head)) => head,
         };
         let total = head.len + head.content_length;
         if conn.buf.len() < total {
+            // The head is in: from now on the body has `--body-timeout` (once, not per read).
+            let timing_body = conn
+                .timer
+                .as_ref()
+                .is_some_and(|(_, kind)| *kind == TimerKind::Body);
+            if !timing_body {
+                self.arm_timer(now, slot, TimerKind::Body);
+            }
             return self.post_recv(slot);
         }
         conn.keep_alive = !head.close;
         if head.method != head.route.allowed() {
+            self.count_refusal(RefusalReason::MethodNotAllowed);
             return self.refuse(slot, &http1::method_not_allowed(head.route.allowed()));
         }
         let body: Vec<u8> = conn.buf[head.len..total].to_vec();
@@ -745,13 +814,45 @@ impl Worker {
             .then(|| conn.buf[..head.len].to_vec());
         conn.buf.drain(..total);
         let close = head.close;
+        // Token checks (jwt.rs) come before anything else a route does, on every transport.
+        let now_seconds = self.now_unix / 1_000_000_000;
+        let jwt = self.shared.config.jwt.clone();
         match head.route {
-            Route::Events(room) => match auth_head {
-                Some(raw) => self.authorize(now, slot, room, head.last_event_id, raw),
-                None => self.subscribe(now, slot, &room, head.last_event_id),
-            },
-            Route::Messages(room) => self.publish_one(now, slot, room, body),
-            Route::Publish => self.publish_batch(now, slot, &body),
+            Route::Events(room) => {
+                if let Some(jwt) = jwt.as_deref() {
+                    let token = head.bearer.as_deref().or(head.query_token.as_deref());
+                    if let Err(denied) = jwt.check_subscribe(&room, token, now_seconds) {
+                        return self.refuse_token(slot, denied);
+                    }
+                }
+                match auth_head {
+                    Some(raw) => self.authorize(now, slot, room, head.last_event_id, raw),
+                    None => self.subscribe(now, slot, &room, head.last_event_id),
+                }
+            }
+            Route::Messages(room) => {
+                if let Some(jwt) = jwt.as_deref() {
+                    match jwt.publish_grant(head.bearer.as_deref(), now_seconds) {
+                        Err(denied) => return self.refuse_token(slot, denied),
+                        Ok(Some(grant)) if !grant.allows(&room) => {
+                            return self.refuse_token(slot, crate::jwt::TokenError::Forbidden)
+                        }
+                        Ok(_) => {}
+                    }
+                }
+                self.publish_one(now, slot, room, body)
+            }
+            Route::Publish => {
+                let grant = match jwt
+                    .as_deref()
+                    .map(|jwt| jwt.publish_grant(head.bearer.as_deref(), now_seconds))
+                {
+                    Some(Err(denied)) => return self.refuse_token(slot, denied),
+                    Some(Ok(grant)) => grant,
+                    None => None,
+                };
+                self.publish_batch(now, slot, &body, grant.as_ref())
+            }
             Route::Room(room) => self.room_info(slot, room),
             Route::Metrics => {
                 let format = head.metrics_format;
@@ -775,7 +876,10 @@ impl Worker {
                     close,
                 ),
             ),
-            Route::Demo => self.refuse(slot, &http1::Refusal::not_found()),
+            Route::Demo => {
+                self.count_refusal(RefusalReason::NotFound);
+                self.refuse(slot, &http1::Refusal::not_found())
+            }
             Route::Readyz => {
                 if self.shared.stop.load(Ordering::Relaxed) {
                     self.respond(
@@ -1292,39 +1396,41 @@ impl Worker {
         self.respond(slot, response)
     }
 
-    fn publish_batch(&mut self, now: Instant, slot: u32, body: &[u8]) -> std::io::Result<()> {
+    /// `grant`: what the request's token allows, when `--publish-key` is set; lines for
+    /// other rooms fail alone (counted as `room_forbidden`).
+    fn publish_batch(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        body: &[u8],
+        grant: Option<&crate::jwt::Grant>,
+    ) -> std::io::Result<()> {
         if self.backlogged() {
             self.count_rejection(Rejection::PendingWriteBytes);
             return self.finish_publish(slot, "(batch)", Err(Rejection::PendingWriteBytes.text()));
         }
         let mut results = Vec::new();
         let mut outstanding = 0;
-        for (index, line) in body.split(|&b| b == b'\n').enumerate() {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
+        for (number, line) in batch::lines(body) {
             if results.len() >= BATCH_LINES_MAX {
                 results.push(BatchLine::Done(Err(format!(
-                    "line {}: batch over {BATCH_LINES_MAX} lines",
-                    index + 1
+                    "line {number}: batch over {BATCH_LINES_MAX} lines"
                 ))));
                 break;
             }
-            let parsed = match serde_json::from_slice::<serde_json::Value>(line) {
-                Ok(value) => batch_line(&value),
-                Err(err) => Err(format!("not JSON: {err}")),
-            };
-            let (room, data) = match parsed {
+            let (room, data) = match batch::parse_line(line) {
                 Ok(pair) => pair,
                 Err(reason) => {
-                    results.push(BatchLine::Done(Err(format!(
-                        "line {}: {reason}",
-                        index + 1
-                    ))));
+                    results.push(BatchLine::Done(Err(format!("line {number}: {reason}"))));
                     continue;
                 }
             };
+            if grant.is_some_and(|grant| !grant.allows(&room)) {
+                self.count_refusal(RefusalReason::RoomForbidden);
+                let text = crate::jwt::TokenError::Forbidden.text();
+                results.push(BatchLine::Done(Err(format!("line {number}: {text}"))));
+                continue;
+            }
             let room: Arc<str> = Arc::from(room);
             let owner = owner_shard(&room, self.shards);
             if self.cluster.is_some() {
@@ -1952,46 +2058,5 @@ impl Worker {
         figures.set(Figure::SqFull, ring.sq_full_total);
         figures.set(Figure::CqOverflow, ring.cq_overflow_total);
         figures.set(Figure::DirtyQueue, self.fanout.dirty_len() as u64);
-    }
-}
-
-fn batch_line(value: &serde_json::Value) -> Result<(String, String), String> {
-    let room = value
-        .get("room")
-        .and_then(serde_json::Value::as_str)
-        .ok_or_else(|| "missing \"room\" string".to_owned())?;
-    let room = shard::room::validate_room_name(room.as_bytes())
-        .map_err(|err| format!("bad room name: {err}"))?;
-    let data = match value.get("data") {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-        None => return Err("missing \"data\"".to_owned()),
-    };
-    Ok((room.to_owned(), data))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batch_lines_table() {
-        type Case<'a> = (&'a str, Result<(&'a str, &'a str), &'a str>);
-        let cases: &[Case] = &[
-            (r#"{"room":"a","data":"hi"}"#, Ok(("a", "hi"))),
-            (r#"{"room":"a","data":{"x":1}}"#, Ok(("a", "{\"x\":1}"))),
-            (r#"{"data":"hi"}"#, Err("missing \"room\" string")),
-            (r#"{"room":"a b","data":"x"}"#, Err("bad room name")),
-            (r#"{"room":"a"}"#, Err("missing \"data\"")),
-        ];
-        for (line, want) in cases {
-            let value: serde_json::Value = serde_json::from_str(line).unwrap();
-            let got = batch_line(&value);
-            match (got, want) {
-                (Ok((r, d)), Ok((wr, wd))) => assert_eq!((r.as_str(), d.as_str()), (*wr, *wd)),
-                (Err(e), Err(w)) => assert!(e.starts_with(w), "{e}"),
-                (got, want) => panic!("{line}: got {got:?}, want {want:?}"),
-            }
-        }
     }
 }

@@ -127,9 +127,10 @@ pub struct HttpArgs {
 /// Flags of `ringload fanout`.
 #[derive(Debug, Args)]
 pub struct FanoutArgs {
-    /// Subscribe URL template, e.g. http://127.0.0.1:8080/rooms/{room}/events.
-    #[arg(long, value_parser = parse_url_template)]
-    pub sub_url: UrlTemplate,
+    /// Subscribe URL template, e.g. http://127.0.0.1:8080/rooms/{room}/events. Repeat it
+    /// (plain HTTP/1.1 only) to spread each room's subscribers evenly over several servers.
+    #[arg(long, required = true, value_parser = parse_url_template)]
+    pub sub_url: Vec<UrlTemplate>,
     /// Publish URL template, e.g. http://127.0.0.1:8080/rooms/{room}/messages.
     #[arg(long, value_parser = parse_url_template, required_unless_present = "idle")]
     pub pub_url: Option<UrlTemplate>,
@@ -294,7 +295,8 @@ impl FanoutArgs {
             return Err(FlagError::ZeroDuration);
         }
         Ok(FanoutConfig {
-            sub_url: self.sub_url.clone(),
+            sub_url: self.sub_url[0].clone(),
+            sub_url_more: self.sub_url[1..].to_vec(),
             pub_url: self.pub_url.clone(),
             pub_body: self.pub_body.clone(),
             headers: self.headers.clone(),

@@ -36,6 +36,9 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 pub struct FanoutConfig {
     /// Subscribe URL template.
     pub sub_url: UrlTemplate,
+    /// Further subscribe URL templates (repeated `--sub-url`, plain HTTP/1.1 only):
+    /// subscriber `i` uses URL `(i / rooms) % (1 + len)` of `sub_url` then these.
+    pub sub_url_more: Vec<UrlTemplate>,
     /// Publish URL template (not needed with `idle`).
     pub pub_url: Option<UrlTemplate>,
     /// Publish body template.
@@ -87,6 +90,9 @@ pub enum FanoutError {
         /// OS message.
         reason: String,
     },
+    /// Repeated `--sub-url` outside the plain HTTP/1.1 path.
+    #[error("a repeated --sub-url needs plain http:// URLs with --proto h1")]
+    SubUrls,
     /// Subscribers could not be set up.
     #[error("subscribing failed: {0}")]
     Subscribe(String),
@@ -167,7 +173,7 @@ pub struct FanoutReport {
     pub mode: &'static str,
     /// Protocol: "h1", "h2" or "h3".
     pub proto: &'static str,
-    /// Subscribe URL template.
+    /// Subscribe URL template (several, space-separated, when `--sub-url` was repeated).
     pub sub_url: String,
     /// Publish URL template.
     pub pub_url: Option<String>,
@@ -337,6 +343,21 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
         Ok(Some(endpoint))
     };
     let sub_endpoint = stream_endpoint("--sub-url", &config.sub_url)?;
+    let sub_urls: Vec<&UrlTemplate> = std::iter::once(&config.sub_url)
+        .chain(&config.sub_url_more)
+        .collect();
+    if sub_urls.len() > 1 {
+        if sub_endpoint.is_some()
+            || sub_urls
+                .iter()
+                .any(|url| !config.transport.uses_mio(url.tls))
+        {
+            return Err(FanoutError::SubUrls);
+        }
+        for url in &sub_urls[1..] {
+            probe("--sub-url", url.addr)?;
+        }
+    }
     let pub_endpoint = match (&config.pub_url, config.idle) {
         (Some(pub_url), false) => stream_endpoint("--pub-url", pub_url)?,
         _ => None,
@@ -344,15 +365,16 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
     let rooms: Vec<String> = (0..config.rooms)
         .map(|index| room_name(&config.room_prefix, index))
         .collect();
-    let requests = rooms
+    let requests = sub_urls
         .iter()
-        .map(|room| {
+        .flat_map(|url| rooms.iter().map(move |room| (url, room)))
+        .map(|(url, room)| {
             let mut request = Vec::new();
-            let path = config.sub_url.path.render(room, 0);
+            let path = url.path.render(room, 0);
             http1::encode_request(
                 &mut request,
                 "GET",
-                &config.sub_url.host_header,
+                &url.host_header,
                 &path,
                 &config.headers,
                 b"",
@@ -380,7 +402,7 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
     let setup = Arc::new(SubscriberSetup {
         rooms: rooms.clone(),
         requests,
-        addr: config.sub_url.addr,
+        addrs: sub_urls.iter().map(|url| url.addr).collect(),
         subscribers: config.subscribers,
         threads,
         src_ips: config.src_ips,
@@ -605,7 +627,11 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
     Ok(FanoutReport {
         mode: if config.idle { "idle" } else { "fanout" },
         proto: config.transport.proto.name(),
-        sub_url: config.sub_url.text.clone(),
+        sub_url: sub_urls
+            .iter()
+            .map(|url| url.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
         pub_url: config.pub_url.as_ref().map(|url| url.text.clone()),
         subscribers: config.subscribers,
         rooms: config.rooms,

@@ -37,10 +37,11 @@ const POLL_WAIT: Duration = Duration::from_millis(10);
 pub struct SubscriberSetup {
     /// Room names, index = room number.
     pub rooms: Vec<String>,
-    /// Encoded subscribe request per room.
+    /// Encoded subscribe request per (target, room): index `target * rooms + room`.
     pub requests: Vec<Vec<u8>>,
-    /// Server address.
-    pub addr: SocketAddr,
+    /// Server addresses (repeated `--sub-url`); subscriber `i` uses target
+    /// `(i / rooms) % addrs.len()`, so each room's subscribers are split evenly.
+    pub addrs: Vec<SocketAddr>,
     /// Total subscribers; subscriber `i` joins room `i % rooms`.
     pub subscribers: usize,
     /// Number of subscriber threads; subscriber `i` lives on thread `i % threads`.
@@ -194,6 +195,7 @@ pub(crate) struct PendingEvent {
 struct Subscriber {
     stream: Option<mio::net::TcpStream>,
     room: u32,
+    target: u32,
     phase: Phase,
     framing: BodyFraming,
     carry: Vec<u8>,
@@ -304,6 +306,7 @@ impl SubscriberThread {
             .map(|global| Subscriber {
                 stream: None,
                 room: (global % rooms) as u32,
+                target: ((global / rooms) % setup.addrs.len().max(1)) as u32,
                 phase: Phase::Closed,
                 framing: BodyFraming::Plain,
                 carry: Vec::new(),
@@ -368,7 +371,8 @@ impl Loop<'_> {
     fn open(&mut self, poll: &Poll, subscriber: &mut Subscriber, id: usize, global: usize) {
         let source =
             (self.setup.src_ips > 1).then(|| socket::source_ip(global, self.setup.src_ips));
-        let connected = socket::connect(self.setup.addr, source).and_then(|mut stream| {
+        let addr = self.setup.addrs[subscriber.target as usize];
+        let connected = socket::connect(addr, source).and_then(|mut stream| {
             poll.registry().register(
                 &mut stream,
                 Token(id),
@@ -382,10 +386,9 @@ impl Loop<'_> {
                 subscriber.phase = Phase::Connecting;
                 self.in_flight += 1;
             }
-            Err(error) => self.control.fail(format!(
-                "cannot connect subscriber to {}: {error}",
-                self.setup.addr
-            )),
+            Err(error) => self
+                .control
+                .fail(format!("cannot connect subscriber to {addr}: {error}")),
         }
     }
 
@@ -402,7 +405,8 @@ impl Loop<'_> {
         } else if !self.control.stop.load(Ordering::Relaxed) {
             self.control.fail(format!(
                 "subscriber to {} room {}: {reason}",
-                self.setup.addr, self.setup.rooms[subscriber.room as usize]
+                self.setup.addrs[subscriber.target as usize],
+                self.setup.rooms[subscriber.room as usize]
             ));
         }
     }
@@ -426,7 +430,8 @@ impl Loop<'_> {
             subscriber.phase = Phase::Writing(0);
         }
         if let Phase::Writing(mut written) = subscriber.phase {
-            let request = &self.setup.requests[subscriber.room as usize];
+            let request = &self.setup.requests
+                [subscriber.target as usize * self.setup.rooms.len() + subscriber.room as usize];
             let Some(stream) = subscriber.stream.as_mut() else {
                 return;
             };

@@ -173,6 +173,8 @@ struct Subscriber {
     in_flight: bool,
     queued: bool,
     heartbeat_due: bool,
+    /// A write was handed out (so the response head is on its way).
+    started: bool,
     /// What goes out before history frames, in order: the response head, frames replayed
     /// from the cluster broker, a gap notice. Boxed: held only until written, so streaming
     /// subscribers stay small.
@@ -396,6 +398,7 @@ impl Fanout {
             in_flight: false,
             queued: true,
             heartbeat_due: false,
+            started: false,
             preamble: Some(Box::new(
                 std::iter::once(head).chain(replay).chain(gap).collect(),
             )),
@@ -647,6 +650,13 @@ impl Fanout {
             debug_assert!(!sub.in_flight, "a queued subscriber has no write in flight");
             let room = &self.rooms[sub.room as usize];
             if room.history.is_lapped(sub.cursor) {
+                // A subscriber lapped before its first write still gets the response head,
+                // so the terminal event is readable as SSE.
+                if !sub.started {
+                    if let Some(head) = sub.preamble.as_mut().and_then(|p| p.pop_front()) {
+                        out.push(head);
+                    }
+                }
                 out.push(sse::encode_lagged(sub.cursor));
                 self.handle_disconnect(conn);
                 self.stats.slow_cuts_total += 1;
@@ -700,6 +710,7 @@ impl Fanout {
                 continue;
             }
             sub.in_flight = true;
+            sub.started = true;
             self.stats.deliveries_total += delivered as u64;
             self.stats.writes_total += 1;
             return Some(Action::Write { conn });

@@ -288,6 +288,29 @@ fn a_lapped_idle_subscriber_gets_the_terminal_event() {
     assert!(sim.closed[0].2[0].starts_with(b"event: lagged"));
 }
 
+/// Regression (found by the churn test): a subscriber lapped before its first write got
+/// the terminal event without the HTTP response head, which no client can read.
+#[test]
+fn lapped_before_the_first_write_still_gets_the_head() {
+    let config = FanoutConfig {
+        history_messages_max: 4,
+        ..FanoutConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    for i in 0..4 {
+        sim.publish("a", &format!("m{i}"));
+    }
+    sim.subscribe(1, "a", Some(1));
+    for i in 0..10 {
+        sim.publish("a", &format!("n{i}"));
+    }
+    sim.turn(64);
+    assert_eq!(sim.closed.len(), 1);
+    let frames = &sim.closed[0].2;
+    assert_eq!(frames[0], Bytes::from_static(b"HEAD"));
+    assert!(frames[1].starts_with(b"event: lagged"));
+}
+
 #[test]
 fn heartbeats_arrive_on_idle_streams_and_tickers_die_with_connections() {
     let mut sim = Sim::new(FanoutConfig {
