@@ -154,6 +154,39 @@ struct Conn {
     sink: Option<Arc<VirtualSink>>,
 }
 
+impl Conn {
+    /// A connection about to read its first request; `fd` is -1 for a virtual one.
+    fn new(
+        fd: RawFd,
+        serial: u32,
+        buf: Vec<u8>,
+        keep_alive: bool,
+        sink: Option<Arc<VirtualSink>>,
+    ) -> Self {
+        Self {
+            fd,
+            serial,
+            state: State::Reading,
+            buf,
+            recv_in_flight: false,
+            write_in_flight: false,
+            close_submitted: false,
+            close_after_write: false,
+            frames: Vec::new(),
+            iov: Vec::new(),
+            write_len: 0,
+            written: 0,
+            timer: None,
+            pending: None,
+            outstanding: 0,
+            keep_alive,
+            peer: None,
+            stamps: Vec::new(),
+            sink,
+        }
+    }
+}
+
 /// A connection slot's memory must not move while the kernel holds pointers into it, so
 /// slots are boxed.
 type Slot = Option<Box<Conn>>;
@@ -491,37 +524,7 @@ impl Worker {
         }
         let serial = self.serial_next;
         self.serial_next = self.serial_next.wrapping_add(1).max(1);
-        let conn = Box::new(Conn {
-            fd,
-            serial,
-            state: State::Reading,
-            buf: Vec::new(),
-            recv_in_flight: false,
-            write_in_flight: false,
-            close_submitted: false,
-            close_after_write: false,
-            frames: Vec::new(),
-            iov: Vec::new(),
-            write_len: 0,
-            written: 0,
-            timer: None,
-            pending: None,
-            outstanding: 0,
-            keep_alive: true,
-            peer: None,
-            stamps: Vec::new(),
-            sink: None,
-        });
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.conns[slot as usize] = Some(conn);
-                slot
-            }
-            None => {
-                self.conns.push(Some(conn));
-                (self.conns.len() - 1) as u32
-            }
-        };
+        let slot = self.insert_conn(Conn::new(fd, serial, Vec::new(), true, None));
         self.live += 1;
         if self.live > self.conns_max {
             return self.refuse_unavailable(slot, Rejection::ConnectionLimit);
@@ -566,37 +569,7 @@ impl Worker {
         }
         let serial = self.serial_next;
         self.serial_next = self.serial_next.wrapping_add(1).max(1);
-        let conn = Box::new(Conn {
-            fd: -1,
-            serial,
-            state: State::Reading,
-            buf: request,
-            recv_in_flight: false,
-            write_in_flight: false,
-            close_submitted: false,
-            close_after_write: false,
-            frames: Vec::new(),
-            iov: Vec::new(),
-            write_len: 0,
-            written: 0,
-            timer: None,
-            pending: None,
-            outstanding: 0,
-            keep_alive: false,
-            peer: None,
-            stamps: Vec::new(),
-            sink: Some(sink.clone()),
-        });
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.conns[slot as usize] = Some(conn);
-                slot
-            }
-            None => {
-                self.conns.push(Some(conn));
-                (self.conns.len() - 1) as u32
-            }
-        };
+        let slot = self.insert_conn(Conn::new(-1, serial, request, false, Some(sink.clone())));
         sink.bind(slot, serial);
         if self.virtual_doorbell.is_none() {
             self.virtual_doorbell = sink.doorbell().cloned();
@@ -608,6 +581,21 @@ impl Worker {
         }
         self.arm_timer(now, slot, TimerKind::Header);
         self.process(now, slot)
+    }
+
+    /// Puts a connection in a free slot (boxed, so its buffers never move) and returns it.
+    fn insert_conn(&mut self, conn: Conn) -> u32 {
+        let conn = Box::new(conn);
+        match self.free.pop() {
+            Some(slot) => {
+                self.conns[slot as usize] = Some(conn);
+                slot
+            }
+            None => {
+                self.conns.push(Some(conn));
+                (self.conns.len() - 1) as u32
+            }
+        }
     }
 
     fn conn(&mut self, slot: u32) -> Option<&mut Conn> {
