@@ -16,6 +16,7 @@
 //! Only `http://` URLs are supported, with one connection per call (`Connection: close`);
 //! the host name is resolved on the upstream thread at each call.
 
+use crate::breaker_figures::BreakerFigures;
 use crate::http1;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
@@ -228,10 +229,8 @@ struct Reply {
 #[repr(align(128))]
 #[derive(Debug, Default)]
 pub struct AuthFigures {
-    /// Breaker state: 0 closed, 1 open, 2 half-open.
-    state: AtomicU64,
-    /// Transitions into closed, open, half-open.
-    transitions: [AtomicU64; 3],
+    /// Breaker state and transitions.
+    breaker: BreakerFigures,
     /// Results, indexed by [`RESULTS`].
     results: [AtomicU64; RESULTS.len()],
     /// Calls in flight.
@@ -253,12 +252,6 @@ const FAILED: usize = 2;
 const BREAKER_OPEN: usize = 3;
 const QUEUE_FULL: usize = 4;
 const FAIL_OPEN_ADMITTED: usize = 5;
-
-const STATES: [(BreakerState, &str); 3] = [
-    (BreakerState::Closed, "closed"),
-    (BreakerState::Open, "open"),
-    (BreakerState::HalfOpen, "half_open"),
-];
 
 /// What the upstream threads and the shards share.
 struct Hub {
@@ -472,13 +465,7 @@ impl AuthShard {
     /// Stores this shard's figures for `/metrics` (relaxed stores, once per loop turn).
     pub fn publish_figures(&self, now: Instant) {
         let figures = &self.pool.hub.figures[self.index];
-        figures
-            .state
-            .store(state_value(self.breaker.state(now)), Ordering::Relaxed);
-        for (index, (state, _)) in STATES.iter().enumerate() {
-            figures.transitions[index]
-                .store(self.breaker.transitions_to(*state), Ordering::Relaxed);
-        }
+        figures.breaker.publish(&self.breaker, now);
         for (index, value) in self.results.iter().enumerate() {
             figures.results[index].store(*value, Ordering::Relaxed);
         }
@@ -506,48 +493,26 @@ impl AuthShard {
     }
 }
 
-/// Gauge value of a breaker state: 0 closed, 1 open, 2 half-open.
-pub fn state_value(state: BreakerState) -> u64 {
-    match state {
-        BreakerState::Closed => 0,
-        BreakerState::Open => 1,
-        BreakerState::HalfOpen => 2,
-    }
-}
-
 /// Adds the auth figures of every shard to a `/metrics` exposition (Prometheus text or
 /// OpenMetrics): breaker state and transitions (label `upstream="auth"`), call results and
 /// calls in flight.
 pub fn expose(out: &mut Exposition, pool: &AuthPool) {
     for (shard, f) in pool.hub.figures.iter().enumerate() {
         let shard = shard.to_string();
-        let labels = [("upstream", "auth"), ("shard", shard.as_str())];
-        out.gauge(
-            "ringcast_breaker_state",
-            "Circuit breaker state per upstream (0 closed, 1 open, 2 half-open).",
-            &labels,
-            f.state.load(Ordering::Relaxed) as f64,
-        );
-        for (index, (_, to)) in STATES.iter().enumerate() {
-            out.counter(
-                "ringcast_breaker_transitions_total",
-                "Circuit breaker transitions per upstream, by the state entered.",
-                &[labels[0], labels[1], ("to", to)],
-                f.transitions[index].load(Ordering::Relaxed) as f64,
-            );
-        }
+        f.breaker.expose(out, "auth", &shard);
+        let labels = [("shard", shard.as_str())];
         for (index, result) in RESULTS.iter().enumerate() {
             out.counter(
                 "ringcast_auth_results_total",
                 "Subscribe authorizations by result (allowed, denied, failed: the upstream answered or failed; breaker_open, queue_full: not called; fail_open_admitted: admitted without an answer).",
-                &[labels[1], ("result", result)],
+                &[labels[0], ("result", result)],
                 f.results[index].load(Ordering::Relaxed) as f64,
             );
         }
         out.gauge(
             "ringcast_auth_in_flight",
             "Subscribe authorization calls under way.",
-            &[labels[1]],
+            &labels,
             f.in_flight.load(Ordering::Relaxed) as f64,
         );
     }

@@ -228,17 +228,10 @@ const TIMED_OUT: usize = 2;
 const BREAKER_OPEN: usize = 3;
 const QUEUE_FULL: usize = 4;
 
-const STATES: [(BreakerState, &str); 3] = [
-    (BreakerState::Closed, "closed"),
-    (BreakerState::Open, "open"),
-    (BreakerState::HalfOpen, "half_open"),
-];
-
 #[repr(align(128))]
 #[derive(Debug, Default)]
 struct ShardFigures {
-    state: AtomicU64,
-    transitions: [AtomicU64; 3],
+    breaker: crate::breaker_figures::BreakerFigures,
     results: [AtomicU64; RESULTS.len()],
 }
 
@@ -537,14 +530,7 @@ impl ClusterShard {
     /// Stores this shard's figures for `/metrics` (once per loop turn).
     pub fn publish_figures(&self, now: Instant) {
         let figures = &self.hub.figures[self.index];
-        figures.state.store(
-            crate::auth::state_value(self.breaker.state(now)),
-            Ordering::Relaxed,
-        );
-        for (index, (state, _)) in STATES.iter().enumerate() {
-            figures.transitions[index]
-                .store(self.breaker.transitions_to(*state), Ordering::Relaxed);
-        }
+        figures.breaker.publish(&self.breaker, now);
         for (index, value) in self.results.iter().enumerate() {
             figures.results[index].store(*value, Ordering::Relaxed);
         }
@@ -564,26 +550,13 @@ pub fn expose(out: &mut Exposition, pool: &ClusterPool) {
     let hub = &pool.hub;
     for (shard, f) in hub.figures.iter().enumerate() {
         let shard = shard.to_string();
-        let labels = [("upstream", "redis"), ("shard", shard.as_str())];
-        out.gauge(
-            "ringcast_breaker_state",
-            "Circuit breaker state per upstream (0 closed, 1 open, 2 half-open).",
-            &labels,
-            f.state.load(Ordering::Relaxed) as f64,
-        );
-        for (index, (_, to)) in STATES.iter().enumerate() {
-            out.counter(
-                "ringcast_breaker_transitions_total",
-                "Circuit breaker transitions per upstream, by the state entered.",
-                &[labels[0], labels[1], ("to", to)],
-                f.transitions[index].load(Ordering::Relaxed) as f64,
-            );
-        }
+        f.breaker.expose(out, "redis", &shard);
+        let labels = [("shard", shard.as_str())];
         for (index, result) in RESULTS.iter().enumerate() {
             out.counter(
                 "ringcast_cluster_publishes_total",
                 "Publishes in cluster mode by result (appended: XADD answered; failed, timed_out: Redis error or no answer in time; breaker_open, queue_full: not sent).",
-                &[labels[1], ("result", result)],
+                &[labels[0], ("result", result)],
                 f.results[index].load(Ordering::Relaxed) as f64,
             );
         }

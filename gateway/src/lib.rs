@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod auth;
 pub mod batch;
+pub mod breaker_figures;
 pub mod clock;
 pub mod cluster;
 pub mod companion;
