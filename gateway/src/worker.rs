@@ -191,6 +191,12 @@ impl Conn {
 /// slots are boxed.
 type Slot = Option<Box<Conn>>;
 
+/// The connection in `slot`, borrowing only the slot table (so other fields of the worker
+/// stay usable while it is held).
+fn slot_mut(conns: &mut [Slot], slot: u32) -> Option<&mut Conn> {
+    conns.get_mut(slot as usize).and_then(|c| c.as_deref_mut())
+}
+
 /// One shard.
 pub struct Worker {
     index: usize,
@@ -599,9 +605,7 @@ impl Worker {
     }
 
     fn conn(&mut self, slot: u32) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(slot as usize)
-            .and_then(|c| c.as_deref_mut())
+        slot_mut(&mut self.conns, slot)
     }
 
     fn arm_timer(&mut self, now: Instant, slot: u32, kind: TimerKind) {
@@ -612,11 +616,7 @@ impl Worker {
             TimerKind::Idle => config.idle_timeout,
             TimerKind::Linger => LINGER,
         };
-        let Some(conn) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(|c| c.as_deref_mut())
-        else {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return;
         };
         if let Some((key, old)) = conn.timer.take() {
@@ -634,11 +634,7 @@ impl Worker {
     }
 
     fn cancel_timer(&mut self, slot: u32) {
-        if let Some(conn) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(|c| c.as_deref_mut())
-        {
+        if let Some(conn) = slot_mut(&mut self.conns, slot) {
             if let Some((key, _)) = conn.timer.take() {
                 self.timers.cancel(key);
             }
@@ -690,11 +686,7 @@ impl Worker {
         let limit = self.shared.config.max_header_bytes + self.shared.config.max_message_bytes + 1;
         let discard_ptr = self.discard.as_mut_ptr();
         let discard_len = self.discard.len() as u32;
-        let Some(conn) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(|c| c.as_deref_mut())
-        else {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
         if conn.recv_in_flight || conn.state == State::Closing || conn.sink.is_some() {
@@ -1728,12 +1720,7 @@ impl Worker {
     /// Hands the stamps of the write just started on `slot` to the connection, which
     /// records their latency when the write completes.
     fn attach_stamps(&mut self, slot: u32) {
-        let Some(conn) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(|c| c.as_deref_mut())
-            .filter(|c| c.write_in_flight)
-        else {
+        let Some(conn) = slot_mut(&mut self.conns, slot).filter(|c| c.write_in_flight) else {
             self.stamp_scratch.clear();
             return;
         };
@@ -1747,11 +1734,7 @@ impl Worker {
 
     /// Starts one writev of `frames` (taken) on `slot`.
     fn start_write(&mut self, slot: u32, frames: &mut Vec<Bytes>) -> std::io::Result<()> {
-        let Some(conn) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(|c| c.as_deref_mut())
-        else {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
             frames.clear();
             return Ok(());
         };
@@ -1771,11 +1754,7 @@ impl Worker {
     }
 
     fn submit_write(&mut self, slot: u32) -> std::io::Result<()> {
-        let Some(conn) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(|c| c.as_deref_mut())
-        else {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
         if let Some(sink) = &conn.sink {
@@ -1814,11 +1793,7 @@ impl Worker {
         if result > 0 {
             self.bytes_written += result as u64;
         }
-        let Some(conn) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(|c| c.as_deref_mut())
-        else {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
         conn.write_in_flight = false;
@@ -1935,11 +1910,7 @@ impl Worker {
 
     fn begin_close(&mut self, slot: u32) -> std::io::Result<()> {
         self.cancel_timer(slot);
-        let Some(conn) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(|c| c.as_deref_mut())
-        else {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
         if conn.state == State::Closing {
@@ -1958,11 +1929,7 @@ impl Worker {
     }
 
     fn finish_close(&mut self, slot: u32) -> std::io::Result<()> {
-        let Some(conn) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(|c| c.as_deref_mut())
-        else {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
         if let Some(sink) = conn.sink.clone() {
