@@ -141,10 +141,19 @@ pub enum RefusalReason {
     /// 429: an HTTP/2 or HTTP/3 connection already holds `--max-streams-per-conn`
     /// subscriptions (counted by the companion thread).
     StreamsPerConnection,
+    /// A TLS connection closed without a status: its ClientHello grew past
+    /// `tls_conn::CLIENT_HELLO_BYTES_MAX`.
+    TlsClientHelloTooLarge,
+    /// A TLS connection closed without a status: its handshake did not complete within
+    /// `--header-timeout`.
+    TlsHandshakeTimeout,
+    /// A TLS connection closed (with an alert when rustls made one): not TLS, a handshake
+    /// rustls refused, or a bad record.
+    TlsError,
 }
 
 /// How many refusal reasons there are.
-pub const REFUSAL_REASONS: usize = RefusalReason::StreamsPerConnection as usize + 1;
+pub const REFUSAL_REASONS: usize = RefusalReason::TlsError as usize + 1;
 
 impl RefusalReason {
     /// Every reason, in label order.
@@ -163,6 +172,9 @@ impl RefusalReason {
         RefusalReason::NotFound,
         RefusalReason::MethodNotAllowed,
         RefusalReason::StreamsPerConnection,
+        RefusalReason::TlsClientHelloTooLarge,
+        RefusalReason::TlsHandshakeTimeout,
+        RefusalReason::TlsError,
     ];
 
     /// The `reason` label value.
@@ -182,6 +194,9 @@ impl RefusalReason {
             RefusalReason::NotFound => "not_found",
             RefusalReason::MethodNotAllowed => "method_not_allowed",
             RefusalReason::StreamsPerConnection => "streams_per_connection",
+            RefusalReason::TlsClientHelloTooLarge => "tls_client_hello_too_large",
+            RefusalReason::TlsHandshakeTimeout => "tls_handshake_timeout",
+            RefusalReason::TlsError => "tls_error",
         }
     }
 

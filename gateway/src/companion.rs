@@ -1,6 +1,7 @@
 //! A shard's companion thread: pinned to the shard's CPU, it runs a current-thread tokio
-//! runtime with hyper (TLS, HTTP/2) and quinn (HTTP/3), and hands every request to its
-//! shard as a virtual connection (virtual_conn.rs). The shard's io_uring loop stays
+//! runtime with hyper (HTTP/2: h2c, and TLS connections the shard's ring handed over after
+//! reading a ClientHello that offers ALPN `h2`) and quinn (HTTP/3), and hands every request
+//! to its shard as a virtual connection (virtual_conn.rs). The shard's io_uring loop stays
 //! single-purpose; the only traffic between the two threads is mail (docs/TRANSPORTS.md).
 //!
 //! A request is translated to HTTP/1.1 bytes (`Connection: close`, the body read whole up
@@ -13,6 +14,7 @@ use crate::virtual_conn::{Doorbell, Transport, VirtualSink};
 use crate::worker::Shared;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -78,12 +80,50 @@ const WAKE_LATEST: Duration = Duration::from_millis(2);
 /// DATA frame or HTTP/3 `send_data` per this many bytes, not one per event.
 const CHUNK_BYTES_MAX: usize = 64 * 1024;
 
+/// TLS connections the shard may hand to its companion at once (`h2` clients between the
+/// ring's ClientHello and the companion's accept). Past it the shard closes the connection
+/// (`ringcast_admission_rejections_total{reason="shard_queues_full"}`).
+pub const TLS_HANDOFF_QUEUE_MAX: usize = 1024;
+
+/// A TLS connection the shard's ring accepted and read the ClientHello of, whose client
+/// offers ALPN `h2`: the companion continues the handshake (tokio-rustls) and serves HTTP/2.
+#[derive(Debug)]
+pub struct TlsHandOff {
+    /// The connected socket (blocking, as accepted).
+    pub fd: std::os::fd::OwnedFd,
+    /// Every byte the ring read from it: the ClientHello, replayed to rustls first.
+    pub hello: Vec<u8>,
+    /// The client's address when it counts against `--max-connections-per-ip` (released
+    /// when the companion closes the connection).
+    pub peer: Option<IpAddr>,
+}
+
+/// One connection counted against `--max-connections-per-ip` in the process-wide table;
+/// dropping it (when the connection ends) releases the count.
+pub struct ConnectionPlace {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl ConnectionPlace {
+    /// Takes over a count the shard acquired for `ip` (a handed-off TLS connection).
+    pub fn adopt(shared: Arc<Shared>, ip: IpAddr) -> Self {
+        Self { shared, ip }
+    }
+}
+
+impl Drop for ConnectionPlace {
+    fn drop(&mut self) {
+        self.shared.per_ip.release(self.ip);
+    }
+}
+
 /// The listeners of one shard's companion, bound (SO_REUSEPORT) by the server before any
-/// thread starts.
+/// thread starts, and its end of the shard's TLS hand-off queue.
 #[derive(Default)]
 pub struct Listeners {
-    /// TLS over TCP.
-    pub tls: Option<std::net::TcpListener>,
+    /// TLS connections of `h2` clients from the shard's ring (`--tls-listen`).
+    pub tls_handoff: Option<tokio::sync::mpsc::Receiver<TlsHandOff>>,
     /// Cleartext HTTP/2.
     pub h2c: Option<std::net::TcpListener>,
     /// QUIC.
@@ -117,22 +157,31 @@ impl Companion {
         (subscriptions, (subscriptions + SHORT_STREAMS_SLACK) as u32)
     }
 
-    /// Whether a new connection from `ip` is within `--max-new-connections-per-ip-per-sec`
-    /// (the bucket shared with the HTTP/1.1 listeners); a refusal is counted.
-    pub fn admit_connection(&self, ip: std::net::IpAddr) -> bool {
+    /// Admits a new connection from `ip` when it is within
+    /// `--max-new-connections-per-ip-per-sec` (the bucket shared with the ring's listeners)
+    /// and `--max-connections-per-ip` (the table shared with them); the place it holds is
+    /// released when the returned guard drops. A refusal is counted.
+    pub fn admit_connection(&self, ip: IpAddr) -> Option<ConnectionPlace> {
         let (_, config) = self.shared.live.current();
         let rate = config.max_new_connections_per_ip_per_sec;
-        if self
+        let refused = if !self
             .shared
             .new_connections
             .try_take(ip, std::time::Instant::now(), rate)
         {
-            return true;
-        }
-        self.shared.figures[self.index]
-            .add_companion_rejection(crate::admission::Rejection::NewConnectionRate);
-        tracing::debug!(shard = self.index, %ip, "new connection over the per-address rate");
-        false
+            crate::admission::Rejection::NewConnectionRate
+        } else if !self
+            .shared
+            .per_ip
+            .try_acquire(ip, config.max_connections_per_ip)
+        {
+            crate::admission::Rejection::PerIpLimit
+        } else {
+            return Some(ConnectionPlace::adopt(self.shared.clone(), ip));
+        };
+        self.shared.figures[self.index].add_companion_rejection(refused);
+        tracing::debug!(shard = self.index, %ip, reason = refused.label(), "new connection refused");
+        None
     }
 
     /// The 429 answer (head and body) to a subscription past `--max-streams-per-conn`;
@@ -541,11 +590,11 @@ async fn run(companion: Arc<Companion>, listeners: Listeners, tls: Option<crate:
             listener,
         )));
     }
-    if let (Some(listener), Some(identity)) = (listeners.tls, tls.as_ref()) {
+    if let (Some(handoffs), Some(identity)) = (listeners.tls_handoff, tls.as_ref()) {
         let identity = (identity.0.clone(), identity.1.clone_key());
-        tasks.push(tokio::spawn(crate::h2::serve_tls(
+        tasks.push(tokio::spawn(crate::h2::serve_handoffs(
             companion.clone(),
-            listener,
+            handoffs,
             identity,
         )));
     }

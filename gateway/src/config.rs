@@ -101,8 +101,8 @@ pub struct Flags {
     /// Log filter (tracing EnvFilter syntax) [default: info].
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
-    /// Connections per client IP address, over the whole process (exact: counted in one
-    /// table all shards share); 0 means no limit [default: 0].
+    /// Connections per client IP address, over the whole process and every transport
+    /// (exact: counted in one table all shards share); 0 means no limit [default: 0].
     #[arg(long, value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
     /// New connections per client IP address (IPv6: per /64) per second, over the whole
@@ -161,7 +161,8 @@ pub struct Flags {
     /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1), for `--tls-listen` and `--h3-listen`.
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
-    /// Address for TLS over TCP: HTTP/2 or HTTP/1.1 by ALPN [default: off].
+    /// Address for TLS over TCP, accepted on the shards' rings: HTTP/1.1 served there,
+    /// HTTP/2 (ALPN h2) by the companion thread [default: off].
     #[arg(long, value_name = "ADDR")]
     pub tls_listen: Option<SocketAddr>,
     /// Address for cleartext HTTP/2 with prior knowledge (h2c) [default: off].

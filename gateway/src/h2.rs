@@ -1,13 +1,17 @@
-//! HTTP/2 (and HTTP/1.1 over TLS) with hyper on a shard's companion thread: the TLS
-//! listener picks HTTP/2 or HTTP/1.1 by ALPN, the h2c listener speaks HTTP/2 with prior
-//! knowledge. Every request becomes a virtual connection of the shard (companion.rs).
+//! HTTP/2 with hyper on a shard's companion thread: TLS connections the shard's ring handed
+//! over after reading a ClientHello that offers ALPN `h2` (the ClientHello is replayed to
+//! tokio-rustls, which finishes the handshake), and the h2c listener (prior knowledge).
+//! Every request becomes a virtual connection of the shard (companion.rs). HTTP/1.1 over
+//! TLS is served on the ring itself (tls_conn.rs).
 //!
 //! Flow control: hyper polls a response body only when the HTTP/2 stream has send
 //! capacity (HTTP/1.1: when its write buffer has room), so a stream whose reader stopped
 //! leaves its batch in the sink, its write stays in flight on the shard and the fan-out
 //! cuts it as a slow consumer. Memory held for it: one batch.
 
-use crate::companion::{Companion, StreamCount, StreamPlace, VirtualStream};
+use crate::companion::{
+    Companion, ConnectionPlace, StreamCount, StreamPlace, TlsHandOff, VirtualStream,
+};
 use crate::virtual_conn::Transport;
 use bytes::Bytes;
 use http_body::Frame;
@@ -19,6 +23,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -148,47 +153,55 @@ pub async fn serve_h2c(companion: Arc<Companion>, listener: std::net::TcpListene
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
-        if !companion.admit_connection(peer.ip()) {
+        let Some(place) = companion.admit_connection(peer.ip()) else {
             continue; // dropped: closed at once
-        }
+        };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(companion.clone(), stream, Transport::H2));
+        let companion = companion.clone();
+        tokio::spawn(async move {
+            let _place = place;
+            serve_connection(companion, stream, Transport::H2).await;
+        });
     }
 }
 
-/// Accepts TLS connections; ALPN `h2` gets HTTP/2, anything else HTTP/1.1.
-pub async fn serve_tls(
+/// Serves the TLS connections the shard's ring hands over (clients offering ALPN `h2`):
+/// the ClientHello the ring read is replayed to tokio-rustls, which completes the handshake
+/// (choosing `h2`), then hyper serves HTTP/2. Admission (connection limits, the per-address
+/// count and rate) happened on the ring at accept.
+pub async fn serve_handoffs(
     companion: Arc<Companion>,
-    listener: std::net::TcpListener,
+    mut handoffs: tokio::sync::mpsc::Receiver<TlsHandOff>,
     identity: crate::tls::Identity,
 ) {
-    let (listener, config) = match (
-        tokio_listener(listener),
-        crate::tls::server_config(identity, crate::tls::ALPN_TCP),
-    ) {
-        (Ok(listener), Ok(config)) => (listener, config),
-        (Err(err), _) => {
-            tracing::error!(shard = companion.index, %err, "TLS listener failed");
-            return;
-        }
-        (_, Err(err)) => {
+    let config = match crate::tls::server_config(identity, crate::tls::ALPN_TCP) {
+        Ok(config) => config,
+        Err(err) => {
             tracing::error!(shard = companion.index, %err, "TLS configuration failed");
             return;
         }
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
+    while let Some(handoff) = handoffs.recv().await {
+        let TlsHandOff { fd, hello, peer } = handoff;
+        let place = peer.map(|ip| ConnectionPlace::adopt(companion.shared.clone(), ip));
+        let stream = std::net::TcpStream::from(fd);
+        let stream = match stream
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpStream::from_std(stream))
+        {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::debug!(shard = companion.index, %err, "handed-off socket unusable");
+                continue;
+            }
         };
-        if !companion.admit_connection(peer.ip()) {
-            continue; // dropped before the handshake costs anything
-        }
-        let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let companion = companion.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let _place = place;
+            let io = Replayed::new(hello, stream);
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(err)) => {
                     tracing::debug!(shard = companion.index, %err, "TLS handshake failed");
@@ -202,5 +215,117 @@ pub async fn serve_tls(
             };
             serve_connection(companion, tls, transport).await;
         });
+    }
+}
+
+/// A socket whose first bytes were already read by someone else (the ring read the
+/// ClientHello): reads return those first, then the socket's. Writes go to the socket.
+struct Replayed {
+    head: Vec<u8>,
+    at: usize,
+    io: tokio::net::TcpStream,
+}
+
+impl Replayed {
+    fn new(head: Vec<u8>, io: tokio::net::TcpStream) -> Self {
+        Self { head, at: 0, io }
+    }
+}
+
+impl AsyncRead for Replayed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.head.len() {
+            let take = (this.head.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.head[this.at..this.at + take]);
+            this.at += take;
+            if this.at == this.head.len() {
+                this.head = Vec::new(); // replayed: free it
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Replayed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    async fn read_exact(io: &mut Replayed, out: &mut [u8]) {
+        let mut filled = 0;
+        while filled < out.len() {
+            let mut buf = tokio::io::ReadBuf::new(&mut out[filled..]);
+            std::future::poll_fn(|cx| Pin::new(&mut *io).poll_read(cx, &mut buf))
+                .await
+                .unwrap();
+            let read = buf.filled().len();
+            assert!(read > 0, "end of stream");
+            filled += read;
+        }
+    }
+
+    #[test]
+    fn replayed_bytes_come_before_the_socket_s() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client.write_all(b" world").unwrap();
+        runtime.block_on(async {
+            server.set_nonblocking(true).unwrap();
+            let server = tokio::net::TcpStream::from_std(server).unwrap();
+            let mut replayed = Replayed::new(b"hello".to_vec(), server);
+            let mut got = [0u8; 11];
+            read_exact(&mut replayed, &mut got).await;
+            assert_eq!(&got, b"hello world");
+            let written =
+                std::future::poll_fn(|cx| Pin::new(&mut replayed).poll_write(cx, b"back"))
+                    .await
+                    .unwrap();
+            assert_eq!(written, 4);
+        });
+        let mut back = [0u8; 4];
+        client.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"back");
     }
 }

@@ -41,11 +41,11 @@ pub async fn serve(
         }
     };
     while let Some(incoming) = endpoint.accept().await {
-        if !companion.admit_connection(incoming.remote_address().ip()) {
+        let Some(place) = companion.admit_connection(incoming.remote_address().ip()) else {
             incoming.refuse();
             continue;
-        }
-        tokio::spawn(connection(companion.clone(), incoming));
+        };
+        tokio::spawn(connection(companion.clone(), incoming, place));
     }
 }
 
@@ -73,7 +73,12 @@ fn endpoint(
     )?)
 }
 
-async fn connection(companion: Arc<Companion>, incoming: quinn::Incoming) {
+/// Serves one QUIC connection; `_place` holds its per-address count until it ends.
+async fn connection(
+    companion: Arc<Companion>,
+    incoming: quinn::Incoming,
+    _place: crate::companion::ConnectionPlace,
+) {
     let Ok(connection) = incoming.await else {
         return;
     };

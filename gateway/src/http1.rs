@@ -160,7 +160,7 @@ pub fn parse(
             bearer = crate::jwt::bearer_token(header.value).map(str::to_owned);
         }
     }
-    let target = request.path.unwrap_or("/");
+    let target = origin_form(request.path.unwrap_or("/"));
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut query_token = None;
     for pair in query.split('&') {
@@ -194,6 +194,26 @@ pub fn parse(
         bearer,
         query_token,
     }))
+}
+
+/// The origin form (`/path?query`) of a request target that may be in absolute form
+/// (`https://host/path?query`), which a server must accept (RFC 9112 §3.2.2) and some
+/// clients send (hyper's connection-level client, proxies).
+fn origin_form(target: &str) -> &str {
+    for scheme in ["http://", "https://"] {
+        let Some(prefix) = target.get(..scheme.len()) else {
+            continue;
+        };
+        if !prefix.eq_ignore_ascii_case(scheme) {
+            continue;
+        }
+        let rest = &target[scheme.len()..];
+        return match rest.find(['/', '?']) {
+            Some(at) if rest[at..].starts_with('/') => &rest[at..],
+            _ => "/",
+        };
+    }
+    target
 }
 
 fn parse_id(value: &[u8]) -> Result<u64, Refusal> {
@@ -366,6 +386,30 @@ mod tests {
 
     fn head(req: &str) -> Result<Parsed, Refusal> {
         parse(req.as_bytes(), 1024, 100)
+    }
+
+    #[test]
+    fn absolute_form_targets_route_as_their_path() {
+        for (target, want) in [
+            (
+                "https://localhost/rooms/a/events?last_event_id=3",
+                "/rooms/a/events?last_event_id=3",
+            ),
+            ("HTTP://example.org:8080/healthz", "/healthz"),
+            ("https://example.org", "/"),
+            ("https://example.org?x=1", "/"),
+            ("/rooms/a", "/rooms/a"),
+            ("httpx://no/scheme", "httpx://no/scheme"),
+        ] {
+            assert_eq!(origin_form(target), want, "{target}");
+        }
+        let Ok(Parsed::Head(head)) =
+            head("GET https://localhost/rooms/a/events?last_event_id=3 HTTP/1.1\r\n\r\n")
+        else {
+            panic!("absolute form not parsed");
+        };
+        assert_eq!(head.route, Route::Events("a".into()));
+        assert_eq!(head.last_event_id, Some(3));
     }
 
     fn status(req: &str) -> u16 {

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod reload;
 pub mod server;
 pub mod tls;
+pub mod tls_conn;
 pub mod uring;
 pub mod virtual_conn;
 pub mod worker;

@@ -142,6 +142,34 @@ const META: [(&str, Kind, &str); FIGURES] = [
     ),
 ];
 
+/// How a TLS connection accepted on a shard's ring came out of its handshake
+/// (`ringcast_tls_handshakes_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum TlsHandshake {
+    /// Completed on the ring: HTTP/1.1 over TLS served by the shard.
+    Http1,
+    /// The client offered ALPN `h2`: handed to the companion thread after the ClientHello.
+    H2,
+    /// Not TLS, refused by rustls, too large, too slow, or no room to hand it on.
+    Failed,
+}
+
+impl TlsHandshake {
+    /// Every outcome, in label order.
+    pub const ALL: [TlsHandshake; 3] =
+        [TlsHandshake::Http1, TlsHandshake::H2, TlsHandshake::Failed];
+
+    /// The `result` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            TlsHandshake::Http1 => "http1",
+            TlsHandshake::H2 => "h2",
+            TlsHandshake::Failed => "failed",
+        }
+    }
+}
+
 /// Rooms are counted by how many subscribers they have on a shard: 0, 1, 2–10, 11–100,
 /// 101–1000, more.
 pub const ROOM_SIZE_LABELS: [&str; 6] = ["0", "1", "2-10", "11-100", "101-1000", "1001+"];
@@ -180,6 +208,8 @@ pub struct ShardFigures {
     /// Open connections of the companion transports ([`Transport`], kept by the
     /// shard's companion thread).
     transports: [AtomicU64; Transport::ALL.len()],
+    /// TLS connections by handshake outcome ([`TlsHandshake`], added by the shard).
+    tls_handshakes: [AtomicU64; TlsHandshake::ALL.len()],
     /// Publish→write latency since start.
     pub latency: AtomicHistogram,
     /// Publish→write latency per wall-clock-aligned 10 s window.
@@ -195,6 +225,7 @@ impl Default for ShardFigures {
             refusals: Default::default(),
             room_sizes: Default::default(),
             transports: Default::default(),
+            tls_handshakes: Default::default(),
             latency: AtomicHistogram::new(),
             latency_window: WindowedHistogram::new(shard::metrics::WINDOW_DEFAULT),
         }
@@ -248,6 +279,11 @@ impl ShardFigures {
     /// One fewer open connection of `transport`.
     pub fn transport_closed(&self, transport: Transport) {
         self.transports[transport as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts one TLS connection's handshake outcome.
+    pub fn add_tls_handshake(&self, outcome: TlsHandshake) {
+        self.tls_handshakes[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Adds a turn's latency samples, taken at `now_unix_nanos`.
@@ -374,9 +410,20 @@ pub fn expose_shards(out: &mut Exposition, shards: &[ShardFigures], now_unix_nan
         for reason in RefusalReason::ALL {
             out.counter(
                 "ringcast_refusals_total",
-                "Requests refused with a status other than 503 (401, 403, 408, 4xx for malformed or oversized requests, 429), by reason.",
+                "Requests refused with a status other than 503 (401, 403, 408, 4xx for malformed or oversized requests, 429) and TLS connections closed before a request (tls_*), by reason.",
                 &[("shard", &labels[0]), ("reason", reason.label())],
                 figures.refusals(reason) as f64,
+            );
+        }
+    }
+    for (shard, figures) in shards.iter().enumerate() {
+        labels[0] = shard.to_string();
+        for outcome in TlsHandshake::ALL {
+            out.counter(
+                "ringcast_tls_handshakes_total",
+                "TLS connections accepted on the shard's ring, by handshake outcome (http1: served on the ring; h2: handed to the companion thread; failed).",
+                &[("shard", &labels[0]), ("result", outcome.label())],
+                figures.tls_handshakes[outcome as usize].load(Ordering::Relaxed) as f64,
             );
         }
     }
@@ -472,6 +519,7 @@ mod tests {
         shards[1].set_rejections(Rejection::PerIpLimit, 2);
         shards[1].add_companion_rejection(Rejection::NewConnectionRate);
         shards[0].add_refusal(RefusalReason::TokenExpired);
+        shards[1].add_tls_handshake(TlsHandshake::H2);
         let mut turn = HistogramSnapshot::EMPTY;
         turn.record(2_000_000);
         shards[0].add_latency(start + SECOND, &turn);
@@ -492,6 +540,10 @@ mod tests {
         ));
         assert!(
             text.contains("ringcast_refusals_total{shard=\"0\",reason=\"token_expired\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringcast_tls_handshakes_total{shard=\"1\",result=\"h2\"} 1\n"),
             "{text}"
         );
         assert!(

@@ -32,22 +32,41 @@ fn listener(addr: SocketAddr) -> anyhow::Result<Socket> {
     Ok(socket)
 }
 
+/// Receive and send buffer asked for on each shard's QUIC socket. One socket carries every
+/// HTTP/3 connection of its shard, so a burst of ACKs from thousands of subscribers must
+/// fit while the companion thread is busy sending; the kernel's default (~208 KiB) drops
+/// them (`Udp: RcvbufErrors`) and the senders then wait out loss timers. The kernel caps it
+/// at `net.core.rmem_max` / `wmem_max` (deploy/sysctl-ringcast.conf raises both to 4 MiB).
+pub const UDP_BUFFER_BYTES: usize = 4 << 20;
+
 fn udp_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_port(true)?;
+    // Best effort: a smaller buffer (capped by the sysctls) still works, only less burst-proof.
+    if let Err(error) = socket.set_recv_buffer_size(UDP_BUFFER_BYTES) {
+        tracing::warn!(%error, "cannot set SO_RCVBUF on the QUIC socket");
+    }
+    if let Err(error) = socket.set_send_buffer_size(UDP_BUFFER_BYTES) {
+        tracing::warn!(%error, "cannot set SO_SNDBUF on the QUIC socket");
+    }
     socket
         .bind(&addr.into())
         .with_context(|| format!("cannot bind UDP {addr}"))?;
     Ok(socket.into())
 }
 
-/// Binds one listener per shard for each companion transport that is on (all sockets of a
-/// transport share the first one's port), and logs each address as
-/// `listening TRANSPORT addr=…`.
-fn companion_listeners(config: &Config) -> anyhow::Result<Vec<crate::companion::Listeners>> {
+/// Binds one listener per shard for each transport beside `--listen` that is on (all
+/// sockets of a transport share the first one's port), and logs each address as
+/// `listening TRANSPORT addr=…`. The TLS sockets are the shards' (their rings accept
+/// them); the others their companions'.
+#[allow(clippy::type_complexity)]
+fn companion_listeners(
+    config: &Config,
+) -> anyhow::Result<(Vec<crate::companion::Listeners>, Vec<Option<Socket>>)> {
     let shards = config.shards;
     let mut out: Vec<crate::companion::Listeners> =
         (0..shards).map(|_| Default::default()).collect();
+    let mut tls_sockets: Vec<Option<Socket>> = (0..shards).map(|_| None).collect();
     let transports = &config.transports;
     for (name, addr, tls) in [
         ("tls", transports.tls_listen, true),
@@ -63,12 +82,11 @@ fn companion_listeners(config: &Config) -> anyhow::Result<Vec<crate::companion::
         for _ in 1..shards {
             sockets.push(listener(bound)?);
         }
-        for (listeners, socket) in out.iter_mut().zip(sockets) {
-            let socket: std::net::TcpListener = socket.into();
+        for ((listeners, tls_socket), socket) in out.iter_mut().zip(&mut tls_sockets).zip(sockets) {
             if tls {
-                listeners.tls = Some(socket);
+                *tls_socket = Some(socket);
             } else {
-                listeners.h2c = Some(socket);
+                listeners.h2c = Some(socket.into());
             }
         }
         tracing::info!(addr = %bound, transport = name, "listening {name} addr={bound}");
@@ -86,7 +104,7 @@ fn companion_listeners(config: &Config) -> anyhow::Result<Vec<crate::companion::
         crate::http1::advertise_h3(bound.port());
         tracing::info!(addr = %bound, transport = "h3", "listening h3 addr={bound}");
     }
-    Ok(out)
+    Ok((out, tls_sockets))
 }
 
 /// How often the main thread feeds the process clock a realtime sample.
@@ -111,10 +129,29 @@ pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
     for _ in 1..shards {
         listeners.push(listener(addr)?);
     }
-    let companion_listeners = companion_listeners(&config)?;
+    let (mut companion_listeners, tls_listeners) = companion_listeners(&config)?;
     let identity = match &config.transports.tls {
         Some(files) => Some(files.load()?),
         None => None,
+    };
+    // HTTP/1.1 over TLS is served on the rings (ALPN `http/1.1`); `h2` clients go to the
+    // companions through one bounded queue per shard.
+    let (tls_http1, tls_handoff) = match (&identity, config.transports.tls_listen) {
+        (Some((certs, key)), Some(_)) => {
+            let http1 = crate::tls::server_config(
+                (certs.clone(), key.clone_key()),
+                &[crate::tls::ALPN_HTTP1],
+            )?;
+            let mut senders = Vec::with_capacity(shards);
+            for listeners in &mut companion_listeners {
+                let (sender, receiver) =
+                    tokio::sync::mpsc::channel(crate::companion::TLS_HANDOFF_QUEUE_MAX);
+                senders.push(sender);
+                listeners.tls_handoff = Some(receiver);
+            }
+            (Some(http1), senders)
+        }
+        _ => (None, Vec::new()),
     };
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
@@ -158,6 +195,8 @@ pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
         live: LiveConfig::new(config.clone()),
         per_ip: PerIpConnections::default(),
         new_connections: crate::admission::PerIpRate::default(),
+        tls_http1,
+        tls_handoff,
         config,
     });
     crate::clock::install_log_clock(shared.clock.clone());
@@ -176,7 +215,7 @@ pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
             crate::companion::spawn(index, shared.clone(), listeners, identity, core)?;
         }
     }
-    for (index, socket) in listeners.into_iter().enumerate() {
+    for (index, (socket, tls_socket)) in listeners.into_iter().zip(tls_listeners).enumerate() {
         let shared = shared.clone();
         let ready = ready_tx.clone();
         let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
@@ -188,7 +227,8 @@ pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
                         tracing::warn!(shard = index, "could not pin to a CPU");
                     }
                 }
-                let worker = Worker::new(index, shared, socket.as_raw_fd())
+                let tls_fd = tls_socket.as_ref().map(AsRawFd::as_raw_fd);
+                let worker = Worker::new(index, shared, socket.as_raw_fd(), tls_fd)
                     .with_context(|| format!("shard {index}: cannot set up io_uring"));
                 let _ = ready.send(worker.is_ok());
                 let worker = worker?;
@@ -196,6 +236,7 @@ pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
                     .run()
                     .with_context(|| format!("shard {index} failed"))?;
                 drop(socket);
+                drop(tls_socket);
                 Ok(())
             })?;
         threads.push(thread);

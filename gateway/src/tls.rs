@@ -10,6 +10,9 @@ use thiserror::Error;
 
 /// ALPN protocols offered on the TLS TCP listener, preferred first.
 pub const ALPN_TCP: &[&[u8]] = &[b"h2", b"http/1.1"];
+/// ALPN protocol of HTTP/1.1: the only one the rings' TLS sessions offer (an `h2` client
+/// is handed to the companion before its session starts).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 /// ALPN protocol of HTTP/3.
 pub const ALPN_H3: &[u8] = b"h3";
 

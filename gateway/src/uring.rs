@@ -14,6 +14,10 @@ use std::time::Duration;
 
 /// Submission-queue entries per ring. Completions get twice as many.
 pub const RING_ENTRIES: u32 = 4096;
+/// The accept of the plain HTTP/1.1 listener (`--listen`), in `user_data`'s slot field.
+pub const LISTENER_PLAIN: u32 = 0;
+/// The accept of the TLS listener (`--tls-listen`), in `user_data`'s slot field.
+pub const LISTENER_TLS: u32 = 1;
 
 /// What an operation was, carried in the top byte of `user_data`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,8 +147,9 @@ impl Ring {
         }
     }
 
-    /// Arms accepting on `listener`: multishot where the kernel has it.
-    pub fn accept(&mut self, listener: RawFd) -> io::Result<()> {
+    /// Arms accepting on `listener`: multishot where the kernel has it. `listener_index`
+    /// ([`LISTENER_PLAIN`] or [`LISTENER_TLS`]) comes back in the completions' `slot`.
+    pub fn accept(&mut self, listener: RawFd, listener_index: u32) -> io::Result<()> {
         let entry = if self.multishot_accept {
             opcode::AcceptMulti::new(types::Fd(listener)).build()
         } else {
@@ -156,14 +161,14 @@ impl Ring {
             .build()
         };
         // SAFETY: accept without an address buffer points at no memory of ours.
-        unsafe { self.push(&entry.user_data(user_data(OpKind::Accept, 0))) }
+        unsafe { self.push(&entry.user_data(user_data(OpKind::Accept, listener_index))) }
     }
 
-    /// Cancels the accept on `listener` (shutdown).
-    pub fn cancel_accept(&mut self) -> io::Result<()> {
-        let entry = opcode::AsyncCancel::new(user_data(OpKind::Accept, 0)).build();
+    /// Cancels the accept armed for `listener_index` (shutdown).
+    pub fn cancel_accept(&mut self, listener_index: u32) -> io::Result<()> {
+        let entry = opcode::AsyncCancel::new(user_data(OpKind::Accept, listener_index)).build();
         // SAFETY: a cancel points at no memory.
-        unsafe { self.push(&entry.user_data(user_data(OpKind::Cancel, 0))) }
+        unsafe { self.push(&entry.user_data(user_data(OpKind::Cancel, listener_index))) }
     }
 
     /// Receives into `buf[..len]` of connection `slot`.
@@ -189,6 +194,26 @@ impl Ring {
         count: u32,
     ) -> io::Result<()> {
         let entry = opcode::Writev::new(types::Fd(fd), iov, count).build();
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.push(&entry.user_data(user_data(OpKind::Write, slot))) }
+    }
+
+    /// As [`Self::writev`], but completes at once with `-EAGAIN` (or a short count)
+    /// instead of waiting when the socket has no room (`RWF_NOWAIT`): for a last message
+    /// (a TLS `close_notify`) that must not keep a closing connection waiting on its peer.
+    ///
+    /// # Safety
+    /// As [`Self::writev`].
+    pub unsafe fn writev_nowait(
+        &mut self,
+        slot: u32,
+        fd: RawFd,
+        iov: *const libc::iovec,
+        count: u32,
+    ) -> io::Result<()> {
+        let entry = opcode::Writev::new(types::Fd(fd), iov, count)
+            .rw_flags(libc::RWF_NOWAIT)
+            .build();
         // SAFETY: forwarded from this function's contract.
         unsafe { self.push(&entry.user_data(user_data(OpKind::Write, slot))) }
     }

@@ -13,10 +13,11 @@ use crate::clock::{ShardClock, SharedClock};
 use crate::config::Config;
 use crate::http1::{self, Parsed, Refusal, Route};
 use crate::mailbox::{Mail, Mesh, ReplyTo, OUTBOX_MAX};
-use crate::metrics::{Figure, ShardFigures, ROOM_SIZE_LABELS};
+use crate::metrics::{Figure, ShardFigures, TlsHandshake, ROOM_SIZE_LABELS};
 use crate::reload::LiveConfig;
-use crate::uring::{Completion, OpKind, Ring};
-use crate::virtual_conn::{Doorbell, VirtualSink};
+use crate::tls_conn::{Hello, TlsConn};
+use crate::uring::{Completion, OpKind, Ring, LISTENER_PLAIN, LISTENER_TLS};
+use crate::virtual_conn::{Doorbell, Transport, VirtualSink};
 use bytes::Bytes;
 use shard::fanout::{Action, ConnId, Fanout, FanoutConfig, FanoutError};
 use shard::metrics::HistogramSnapshot;
@@ -57,6 +58,9 @@ const ROOM_SIZES_PERIOD: Duration = Duration::from_secs(1);
 const STAMP_VECS_POOLED_MAX: usize = 4096;
 /// The `retry:` hint (ms) sent to subscribers closed by a drain.
 const DRAIN_RETRY_MS: u64 = 1000;
+/// Spare TLS send buffers kept per shard (each about one TLS record,
+/// `tls_conn::SEND_CHUNK_BYTES`), so idle TLS streams hold none.
+const TLS_OUT_POOLED_MAX: usize = 256;
 
 /// What the shards share: settings, the mesh, figures and the stop flag.
 pub struct Shared {
@@ -80,6 +84,12 @@ pub struct Shared {
     pub auth: Option<crate::auth::AuthPool>,
     /// Redis publisher and follower threads, when `--cluster-redis` is set.
     pub cluster: Option<crate::cluster::ClusterPool>,
+    /// The rustls configuration of HTTP/1.1 over TLS on the rings (ALPN `http/1.1`), when
+    /// `--tls-listen` is set.
+    pub tls_http1: Option<Arc<rustls::ServerConfig>>,
+    /// Per shard, the queue to its companion thread for TLS connections whose client
+    /// offers ALPN `h2` (empty without `--tls-listen`).
+    pub tls_handoff: Vec<tokio::sync::mpsc::Sender<crate::companion::TlsHandOff>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +162,11 @@ struct Conn {
     /// Set for a virtual connection (a request from the companion thread; `fd` is -1):
     /// writes go to the sink, not the ring (virtual_conn.rs).
     sink: Option<Arc<VirtualSink>>,
+    /// Set for a connection of the TLS listener (tls_conn.rs): reads are decrypted into
+    /// `buf`, writes encrypted into its send buffer, which the ring sends; `frames` are
+    /// never the kernel's, and `write_in_flight` means a write not yet all sent. Boxed, so
+    /// a plain connection pays one pointer.
+    tls: Option<Box<TlsConn>>,
 }
 
 impl Conn {
@@ -183,6 +198,7 @@ impl Conn {
             peer: None,
             stamps: Vec::new(),
             sink,
+            tls: None,
         }
     }
 }
@@ -204,6 +220,8 @@ pub struct Worker {
     shared: Arc<Shared>,
     ring: Ring,
     listener: RawFd,
+    /// The `--tls-listen` socket of this shard, when set.
+    tls_listener: Option<RawFd>,
     accepting: bool,
     fanout: Fanout,
     conns: Vec<Slot>,
@@ -211,6 +229,10 @@ pub struct Worker {
     live: usize,
     /// Virtual connections among `live`.
     virtual_live: usize,
+    /// TLS connections among `live`.
+    tls_live: usize,
+    /// Spare TLS send buffers.
+    tls_out_pool: Vec<Vec<u8>>,
     /// The companion's doorbell, rung once per turn after batches were pushed to sinks
     /// (virtual_conn.rs); known from the first virtual connection.
     virtual_doorbell: Option<Arc<Doorbell>>,
@@ -249,8 +271,14 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Sets up shard `index` around its listener.
-    pub fn new(index: usize, shared: Arc<Shared>, listener: RawFd) -> std::io::Result<Self> {
+    /// Sets up shard `index` around its listener and, with `--tls-listen`, its TLS
+    /// listener.
+    pub fn new(
+        index: usize,
+        shared: Arc<Shared>,
+        listener: RawFd,
+        tls_listener: Option<RawFd>,
+    ) -> std::io::Result<Self> {
         let (generation, live_config) = shared.live.current();
         let config = &*live_config;
         let now = Instant::now();
@@ -273,12 +301,15 @@ impl Worker {
             shards,
             ring: Ring::new()?,
             listener,
+            tls_listener,
             accepting: true,
             fanout,
             conns: Vec::new(),
             free: Vec::new(),
             live: 0,
             virtual_live: 0,
+            tls_live: 0,
+            tls_out_pool: Vec::new(),
             virtual_doorbell: None,
             conns_max,
             serial_next: 1,
@@ -311,7 +342,10 @@ impl Worker {
 
     /// Runs the loop until a stop is requested and every connection is closed.
     pub fn run(mut self) -> std::io::Result<()> {
-        self.ring.accept(self.listener)?;
+        self.ring.accept(self.listener, LISTENER_PLAIN)?;
+        if let Some(tls_listener) = self.tls_listener {
+            self.ring.accept(tls_listener, LISTENER_TLS)?;
+        }
         let eventfd = self.shared.mesh.eventfd(self.index);
         // SAFETY: `wake_read` is boxed and lives as long as the worker, which outlives
         // the ring's operations (the loop only returns after the ring is dropped last).
@@ -461,7 +495,10 @@ impl Worker {
     /// after their current request. Subscribers are drained later (`DRAIN_SETTLE`).
     fn begin_stop(&mut self) -> std::io::Result<()> {
         self.accepting = false;
-        self.ring.cancel_accept()?;
+        self.ring.cancel_accept(LISTENER_PLAIN)?;
+        if self.tls_listener.is_some() {
+            self.ring.cancel_accept(LISTENER_TLS)?;
+        }
         for slot in 0..self.conns.len() as u32 {
             let Some(conn) = self.conn(slot) else {
                 continue;
@@ -482,13 +519,19 @@ impl Worker {
     fn on_completion(&mut self, now: Instant, c: Completion) -> std::io::Result<()> {
         match c.kind {
             Some(OpKind::Accept) => {
+                let tls = c.slot == LISTENER_TLS;
                 if c.result >= 0 {
-                    self.on_accept(now, c.result)?;
+                    self.on_accept(now, c.result, tls)?;
                 } else if c.result != -libc::ECANCELED {
                     tracing::warn!(shard = self.index, errno = -c.result, "accept failed");
                 }
-                if !c.more && self.accepting {
-                    self.ring.accept(self.listener)?;
+                let listener = if tls {
+                    self.tls_listener
+                } else {
+                    Some(self.listener)
+                };
+                if let (false, true, Some(listener)) = (c.more, self.accepting, listener) {
+                    self.ring.accept(listener, c.slot)?;
                 }
             }
             Some(OpKind::Recv) => self.on_recv(now, c.slot, c.result)?,
@@ -504,7 +547,10 @@ impl Worker {
         Ok(())
     }
 
-    fn on_accept(&mut self, now: Instant, fd: RawFd) -> std::io::Result<()> {
+    /// A connection accepted on the plain listener, or on the TLS one (`tls`): a TLS
+    /// connection reads its ClientHello first, and is refused by closing it (there is no
+    /// session yet to write a 503 in), counted as the plain one is.
+    fn on_accept(&mut self, now: Instant, fd: RawFd, tls: bool) -> std::io::Result<()> {
         if self.live >= self.conns_max + REFUSAL_SLOTS || !self.accepting {
             // Past the refusal slots there is no room even to answer 503: close at once
             // (counted, so it is not silent in the metrics).
@@ -530,7 +576,13 @@ impl Worker {
         }
         let serial = self.serial_next;
         self.serial_next = self.serial_next.wrapping_add(1).max(1);
-        let slot = self.insert_conn(Conn::new(fd, serial, Vec::new(), true, None));
+        let mut conn = Conn::new(fd, serial, Vec::new(), true, None);
+        if tls {
+            conn.tls = Some(Box::new(TlsConn::new()));
+            self.tls_live += 1;
+            self.shared.figures[self.index].transport_opened(Transport::Tls);
+        }
+        let slot = self.insert_conn(conn);
         self.live += 1;
         if self.live > self.conns_max {
             return self.refuse_unavailable(slot, Rejection::ConnectionLimit);
@@ -653,7 +705,11 @@ impl Worker {
                 continue;
             };
             let reading = conn.state == State::Reading && !conn.write_in_flight;
+            let handshaking = conn.tls.as_ref().is_some_and(|tls| !tls.established());
             let result = match kind {
+                TimerKind::Header if reading && handshaking => {
+                    self.fail_tls(slot, RefusalReason::TlsHandshakeTimeout)
+                }
                 TimerKind::Header | TimerKind::Body if reading => {
                     let (reason, text) = if kind == TimerKind::Header {
                         (
@@ -692,8 +748,24 @@ impl Worker {
         if conn.recv_in_flight || conn.state == State::Closing || conn.sink.is_some() {
             return Ok(());
         }
-        let (ptr, len) = match conn.state {
-            State::Reading => {
+        let (ptr, len) = match (conn.state, conn.tls.as_deref_mut()) {
+            (State::Reading, Some(tls)) if tls.in_hello() => {
+                // The raw ClientHello stays in `buf` (an `h2` client is handed on with it).
+                let room = crate::tls_conn::CLIENT_HELLO_BYTES_MAX
+                    .saturating_sub(conn.buf.len())
+                    .clamp(1, RECV_FIRST);
+                conn.buf.reserve(room);
+                let spare = conn.buf.spare_capacity_mut();
+                (
+                    spare.as_mut_ptr().cast::<u8>(),
+                    spare.len().min(room) as u32,
+                )
+            }
+            (State::Reading, Some(tls)) => {
+                let buf = tls.recv_buffer();
+                (buf.as_mut_ptr(), buf.len() as u32)
+            }
+            (State::Reading, None) => {
                 let want = if conn.buf.is_empty() {
                     RECV_FIRST
                 } else {
@@ -708,14 +780,21 @@ impl Worker {
                 )
             }
             // Subscribers and lingering connections send nothing we keep: their bytes
-            // land in the shard's discard buffer, which is never read.
-            _ => (discard_ptr, discard_len),
+            // land in the shard's discard buffer, which is never read (over TLS too: the
+            // ciphertext is dropped undecrypted, as the plaintext would be).
+            (_, tls) => {
+                if let Some(tls) = tls {
+                    tls.release_recv();
+                }
+                (discard_ptr, discard_len)
+            }
         };
         conn.recv_in_flight = true;
         let fd = conn.fd;
-        // SAFETY: a Reading connection's buffer is neither touched nor reallocated while
-        // `recv_in_flight` is set, and the slot (boxed) outlives the operation; the discard
-        // buffer lives as long as the worker and is never read.
+        // SAFETY: a Reading connection's buffer (or its TLS receive buffer, boxed in the
+        // slot) is neither touched nor reallocated while `recv_in_flight` is set, and the
+        // slot (boxed) outlives the operation; the discard buffer lives as long as the
+        // worker and is never read.
         unsafe { self.ring.recv(slot, fd, ptr, len) }
     }
 
@@ -727,6 +806,7 @@ impl Worker {
         match conn.state {
             State::Closing => self.finish_close(slot),
             _ if result <= 0 => self.begin_close(slot),
+            State::Reading if conn.tls.is_some() => self.on_tls_recv(now, slot, result as usize),
             State::Reading => {
                 let was_empty = conn.buf.is_empty();
                 // SAFETY: the kernel initialised `result` bytes of the spare capacity.
@@ -1768,6 +1848,17 @@ impl Worker {
             }
             return Ok(());
         }
+        if let Some(tls) = conn.tls.as_deref_mut() {
+            // Encrypted and sent a chunk at a time (`tls_flush`, `on_tls_write`); the write
+            // stays in flight until its last byte is sent.
+            conn.write_in_flight = true;
+            tls.start_write();
+            if !self.tls_flush(slot)? {
+                // Nothing to send (an empty write): a zero-length send completes it.
+                return self.submit_tls_send(slot, false);
+            }
+            return Ok(());
+        }
         conn.iov.clear();
         let mut skip = conn.written;
         for frame in &conn.frames {
@@ -1796,6 +1887,9 @@ impl Worker {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
+        if conn.tls.is_some() {
+            return self.on_tls_write(now, slot, result);
+        }
         conn.write_in_flight = false;
         let remaining = conn.write_len.saturating_sub(conn.written);
         if conn.state == State::Closing || result < 0 {
@@ -1814,6 +1908,16 @@ impl Worker {
         if conn.written < conn.write_len {
             return self.submit_write(slot);
         }
+        self.write_complete(now, slot)
+    }
+
+    /// A write was delivered whole: records its latency samples, hands its vectors back
+    /// to the shard, and moves the connection on (next request, fan-out, linger, close).
+    fn write_complete(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return Ok(());
+        };
+        conn.write_in_flight = false;
         // Delivered: one latency sample per message frame the write carried.
         for &stamp in &conn.stamps {
             if stamp != 0 {
@@ -1852,12 +1956,8 @@ impl Worker {
                 Ok(())
             }
             State::Lingering if conn.sink.is_some() => self.begin_close(slot),
-            State::Lingering => {
-                // SAFETY: shutdown takes no memory; the fd is open while the slot lives.
-                unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
-                self.arm_timer(now, slot, TimerKind::Linger);
-                self.post_recv(slot)
-            }
+            State::Lingering if conn.tls.is_some() => self.tls_linger(now, slot),
+            State::Lingering => self.linger(now, slot),
             State::Reading => {
                 if !conn.keep_alive {
                     return self.begin_close(slot);
@@ -1872,6 +1972,18 @@ impl Worker {
             }
             State::Waiting | State::Closing => Ok(()),
         }
+    }
+
+    /// After a refusal was written: half-closes and reads (into the discard buffer) until
+    /// the client closes or `LINGER` passes, so the client reads the answer, not a reset.
+    fn linger(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
+        let Some(conn) = self.conn(slot) else {
+            return Ok(());
+        };
+        // SAFETY: shutdown takes no memory; the fd is open while the slot lives.
+        unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
+        self.arm_timer(now, slot, TimerKind::Linger);
+        self.post_recv(slot)
     }
 
     fn respond(&mut self, slot: u32, response: Bytes) -> std::io::Result<()> {
@@ -1896,6 +2008,10 @@ impl Worker {
         let Some(conn) = self.conn(slot) else {
             return Ok(());
         };
+        if conn.tls.as_ref().is_some_and(|tls| !tls.established()) {
+            // No TLS session to write the answer in: close (the caller counted why).
+            return self.begin_close(slot);
+        }
         conn.state = State::Lingering;
         if conn.recv_in_flight {
             // The kernel may still write into the request buffer: keep it until that
@@ -1918,7 +2034,9 @@ impl Worker {
         }
         let was_streaming = conn.state == State::Streaming;
         conn.state = State::Closing;
-        if conn.recv_in_flight || conn.write_in_flight {
+        if conn.tls.is_some() {
+            self.begin_tls_close(slot)?;
+        } else if conn.recv_in_flight || conn.write_in_flight {
             // SAFETY: shutdown takes no memory; it makes in-flight operations complete.
             unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
         }
@@ -1948,9 +2066,14 @@ impl Worker {
             self.on_closed(slot);
             return Ok(());
         }
+        // A TLS connection's frames are never the kernel's: only its send is waited for.
+        let write_in_flight = match conn.tls.as_deref() {
+            Some(tls) => tls.sending,
+            None => conn.write_in_flight,
+        };
         if conn.state != State::Closing
             || conn.recv_in_flight
-            || conn.write_in_flight
+            || write_in_flight
             || conn.close_submitted
         {
             return Ok(());
@@ -1969,9 +2092,325 @@ impl Worker {
             if let Some(ip) = conn.peer {
                 self.shared.per_ip.release(ip);
             }
+            if conn.tls.is_some() {
+                self.tls_live -= 1;
+                self.shared.figures[self.index].transport_closed(Transport::Tls);
+            }
             self.live -= 1;
             self.free.push(slot);
         }
+    }
+
+    // HTTP/1.1 over TLS on the ring (tls_conn.rs, docs/TRANSPORTS.md): the ring receives
+    // and sends ciphertext; rustls turns it into the request buffer's plaintext and the
+    // writes' frames into one send buffer per connection.
+
+    /// Counts a TLS connection's outcome (`ringcast_tls_handshakes_total`).
+    fn count_tls_handshake(&self, outcome: TlsHandshake) {
+        self.shared.figures[self.index].add_tls_handshake(outcome);
+    }
+
+    /// Ciphertext the ring received on a TLS connection reading a request (or its
+    /// ClientHello).
+    fn on_tls_recv(&mut self, now: Instant, slot: u32, len: usize) -> std::io::Result<()> {
+        let Some(config) = self.shared.tls_http1.as_ref() else {
+            return self.begin_close(slot);
+        };
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return Ok(());
+        };
+        let Some(tls) = conn.tls.as_deref_mut() else {
+            return Ok(());
+        };
+        if tls.in_hello() {
+            let old = conn.buf.len();
+            // SAFETY: the kernel initialised `len` bytes of the spare capacity.
+            unsafe { conn.buf.set_len(old + len) };
+            let hello = tls.hello(&conn.buf[old..], config);
+            let full = conn.buf.len() >= crate::tls_conn::CLIENT_HELLO_BYTES_MAX;
+            return match hello {
+                Hello::Partial if full => {
+                    self.fail_tls(slot, RefusalReason::TlsClientHelloTooLarge)
+                }
+                Hello::Partial => self.post_recv(slot),
+                Hello::Failed => self.fail_tls(slot, RefusalReason::TlsError),
+                Hello::H2 => self.hand_off_h2(slot),
+                Hello::Http1 => {
+                    conn.buf.clear();
+                    self.tls_flush(slot)?;
+                    self.post_recv(slot)
+                }
+            };
+        }
+        let was_empty = conn.buf.is_empty();
+        let received = match tls.receive(len, &mut conn.buf) {
+            Ok(received) => received,
+            Err(err) => {
+                tracing::debug!(shard = self.index, conn = slot, %err, "TLS receive failed");
+                return self.fail_tls(slot, RefusalReason::TlsError);
+            }
+        };
+        let timing_head = conn
+            .timer
+            .as_ref()
+            .is_some_and(|(_, kind)| *kind == TimerKind::Header);
+        let request_began = was_empty && !conn.buf.is_empty() && !timing_head;
+        if received.established {
+            self.count_tls_handshake(TlsHandshake::Http1);
+        }
+        if received.closed {
+            return self.begin_close(slot);
+        }
+        self.tls_flush(slot)?;
+        if request_began {
+            self.arm_timer(now, slot, TimerKind::Header);
+        }
+        self.process(now, slot)
+    }
+
+    /// Closes a TLS connection whose handshake or records failed (an alert rustls made is
+    /// sent first, without waiting for the peer), counted by `reason`.
+    fn fail_tls(&mut self, slot: u32, reason: RefusalReason) -> std::io::Result<()> {
+        self.count_refusal(reason);
+        let Some(conn) = self.conn(slot) else {
+            return Ok(());
+        };
+        let established = conn.tls.as_ref().is_some_and(|tls| tls.established());
+        if let Some(tls) = conn.tls.as_deref_mut() {
+            tls.fail();
+        }
+        if !established {
+            self.count_tls_handshake(TlsHandshake::Failed);
+        }
+        tracing::debug!(
+            shard = self.index,
+            conn = slot,
+            reason = reason.label(),
+            "TLS connection closed"
+        );
+        self.begin_close(slot)
+    }
+
+    /// Hands a connection whose client offers ALPN `h2` to the companion thread, with the
+    /// bytes read so far; its slot is released without closing the fd (the companion owns
+    /// it now, and the per-address count until it closes). A full queue closes it.
+    fn hand_off_h2(&mut self, slot: u32) -> std::io::Result<()> {
+        self.cancel_timer(slot);
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return Ok(());
+        };
+        debug_assert!(!conn.recv_in_flight && !conn.write_in_flight);
+        // SAFETY: `conn.fd` is this connection's open socket with no operation in flight;
+        // the `OwnedFd` owns it from here: either the companion gets it, or it is given
+        // back to the slot below (`into_raw_fd`) and closed on the ring as usual.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(conn.fd) };
+        let handoff = crate::companion::TlsHandOff {
+            fd,
+            hello: std::mem::take(&mut conn.buf),
+            peer: conn.peer,
+        };
+        let sent = match self.shared.tls_handoff.get(self.index) {
+            Some(queue) => queue.try_send(handoff).map_err(|err| err.into_inner()),
+            None => Err(handoff),
+        };
+        match sent {
+            Ok(()) => {
+                self.count_tls_handshake(TlsHandshake::H2);
+                if let Some(conn) = self.conns.get_mut(slot as usize).and_then(Option::take) {
+                    debug_assert!(conn.timer.is_none());
+                    self.tls_live -= 1;
+                    self.shared.figures[self.index].transport_closed(Transport::Tls);
+                    self.live -= 1;
+                    self.free.push(slot);
+                }
+                Ok(())
+            }
+            Err(handoff) => {
+                if let Some(conn) = self.conn(slot) {
+                    conn.fd = std::os::fd::IntoRawFd::into_raw_fd(handoff.fd);
+                }
+                tracing::debug!(
+                    shard = self.index,
+                    conn = slot,
+                    "companion queue full: h2 connection closed"
+                );
+                self.count_rejection(Rejection::ShardQueues);
+                self.count_tls_handshake(TlsHandshake::Failed);
+                self.begin_close(slot)
+            }
+        }
+    }
+
+    /// Starts the next send of a TLS connection unless one is in flight: what rustls has
+    /// queued (handshake, tickets, alerts) and the next chunk of the write in progress.
+    /// Returns whether a send is in flight afterwards.
+    fn tls_flush(&mut self, slot: u32) -> std::io::Result<bool> {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return Ok(false);
+        };
+        let Some(tls) = conn.tls.as_deref_mut() else {
+            return Ok(false);
+        };
+        if tls.sending {
+            return Ok(true);
+        }
+        if tls.needs_out_buffer() {
+            if let Some(buffer) = self.tls_out_pool.pop() {
+                tls.provide_out(buffer);
+            }
+        }
+        let (frames, write_len) = if conn.write_in_flight {
+            (&conn.frames[..], conn.write_len)
+        } else {
+            (&[][..], 0)
+        };
+        if tls.fill(frames, write_len) {
+            self.submit_tls_send(slot, false)?;
+            return Ok(true);
+        }
+        if let Some(buffer) = tls.take_idle_out() {
+            if self.tls_out_pool.len() < TLS_OUT_POOLED_MAX
+                && buffer.capacity() <= 2 * crate::tls_conn::SEND_CHUNK_BYTES
+            {
+                self.tls_out_pool.push(buffer);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Submits a send of the TLS connection's pending ciphertext; `nowait`: completes at
+    /// once rather than wait for room (a closing connection's last words).
+    fn submit_tls_send(&mut self, slot: u32, nowait: bool) -> std::io::Result<()> {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return Ok(());
+        };
+        let Some(tls) = conn.tls.as_deref_mut() else {
+            return Ok(());
+        };
+        if conn.iov.capacity() == 0 {
+            conn.iov = self.iov_vecs.pop().unwrap_or_default();
+        }
+        let pending = tls.pending_out();
+        let iovec = libc::iovec {
+            iov_base: pending.as_ptr() as *mut libc::c_void,
+            iov_len: pending.len(),
+        };
+        conn.iov.clear();
+        conn.iov.push(iovec);
+        tls.sending = true;
+        let (fd, iov) = (conn.fd, conn.iov.as_ptr());
+        // SAFETY: the iovec and the send buffer it points into live in the boxed slot and
+        // are not touched while `sending` is set (`TlsConn::fill` and `close_notify` check
+        // it); the slot is freed only after the completion (`finish_close` waits for it).
+        unsafe {
+            if nowait {
+                self.ring.writev_nowait(slot, fd, iov, 1)
+            } else {
+                self.ring.writev(slot, fd, iov, 1)
+            }
+        }
+    }
+
+    /// A TLS connection's send completed.
+    fn on_tls_write(&mut self, now: Instant, slot: u32, result: i32) -> std::io::Result<()> {
+        if result > 0 {
+            self.bytes_written += result as u64;
+        }
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return Ok(());
+        };
+        let Some(tls) = conn.tls.as_deref_mut() else {
+            return Ok(());
+        };
+        tls.sending = false;
+        if conn.state == State::Closing {
+            // The write was abandoned when the close began; only the send was waited for.
+            return self.finish_close(slot);
+        }
+        if result < 0 {
+            // The peer is gone: nothing more to tell it.
+            tls.fail();
+            return self.begin_close(slot);
+        }
+        let Some(plain) = tls.on_sent(result as usize) else {
+            return self.submit_tls_send(slot, false);
+        };
+        if conn.write_in_flight {
+            let credit = plain.min(conn.write_len.saturating_sub(conn.written));
+            conn.written += credit;
+            self.pending_write_bytes -= credit;
+        }
+        if self.tls_flush(slot)? {
+            return Ok(());
+        }
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return Ok(());
+        };
+        if conn.write_in_flight {
+            return self.write_complete(now, slot);
+        }
+        let linger = conn
+            .tls
+            .as_deref_mut()
+            .is_some_and(|tls| std::mem::take(&mut tls.linger_after_send));
+        if linger {
+            return self.linger(now, slot);
+        }
+        Ok(())
+    }
+
+    /// A refusal was written over TLS: `close_notify`, then half-close and linger as a
+    /// plain connection does.
+    fn tls_linger(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
+        if let Some(tls) = self.conn(slot).and_then(|c| c.tls.as_deref_mut()) {
+            tls.close_notify();
+            tls.linger_after_send = true;
+        }
+        if self.tls_flush(slot)? {
+            return Ok(()); // `on_tls_write` lingers once it is sent
+        }
+        if let Some(tls) = self.conn(slot).and_then(|c| c.tls.as_deref_mut()) {
+            tls.linger_after_send = false;
+        }
+        self.linger(now, slot)
+    }
+
+    /// The TLS part of [`Self::begin_close`]: a write in progress is abandoned (its frames
+    /// were never the kernel's, only the send buffer is); with no send in flight,
+    /// `close_notify` (or a pending alert) goes out in a send that does not wait for the
+    /// peer; a send in flight (a reader that stopped) is cut by a shutdown.
+    fn begin_tls_close(&mut self, slot: u32) -> std::io::Result<()> {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return Ok(());
+        };
+        let Some(tls) = conn.tls.as_deref_mut() else {
+            return Ok(());
+        };
+        if conn.write_in_flight {
+            conn.write_in_flight = false;
+            self.pending_write_bytes -= conn.write_len.saturating_sub(conn.written);
+            conn.frames.clear();
+            conn.stamps.clear();
+            tls.abandon_write();
+        }
+        let stuck = tls.sending;
+        if !stuck {
+            tls.close_notify();
+        }
+        let goodbye = !stuck && !tls.pending_out().is_empty();
+        if stuck || conn.recv_in_flight {
+            let how = if stuck {
+                libc::SHUT_RDWR
+            } else {
+                libc::SHUT_RD
+            };
+            // SAFETY: shutdown takes no memory; it makes in-flight operations complete.
+            unsafe { libc::shutdown(conn.fd, how) };
+        }
+        if goodbye {
+            self.submit_tls_send(slot, true)?;
+        }
+        Ok(())
     }
 
     fn publish_figures(&mut self, now: Instant) {
@@ -1996,7 +2435,10 @@ impl Worker {
         figures.set(Figure::ConfigGeneration, self.generation);
         let stats = self.fanout.stats();
         let ring = self.ring.stats();
-        figures.set(Figure::Connections, (self.live - self.virtual_live) as u64);
+        figures.set(
+            Figure::Connections,
+            (self.live - self.virtual_live - self.tls_live) as u64,
+        );
         figures.set(Figure::Subscribers, self.fanout.subscribers_live() as u64);
         figures.set(
             Figure::Tickers,

@@ -440,3 +440,207 @@ pub fn rss_bytes(pid: i32) -> u64 {
     let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     kib * 1024
 }
+
+/// A blocking HTTP/1.1 client over TLS (rustls over a `TcpStream`), for the ring's TLS
+/// listener: send requests, read responses (keep-alive), read an SSE stream.
+pub struct TlsClient {
+    /// The TLS stream.
+    pub tls: rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    buf: Vec<u8>,
+    /// The raw head of the last response read.
+    pub last_head: String,
+}
+
+impl TlsClient {
+    /// Connects to `addr` trusting `cert`, offering `alpn`, and completes the handshake.
+    pub fn connect(addr: SocketAddr, cert: &TestCert, alpn: &[&[u8]]) -> TlsClient {
+        TlsClient::over(
+            std::net::TcpStream::connect(addr).expect("connect"),
+            cert,
+            alpn,
+        )
+    }
+
+    /// As [`TlsClient::connect`] over a connected socket (e.g. one with a small receive
+    /// buffer).
+    pub fn over(tcp: std::net::TcpStream, cert: &TestCert, alpn: &[&[u8]]) -> TlsClient {
+        tcp.set_nodelay(true).expect("nodelay");
+        tcp.set_read_timeout(Some(crate::common::PATIENCE))
+            .expect("timeout");
+        let conn = rustls::ClientConnection::new(
+            cert.client_config(alpn),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .expect("client connection");
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).expect("TLS handshake");
+        }
+        TlsClient {
+            tls,
+            buf: Vec::new(),
+            last_head: String::new(),
+        }
+    }
+
+    /// The ALPN protocol the server chose.
+    pub fn alpn(&self) -> Option<Vec<u8>> {
+        self.tls.conn.alpn_protocol().map(<[u8]>::to_vec)
+    }
+
+    /// Writes raw plaintext bytes.
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.tls.write_all(bytes)?;
+        self.tls.flush()
+    }
+
+    fn fill(&mut self) -> std::io::Result<usize> {
+        use std::io::Read;
+        let mut chunk = [0u8; 64 * 1024];
+        let n = self.tls.read(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// Reads a response head.
+    pub fn read_head(&mut self) -> std::io::Result<crate::common::Response> {
+        let end = loop {
+            if let Some(at) = find(&self.buf, b"\r\n\r\n") {
+                break at;
+            }
+            if self.fill()? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed before a response head",
+                ));
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end + 4]).into_owned();
+        self.buf.drain(..end + 4);
+        let mut lines = head.trim_end().split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|line| line.split(' ').nth(1))
+            .and_then(|status| status.parse().ok())
+            .expect("a status line");
+        let headers = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        self.last_head = head;
+        Ok(crate::common::Response {
+            status,
+            headers,
+            body: Vec::new(),
+        })
+    }
+
+    /// Reads a response with its `Content-Length` body.
+    pub fn read_response(&mut self) -> std::io::Result<crate::common::Response> {
+        let mut response = self.read_head()?;
+        let len: usize = response
+            .header("content-length")
+            .map_or(0, |v| v.parse().expect("content-length"));
+        while self.buf.len() < len {
+            if self.fill()? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed inside a body",
+                ));
+            }
+        }
+        response.body = self.buf.drain(..len).collect();
+        Ok(response)
+    }
+
+    /// The bytes of one request (POST with a `Content-Length` body when `body` is set).
+    pub fn request_bytes(method: &str, path: &str, body: Option<&str>) -> Vec<u8> {
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
+        if let Some(body) = body {
+            request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        } else {
+            request.push_str("\r\n");
+        }
+        request.into_bytes()
+    }
+
+    /// `POST /rooms/{room}/messages`; asserts 201 and returns the id.
+    pub fn publish(&mut self, room: &str, data: &str) -> u64 {
+        let path = format!("/rooms/{room}/messages");
+        self.send(&TlsClient::request_bytes("POST", &path, Some(data)))
+            .expect("send publish");
+        let response = self.read_response().expect("publish answer");
+        assert_eq!(response.status, 201, "{response:?}");
+        let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        json["id"].as_u64().expect("an id")
+    }
+
+    /// `GET path` as a subscription; asserts `200 text/event-stream`.
+    pub fn subscribe(&mut self, path: &str) {
+        self.send(&TlsClient::request_bytes("GET", path, None))
+            .expect("send subscribe");
+        let head = self.read_head().expect("subscribe answer");
+        assert_eq!(head.status, 200, "{head:?}");
+        assert_eq!(head.header("content-type"), Some("text/event-stream"));
+    }
+
+    /// The next SSE event (comments skipped); panics after `timeout` or at the end.
+    pub fn next_event(&mut self, timeout: Duration) -> Event {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            while let Some(end) = find(&self.buf, b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                if let Some(event) = parse_event(&String::from_utf8_lossy(&block)) {
+                    return event;
+                }
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "no event within {timeout:?}");
+            self.tls.sock.set_read_timeout(Some(left)).unwrap();
+            match self.fill() {
+                Ok(0) => panic!("stream ended"),
+                Ok(_) => {}
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(err) => panic!("reading events: {err}"),
+            }
+        }
+    }
+
+    /// Whether the server ends the connection (close_notify, EOF, reset or a TLS error)
+    /// within `timeout`, reading what comes until then.
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.tls.sock.set_read_timeout(Some(left)).unwrap();
+            match self.fill() {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+/// A labelled counter (e.g. `result="http1"`) summed over shards.
+pub fn labelled(metrics: &crate::common::Metrics, name: &str, label: &str) -> u64 {
+    metrics
+        .samples(name)
+        .iter()
+        .filter(|(labels, _)| labels.contains(label))
+        .map(|(_, v)| *v as u64)
+        .sum()
+}
