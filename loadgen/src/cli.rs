@@ -5,6 +5,7 @@ use crate::duration::{parse_duration, parse_rate};
 use crate::fanout::{FanoutConfig, ROOMS_MAX, SUBSCRIBERS_MAX};
 use crate::http_bench::{HttpConfig, CONNECTIONS_MAX};
 use crate::payload::PAYLOAD_BYTES_MAX;
+use crate::plot_input::PlotSource;
 use crate::publisher::PUB_CONNS_MAX;
 use crate::socket::SOURCE_IPS_MAX;
 use crate::target::{Target, UrlTemplate};
@@ -20,6 +21,9 @@ pub const THREADS_MAX: usize = 1024;
 
 /// Default publisher connections cap (one room's messages always share one connection).
 pub const PUB_CONNS_DEFAULT_MAX: usize = 16;
+
+/// Longest `ringload plot --title`.
+pub const PLOT_TITLE_CHARS_MAX: usize = 200;
 
 /// ringload — load generator for ringcast (and any SSE fan-out server with the same URLs).
 #[derive(Debug, Parser)]
@@ -37,6 +41,8 @@ pub enum Command {
     Http(Box<HttpArgs>),
     /// Subscribers over rooms + fixed-rate publisher, every delivery checked.
     Fanout(Box<FanoutArgs>),
+    /// Combine saved --json reports into one SVG plot, one labelled series per report.
+    Plot(PlotArgs),
 }
 
 /// Output flags shared by both modes.
@@ -51,6 +57,25 @@ pub struct OutputArgs {
     /// Write the latency percentile distribution (HdrHistogram text format) to FILE.
     #[arg(long, value_name = "FILE")]
     pub hdr_out: Option<PathBuf>,
+    /// Write an SVG plot to FILE: latency by percentile, or with --sweep deliveries/s by
+    /// publish rate.
+    #[arg(long, value_name = "FILE.svg", value_parser = parse_svg_path)]
+    pub plot: Option<PathBuf>,
+}
+
+/// Flags of `ringload plot`.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// SVG file to write.
+    #[arg(long, value_name = "FILE.svg", value_parser = parse_svg_path)]
+    pub out: PathBuf,
+    /// Title above the plot (default: what it shows).
+    #[arg(long, value_parser = parse_plot_title)]
+    pub title: Option<String>,
+    /// Saved `ringload … --json` reports, all sweeps or all single runs (fanout, http),
+    /// each with an optional legend label after '=' (default: the file name).
+    #[arg(value_name = "INPUT.json[=LABEL]", required = true, value_parser = parse_plot_source)]
+    pub inputs: Vec<PlotSource>,
 }
 
 /// Protocol and TLS flags shared by both modes.
@@ -227,6 +252,27 @@ fn parse_method(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+fn parse_svg_path(text: &str) -> Result<PathBuf, String> {
+    let is_svg = std::path::Path::new(text)
+        .extension()
+        .is_some_and(|extension| extension.eq_ignore_ascii_case("svg"));
+    if !is_svg {
+        return Err("the plot is written as SVG: give a file name ending in .svg".into());
+    }
+    Ok(PathBuf::from(text))
+}
+
+fn parse_plot_source(text: &str) -> Result<PlotSource, String> {
+    PlotSource::parse(text)
+}
+
+fn parse_plot_title(text: &str) -> Result<String, String> {
+    if text.chars().count() > PLOT_TITLE_CHARS_MAX {
+        return Err(format!("at most {PLOT_TITLE_CHARS_MAX} characters"));
+    }
+    Ok(text.to_string())
+}
+
 fn parse_room_prefix(text: &str) -> Result<String, String> {
     let allowed = |byte: u8| byte.is_ascii_alphanumeric() || b"_.:-".contains(&byte);
     if text.len() > 100 || !text.bytes().all(allowed) {
@@ -246,9 +292,12 @@ pub enum FlagError {
     /// `--pub-conns` outside 1..=rooms.
     #[error("--pub-conns {0} must be between 1 and --rooms ({1})")]
     PubConns(u64, u64),
-    /// `--body` with a method that takes none is still allowed; this is for GET+body.
+    /// `--duration 0`.
     #[error("--duration must be longer than zero")]
     ZeroDuration,
+    /// `--plot` with `--idle`: nothing is published, so there is no latency to plot.
+    #[error("--plot needs a publishing run; --idle has no latency to plot")]
+    PlotIdle,
 }
 
 impl HttpArgs {
@@ -293,6 +342,9 @@ impl FanoutArgs {
         }
         if self.duration.is_zero() && !self.idle {
             return Err(FlagError::ZeroDuration);
+        }
+        if self.idle && self.output.plot.is_some() {
+            return Err(FlagError::PlotIdle);
         }
         Ok(FanoutConfig {
             sub_url: self.sub_url[0].clone(),

@@ -6,7 +6,8 @@
 //! latency measured from both the publish stamp and the schedule). Thread-per-core mio
 //! event loops for plain HTTP/1.1, where parsing on the delivery path does not allocate;
 //! TLS, HTTP/2 and HTTP/3 (`--proto`) run on one tokio current-thread runtime per thread
-//! ([`transport`], `stream_*`), checked by the same code.
+//! ([`transport`], `stream_*`), checked by the same code. Results can be drawn as SVG
+//! plots ([`plot`]), from a run or from saved reports ([`plot_input`]).
 #![deny(missing_docs)]
 
 pub mod chunked;
@@ -19,6 +20,8 @@ pub mod http1;
 pub mod http_bench;
 pub mod latency;
 pub mod payload;
+pub mod plot;
+pub mod plot_input;
 pub mod progress;
 pub mod publisher;
 pub mod socket;

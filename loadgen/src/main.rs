@@ -1,12 +1,14 @@
-//! `ringload` binary: parses flags, runs a mode, prints the report, sets the exit code
-//! (0 clean / ran, 1 not clean, 2 bad flags or unreachable target).
+//! `ringload` binary: parses flags, runs a mode, prints the report, draws the plot, sets
+//! the exit code (0 clean / ran, 1 not clean, 2 bad flags, unreachable target or unusable
+//! plot input).
 
 use anyhow::Context;
 use clap::Parser;
-use loadgen::cli::{Cli, Command, FanoutArgs, HttpArgs, OutputArgs};
+use loadgen::cli::{Cli, Command, FanoutArgs, HttpArgs, OutputArgs, PlotArgs};
 use loadgen::latency::Latency;
+use loadgen::plot::PlotFile;
 use loadgen::progress::Progress;
-use loadgen::{fanout, http_bench, sweep};
+use loadgen::{fanout, http_bench, plot, plot_input, sweep};
 use std::process::ExitCode;
 
 #[global_allocator]
@@ -22,6 +24,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Http(args) => run_http(&args),
         Command::Fanout(args) => run_fanout(&args),
+        Command::Plot(args) => run_plot(&args),
     };
     match result {
         Ok(code) => code,
@@ -48,8 +51,17 @@ fn write_hdr(output: &OutputArgs, histogram: &Latency, suffix: &str) -> anyhow::
     Ok(())
 }
 
+/// Creates the `--plot` file before the run, so that a bad path fails at once.
+fn create_plot(output: &OutputArgs) -> anyhow::Result<Option<PlotFile>> {
+    let Some(path) = &output.plot else {
+        return Ok(None);
+    };
+    Ok(Some(PlotFile::create("--plot", path)?))
+}
+
 fn run_http(args: &HttpArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
+    let plot_file = create_plot(&args.output)?;
     let mut progress = Progress::new(args.output.quiet || args.output.json);
     let report = http_bench::run(&config, &mut progress)?;
     write_hdr(&args.output, &report.latency_histogram, "")?;
@@ -58,11 +70,16 @@ fn run_http(args: &HttpArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!("{report}");
     }
+    if let Some(plot_file) = plot_file {
+        let (heading, curves) = plot::http_plot(&report);
+        plot_file.write(&plot::latency_svg(&heading, &curves)?)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 fn run_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
+    let plot_file = create_plot(&args.output)?;
     let mut progress = Progress::new(args.output.quiet || args.output.json);
     if args.sweep {
         let json = args.output.json;
@@ -91,6 +108,10 @@ fn run_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
                 _ => println!("no clean rate found"),
             }
         }
+        if let Some(plot_file) = plot_file {
+            let (heading, series) = plot::sweep_plot(&report, &config);
+            plot_file.write(&plot::sweep_svg(&heading, &series)?)?;
+        }
         return Ok(if report.best_rate.is_some() {
             ExitCode::SUCCESS
         } else {
@@ -105,9 +126,20 @@ fn run_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!("{report}");
     }
+    if let Some(plot_file) = plot_file {
+        let (heading, curves) = plot::fanout_plot(&report);
+        plot_file.write(&plot::latency_svg(&heading, &curves)?)?;
+    }
     Ok(if report.verdict.clean {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_NOT_CLEAN)
     })
+}
+
+fn run_plot(args: &PlotArgs) -> anyhow::Result<ExitCode> {
+    let plot = plot_input::load(&args.inputs)?;
+    let svg = plot.svg(args.title.as_deref(), &args.inputs)?;
+    PlotFile::create("--out", &args.out)?.write(&svg)?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -4,7 +4,7 @@
 
 use crate::fanout::{self, FanoutConfig, FanoutError, FanoutReport};
 use crate::progress::Progress;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Bisection stops when (unclean − clean) / clean is below this.
 pub const SWEEP_PRECISION: f64 = 0.05;
@@ -12,8 +12,8 @@ pub const SWEEP_PRECISION: f64 = 0.05;
 /// Most doubling steps (from `--rate`, 2^24 × start is far beyond any server).
 pub const DOUBLINGS_MAX: u32 = 24;
 
-/// One run of the sweep.
-#[derive(Debug, Clone, Serialize)]
+/// One run of the sweep (read back from saved reports by `ringload plot`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SweepStep {
     /// Rate tried.
     pub rate: f64,
