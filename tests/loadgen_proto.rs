@@ -143,6 +143,30 @@ fn h3_fanout_is_clean() {
 }
 
 #[test]
+fn h3_subscribers_close_their_connections_when_the_run_ends() {
+    // A client that just exits leaves the server sending into the void until its idle
+    // timeout (30 s here, 60 s in ringcast), which loads the next run against that server.
+    let server = ProtoServer::start(Kind::H3, Behaviour::default());
+    let (code, report) = fanout(&server, "h3", 6, &["--insecure", "--streams-per-conn", "1"]);
+    assert_clean(code, &report, "h3");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let closed = || {
+        server
+            .api
+            .closed_by_peer
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    while closed() < 6 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        closed() >= 6,
+        "{} QUIC connections closed by ringload",
+        closed()
+    );
+}
+
+#[test]
 fn h3_catches_a_dropped_message() {
     let server = ProtoServer::start(
         Kind::H3,

@@ -50,6 +50,8 @@ pub struct Api {
     publishes: AtomicU64,
     /// Connections accepted (TCP or QUIC), probes included.
     pub connections: AtomicU64,
+    /// QUIC connections that ended (the client closed them, or closed their streams).
+    pub closed_by_peer: AtomicU64,
     /// Requests served.
     pub requests: AtomicU64,
 }
@@ -74,6 +76,7 @@ impl Api {
             rooms: Mutex::new(HashMap::new()),
             publishes: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            closed_by_peer: AtomicU64::new(0),
             requests: AtomicU64::new(0),
         })
     }
@@ -348,6 +351,15 @@ async fn serve_h3(
             let Ok(connection) = incoming.await else {
                 return;
             };
+            let watched = connection.clone();
+            let watcher = api.clone();
+            tokio::spawn(async move {
+                // Whichever side closes first (the client's CONNECTION_CLOSE, or the h3
+                // layer here reacting to the client's streams ending), the client said it
+                // is gone; a client that just vanishes ends nothing before the idle timeout.
+                let _reason = watched.closed().await;
+                watcher.closed_by_peer.fetch_add(1, Ordering::Relaxed);
+            });
             let Ok(mut h3_conn) =
                 h3::server::Connection::<_, Bytes>::new(h3_quinn::Connection::new(connection))
                     .await

@@ -10,7 +10,7 @@ use crate::subscriber::{
     Checker, Control, DeliveryCounts, PendingEvent, ThreadResult, CONNECTS_IN_FLIGHT_MAX,
 };
 use crate::tracker::SeqTracker;
-use crate::transport::{Connection, Endpoint, Response};
+use crate::transport::{Connection, Endpoint, QuicCloser, Response};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use std::cell::RefCell;
@@ -63,6 +63,8 @@ struct Context {
     state: RefCell<ThreadState>,
     /// Headers of every subscribe request (as the mio path sends them).
     sse_headers: [(HeaderName, HeaderValue); 2],
+    /// HTTP/3 connections to close politely when the run is over.
+    quic: RefCell<Vec<QuicCloser>>,
 }
 
 /// Runs thread `index` until `control.stop`; returns its findings.
@@ -104,6 +106,7 @@ pub fn run_thread(
                 HeaderValue::from_static("no-cache"),
             ),
         ],
+        quic: RefCell::new(Vec::new()),
     });
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -112,6 +115,8 @@ pub fn run_thread(
         Ok(runtime) => {
             let local = tokio::task::LocalSet::new();
             local.block_on(&runtime, drive(index, context.clone()));
+            let closers = std::mem::take(&mut *context.quic.borrow_mut());
+            local.block_on(&runtime, QuicCloser::close_all(closers));
             // Dropping the set cancels the stream tasks (and their Rc on the context).
             drop(local);
             drop(runtime);
@@ -181,6 +186,9 @@ async fn connection(
             return;
         }
     };
+    if let Some(closer) = connection.quic_closer() {
+        context.quic.borrow_mut().push(closer);
+    }
     // The permit is held until every subscription on the connection has its response
     // head, like the mio path's bound on subscribe requests in flight.
     let permit = Rc::new(permit);
@@ -296,9 +304,13 @@ fn feed(context: &Context, id: usize, data: &[u8]) -> Result<(), &'static str> {
 /// A subscription ended: during setup a failure, later a disconnect.
 fn close(context: &Context, id: usize, reason: &str) {
     let control = &context.control;
+    if control.stop.load(Ordering::Relaxed) {
+        // The run is over: the thread itself is closing its connections.
+        return;
+    }
     if control.running.load(Ordering::Relaxed) {
         context.state.borrow_mut().counts.disconnects += 1;
-    } else if !control.stop.load(Ordering::Relaxed) {
+    } else {
         let room = context.state.borrow().subscriptions[id].room as usize;
         control.fail(format!(
             "{} subscriber, room {}: {reason}",

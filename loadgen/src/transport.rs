@@ -352,7 +352,48 @@ enum Body {
     H3(Box<h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>>),
 }
 
+/// What closes one QUIC connection politely at the end of a run: a server learns at once
+/// that the client is gone (CONNECTION_CLOSE) instead of sending into the void until its
+/// idle timeout, which would load the next run against the same server.
+#[derive(Clone)]
+pub struct QuicCloser {
+    quic: quinn::Connection,
+    endpoint: quinn::Endpoint,
+}
+
+/// Longest wait for closing QUIC connections to drain at the end of a run.
+pub const QUIC_CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+impl QuicCloser {
+    /// Closes every connection, then waits (at most [`QUIC_CLOSE_GRACE`] in all) until
+    /// their endpoints sent the close and went idle. Needs the runtime that drives them.
+    pub async fn close_all(closers: Vec<QuicCloser>) {
+        for closer in &closers {
+            closer.quic.close(0u32.into(), b"run over");
+        }
+        let _ = tokio::time::timeout(QUIC_CLOSE_GRACE, async {
+            for closer in &closers {
+                closer.endpoint.wait_idle().await;
+            }
+        })
+        .await;
+    }
+}
+
 impl Connection {
+    /// For HTTP/3, what closes the connection at the end of the run; `None` otherwise.
+    pub fn quic_closer(&self) -> Option<QuicCloser> {
+        match &self.inner {
+            Inner::H3 {
+                quic, _endpoint, ..
+            } => Some(QuicCloser {
+                quic: quic.clone(),
+                endpoint: _endpoint.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// Another handle on the same connection for a concurrent stream (HTTP/2, HTTP/3);
     /// `None` on HTTP/1.1, where a connection carries one request at a time.
     pub fn share(&self) -> Option<Connection> {
