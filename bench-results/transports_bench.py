@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""S1 and S2 (DESIGN.md §6) over HTTP/1.1, HTTP/2 (h2c) and HTTP/3 in one run, with
+"""S1 and S2 (DESIGN.md §6) over HTTP/1.1, HTTP/1.1 over TLS (`tls`), HTTP/2 (h2c) and HTTP/3 in one run, with
 server CPU per delivery for each, and nginx+nchan (HTTP/1.1 only) as the peer.
 
 Server pinned to CPU 0 (one shard; its companion thread for h2/h3 is pinned to the same
 CPU), ringload pinned to CPU 1 (one thread). Same search for the highest clean rate as
 fanout_bench.py.
 
-Usage: bench-results/transports_bench.py [--out DIR] [--quick] [--protos h1,h2,h3] [--scenarios S1,S2] [--no-peer]
+Usage: bench-results/transports_bench.py [--out DIR] [--quick] [--protos h1,tls,h2,h3] [--scenarios S1,S2] [--no-peer]
 """
 import argparse, json, os, subprocess, sys, tempfile, time
 
@@ -37,6 +37,8 @@ class RingcastAll(fb.Ringcast):
         self.h3_port = fb.free_port()
         self.extra = ["--h2c-listen", f"127.0.0.1:{self.h2c_port}", "--h3-listen", f"127.0.0.1:{self.h3_port}",
                       "--tls-cert", self.cert, "--tls-key", self.key]
+        self.tls_port = fb.free_port()
+        self.extra += ["--tls-listen", f"127.0.0.1:{self.tls_port}"]
         super().start()
         fb.wait_port(self.h2c_port)
         time.sleep(0.3)
@@ -51,6 +53,9 @@ class Proto:
         self.pids = server.pids
         if proto == "h1":
             self.port, self.scheme, self.extra = server.port, "http", []
+        elif proto == "tls":
+            # HTTP/1.1 over TLS (ALPN http/1.1), terminated on the shard's io_uring ring.
+            self.port, self.scheme, self.extra = server.tls_port, "https", ["--insecure"]
         elif proto == "h2":
             self.port, self.scheme, self.extra = server.h2c_port, "http", ["--proto", "h2"]
         else:
