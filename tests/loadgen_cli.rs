@@ -107,3 +107,36 @@ fn refused_subscription_exits_2_with_the_status() {
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("404"), "{}", stderr(&output));
 }
+
+#[test]
+fn bad_pub_pipeline_names_the_flag() {
+    let base = [
+        "fanout",
+        "--sub-url",
+        "http://127.0.0.1:9/e/{room}",
+        "--pub-url",
+        "http://127.0.0.1:9/p/{room}",
+        "--pub-pipeline",
+    ];
+    for value in ["0", "65", "lots"] {
+        let mut args = base.to_vec();
+        args.push(value);
+        let output = ringload(&args);
+        assert_eq!(output.status.code(), Some(2), "--pub-pipeline {value}");
+        assert!(
+            stderr(&output).contains("--pub-pipeline"),
+            "{}",
+            stderr(&output)
+        );
+    }
+    // The HTTP/2 publisher has no pipelining (its lanes are streams).
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["4", "--proto", "h2"]);
+    let output = ringload(&args);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("--pub-pipeline"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -170,6 +170,15 @@ struct Conn {
 }
 
 impl Conn {
+    /// Forgets the write in flight (its frames are refcounted, nothing waits for them) and
+    /// returns the bytes it still counted as pending.
+    fn forget_write(&mut self) -> usize {
+        self.write_in_flight = false;
+        self.frames.clear();
+        self.stamps.clear();
+        self.write_len.saturating_sub(self.written)
+    }
+
     /// A connection about to read its first request; `fd` is -1 for a virtual one.
     fn new(
         fd: RawFd,
@@ -2056,10 +2065,7 @@ impl Worker {
             }
             if conn.write_in_flight {
                 // The companion holds the frames (refcounted); nothing waits for them.
-                conn.write_in_flight = false;
-                self.pending_write_bytes -= conn.write_len.saturating_sub(conn.written);
-                conn.frames.clear();
-                conn.stamps.clear();
+                self.pending_write_bytes -= conn.forget_write();
             }
             sink.close();
             self.virtual_live -= 1;
@@ -2383,14 +2389,17 @@ impl Worker {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
+        if conn.tls.is_none() {
+            return Ok(());
+        }
+        let abandoned = conn.write_in_flight;
+        if abandoned {
+            self.pending_write_bytes -= conn.forget_write();
+        }
         let Some(tls) = conn.tls.as_deref_mut() else {
             return Ok(());
         };
-        if conn.write_in_flight {
-            conn.write_in_flight = false;
-            self.pending_write_bytes -= conn.write_len.saturating_sub(conn.written);
-            conn.frames.clear();
-            conn.stamps.clear();
+        if abandoned {
             tls.abandon_write();
         }
         let stuck = tls.sending;

@@ -6,7 +6,7 @@ use crate::fanout::{FanoutConfig, ROOMS_MAX, SUBSCRIBERS_MAX};
 use crate::http_bench::{HttpConfig, CONNECTIONS_MAX};
 use crate::payload::PAYLOAD_BYTES_MAX;
 use crate::plot_input::PlotSource;
-use crate::publisher::PUB_CONNS_MAX;
+use crate::publisher::{PUB_CONNS_MAX, PUB_PIPELINE_MAX};
 use crate::socket::SOURCE_IPS_MAX;
 use crate::target::{Target, UrlTemplate};
 use crate::template::Template;
@@ -180,6 +180,10 @@ pub struct FanoutArgs {
     /// Publisher connections, 1..=rooms (default: min(rooms, 16)).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=PUB_CONNS_MAX as u64))]
     pub pub_conns: Option<u64>,
+    /// Publish requests in flight per publisher connection (HTTP/1.1 pipelining; plain
+    /// http:// with --proto h1 only). 1 = next request after the previous response.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=PUB_PIPELINE_MAX as u64))]
+    pub pub_pipeline: u64,
     /// Time after publishing to collect deliveries.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub grace: Duration,
@@ -292,6 +296,9 @@ pub enum FlagError {
     /// `--pub-conns` outside 1..=rooms.
     #[error("--pub-conns {0} must be between 1 and --rooms ({1})")]
     PubConns(u64, u64),
+    /// `--pub-pipeline` above 1 where the publisher does not speak plain HTTP/1.1.
+    #[error("--pub-pipeline above 1 needs a plain http:// --pub-url with --proto h1")]
+    PubPipeline,
     /// `--duration 0`.
     #[error("--duration must be longer than zero")]
     ZeroDuration,
@@ -340,6 +347,11 @@ impl FanoutArgs {
         if pub_conns > self.rooms {
             return Err(FlagError::PubConns(pub_conns, self.rooms));
         }
+        let transport = self.transport.config();
+        let pipelines = |url: &UrlTemplate| transport.uses_mio(url.tls);
+        if self.pub_pipeline > 1 && !self.pub_url.as_ref().is_none_or(pipelines) {
+            return Err(FlagError::PubPipeline);
+        }
         if self.duration.is_zero() && !self.idle {
             return Err(FlagError::ZeroDuration);
         }
@@ -358,6 +370,7 @@ impl FanoutArgs {
             rate: self.rate,
             duration: self.duration,
             pub_conns: pub_conns as usize,
+            pub_pipeline: self.pub_pipeline as usize,
             grace: self.grace,
             size: self.size as usize,
             max_p99: self.max_p99,
@@ -366,7 +379,7 @@ impl FanoutArgs {
             src_ips: self.src_ips,
             threads: self.threads.map_or_else(allowed_cpus, |t| t as usize),
             connect_timeout: self.connect_timeout,
-            transport: self.transport.config(),
+            transport,
         })
     }
 }

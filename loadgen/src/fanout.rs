@@ -57,6 +57,8 @@ pub struct FanoutConfig {
     pub duration: Duration,
     /// Publisher connections.
     pub pub_conns: usize,
+    /// Publish requests in flight per HTTP/1.1 publisher connection (1: no pipelining).
+    pub pub_pipeline: usize,
     /// Time after publishing to collect deliveries.
     pub grace: Duration,
     /// Payload size.
@@ -183,6 +185,8 @@ pub struct FanoutReport {
     pub rooms: usize,
     /// Target rate (messages/s over all rooms).
     pub rate: f64,
+    /// Publishes one HTTP/1.1 publisher connection may have in flight (`--pub-pipeline`).
+    pub pub_pipeline: usize,
     /// Publishing window in seconds (hold time in idle mode).
     pub duration_s: f64,
     /// Payload bytes.
@@ -511,6 +515,7 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
             body: config.pub_body.clone(),
             headers: config.headers.clone(),
             connections: config.pub_conns,
+            pipeline: config.pub_pipeline,
             rate: config.rate,
             duration: config.duration,
             grace: config.grace,
@@ -636,6 +641,7 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
         subscribers: config.subscribers,
         rooms: config.rooms,
         rate: config.rate,
+        pub_pipeline: config.pub_pipeline,
         duration_s,
         size: config.size,
         threads,

@@ -1,8 +1,10 @@
 //! The fixed-rate publisher of `ringload fanout`: one thread, a few keep-alive HTTP/1.1
 //! connections, messages released on a fixed schedule (round-robin over rooms). A room's
-//! messages always use the same connection, and a connection sends its next request only
-//! after the previous response, so per-room order is kept without pipelining; when the
-//! server is slow, messages wait and their lateness shows in the schedule-based latency.
+//! messages always use the same connection and go out on it in order. A connection has at
+//! most `pipeline` requests written whose responses have not arrived (HTTP/1.1 pipelining,
+//! `--pub-pipeline`; 1 = the next request only after the previous response); responses are
+//! matched to requests in order. When the server is slow, messages wait and their lateness
+//! shows in the schedule-based latency.
 
 use crate::http1::{self, BodyReader};
 use crate::http_bench::ErrorCounts;
@@ -27,6 +29,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most publisher connections.
 pub const PUB_CONNS_MAX: usize = 4096;
 
+/// Most requests in flight on one publisher connection (`--pub-pipeline`). 64 covers a
+/// round trip of 64 ms at 1,000 msg/s per connection; beyond that the server is the limit.
+pub const PUB_PIPELINE_MAX: usize = 64;
+
 /// Longest poll wait; bounds how late the stop flag and deadlines are noticed.
 const POLL_WAIT_MAX: Duration = Duration::from_millis(10);
 
@@ -49,6 +55,8 @@ pub struct PublishPlan {
     pub headers: Vec<String>,
     /// Publisher connections.
     pub connections: usize,
+    /// Requests in flight per connection, 1..=[`PUB_PIPELINE_MAX`] (1: no pipelining).
+    pub pipeline: usize,
     /// Messages per second, all rooms together.
     pub rate: f64,
     /// Publishing window.
@@ -118,11 +126,17 @@ pub struct PublishResult {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Connecting,
-    Idle,
-    Writing,
-    Head,
-    Body,
+    Open,
     Broken,
+}
+
+/// Which error counter a failure of in-flight publishes goes to.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    Read,
+    Write,
+    Parse,
+    Timeout,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -135,13 +149,19 @@ struct InFlight {
 struct PubConn {
     stream: Option<mio::net::TcpStream>,
     phase: Phase,
+    /// Due messages not yet written.
     queue: VecDeque<u64>,
+    /// Encoded requests; `out[written..]` still to be written.
     out: Vec<u8>,
     written: usize,
     carry: Vec<u8>,
+    /// True between a parsed response head and the end of its body.
+    in_body: bool,
     body: BodyReader,
     close_after: bool,
-    in_flight: Option<InFlight>,
+    /// Requests encoded (written or in `out`) without a response, oldest first; at most
+    /// the plan's `pipeline`.
+    in_flight: VecDeque<InFlight>,
     status: u16,
 }
 
@@ -163,6 +183,7 @@ pub fn run(plan: &PublishPlan, progress: &PublishProgress) -> Result<PublishResu
     })?;
     let rooms = plan.rooms.len().max(1);
     let connections = plan.connections.clamp(1, rooms);
+    assert!((1..=PUB_PIPELINE_MAX).contains(&plan.pipeline));
     let mut conns: Vec<PubConn> = Vec::with_capacity(connections);
     for id in 0..connections {
         let stream = connect(&poll, plan, id)?;
@@ -170,12 +191,13 @@ pub fn run(plan: &PublishPlan, progress: &PublishProgress) -> Result<PublishResu
             stream: Some(stream),
             phase: Phase::Connecting,
             queue: VecDeque::new(),
-            out: Vec::with_capacity(plan.size + 512),
+            out: Vec::with_capacity((plan.size + 512) * plan.pipeline),
             written: 0,
             carry: Vec::new(),
+            in_body: false,
             body: BodyReader::Done,
             close_after: false,
-            in_flight: None,
+            in_flight: VecDeque::with_capacity(plan.pipeline),
             status: 0,
         });
     }
@@ -199,7 +221,7 @@ pub fn run(plan: &PublishPlan, progress: &PublishProgress) -> Result<PublishResu
                         reason: error.to_string(),
                     });
                 }
-                conn.phase = Phase::Idle;
+                conn.phase = Phase::Open;
             }
         }
     }
@@ -288,15 +310,12 @@ impl Publisher<'_> {
                 next_message += 1;
             }
             for conn in conns.iter_mut() {
-                if conn.phase == Phase::Idle && !conn.queue.is_empty() {
-                    self.send(conn, now);
-                }
+                self.send_due(conn, now);
             }
             for (id, conn) in conns.iter_mut().enumerate() {
-                if let Some(flight) = conn.in_flight {
+                if let Some(flight) = conn.in_flight.front() {
                     if now.duration_since(flight.sent_at) > PUBLISH_TIMEOUT {
-                        self.result.counts.errors.timeout += 1;
-                        self.fail_in_flight(conn);
+                        self.fail_in_flight(conn, Failure::Timeout);
                         self.reconnect(conn, id);
                     }
                 }
@@ -310,17 +329,14 @@ impl Publisher<'_> {
             let all_done = next_message == self.total
                 && conns
                     .iter()
-                    .all(|conn| conn.queue.is_empty() && conn.in_flight.is_none());
+                    .all(|conn| conn.queue.is_empty() && conn.in_flight.is_empty());
             if all_done {
                 break;
             }
             if now >= deadline || progress.stop.load(Ordering::Relaxed) {
                 for conn in conns.iter_mut() {
                     self.result.counts.unsent += conn.queue.len() as u64;
-                    if conn.in_flight.is_some() {
-                        self.result.counts.errors.timeout += 1;
-                        self.fail_in_flight(conn);
-                    }
+                    self.fail_in_flight(conn, Failure::Timeout);
                 }
                 self.result.counts.unsent += self.total - next_message;
                 break;
@@ -340,22 +356,21 @@ impl Publisher<'_> {
                 let Some(conn) = conns.get_mut(id) else {
                     continue;
                 };
-                match conn.phase {
-                    Phase::Connecting => {
-                        if connect_error(conn.stream.as_ref()).is_some() {
-                            self.result.counts.errors.connect += 1;
-                            conn.phase = Phase::Broken;
-                        } else {
-                            conn.phase = Phase::Idle;
-                        }
+                if conn.phase == Phase::Connecting {
+                    if connect_error(conn.stream.as_ref()).is_some() {
+                        self.result.counts.errors.connect += 1;
+                        conn.phase = Phase::Broken;
+                    } else {
+                        conn.phase = Phase::Open;
                     }
-                    Phase::Writing if event.is_writable() => self.write_more(conn),
-                    _ => {}
                 }
-                if matches!(conn.phase, Phase::Head | Phase::Body | Phase::Idle)
-                    && (event.is_readable() || event.is_read_closed() || event.is_error())
+                if conn.phase == Phase::Open && event.is_writable() && conn.written < conn.out.len()
                 {
-                    self.read_ready(conn);
+                    self.write_more(conn);
+                }
+                let closed = event.is_read_closed() || event.is_error();
+                if conn.phase == Phase::Open && (event.is_readable() || closed) {
+                    self.read_ready(conn, closed);
                 }
             }
         }
@@ -364,10 +379,25 @@ impl Publisher<'_> {
         }
     }
 
-    fn send(&mut self, conn: &mut PubConn, now: Instant) {
-        let Some(message) = conn.queue.pop_front() else {
+    /// Encodes due messages while the pipeline has room, then writes them in one go.
+    fn send_due(&mut self, conn: &mut PubConn, now: Instant) {
+        if conn.phase != Phase::Open || conn.close_after {
             return;
-        };
+        }
+        let before = conn.in_flight.len();
+        while conn.in_flight.len() < self.plan.pipeline {
+            let Some(message) = conn.queue.pop_front() else {
+                break;
+            };
+            self.encode(conn, message, now);
+        }
+        if conn.in_flight.len() > before {
+            self.write_more(conn);
+        }
+    }
+
+    /// Appends the request for `message` to the connection's output.
+    fn encode(&mut self, conn: &mut PubConn, message: u64, now: Instant) {
         let room = (message % self.rooms as u64) as usize;
         let seq = message / self.rooms as u64 + 1;
         let room_name = &self.plan.rooms[room];
@@ -390,7 +420,10 @@ impl Publisher<'_> {
             .body
             .render_into(&mut self.body, room_name, seq, &self.payload);
         let path = self.plan.url.path.render(room_name, seq);
-        conn.out.clear();
+        if conn.written == conn.out.len() {
+            conn.out.clear();
+            conn.written = 0;
+        }
         http1::encode_request(
             &mut conn.out,
             "POST",
@@ -405,14 +438,11 @@ impl Publisher<'_> {
             .record_ns(sent_ns as i64 - scheduled_ns as i64);
         self.result.counts.sent += 1;
         self.result.last_seq[room] = seq;
-        conn.in_flight = Some(InFlight {
+        conn.in_flight.push_back(InFlight {
             room,
             seq,
             sent_at: now,
         });
-        conn.written = 0;
-        conn.phase = Phase::Writing;
-        self.write_more(conn);
     }
 
     fn write_more(&mut self, conn: &mut PubConn) {
@@ -425,17 +455,17 @@ impl Publisher<'_> {
                 Err(error) if error.kind() == ErrorKind::WouldBlock => return,
                 Err(error) if error.kind() == ErrorKind::Interrupted => {}
                 Err(_) => {
-                    self.result.counts.errors.write += 1;
-                    self.fail_in_flight(conn);
+                    self.fail_in_flight(conn, Failure::Write);
                     conn.phase = Phase::Broken;
                     return;
                 }
             }
         }
-        conn.phase = Phase::Head;
     }
 
-    fn read_ready(&mut self, conn: &mut PubConn) {
+    /// Reads what arrived; with `closed` (the peer's FIN came with this event, which an
+    /// edge-triggered poll will not report again) reads on to the end of the stream.
+    fn read_ready(&mut self, conn: &mut PubConn, closed: bool) {
         loop {
             let Some(stream) = conn.stream.as_mut() else {
                 return;
@@ -447,16 +477,14 @@ impl Publisher<'_> {
                 Err(_) => 0,
             };
             if read == 0 {
-                if conn.phase == Phase::Body && matches!(conn.body, BodyReader::UntilClose) {
+                if conn.in_body && matches!(conn.body, BodyReader::UntilClose) {
                     self.complete(conn);
-                } else if conn.in_flight.is_some() {
-                    self.result.counts.errors.read += 1;
-                    self.fail_in_flight(conn);
                 }
+                self.fail_in_flight(conn, Failure::Read);
                 conn.phase = Phase::Broken;
                 return;
             }
-            if conn.phase == Phase::Idle {
+            if conn.in_flight.is_empty() {
                 // Bytes nobody asked for: the connection is out of step.
                 self.result.counts.errors.parse += 1;
                 conn.phase = Phase::Broken;
@@ -464,15 +492,21 @@ impl Publisher<'_> {
             }
             let mut data = std::mem::take(&mut conn.carry);
             data.extend_from_slice(&self.buffer[..read]);
+            // Several pipelined responses may sit in one read: take them in order.
             let mut at = 0;
-            loop {
-                if conn.phase == Phase::Writing || conn.phase == Phase::Head {
+            while at < data.len() {
+                if conn.in_flight.is_empty() {
+                    self.result.counts.errors.parse += 1;
+                    conn.phase = Phase::Broken;
+                    return;
+                }
+                if !conn.in_body {
                     match http1::parse_response_head(&data[at..], false) {
                         Ok(Some(head)) => {
                             conn.status = head.status;
                             conn.close_after = head.close;
                             conn.body = BodyReader::new(head.body);
-                            conn.phase = Phase::Body;
+                            conn.in_body = true;
                             at += head.head_len;
                         }
                         Ok(None) => {
@@ -480,37 +514,41 @@ impl Publisher<'_> {
                             break;
                         }
                         Err(_) => {
-                            self.result.counts.errors.parse += 1;
-                            self.fail_in_flight(conn);
+                            self.fail_in_flight(conn, Failure::Parse);
                             conn.phase = Phase::Broken;
                             return;
                         }
                     }
                 }
-                if conn.phase == Phase::Body {
-                    match conn.body.skip(&mut data[at..]) {
-                        Ok(_) => {}
-                        Err(_) => {
-                            self.result.counts.errors.parse += 1;
-                            self.fail_in_flight(conn);
-                            conn.phase = Phase::Broken;
-                            return;
-                        }
+                match conn.body.skip(&mut data[at..]) {
+                    Ok(consumed) => at += consumed,
+                    Err(_) => {
+                        self.fail_in_flight(conn, Failure::Parse);
+                        conn.phase = Phase::Broken;
+                        return;
                     }
-                    if conn.body.is_done() {
-                        self.complete(conn);
-                    }
+                }
+                if !conn.body.is_done() {
                     break;
                 }
+                self.complete(conn);
+                if conn.close_after {
+                    // Requests behind a `Connection: close` answer get none.
+                    self.fail_in_flight(conn, Failure::Read);
+                    conn.phase = Phase::Broken;
+                    return;
+                }
             }
-            if read < self.buffer.len() {
+            if read < self.buffer.len() && !closed {
                 return;
             }
         }
     }
 
+    /// The response to the oldest in-flight request is complete.
     fn complete(&mut self, conn: &mut PubConn) {
-        let Some(flight) = conn.in_flight.take() else {
+        conn.in_body = false;
+        let Some(flight) = conn.in_flight.pop_front() else {
             return;
         };
         self.result
@@ -528,15 +566,19 @@ impl Publisher<'_> {
                 .or_default() += 1;
             self.result.failed_seqs[flight.room].push(flight.seq);
         }
-        conn.phase = if conn.close_after {
-            Phase::Broken
-        } else {
-            Phase::Idle
-        };
     }
 
-    fn fail_in_flight(&mut self, conn: &mut PubConn) {
-        if let Some(flight) = conn.in_flight.take() {
+    /// Every request in flight on `conn` failed (counted under `failure`, one each).
+    fn fail_in_flight(&mut self, conn: &mut PubConn, failure: Failure) {
+        let count = conn.in_flight.len() as u64;
+        let errors = &mut self.result.counts.errors;
+        match failure {
+            Failure::Read => errors.read += count,
+            Failure::Write => errors.write += count,
+            Failure::Parse => errors.parse += count,
+            Failure::Timeout => errors.timeout += count,
+        }
+        for flight in conn.in_flight.drain(..) {
             self.result.failed_seqs[flight.room].push(flight.seq);
         }
     }
@@ -544,7 +586,11 @@ impl Publisher<'_> {
     fn reconnect(&mut self, conn: &mut PubConn, id: usize) {
         conn.stream = None;
         conn.carry.clear();
-        conn.in_flight = None;
+        conn.out.clear();
+        conn.written = 0;
+        conn.in_body = false;
+        conn.close_after = false;
+        conn.in_flight.clear();
         match connect(&self.poll, self.plan, id) {
             Ok(stream) => {
                 conn.stream = Some(stream);
@@ -555,5 +601,78 @@ impl Publisher<'_> {
                 conn.phase = Phase::Broken;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// Four messages due at once on one connection with `--pub-pipeline 4`.
+    fn plan(addr: std::net::SocketAddr) -> PublishPlan {
+        PublishPlan {
+            rooms: vec!["r0".into()],
+            url: UrlTemplate::parse(&format!("http://{addr}/p/{{room}}")).unwrap(),
+            body: Template::parse("{payload}").unwrap(),
+            headers: Vec::new(),
+            connections: 1,
+            pipeline: 4,
+            rate: 1000.0,
+            duration: Duration::from_millis(4),
+            grace: Duration::from_secs(3),
+            size: 50,
+            run_id: 1,
+        }
+    }
+
+    /// Serves one connection: reads until `requests` requests arrived (none answered
+    /// before: the client must pipeline them), then writes `answer` at once and closes.
+    fn serve_once(requests: usize, answer: &'static [u8]) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut seen = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while seen.windows(5).filter(|w| w == b"POST ").count() < requests {
+                let read = stream.read(&mut buffer).unwrap();
+                assert!(read > 0, "client closed");
+                seen.extend_from_slice(&buffer[..read]);
+            }
+            stream.write_all(answer).unwrap();
+        });
+        addr
+    }
+
+    /// Responses in one read are matched in order; a 500 fails only its own publish.
+    #[test]
+    fn pipelined_answers_in_one_read_match_in_order() {
+        let addr = serve_once(
+            4,
+            b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok\
+              HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nfail\
+              HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n\
+              HTTP/1.1 204 No Content\r\n\r\n",
+        );
+        let result = run(&plan(addr), &PublishProgress::default()).unwrap();
+        assert_eq!(result.counts.sent, 4);
+        assert_eq!(result.counts.ok, 3);
+        assert_eq!(result.counts.failed_status.get(&500), Some(&1));
+        assert_eq!(result.counts.errors.total(), 0);
+        assert_eq!(result.failed_seqs, vec![vec![2]]);
+        assert_eq!(result.response_time.count(), 4);
+    }
+
+    /// The connection closing with three publishes in flight fails all three.
+    #[test]
+    fn connection_loss_fails_every_publish_in_flight() {
+        let addr = serve_once(4, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
+        let result = run(&plan(addr), &PublishProgress::default()).unwrap();
+        assert_eq!(result.counts.ok, 1);
+        assert_eq!(result.counts.errors.read, 3);
+        assert_eq!(result.counts.failed(), 3);
+        assert_eq!(result.failed_seqs, vec![vec![2, 3, 4]]);
+        assert_eq!(result.counts.unsent, 0);
     }
 }

@@ -44,6 +44,9 @@ pub struct Options {
     pub split_writes: bool,
     /// Sleep this long (ms) before answering every publish (a slow server).
     pub publish_delay_ms: u64,
+    /// Besides `fault`: answer publish n (1-based) only after this many ms, `(n, ms)`.
+    /// The publishes due meanwhile pile up, pipelined if the client pipelines.
+    pub stall: Option<(u64, u64)>,
 }
 
 impl Default for Options {
@@ -53,6 +56,7 @@ impl Default for Options {
             nchan_style: false,
             split_writes: false,
             publish_delay_ms: 0,
+            stall: None,
         }
     }
 }
@@ -68,6 +72,7 @@ struct State {
     publishes: AtomicU64,
     held: Mutex<Option<(String, Vec<u8>)>>,
     requests: AtomicU64,
+    pipelined: AtomicU64,
 }
 
 /// A running fan-out test server.
@@ -88,6 +93,7 @@ impl FanoutServer {
             publishes: AtomicU64::new(0),
             held: Mutex::new(None),
             requests: AtomicU64::new(0),
+            pipelined: AtomicU64::new(0),
         });
         let shared = state.clone();
         std::thread::spawn(move || {
@@ -113,6 +119,13 @@ impl FanoutServer {
     /// Publishes received so far.
     pub fn publishes(&self) -> u64 {
         self.state.publishes.load(Ordering::SeqCst)
+    }
+
+    /// Publishes read while the next request had already arrived (bytes of it read before
+    /// this one was answered): the client pipelines. Always 0 for a client that sends its
+    /// next request only after the previous response.
+    pub fn pipelined_publishes(&self) -> u64 {
+        self.state.pipelined.load(Ordering::SeqCst)
     }
 
     /// Plain requests (`/hello`, `/missing`) answered so far.
@@ -177,6 +190,12 @@ fn serve(stream: TcpStream, state: &State) {
                 return;
             }
             ("POST", ["rooms", room, "messages"]) => {
+                // BufReader reads whatever has arrived, so several pipelined requests come
+                // in one read and wait in its buffer; bytes there now were sent before
+                // this publish is answered.
+                if !reader.buffer().is_empty() {
+                    state.pipelined.fetch_add(1, Ordering::SeqCst);
+                }
                 if !publish(&mut stream, &request, room, state) {
                     return;
                 }
@@ -279,6 +298,11 @@ fn publish(stream: &mut TcpStream, request: &Request, room: &str, state: &State)
     let fault = state.options.fault;
     let mut status = if state.options.nchan_style { 202 } else { 201 };
     let mut stall_ms = state.options.publish_delay_ms;
+    if let Some((at, ms)) = state.options.stall {
+        if at == n {
+            stall_ms += ms;
+        }
+    }
     {
         let mut rooms = state.rooms.lock().unwrap();
         let body = request.body.as_slice();
