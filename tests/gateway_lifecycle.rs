@@ -167,3 +167,32 @@ fn termination_signal_closes_streams_and_exits_zero() {
         );
     }
 }
+
+#[test]
+fn a_second_gateway_on_a_busy_port_is_refused_unless_it_shares_on_purpose() {
+    // Every shard socket is SO_REUSEPORT, and the kernel would let a second process of the
+    // same user join the group and take part of the connections without a word.
+    let first = Server::start(&["--shards", "1"]);
+    let busy = first.addr.to_string();
+    let output = std::process::Command::new(common::RINGCAST)
+        .args(["--listen", &busy, "--shards", "1"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run a second ringcast");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "second gateway started: {stderr}");
+    assert!(
+        stderr.contains("--listen") && stderr.contains("address already in use"),
+        "{stderr}"
+    );
+    // The first one was not disturbed.
+    let mut events = first.subscribe("busy", None);
+    assert_eq!(first.publish("busy", "still here"), 1);
+    assert_eq!(events.next_event(Duration::from_secs(5)).data, "still here");
+
+    // A deliberate handover joins the address.
+    let mut second = Server::start_at(&busy, &["--shards", "1", "--share-port"]);
+    assert_eq!(second.addr, first.addr);
+    second.signal(libc::SIGTERM);
+    assert!(second.wait_exit(Duration::from_secs(10)).is_some());
+}

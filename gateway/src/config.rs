@@ -186,6 +186,11 @@ pub struct Flags {
     /// Do not serve the demo page (`GET /demo` answers 404).
     #[arg(long)]
     pub no_demo: bool,
+    /// Join listening addresses another process already holds (SO_REUSEPORT), for a
+    /// handover where the new gateway starts before the old one drains; without it a busy
+    /// address is a startup error.
+    #[arg(long)]
+    pub share_port: bool,
     /// What to do instead of serving [default: serve].
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -244,6 +249,7 @@ pub struct FileConfig {
     node_id: Option<String>,
     cluster_timeout: Option<f64>,
     demo: Option<bool>,
+    share_port: Option<bool>,
 }
 
 /// Why the configuration could not be used.
@@ -334,6 +340,8 @@ pub struct Config {
     pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Whether `GET /demo` serves the demo page.
     pub demo: bool,
+    /// Whether the listeners may join addresses another process already listens on.
+    pub share_port: bool,
 }
 
 /// The listeners served by each shard's companion thread (docs/TRANSPORTS.md).
@@ -747,6 +755,7 @@ impl Config {
             jwt,
             cluster,
             demo: !flags.no_demo && file.demo.unwrap_or(true),
+            share_port: flags.share_port || file.share_port.unwrap_or(false),
             config_path: flags.config,
         })
     }

@@ -21,6 +21,35 @@ use std::time::{Duration, Instant, SystemTime};
 /// Pending connections the kernel queues per listener.
 pub const LISTEN_BACKLOG: i32 = 4096;
 
+/// Fails when another socket already holds `addr`. Every shard's socket joins one
+/// SO_REUSEPORT group, and the kernel lets any socket of the same user join such a group, so
+/// a second gateway started by mistake on a busy port would silently take part of the
+/// first one's connections. A probe bound without SO_REUSEPORT finds that out; it is closed
+/// before the real sockets bind. `--share-port` skips the check (a deliberate handover).
+fn ensure_unused(addr: SocketAddr, ty: Type, flag: &str) -> anyhow::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let protocol = if ty == Type::STREAM {
+        Protocol::TCP
+    } else {
+        Protocol::UDP
+    };
+    let probe = Socket::new(Domain::for_address(addr), ty, Some(protocol))?;
+    if ty == Type::STREAM {
+        // Connections of an earlier run in TIME_WAIT do not make the address busy.
+        probe.set_reuse_address(true)?;
+    }
+    match probe.bind(&addr.into()) {
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
+            "{flag} {addr}: address already in use (another ringcast or another program \
+             listens there; --share-port joins it on purpose)"
+        ),
+        // Any other problem is reported by the real bind, with its own context.
+        _ => Ok(()),
+    }
+}
+
 fn listener(addr: SocketAddr) -> anyhow::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -73,6 +102,9 @@ fn companion_listeners(
         ("h2c", transports.h2c_listen, false),
     ] {
         let Some(addr) = addr else { continue };
+        if !config.share_port {
+            ensure_unused(addr, Type::STREAM, &format!("--{name}-listen"))?;
+        }
         let first = listener(addr).with_context(|| format!("--{name}-listen"))?;
         let bound = first
             .local_addr()?
@@ -92,6 +124,9 @@ fn companion_listeners(
         tracing::info!(addr = %bound, transport = name, "listening {name} addr={bound}");
     }
     if let Some(addr) = transports.h3_listen {
+        if !config.share_port {
+            ensure_unused(addr, Type::DGRAM, "--h3-listen")?;
+        }
         let first = udp_socket(addr).context("--h3-listen")?;
         let bound = first.local_addr()?;
         let mut sockets = vec![first];
@@ -119,6 +154,9 @@ const KEEPER_TICK: Duration = Duration::from_millis(50);
 /// command-line flags, merged again over the re-read file so they still win.
 pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
     let shards = config.shards;
+    if !config.share_port {
+        ensure_unused(config.listen, Type::STREAM, "--listen")?;
+    }
     // The first listener picks the port (when 0 was asked for); the others share it.
     let first = listener(config.listen)?;
     let addr = first
