@@ -244,3 +244,73 @@ fn redis_outage_loses_no_acknowledged_publish_and_delivers_no_refused_one() {
         );
     }
 }
+
+#[test]
+fn a_node_that_fell_behind_the_stream_cap_tells_its_live_subscribers_what_they_missed() {
+    let redis = Redis::start();
+    // A caps the stream at its history (4, trimmed by Redis in whole nodes of ~100); B
+    // keeps a long history, so its subscriber is not cut as lapped but must be told.
+    let a = node(&redis, &["--history", "4"]);
+    let b = node(&redis, &["--history", "5000"]);
+    let mut publisher = a.client();
+    let mut on_b = b.subscribe("behind", None);
+    let mut published: Vec<u64> = (0..3)
+        .map(|i| publisher.publish("behind", &format!("m{i}")))
+        .collect();
+    let before = events(&mut on_b, 3);
+    assert_eq!(before.last().unwrap().id, Some(published[2]));
+    // B stops reading Redis while A publishes far past the cap.
+    b.signal(libc::SIGSTOP);
+    published.extend((3..400).map(|i| publisher.publish("behind", &format!("m{i}"))));
+    b.signal(libc::SIGCONT);
+    let gap = on_b.next_event(PATIENCE);
+    assert_eq!(gap.event.as_deref(), Some("gap"), "{gap:?}");
+    let range: serde_json::Value = serde_json::from_str(&gap.data).unwrap();
+    let (from, to) = (
+        range["from"].as_u64().unwrap(),
+        range["to"].as_u64().unwrap(),
+    );
+    assert_eq!(from, published[2] + 1, "{gap:?}");
+    let after: Vec<u64> = published.iter().copied().filter(|&id| id > to).collect();
+    assert!(
+        !after.is_empty() && after.len() < 397,
+        "{} after the gap",
+        after.len()
+    );
+    let got: Vec<Option<u64>> = events(&mut on_b, after.len())
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(got, after.iter().map(|&id| Some(id)).collect::<Vec<_>>());
+    // Every published id was either delivered or inside the announced gap.
+    assert!(published[3..]
+        .iter()
+        .all(|&id| id > to || (from..=to).contains(&id)));
+    let metrics = b.metrics();
+    assert_eq!(
+        metrics.sum("ringcast_cluster_follow_gaps_total"),
+        1,
+        "{}",
+        metrics.0
+    );
+
+    // A resume on a node whose replica is shorter than the trimmed stream is replayed from
+    // Redis: trimming is announced too (Redis does not count it as deleted).
+    let c = node(&redis, &["--history", "4"]);
+    let mut on_c = c.subscribe("behind", Some(published[0]));
+    let gap = on_c.next_event(PATIENCE);
+    assert_eq!(gap.event.as_deref(), Some("gap"), "{gap:?}");
+    let range: serde_json::Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(range["from"].as_u64(), Some(published[0] + 1), "{gap:?}");
+    let to = range["to"].as_u64().unwrap();
+    let held: Vec<Option<u64>> = published
+        .iter()
+        .filter(|&&id| id > to)
+        .map(|&id| Some(id))
+        .collect();
+    let got: Vec<Option<u64>> = events(&mut on_c, held.len())
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(got, held);
+}

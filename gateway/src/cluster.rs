@@ -49,6 +49,10 @@ pub const SHARD_IN_FLIGHT_MAX: usize = PUBLISHERS * (PUBLISH_QUEUE_MAX + PIPELIN
 pub const SHARD_MAIL_MAX: usize = 65_536;
 /// Entries one `XREAD` takes per stream.
 pub const READ_COUNT: usize = 1024;
+/// A reply with this many entries for one stream (or this node's history, if smaller) makes
+/// the follower ask Redis whether entries it never read were trimmed: a stream capped at
+/// `N` ≥ this (every node's `--history` normally is) cannot lose unread entries otherwise.
+pub const TRIM_CHECK_ENTRIES: usize = 16;
 /// Streams in one `XREAD`: more rooms are read in several non-blocking calls.
 pub const STREAMS_PER_READ: usize = 1024;
 /// `XREAD BLOCK` milliseconds: also how long a new room waits at most before it is primed.
@@ -248,6 +252,8 @@ struct Hub {
     errors: AtomicU64,
     rooms_followed: AtomicU64,
     entries_read: AtomicU64,
+    /// Times the follower found entries trimmed before it read them (gap notices sent).
+    follow_gaps: AtomicU64,
 }
 
 impl Hub {
@@ -308,6 +314,7 @@ impl ClusterPool {
             errors: AtomicU64::new(0),
             rooms_followed: AtomicU64::new(0),
             entries_read: AtomicU64::new(0),
+            follow_gaps: AtomicU64::new(0),
         });
         // Known reachable (or not) before the first request, so /readyz and the first
         // subscribes need not wait for the follower's first round.
@@ -585,6 +592,12 @@ pub fn expose(out: &mut Exposition, pool: &ClusterPool) {
         &[],
         hub.entries_read.load(Ordering::Relaxed) as f64,
     );
+    out.counter(
+        "ringcast_cluster_follow_gaps_total",
+        "Times the follower fell behind a stream's length cap and sent live subscribers a gap notice.",
+        &[],
+        hub.follow_gaps.load(Ordering::Relaxed) as f64,
+    );
 }
 
 fn publisher_thread(hub: &Hub, receiver: &mpsc::Receiver<Job>) {
@@ -747,13 +760,19 @@ fn append(
     results
 }
 
-/// Entries of `ticket.room` after `ticket.after` and before the replica's oldest one, led by
-/// a gap notice when the stream no longer holds some of them.
-fn replay(connection: &mut redis::Connection, ticket: &ReplayTicket) -> redis::RedisResult<Replay> {
-    let key = stream_key(&ticket.room);
+/// The highest SSE id the stream at `key` no longer holds (trimmed or deleted), `None` when
+/// there is no such stream. Trimming (`MAXLEN ~`) removes from the head and Redis does not
+/// count it in `max-deleted-entry-id`, so when `entries-added` exceeds `length` everything
+/// before `first-entry` counts as gone. Without those fields (Redis < 7.0) the entry before
+/// the first held is taken as deleted. Conservative: a gap may be announced over ids that
+/// never existed, never the other way round.
+fn deleted_through(
+    connection: &mut redis::Connection,
+    key: &str,
+) -> redis::RedisResult<Option<u64>> {
     let info: Value = redis::cmd("XINFO")
         .arg("STREAM")
-        .arg(&key)
+        .arg(key)
         .query(connection)
         .or_else(|err| {
             if err.code() == Some("ERR") {
@@ -762,26 +781,45 @@ fn replay(connection: &mut redis::Connection, ticket: &ReplayTicket) -> redis::R
                 Err(err)
             }
         })?;
-    // Redis ≥ 7.0 says the highest id it ever trimmed or deleted; for an older one, the
-    // entry before the first held is taken as deleted (conservative: maybe a false gap).
+    let Some(fields) = pairs(&info) else {
+        return Ok(None);
+    };
     let mut deleted = None;
     let mut first = None;
-    match pairs(&info) {
-        Some(fields) => {
-            for (name, value) in fields {
-                match value_str(name) {
-                    Some("max-deleted-entry-id") => {
-                        deleted = Some(value_str(value).and_then(sse_id).unwrap_or(0));
-                    }
-                    Some("first-entry") => first = entry(value).map(|(id, _, _)| id),
-                    _ => {}
-                }
+    let mut added = None;
+    let mut length = None;
+    for (name, value) in fields {
+        match value_str(name) {
+            Some("max-deleted-entry-id") => {
+                deleted = Some(value_str(value).and_then(sse_id).unwrap_or(0));
             }
+            Some("first-entry") => first = entry(value).map(|(id, _, _)| id),
+            Some("entries-added") => added = integer(value),
+            Some("length") => length = integer(value),
+            _ => {}
         }
-        // No stream: everything before the replica is gone.
-        None => deleted = Some(ticket.before.saturating_sub(1)),
     }
-    let deleted = deleted.unwrap_or_else(|| first.map_or(0, |id| id.saturating_sub(1)));
+    let before_first = first.map_or(0, |id| id.saturating_sub(1));
+    Ok(Some(match (deleted, added, length) {
+        (Some(deleted), Some(added), Some(length)) if added > length => deleted.max(before_first),
+        (Some(deleted), Some(_), Some(_)) => deleted,
+        _ => before_first,
+    }))
+}
+
+fn integer(value: &Value) -> Option<u64> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        other => value_str(other).and_then(|text| text.parse().ok()),
+    }
+}
+
+/// Entries of `ticket.room` after `ticket.after` and before the replica's oldest one, led by
+/// a gap notice when the stream no longer holds some of them.
+fn replay(connection: &mut redis::Connection, ticket: &ReplayTicket) -> redis::RedisResult<Replay> {
+    let key = stream_key(&ticket.room);
+    // No stream: everything before the replica is gone.
+    let deleted = deleted_through(connection, &key)?.unwrap_or(ticket.before.saturating_sub(1));
     let mut frames = Vec::new();
     let mut cursor = ticket.after;
     if deleted > ticket.after {
@@ -1004,6 +1042,19 @@ impl Follower {
                     continue;
                 };
                 let room = self.rooms[position].0.clone();
+                // A stream keeps at least its cap (MAXLEN ~, the publishing nodes' history)
+                // of entries, so entries this node never saw can only have been trimmed when
+                // the reply holds at least that many: only then is it worth asking Redis.
+                if entries.len() >= self.hub.config.history.min(TRIM_CHECK_ENTRIES) {
+                    if let Some(connection) = self.connection.as_mut() {
+                        let seen = sse_id(&self.rooms[position].1).unwrap_or(0);
+                        let deleted = deleted_through(connection, &stream_key(&room))?;
+                        if let Some(deleted) = deleted.filter(|&deleted| deleted > seen) {
+                            self.deliver_gap(&room, seen + 1, deleted);
+                            self.rooms[position].1 = stream_id(deleted);
+                        }
+                    }
+                }
                 for value in entries {
                     let Some((id, data, stamp)) = entry(value) else {
                         continue;
@@ -1020,6 +1071,22 @@ impl Follower {
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(())
+    }
+
+    /// The follower fell behind the stream's length cap: entries `from..=to` were trimmed
+    /// before this node read them. The live subscribers get the same gap notice a resume
+    /// would, in order, as a history entry carrying id `to` (a resume from before it
+    /// replays the notice too).
+    fn deliver_gap(&self, room: &Arc<str>, from: u64, to: u64) {
+        tracing::warn!(%room, from, to, "fell behind the stream cap: entries trimmed unread");
+        self.hub.follow_gaps.fetch_add(1, Ordering::Relaxed);
+        let frame = shard::sse::encode_gap(from, to);
+        self.broadcast(|| Event::Frame {
+            room: room.clone(),
+            id: to,
+            frame: frame.clone(),
+            stamp_unix_nanos: 0,
+        });
     }
 
     fn deliver(&self, room: &Arc<str>, id: u64, data: &[u8], stamp: u64) {
