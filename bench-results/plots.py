@@ -10,7 +10,11 @@ one run, drawn by ringload itself (`--sweep --json`, `--json`, then `ringload pl
 
 Server pinned to CPU 0 (one shard / one nginx worker), ringload pinned to CPU 1 (one thread).
 
-Usage: bench-results/plots.py [--out DIR] [--step 5s]
+Both servers get the same ringload flags, including `--pub-pipeline 8` (8 publishes in flight
+per publisher connection, order kept per room), so the publisher's round trip does not cap
+the rate.
+
+Usage: bench-results/plots.py [--out DIR] [--step 5s] [--pub-pipeline 8]
 Needs target/release/ringcast, target/release/ringload and ../shared/peers/nchan.sh.
 """
 import argparse, json, os, platform, subprocess, sys, time
@@ -56,12 +60,14 @@ def main():
     ap.add_argument("--out", default=os.path.join(fb.ROOT, "bench-results", "plots"))
     ap.add_argument("--step", default="5s", help="duration of each sweep step")
     ap.add_argument("--scenarios", default="S1,S2")
+    ap.add_argument("--pub-pipeline", type=int, default=8,
+                    help="publishes in flight per publisher connection (ringload --pub-pipeline)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     log, best = [], {}
     for scen in args.scenarios.split(","):
         subs, rooms, start, lat_rate = SCENARIOS[scen]
-        base = ["-s", str(subs), "-r", str(rooms), "--size", "100"]
+        base = ["-s", str(subs), "-r", str(rooms), "--size", "100", "--pub-pipeline", str(args.pub_pipeline)]
         for server in (fb.Ringcast([]), fb.Nchan()):
             server.start()
             print(f"== {server.name} {scen}", flush=True)
