@@ -128,13 +128,11 @@ pub async fn wait_metrics(
 
 /// `ringcast_connections{transport="T"}` summed over shards.
 pub fn connections(metrics: &crate::common::Metrics, transport: &str) -> u64 {
-    let label = format!("transport=\"{transport}\"");
-    metrics
-        .samples("ringcast_connections")
-        .iter()
-        .filter(|(labels, _)| labels.contains(&label))
-        .map(|(_, v)| *v as u64)
-        .sum()
+    labelled(
+        metrics,
+        "ringcast_connections",
+        &format!("transport=\"{transport}\""),
+    )
 }
 
 /// A response: status, headers, and its body arriving in pieces.
