@@ -136,10 +136,7 @@ pub fn parse(
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
-            content_length = std::str::from_utf8(header.value)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .ok_or_else(|| Refusal::new(400, "bad content-length"))?;
+            content_length = parse_content_length(header.value, max_body_bytes)?;
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(Refusal::new(
                 411,
@@ -172,12 +169,6 @@ pub fn parse(
         }
     }
     let route = route(path)?;
-    if method == Method::Post && content_length > max_body_bytes {
-        return Err(Refusal::new(
-            413,
-            format!("body over {max_body_bytes} bytes"),
-        ));
-    }
     let metrics_format = if route == Route::Metrics {
         shard::metrics::Format::from_accept(accept)
     } else {
@@ -214,6 +205,29 @@ fn origin_form(target: &str) -> &str {
         };
     }
     target
+}
+
+/// A `Content-Length` value: decimal digits only (RFC 9110 §8.6), at most `max_body_bytes`
+/// on every method. A declared length over the limit is refused from the head, so no route
+/// ever waits for (or buffers) a body it would not take, and `len + content_length` cannot
+/// overflow.
+fn parse_content_length(value: &[u8], max_body_bytes: usize) -> Result<usize, Refusal> {
+    let value = value.trim_ascii();
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return Err(Refusal::new(400, "bad content-length"));
+    }
+    // All digits: only an overflow can fail, and an overflowing length is over any limit.
+    let declared = std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    if declared > max_body_bytes as u64 {
+        return Err(Refusal::new(
+            413,
+            format!("body over {max_body_bytes} bytes"),
+        ));
+    }
+    Ok(declared as usize)
 }
 
 fn parse_id(value: &[u8]) -> Result<u64, Refusal> {
@@ -537,6 +551,19 @@ mod tests {
             panic!()
         };
         assert_eq!((h.bearer, h.query_token), (None, None));
+    }
+
+    /// Issue 14 case 1: `GET` with `Content-Length: 2^64-1` wrapped `len + content_length`
+    /// and panicked the shard on a slice index. Every method refuses a declared length over
+    /// the limit from the head.
+    #[test]
+    fn a_content_length_over_the_limit_is_refused_on_every_method() {
+        for method in ["GET", "POST", "PUT"] {
+            for length in ["18446744073709551615", "99999999999999999999999", "101"] {
+                let req = format!("{method} /healthz HTTP/1.1\r\nContent-Length: {length}\r\n\r\n");
+                assert_eq!(status(&req), 413, "{req:?}");
+            }
+        }
     }
 
     /// Fuzz crash-f2e3871d (`token`): a header value carrying `\n\n` ends the head there
