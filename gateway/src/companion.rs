@@ -493,11 +493,17 @@ pub fn http1_request(parts: &http::request::Parts, body: &[u8], body_len: usize)
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nconnection: close\r\n");
-    if let Some(authority) = parts.uri.authority() {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(authority.as_str().as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    // Exactly one Host, as HTTP/1.1 requires (http1::parse refuses none or two): the
+    // :authority, else a Host field the client sent, else empty (RFC 9112 §3.2).
+    let host = parts
+        .uri
+        .authority()
+        .map(|authority| authority.as_str().as_bytes())
+        .or_else(|| parts.headers.get(http::header::HOST).map(|v| v.as_bytes()))
+        .unwrap_or_default();
+    out.extend_from_slice(b"host: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(format!("content-length: {body_len}\r\n").as_bytes());
     for (name, value) in &parts.headers {
         let name = name.as_str();

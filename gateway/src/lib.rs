@@ -15,6 +15,7 @@ pub mod doctor;
 pub mod h2;
 pub mod h3;
 pub mod http1;
+pub mod http1_conn;
 pub mod jwt;
 pub mod kernel;
 pub mod mailbox;

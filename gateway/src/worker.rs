@@ -11,7 +11,8 @@ use crate::admission::{PerIpConnections, PerIpRate, RefusalReason, Rejection, RE
 use crate::batch::{self, BATCH_LINES_MAX};
 use crate::clock::{ShardClock, SharedClock};
 use crate::config::Config;
-use crate::http1::{self, Parsed, Refusal, Route};
+use crate::http1::{self, Method, Refusal, Route};
+use crate::http1_conn::{Expired, Limits, Phase, RequestReader, Step};
 use crate::mailbox::{Mail, Mesh, ReplyTo, OUTBOX_MAX};
 use crate::metrics::{Figure, ShardFigures, TlsHandshake, ROOM_SIZE_LABELS};
 use crate::reload::LiveConfig;
@@ -108,10 +109,8 @@ enum State {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TimerKind {
-    Header,
-    /// The head arrived, the declared body has not (`--body-timeout`).
-    Body,
-    Idle,
+    /// The request reader's deadline (header, body or idle: http1_conn.rs), at this instant.
+    Request(Instant),
     Linger,
 }
 
@@ -167,6 +166,12 @@ struct Conn {
     /// never the kernel's, and `write_in_flight` means a write not yet all sent. Boxed, so
     /// a plain connection pays one pointer.
     tls: Option<Box<TlsConn>>,
+    /// What `buf` makes of requests, and which request deadline runs (http1_conn.rs).
+    reader: RequestReader,
+    /// The write in flight is a `100 Continue`: the request's body comes next.
+    interim: bool,
+    /// The request being answered is a HEAD: responses go without their bodies.
+    head_request: bool,
 }
 
 impl Conn {
@@ -186,6 +191,7 @@ impl Conn {
         buf: Vec<u8>,
         keep_alive: bool,
         sink: Option<Arc<VirtualSink>>,
+        reader: RequestReader,
     ) -> Self {
         Self {
             fd,
@@ -208,6 +214,9 @@ impl Conn {
             stamps: Vec::new(),
             sink,
             tls: None,
+            reader,
+            interim: false,
+            head_request: false,
         }
     }
 }
@@ -585,7 +594,8 @@ impl Worker {
         }
         let serial = self.serial_next;
         self.serial_next = self.serial_next.wrapping_add(1).max(1);
-        let mut conn = Conn::new(fd, serial, Vec::new(), true, None);
+        let reader = RequestReader::new(now, &self.limits());
+        let mut conn = Conn::new(fd, serial, Vec::new(), true, None, reader);
         if tls {
             conn.tls = Some(Box::new(TlsConn::new()));
             self.tls_live += 1;
@@ -612,7 +622,7 @@ impl Worker {
                 conn.peer = Some(ip);
             }
         }
-        self.arm_timer(now, slot, TimerKind::Header);
+        self.sync_timer(slot);
         self.post_recv(slot)
     }
 
@@ -636,7 +646,15 @@ impl Worker {
         }
         let serial = self.serial_next;
         self.serial_next = self.serial_next.wrapping_add(1).max(1);
-        let slot = self.insert_conn(Conn::new(-1, serial, request, false, Some(sink.clone())));
+        let reader = RequestReader::new(now, &self.limits());
+        let slot = self.insert_conn(Conn::new(
+            -1,
+            serial,
+            request,
+            false,
+            Some(sink.clone()),
+            reader,
+        ));
         sink.bind(slot, serial);
         if self.virtual_doorbell.is_none() {
             self.virtual_doorbell = sink.doorbell().cloned();
@@ -646,7 +664,7 @@ impl Worker {
         if self.live > self.conns_max {
             return self.refuse_unavailable(slot, Rejection::ConnectionLimit);
         }
-        self.arm_timer(now, slot, TimerKind::Header);
+        self.sync_timer(slot);
         self.process(now, slot)
     }
 
@@ -669,14 +687,48 @@ impl Worker {
         slot_mut(&mut self.conns, slot)
     }
 
-    fn arm_timer(&mut self, now: Instant, slot: u32, kind: TimerKind) {
-        let config = &self.config;
-        let after = match kind {
-            TimerKind::Header => config.header_timeout,
-            TimerKind::Body => config.body_timeout,
-            TimerKind::Idle => config.idle_timeout,
-            TimerKind::Linger => LINGER,
+    /// What bounds a request: sizes from the start-up settings (buffers are sized by
+    /// them), deadlines from the settings in force.
+    fn limits(&self) -> Limits {
+        Limits {
+            header_bytes_max: self.shared.config.max_header_bytes,
+            body_bytes_max: self.shared.config.max_message_bytes,
+            header_timeout: self.config.header_timeout,
+            body_timeout: self.config.body_timeout,
+            idle_timeout: self.config.idle_timeout,
+        }
+    }
+
+    /// Puts the connection's timer on its request reader's deadline (none: cancelled).
+    fn sync_timer(&mut self, slot: u32) {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return;
         };
+        let want = conn.reader.poll_timeout();
+        if let Some((key, kind)) = conn.timer.take() {
+            match (kind, want) {
+                (TimerKind::Request(at), Some(want)) if at == want => {
+                    conn.timer = Some((key, kind));
+                    return;
+                }
+                (TimerKind::Request(_), Some(want)) if self.timers.reset(&key, want) => {
+                    conn.timer = Some((key, TimerKind::Request(want)));
+                    return;
+                }
+                _ => {
+                    self.timers.cancel(key);
+                }
+            }
+        }
+        conn.timer = want.and_then(|at| {
+            let key = self.timers.insert(at, (slot, conn.serial)).ok()?;
+            Some((key, TimerKind::Request(at)))
+        });
+    }
+
+    fn arm_linger(&mut self, now: Instant, slot: u32) {
+        let kind = TimerKind::Linger;
+        let after = LINGER;
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return;
         };
@@ -716,28 +768,27 @@ impl Worker {
             let reading = conn.state == State::Reading && !conn.write_in_flight;
             let handshaking = conn.tls.as_ref().is_some_and(|tls| !tls.established());
             let result = match kind {
-                TimerKind::Header if reading && handshaking => {
+                TimerKind::Request(_) if reading && handshaking => {
                     self.fail_tls(slot, RefusalReason::TlsHandshakeTimeout)
                 }
-                TimerKind::Header | TimerKind::Body if reading => {
-                    let (reason, text) = if kind == TimerKind::Header {
-                        (
-                            RefusalReason::HeaderTimeout,
-                            "request head not complete in time",
-                        )
+                TimerKind::Request(at) if reading => {
+                    let reason = if conn.reader.phase() == Phase::Body {
+                        RefusalReason::BodyTimeout
                     } else {
-                        (
-                            RefusalReason::BodyTimeout,
-                            "request body not complete in time",
-                        )
+                        RefusalReason::HeaderTimeout
                     };
-                    self.count_refusal(reason);
-                    let refusal = Refusal {
-                        status: 408,
-                        reason: text.into(),
-                        extra: "",
-                    };
-                    self.refuse(slot, &refusal)
+                    // The wheel fires within a tick of the deadline: it counts as reached.
+                    match conn.reader.handle_timeout(now.max(at)) {
+                        Some(Expired::Refuse(refusal)) => {
+                            self.count_refusal(reason);
+                            self.refuse(slot, &refusal)
+                        }
+                        Some(Expired::Close) => self.begin_close(slot),
+                        None => {
+                            self.sync_timer(slot);
+                            Ok(())
+                        }
+                    }
                 }
                 _ => self.begin_close(slot),
             };
@@ -748,7 +799,7 @@ impl Worker {
     }
 
     fn post_recv(&mut self, slot: u32) -> std::io::Result<()> {
-        let limit = self.shared.config.max_header_bytes + self.shared.config.max_message_bytes + 1;
+        let limits = self.limits();
         let discard_ptr = self.discard.as_mut_ptr();
         let discard_len = self.discard.len() as u32;
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
@@ -780,7 +831,10 @@ impl Worker {
                 } else {
                     conn.buf.len().clamp(RECV_FIRST, RECV_CHUNK)
                 };
-                let room = limit.saturating_sub(conn.buf.len()).clamp(1, want);
+                let room = conn
+                    .reader
+                    .recv_room(conn.buf.len(), &limits)
+                    .clamp(1, want);
                 conn.buf.reserve(room);
                 let spare = conn.buf.spare_capacity_mut();
                 (
@@ -817,19 +871,8 @@ impl Worker {
             _ if result <= 0 => self.begin_close(slot),
             State::Reading if conn.tls.is_some() => self.on_tls_recv(now, slot, result as usize),
             State::Reading => {
-                let was_empty = conn.buf.is_empty();
                 // SAFETY: the kernel initialised `result` bytes of the spare capacity.
                 unsafe { conn.buf.set_len(conn.buf.len() + result as usize) };
-                // The head's clock starts at the first byte of a request after an idle
-                // keep-alive wait; a new connection's started at accept and is not reset
-                // (a slowloris client gets `--header-timeout` from connecting, not more).
-                let timing_head = conn
-                    .timer
-                    .as_ref()
-                    .is_some_and(|(_, kind)| *kind == TimerKind::Header);
-                if was_empty && !timing_head {
-                    self.arm_timer(now, slot, TimerKind::Header);
-                }
                 self.process(now, slot)
             }
             State::Waiting => Ok(()),
@@ -842,8 +885,7 @@ impl Worker {
 
     /// Handles every complete request in the connection's buffer, one at a time.
     fn process(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
-        let config = &self.shared.config;
-        let (max_header, max_body) = (config.max_header_bytes, config.max_message_bytes);
+        let limits = self.limits();
         let auth_on = self.auth.is_some();
         let Some(conn) = self.conn(slot) else {
             return Ok(());
@@ -851,31 +893,32 @@ impl Worker {
         if conn.state != State::Reading || conn.write_in_flight || conn.recv_in_flight {
             return Ok(());
         }
-        let head = match http1::parse(&conn.buf, max_header, max_body) {
-            Err(refusal) => {
+        conn.head_request = false;
+        let step = conn.reader.handle_input(now, &conn.buf, &limits);
+        self.sync_timer(slot);
+        let (head, total) = match step {
+            Step::Refuse(refusal) => {
                 self.count_refusal(RefusalReason::of_parse(&refusal));
                 return self.refuse(slot, &refusal);
             }
-            Ok(Parsed::Partial) => return self.post_recv(slot),
-            Ok(Parsed::Head(head)) => head,
-        };
-        let total = head.len + head.content_length;
-        if conn.buf.len() < total {
-            // The head is in: from now on the body has `--body-timeout` (once, not per read).
-            let timing_body = conn
-                .timer
-                .as_ref()
-                .is_some_and(|(_, kind)| *kind == TimerKind::Body);
-            if !timing_body {
-                self.arm_timer(now, slot, TimerKind::Body);
+            Step::NeedMore => return self.post_recv(slot),
+            Step::Continue(head) => {
+                // Tokens are the last check before the body is asked for.
+                if let Err(denied) = self.check_publish_token(&head) {
+                    return self.refuse_token(slot, denied);
+                }
+                if let Some(conn) = self.conn(slot) {
+                    conn.interim = true;
+                }
+                return self.respond(slot, Bytes::from_static(http1::CONTINUE));
             }
-            return self.post_recv(slot);
-        }
+            Step::Request { head, end } => (head, end),
+        };
+        let Some(conn) = self.conn(slot) else {
+            return Ok(());
+        };
         conn.keep_alive = !head.close;
-        if head.method != head.route.allowed() {
-            self.count_refusal(RefusalReason::MethodNotAllowed);
-            return self.refuse(slot, &http1::method_not_allowed(head.route.allowed()));
-        }
+        conn.head_request = head.method == Method::Head;
         let body: Vec<u8> = conn.buf[head.len..total].to_vec();
         // The authorization call forwards the subscriber's headers: keep its raw head
         // (subscribes only, and only with --auth-url; publishes never pay for this).
@@ -893,6 +936,13 @@ impl Worker {
                     if let Err(denied) = jwt.check_subscribe(&room, token, now_seconds) {
                         return self.refuse_token(slot, denied);
                     }
+                }
+                if head.method == Method::Head {
+                    // The stream's head, then the end: no subscription (RFC 9110 §9.3.2).
+                    if let Some(conn) = self.conn(slot) {
+                        conn.keep_alive = false;
+                    }
+                    return self.respond(slot, http1::sse_head_then_close());
                 }
                 match auth_head {
                     Some(raw) => self.authorize(now, slot, room, head.last_event_id, raw),
@@ -980,6 +1030,23 @@ impl Worker {
         }
     }
 
+    /// The token check a publish gets (jwt.rs), for a head whose body is not read yet.
+    fn check_publish_token(&self, head: &http1::Head) -> Result<(), crate::jwt::TokenError> {
+        let Some(jwt) = self.shared.config.jwt.as_deref() else {
+            return Ok(());
+        };
+        let now_seconds = self.now_unix / 1_000_000_000;
+        match (
+            &head.route,
+            jwt.publish_grant(head.bearer.as_deref(), now_seconds)?,
+        ) {
+            (Route::Messages(room), Some(grant)) if !grant.allows(room) => {
+                Err(crate::jwt::TokenError::Forbidden)
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn subscribe(
         &mut self,
         now: Instant,
@@ -1031,6 +1098,7 @@ impl Worker {
             Ok(()) => {
                 self.cancel_timer(slot);
                 if let Some(conn) = self.conn(slot) {
+                    conn.reader.finish();
                     conn.state = State::Streaming;
                     conn.buf = Vec::new();
                 }
@@ -1959,6 +2027,10 @@ impl Worker {
         if conn.close_after_write {
             return self.begin_close(slot);
         }
+        if std::mem::take(&mut conn.interim) {
+            // `100 Continue` is out: read the body.
+            return self.process(now, slot);
+        }
         match conn.state {
             State::Streaming => {
                 self.fanout.handle_write_done(now, ConnId(slot));
@@ -1971,12 +2043,11 @@ impl Worker {
                 if !conn.keep_alive {
                     return self.begin_close(slot);
                 }
-                let kind = if conn.buf.is_empty() {
-                    TimerKind::Idle
-                } else {
-                    TimerKind::Header
-                };
-                self.arm_timer(now, slot, kind);
+                let limits = self.limits();
+                if let Some(conn) = self.conn(slot) {
+                    conn.reader.handle_answered(now, conn.buf.len(), &limits);
+                }
+                self.sync_timer(slot);
                 self.process(now, slot)
             }
             State::Waiting | State::Closing => Ok(()),
@@ -1991,14 +2062,19 @@ impl Worker {
         };
         // SAFETY: shutdown takes no memory; the fd is open while the slot lives.
         unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
-        self.arm_timer(now, slot, TimerKind::Linger);
+        self.arm_linger(now, slot);
         self.post_recv(slot)
     }
 
     fn respond(&mut self, slot: u32, response: Bytes) -> std::io::Result<()> {
+        let head_only = self.conn(slot).is_some_and(|conn| conn.head_request);
         let mut frames = std::mem::take(&mut self.scratch);
         frames.clear();
-        frames.push(response);
+        frames.push(if head_only {
+            http1::head_only(&response)
+        } else {
+            response
+        });
         let result = self.start_write(slot, &mut frames);
         self.scratch = frames;
         result
@@ -2017,6 +2093,7 @@ impl Worker {
         let Some(conn) = self.conn(slot) else {
             return Ok(());
         };
+        conn.reader.finish();
         if conn.tls.as_ref().is_some_and(|tls| !tls.established()) {
             // No TLS session to write the answer in: close (the caller counted why).
             return self.begin_close(slot);
@@ -2148,7 +2225,6 @@ impl Worker {
                 }
             };
         }
-        let was_empty = conn.buf.is_empty();
         let received = match tls.receive(len, &mut conn.buf) {
             Ok(received) => received,
             Err(err) => {
@@ -2156,11 +2232,6 @@ impl Worker {
                 return self.fail_tls(slot, RefusalReason::TlsError);
             }
         };
-        let timing_head = conn
-            .timer
-            .as_ref()
-            .is_some_and(|(_, kind)| *kind == TimerKind::Header);
-        let request_began = was_empty && !conn.buf.is_empty() && !timing_head;
         if received.established {
             self.count_tls_handshake(TlsHandshake::Http1);
         }
@@ -2168,9 +2239,6 @@ impl Worker {
             return self.begin_close(slot);
         }
         self.tls_flush(slot)?;
-        if request_began {
-            self.arm_timer(now, slot, TimerKind::Header);
-        }
         self.process(now, slot)
     }
 
