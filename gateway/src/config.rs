@@ -81,6 +81,10 @@ pub struct Flags {
     /// Rooms per shard [default: 100000].
     #[arg(long, value_name = "N")]
     pub max_rooms: Option<usize>,
+    /// Seconds a room with no subscriber and no publish is kept before it is freed with its
+    /// history [default: 3600].
+    #[arg(long, value_name = "SECS")]
+    pub room_idle_timeout: Option<f64>,
     /// Connections per process, split evenly over shards [default: 1048576].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
@@ -220,6 +224,7 @@ pub struct FileConfig {
     history: Option<usize>,
     history_bytes: Option<usize>,
     max_rooms: Option<usize>,
+    room_idle_timeout: Option<f64>,
     max_connections: Option<usize>,
     coalesce_delay_ms: Option<u64>,
     coalesce_queue_min: Option<usize>,
@@ -306,6 +311,8 @@ pub struct Config {
     pub history_bytes: usize,
     /// Rooms per shard.
     pub max_rooms: usize,
+    /// A room with no subscriber and no publish for this long is freed.
+    pub room_idle_timeout: Duration,
     /// Connections per process.
     pub max_connections: usize,
     /// Coalescing delay under load.
@@ -680,6 +687,13 @@ impl Config {
                     .unwrap_or(shard::fanout::ROOMS_MAX_DEFAULT),
                 1,
                 1 << 24,
+            )?,
+            room_idle_timeout: seconds(
+                "room-idle-timeout",
+                flags
+                    .room_idle_timeout
+                    .or(file.room_idle_timeout)
+                    .unwrap_or(shard::fanout::ROOM_IDLE_TIMEOUT_DEFAULT.as_secs_f64()),
             )?,
             max_connections: in_range(
                 "max-connections",

@@ -52,12 +52,22 @@ pub enum Mail {
     Frame {
         /// Room name.
         room: Arc<str>,
+        /// The room's incarnation on its owner (see `shard::room::Room::incarnation`).
+        incarnation: u64,
         /// Its id.
         id: u64,
         /// The encoded SSE frame, shared with every shard.
         frame: Bytes,
         /// Process-clock time of sequencing (Unix nanoseconds; 0 when not recorded).
         stamp_unix_nanos: u64,
+    },
+    /// To a room's owner: the sender's first subscriber of `room` arrived (`subscribed`)
+    /// or its last one left.
+    Presence {
+        /// Room name.
+        room: Arc<str>,
+        /// See `shard::fanout::Presence`.
+        subscribed: bool,
     },
     /// How many subscribers of `room` do you hold?
     RoomQuery {

@@ -65,7 +65,7 @@ pub struct Reloaded {
 /// Takes from `fresh` (the file re-read, flags merged over it) the settings that can change
 /// live; keeps everything else of `current` and names what differs.
 ///
-/// Live: heartbeat, header, body and idle timeouts, coalescing delay and queue minimum,
+/// Live: heartbeat, header, body, idle and room idle timeouts, coalescing delay and queue minimum,
 /// write budget, max connections (lowering applies at once; raising is capped at the value
 /// the process started with, `connections_cap`, because each shard sized its timer wheel
 /// for it), connections and new connections per second per IP, pending write bytes, drain
@@ -94,6 +94,7 @@ pub fn apply(current: &Config, fresh: &Config, connections_cap: usize) -> Reload
         header_timeout => "header-timeout",
         body_timeout => "body-timeout",
         idle_timeout => "idle-timeout",
+        room_idle_timeout => "room-idle-timeout",
         coalesce_delay => "coalesce-delay-ms",
         coalesce_queue_min => "coalesce-queue-min",
         write_budget => "write-budget",

@@ -309,6 +309,7 @@ impl Worker {
                 heartbeat: config.heartbeat,
                 coalesce_delay: config.coalesce_delay,
                 coalesce_queue_min: config.coalesce_queue_min,
+                room_idle_timeout: config.room_idle_timeout,
                 ..FanoutConfig::default()
             },
             now,
@@ -387,6 +388,7 @@ impl Worker {
             self.expire_timers(now);
             self.fanout.handle_timeout(now);
             let budget_used = self.write_out(now)?;
+            self.forward_presence();
             self.flush_outbox()?;
             self.publish_figures(now);
 
@@ -465,6 +467,7 @@ impl Worker {
             config.coalesce_delay,
             config.coalesce_queue_min,
         );
+        self.fanout.set_room_idle_timeout(config.room_idle_timeout);
         self.conns_max = config.max_connections.div_ceil(self.shards);
         tracing::debug!(shard = self.index, generation, "settings reloaded");
         self.config = config;
@@ -1443,10 +1446,12 @@ impl Worker {
                 return Err(Rejection::RoomLimit.text());
             }
         };
+        let incarnation = self.fanout.room_incarnation(room).unwrap_or(0);
         for target in 0..self.shards {
             if target != self.index {
                 self.outbox[target].push_back(Mail::Frame {
                     room: room.clone(),
+                    incarnation,
                     id,
                     frame: frame.clone(),
                     stamp_unix_nanos: stamp,
@@ -1741,12 +1746,22 @@ impl Worker {
             }
             Mail::Frame {
                 room,
+                incarnation,
                 id,
                 frame,
                 stamp_unix_nanos,
             } => {
-                self.fanout
-                    .handle_frame_stamped(now, stamp_unix_nanos, &room, id, frame);
+                self.fanout.handle_frame_replica(
+                    now,
+                    stamp_unix_nanos,
+                    &room,
+                    incarnation,
+                    id,
+                    frame,
+                );
+            }
+            Mail::Presence { room, subscribed } => {
+                self.fanout.handle_presence(now, &room, subscribed);
             }
             Mail::RoomQuery { room, reply } => {
                 let subscribers = self.fanout.room_info(&room).map_or(0, |i| i.subscribers);
@@ -2490,6 +2505,24 @@ impl Worker {
         Ok(())
     }
 
+    /// Tells each room's owner shard when this shard's subscribers of it come and go, so
+    /// the owner never frees a room followed here (single-node mode; in cluster mode every
+    /// node follows the broker and no shard owns a room).
+    fn forward_presence(&mut self) {
+        while let Some(presence) = self.fanout.poll_presence() {
+            if self.cluster.is_some() {
+                continue;
+            }
+            let owner = owner_shard(&presence.room, self.shards);
+            if owner != self.index {
+                self.outbox[owner].push_back(Mail::Presence {
+                    room: presence.room,
+                    subscribed: presence.subscribed,
+                });
+            }
+        }
+    }
+
     fn publish_figures(&mut self, now: Instant) {
         let figures = &self.shared.figures[self.index];
         if self.latency_turn.count() != 0 {
@@ -2522,6 +2555,10 @@ impl Worker {
             (self.fanout.tickers_live() + self.timers.len()) as u64,
         );
         figures.set(Figure::Rooms, self.fanout.rooms_len() as u64);
+        figures.set_rooms_freed([
+            stats.rooms_freed_idle_total,
+            stats.rooms_freed_evicted_total,
+        ]);
         figures.set(Figure::Publishes, stats.publishes_total);
         figures.set(Figure::Deliveries, stats.deliveries_total);
         figures.set(Figure::Writes, stats.writes_total);

@@ -62,15 +62,22 @@ pub struct Room {
     pub history: History,
     /// This shard's subscribers of the room; each knows its own index here.
     pub subscribers: Vec<ConnId>,
+    /// Which creation of the room this is, numbered by its owner shard (0: not known yet,
+    /// or cluster mode). A replica that sees a frame of a later incarnation starts over.
+    pub incarnation: u64,
+    /// Owner only: other shards that told it they hold subscribers of the room.
+    pub remote_shards: u32,
 }
 
 impl Room {
-    /// An empty room with a history of the given bounds.
+    /// An empty room with a history of the given bounds (allocated as frames arrive).
     pub fn new(name: Arc<str>, history_messages_max: usize, history_bytes_max: usize) -> Self {
         Self {
             name,
             history: History::new(history_messages_max, history_bytes_max),
             subscribers: Vec::new(),
+            incarnation: 0,
+            remote_shards: 0,
         }
     }
 }
