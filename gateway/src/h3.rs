@@ -15,6 +15,7 @@
 
 use crate::admission::RefusalReason;
 use crate::companion::{Companion, StreamCount};
+use crate::quic_streams::{Stopped, Stops};
 use crate::virtual_conn::Transport;
 use bytes::{Buf, Bytes};
 use std::sync::Arc;
@@ -33,7 +34,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// stateless Retry at once, so this only bounds a burst between two turns of the loop.
 const INCOMING_MAX: usize = 1024;
 
-type RequestStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+type RequestStream = h3::server::RequestStream<crate::quic_streams::RequestStream<Bytes>, Bytes>;
 
 /// Runs shard `companion.index`'s QUIC endpoint on `socket`.
 pub async fn serve(
@@ -109,10 +110,14 @@ async fn connection(
     let figures = &companion.shared.figures[companion.index];
     figures.transport_opened(Transport::H3);
     let streams = StreamCount::default();
+    let stops = Stops::default();
     let (_, config) = companion.shared.live.current();
     let setup = h3::server::builder()
         .max_field_section_size(config.max_header_bytes as u64)
-        .build(h3_quinn::Connection::new(connection))
+        .build(crate::quic_streams::Connection::new(
+            connection,
+            stops.clone(),
+        ))
         .await;
     match setup {
         Ok(mut h3) => loop {
@@ -121,12 +126,15 @@ async fn connection(
                     let companion = companion.clone();
                     let streams = streams.clone();
                     let quic = quic.clone();
+                    let stops = stops.clone();
                     tokio::spawn(async move {
                         let (header_timeout, _) = companion.request_timeouts();
                         match tokio::time::timeout(header_timeout, resolver.resolve_request()).await
                         {
                             Ok(Ok((request, stream))) => {
-                                request_stream(companion, request, stream, streams, quic).await;
+                                let stopped = stops.take(stream.id());
+                                request_stream(companion, request, stream, streams, quic, stopped)
+                                    .await;
                             }
                             Ok(Err(_)) => {}
                             // The head did not arrive within --header-timeout: the stream
@@ -153,7 +161,9 @@ async fn request_stream(
     mut stream: RequestStream,
     streams: StreamCount,
     quic: quinn::Connection,
+    stopped: Option<Stopped>,
 ) {
+    let mut stopped = stopped.unwrap_or_else(|| Box::pin(std::future::pending()));
     let (parts, ()) = request.into_parts();
     // Held until this function returns, i.e. until the stream ends.
     let _place = if crate::companion::is_subscribe(&parts) {
@@ -210,10 +220,12 @@ async fn request_stream(
         return;
     }
     loop {
-        // The peer closing its connection ends the stream now, not at the next write (up
-        // to a heartbeat later): the subscription is released at once, as over HTTP/2.
+        // The peer stopping the stream (STOP_SENDING) or closing its connection ends the
+        // stream now, not at the next write (up to a heartbeat later): the subscription is
+        // released at once, as over HTTP/2.
         let frame = tokio::select! {
             frame = answer.next_frame() => frame,
+            () = &mut stopped => return,
             _ = quic.closed() => return,
         };
         let Some(frame) = frame else {

@@ -229,7 +229,7 @@ def amplification(args):
             sent += len(data)
         sockets.append(sock)
     received, retries, packets = 0, 0, 0
-    end = start + args.seconds
+    end = time.monotonic() + args.seconds  # listening starts once every Initial is out
     while time.monotonic() < end:
         got = False
         for sock in sockets:
