@@ -20,6 +20,7 @@ pub mod jwt;
 pub mod kernel;
 pub mod mailbox;
 pub mod metrics;
+pub mod quic_streams;
 pub mod reload;
 pub mod server;
 pub mod tls;
