@@ -183,6 +183,11 @@ pub struct Flags {
     /// [default: 1].
     #[arg(long, value_name = "SECS")]
     pub cluster_timeout: Option<f64>,
+    /// Seconds a publish's idempotency key (`Idempotency-Key` header, `idempotency_key` in
+    /// NDJSON) is remembered: a retry with the same key in the same room within it gets
+    /// the first publish's id, not a second message [default: 120].
+    #[arg(long, value_name = "SECS")]
+    pub idempotency_window: Option<f64>,
     /// Do not serve the demo page (`GET /demo` answers 404).
     #[arg(long)]
     pub no_demo: bool,
@@ -248,6 +253,7 @@ pub struct FileConfig {
     cluster_redis: Option<String>,
     node_id: Option<String>,
     cluster_timeout: Option<f64>,
+    idempotency_window: Option<f64>,
     demo: Option<bool>,
     share_port: Option<bool>,
 }
@@ -338,6 +344,8 @@ pub struct Config {
     pub transports: Transports,
     /// Cluster mode, when `--cluster-redis` is set.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// How long a publish's idempotency key is remembered (idempotency.rs).
+    pub idempotency_window: Duration,
     /// Whether `GET /demo` serves the demo page.
     pub demo: bool,
     /// Whether the listeners may join addresses another process already listens on.
@@ -754,6 +762,13 @@ impl Config {
             auth,
             jwt,
             cluster,
+            idempotency_window: seconds(
+                "idempotency-window",
+                flags
+                    .idempotency_window
+                    .or(file.idempotency_window)
+                    .unwrap_or(crate::idempotency::WINDOW_DEFAULT.as_secs_f64()),
+            )?,
             demo: !flags.no_demo && file.demo.unwrap_or(true),
             share_port: flags.share_port || file.share_port.unwrap_or(false),
             config_path: flags.config,

@@ -15,6 +15,7 @@ pub mod doctor;
 pub mod h2;
 pub mod h3;
 pub mod http1;
+pub mod idempotency;
 pub mod jwt;
 pub mod kernel;
 pub mod mailbox;
