@@ -65,6 +65,25 @@ pub fn validate_key(value: &[u8]) -> Result<&str, KeyError> {
     std::str::from_utf8(value).map_err(|_| KeyError::BadByte)
 }
 
+/// A key on its way to the room's owner shard in [`crate::mailbox::Mail::Publish`]: one
+/// thin pointer, because every slot of every mail queue is sized for the largest mail
+/// (a `Box<str>` would add 16 bytes to each, for a field most publishes leave empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::box_collection)] // the extra allocation buys the thin pointer
+pub struct MailKey(Box<String>);
+
+impl MailKey {
+    /// Wraps a checked key.
+    pub fn new(key: String) -> Self {
+        Self(Box::new(key))
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// The keys of the rooms one shard owns: `(room, key)` → the id its first publish got, for
 /// a window from when it was sequenced. Bounded by [`KEYS_MAX`].
 #[derive(Debug, Default)]

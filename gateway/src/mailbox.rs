@@ -41,7 +41,7 @@ pub enum Mail {
         /// Who waits for the id.
         reply: ReplyTo,
         /// The publish's idempotency key, if any (idempotency.rs).
-        idempotency_key: Option<Box<str>>,
+        idempotency_key: Option<crate::idempotency::MailKey>,
     },
     /// The owner's answer to [`Mail::Publish`]: the id, or why it refused.
     Sequenced {

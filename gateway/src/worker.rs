@@ -1459,7 +1459,7 @@ impl Worker {
             room: room.clone(),
             data: Bytes::from(body),
             reply,
-            idempotency_key: idempotency_key.map(String::into_boxed_str),
+            idempotency_key: idempotency_key.map(crate::idempotency::MailKey::new),
         });
         if let Some(conn) = self.conn(slot) {
             conn.state = State::Waiting;
@@ -1565,7 +1565,7 @@ impl Worker {
                     room,
                     data: Bytes::from(data.into_bytes()),
                     reply,
-                    idempotency_key: idempotency_key.map(String::into_boxed_str),
+                    idempotency_key: idempotency_key.map(crate::idempotency::MailKey::new),
                 });
                 results.push(BatchLine::Waiting);
                 outstanding += 1;
@@ -1712,7 +1712,10 @@ impl Worker {
                 reply,
                 idempotency_key,
             } => {
-                let result = self.sequence(now, &room, &data, idempotency_key.as_deref());
+                let key = idempotency_key
+                    .as_ref()
+                    .map(crate::idempotency::MailKey::as_str);
+                let result = self.sequence(now, &room, &data, key);
                 self.outbox[reply.shard as usize].push_back(Mail::Sequenced { reply, result });
             }
             Mail::Frame {
