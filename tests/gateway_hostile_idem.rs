@@ -156,6 +156,28 @@ fn an_idempotency_key_expires_after_the_window() {
 }
 
 #[test]
+fn at_the_key_cap_the_oldest_key_is_forgotten_and_no_publish_refused() {
+    let server = Server::start(&["--shards", "1", "--idempotency-keys-max", "2"]);
+    let mut client = server.client();
+    let first = id_of(&publish_keyed(&mut client, "room", "x", Some("k1")));
+    id_of(&publish_keyed(&mut client, "room", "x", Some("k2")));
+    let third = id_of(&publish_keyed(&mut client, "room", "x", Some("k3")));
+    assert_eq!(
+        id_of(&publish_keyed(&mut client, "room", "x", Some("k3"))),
+        third
+    );
+    // k1 went to make room: its retry is a new message.
+    assert_ne!(
+        id_of(&publish_keyed(&mut client, "room", "x", Some("k1"))),
+        first
+    );
+    let metrics = server.metrics();
+    assert_eq!(metrics.sum("ringcast_idempotency_keys"), 2);
+    assert_eq!(metrics.sum("ringcast_idempotency_keys_evicted_total"), 2);
+    assert_eq!(server.room("room")["history_len"], 4);
+}
+
+#[test]
 fn a_retried_ndjson_batch_with_keys_gets_the_same_results() {
     let server = Server::start(&["--shards", "2"]);
     let body = concat!(

@@ -125,6 +125,7 @@ pub fn apply(current: &Config, fresh: &Config, connections_cap: usize) -> Reload
         jwt => "publish-key, subscribe-key, private-rooms",
         max_streams_per_conn => "max-streams-per-conn",
         cluster => "cluster-redis, node-id, cluster-timeout",
+        idempotency_keys_max => "idempotency-keys-max",
     );
     Reloaded {
         config,

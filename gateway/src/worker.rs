@@ -347,7 +347,7 @@ impl Worker {
             room_sizes_at: now,
             auth: shared.auth.as_ref().map(|pool| pool.shard(index)),
             cluster: shared.cluster.as_ref().map(|pool| pool.shard(index)),
-            idempotency: crate::idempotency::KeyTable::new(crate::idempotency::KEYS_MAX),
+            idempotency: crate::idempotency::KeyTable::new(shared.config.idempotency_keys_max),
             shared,
         })
     }
