@@ -82,6 +82,27 @@ fn a_retried_publish_with_the_same_idempotency_key_gets_the_first_id_not_a_secon
 }
 
 #[test]
+fn concurrent_publishes_with_one_key_make_one_message() {
+    let server = Server::start(&["--shards", "2"]);
+    let addr = server.addr;
+    let answers: Vec<Vec<u8>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(move || {
+                    let mut client = Client::connect(addr);
+                    let answer = publish_keyed(&mut client, "race", "once", Some("same"));
+                    assert_eq!(answer.status, 201, "{answer:?}");
+                    answer.body
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    assert_eq!(server.room("race")["history_len"], 1);
+}
+
+#[test]
 fn different_keys_and_no_key_make_separate_messages() {
     let server = Server::start(&["--shards", "2"]);
     let mut client = server.client();
@@ -376,14 +397,30 @@ fn a_cluster_publish_timed_out_after_sending_says_outcome_unknown_and_a_keyed_re
         })
     };
     std::thread::sleep(Duration::from_millis(200));
+    // An impatient publisher also retries at once on another connection, while the first
+    // is still queued in Redis: that must not make a second message either.
+    let mut impatient = server.client();
+    let retry_now = "POST /rooms/stall/messages HTTP/1.1\r\nHost: x\r\nIdempotency-Key: c-7\r\nContent-Length: 7\r\n\r\ncomment";
+    impatient.send(retry_now.as_bytes()).unwrap();
     let answer = publish_keyed(&mut client, "stall", "comment", Some("c-7"));
-    assert_eq!(answer.status, 503, "{answer:?}");
-    assert!(answer.header("retry-after").is_some(), "{answer:?}");
+    let impatient_answer = impatient.read_response().unwrap();
+    // The one sent says its outcome is unknown; one that waited behind it past
+    // --cluster-timeout was never sent and says so.
+    let unknown = "outcome unknown: retry with the same Idempotency-Key";
+    for answer in [&answer, &impatient_answer] {
+        assert_eq!(answer.status, 503, "{answer:?}");
+        assert!(answer.header("retry-after").is_some(), "{answer:?}");
+        let text = answer.text();
+        assert!(
+            text.contains(unknown) || text.contains("not appended"),
+            "{answer:?}"
+        );
+    }
     assert!(
-        answer
-            .text()
-            .contains("outcome unknown: retry with the same Idempotency-Key"),
-        "{answer:?}"
+        [&answer, &impatient_answer]
+            .iter()
+            .any(|a| a.text().contains(unknown)),
+        "{answer:?} {impatient_answer:?}"
     );
     stall.join().unwrap();
     // The message was appended after all and reaches the subscriber.
