@@ -29,6 +29,8 @@ pub struct Head {
     pub bearer: Option<String>,
     /// A `token` query value (for subscribes: `EventSource` cannot set headers).
     pub query_token: Option<String>,
+    /// The `Idempotency-Key` header of a publish, checked (idempotency.rs).
+    pub idempotency_key: Option<String>,
     /// For `/metrics`: the exposition format the `Accept` header asks for (Prometheus text
     /// for every other route).
     pub metrics_format: shard::metrics::Format,
@@ -142,6 +144,7 @@ pub fn parse(
     let mut last_event_id = None;
     let mut accept = None;
     let mut bearer = None;
+    let mut idempotency_key = None;
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -180,6 +183,13 @@ pub fn parse(
             accept = std::str::from_utf8(header.value).ok();
         } else if name.eq_ignore_ascii_case("authorization") {
             bearer = crate::jwt::bearer_token(header.value).map(str::to_owned);
+        } else if name.eq_ignore_ascii_case("idempotency-key") {
+            let key = match idempotency_key {
+                Some(_) => Err(crate::idempotency::KeyError::Repeated),
+                None => crate::idempotency::validate_key(header.value),
+            };
+            let key = key.map_err(|err| Refusal::new(400, err.to_string()))?;
+            idempotency_key = Some(key.to_owned());
         }
     }
     if chunked && content_length.is_some() {
@@ -230,6 +240,7 @@ pub fn parse(
         last_event_id,
         bearer,
         query_token,
+        idempotency_key,
     }))
 }
 

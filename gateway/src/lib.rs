@@ -16,6 +16,7 @@ pub mod h2;
 pub mod h3;
 pub mod http1;
 pub mod http1_conn;
+pub mod idempotency;
 pub mod jwt;
 pub mod kernel;
 pub mod mailbox;

@@ -40,6 +40,8 @@ pub enum Mail {
         data: Bytes,
         /// Who waits for the id.
         reply: ReplyTo,
+        /// The publish's idempotency key, if any (idempotency.rs).
+        idempotency_key: Option<crate::idempotency::MailKey>,
     },
     /// The owner's answer to [`Mail::Publish`]: the id, or why it refused.
     Sequenced {

@@ -215,6 +215,8 @@ pub struct ShardFigures {
     transports: [AtomicU64; Transport::ALL.len()],
     /// TLS connections by handshake outcome ([`TlsHandshake`], added by the shard).
     tls_handshakes: [AtomicU64; TlsHandshake::ALL.len()],
+    /// Idempotency keys held and replays (idempotency.rs).
+    pub idempotency: crate::idempotency::Figures,
     /// Publish→write latency since start.
     pub latency: AtomicHistogram,
     /// Publish→write latency per wall-clock-aligned 10 s window.
@@ -232,6 +234,7 @@ impl Default for ShardFigures {
             rooms_freed: Default::default(),
             transports: Default::default(),
             tls_handshakes: Default::default(),
+            idempotency: Default::default(),
             latency: AtomicHistogram::new(),
             latency_window: WindowedHistogram::new(shard::metrics::WINDOW_DEFAULT),
         }
@@ -331,6 +334,7 @@ pub fn fds() -> (u64, u64) {
 pub fn render(shared: &Shared, format: Format, now_unix_nanos: u64) -> String {
     let mut out = Exposition::new(format);
     expose_shards(&mut out, &shared.figures, now_unix_nanos);
+    crate::idempotency::expose(&mut out, shared.figures.iter().map(|f| &f.idempotency));
     let clock = &shared.clock;
     out.gauge(
         "ringcast_clock_drift_seconds",

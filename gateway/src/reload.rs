@@ -69,7 +69,7 @@ pub struct Reloaded {
 /// write budget, max connections (lowering applies at once; raising is capped at the value
 /// the process started with, `connections_cap`, because each shard sized its timer wheel
 /// for it), connections and new connections per second per IP, pending write bytes, drain
-/// timeout.
+/// timeout, idempotency window.
 pub fn apply(current: &Config, fresh: &Config, connections_cap: usize) -> Reloaded {
     let mut config = current.clone();
     let mut changed = Vec::new();
@@ -102,6 +102,7 @@ pub fn apply(current: &Config, fresh: &Config, connections_cap: usize) -> Reload
         max_new_connections_per_ip_per_sec => "max-new-connections-per-ip-per-sec",
         max_pending_write_bytes => "max-pending-write-bytes",
         drain_timeout => "drain-timeout",
+        idempotency_window => "idempotency-window",
     );
     let max_connections = fresh.max_connections.min(connections_cap);
     if max_connections != current.max_connections {
@@ -125,6 +126,7 @@ pub fn apply(current: &Config, fresh: &Config, connections_cap: usize) -> Reload
         jwt => "publish-key, subscribe-key, private-rooms",
         max_streams_per_conn => "max-streams-per-conn",
         cluster => "cluster-redis, node-id, cluster-timeout",
+        idempotency_keys_max => "idempotency-keys-max",
     );
     Reloaded {
         config,

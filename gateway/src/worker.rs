@@ -286,6 +286,8 @@ pub struct Worker {
     auth: Option<crate::auth::AuthShard>,
     /// This shard's Redis breaker, calls and primed rooms, when `--cluster-redis` is set.
     cluster: Option<crate::cluster::ClusterShard>,
+    /// Idempotency keys of the rooms this shard owns (single-node mode; idempotency.rs).
+    idempotency: crate::idempotency::KeyTable,
 }
 
 impl Worker {
@@ -355,6 +357,7 @@ impl Worker {
             room_sizes_at: now,
             auth: shared.auth.as_ref().map(|pool| pool.shard(index)),
             cluster: shared.cluster.as_ref().map(|pool| pool.shard(index)),
+            idempotency: crate::idempotency::KeyTable::new(shared.config.idempotency_keys_max),
             shared,
         })
     }
@@ -387,6 +390,8 @@ impl Worker {
             self.drain_cluster(now);
             self.expire_timers(now);
             self.fanout.handle_timeout(now);
+            self.idempotency
+                .handle_timeout(now, self.config.idempotency_window);
             let budget_used = self.write_out(now)?;
             self.forward_presence();
             self.flush_outbox()?;
@@ -962,7 +967,7 @@ impl Worker {
                         Ok(_) => {}
                     }
                 }
-                self.publish_one(now, slot, room, body)
+                self.publish_one(now, slot, room, body, head.idempotency_key)
             }
             Route::Publish => {
                 let grant = match jwt
@@ -1222,6 +1227,7 @@ impl Worker {
         ticket: crate::cluster::Ticket,
         room: Arc<str>,
         data: Bytes,
+        idempotency_key: Option<String>,
     ) -> Result<(), &'static str> {
         if self.stopping() {
             self.count_rejection(Rejection::Draining);
@@ -1235,7 +1241,11 @@ impl Worker {
         let Some(cluster) = self.cluster.as_mut() else {
             return Err("cluster mode is off");
         };
-        cluster.begin_publish(now, ticket, room, data, stamp)
+        let idempotency = idempotency_key.map(|key| crate::cluster::IdempotencyKey {
+            key: key.into_boxed_str(),
+            window: self.config.idempotency_window,
+        });
+        cluster.begin_publish(now, ticket, room, data, stamp, idempotency)
     }
 
     fn cluster_publish(
@@ -1244,9 +1254,10 @@ impl Worker {
         slot: u32,
         room: Arc<str>,
         data: Bytes,
+        idempotency_key: Option<String>,
     ) -> std::io::Result<()> {
         let ticket = self.cluster_ticket(slot, 0);
-        if let Err(reason) = self.cluster_append(now, ticket, room.clone(), data) {
+        if let Err(reason) = self.cluster_append(now, ticket, room.clone(), data, idempotency_key) {
             return self.finish_publish(slot, &room, Err(reason));
         }
         if let Some(conn) = self.conn(slot) {
@@ -1382,7 +1393,16 @@ impl Worker {
                     }
                 }
             }
-            Event::Published { ticket, result } => {
+            Event::Published {
+                ticket,
+                result,
+                replayed,
+            } => {
+                if replayed {
+                    self.shared.figures[self.index]
+                        .idempotency
+                        .add_cluster_replay();
+                }
                 let reply = ReplyTo {
                     shard: self.index as u32,
                     slot: ticket.slot,
@@ -1418,13 +1438,21 @@ impl Worker {
     }
 
     /// Sequences a message of a room this shard owns and hands the frame to every other
-    /// shard.
+    /// shard. With an idempotency key seen within the window: the first publish's id, and
+    /// nothing sequenced.
     fn sequence(
         &mut self,
         now: Instant,
         room: &Arc<str>,
         data: &[u8],
+        idempotency_key: Option<&str>,
     ) -> Result<u64, &'static str> {
+        let window = self.config.idempotency_window;
+        if let Some(key) = idempotency_key {
+            if let Some(id) = self.idempotency.handle_publish(now, window, room, key) {
+                return Ok(id);
+            }
+        }
         if self.stopping() {
             self.count_rejection(Rejection::Draining);
             return Err(Rejection::Draining.text());
@@ -1458,6 +1486,9 @@ impl Worker {
                 });
             }
         }
+        if let Some(key) = idempotency_key {
+            self.idempotency.record(now, room, key, id);
+        }
         Ok(id)
     }
 
@@ -1477,6 +1508,7 @@ impl Worker {
         slot: u32,
         room: String,
         body: Vec<u8>,
+        idempotency_key: Option<String>,
     ) -> std::io::Result<()> {
         let room: Arc<str> = Arc::from(room);
         if self.backlogged() {
@@ -1484,11 +1516,11 @@ impl Worker {
             return self.finish_publish(slot, &room, Err(Rejection::PendingWriteBytes.text()));
         }
         if self.cluster.is_some() {
-            return self.cluster_publish(now, slot, room, Bytes::from(body));
+            return self.cluster_publish(now, slot, room, Bytes::from(body), idempotency_key);
         }
         let owner = owner_shard(&room, self.shards);
         if owner == self.index {
-            let result = self.sequence(now, &room, &body);
+            let result = self.sequence(now, &room, &body, idempotency_key.as_deref());
             return self.finish_publish(slot, &room, result);
         }
         if self.outbox_full() {
@@ -1500,6 +1532,7 @@ impl Worker {
             room: room.clone(),
             data: Bytes::from(body),
             reply,
+            idempotency_key: idempotency_key.map(crate::idempotency::MailKey::new),
         });
         if let Some(conn) = self.conn(slot) {
             conn.state = State::Waiting;
@@ -1560,8 +1593,12 @@ impl Worker {
                 ))));
                 break;
             }
-            let (room, data) = match batch::parse_line(line) {
-                Ok(pair) => pair,
+            let batch::Line {
+                room,
+                data,
+                idempotency_key,
+            } = match batch::parse_line(line) {
+                Ok(line) => line,
                 Err(reason) => {
                     results.push(BatchLine::Done(Err(format!("line {number}: {reason}"))));
                     continue;
@@ -1577,7 +1614,8 @@ impl Worker {
             let owner = owner_shard(&room, self.shards);
             if self.cluster.is_some() {
                 let ticket = self.cluster_ticket(slot, results.len() as u32);
-                match self.cluster_append(now, ticket, room, Bytes::from(data.into_bytes())) {
+                let data = Bytes::from(data.into_bytes());
+                match self.cluster_append(now, ticket, room, data, idempotency_key) {
                     Ok(()) => {
                         results.push(BatchLine::Waiting);
                         outstanding += 1;
@@ -1586,7 +1624,7 @@ impl Worker {
                 }
             } else if owner == self.index {
                 let result = self
-                    .sequence(now, &room, data.as_bytes())
+                    .sequence(now, &room, data.as_bytes(), idempotency_key.as_deref())
                     .map_err(str::to_owned);
                 results.push(BatchLine::Done(result));
             } else if self.outbox_full() {
@@ -1600,6 +1638,7 @@ impl Worker {
                     room,
                     data: Bytes::from(data.into_bytes()),
                     reply,
+                    idempotency_key: idempotency_key.map(crate::idempotency::MailKey::new),
                 });
                 results.push(BatchLine::Waiting);
                 outstanding += 1;
@@ -1740,8 +1779,16 @@ impl Worker {
                     return self.begin_close(slot);
                 }
             }
-            Mail::Publish { room, data, reply } => {
-                let result = self.sequence(now, &room, &data);
+            Mail::Publish {
+                room,
+                data,
+                reply,
+                idempotency_key,
+            } => {
+                let key = idempotency_key
+                    .as_ref()
+                    .map(crate::idempotency::MailKey::as_str);
+                let result = self.sequence(now, &room, &data, key);
                 self.outbox[reply.shard as usize].push_back(Mail::Sequenced { reply, result });
             }
             Mail::Frame {
@@ -2569,5 +2616,6 @@ impl Worker {
         figures.set(Figure::SqFull, ring.sq_full_total);
         figures.set(Figure::CqOverflow, ring.cq_overflow_total);
         figures.set(Figure::DirtyQueue, self.fanout.dirty_len() as u64);
+        figures.idempotency.publish(&self.idempotency);
     }
 }
