@@ -149,7 +149,8 @@ fn an_h2_connection_without_a_complete_head_is_closed_after_the_header_timeout()
 }
 
 /// An HTTP/3 request stream whose HEADERS frame never completes was held for ever; it is
-/// ended after `--header-timeout`.
+/// ended after `--header-timeout`. A QUIC connection that sends no request at all is
+/// closed after it (it was held until the 60-s idle timeout, or for ever with PINGs).
 #[test]
 fn an_h3_request_head_that_never_completes_is_ended_after_the_header_timeout() {
     let cert = TestCert::new();
@@ -157,12 +158,15 @@ fn an_h3_request_head_that_never_completes_is_ended_after_the_header_timeout() {
     let report = attack("h3_hostile.py", h3, "no-headers", &["--seconds", "4"]);
     assert_eq!(report["stream_closed"], true, "{report}");
     assert!(seconds(&report) < 3.0, "{report}");
+    let report = attack("h3_hostile.py", h3, "idle", &["--seconds", "4"]);
+    assert_eq!(report["closed"], true, "{report}");
+    assert!(seconds(&report) < 3.0, "{report}");
     let refusals = transports::labelled(
         &server.metrics(),
         "ringcast_refusals_total",
         "reason=\"header_timeout\"",
     );
-    assert_eq!(refusals, 1, "{}", server.metrics().0);
+    assert_eq!(refusals, 2, "{}", server.metrics().0);
 }
 
 /// A request declaring a body over `--max-message-bytes` waited for the body (none comes)
