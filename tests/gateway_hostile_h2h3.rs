@@ -283,7 +283,7 @@ fn quic_initials_that_never_complete_get_a_retry_and_hold_nothing() {
         "h3_hostile.py",
         h3,
         "amplification",
-        &["--count", "1000", "--seconds", "3"],
+        &["--count", "1000", "--seconds", "2"],
     );
     let ratio = report["ratio"].as_f64().unwrap();
     assert!(ratio <= 3.0, "amplification {ratio}: {report}");
@@ -338,7 +338,7 @@ fn h2_hpack_bomb_is_reset() {
 /// unanswered, and the connection is closed within a heartbeat or two.
 #[test]
 fn h2_settings_flood_is_closed() {
-    h2_attack_is_contained("settings-flood", &["--heartbeat", "1"], |report| {
+    h2_attack_is_contained("settings-flood", &["--heartbeat", "0.5"], |report| {
         assert_eq!(report["closed"], true, "{report}");
     });
 }
@@ -346,7 +346,7 @@ fn h2_settings_flood_is_closed() {
 /// PING flood without reading the answers: closed as the SETTINGS flood.
 #[test]
 fn h2_ping_flood_is_closed() {
-    h2_attack_is_contained("ping-flood", &["--heartbeat", "1"], |report| {
+    h2_attack_is_contained("ping-flood", &["--heartbeat", "0.5"], |report| {
         assert_eq!(report["closed"], true, "{report}");
     });
 }
