@@ -148,6 +148,32 @@ fn an_h2_connection_without_a_complete_head_is_closed_after_the_header_timeout()
     assert_eq!(refusals, 2, "{}", server.metrics().0);
 }
 
+/// A TLS client offering ALPN `h2` that stops after its ClientHello was held 10 s by the
+/// companion (a constant) whatever `--header-timeout` said; the handshake has
+/// `--header-timeout`, as on the ring, and is counted.
+#[test]
+fn an_h2_tls_handshake_that_stalls_is_closed_after_the_header_timeout() {
+    let cert = TestCert::new();
+    let (server, _, _) = start(
+        &cert,
+        &["--header-timeout", "1", "--tls-listen", "127.0.0.1:0"],
+    );
+    let tls = transports::addr_of(&server, "tls");
+    let report = attack("h2_hostile.py", tls, "tls-stall", &["--seconds", "4"]);
+    assert_eq!(report["closed"], true, "{report}");
+    assert!(
+        report["received_bytes"].as_u64() > Some(0),
+        "the server's flight: {report}"
+    );
+    assert!(seconds(&report) < 3.0, "{report}");
+    let refusals = transports::labelled(
+        &server.metrics(),
+        "ringcast_refusals_total",
+        "reason=\"tls_handshake_timeout\"",
+    );
+    assert_eq!(refusals, 1, "{}", server.metrics().0);
+}
+
 /// An HTTP/3 request stream whose HEADERS frame never completes was held for ever; it is
 /// ended after `--header-timeout`. A QUIC connection that sends no request at all is
 /// closed after it (it was held until the 60-s idle timeout, or for ever with PINGs).

@@ -24,6 +24,7 @@ Attacks:
   ping-flood       PING frames without reading the PONGs
   streams          300 concurrent subscriptions on one connection
   header-size      one request with a 64 KiB header
+  tls-stall        (--addr: the TLS listener) a ClientHello offering ALPN h2, then nothing
 """
 
 import argparse
@@ -142,7 +143,54 @@ def request(authority, method, path, extra=()):
     ] + list(extra)
 
 
+def tls_stall(args):
+    """Sends a ClientHello offering h2 and never answers the server's flight."""
+    import ssl
+
+    start = time.monotonic()
+    host, port = args.addr.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    sock.sendall(outgoing.read())
+    closed, received = False, 0
+    sock.settimeout(0.1)
+    while time.monotonic() < start + args.seconds:
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except OSError:
+            chunk = b""
+        if not chunk:
+            closed = True
+            break
+        received += len(chunk)
+    print(
+        json.dumps(
+            {
+                "attack": "tls-stall",
+                "closed": closed,
+                "received_bytes": received,
+                "seconds": round(time.monotonic() - start, 3),
+            }
+        ),
+        flush=True,
+    )
+    return 0
+
+
 def run(args):
+    if args.attack == "tls-stall":
+        return tls_stall(args)
     start = time.monotonic()
     deadline = start + args.seconds
     c = Client(args.addr, deadline)
