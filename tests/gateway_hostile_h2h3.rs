@@ -148,8 +148,35 @@ fn an_h2_connection_without_a_complete_head_is_closed_after_the_header_timeout()
     assert_eq!(refusals, 2, "{}", server.metrics().0);
 }
 
+/// A TLS client offering ALPN `h2` that stops after its ClientHello was held 10 s by the
+/// companion (a constant) whatever `--header-timeout` said; the handshake has
+/// `--header-timeout`, as on the ring, and is counted.
+#[test]
+fn an_h2_tls_handshake_that_stalls_is_closed_after_the_header_timeout() {
+    let cert = TestCert::new();
+    let (server, _, _) = start(
+        &cert,
+        &["--header-timeout", "1", "--tls-listen", "127.0.0.1:0"],
+    );
+    let tls = transports::addr_of(&server, "tls");
+    let report = attack("h2_hostile.py", tls, "tls-stall", &["--seconds", "4"]);
+    assert_eq!(report["closed"], true, "{report}");
+    assert!(
+        report["received_bytes"].as_u64() > Some(0),
+        "the server's flight: {report}"
+    );
+    assert!(seconds(&report) < 3.0, "{report}");
+    let refusals = transports::labelled(
+        &server.metrics(),
+        "ringcast_refusals_total",
+        "reason=\"tls_handshake_timeout\"",
+    );
+    assert_eq!(refusals, 1, "{}", server.metrics().0);
+}
+
 /// An HTTP/3 request stream whose HEADERS frame never completes was held for ever; it is
-/// ended after `--header-timeout`.
+/// ended after `--header-timeout`. A QUIC connection that sends no request at all is
+/// closed after it (it was held until the 60-s idle timeout, or for ever with PINGs).
 #[test]
 fn an_h3_request_head_that_never_completes_is_ended_after_the_header_timeout() {
     let cert = TestCert::new();
@@ -157,12 +184,15 @@ fn an_h3_request_head_that_never_completes_is_ended_after_the_header_timeout() {
     let report = attack("h3_hostile.py", h3, "no-headers", &["--seconds", "4"]);
     assert_eq!(report["stream_closed"], true, "{report}");
     assert!(seconds(&report) < 3.0, "{report}");
+    let report = attack("h3_hostile.py", h3, "idle", &["--seconds", "4"]);
+    assert_eq!(report["closed"], true, "{report}");
+    assert!(seconds(&report) < 3.0, "{report}");
     let refusals = transports::labelled(
         &server.metrics(),
         "ringcast_refusals_total",
         "reason=\"header_timeout\"",
     );
-    assert_eq!(refusals, 1, "{}", server.metrics().0);
+    assert_eq!(refusals, 2, "{}", server.metrics().0);
 }
 
 /// A request declaring a body over `--max-message-bytes` waited for the body (none comes)
@@ -279,7 +309,7 @@ fn quic_initials_that_never_complete_get_a_retry_and_hold_nothing() {
         "h3_hostile.py",
         h3,
         "amplification",
-        &["--count", "1000", "--seconds", "3"],
+        &["--count", "1000", "--seconds", "2"],
     );
     let ratio = report["ratio"].as_f64().unwrap();
     assert!(ratio <= 3.0, "amplification {ratio}: {report}");
@@ -334,7 +364,7 @@ fn h2_hpack_bomb_is_reset() {
 /// unanswered, and the connection is closed within a heartbeat or two.
 #[test]
 fn h2_settings_flood_is_closed() {
-    h2_attack_is_contained("settings-flood", &["--heartbeat", "1"], |report| {
+    h2_attack_is_contained("settings-flood", &["--heartbeat", "0.5"], |report| {
         assert_eq!(report["closed"], true, "{report}");
     });
 }
@@ -342,7 +372,7 @@ fn h2_settings_flood_is_closed() {
 /// PING flood without reading the answers: closed as the SETTINGS flood.
 #[test]
 fn h2_ping_flood_is_closed() {
-    h2_attack_is_contained("ping-flood", &["--heartbeat", "1"], |report| {
+    h2_attack_is_contained("ping-flood", &["--heartbeat", "0.5"], |report| {
         assert_eq!(report["closed"], true, "{report}");
     });
 }

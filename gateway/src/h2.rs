@@ -27,8 +27,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// How long a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection closed for `--header-timeout` has to take its GOAWAY before the
 /// socket is dropped.
 const GOAWAY_GRACE: Duration = Duration::from_secs(1);
@@ -264,13 +262,19 @@ pub async fn serve_handoffs(
         tokio::spawn(async move {
             let _place = place;
             let io = Replayed::new(hello, stream);
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+            // The handshake has --header-timeout, as on the ring (which counts it from the
+            // accept; here it restarts at the hand-off, a ClientHello later).
+            let (header_timeout, _) = companion.request_timeouts();
+            let tls = match tokio::time::timeout(header_timeout, acceptor.accept(io)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(err)) => {
                     tracing::debug!(shard = companion.index, %err, "TLS handshake failed");
                     return;
                 }
-                Err(_) => return,
+                Err(_) => {
+                    companion.count_timeout(RefusalReason::TlsHandshakeTimeout);
+                    return;
+                }
             };
             let transport = match tls.get_ref().1.alpn_protocol() {
                 Some(b"h2") => Transport::H2,

@@ -34,6 +34,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// stateless Retry at once, so this only bounds a burst between two turns of the loop.
 const INCOMING_MAX: usize = 1024;
 
+/// HTTP/3's error code for a connection closed with nothing wrong (RFC 9114 §8.1).
+const H3_NO_ERROR: quinn::VarInt = quinn::VarInt::from_u32(0x100);
+
 type RequestStream = h3::server::RequestStream<crate::quic_streams::RequestStream<Bytes>, Bytes>;
 
 /// Runs shard `companion.index`'s QUIC endpoint on `socket`.
@@ -120,36 +123,57 @@ async fn connection(
         ))
         .await;
     match setup {
-        Ok(mut h3) => loop {
-            match h3.accept().await {
-                Ok(Some(resolver)) => {
-                    let companion = companion.clone();
-                    let streams = streams.clone();
-                    let quic = quic.clone();
-                    let stops = stops.clone();
-                    tokio::spawn(async move {
-                        let (header_timeout, _) = companion.request_timeouts();
-                        match tokio::time::timeout(header_timeout, resolver.resolve_request()).await
-                        {
-                            Ok(Ok((request, stream))) => {
-                                let stopped = stops.take(stream.id());
-                                request_stream(companion, request, stream, streams, quic, stopped)
+        Ok(mut h3) => {
+            let (header_timeout, _) = companion.request_timeouts();
+            let first_request = tokio::time::sleep(header_timeout);
+            tokio::pin!(first_request);
+            let mut requested = false;
+            loop {
+                let accepted = tokio::select! {
+                    accepted = h3.accept() => accepted,
+                    // No request within --header-timeout of the handshake: closed, as an h2
+                    // connection gets its GOAWAY.
+                    () = &mut first_request, if !requested => {
+                        companion.count_timeout(RefusalReason::HeaderTimeout);
+                        quic.close(H3_NO_ERROR, b"no request in time");
+                        break;
+                    }
+                };
+                requested = true;
+                match accepted {
+                    Ok(Some(resolver)) => {
+                        let companion = companion.clone();
+                        let streams = streams.clone();
+                        let quic = quic.clone();
+                        let stops = stops.clone();
+                        tokio::spawn(async move {
+                            let (header_timeout, _) = companion.request_timeouts();
+                            match tokio::time::timeout(header_timeout, resolver.resolve_request())
+                                .await
+                            {
+                                Ok(Ok((request, stream))) => {
+                                    let stopped = stops.take(stream.id());
+                                    request_stream(
+                                        companion, request, stream, streams, quic, stopped,
+                                    )
                                     .await;
+                                }
+                                Ok(Err(_)) => {}
+                                // The head did not arrive within --header-timeout: the stream
+                                // is dropped (ended, its receive side stopped), as an HTTP/1.1
+                                // connection gets its 408.
+                                Err(_) => companion.count_timeout(RefusalReason::HeaderTimeout),
                             }
-                            Ok(Err(_)) => {}
-                            // The head did not arrive within --header-timeout: the stream
-                            // is dropped (reset), as an HTTP/1.1 connection gets its 408.
-                            Err(_) => companion.count_timeout(RefusalReason::HeaderTimeout),
-                        }
-                    });
-                }
-                Ok(None) => break,
-                Err(err) => {
-                    tracing::debug!(shard = companion.index, %err, "h3 connection ended");
-                    break;
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(err) => {
+                        tracing::debug!(shard = companion.index, %err, "h3 connection ended");
+                        break;
+                    }
                 }
             }
-        },
+        }
         Err(err) => tracing::debug!(shard = companion.index, %err, "h3 setup failed"),
     }
     companion.shared.figures[companion.index].transport_closed(Transport::H3);

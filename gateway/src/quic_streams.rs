@@ -349,3 +349,22 @@ fn read_error(err: quinn::ReadError) -> StreamErrorIncoming {
         other => StreamErrorIncoming::Unknown(Box::new(other)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_future_is_taken_once_and_leaves_with_its_stream() {
+        let stops = Stops::default();
+        stops.lock().insert(4, Box::pin(std::future::ready(())));
+        stops.lock().insert(8, Box::pin(std::future::ready(())));
+        let id = |n: u64| StreamId::try_from(n).unwrap();
+        assert!(stops.take(id(4)).is_some());
+        assert!(stops.take(id(4)).is_none(), "taken once");
+        // What SendHalf's drop does for a stream whose future was never taken.
+        stops.lock().remove(&8);
+        assert!(stops.take(id(8)).is_none());
+        assert!(stops.lock().is_empty());
+    }
+}

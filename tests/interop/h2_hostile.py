@@ -24,6 +24,7 @@ Attacks:
   ping-flood       PING frames without reading the PONGs
   streams          300 concurrent subscriptions on one connection
   header-size      one request with a 64 KiB header
+  tls-stall        (--addr: the TLS listener) a ClientHello offering ALPN h2, then nothing
 """
 
 import argparse
@@ -142,7 +143,54 @@ def request(authority, method, path, extra=()):
     ] + list(extra)
 
 
+def tls_stall(args):
+    """Sends a ClientHello offering h2 and never answers the server's flight."""
+    import ssl
+
+    start = time.monotonic()
+    host, port = args.addr.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    sock.sendall(outgoing.read())
+    closed, received = False, 0
+    sock.settimeout(0.1)
+    while time.monotonic() < start + args.seconds:
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except OSError:
+            chunk = b""
+        if not chunk:
+            closed = True
+            break
+        received += len(chunk)
+    print(
+        json.dumps(
+            {
+                "attack": "tls-stall",
+                "closed": closed,
+                "received_bytes": received,
+                "seconds": round(time.monotonic() - start, 3),
+            }
+        ),
+        flush=True,
+    )
+    return 0
+
+
 def run(args):
+    if args.attack == "tls-stall":
+        return tls_stall(args)
     start = time.monotonic()
     deadline = start + args.seconds
     c = Client(args.addr, deadline)
@@ -204,8 +252,8 @@ def run(args):
         block = c.encoder.encode(request(auth, "GET", "/healthz")) + b"\xbe" * 4000
         frame = HeadersFrame(3, block, flags=["END_HEADERS", "END_STREAM"])
         c.send(frame.serialize())
-        c.poll(1.0)
-        until_closed()
+        while not c.closed and not c.resets and len(c.statuses) < 2 and time.monotonic() < deadline:
+            c.poll(0.05)
     elif args.attack in ("settings-flood", "ping-flood"):
         if args.attack == "settings-flood":
             frame = SettingsFrame(0, settings={SettingsFrame.MAX_CONCURRENT_STREAMS: 100}).serialize()
@@ -223,7 +271,8 @@ def run(args):
         for n in range(300):
             batch += c.headers(1 + 2 * n, request(auth, "GET", f"/rooms/s{n}/events"), True)
         c.send(batch)
-        c.poll(2.0)
+        while not c.closed and len(c.statuses) + len(c.resets) < 300 and time.monotonic() < deadline:
+            c.poll(0.05)
     elif args.attack == "header-size":
         # 64 KiB of header fields in one block, split into frames the peer accepts.
         block = c.encoder.encode(request(auth, "GET", "/healthz", [("x-big", "h" * 65536)]))

@@ -12,6 +12,7 @@ Attacks:
   declared-over   POST declaring content-length 10**12, no body
   body-over       POST without content-length, 4 KiB DATA frames until answered
   no-headers      a request stream with half a HEADERS frame, then nothing
+  idle            a connection that sends no request at all
   header-size     one request with a 64 KiB header
   qpack-bomb      encoder-stream instructions growing a dynamic table the server did
                   not offer, then inserts referenced without end
@@ -150,6 +151,8 @@ async def attack_connection(args):
             c._quic.send_stream_data(s, encode_uint_var(1) + encode_uint_var(100) + b"\0" * 10)
             c.transmit()
             await c.until(lambda: s in c.resets or s in c.ended, args.seconds)
+        elif args.attack == "idle":
+            await c.until(lambda: False, args.seconds)
         elif args.attack == "header-size":
             s = c.request(auth, "GET", "/healthz", [(f"x-big-{n}", "h" * 1024) for n in range(64)])
             await c.until(lambda: s in c.statuses or s in c.resets or s in c.ended, args.seconds)
