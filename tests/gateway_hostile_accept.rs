@@ -161,6 +161,8 @@ fn a_client_connecting_during_the_drain_is_answered_or_refused_never_reset() {
 /// Starts `ringcast --listen LISTEN ARGS…` and waits for its address; `Err` with its
 /// stderr when it exits first. Unlike `Server`, the caller reaps it with a blocking
 /// `wait`, so a restart follows an exit without the polling delay.
+// The child is returned to the caller, who waits for it (clippy cannot see through that).
+#[allow(clippy::zombie_processes)]
 fn spawn_listening(
     listen: &str,
     args: &[&str],
