@@ -158,6 +158,32 @@ fn a_client_connecting_during_the_drain_is_answered_or_refused_never_reset() {
     eprintln!("answers during the drain: {answers:?}");
 }
 
+/// A connection that never sends a request (a browser's speculative connection) is
+/// answered, not closed unanswered, and does not hold the drain for `--header-timeout`
+/// or `--drain-timeout` (10 s each here).
+#[test]
+fn a_silent_connection_gets_an_answer_and_does_not_hold_the_drain() {
+    let mut server = Server::start(&["--shards", "1"]);
+    let mut silent = TcpStream::connect(server.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let signalled = Instant::now();
+    server.signal(libc::SIGTERM);
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = silent.read_to_end(&mut answer);
+    drop(silent);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    let status = server
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits within 5 s");
+    assert_eq!(status.code(), Some(0), "{status}");
+    let took = signalled.elapsed();
+    assert!(took < Duration::from_secs(3), "drain took {took:?}");
+}
+
 /// Starts `ringcast --listen LISTEN ARGS…` and waits for its address; `Err` with its
 /// stderr when it exits first. Unlike `Server`, the caller reaps it with a blocking
 /// `wait`, so a restart follows an exit without the polling delay.

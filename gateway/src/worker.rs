@@ -59,6 +59,10 @@ const ROOM_SIZES_PERIOD: Duration = Duration::from_secs(1);
 const STAMP_VECS_POOLED_MAX: usize = 4096;
 /// The `retry:` hint (ms) sent to subscribers closed by a drain.
 const DRAIN_RETRY_MS: u64 = 1000;
+/// During a drain, how long a connection that has not sent its first request is waited
+/// for (to answer it 503) before `--header-timeout`'s 408: a browser's speculative
+/// connection may never send one, and must not hold the drain much past its 200 ms.
+const DRAIN_REQUEST_WAIT: Duration = Duration::from_secs(1);
 /// Spare TLS send buffers kept per shard (each about one TLS record,
 /// `tls_conn::SEND_CHUNK_BYTES`), so idle TLS streams hold none.
 const TLS_OUT_POOLED_MAX: usize = 256;
@@ -396,7 +400,7 @@ impl Worker {
             if self.shared.stop.load(Ordering::Relaxed) && stop_deadline.is_none() {
                 stop_deadline = Some(now + self.config.drain_timeout);
                 drain_at = Some(now + DRAIN_SETTLE);
-                self.begin_stop()?;
+                self.begin_stop(now)?;
             }
             if drain_at.is_some_and(|at| now >= at) {
                 drain_at = None;
@@ -534,7 +538,7 @@ impl Worker {
     /// `draining` with `Retry-After` and `Connection: close` (were the accept cancelled
     /// now, the kernel would still complete its handshake on the open listener and reset
     /// it at exit).
-    fn begin_stop(&mut self) -> std::io::Result<()> {
+    fn begin_stop(&mut self, now: Instant) -> std::io::Result<()> {
         for slot in 0..self.conns.len() as u32 {
             let Some(conn) = self.conn(slot) else {
                 continue;
@@ -557,6 +561,9 @@ impl Worker {
                 && !conn.refuse_draining;
             if idle || conn.state == State::Lingering {
                 self.begin_close(slot)?;
+            } else if fresh {
+                // Shortened to `DRAIN_REQUEST_WAIT`.
+                self.arm_timer(now, slot, TimerKind::Header);
             }
         }
         Ok(())
@@ -771,6 +778,11 @@ impl Worker {
         };
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return;
+        };
+        let after = if kind == TimerKind::Header && conn.refuse_draining {
+            after.min(DRAIN_REQUEST_WAIT)
+        } else {
+            after
         };
         if let Some((key, old)) = conn.timer.take() {
             if old == kind && self.timers.reset(&key, now + after) {
