@@ -761,3 +761,21 @@ fn a_replica_freed_while_its_owner_kept_the_room_reports_what_it_no_longer_holds
     assert_eq!(late.ids(0), [6]);
     assert!(late.closed.is_empty());
 }
+
+#[test]
+fn freed_rooms_are_handed_to_the_driver() {
+    let mut sim = Sim::new(idle_config(1));
+    assert!(sim.fanout.room_available("a"));
+    sim.publish("a", "x");
+    assert!(sim.fanout.room_available("b"), "a can be evicted");
+    sim.subscribe(0, "a", None);
+    assert!(sim.fanout.room_available("a"));
+    assert!(!sim.fanout.room_available("b"), "every room is followed");
+    sim.fanout.handle_disconnect(ConnId(0));
+    sim.publish("b", "x");
+    assert_eq!(sim.fanout.poll_freed().as_deref(), Some("a"));
+    sim.advance(Duration::from_secs(61));
+    sim.run_idle();
+    assert_eq!(sim.fanout.poll_freed().as_deref(), Some("b"));
+    assert_eq!(sim.fanout.poll_freed(), None);
+}
