@@ -1306,9 +1306,10 @@ impl Worker {
                     self.fanout
                         .handle_frame_stamped(now, stamp, &room, id, frame);
                 }
-                if let Some(first) = first_id {
-                    self.fanout.handle_history_start(&room, first);
-                }
+                // Created even for an empty stream, so that the replica is freed (and the
+                // room unfollowed) when idle, whether or not a waiter is admitted.
+                self.fanout
+                    .handle_history_start(&room, first_id.unwrap_or(1));
                 // Making place for the room may have evicted another.
                 self.release_freed_rooms();
                 let waiters = self
