@@ -721,12 +721,13 @@ impl Fanout {
                 return false;
             } else if incarnation > replica.incarnation {
                 replica.incarnation = incarnation;
-                replica.history =
-                    crate::history::History::new(history_messages_max, history_bytes_max);
-                for conn in replica.subscribers.clone() {
-                    if let Some(sub) = self.subscribers[conn.0 as usize].as_mut() {
-                        sub.cursor = 0;
-                    }
+                let old = std::mem::replace(
+                    &mut replica.history,
+                    crate::history::History::new(history_messages_max, history_bytes_max),
+                );
+                let subscribers = replica.subscribers.clone();
+                for conn in subscribers {
+                    self.restart_cursor(conn, &old);
                 }
             }
         }
@@ -736,6 +737,34 @@ impl Fanout {
         self.append(now, room_index, id, frame, stamp_unix_nanos);
         self.stats.replicated_total += 1;
         true
+    }
+
+    /// The subscriber's room started over (a later incarnation): what it has not received
+    /// of the `old` history goes out first, ahead of the new room's frames from its first
+    /// id. One cut lapped in the old history is cut as it would have been.
+    fn restart_cursor(&mut self, conn: ConnId, old: &crate::history::History) {
+        let Some(sub) = self.subscribers[conn.0 as usize].as_mut() else {
+            return;
+        };
+        if old.is_lapped(sub.cursor) {
+            self.cuts.push_back(conn);
+            return;
+        }
+        let mut rest = Vec::new();
+        let mut cursor = sub.cursor;
+        loop {
+            let before = rest.len();
+            cursor = old.collect_after(cursor, self.config.write_frames_max, &mut rest);
+            if rest.len() == before {
+                break;
+            }
+        }
+        if !rest.is_empty() {
+            sub.preamble
+                .get_or_insert_with(Default::default)
+                .extend(rest);
+        }
+        sub.cursor = 0;
     }
 
     fn append(&mut self, now: Instant, room_index: u32, id: u64, frame: Bytes, stamp: u64) {
