@@ -26,9 +26,13 @@ fn rooms_without_subscribers_make_place_at_the_cap_instead_of_503_forever() {
             "room r{room}"
         );
     }
-    let mut followed = server.subscribe("followed", None);
+    // Subscribers on several connections, so that both shards (the room's owner and the
+    // other) hold some: neither may evict the room.
+    let mut followed: Vec<_> = (0..6).map(|_| server.subscribe("followed", None)).collect();
     assert_eq!(client.publish("followed", "hello"), 1);
-    assert_eq!(followed.next_event(PATIENCE).data, "hello");
+    for stream in &mut followed {
+        assert_eq!(stream.next_event(PATIENCE).data, "hello");
+    }
     for room in 300..400 {
         assert_eq!(
             publish_status(&mut client, &format!("r{room}")),
@@ -36,9 +40,12 @@ fn rooms_without_subscribers_make_place_at_the_cap_instead_of_503_forever() {
             "room r{room}"
         );
     }
-    // The followed room survived 100 evictions.
+    // The followed room survived 100 evictions on both shards.
     assert_eq!(client.publish("followed", "still"), 2);
-    assert_eq!(followed.next_event(PATIENCE).data, "still");
+    for stream in &mut followed {
+        assert_eq!(stream.next_event(PATIENCE).data, "still");
+    }
+    assert_eq!(server.room("followed")["subscribers"], 6);
     let metrics = client.metrics();
     let rooms = metrics.per_shard("ringcast_rooms");
     assert!(rooms.iter().all(|&n| n <= 50), "rooms per shard {rooms:?}");
@@ -215,11 +222,9 @@ fn followed_rooms_count_against_the_room_cap_and_are_unfollowed_when_idle() {
 
     // An unfollowed room is followed again by its next subscriber, history included.
     let mut client = Client::connect(server.addr);
-    let first = client.publish("c0", "one");
+    client.publish("c0", "one");
     let mut stream = server.subscribe("c0", Some(0));
     assert_eq!(stream.next_event(PATIENCE).data, "one");
-    let second = client.publish("c0", "two");
-    let event = stream.next_event(PATIENCE);
-    assert_eq!((event.data.as_str(), event.id), ("two", Some(second)));
-    assert!(second > first);
+    client.publish("c0", "two");
+    assert_eq!(stream.next_event(PATIENCE).data, "two");
 }
