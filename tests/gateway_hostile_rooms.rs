@@ -26,9 +26,13 @@ fn rooms_without_subscribers_make_place_at_the_cap_instead_of_503_forever() {
             "room r{room}"
         );
     }
-    let mut followed = server.subscribe("followed", None);
+    // Subscribers on several connections, so that both shards (the room's owner and the
+    // other) hold some: neither may evict the room.
+    let mut followed: Vec<_> = (0..6).map(|_| server.subscribe("followed", None)).collect();
     assert_eq!(client.publish("followed", "hello"), 1);
-    assert_eq!(followed.next_event(PATIENCE).data, "hello");
+    for stream in &mut followed {
+        assert_eq!(stream.next_event(PATIENCE).data, "hello");
+    }
     for room in 300..400 {
         assert_eq!(
             publish_status(&mut client, &format!("r{room}")),
@@ -36,9 +40,12 @@ fn rooms_without_subscribers_make_place_at_the_cap_instead_of_503_forever() {
             "room r{room}"
         );
     }
-    // The followed room survived 100 evictions.
+    // The followed room survived 100 evictions on both shards.
     assert_eq!(client.publish("followed", "still"), 2);
-    assert_eq!(followed.next_event(PATIENCE).data, "still");
+    for stream in &mut followed {
+        assert_eq!(stream.next_event(PATIENCE).data, "still");
+    }
+    assert_eq!(server.room("followed")["subscribers"], 6);
     let metrics = client.metrics();
     let rooms = metrics.per_shard("ringcast_rooms");
     assert!(rooms.iter().all(|&n| n <= 50), "rooms per shard {rooms:?}");
@@ -110,4 +117,114 @@ fn rooms_idle_for_the_room_idle_timeout_are_freed() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(client.publish("followed", "later"), 2);
     assert_eq!(followed.next_event(PATIENCE).data, "later");
+}
+
+/// A `redis-server` without persistence on a free port, killed on drop (as in
+/// tests/cluster.rs).
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--bind", "127.0.0.1"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start redis-server ({err}): install it"));
+        let up = wait_until(PATIENCE, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "redis-server did not listen on {port}");
+        Redis { child, port }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue 14 case 11: with `--cluster-redis` and `--max-rooms 10` on two shards, subscribing
+/// to 60 rooms left 60 rooms followed on Redis (and their frames read for ever) though only
+/// 20 were local rooms: the room was followed before the cap refused the subscriber. Now a
+/// followed room counts against the cap (refused before it is followed), and a room is
+/// unfollowed once its last local subscriber has gone and it is idle.
+#[test]
+fn followed_rooms_count_against_the_room_cap_and_are_unfollowed_when_idle() {
+    let redis = Redis::start();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let server = Server::start(&[
+        "--shards",
+        "2",
+        "--max-rooms",
+        "10",
+        "--room-idle-timeout",
+        "1",
+        "--cluster-redis",
+        &url,
+    ]);
+    let mut streams = Vec::new();
+    let mut refused = 0;
+    for room in 0..60 {
+        let mut client = Client::connect(server.addr);
+        let request = format!("GET /rooms/c{room}/events HTTP/1.1\r\nHost: x\r\n\r\n");
+        client.send(request.as_bytes()).unwrap();
+        let head = client.read_head().expect("an answer");
+        match head.status {
+            200 => streams.push(client),
+            503 => refused += 1,
+            other => panic!("room c{room}: {other} {head:?}"),
+        }
+    }
+    let metrics = server.metrics();
+    let followed = metrics.sum("ringcast_cluster_rooms_followed");
+    let rooms = metrics.sum("ringcast_rooms");
+    assert!(
+        streams.len() <= 20 && refused >= 40,
+        "{} admitted",
+        streams.len()
+    );
+    assert!(
+        followed <= 20,
+        "{followed} rooms followed, {rooms} local rooms"
+    );
+    assert!(rooms <= 20, "{rooms} local rooms");
+
+    // The subscribers go: the rooms are freed after the idle timeout, and unfollowed.
+    drop(streams);
+    assert!(
+        wait_until(PATIENCE, || {
+            server.metrics().sum("ringcast_cluster_rooms_followed") == 0
+        }),
+        "still followed: {}",
+        server.metrics().sum("ringcast_cluster_rooms_followed")
+    );
+    assert_eq!(server.metrics().sum("ringcast_rooms"), 0);
+
+    // An unfollowed room is followed again by its next subscriber, history included.
+    let mut client = Client::connect(server.addr);
+    client.publish("c0", "one");
+    let mut stream = server.subscribe("c0", Some(0));
+    assert_eq!(stream.next_event(PATIENCE).data, "one");
+    client.publish("c0", "two");
+    assert_eq!(stream.next_event(PATIENCE).data, "two");
 }

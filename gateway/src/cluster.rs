@@ -16,8 +16,12 @@
 //! - **Follow**: one follower thread per node reads (`XREAD BLOCK`) the streams of the rooms
 //!   this node has subscribers for and hands every entry, the node's own publishes
 //!   included, to every shard as a frame: one order, the stream's, on every node. The first
-//!   subscriber of a room on a node waits until the follower has primed the room from the
-//!   stream's tail (`XREVRANGE … COUNT <history>`).
+//!   subscriber of a room on a shard waits until the follower has primed that shard's
+//!   replica from the stream's tail (`XREVRANGE … COUNT <history>`). Frames go to the shards
+//!   that hold the room; a shard that frees its replica (idle for `--room-idle-timeout`, or
+//!   evicted at `--max-rooms`) lets go, and the room is unfollowed when no shard holds it.
+//!   Followed rooms so count against the cap: a subscribe to a new room when every local
+//!   room has a subscriber is refused before anything is followed.
 //! - **Resume**: a `Last-Event-ID` older than the local replica is replayed from `XRANGE`
 //!   (no gap notice) when the stream still holds it; a gap notice says what it no longer holds.
 //! - **Outage**: connection errors mark Redis down (`/readyz` 503 "redis unreachable"),
@@ -214,12 +218,15 @@ pub enum Event {
         /// The publishing node's process-clock time at publish (Unix ns).
         stamp_unix_nanos: u64,
     },
-    /// The room is followed; its replica starts at `first_id` (none: the stream was empty).
+    /// The room is followed for this shard; its replica starts at `first_id` (none: the
+    /// stream was empty) with `frames`, the stream's tail.
     Primed {
         /// Room.
         room: Arc<str>,
         /// Oldest entry primed.
         first_id: Option<u64>,
+        /// The tail: `(id, frame, stamp)`, oldest first.
+        frames: Vec<(u64, Bytes, u64)>,
     },
     /// The room could not be followed (Redis unreachable).
     PrimeFailed {
@@ -326,7 +333,27 @@ impl Hub {
 pub struct ClusterPool {
     hub: Arc<Hub>,
     publishers: Vec<mpsc::SyncSender<Job>>,
-    follows: mpsc::Sender<Arc<str>>,
+    follows: mpsc::Sender<Follow>,
+}
+
+/// A shard's request to the follower.
+#[derive(Debug)]
+enum Follow {
+    /// Prime the shard's replica of the room and send it the room's frames.
+    Start {
+        /// Room.
+        room: Arc<str>,
+        /// The asking shard.
+        shard: usize,
+    },
+    /// The shard freed its replica: stop sending it frames (and stop following the room
+    /// when no shard holds it).
+    Stop {
+        /// Room.
+        room: Arc<str>,
+        /// The shard letting go.
+        shard: usize,
+    },
 }
 
 impl std::fmt::Debug for ClusterPool {
@@ -420,7 +447,7 @@ pub struct ClusterShard {
     index: usize,
     hub: Arc<Hub>,
     publishers: Vec<mpsc::SyncSender<Job>>,
-    follows: mpsc::Sender<Arc<str>>,
+    follows: mpsc::Sender<Follow>,
     breaker: CircuitBreaker,
     in_flight: usize,
     results: [u64; RESULTS.len()],
@@ -456,11 +483,27 @@ impl ClusterShard {
             return true;
         }
         let room: Arc<str> = Arc::from(room);
-        if self.follows.send(room.clone()).is_err() {
+        let start = Follow::Start {
+            room: room.clone(),
+            shard: self.index,
+        };
+        if self.follows.send(start).is_err() {
             return false;
         }
         self.waiting.insert(room, vec![waiter]);
         true
+    }
+
+    /// This shard freed its replica of `room`: the follower stops sending it the room's
+    /// frames, and a later subscriber waits for a fresh prime. Nothing when the room was not
+    /// primed here (so a second call, or one for a room being primed again, does nothing).
+    pub fn unfollow(&mut self, room: &Arc<str>) {
+        if self.primed.remove(room) {
+            let _ = self.follows.send(Follow::Stop {
+                room: room.clone(),
+                shard: self.index,
+            });
+        }
     }
 
     /// Takes the subscribers that waited for `room`.
@@ -953,18 +996,19 @@ fn replay(connection: &mut redis::Connection, ticket: &ReplayTicket) -> redis::R
 /// The follower: one thread, one connection, every followed room.
 struct Follower {
     hub: Arc<Hub>,
-    requests: mpsc::Receiver<Arc<str>>,
+    requests: mpsc::Receiver<Follow>,
     connection: Option<redis::Connection>,
     /// Followed rooms and the last stream id read of each.
     rooms: Vec<(Arc<str>, String)>,
-    /// Index in `rooms`, and the oldest id primed.
-    index: HashMap<Arc<str>, (usize, Option<u64>)>,
-    pending: Vec<Arc<str>>,
+    /// Index in `rooms`, and the shards that hold the room (the only ones sent its frames).
+    index: HashMap<Arc<str>, (usize, Vec<usize>)>,
+    /// Rooms to prime and the shards that asked.
+    pending: Vec<(Arc<str>, Vec<usize>)>,
     backoff: Duration,
 }
 
 impl Follower {
-    fn new(hub: Arc<Hub>, requests: mpsc::Receiver<Arc<str>>) -> Self {
+    fn new(hub: Arc<Hub>, requests: mpsc::Receiver<Follow>) -> Self {
         Self {
             hub,
             requests,
@@ -1024,8 +1068,8 @@ impl Follower {
             tracing::warn!(%err, what, "redis unreachable");
         }
         self.connection = None;
-        for room in std::mem::take(&mut self.pending) {
-            self.broadcast(|| Event::PrimeFailed { room: room.clone() });
+        for (room, shards) in std::mem::take(&mut self.pending) {
+            self.send_to(&shards, || Event::PrimeFailed { room: room.clone() });
         }
         self.wake_all();
     }
@@ -1047,22 +1091,50 @@ impl Follower {
         }
     }
 
-    fn request(&mut self, room: Arc<str>) {
-        if let Some(&(_, first_id)) = self.index.get(&room) {
-            // Followed already (another shard asked first): every shard has the frames.
-            self.broadcast(|| Event::Primed {
-                room: room.clone(),
-                first_id,
-            });
-            self.wake_all();
-        } else if !self.pending.contains(&room) {
-            self.pending.push(room);
+    fn request(&mut self, request: Follow) {
+        match request {
+            // Followed already or not, the shard's replica is filled from the tail: it
+            // holds nothing of the room (it never did, or it freed it).
+            Follow::Start { room, shard } => {
+                match self
+                    .pending
+                    .iter_mut()
+                    .find(|(pending, _)| *pending == room)
+                {
+                    Some((_, shards)) if !shards.contains(&shard) => shards.push(shard),
+                    Some(_) => {}
+                    None => self.pending.push((room, vec![shard])),
+                }
+            }
+            Follow::Stop { room, shard } => self.stop(&room, shard),
         }
+    }
+
+    /// `shard` no longer holds `room`; the room is unfollowed when no shard does.
+    fn stop(&mut self, room: &Arc<str>, shard: usize) {
+        let Some((position, holders)) = self.index.get_mut(room) else {
+            return;
+        };
+        holders.retain(|&holder| holder != shard);
+        if !holders.is_empty() {
+            return;
+        }
+        let position = *position;
+        self.index.remove(room);
+        self.rooms.swap_remove(position);
+        if let Some((moved, _)) = self.rooms.get(position) {
+            if let Some(entry) = self.index.get_mut(moved) {
+                entry.0 = position;
+            }
+        }
+        self.hub
+            .rooms_followed
+            .store(self.rooms.len() as u64, Ordering::Relaxed);
     }
 
     /// Fills every shard's replica of each newly followed room from the stream's tail.
     fn prime(&mut self) -> redis::RedisResult<()> {
-        while let Some(room) = self.pending.last().cloned() {
+        while let Some((room, shards)) = self.pending.last().cloned() {
             let Some(connection) = self.connection.as_mut() else {
                 return Ok(());
             };
@@ -1084,15 +1156,30 @@ impl Follower {
             let last = entries
                 .last()
                 .map_or_else(|| "0-0".to_owned(), |(id, _, _)| stream_id(*id));
-            for (id, data, stamp) in entries {
-                self.deliver(&room, id, &data, stamp);
-            }
-            self.broadcast(|| Event::Primed {
+            self.hub
+                .entries_read
+                .fetch_add(entries.len() as u64, Ordering::Relaxed);
+            let frames: Vec<_> = entries
+                .into_iter()
+                .map(|(id, data, stamp)| (id, shard::sse::encode_message(id, &data), stamp))
+                .collect();
+            // Entries appended since the last XREAD are in the tail too: the next XREAD
+            // hands them again, and a replica ignores ids it holds.
+            self.send_to(&shards, || Event::Primed {
                 room: room.clone(),
                 first_id,
+                frames: frames.clone(),
             });
-            self.index
-                .insert(room.clone(), (self.rooms.len(), first_id));
+            if let Some((_, holders)) = self.index.get_mut(&room) {
+                for shard in shards {
+                    if !holders.contains(&shard) {
+                        holders.push(shard);
+                    }
+                }
+                self.wake_all();
+                continue;
+            }
+            self.index.insert(room.clone(), (self.rooms.len(), shards));
             self.rooms.push((room, last));
             self.hub
                 .rooms_followed
@@ -1130,9 +1217,10 @@ impl Follower {
                 let Some(room) = room_of_key(key) else {
                     continue;
                 };
-                let Some(&(position, _)) = self.index.get(room) else {
+                let Some((position, _)) = self.index.get(room) else {
                     continue;
                 };
+                let position = *position;
                 let room = self.rooms[position].0.clone();
                 // A stream keeps at least its cap (MAXLEN ~, the publishing nodes' history)
                 // of entries, so entries this node never saw can only have been trimmed when
@@ -1173,7 +1261,7 @@ impl Follower {
         tracing::warn!(%room, from, to, "fell behind the stream cap: entries trimmed unread");
         self.hub.follow_gaps.fetch_add(1, Ordering::Relaxed);
         let frame = shard::sse::encode_gap(from, to);
-        self.broadcast(|| Event::Frame {
+        self.send_holders(room, || Event::Frame {
             room: room.clone(),
             id: to,
             frame: frame.clone(),
@@ -1184,7 +1272,7 @@ impl Follower {
     fn deliver(&self, room: &Arc<str>, id: u64, data: &[u8], stamp: u64) {
         let frame = shard::sse::encode_message(id, data);
         self.hub.entries_read.fetch_add(1, Ordering::Relaxed);
-        self.broadcast(|| Event::Frame {
+        self.send_holders(room, || Event::Frame {
             room: room.clone(),
             id,
             frame: frame.clone(),
@@ -1192,9 +1280,17 @@ impl Follower {
         });
     }
 
-    /// Hands an event to every shard, waiting (never dropping) while a queue is full.
-    fn broadcast(&self, event: impl Fn() -> Event) {
-        for (shard, queue) in self.hub.mail.iter().enumerate() {
+    /// Hands an event to every shard that holds `room`.
+    fn send_holders(&self, room: &Arc<str>, event: impl Fn() -> Event) {
+        if let Some((_, holders)) = self.index.get(room) {
+            self.send_to(holders, event);
+        }
+    }
+
+    /// Hands an event to each of `shards`, waiting (never dropping) while a queue is full.
+    fn send_to(&self, shards: &[usize], event: impl Fn() -> Event) {
+        for &shard in shards {
+            let queue = &self.hub.mail[shard];
             let mut event = event();
             loop {
                 match queue.push(event) {

@@ -84,6 +84,11 @@ pub enum Mail {
         reply: ReplyTo,
         /// Subscribers on the answering shard.
         subscribers: usize,
+        /// Highest id in the answering shard's replica (0 if it holds none): a replica
+        /// may have been freed on the shard that asked.
+        last_id: u64,
+        /// Messages the answering shard's replica holds.
+        history_len: usize,
     },
     /// From the shard's companion thread: serve this request (complete HTTP/1.1 bytes,
     /// translated from TLS, HTTP/2 or HTTP/3) as a virtual connection writing to `sink`.

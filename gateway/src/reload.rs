@@ -173,6 +173,15 @@ mod tests {
     }
 
     #[test]
+    fn the_room_idle_timeout_is_live() {
+        let current = config("room-idle-timeout = 3600.0", Flags::default());
+        let fresh = config("room-idle-timeout = 5.0", Flags::default());
+        let reloaded = apply(&current, &fresh, current.max_connections);
+        assert_eq!(reloaded.config.room_idle_timeout, Duration::from_secs(5));
+        assert_eq!(reloaded.changed, ["room-idle-timeout"]);
+    }
+
+    #[test]
     fn flags_still_win_and_raising_connections_is_capped() {
         let flags = Flags {
             shards: Some(1),

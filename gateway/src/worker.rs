@@ -410,6 +410,7 @@ impl Worker {
                 .handle_timeout(now, self.config.idempotency_window);
             let budget_used = self.write_out(now)?;
             self.forward_presence();
+            self.release_freed_rooms();
             self.flush_outbox()?;
             self.publish_figures(now);
 
@@ -1392,6 +1393,11 @@ impl Worker {
         last_event_id: Option<u64>,
     ) -> std::io::Result<()> {
         let serial = self.conns[slot as usize].as_ref().map_or(0, |c| c.serial);
+        self.release_freed_rooms();
+        if !self.fanout.room_available(room) {
+            // Refused before the room is followed: followed rooms count against the cap.
+            return self.refuse_unavailable(slot, Rejection::RoomLimit);
+        }
         let Some(cluster) = self.cluster.as_mut() else {
             return Ok(());
         };
@@ -1468,13 +1474,28 @@ impl Worker {
                 frame,
                 stamp_unix_nanos,
             } => {
-                self.fanout
-                    .handle_frame_stamped(now, stamp_unix_nanos, &room, id, frame);
-            }
-            Event::Primed { room, first_id } => {
-                if let Some(first) = first_id {
-                    self.fanout.handle_history_start(&room, first);
+                // Sent before the follower took this shard's release of the room: the
+                // replica is gone, and a new one starts from a fresh prime.
+                if self.cluster.as_ref().is_some_and(|c| c.is_primed(&room)) {
+                    self.fanout
+                        .handle_frame_stamped(now, stamp_unix_nanos, &room, id, frame);
                 }
+            }
+            Event::Primed {
+                room,
+                first_id,
+                frames,
+            } => {
+                for (id, frame, stamp) in frames {
+                    self.fanout
+                        .handle_frame_stamped(now, stamp, &room, id, frame);
+                }
+                // Created even for an empty stream, so that the replica is freed (and the
+                // room unfollowed) when idle, whether or not a waiter is admitted.
+                self.fanout
+                    .handle_history_start(&room, first_id.unwrap_or(1));
+                // Making place for the room may have evicted another.
+                self.release_freed_rooms();
                 let waiters = self
                     .cluster
                     .as_mut()
@@ -1916,8 +1937,15 @@ impl Worker {
                 self.fanout.handle_presence(now, &room, subscribed);
             }
             Mail::RoomQuery { room, reply } => {
-                let subscribers = self.fanout.room_info(&room).map_or(0, |i| i.subscribers);
-                self.outbox[reply.shard as usize].push_back(Mail::RoomCount { reply, subscribers });
+                let info = self.fanout.room_info(&room);
+                let (subscribers, last_id, history_len) =
+                    info.map_or((0, 0, 0), |i| (i.subscribers, i.last_id, i.history_len));
+                self.outbox[reply.shard as usize].push_back(Mail::RoomCount {
+                    reply,
+                    subscribers,
+                    last_id,
+                    history_len,
+                });
             }
             Mail::Sequenced { reply, result } => {
                 let Some(conn) = self.conn(reply.slot).filter(|c| c.serial == reply.serial) else {
@@ -1940,15 +1968,25 @@ impl Worker {
                     return self.complete_pending(reply.slot);
                 }
             }
-            Mail::RoomCount { reply, subscribers } => {
+            Mail::RoomCount {
+                reply,
+                subscribers,
+                last_id,
+                history_len,
+            } => {
                 let Some(conn) = self.conn(reply.slot).filter(|c| c.serial == reply.serial) else {
                     return Ok(());
                 };
                 if let Some(Pending::RoomInfo {
-                    subscribers: total, ..
+                    subscribers: total,
+                    last_id: last_max,
+                    history_len: history_max,
+                    ..
                 }) = &mut conn.pending
                 {
                     *total += subscribers;
+                    *last_max = (*last_max).max(last_id);
+                    *history_max = (*history_max).max(history_len);
                     conn.outstanding = conn.outstanding.saturating_sub(1);
                     if conn.outstanding == 0 {
                         return self.complete_pending(reply.slot);
@@ -2674,6 +2712,16 @@ impl Worker {
                     room: presence.room,
                     subscribed: presence.subscribed,
                 });
+            }
+        }
+    }
+
+    /// Lets go of what is kept for rooms the fan-out freed: in cluster mode, the follower
+    /// stops sending this shard their frames and unfollows a room no shard holds.
+    fn release_freed_rooms(&mut self) {
+        while let Some(room) = self.fanout.poll_freed() {
+            if let Some(cluster) = self.cluster.as_mut() {
+                cluster.unfollow(&room);
             }
         }
     }

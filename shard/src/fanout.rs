@@ -226,6 +226,8 @@ pub struct Fanout {
     incarnation_next: u64,
     /// Rooms whose local subscribers went from none to some or back, for the owner.
     presence: VecDeque<Presence>,
+    /// Rooms freed since the driver last asked ([`Fanout::poll_freed`]).
+    freed: VecDeque<Arc<str>>,
     /// The latest `now` the driver passed in (for calls that take none).
     now: Instant,
     subscribers: Vec<Option<Subscriber>>,
@@ -256,6 +258,7 @@ impl Fanout {
             rooms_idle: RoomLru::new(),
             incarnation_next: 1,
             presence: VecDeque::new(),
+            freed: VecDeque::new(),
             now,
             subscribers: Vec::new(),
             subscribers_live: 0,
@@ -402,6 +405,7 @@ impl Fanout {
             "a followed room is never freed"
         );
         self.room_index.remove(&room.name);
+        self.freed.push_back(room.name);
         self.rooms_idle.remove(index);
         self.rooms_free.push(index);
         self.rooms_live -= 1;
@@ -440,6 +444,21 @@ impl Fanout {
         } else if remote == 0 {
             self.rooms_idle.touch(index, now);
         }
+    }
+
+    /// Hands out the next room freed (idle or evicted), so the driver can let go of what
+    /// it keeps for the room (cluster mode: the stream it follows). The driver drains this
+    /// every loop turn; it holds at most the rooms freed since.
+    pub fn poll_freed(&mut self) -> Option<Arc<str>> {
+        self.freed.pop_front()
+    }
+
+    /// Whether `room` is held here or a new room could be (below the cap, or a room no
+    /// subscriber follows could make place).
+    pub fn room_available(&self, room: &str) -> bool {
+        self.room_index.contains_key(room)
+            || self.rooms_live < self.config.rooms_max
+            || !self.rooms_idle.is_empty()
     }
 
     /// Hands out the next change in this shard's presence in a room. The driver passes it
@@ -702,12 +721,13 @@ impl Fanout {
                 return false;
             } else if incarnation > replica.incarnation {
                 replica.incarnation = incarnation;
-                replica.history =
-                    crate::history::History::new(history_messages_max, history_bytes_max);
-                for conn in replica.subscribers.clone() {
-                    if let Some(sub) = self.subscribers[conn.0 as usize].as_mut() {
-                        sub.cursor = 0;
-                    }
+                let old = std::mem::replace(
+                    &mut replica.history,
+                    crate::history::History::new(history_messages_max, history_bytes_max),
+                );
+                let subscribers = replica.subscribers.clone();
+                for conn in subscribers {
+                    self.restart_cursor(conn, &old);
                 }
             }
         }
@@ -717,6 +737,34 @@ impl Fanout {
         self.append(now, room_index, id, frame, stamp_unix_nanos);
         self.stats.replicated_total += 1;
         true
+    }
+
+    /// The subscriber's room started over (a later incarnation): what it has not received
+    /// of the `old` history goes out first, ahead of the new room's frames from its first
+    /// id. One cut lapped in the old history is cut as it would have been.
+    fn restart_cursor(&mut self, conn: ConnId, old: &crate::history::History) {
+        let Some(sub) = self.subscribers[conn.0 as usize].as_mut() else {
+            return;
+        };
+        if old.is_lapped(sub.cursor) {
+            self.cuts.push_back(conn);
+            return;
+        }
+        let mut rest = Vec::new();
+        let mut cursor = sub.cursor;
+        loop {
+            let before = rest.len();
+            cursor = old.collect_after(cursor, self.config.write_frames_max, &mut rest);
+            if rest.len() == before {
+                break;
+            }
+        }
+        if !rest.is_empty() {
+            sub.preamble
+                .get_or_insert_with(Default::default)
+                .extend(rest);
+        }
+        sub.cursor = 0;
     }
 
     fn append(&mut self, now: Instant, room_index: u32, id: u64, frame: Bytes, stamp: u64) {

@@ -761,3 +761,167 @@ fn a_replica_freed_while_its_owner_kept_the_room_reports_what_it_no_longer_holds
     assert_eq!(late.ids(0), [6]);
     assert!(late.closed.is_empty());
 }
+
+#[test]
+fn freed_rooms_are_handed_to_the_driver() {
+    let mut sim = Sim::new(idle_config(1));
+    assert!(sim.fanout.room_available("a"));
+    sim.publish("a", "x");
+    assert!(sim.fanout.room_available("b"), "a can be evicted");
+    sim.subscribe(0, "a", None);
+    assert!(sim.fanout.room_available("a"));
+    assert!(!sim.fanout.room_available("b"), "every room is followed");
+    sim.fanout.handle_disconnect(ConnId(0));
+    sim.publish("b", "x");
+    assert_eq!(sim.fanout.poll_freed().as_deref(), Some("a"));
+    sim.advance(Duration::from_secs(61));
+    sim.run_idle();
+    assert_eq!(sim.fanout.poll_freed().as_deref(), Some("b"));
+    assert_eq!(sim.fanout.poll_freed(), None);
+}
+
+/// What one step of the two-shard schedule does.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Subscribe connection `.0` of the replica shard to room `.1`.
+    Subscribe(u32, u8),
+    Disconnect(u32),
+    /// Publish in room `.0` on the owner shard.
+    Publish(u8),
+    /// Deliver up to `.0` mails owner → replica.
+    Frames(u8),
+    /// Deliver up to `.0` mails replica → owner.
+    Presences(u8),
+    /// Advance both clocks by `.0` seconds (the idle timeout is 3 s).
+    Advance(u8),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0u32..6, 0u8..4).prop_map(|(c, r)| Step::Subscribe(c, r)),
+        (0u32..6).prop_map(Step::Disconnect),
+        (0u8..4).prop_map(Step::Publish),
+        (0u8..4).prop_map(Step::Publish),
+        (0u8..8).prop_map(Step::Frames),
+        (0u8..4).prop_map(Step::Presences),
+        (0u8..4).prop_map(Step::Advance),
+    ]
+}
+
+/// Each message's data is `incarnation:id`, as the owner numbered it.
+fn incarnation_and_id(frame: &[u8]) -> Option<(u64, u64)> {
+    let text = std::str::from_utf8(frame).ok()?;
+    let data = text.lines().find_map(|line| line.strip_prefix("data: "))?;
+    let (incarnation, id) = data.split_once(':')?;
+    Some((incarnation.parse().ok()?, id.parse().ok()?))
+}
+
+proptest! {
+    /// Two shards, the owner (sequencing, 2 rooms at most) and a replica with subscribers,
+    /// mail in flight both ways, rooms freed (idle, evicted) and created again at any time:
+    /// a subscriber gets messages in order (incarnation, then id), every message published
+    /// while it was subscribed reaches it, and once the mail is delivered the owner holds
+    /// every room the replica's subscribers follow.
+    #[test]
+    fn freeing_rooms_loses_and_misorders_nothing_across_shards(
+        steps in proptest::collection::vec(step(), 1..200)
+    ) {
+        let config = FanoutConfig {
+            rooms_max: 2,
+            room_idle_timeout: Duration::from_secs(3),
+            ..FanoutConfig::default()
+        };
+        let mut owner = Sim::new(config.clone());
+        let mut replica = Sim::new(config);
+        replica.now = owner.now;
+        let mut frames: VecDeque<(String, u64, u64, Bytes)> = VecDeque::new();
+        let mut presences: VecDeque<Presence> = VecDeque::new();
+        // Subscriber → (room, messages published since it subscribed).
+        let mut live: HashMap<u32, (String, Vec<(u64, u64)>)> = HashMap::new();
+        for step in steps {
+            match step {
+                Step::Subscribe(c, r) => {
+                    let room = format!("r{r}");
+                    if !live.contains_key(&c)
+                        && replica.fanout.handle_subscribe(
+                            replica.now, ConnId(c), &room, None, Bytes::new()).is_ok()
+                    {
+                        replica.received.remove(&ConnId(c));
+                        live.insert(c, (room, Vec::new()));
+                    }
+                }
+                Step::Disconnect(c) => {
+                    replica.fanout.handle_disconnect(ConnId(c));
+                    replica.pending_done.retain(|p| p.0 != c);
+                    live.remove(&c);
+                }
+                Step::Publish(r) => {
+                    let room = format!("r{r}");
+                    let next = owner.fanout.room_info(&room).map_or(1, |i| i.last_id + 1);
+                    // The incarnation is numbered at the first publish: peek by publishing.
+                    let now = owner.now;
+                    let Ok((id, _)) = owner.fanout.handle_publish(now, &room, b"probe") else {
+                        continue;
+                    };
+                    prop_assert_eq!(id, next);
+                    let incarnation = owner.fanout.room_incarnation(&room).unwrap();
+                    // The probe was sequenced; the real frame replaces it for the replica.
+                    let frame = sse::encode_message(id, format!("{incarnation}:{id}").as_bytes());
+                    frames.push_back((room.clone(), incarnation, id, frame));
+                    for (room_of, expected) in live.values_mut() {
+                        if *room_of == room {
+                            expected.push((incarnation, id));
+                        }
+                    }
+                }
+                Step::Frames(n) => {
+                    for _ in 0..n {
+                        let Some((room, incarnation, id, frame)) = frames.pop_front() else { break };
+                        let now = replica.now;
+                        replica.fanout.handle_frame_replica(now, 0, &room, incarnation, id, frame);
+                    }
+                }
+                Step::Presences(n) => {
+                    for _ in 0..n {
+                        let Some(p) = presences.pop_front() else { break };
+                        let now = owner.now;
+                        owner.fanout.handle_presence(now, &p.room, p.subscribed);
+                    }
+                }
+                Step::Advance(s) => {
+                    owner.advance(Duration::from_secs(s.into()));
+                    replica.advance(Duration::from_secs(s.into()));
+                }
+            }
+            while let Some(p) = replica.fanout.poll_presence() {
+                presences.push_back(p);
+            }
+            while owner.fanout.poll_presence().is_some() {}
+            owner.run_idle();
+            replica.run_idle();
+            prop_assert!(replica.closed.is_empty(), "{:?}", replica.closed);
+        }
+        // Quiescence: every mail delivered.
+        for (room, incarnation, id, frame) in frames.drain(..) {
+            let now = replica.now;
+            replica.fanout.handle_frame_replica(now, 0, &room, incarnation, id, frame);
+        }
+        for p in presences.drain(..) {
+            let now = owner.now;
+            owner.fanout.handle_presence(now, &p.room, p.subscribed);
+        }
+        replica.run_idle();
+        for (conn, (room, expected)) in &live {
+            let got: Vec<(u64, u64)> = replica
+                .frames(*conn)
+                .iter()
+                .filter_map(|f| incarnation_and_id(f))
+                .collect();
+            prop_assert!(got.windows(2).all(|w| w[0] < w[1]), "conn {} misordered {:?}", conn, got);
+            for message in expected {
+                prop_assert!(got.contains(message), "conn {} lost {:?}: got {:?}", conn, message, got);
+            }
+            prop_assert!(owner.fanout.room_info(room).is_some(), "owner freed followed {}", room);
+        }
+    }
+}
