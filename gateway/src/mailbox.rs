@@ -46,12 +46,14 @@ pub enum Mail {
         /// Who waits.
         reply: ReplyTo,
         /// The id or a refusal reason.
-        result: Result<u64, &'static str>,
+        result: Result<shard::event_id::EventId, &'static str>,
     },
     /// A sequenced frame for this shard's replica of a room.
     Frame {
         /// Room name.
         room: Arc<str>,
+        /// The room's epoch on its owner (shard::event_id).
+        epoch: u64,
         /// Its id.
         id: u64,
         /// The encoded SSE frame, shared with every shard.

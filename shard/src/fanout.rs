@@ -12,6 +12,7 @@
 //! waits up to [`FanoutConfig::coalesce_delay`] after becoming dirty, so that later events
 //! join its write.
 
+use crate::event_id::{EventId, ResetReason, ResumeId};
 use crate::history::ResumeFrom;
 use crate::room::Room;
 use crate::sse;
@@ -68,6 +69,12 @@ pub struct FanoutConfig {
     pub coalesce_delay: Duration,
     /// Dirty-queue length from which the delay applies.
     pub coalesce_queue_min: usize,
+    /// Cluster mode: ids are packed Redis stream ids, shown as the stream id `ms-seq`
+    /// (no room epochs). Otherwise ids are shown `{room epoch}-{seq}`.
+    pub stream_ids: bool,
+    /// Unix time (microseconds) at the `now` given to [`Fanout::new`]: room epochs are this
+    /// clock, read through the monotonic `now` of each publish.
+    pub epoch_anchor_unix_micros: u64,
 }
 
 impl Default for FanoutConfig {
@@ -81,6 +88,8 @@ impl Default for FanoutConfig {
             heartbeat: HEARTBEAT_DEFAULT,
             coalesce_delay: COALESCE_DELAY_DEFAULT,
             coalesce_queue_min: COALESCE_QUEUE_MIN_DEFAULT,
+            stream_ids: false,
+            epoch_anchor_unix_micros: 0,
         }
     }
 }
@@ -109,6 +118,18 @@ pub enum CloseReason {
     Lapped,
     /// The shard is draining and the subscriber has been sent everything up to the head.
     Drained,
+}
+
+/// Where a new subscriber starts, once its resume id has been placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// At the head: only messages sequenced from now on.
+    Head,
+    /// After this (internal) id: every message after it still held, led by a gap notice
+    /// for what is no longer held.
+    After(u64),
+    /// The resume id cannot be placed: `event: reset`, then everything held.
+    Reset(ResetReason),
 }
 
 /// What the driver must do next.
@@ -146,6 +167,8 @@ pub struct FanoutStats {
     pub slow_cuts_total: u64,
     /// Gap notices sent on resume.
     pub gaps_total: u64,
+    /// Reset notices sent (resume ids that could not be placed, rooms restarted).
+    pub resets_total: u64,
     /// Heartbeats handed out.
     pub heartbeats_total: u64,
 }
@@ -155,8 +178,8 @@ pub struct FanoutStats {
 pub struct RoomInfo {
     /// This shard's subscribers of the room.
     pub subscribers: usize,
-    /// Highest id sequenced (0 if none).
-    pub last_id: u64,
+    /// Highest id sequenced, as clients see it (`None` if none).
+    pub last_id: Option<EventId>,
     /// Messages held for resume.
     pub history_len: usize,
 }
@@ -201,6 +224,22 @@ pub struct Fanout {
     drain_retry: Option<Bytes>,
     heartbeats: TimerWheel<(ConnId, u32)>,
     stats: FanoutStats,
+    /// The `now` of [`Fanout::new`], paired with `config.epoch_anchor_unix_micros`.
+    anchor: Instant,
+    /// Last room epoch given out: epochs strictly increase on this shard.
+    epoch_last: u64,
+}
+
+/// How clients see internal id `id` of `room`.
+fn shown(stream_ids: bool, room: &Room, id: u64) -> EventId {
+    if stream_ids {
+        EventId::from_stream_packed(id)
+    } else {
+        EventId {
+            epoch: room.epoch,
+            seq: id,
+        }
+    }
 }
 
 impl Fanout {
@@ -220,7 +259,20 @@ impl Fanout {
             cuts: VecDeque::new(),
             drain_retry: None,
             stats: FanoutStats::default(),
+            anchor: now,
+            epoch_last: 0,
         }
+    }
+
+    /// A new room epoch: Unix microseconds now, and above every epoch given out before.
+    fn next_epoch(&mut self, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.anchor).as_micros();
+        let micros = self
+            .config
+            .epoch_anchor_unix_micros
+            .saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX));
+        self.epoch_last = micros.max(self.epoch_last.saturating_add(1));
+        self.epoch_last
     }
 
     /// The configuration in force.
@@ -269,9 +321,10 @@ impl Fanout {
     /// Facts about a room, if this shard holds it.
     pub fn room_info(&self, name: &str) -> Option<RoomInfo> {
         let room = &self.rooms[*self.room_index.get(name)? as usize];
+        let last_id = room.history.last_id();
         Some(RoomInfo {
             subscribers: room.subscribers.len(),
-            last_id: room.history.last_id(),
+            last_id: (last_id > 0).then(|| shown(self.config.stream_ids, room, last_id)),
             history_len: room.history.len(),
         })
     }
@@ -300,35 +353,70 @@ impl Fanout {
     }
 
     /// Subscribes `conn` to `room`. `head` (the HTTP response head) goes out in the first
-    /// write. With `last_event_id`, the cursor starts there: every message after it still
-    /// in history is replayed, and a gap notice says what is no longer there. An id above
-    /// the head starts at the head.
+    /// write. With a resume id, [`Fanout::place`] decides where the cursor starts: after
+    /// it (every message after it still in history is replayed, and a gap notice says what
+    /// is no longer there), or, when it cannot be placed, a reset notice and everything
+    /// held.
     pub fn handle_subscribe(
         &mut self,
         now: Instant,
         conn: ConnId,
         room: &str,
-        last_event_id: Option<u64>,
+        resume: Option<ResumeId>,
         head: Bytes,
     ) -> Result<(), FanoutError> {
-        self.subscribe(now, conn, room, last_event_id, head, Vec::new(), true)
+        let start = self.place(room, resume);
+        self.subscribe(now, conn, room, start, head, Vec::new())
+    }
+
+    /// Where a subscriber of `room` resuming with `resume` starts. Single node: `E-S`
+    /// places only with the room's current epoch and `S` at most the head. Cluster
+    /// (`stream_ids`): a stream id that fits is taken as it is, even above this replica's
+    /// head (it may be a real id this node has not received yet: the caller asks the broker
+    /// first).
+    pub fn place(&self, room: &str, resume: Option<ResumeId>) -> Start {
+        let id = match resume {
+            None => return Start::Head,
+            Some(ResumeId::Unplaceable(reason)) => return Start::Reset(reason),
+            Some(ResumeId::At(id)) => id,
+        };
+        if self.config.stream_ids {
+            return id
+                .stream_packed()
+                .map_or(Start::Reset(ResetReason::BeyondHead), Start::After);
+        }
+        let Some(room) = self.room_index.get(room).map(|&i| &self.rooms[i as usize]) else {
+            return Start::Reset(ResetReason::UnknownEpoch);
+        };
+        if room.epoch == 0 || id.epoch != room.epoch {
+            Start::Reset(ResetReason::UnknownEpoch)
+        } else if id.seq > room.history.last_id() {
+            Start::Reset(ResetReason::BeyondHead)
+        } else {
+            Start::After(id.seq)
+        }
     }
 
     /// A subscribe in cluster mode (ids are the broker's, the same on every node): `replay`
     /// (frames fetched from the broker, possibly led by a gap notice) goes out right after
-    /// the head, then history after `after`. Unlike [`Fanout::handle_subscribe`], an id
-    /// above this replica's head is kept as it is: it is a real id this node has not
-    /// received yet, not a stale one from an earlier process.
+    /// the head, then history after where `start` says. The caller has placed the resume
+    /// id ([`Fanout::place`], then the broker for ids above this replica's head).
     pub fn handle_subscribe_replayed(
         &mut self,
         now: Instant,
         conn: ConnId,
         room: &str,
-        after: Option<u64>,
+        start: Start,
         head: Bytes,
         replay: Vec<Bytes>,
     ) -> Result<(), FanoutError> {
-        self.subscribe(now, conn, room, after, head, replay, false)
+        self.subscribe(now, conn, room, start, head, replay)
+    }
+
+    /// The highest id `room` holds on this shard (`None` when the shard holds no such room).
+    pub fn head_id(&self, room: &str) -> Option<u64> {
+        let room = &self.rooms[*self.room_index.get(room)? as usize];
+        Some(room.history.last_id())
     }
 
     /// Where resuming `room` after `last_event_id` stands in this shard's replica (`None`
@@ -350,16 +438,14 @@ impl Fanout {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn subscribe(
         &mut self,
         now: Instant,
         conn: ConnId,
         room: &str,
-        last_event_id: Option<u64>,
+        start: Start,
         head: Bytes,
         replay: Vec<Bytes>,
-        clamp: bool,
     ) -> Result<(), FanoutError> {
         let index = conn.0 as usize;
         if self.subscribers.get(index).is_some_and(Option::is_some) {
@@ -375,13 +461,31 @@ impl Fanout {
             .insert(now + self.config.heartbeat, (conn, serial))
             .map_err(|_| FanoutError::TimersFull)?;
         self.serial_next = self.serial_next.wrapping_add(1);
+        let stream_ids = self.config.stream_ids;
         let room_ref = &mut self.rooms[room_index as usize];
         let head_id = room_ref.history.last_id();
-        let mut cursor =
-            last_event_id.map_or(head_id, |id| if clamp { id.min(head_id) } else { id });
+        let (mut cursor, reset) = match start {
+            Start::Head => (head_id, None),
+            Start::After(id) => (id, None),
+            Start::Reset(reason) => {
+                let held_from = room_ref.history.first_id();
+                let cursor = held_from.map_or(head_id, |first| first - 1);
+                let known = stream_ids || room_ref.epoch != 0;
+                let notice = sse::encode_reset(
+                    reason,
+                    held_from.map(|first| shown(stream_ids, room_ref, first)),
+                    known.then(|| shown(stream_ids, room_ref, cursor)),
+                );
+                self.stats.resets_total += 1;
+                (cursor, Some(notice))
+            }
+        };
         let mut gap = None;
         if let ResumeFrom::Gap { from, to } = room_ref.history.resume_from(cursor) {
-            gap = Some(sse::encode_gap(from, to));
+            gap = Some(sse::encode_gap(
+                shown(stream_ids, room_ref, from),
+                shown(stream_ids, room_ref, to),
+            ));
             cursor = to;
             self.stats.gaps_total += 1;
         }
@@ -400,7 +504,11 @@ impl Fanout {
             heartbeat_due: false,
             started: false,
             preamble: Some(Box::new(
-                std::iter::once(head).chain(replay).chain(gap).collect(),
+                std::iter::once(head)
+                    .chain(replay)
+                    .chain(reset)
+                    .chain(gap)
+                    .collect(),
             )),
             heartbeat: Some(heartbeat),
         });
@@ -411,13 +519,14 @@ impl Fanout {
 
     /// Sequences a message in a room this shard owns: assigns the next id, encodes the
     /// frame once, stores it and marks the room's subscribers dirty. Returns the id and the
-    /// frame, which the driver hands to the other shards ([`Fanout::handle_frame`]).
+    /// frame, which the driver hands to the other shards ([`Fanout::handle_frame`]). The
+    /// room's first message gives it its epoch.
     pub fn handle_publish(
         &mut self,
         now: Instant,
         room: &str,
         data: &[u8],
-    ) -> Result<(u64, Bytes), FanoutError> {
+    ) -> Result<(EventId, Bytes), FanoutError> {
         self.handle_publish_stamped(now, 0, room, data)
     }
 
@@ -430,20 +539,35 @@ impl Fanout {
         stamp_unix_nanos: u64,
         room: &str,
         data: &[u8],
-    ) -> Result<(u64, Bytes), FanoutError> {
+    ) -> Result<(EventId, Bytes), FanoutError> {
         let room_index = self.room_for(room, false)?;
-        let id = self.rooms[room_index as usize].history.last_id() + 1;
-        let frame = sse::encode_message(id, data);
+        if self.rooms[room_index as usize].epoch == 0 {
+            self.rooms[room_index as usize].epoch = self.next_epoch(now);
+        }
+        let room_ref = &self.rooms[room_index as usize];
+        let id = room_ref.history.last_id() + 1;
+        let shown_id = shown(self.config.stream_ids, room_ref, id);
+        let frame = sse::encode_message(shown_id, data);
         self.append(now, room_index, id, frame.clone(), stamp_unix_nanos);
         self.stats.publishes_total += 1;
-        Ok((id, frame))
+        Ok((shown_id, frame))
     }
 
     /// Stores a frame sequenced by the room's owner shard (or by the cluster broker) and
     /// marks this shard's subscribers dirty. Frames at or below the room's head are
-    /// duplicates and ignored; returns whether it was new.
-    pub fn handle_frame(&mut self, now: Instant, room: &str, id: u64, frame: Bytes) -> bool {
-        self.handle_frame_stamped(now, 0, room, id, frame)
+    /// duplicates and ignored; returns whether it was new. `epoch` is the owner's epoch
+    /// of the room (ignored with `stream_ids`): a replica learns it from the first frame,
+    /// and a frame of another epoch means the owner started the room anew (it was freed
+    /// and created again), so the replica starts over too and its subscribers get a reset.
+    pub fn handle_frame(
+        &mut self,
+        now: Instant,
+        room: &str,
+        epoch: u64,
+        id: u64,
+        frame: Bytes,
+    ) -> bool {
+        self.handle_frame_stamped(now, 0, room, epoch, id, frame)
     }
 
     /// As [`Fanout::handle_frame`], with the stamp the owner shard gave the frame.
@@ -452,18 +576,58 @@ impl Fanout {
         now: Instant,
         stamp_unix_nanos: u64,
         room: &str,
+        epoch: u64,
         id: u64,
         frame: Bytes,
     ) -> bool {
         let Ok(room_index) = self.room_for(room, true) else {
             return false;
         };
+        if !self.config.stream_ids {
+            let known = self.rooms[room_index as usize].epoch;
+            if known == 0 {
+                self.rooms[room_index as usize].epoch = epoch;
+            } else if known != epoch {
+                self.restart_replica(now, room_index, epoch);
+            }
+        }
         if id <= self.rooms[room_index as usize].history.last_id() {
             return false;
         }
         self.append(now, room_index, id, frame, stamp_unix_nanos);
         self.stats.replicated_total += 1;
         true
+    }
+
+    /// The owner started `room_index` anew with `epoch`: the replica's history is of the
+    /// old incarnation. Each subscriber is told (a reset notice) and follows the new one
+    /// from its start.
+    fn restart_replica(&mut self, now: Instant, room_index: u32, epoch: u64) {
+        let room = &mut self.rooms[room_index as usize];
+        room.history = crate::history::History::new(
+            self.config.history_messages_max,
+            self.config.history_bytes_max,
+        );
+        room.epoch = epoch;
+        let notice = sse::encode_reset(
+            ResetReason::RoomRestarted,
+            None,
+            Some(EventId { epoch, seq: 0 }),
+        );
+        for conn in &room.subscribers {
+            let Some(sub) = self.subscribers[conn.0 as usize].as_mut() else {
+                continue;
+            };
+            sub.cursor = 0;
+            sub.preamble
+                .get_or_insert_with(Default::default)
+                .push_back(notice.clone());
+            self.stats.resets_total += 1;
+            if !sub.in_flight && !sub.queued {
+                sub.queued = true;
+                self.dirty.push_back((*conn, sub.serial, now));
+            }
+        }
     }
 
     fn append(&mut self, now: Instant, room_index: u32, id: u64, frame: Bytes, stamp: u64) {
@@ -657,7 +821,11 @@ impl Fanout {
                         out.push(head);
                     }
                 }
-                out.push(sse::encode_lagged(sub.cursor));
+                out.push(sse::encode_lagged(shown(
+                    self.config.stream_ids,
+                    room,
+                    sub.cursor,
+                )));
                 self.handle_disconnect(conn);
                 self.stats.slow_cuts_total += 1;
                 return Some(Action::Close {

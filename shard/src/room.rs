@@ -62,6 +62,10 @@ pub struct Room {
     pub history: History,
     /// This shard's subscribers of the room; each knows its own index here.
     pub subscribers: Vec<ConnId>,
+    /// The room's incarnation as clients see it in ids (`{epoch}-{seq}`, single node):
+    /// assigned by the owner shard when the room first sequences a message, learnt by
+    /// replicas from the owner's frames; 0 while unknown (nothing sequenced yet).
+    pub epoch: u64,
 }
 
 impl Room {
@@ -71,6 +75,7 @@ impl Room {
             name,
             history: History::new(history_messages_max, history_bytes_max),
             subscribers: Vec::new(),
+            epoch: 0,
         }
     }
 }
