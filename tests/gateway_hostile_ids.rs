@@ -70,6 +70,12 @@ fn a_resume_id_from_before_a_restart_gets_a_reset_and_everything_held() {
     let mut sse = server.subscribe("restarted", Some(new[0].at(9)));
     expect_reset(&mut sse, "beyond the head");
     assert_eq!(sse.next_event(PATIENCE).id, Some(new[0]));
+    assert!(
+        common::wait_until(PATIENCE, || server.metrics().sum("ringcast_resets_total")
+            == 6),
+        "{}",
+        server.metrics().0
+    );
     // The room's facts show the same ids; garbage is refused.
     assert_eq!(server.room("restarted")["last_id"], new[2]);
     let long = "1".repeat(200);

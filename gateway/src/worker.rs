@@ -2483,6 +2483,7 @@ impl Worker {
         figures.set(Figure::BytesWritten, self.bytes_written);
         figures.set(Figure::SlowCuts, stats.slow_cuts_total);
         figures.set(Figure::Gaps, stats.gaps_total);
+        figures.set(Figure::Resets, stats.resets_total);
         figures.set(Figure::Heartbeats, stats.heartbeats_total);
         figures.set(Figure::SqFull, ring.sq_full_total);
         figures.set(Figure::CqOverflow, ring.cq_overflow_total);
