@@ -69,7 +69,8 @@ fn cases() -> Vec<Case> {
             )
         },
         Case {
-            allow: Some("GET"),
+            // GET routes answer HEAD too (issue 14 case 5).
+            allow: Some("GET, HEAD"),
             ..case(
                 "POST on events",
                 "POST /rooms/a/events HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",

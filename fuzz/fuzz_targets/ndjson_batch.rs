@@ -15,8 +15,15 @@ fuzz_target!(|body: &[u8]| {
         // (crash-9f1f70b6 was this assertion being too strict: see batch.rs's tests).
         assert!(!line.iter().all(u8::is_ascii_whitespace));
         match gateway::batch::parse_line(line) {
-            Ok((room, data)) => {
+            Ok(gateway::batch::Line {
+                room,
+                data,
+                idempotency_key,
+            }) => {
                 assert!(shard::room::validate_room_name(room.as_bytes()).is_ok());
+                if let Some(key) = idempotency_key {
+                    assert!(gateway::idempotency::validate_key(key.as_bytes()).is_ok());
+                }
                 // Whatever data a line carried, its frame is well formed.
                 let frame = shard::sse::encode_message(
                     shard::event_id::EventId { epoch: 1, seq: 1 },

@@ -1,5 +1,6 @@
-//! The NDJSON body of `POST /publish`: one `{"room":…,"data":…}` object per line. Pure
-//! parsing, no IO, so the worker and the `ndjson_batch` fuzz target share it.
+//! The NDJSON body of `POST /publish`: one `{"room":…,"data":…}` object per line, with an
+//! optional `"idempotency_key"`. Pure parsing, no IO, so the worker and the `ndjson_batch`
+//! fuzz target share it.
 
 /// Lines one `POST /publish` batch may hold.
 pub const BATCH_LINES_MAX: usize = 10_000;
@@ -13,10 +14,22 @@ pub fn lines(body: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
         .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
 }
 
-/// Parses one line into its room (a valid room name) and its data: a JSON string's
-/// contents, or any other JSON value re-serialised compactly. `Err` is the reason, for
-/// the line's entry in the response.
-pub fn parse_line(line: &[u8]) -> Result<(String, String), String> {
+/// One parsed line of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// A valid room name.
+    pub room: String,
+    /// A JSON string's contents, or any other JSON value re-serialised compactly.
+    pub data: String,
+    /// The `idempotency_key` string, checked as the `Idempotency-Key` header is
+    /// (idempotency.rs).
+    pub idempotency_key: Option<String>,
+}
+
+/// Parses one line into its room (a valid room name), its data: a JSON string's
+/// contents, or any other JSON value re-serialised compactly, and its idempotency key.
+/// `Err` is the reason, for the line's entry in the response.
+pub fn parse_line(line: &[u8]) -> Result<Line, String> {
     let value = serde_json::from_slice::<serde_json::Value>(line)
         .map_err(|err| format!("not JSON: {err}"))?;
     let room = value
@@ -30,7 +43,20 @@ pub fn parse_line(line: &[u8]) -> Result<(String, String), String> {
         Some(other) => other.to_string(),
         None => return Err("missing \"data\"".to_owned()),
     };
-    Ok((room.to_owned(), data))
+    let idempotency_key = match value.get("idempotency_key") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(key)) => Some(
+            crate::idempotency::validate_key(key.as_bytes())
+                .map_err(|err| err.to_string())?
+                .to_owned(),
+        ),
+        Some(_) => return Err("\"idempotency_key\" must be a string".to_owned()),
+    };
+    Ok(Line {
+        room: room.to_owned(),
+        data,
+        idempotency_key,
+    })
 }
 
 #[cfg(test)]
@@ -48,10 +74,24 @@ mod tests {
             (r#"{"room":"a"}"#, Err("missing \"data\"")),
             (r#"{"room":"a","data":"hi""#, Err("not JSON")),
             ("[1,2]", Err("missing \"room\" string")),
+            (
+                r#"{"room":"a","data":"x","idempotency_key":7}"#,
+                Err("\"idempotency_key\" must be a string"),
+            ),
+            (
+                r#"{"room":"a","data":"x","idempotency_key":"a b"}"#,
+                Err("idempotency key must be printable"),
+            ),
+            (
+                r#"{"room":"a","data":"x","idempotency_key":""}"#,
+                Err("idempotency key is empty"),
+            ),
         ];
         for (line, want) in cases {
             match (parse_line(line.as_bytes()), want) {
-                (Ok((r, d)), Ok((wr, wd))) => assert_eq!((r.as_str(), d.as_str()), (*wr, *wd)),
+                (Ok(got), Ok((wr, wd))) => {
+                    assert_eq!((got.room.as_str(), got.data.as_str()), (*wr, *wd))
+                }
                 (Err(e), Err(w)) => assert!(e.starts_with(w), "{e}"),
                 (got, want) => panic!("{line}: got {got:?}, want {want:?}"),
             }
@@ -75,6 +115,15 @@ mod tests {
         let got: Vec<(usize, &[u8])> = lines(body).collect();
         assert_eq!(got.len(), 1);
         assert!(got[0].1.ends_with(b"}\r"));
-        assert_eq!(parse_line(got[0].1), Ok(("a".into(), "x".into())));
+        let line = parse_line(got[0].1).unwrap();
+        assert_eq!((line.room.as_str(), line.data.as_str()), ("a", "x"));
+    }
+
+    #[test]
+    fn a_line_carries_its_idempotency_key() {
+        let line = parse_line(br#"{"room":"a","data":"x","idempotency_key":"k-1"}"#).unwrap();
+        assert_eq!(line.idempotency_key.as_deref(), Some("k-1"));
+        let line = parse_line(br#"{"room":"a","data":"x","idempotency_key":null}"#).unwrap();
+        assert_eq!(line.idempotency_key, None);
     }
 }

@@ -5,7 +5,12 @@
 //!   <history> * data … stamp …` to a publisher thread (one bounded queue per thread; a
 //!   room always goes to the same thread, so one node's publishes to a room keep their
 //!   order). The publisher is answered `201 {"id":…}` only once Redis answered; an error, a
-//!   timeout, a full queue or an open breaker answer `503` + `Retry-After`.
+//!   timeout, a full queue or an open breaker answer `503` + `Retry-After`, whose body says
+//!   whether nothing was appended (not sent) or the outcome is unknown (sent, no answer).
+//! - **Idempotency keys**: a publish with a key runs [`APPEND_ONCE_LUA`] instead, which
+//!   appends and stores the key with the entry's id (`SET … PX <window>`) in one atomic
+//!   step, or returns the id stored for the key: a retry within the window, on any node,
+//!   even while the first is still queued in Redis, gets the first id (idempotency.rs).
 //! - **Ids**: clients see the stream id `ms-seq` itself (SSE `id:`, publish answers);
 //!   shards keep it packed as `ms << 20 | seq` (a `u64`: increasing, the same on every node,
 //!   decoded back for `XRANGE`/`XREAD`; shard::event_id).
@@ -158,6 +163,34 @@ pub struct Replay {
     pub beyond_head: bool,
 }
 
+/// A publish's idempotency key and how long Redis keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The key (checked: idempotency::validate_key).
+    pub key: Box<str>,
+    /// `--idempotency-window` when the publish was read.
+    pub window: Duration,
+}
+
+/// Appends a message unless its idempotency key is known: `KEYS[1]` the stream,
+/// `KEYS[2]` the key's record (same hash tag); `ARGV` the `MAXLEN`, data, stamp, node and
+/// window in ms. Returns `{0, id}` for a new entry, `{1, id}` for the first publish's. Atomic
+/// (Redis runs a script alone), so two publishes of one key never both append.
+pub const APPEND_ONCE_LUA: &str = r"
+local first = redis.call('GET', KEYS[2])
+if first then return {1, first} end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+  'data', ARGV[2], 'stamp', ARGV[3], 'node', ARGV[4])
+redis.call('SET', KEYS[2], id, 'PX', ARGV[5])
+return {0, id}
+";
+
+/// The Redis key recording an idempotency key of a room: the room's hash tag, so it sits
+/// in the stream's slot (Redis Cluster runs a script only on keys of one slot).
+pub fn idempotency_record_key(room: &str, key: &str) -> String {
+    format!("ringcast:{{{room}}}:idem:{key}")
+}
+
 enum Job {
     Publish {
         shard: usize,
@@ -167,6 +200,7 @@ enum Job {
         stamp: u64,
         permit: Permit,
         submitted: Instant,
+        idempotency: Option<IdempotencyKey>,
     },
     Replay {
         shard: usize,
@@ -206,6 +240,8 @@ pub enum Event {
         ticket: Ticket,
         /// Id or reason.
         result: Result<u64, &'static str>,
+        /// The id is an earlier publish's, found by its idempotency key.
+        replayed: bool,
     },
     /// A replay's outcome.
     Replayed {
@@ -221,9 +257,17 @@ enum Reply {
     Publish {
         ticket: Ticket,
         permit: Permit,
-        result: Result<u64, &'static str>,
+        result: Result<Appended, &'static str>,
         latency: Duration,
     },
+}
+
+/// What Redis answered to a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Appended {
+    id: u64,
+    /// The id is the first publish's of the same idempotency key.
+    replayed: bool,
 }
 
 /// Labels of `ringcast_cluster_publishes_total{result=…}`.
@@ -432,7 +476,8 @@ impl ClusterShard {
         self.waiting.remove(room).unwrap_or_default()
     }
 
-    /// Starts appending a message; `Err` with the reason when refused at once.
+    /// Starts appending a message; `Err` with the reason when refused at once (nothing
+    /// appended).
     pub fn begin_publish(
         &mut self,
         now: Instant,
@@ -440,16 +485,17 @@ impl ClusterShard {
         room: Arc<str>,
         data: Bytes,
         stamp: u64,
+        idempotency: Option<IdempotencyKey>,
     ) -> Result<(), &'static str> {
         if self.in_flight >= SHARD_IN_FLIGHT_MAX {
             self.results[QUEUE_FULL] += 1;
-            return Err("redis queue full");
+            return Err(REASON_QUEUE_FULL);
         }
         let permit = match self.breaker.allow(now) {
             Ok(permit) => permit,
             Err(_) => {
                 self.results[BREAKER_OPEN] += 1;
-                return Err("redis unavailable (circuit open)");
+                return Err("redis unavailable (circuit open): not appended");
             }
         };
         let publisher = &self.publishers[publisher_of(&room)];
@@ -461,6 +507,7 @@ impl ClusterShard {
             stamp,
             permit,
             submitted: now,
+            idempotency,
         };
         match publisher.try_send(job) {
             Ok(()) => {
@@ -473,9 +520,9 @@ impl ClusterShard {
                 self.breaker
                     .record(permit, Outcome::Success, Duration::ZERO, now);
                 self.results[QUEUE_FULL] += 1;
-                Err("redis queue full")
+                Err(REASON_QUEUE_FULL)
             }
-            Err(_) => Err("redis queue full"),
+            Err(_) => Err(REASON_QUEUE_FULL),
         }
     }
 
@@ -512,7 +559,9 @@ impl ClusterShard {
                 } => {
                     let (outcome, slot) = match result {
                         Ok(_) => (Outcome::Success, APPENDED),
-                        Err(REASON_TIMED_OUT) => (Outcome::Failure, TIMED_OUT),
+                        Err(REASON_TIMED_OUT | REASON_TIMED_OUT_UNKNOWN) => {
+                            (Outcome::Failure, TIMED_OUT)
+                        }
                         Err(_) => (Outcome::Failure, FAILED),
                     };
                     self.results[slot] += 1;
@@ -525,7 +574,11 @@ impl ClusterShard {
                             "circuit breaker opened"
                         );
                     }
-                    Event::Published { ticket, result }
+                    Event::Published {
+                        ticket,
+                        result: result.map(|appended| appended.id),
+                        replayed: result.is_ok_and(|appended| appended.replayed),
+                    }
                 }
             });
         }
@@ -552,9 +605,18 @@ impl ClusterShard {
     }
 }
 
-const REASON_TIMED_OUT: &str = "redis timed out";
-const REASON_FAILED: &str = "redis unreachable";
-const REASON_REFUSED: &str = "redis refused the message";
+// Reasons of a 503: "not appended" when the publish never reached Redis (or Redis refused
+// it), "outcome unknown" when it was sent and no answer came: it may be in the stream.
+const REASON_TIMED_OUT: &str = "redis timed out before the publish was sent: not appended";
+const REASON_FAILED: &str = "redis unreachable: not appended";
+const REASON_REFUSED: &str = "redis refused the message: not appended";
+const REASON_QUEUE_FULL: &str = "redis queue full: not appended";
+/// Sent, and no answer within `--cluster-timeout`.
+pub const REASON_TIMED_OUT_UNKNOWN: &str =
+    "redis timed out: outcome unknown: retry with the same Idempotency-Key";
+/// Sent, and the connection failed before the answer.
+pub const REASON_LOST_UNKNOWN: &str =
+    "redis connection lost: outcome unknown: retry with the same Idempotency-Key";
 
 fn publisher_of(room: &str) -> usize {
     shard::room::owner_shard(room, PUBLISHERS)
@@ -699,7 +761,7 @@ fn append(
     hub: &Hub,
     connection: &mut Option<redis::Connection>,
     jobs: &[Job],
-) -> Vec<Result<u64, &'static str>> {
+) -> Vec<Result<Appended, &'static str>> {
     let now = Instant::now();
     let mut results = vec![Err(REASON_FAILED); jobs.len()];
     let mut pipe = redis::pipe();
@@ -711,6 +773,7 @@ fn append(
             data,
             stamp,
             submitted,
+            idempotency,
             ..
         } = job
         else {
@@ -718,6 +781,20 @@ fn append(
         };
         if now >= *submitted + hub.config.timeout {
             results[index] = Err(REASON_TIMED_OUT);
+            continue;
+        }
+        if let Some(idempotency) = idempotency {
+            pipe.cmd("EVAL")
+                .arg(APPEND_ONCE_LUA)
+                .arg(2)
+                .arg(stream_key(room))
+                .arg(idempotency_record_key(room, &idempotency.key))
+                .arg(hub.config.history)
+                .arg(data.as_ref())
+                .arg(*stamp)
+                .arg(&hub.config.node_id)
+                .arg(idempotency.window.as_millis().max(1) as u64);
+            sent.push(index);
             continue;
         }
         pipe.cmd("XADD")
@@ -743,8 +820,8 @@ fn append(
     match pipe.query::<Vec<Value>>(c) {
         Ok(values) => {
             for (index, value) in sent.into_iter().zip(values) {
-                results[index] = match value_str(&value).and_then(sse_id) {
-                    Some(id) => Ok(id),
+                results[index] = match appended(&value) {
+                    Some(appended) => Ok(appended),
                     None => {
                         tracing::warn!(?value, "XADD answered no usable id");
                         Err(REASON_REFUSED)
@@ -754,10 +831,11 @@ fn append(
         }
         Err(err) => {
             hub.error("XADD", &err);
+            // Sent: Redis may have appended (and will, once it runs what it read).
             let reason = if err.is_timeout() {
-                REASON_TIMED_OUT
+                REASON_TIMED_OUT_UNKNOWN
             } else {
-                REASON_FAILED
+                REASON_LOST_UNKNOWN
             };
             for index in sent {
                 results[index] = Err(reason);
@@ -766,6 +844,20 @@ fn append(
         }
     }
     results
+}
+
+/// The answer to an `XADD` (a stream id) or to [`APPEND_ONCE_LUA`] (`[replayed, id]`).
+fn appended(value: &Value) -> Option<Appended> {
+    if let Some([flag, id]) = list(value) {
+        return Some(Appended {
+            id: sse_id(value_str(id)?)?,
+            replayed: integer(flag)? == 1,
+        });
+    }
+    Some(Appended {
+        id: sse_id(value_str(value)?)?,
+        replayed: false,
+    })
 }
 
 /// The highest SSE id the stream at `key` no longer holds (trimmed or deleted), `None` when

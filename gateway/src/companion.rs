@@ -34,6 +34,25 @@ pub const SHORT_STREAMS_SLACK: usize = 16;
 /// The body of the 429 for a subscription past `--max-streams-per-conn`.
 const STREAMS_REFUSAL: &str = "too many streams on this connection\n";
 
+/// The body of the 408 for a request body not complete within `--body-timeout` (the
+/// shard's words on HTTP/1.1).
+const BODY_TIMEOUT_REFUSAL: &str = "request body not complete in time\n";
+
+/// The body length to declare to the shard for a request whose `Content-Length` is over
+/// `limit` (`--max-message-bytes`): `limit + 1`, so the shard refuses it with 413 from the
+/// head and the body is never read, as on HTTP/1.1. `None` when the request declares no
+/// length or one within the limit (a length that is not digits is refused by hyper and h3).
+pub fn declared_over_limit(parts: &http::request::Parts, limit: usize) -> Option<usize> {
+    let declared = parts.headers.get(http::header::CONTENT_LENGTH)?;
+    let over = match std::str::from_utf8(declared.as_bytes()) {
+        Ok(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            digits.parse::<usize>().map_or(true, |len| len > limit)
+        }
+        _ => false,
+    };
+    over.then_some(limit.saturating_add(1))
+}
+
 /// Subscriptions open on one HTTP/2 or HTTP/3 connection.
 #[derive(Debug, Default, Clone)]
 pub struct StreamCount(Arc<AtomicUsize>);
@@ -192,6 +211,28 @@ impl Companion {
         (
             plain_parts(429, STREAMS_REFUSAL),
             Bytes::from_static(STREAMS_REFUSAL.as_bytes()),
+        )
+    }
+
+    /// `--header-timeout` and `--body-timeout` as in force now (they reload).
+    pub fn request_timeouts(&self) -> (Duration, Duration) {
+        let (_, config) = self.shared.live.current();
+        (config.header_timeout, config.body_timeout)
+    }
+
+    /// Counts a request whose head or body did not arrive in time (the head: its stream
+    /// or connection is dropped, there is no request to answer).
+    pub fn count_timeout(&self, reason: crate::admission::RefusalReason) {
+        self.shared.figures[self.index].add_refusal(reason);
+    }
+
+    /// The 408 answer (head and body) to a request whose body did not arrive within
+    /// `--body-timeout`, as the shard answers on HTTP/1.1; counted.
+    pub fn refuse_body_timeout(&self) -> (http::response::Parts, Bytes) {
+        self.count_timeout(crate::admission::RefusalReason::BodyTimeout);
+        (
+            plain_parts(408, BODY_TIMEOUT_REFUSAL),
+            Bytes::from_static(BODY_TIMEOUT_REFUSAL.as_bytes()),
         )
     }
 
@@ -493,11 +534,17 @@ pub fn http1_request(parts: &http::request::Parts, body: &[u8], body_len: usize)
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nconnection: close\r\n");
-    if let Some(authority) = parts.uri.authority() {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(authority.as_str().as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    // Exactly one Host, as HTTP/1.1 requires (http1::parse refuses none or two): the
+    // :authority, else a Host field the client sent, else empty (RFC 9112 §3.2).
+    let host = parts
+        .uri
+        .authority()
+        .map(|authority| authority.as_str().as_bytes())
+        .or_else(|| parts.headers.get(http::header::HOST).map(|v| v.as_bytes()))
+        .unwrap_or_default();
+    out.extend_from_slice(b"host: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(format!("content-length: {body_len}\r\n").as_bytes());
     for (name, value) in &parts.headers {
         let name = name.as_str();
@@ -673,6 +720,34 @@ mod tests {
         assert!(text.contains("last-event-id: 2\r\n"));
         assert!(!text.contains("keep-alive"));
         assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_declared_length_over_the_limit_is_refused_from_the_head() {
+        let parts = |length: &str| {
+            let (parts, ()) = http::Request::builder()
+                .method("POST")
+                .uri("/rooms/a/messages")
+                .header("content-length", length)
+                .body(())
+                .unwrap()
+                .into_parts();
+            parts
+        };
+        let table = [
+            ("10", None),
+            ("100", None),
+            ("101", Some(101)),
+            ("18446744073709551615", Some(101)),
+            ("99999999999999999999999999", Some(101)),
+            ("", None),
+            ("-1", None),
+        ];
+        for (length, want) in table {
+            assert_eq!(declared_over_limit(&parts(length), 100), want, "{length:?}");
+        }
+        let (none, ()) = http::Request::new(()).into_parts();
+        assert_eq!(declared_over_limit(&none, 100), None);
     }
 
     #[test]

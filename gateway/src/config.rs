@@ -81,6 +81,10 @@ pub struct Flags {
     /// Rooms per shard [default: 100000].
     #[arg(long, value_name = "N")]
     pub max_rooms: Option<usize>,
+    /// Seconds a room with no subscriber and no publish is kept before it is freed with its
+    /// history [default: 3600].
+    #[arg(long, value_name = "SECS")]
+    pub room_idle_timeout: Option<f64>,
     /// Connections per process, split evenly over shards [default: 1048576].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
@@ -183,6 +187,15 @@ pub struct Flags {
     /// [default: 1].
     #[arg(long, value_name = "SECS")]
     pub cluster_timeout: Option<f64>,
+    /// Seconds a publish's idempotency key (`Idempotency-Key` header, `idempotency_key` in
+    /// NDJSON) is remembered: a retry with the same key in the same room within it gets
+    /// the first publish's id, not a second message [default: 120].
+    #[arg(long, value_name = "SECS")]
+    pub idempotency_window: Option<f64>,
+    /// Idempotency keys one shard holds at most (single-node mode); at the cap the oldest
+    /// is forgotten before its window ends [default: 65536].
+    #[arg(long, value_name = "N")]
+    pub idempotency_keys_max: Option<usize>,
     /// Do not serve the demo page (`GET /demo` answers 404).
     #[arg(long)]
     pub no_demo: bool,
@@ -220,6 +233,7 @@ pub struct FileConfig {
     history: Option<usize>,
     history_bytes: Option<usize>,
     max_rooms: Option<usize>,
+    room_idle_timeout: Option<f64>,
     max_connections: Option<usize>,
     coalesce_delay_ms: Option<u64>,
     coalesce_queue_min: Option<usize>,
@@ -248,6 +262,8 @@ pub struct FileConfig {
     cluster_redis: Option<String>,
     node_id: Option<String>,
     cluster_timeout: Option<f64>,
+    idempotency_window: Option<f64>,
+    idempotency_keys_max: Option<usize>,
     demo: Option<bool>,
     share_port: Option<bool>,
 }
@@ -306,6 +322,8 @@ pub struct Config {
     pub history_bytes: usize,
     /// Rooms per shard.
     pub max_rooms: usize,
+    /// A room with no subscriber and no publish for this long is freed.
+    pub room_idle_timeout: Duration,
     /// Connections per process.
     pub max_connections: usize,
     /// Coalescing delay under load.
@@ -338,6 +356,10 @@ pub struct Config {
     pub transports: Transports,
     /// Cluster mode, when `--cluster-redis` is set.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// How long a publish's idempotency key is remembered (idempotency.rs).
+    pub idempotency_window: Duration,
+    /// Idempotency keys one shard holds at most.
+    pub idempotency_keys_max: usize,
     /// Whether `GET /demo` serves the demo page.
     pub demo: bool,
     /// Whether the listeners may join addresses another process already listens on.
@@ -681,6 +703,13 @@ impl Config {
                 1,
                 1 << 24,
             )?,
+            room_idle_timeout: seconds(
+                "room-idle-timeout",
+                flags
+                    .room_idle_timeout
+                    .or(file.room_idle_timeout)
+                    .unwrap_or(shard::fanout::ROOM_IDLE_TIMEOUT_DEFAULT.as_secs_f64()),
+            )?,
             max_connections: in_range(
                 "max-connections",
                 flags
@@ -754,6 +783,22 @@ impl Config {
             auth,
             jwt,
             cluster,
+            idempotency_window: seconds(
+                "idempotency-window",
+                flags
+                    .idempotency_window
+                    .or(file.idempotency_window)
+                    .unwrap_or(crate::idempotency::WINDOW_DEFAULT.as_secs_f64()),
+            )?,
+            idempotency_keys_max: in_range(
+                "idempotency-keys-max",
+                flags
+                    .idempotency_keys_max
+                    .or(file.idempotency_keys_max)
+                    .unwrap_or(crate::idempotency::KEYS_MAX_DEFAULT),
+                1,
+                1 << 24,
+            )?,
             demo: !flags.no_demo && file.demo.unwrap_or(true),
             share_port: flags.share_port || file.share_port.unwrap_or(false),
             config_path: flags.config,

@@ -9,6 +9,7 @@
 //! leaves its batch in the sink, its write stays in flight on the shard and the fan-out
 //! cuts it as a slow consumer. Memory held for it: one batch.
 
+use crate::admission::RefusalReason;
 use crate::companion::{
     Companion, ConnectionPlace, StreamCount, StreamPlace, TlsHandOff, VirtualStream,
 };
@@ -20,13 +21,22 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// How long a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection closed for `--header-timeout` has to take its GOAWAY before the
+/// socket is dropped.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
+/// The HPACK-decoded header list an HTTP/2 request may carry: `--max-header-bytes`, as the
+/// head of an HTTP/1.1 request (hyper answers 431 past it, and a CONTINUATION flood ends
+/// the connection).
+fn header_list_bytes_max(max_header_bytes: usize) -> u32 {
+    u32::try_from(max_header_bytes).unwrap_or(u32::MAX)
+}
 
 /// A response body: fed by a virtual connection, or one piece the companion made itself.
 pub enum VirtualBody {
@@ -76,8 +86,10 @@ async fn handle(
     request: http::Request<Incoming>,
     transport: Transport,
     streams: StreamCount,
+    requested: Arc<AtomicBool>,
 ) -> Result<http::Response<VirtualBody>, Infallible> {
     let (parts, body) = request.into_parts();
+    requested.store(true, Ordering::Release);
     let place = if crate::companion::is_subscribe(&parts) {
         match streams.try_open(companion.streams_max().0) {
             Some(place) => Some(place),
@@ -93,7 +105,23 @@ async fn handle(
         None
     };
     let limit = companion.shared.config.max_message_bytes;
-    let (body, body_len) = read_body(body, limit).await.unwrap_or_default();
+    let (body, body_len) = match crate::companion::declared_over_limit(&parts, limit) {
+        // Refused (413) from the head; hyper resets the stream instead of reading the body.
+        Some(declared) => (Vec::new(), declared),
+        None => {
+            let (_, body_timeout) = companion.request_timeouts();
+            match tokio::time::timeout(body_timeout, read_body(body, limit)).await {
+                Ok(read) => read.unwrap_or_default(),
+                Err(_) => {
+                    let (head, body) = companion.refuse_body_timeout();
+                    return Ok(http::Response::from_parts(
+                        head,
+                        VirtualBody::Fixed(Some(body)),
+                    ));
+                }
+            }
+        }
+    };
     let (head, stream) = companion.open(&parts, &body, body_len, transport).await;
     Ok(http::Response::from_parts(
         head,
@@ -108,20 +136,53 @@ where
 {
     let figures = &companion.shared.figures[companion.index];
     figures.transport_opened(transport);
+    let requested = Arc::new(AtomicBool::new(false));
     let service = {
         let companion = companion.clone();
         let streams = StreamCount::default();
+        let requested = requested.clone();
         hyper::service::service_fn(move |request| {
-            handle(companion.clone(), request, transport, streams.clone())
+            handle(
+                companion.clone(),
+                request,
+                transport,
+                streams.clone(),
+                requested.clone(),
+            )
         })
     };
     let io = TokioIo::new(io);
     let result = match transport {
         Transport::H2 => {
-            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            let (header_timeout, _) = companion.request_timeouts();
+            let (_, config) = companion.shared.live.current();
+            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
                 .max_concurrent_streams(companion.streams_max().1)
-                .serve_connection(io, service)
-                .await
+                .max_header_list_size(header_list_bytes_max(config.max_header_bytes))
+                // A peer that answers no PING within a heartbeat is gone, or floods
+                // frames without reading the answers (SETTINGS, PING): closed.
+                .keep_alive_interval(config.heartbeat)
+                .keep_alive_timeout(config.heartbeat)
+                .serve_connection(io, service);
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => result,
+                () = tokio::time::sleep(header_timeout), if !requested.load(Ordering::Acquire) => {
+                    if requested.load(Ordering::Acquire) {
+                        connection.await
+                    } else {
+                        // No complete request head within --header-timeout (nothing sent,
+                        // or a header block left open): GOAWAY, then closed.
+                        companion.count_timeout(RefusalReason::HeaderTimeout);
+                        connection.as_mut().graceful_shutdown();
+                        match tokio::time::timeout(GOAWAY_GRACE, connection).await {
+                            Ok(result) => result,
+                            Err(_) => Ok(()),
+                        }
+                    }
+                }
+            }
         }
         _ => {
             hyper::server::conn::http1::Builder::new()
@@ -201,13 +262,19 @@ pub async fn serve_handoffs(
         tokio::spawn(async move {
             let _place = place;
             let io = Replayed::new(hello, stream);
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+            // The handshake has --header-timeout, as on the ring (which counts it from the
+            // accept; here it restarts at the hand-off, a ClientHello later).
+            let (header_timeout, _) = companion.request_timeouts();
+            let tls = match tokio::time::timeout(header_timeout, acceptor.accept(io)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(err)) => {
                     tracing::debug!(shard = companion.index, %err, "TLS handshake failed");
                     return;
                 }
-                Err(_) => return,
+                Err(_) => {
+                    companion.count_timeout(RefusalReason::TlsHandshakeTimeout);
+                    return;
+                }
             };
             let transport = match tls.get_ref().1.alpn_protocol() {
                 Some(b"h2") => Transport::H2,

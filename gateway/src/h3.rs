@@ -13,7 +13,9 @@
 //! buffer, bounded by the peer's stream window; a stream whose reader stopped leaves its
 //! batch in the sink and the fan-out cuts it as a slow consumer.
 
+use crate::admission::RefusalReason;
 use crate::companion::{Companion, StreamCount};
+use crate::quic_streams::{Stopped, Stops};
 use crate::virtual_conn::Transport;
 use bytes::{Buf, Bytes};
 use std::sync::Arc;
@@ -24,8 +26,18 @@ const CLOSE_GRACE: Duration = Duration::from_millis(200);
 /// A QUIC connection with no traffic at all for this long is closed (heartbeats keep SSE
 /// streams well inside it).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a QUIC handshake may take once the client's address is validated (the same as
+/// a TLS handshake over TCP); past it the half-open connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connection attempts a shard's endpoint holds before its accept loop takes them; past it
+/// quinn refuses new ones. Every attempt without a validated address is answered with a
+/// stateless Retry at once, so this only bounds a burst between two turns of the loop.
+const INCOMING_MAX: usize = 1024;
 
-type RequestStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+/// HTTP/3's error code for a connection closed with nothing wrong (RFC 9114 §8.1).
+const H3_NO_ERROR: quinn::VarInt = quinn::VarInt::from_u32(0x100);
+
+type RequestStream = h3::server::RequestStream<crate::quic_streams::RequestStream<Bytes>, Bytes>;
 
 /// Runs shard `companion.index`'s QUIC endpoint on `socket`.
 pub async fn serve(
@@ -41,6 +53,18 @@ pub async fn serve(
         }
     };
     while let Some(incoming) = endpoint.accept().await {
+        // Address validation before any state (RFC 9000 §8.1): an Initial without a token
+        // gets a stateless Retry, so a spoofed source gets one small packet (no handshake
+        // flight, no retransmissions, nothing held) and the per-address counts below are
+        // only taken for addresses that answered.
+        if !incoming.remote_address_validated() {
+            if incoming.may_retry() {
+                let _ = incoming.retry();
+            } else {
+                incoming.ignore(); // a second Initial without a valid token
+            }
+            continue;
+        }
         let Some(place) = companion.admit_connection(incoming.remote_address().ip()) else {
             incoming.refuse();
             continue;
@@ -59,6 +83,7 @@ fn endpoint(
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.migration(false);
+    config.max_incoming(INCOMING_MAX);
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(streams_max.into())
@@ -79,31 +104,76 @@ async fn connection(
     incoming: quinn::Incoming,
     _place: crate::companion::ConnectionPlace,
 ) {
-    let Ok(connection) = incoming.await else {
-        return;
+    let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(connection)) => connection,
+        // Dropped: quinn closes a connection whose last handle is gone.
+        Ok(Err(_)) | Err(_) => return,
     };
+    let quic = connection.clone();
     let figures = &companion.shared.figures[companion.index];
     figures.transport_opened(Transport::H3);
     let streams = StreamCount::default();
-    match h3::server::Connection::new(h3_quinn::Connection::new(connection)).await {
-        Ok(mut h3) => loop {
-            match h3.accept().await {
-                Ok(Some(resolver)) => {
-                    let companion = companion.clone();
-                    let streams = streams.clone();
-                    tokio::spawn(async move {
-                        if let Ok((request, stream)) = resolver.resolve_request().await {
-                            request_stream(companion, request, stream, streams).await;
-                        }
-                    });
-                }
-                Ok(None) => break,
-                Err(err) => {
-                    tracing::debug!(shard = companion.index, %err, "h3 connection ended");
-                    break;
+    let stops = Stops::default();
+    let (_, config) = companion.shared.live.current();
+    let setup = h3::server::builder()
+        .max_field_section_size(config.max_header_bytes as u64)
+        .build(crate::quic_streams::Connection::new(
+            connection,
+            stops.clone(),
+        ))
+        .await;
+    match setup {
+        Ok(mut h3) => {
+            let (header_timeout, _) = companion.request_timeouts();
+            let first_request = tokio::time::sleep(header_timeout);
+            tokio::pin!(first_request);
+            let mut requested = false;
+            loop {
+                let accepted = tokio::select! {
+                    accepted = h3.accept() => accepted,
+                    // No request within --header-timeout of the handshake: closed, as an h2
+                    // connection gets its GOAWAY.
+                    () = &mut first_request, if !requested => {
+                        companion.count_timeout(RefusalReason::HeaderTimeout);
+                        quic.close(H3_NO_ERROR, b"no request in time");
+                        break;
+                    }
+                };
+                requested = true;
+                match accepted {
+                    Ok(Some(resolver)) => {
+                        let companion = companion.clone();
+                        let streams = streams.clone();
+                        let quic = quic.clone();
+                        let stops = stops.clone();
+                        tokio::spawn(async move {
+                            let (header_timeout, _) = companion.request_timeouts();
+                            match tokio::time::timeout(header_timeout, resolver.resolve_request())
+                                .await
+                            {
+                                Ok(Ok((request, stream))) => {
+                                    let stopped = stops.take(stream.id());
+                                    request_stream(
+                                        companion, request, stream, streams, quic, stopped,
+                                    )
+                                    .await;
+                                }
+                                Ok(Err(_)) => {}
+                                // The head did not arrive within --header-timeout: the stream
+                                // is dropped (ended, its receive side stopped), as an HTTP/1.1
+                                // connection gets its 408.
+                                Err(_) => companion.count_timeout(RefusalReason::HeaderTimeout),
+                            }
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(err) => {
+                        tracing::debug!(shard = companion.index, %err, "h3 connection ended");
+                        break;
+                    }
                 }
             }
-        },
+        }
         Err(err) => tracing::debug!(shard = companion.index, %err, "h3 setup failed"),
     }
     companion.shared.figures[companion.index].transport_closed(Transport::H3);
@@ -114,7 +184,10 @@ async fn request_stream(
     request: http::Request<()>,
     mut stream: RequestStream,
     streams: StreamCount,
+    quic: quinn::Connection,
+    stopped: Option<Stopped>,
 ) {
+    let mut stopped = stopped.unwrap_or_else(|| Box::pin(std::future::pending()));
     let (parts, ()) = request.into_parts();
     // Held until this function returns, i.e. until the stream ends.
     let _place = if crate::companion::is_subscribe(&parts) {
@@ -137,28 +210,31 @@ async fn request_stream(
         None
     };
     let limit = companion.shared.config.max_message_bytes;
-    let mut body = Vec::new();
-    let mut body_len = 0;
-    loop {
-        match stream.recv_data().await {
-            Ok(Some(mut chunk)) => {
-                body_len += chunk.remaining();
-                if body_len <= limit {
-                    while chunk.has_remaining() {
-                        let piece = chunk.chunk();
-                        body.extend_from_slice(piece);
-                        let n = piece.len();
-                        chunk.advance(n);
+    let (body, body_len) = match crate::companion::declared_over_limit(&parts, limit) {
+        // Refused (413) from the head: the body is never read.
+        Some(declared) => (Vec::new(), declared),
+        None => {
+            let (_, body_timeout) = companion.request_timeouts();
+            match tokio::time::timeout(body_timeout, read_body(&mut stream, limit)).await {
+                Ok(Ok(read)) => read,
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    // No stop_sending here: the cancelled read still holds the receive
+                    // side (h3-quinn panics on it); dropping the stream stops it.
+                    let (head, body) = companion.refuse_body_timeout();
+                    if stream
+                        .send_response(http::Response::from_parts(head, ()))
+                        .await
+                        .is_ok()
+                        && stream.send_data(body).await.is_ok()
+                    {
+                        let _ = stream.finish().await;
                     }
-                } else {
-                    body.clear();
-                    break;
+                    return;
                 }
             }
-            Ok(None) => break,
-            Err(_) => return,
         }
-    }
+    };
     let (head, mut answer) = companion.open(&parts, &body, body_len, Transport::H3).await;
     if stream
         .send_response(http::Response::from_parts(head, ()))
@@ -167,7 +243,18 @@ async fn request_stream(
     {
         return;
     }
-    while let Some(frame) = answer.next_frame().await {
+    loop {
+        // The peer stopping the stream (STOP_SENDING) or closing its connection ends the
+        // stream now, not at the next write (up to a heartbeat later): the subscription is
+        // released at once, as over HTTP/2.
+        let frame = tokio::select! {
+            frame = answer.next_frame() => frame,
+            () = &mut stopped => return,
+            _ = quic.closed() => return,
+        };
+        let Some(frame) = frame else {
+            break;
+        };
         let sent = {
             let send = stream.send_data(frame);
             tokio::pin!(send);
@@ -186,4 +273,28 @@ async fn request_stream(
         }
     }
     let _ = stream.finish().await;
+}
+
+/// Reads a request body up to `limit` bytes; returns what was read and the length to
+/// declare (past the limit: more than `limit`, with the rest unread, so the shard refuses
+/// with 413 from the head).
+async fn read_body(
+    stream: &mut RequestStream,
+    limit: usize,
+) -> Result<(Vec<u8>, usize), h3::error::StreamError> {
+    let mut body = Vec::new();
+    while let Some(mut chunk) = stream.recv_data().await? {
+        let len = body.len() + chunk.remaining();
+        if len > limit {
+            return Ok((Vec::new(), len));
+        }
+        while chunk.has_remaining() {
+            let piece = chunk.chunk();
+            body.extend_from_slice(piece);
+            let n = piece.len();
+            chunk.advance(n);
+        }
+    }
+    let len = body.len();
+    Ok((body, len))
 }

@@ -19,6 +19,9 @@ pub struct Head {
     pub route: Route,
     /// Declared body length.
     pub content_length: usize,
+    /// The client sent `Expect: 100-continue` on HTTP/1.1 and waits for `100 Continue`
+    /// before its body (RFC 9110 §10.1.1; ignored on HTTP/1.0).
+    pub expect_continue: bool,
     /// The client asked to close after this request (or spoke HTTP/1.0 without keep-alive).
     pub close: bool,
     /// `Last-Event-ID` header or `last_event_id` query value (none when empty).
@@ -27,6 +30,8 @@ pub struct Head {
     pub bearer: Option<String>,
     /// A `token` query value (for subscribes: `EventSource` cannot set headers).
     pub query_token: Option<String>,
+    /// The `Idempotency-Key` header of a publish, checked (idempotency.rs).
+    pub idempotency_key: Option<String>,
     /// For `/metrics`: the exposition format the `Accept` header asks for (Prometheus text
     /// for every other route).
     pub metrics_format: shard::metrics::Format,
@@ -35,8 +40,10 @@ pub struct Head {
 /// Methods ringcast tells apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
-    /// GET (and HEAD is refused as 405).
+    /// GET.
     Get,
+    /// HEAD: served as GET, without the body (RFC 9110 §9.3.2).
+    Head,
     /// POST.
     Post,
     /// Anything else.
@@ -125,24 +132,45 @@ pub fn parse(
     }
     let method = match request.method {
         Some("GET") => Method::Get,
+        Some("HEAD") => Method::Head,
         Some("POST") => Method::Post,
         _ => Method::Other,
     };
     let version = request.version.unwrap_or(1);
     let mut close = version == 0;
-    let mut content_length = 0usize;
+    let mut content_length = None;
+    let mut chunked = false;
+    let mut hosts = 0usize;
+    let mut expect_continue = false;
     let mut last_event_id = None;
     let mut accept = None;
     let mut bearer = None;
+    let mut idempotency_key = None;
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
-            content_length = parse_content_length(header.value, max_body_bytes)?;
+            // Every field and every list element must name the same length (RFC 9110
+            // §8.6): two lengths are a smuggling attempt, whichever one a proxy took.
+            for value in header.value.split(|&b| b == b',') {
+                let length = parse_content_length(value, max_body_bytes)?;
+                if content_length.is_some_and(|first| first != length) {
+                    return Err(Refusal::new(400, "conflicting content-length"));
+                }
+                content_length = Some(length);
+            }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(Refusal::new(
-                411,
-                "chunked bodies are not accepted; send content-length",
-            ));
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case("expect") {
+            if !header
+                .value
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"100-continue")
+            {
+                return Err(Refusal::new(417, "only expect: 100-continue is supported"));
+            }
+            expect_continue = version == 1;
         } else if name.eq_ignore_ascii_case("connection") {
             let value = String::from_utf8_lossy(header.value).to_ascii_lowercase();
             if value.contains("close") {
@@ -156,8 +184,35 @@ pub fn parse(
             accept = std::str::from_utf8(header.value).ok();
         } else if name.eq_ignore_ascii_case("authorization") {
             bearer = crate::jwt::bearer_token(header.value).map(str::to_owned);
+        } else if name.eq_ignore_ascii_case("idempotency-key") {
+            let key = match idempotency_key {
+                Some(_) => Err(crate::idempotency::KeyError::Repeated),
+                None => crate::idempotency::validate_key(header.value),
+            };
+            let key = key.map_err(|err| Refusal::new(400, err.to_string()))?;
+            idempotency_key = Some(key.to_owned());
         }
     }
+    if chunked && content_length.is_some() {
+        // RFC 9112 §6.3: a request with both is a smuggling attempt; answer and close.
+        return Err(Refusal::new(
+            400,
+            "transfer-encoding together with content-length",
+        ));
+    }
+    if chunked {
+        return Err(Refusal::new(
+            411,
+            "chunked bodies are not accepted; send content-length",
+        ));
+    }
+    // RFC 9112 §3.2: exactly one Host on HTTP/1.1 (HTTP/1.0 needs none).
+    match (version, hosts) {
+        (1, 0) => return Err(Refusal::new(400, "missing host header")),
+        (_, 2..) => return Err(Refusal::new(400, "more than one host header")),
+        _ => {}
+    }
+    let content_length = content_length.unwrap_or(0);
     let target = origin_form(request.path.unwrap_or("/"));
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut query_token = None;
@@ -181,10 +236,12 @@ pub fn parse(
         method,
         route,
         content_length,
+        expect_continue,
         close,
         last_event_id,
         bearer,
         query_token,
+        idempotency_key,
     }))
 }
 
@@ -266,21 +323,48 @@ fn route(path: &str) -> Result<Route, Refusal> {
 }
 
 impl Route {
-    /// The method each route answers to.
+    /// The method each route answers to (GET routes answer HEAD too).
     pub fn allowed(&self) -> Method {
         match self {
             Route::Messages(_) | Route::Publish => Method::Post,
             _ => Method::Get,
         }
     }
+
+    /// Whether the route answers `method`.
+    pub fn allows(&self, method: Method) -> bool {
+        let allowed = self.allowed();
+        method == allowed || (method == Method::Head && allowed == Method::Get)
+    }
+
+    /// Whether the route reads a request body (only the publishes do).
+    pub fn takes_body(&self) -> bool {
+        self.allowed() == Method::Post
+    }
 }
+
+/// What can be refused from a parsed head before any body is read: a method the route does
+/// not answer (405), a body on a route that takes none (413: it would never be read, so it
+/// is not waited for either).
+pub fn vet(head: &Head) -> Result<(), Refusal> {
+    if !head.route.allows(head.method) {
+        return Err(method_not_allowed(head.route.allowed()));
+    }
+    if head.content_length > 0 && !head.route.takes_body() {
+        return Err(Refusal::new(413, "this route takes no request body"));
+    }
+    Ok(())
+}
+
+/// The interim answer to `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// A 405 for a route that answers to `allowed` only.
 pub fn method_not_allowed(allowed: Method) -> Refusal {
     let extra = if allowed == Method::Post {
         "Allow: POST\r\n"
     } else {
-        "Allow: GET\r\n"
+        "Allow: GET, HEAD\r\n"
     };
     Refusal {
         status: 405,
@@ -301,6 +385,7 @@ fn status_text(status: u16) -> &'static str {
         408 => "Request Timeout",
         411 => "Length Required",
         413 => "Content Too Large",
+        417 => "Expectation Failed",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
@@ -337,6 +422,26 @@ pub fn sse_head() -> Bytes {
             Bytes::from(head)
         })
         .clone()
+}
+
+/// What a HEAD request gets of `response`: its head only (RFC 9110 §9.3.2), the
+/// `Content-Length` still that of the body GET would get.
+pub fn head_only(response: &Bytes) -> Bytes {
+    match response.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(end) => response.slice(..end + 4),
+        None => response.clone(),
+    }
+}
+
+/// The SSE head a HEAD request gets: the stream's, saying the connection closes (no stream
+/// follows).
+pub fn sse_head_then_close() -> Bytes {
+    let head = String::from_utf8_lossy(&sse_head()).replacen(
+        "Connection: keep-alive",
+        "Connection: close",
+        1,
+    );
+    Bytes::from(head)
 }
 
 /// A complete response with a body.
@@ -400,7 +505,17 @@ mod tests {
     use super::*;
     use shard::event_id::{EventId, ResetReason};
 
+    /// Parses `req` with a `Host` added after the request line when it has none (HTTP/1.1
+    /// requires one; the tables below are about other things).
     fn head(req: &str) -> Result<Parsed, Refusal> {
+        let with_host;
+        let req = match req.split_once("\r\n") {
+            Some((line, rest)) if !req.to_ascii_lowercase().contains("\r\nhost:") => {
+                with_host = format!("{line}\r\nHost: t\r\n{rest}");
+                &with_host
+            }
+            _ => req,
+        };
         parse(req.as_bytes(), 1024, 100)
     }
 
@@ -462,6 +577,48 @@ mod tests {
                 "POST /rooms/a/messages HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
                 411,
             ),
+            // Issue 14 case 2: request smuggling.
+            (
+                "POST /rooms/a/messages HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 30\r\n\r\n",
+                400,
+            ),
+            (
+                "POST /rooms/a/messages HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\n",
+                400,
+            ),
+            (
+                "POST /rooms/a/messages HTTP/1.1\r\nContent-Length: 3,\r\n\r\n",
+                400,
+            ),
+            (
+                "POST /rooms/a/messages HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+                400,
+            ),
+            (
+                "POST /rooms/a/messages HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+                200,
+            ),
+            (
+                "POST /rooms/a/messages HTTP/1.1\r\nContent-Length: 3 , 3\r\n\r\n",
+                200,
+            ),
+            (
+                "POST /rooms/a/messages HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                400,
+            ),
+            (
+                "POST /rooms/a/messages HTTP/1.1\r\nTransfer-Encoding: identity\r\nContent-Length: 3\r\n\r\n",
+                400,
+            ),
+            // Case 4: expectations.
+            (
+                "POST /rooms/a/messages HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n",
+                200,
+            ),
+            (
+                "POST /rooms/a/messages HTTP/1.1\r\nExpect: 101-switch\r\nContent-Length: 3\r\n\r\n",
+                417,
+            ),
         ];
         for (req, want) in cases {
             assert_eq!(status(req), *want, "{req:?}");
@@ -479,6 +636,55 @@ mod tests {
             head("GET /healthz HTTP/1.1\r\nHost: x"),
             Ok(Parsed::Partial)
         );
+    }
+
+    /// Issue 14 case 3: HTTP/1.1 needs exactly one `Host` (RFC 9112 §3.2); HTTP/1.0 none.
+    #[test]
+    fn host_is_required_once_on_http_1_1() {
+        let status = |req: &str| match parse(req.as_bytes(), 1024, 100) {
+            Ok(_) => 200,
+            Err(refusal) => refusal.status,
+        };
+        assert_eq!(status("GET /healthz HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(
+            status("GET /healthz HTTP/1.1\r\nHost: a\r\nHOST: a\r\n\r\n"),
+            400
+        );
+        assert_eq!(status("GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"), 200);
+        assert_eq!(status("GET /healthz HTTP/1.1\r\nHost:\r\n\r\n"), 200);
+        assert_eq!(status("GET /healthz HTTP/1.0\r\n\r\n"), 200);
+    }
+
+    /// Issue 14 cases 5 and 6: HEAD is GET without a body; no GET/HEAD route takes a body.
+    #[test]
+    fn head_on_get_routes_and_no_body_where_none_is_taken() {
+        let vetted = |req: &str| match head(req) {
+            Ok(Parsed::Head(h)) => vet(&h).map(|()| h.method).map_err(|r| r.status),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(vetted("HEAD /healthz HTTP/1.1\r\n\r\n"), Ok(Method::Head));
+        assert_eq!(
+            vetted("HEAD /rooms/a/events HTTP/1.1\r\n\r\n"),
+            Ok(Method::Head)
+        );
+        assert_eq!(vetted("HEAD /publish HTTP/1.1\r\n\r\n"), Err(405));
+        assert_eq!(vetted("PUT /healthz HTTP/1.1\r\n\r\n"), Err(405));
+        assert_eq!(
+            vetted("GET /healthz HTTP/1.1\r\nContent-Length: 1\r\n\r\n"),
+            Err(413)
+        );
+        assert_eq!(
+            vetted("GET /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            Ok(Method::Get)
+        );
+        assert_eq!(
+            method_not_allowed(Method::Get).extra,
+            "Allow: GET, HEAD\r\n"
+        );
+        let full = response(200, "text/plain", "", b"ok\n", false);
+        let head = head_only(&full);
+        assert!(head.ends_with(b"Content-Length: 3\r\nConnection: keep-alive\r\n\r\n"));
+        assert_eq!(head.len() + 3, full.len());
     }
 
     #[test]
@@ -590,7 +796,8 @@ mod tests {
     /// what follows is the body or the next request, never more headers of this one.
     #[test]
     fn a_bare_lf_blank_line_ends_the_head() {
-        let request = b"GET /rooms/a/events HTTP/1.1\r\nAuthorization: _id={\n\nnt_i\r\n\r\n";
+        let request =
+            b"GET /rooms/a/events HTTP/1.1\r\nHost: x\r\nAuthorization: _id={\n\nnt_i\r\n\r\n";
         let Ok(Parsed::Head(h)) = parse(request, 1024, 100) else {
             panic!()
         };

@@ -40,6 +40,8 @@ pub enum Mail {
         data: Bytes,
         /// Who waits for the id.
         reply: ReplyTo,
+        /// The publish's idempotency key, if any (idempotency.rs).
+        idempotency_key: Option<crate::idempotency::MailKey>,
     },
     /// The owner's answer to [`Mail::Publish`]: the id, or why it refused.
     Sequenced {
@@ -52,14 +54,23 @@ pub enum Mail {
     Frame {
         /// Room name.
         room: Arc<str>,
-        /// The room's epoch on its owner (shard::event_id).
-        epoch: u64,
+        /// The room's incarnation on its owner (see `shard::room::Room::incarnation`): the
+        /// epoch of its ids.
+        incarnation: u64,
         /// Its id.
         id: u64,
         /// The encoded SSE frame, shared with every shard.
         frame: Bytes,
         /// Process-clock time of sequencing (Unix nanoseconds; 0 when not recorded).
         stamp_unix_nanos: u64,
+    },
+    /// To a room's owner: the sender's first subscriber of `room` arrived (`subscribed`)
+    /// or its last one left.
+    Presence {
+        /// Room name.
+        room: Arc<str>,
+        /// See `shard::fanout::Presence`.
+        subscribed: bool,
     },
     /// How many subscribers of `room` do you hold?
     RoomQuery {

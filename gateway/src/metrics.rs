@@ -200,6 +200,9 @@ const QUANTILES: [(f64, &str); 4] = [(0.5, "0.5"), (0.9, "0.9"), (0.99, "0.99"),
 /// turn's samples at the end of the turn, so a window is final a turn after it ends.
 const WINDOW_GRACE: Duration = Duration::from_secs(1);
 
+/// Labels of `ringcast_rooms_freed_total`, in [`ShardFigures::set_rooms_freed`] order.
+pub const ROOMS_FREED_REASONS: [&str; 2] = ["idle", "evicted"];
+
 /// One shard's block of figures, alone on its cache lines.
 #[repr(align(128))]
 #[derive(Debug)]
@@ -212,11 +215,15 @@ pub struct ShardFigures {
     /// that a relaxed add each costs nothing measurable).
     refusals: [AtomicU64; REFUSAL_REASONS],
     room_sizes: [AtomicU64; ROOM_SIZE_LABELS.len()],
+    /// Rooms freed, by [`ROOMS_FREED_REASONS`].
+    rooms_freed: [AtomicU64; ROOMS_FREED_REASONS.len()],
     /// Open connections of the companion transports ([`Transport`], kept by the
     /// shard's companion thread).
     transports: [AtomicU64; Transport::ALL.len()],
     /// TLS connections by handshake outcome ([`TlsHandshake`], added by the shard).
     tls_handshakes: [AtomicU64; TlsHandshake::ALL.len()],
+    /// Idempotency keys held and replays (idempotency.rs).
+    pub idempotency: crate::idempotency::Figures,
     /// Publish→write latency since start.
     pub latency: AtomicHistogram,
     /// Publish→write latency per wall-clock-aligned 10 s window.
@@ -231,8 +238,10 @@ impl Default for ShardFigures {
             companion_rejections: Default::default(),
             refusals: Default::default(),
             room_sizes: Default::default(),
+            rooms_freed: Default::default(),
             transports: Default::default(),
             tls_handshakes: Default::default(),
+            idempotency: Default::default(),
             latency: AtomicHistogram::new(),
             latency_window: WindowedHistogram::new(shard::metrics::WINDOW_DEFAULT),
         }
@@ -275,6 +284,13 @@ impl ShardFigures {
     pub fn set_room_sizes(&self, counts: &[u64; ROOM_SIZE_LABELS.len()]) {
         for (cell, count) in self.room_sizes.iter().zip(counts) {
             cell.store(*count, Ordering::Relaxed);
+        }
+    }
+
+    /// Stores the rooms freed so far, by reason ([`ROOMS_FREED_REASONS`]).
+    pub fn set_rooms_freed(&self, counts: [u64; ROOMS_FREED_REASONS.len()]) {
+        for (cell, count) in self.rooms_freed.iter().zip(counts) {
+            cell.store(count, Ordering::Relaxed);
         }
     }
 
@@ -325,6 +341,7 @@ pub fn fds() -> (u64, u64) {
 pub fn render(shared: &Shared, format: Format, now_unix_nanos: u64) -> String {
     let mut out = Exposition::new(format);
     expose_shards(&mut out, &shared.figures, now_unix_nanos);
+    crate::idempotency::expose(&mut out, shared.figures.iter().map(|f| &f.idempotency));
     let clock = &shared.clock;
     out.gauge(
         "ringcast_clock_drift_seconds",
@@ -442,6 +459,17 @@ pub fn expose_shards(out: &mut Exposition, shards: &[ShardFigures], now_unix_nan
                 "Rooms by how many subscribers they have on the shard (updated once a second).",
                 &[("shard", &labels[0]), ("subscribers", size)],
                 figures.room_sizes[bucket].load(Ordering::Relaxed) as f64,
+            );
+        }
+    }
+    for (shard, figures) in shards.iter().enumerate() {
+        labels[0] = shard.to_string();
+        for (reason, count) in ROOMS_FREED_REASONS.iter().zip(&figures.rooms_freed) {
+            out.counter(
+                "ringcast_rooms_freed_total",
+                "Rooms freed with their history: idle (no subscriber and no publish for --room-idle-timeout) or evicted (least recently used unfollowed room, to make place at --max-rooms).",
+                &[("shard", &labels[0]), ("reason", reason)],
+                count.load(Ordering::Relaxed) as f64,
             );
         }
     }

@@ -65,11 +65,11 @@ pub struct Reloaded {
 /// Takes from `fresh` (the file re-read, flags merged over it) the settings that can change
 /// live; keeps everything else of `current` and names what differs.
 ///
-/// Live: heartbeat, header, body and idle timeouts, coalescing delay and queue minimum,
+/// Live: heartbeat, header, body, idle and room idle timeouts, coalescing delay and queue minimum,
 /// write budget, max connections (lowering applies at once; raising is capped at the value
 /// the process started with, `connections_cap`, because each shard sized its timer wheel
 /// for it), connections and new connections per second per IP, pending write bytes, drain
-/// timeout.
+/// timeout, idempotency window.
 pub fn apply(current: &Config, fresh: &Config, connections_cap: usize) -> Reloaded {
     let mut config = current.clone();
     let mut changed = Vec::new();
@@ -94,6 +94,7 @@ pub fn apply(current: &Config, fresh: &Config, connections_cap: usize) -> Reload
         header_timeout => "header-timeout",
         body_timeout => "body-timeout",
         idle_timeout => "idle-timeout",
+        room_idle_timeout => "room-idle-timeout",
         coalesce_delay => "coalesce-delay-ms",
         coalesce_queue_min => "coalesce-queue-min",
         write_budget => "write-budget",
@@ -101,6 +102,7 @@ pub fn apply(current: &Config, fresh: &Config, connections_cap: usize) -> Reload
         max_new_connections_per_ip_per_sec => "max-new-connections-per-ip-per-sec",
         max_pending_write_bytes => "max-pending-write-bytes",
         drain_timeout => "drain-timeout",
+        idempotency_window => "idempotency-window",
     );
     let max_connections = fresh.max_connections.min(connections_cap);
     if max_connections != current.max_connections {
@@ -124,6 +126,7 @@ pub fn apply(current: &Config, fresh: &Config, connections_cap: usize) -> Reload
         jwt => "publish-key, subscribe-key, private-rooms",
         max_streams_per_conn => "max-streams-per-conn",
         cluster => "cluster-redis, node-id, cluster-timeout",
+        idempotency_keys_max => "idempotency-keys-max",
     );
     Reloaded {
         config,

@@ -11,7 +11,8 @@ use crate::admission::{PerIpConnections, PerIpRate, RefusalReason, Rejection, RE
 use crate::batch::{self, BATCH_LINES_MAX};
 use crate::clock::{ShardClock, SharedClock};
 use crate::config::Config;
-use crate::http1::{self, Parsed, Refusal, Route};
+use crate::http1::{self, Method, Refusal, Route};
+use crate::http1_conn::{Expired, Limits, Phase, RequestReader, Step};
 use crate::mailbox::{Mail, Mesh, ReplyTo, OUTBOX_MAX};
 use crate::metrics::{Figure, ShardFigures, TlsHandshake, ROOM_SIZE_LABELS};
 use crate::reload::LiveConfig;
@@ -109,10 +110,8 @@ enum State {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TimerKind {
-    Header,
-    /// The head arrived, the declared body has not (`--body-timeout`).
-    Body,
-    Idle,
+    /// The request reader's deadline (header, body or idle: http1_conn.rs), at this instant.
+    Request(Instant),
     Linger,
 }
 
@@ -168,6 +167,12 @@ struct Conn {
     /// never the kernel's, and `write_in_flight` means a write not yet all sent. Boxed, so
     /// a plain connection pays one pointer.
     tls: Option<Box<TlsConn>>,
+    /// What `buf` makes of requests, and which request deadline runs (http1_conn.rs).
+    reader: RequestReader,
+    /// The write in flight is a `100 Continue`: the request's body comes next.
+    interim: bool,
+    /// The request being answered is a HEAD: responses go without their bodies.
+    head_request: bool,
 }
 
 impl Conn {
@@ -187,6 +192,7 @@ impl Conn {
         buf: Vec<u8>,
         keep_alive: bool,
         sink: Option<Arc<VirtualSink>>,
+        reader: RequestReader,
     ) -> Self {
         Self {
             fd,
@@ -209,6 +215,9 @@ impl Conn {
             stamps: Vec::new(),
             sink,
             tls: None,
+            reader,
+            interim: false,
+            head_request: false,
         }
     }
 }
@@ -278,6 +287,8 @@ pub struct Worker {
     auth: Option<crate::auth::AuthShard>,
     /// This shard's Redis breaker, calls and primed rooms, when `--cluster-redis` is set.
     cluster: Option<crate::cluster::ClusterShard>,
+    /// Idempotency keys of the rooms this shard owns (single-node mode; idempotency.rs).
+    idempotency: crate::idempotency::KeyTable,
 }
 
 impl Worker {
@@ -305,6 +316,7 @@ impl Worker {
                 epoch_anchor_unix_micros: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+                room_idle_timeout: config.room_idle_timeout,
                 ..FanoutConfig::default()
             },
             now,
@@ -350,6 +362,7 @@ impl Worker {
             room_sizes_at: now,
             auth: shared.auth.as_ref().map(|pool| pool.shard(index)),
             cluster: shared.cluster.as_ref().map(|pool| pool.shard(index)),
+            idempotency: crate::idempotency::KeyTable::new(shared.config.idempotency_keys_max),
             shared,
         })
     }
@@ -382,7 +395,10 @@ impl Worker {
             self.drain_cluster(now);
             self.expire_timers(now);
             self.fanout.handle_timeout(now);
+            self.idempotency
+                .handle_timeout(now, self.config.idempotency_window);
             let budget_used = self.write_out(now)?;
+            self.forward_presence();
             self.flush_outbox()?;
             self.publish_figures(now);
 
@@ -461,6 +477,7 @@ impl Worker {
             config.coalesce_delay,
             config.coalesce_queue_min,
         );
+        self.fanout.set_room_idle_timeout(config.room_idle_timeout);
         self.conns_max = config.max_connections.div_ceil(self.shards);
         tracing::debug!(shard = self.index, generation, "settings reloaded");
         self.config = config;
@@ -590,7 +607,8 @@ impl Worker {
         }
         let serial = self.serial_next;
         self.serial_next = self.serial_next.wrapping_add(1).max(1);
-        let mut conn = Conn::new(fd, serial, Vec::new(), true, None);
+        let reader = RequestReader::new(now, &self.limits());
+        let mut conn = Conn::new(fd, serial, Vec::new(), true, None, reader);
         if tls {
             conn.tls = Some(Box::new(TlsConn::new()));
             self.tls_live += 1;
@@ -617,7 +635,7 @@ impl Worker {
                 conn.peer = Some(ip);
             }
         }
-        self.arm_timer(now, slot, TimerKind::Header);
+        self.sync_timer(slot);
         self.post_recv(slot)
     }
 
@@ -641,7 +659,15 @@ impl Worker {
         }
         let serial = self.serial_next;
         self.serial_next = self.serial_next.wrapping_add(1).max(1);
-        let slot = self.insert_conn(Conn::new(-1, serial, request, false, Some(sink.clone())));
+        let reader = RequestReader::new(now, &self.limits());
+        let slot = self.insert_conn(Conn::new(
+            -1,
+            serial,
+            request,
+            false,
+            Some(sink.clone()),
+            reader,
+        ));
         sink.bind(slot, serial);
         if self.virtual_doorbell.is_none() {
             self.virtual_doorbell = sink.doorbell().cloned();
@@ -651,7 +677,7 @@ impl Worker {
         if self.live > self.conns_max {
             return self.refuse_unavailable(slot, Rejection::ConnectionLimit);
         }
-        self.arm_timer(now, slot, TimerKind::Header);
+        self.sync_timer(slot);
         self.process(now, slot)
     }
 
@@ -674,14 +700,48 @@ impl Worker {
         slot_mut(&mut self.conns, slot)
     }
 
-    fn arm_timer(&mut self, now: Instant, slot: u32, kind: TimerKind) {
-        let config = &self.config;
-        let after = match kind {
-            TimerKind::Header => config.header_timeout,
-            TimerKind::Body => config.body_timeout,
-            TimerKind::Idle => config.idle_timeout,
-            TimerKind::Linger => LINGER,
+    /// What bounds a request: sizes from the start-up settings (buffers are sized by
+    /// them), deadlines from the settings in force.
+    fn limits(&self) -> Limits {
+        Limits {
+            header_bytes_max: self.shared.config.max_header_bytes,
+            body_bytes_max: self.shared.config.max_message_bytes,
+            header_timeout: self.config.header_timeout,
+            body_timeout: self.config.body_timeout,
+            idle_timeout: self.config.idle_timeout,
+        }
+    }
+
+    /// Puts the connection's timer on its request reader's deadline (none: cancelled).
+    fn sync_timer(&mut self, slot: u32) {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return;
         };
+        let want = conn.reader.poll_timeout();
+        if let Some((key, kind)) = conn.timer.take() {
+            match (kind, want) {
+                (TimerKind::Request(at), Some(want)) if at == want => {
+                    conn.timer = Some((key, kind));
+                    return;
+                }
+                (TimerKind::Request(_), Some(want)) if self.timers.reset(&key, want) => {
+                    conn.timer = Some((key, TimerKind::Request(want)));
+                    return;
+                }
+                _ => {
+                    self.timers.cancel(key);
+                }
+            }
+        }
+        conn.timer = want.and_then(|at| {
+            let key = self.timers.insert(at, (slot, conn.serial)).ok()?;
+            Some((key, TimerKind::Request(at)))
+        });
+    }
+
+    fn arm_linger(&mut self, now: Instant, slot: u32) {
+        let kind = TimerKind::Linger;
+        let after = LINGER;
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return;
         };
@@ -721,28 +781,27 @@ impl Worker {
             let reading = conn.state == State::Reading && !conn.write_in_flight;
             let handshaking = conn.tls.as_ref().is_some_and(|tls| !tls.established());
             let result = match kind {
-                TimerKind::Header if reading && handshaking => {
+                TimerKind::Request(_) if reading && handshaking => {
                     self.fail_tls(slot, RefusalReason::TlsHandshakeTimeout)
                 }
-                TimerKind::Header | TimerKind::Body if reading => {
-                    let (reason, text) = if kind == TimerKind::Header {
-                        (
-                            RefusalReason::HeaderTimeout,
-                            "request head not complete in time",
-                        )
+                TimerKind::Request(at) if reading => {
+                    let reason = if conn.reader.phase() == Phase::Body {
+                        RefusalReason::BodyTimeout
                     } else {
-                        (
-                            RefusalReason::BodyTimeout,
-                            "request body not complete in time",
-                        )
+                        RefusalReason::HeaderTimeout
                     };
-                    self.count_refusal(reason);
-                    let refusal = Refusal {
-                        status: 408,
-                        reason: text.into(),
-                        extra: "",
-                    };
-                    self.refuse(slot, &refusal)
+                    // The wheel fires within a tick of the deadline: it counts as reached.
+                    match conn.reader.handle_timeout(now.max(at)) {
+                        Some(Expired::Refuse(refusal)) => {
+                            self.count_refusal(reason);
+                            self.refuse(slot, &refusal)
+                        }
+                        Some(Expired::Close) => self.begin_close(slot),
+                        None => {
+                            self.sync_timer(slot);
+                            Ok(())
+                        }
+                    }
                 }
                 _ => self.begin_close(slot),
             };
@@ -753,7 +812,7 @@ impl Worker {
     }
 
     fn post_recv(&mut self, slot: u32) -> std::io::Result<()> {
-        let limit = self.shared.config.max_header_bytes + self.shared.config.max_message_bytes + 1;
+        let limits = self.limits();
         let discard_ptr = self.discard.as_mut_ptr();
         let discard_len = self.discard.len() as u32;
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
@@ -785,7 +844,10 @@ impl Worker {
                 } else {
                     conn.buf.len().clamp(RECV_FIRST, RECV_CHUNK)
                 };
-                let room = limit.saturating_sub(conn.buf.len()).clamp(1, want);
+                let room = conn
+                    .reader
+                    .recv_room(conn.buf.len(), &limits)
+                    .clamp(1, want);
                 conn.buf.reserve(room);
                 let spare = conn.buf.spare_capacity_mut();
                 (
@@ -822,19 +884,8 @@ impl Worker {
             _ if result <= 0 => self.begin_close(slot),
             State::Reading if conn.tls.is_some() => self.on_tls_recv(now, slot, result as usize),
             State::Reading => {
-                let was_empty = conn.buf.is_empty();
                 // SAFETY: the kernel initialised `result` bytes of the spare capacity.
                 unsafe { conn.buf.set_len(conn.buf.len() + result as usize) };
-                // The head's clock starts at the first byte of a request after an idle
-                // keep-alive wait; a new connection's started at accept and is not reset
-                // (a slowloris client gets `--header-timeout` from connecting, not more).
-                let timing_head = conn
-                    .timer
-                    .as_ref()
-                    .is_some_and(|(_, kind)| *kind == TimerKind::Header);
-                if was_empty && !timing_head {
-                    self.arm_timer(now, slot, TimerKind::Header);
-                }
                 self.process(now, slot)
             }
             State::Waiting => Ok(()),
@@ -847,8 +898,7 @@ impl Worker {
 
     /// Handles every complete request in the connection's buffer, one at a time.
     fn process(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
-        let config = &self.shared.config;
-        let (max_header, max_body) = (config.max_header_bytes, config.max_message_bytes);
+        let limits = self.limits();
         let auth_on = self.auth.is_some();
         let Some(conn) = self.conn(slot) else {
             return Ok(());
@@ -856,31 +906,32 @@ impl Worker {
         if conn.state != State::Reading || conn.write_in_flight || conn.recv_in_flight {
             return Ok(());
         }
-        let head = match http1::parse(&conn.buf, max_header, max_body) {
-            Err(refusal) => {
+        conn.head_request = false;
+        let step = conn.reader.handle_input(now, &conn.buf, &limits);
+        self.sync_timer(slot);
+        let (head, total) = match step {
+            Step::Refuse(refusal) => {
                 self.count_refusal(RefusalReason::of_parse(&refusal));
                 return self.refuse(slot, &refusal);
             }
-            Ok(Parsed::Partial) => return self.post_recv(slot),
-            Ok(Parsed::Head(head)) => head,
-        };
-        let total = head.len + head.content_length;
-        if conn.buf.len() < total {
-            // The head is in: from now on the body has `--body-timeout` (once, not per read).
-            let timing_body = conn
-                .timer
-                .as_ref()
-                .is_some_and(|(_, kind)| *kind == TimerKind::Body);
-            if !timing_body {
-                self.arm_timer(now, slot, TimerKind::Body);
+            Step::NeedMore => return self.post_recv(slot),
+            Step::Continue(head) => {
+                // Tokens are the last check before the body is asked for.
+                if let Err(denied) = self.check_publish_token(&head) {
+                    return self.refuse_token(slot, denied);
+                }
+                if let Some(conn) = self.conn(slot) {
+                    conn.interim = true;
+                }
+                return self.respond(slot, Bytes::from_static(http1::CONTINUE));
             }
-            return self.post_recv(slot);
-        }
+            Step::Request { head, end } => (head, end),
+        };
+        let Some(conn) = self.conn(slot) else {
+            return Ok(());
+        };
         conn.keep_alive = !head.close;
-        if head.method != head.route.allowed() {
-            self.count_refusal(RefusalReason::MethodNotAllowed);
-            return self.refuse(slot, &http1::method_not_allowed(head.route.allowed()));
-        }
+        conn.head_request = head.method == Method::Head;
         let body: Vec<u8> = conn.buf[head.len..total].to_vec();
         // The authorization call forwards the subscriber's headers: keep its raw head
         // (subscribes only, and only with --auth-url; publishes never pay for this).
@@ -899,6 +950,13 @@ impl Worker {
                         return self.refuse_token(slot, denied);
                     }
                 }
+                if head.method == Method::Head {
+                    // The stream's head, then the end: no subscription (RFC 9110 §9.3.2).
+                    if let Some(conn) = self.conn(slot) {
+                        conn.keep_alive = false;
+                    }
+                    return self.respond(slot, http1::sse_head_then_close());
+                }
                 match auth_head {
                     Some(raw) => self.authorize(now, slot, room, head.last_event_id, raw),
                     None => self.subscribe(now, slot, &room, head.last_event_id),
@@ -914,7 +972,7 @@ impl Worker {
                         Ok(_) => {}
                     }
                 }
-                self.publish_one(now, slot, room, body)
+                self.publish_one(now, slot, room, body, head.idempotency_key)
             }
             Route::Publish => {
                 let grant = match jwt
@@ -985,6 +1043,23 @@ impl Worker {
         }
     }
 
+    /// The token check a publish gets (jwt.rs), for a head whose body is not read yet.
+    fn check_publish_token(&self, head: &http1::Head) -> Result<(), crate::jwt::TokenError> {
+        let Some(jwt) = self.shared.config.jwt.as_deref() else {
+            return Ok(());
+        };
+        let now_seconds = self.now_unix / 1_000_000_000;
+        match (
+            &head.route,
+            jwt.publish_grant(head.bearer.as_deref(), now_seconds)?,
+        ) {
+            (Route::Messages(room), Some(grant)) if !grant.allows(room) => {
+                Err(crate::jwt::TokenError::Forbidden)
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn subscribe(
         &mut self,
         now: Instant,
@@ -1034,6 +1109,7 @@ impl Worker {
             Ok(()) => {
                 self.cancel_timer(slot);
                 if let Some(conn) = self.conn(slot) {
+                    conn.reader.finish();
                     conn.state = State::Streaming;
                     conn.buf = Vec::new();
                 }
@@ -1154,6 +1230,7 @@ impl Worker {
         ticket: crate::cluster::Ticket,
         room: Arc<str>,
         data: Bytes,
+        idempotency_key: Option<String>,
     ) -> Result<(), &'static str> {
         if self.stopping() {
             self.count_rejection(Rejection::Draining);
@@ -1167,7 +1244,11 @@ impl Worker {
         let Some(cluster) = self.cluster.as_mut() else {
             return Err("cluster mode is off");
         };
-        cluster.begin_publish(now, ticket, room, data, stamp)
+        let idempotency = idempotency_key.map(|key| crate::cluster::IdempotencyKey {
+            key: key.into_boxed_str(),
+            window: self.config.idempotency_window,
+        });
+        cluster.begin_publish(now, ticket, room, data, stamp, idempotency)
     }
 
     fn cluster_publish(
@@ -1176,9 +1257,10 @@ impl Worker {
         slot: u32,
         room: Arc<str>,
         data: Bytes,
+        idempotency_key: Option<String>,
     ) -> std::io::Result<()> {
         let ticket = self.cluster_ticket(slot, 0);
-        if let Err(reason) = self.cluster_append(now, ticket, room.clone(), data) {
+        if let Err(reason) = self.cluster_append(now, ticket, room.clone(), data, idempotency_key) {
             return self.finish_publish(slot, &room, Err(reason));
         }
         if let Some(conn) = self.conn(slot) {
@@ -1294,7 +1376,7 @@ impl Worker {
                 stamp_unix_nanos,
             } => {
                 self.fanout
-                    .handle_frame_stamped(now, stamp_unix_nanos, &room, 0, id, frame);
+                    .handle_frame_stamped(now, stamp_unix_nanos, &room, id, frame);
             }
             Event::Primed { room, first_id } => {
                 if let Some(first) = first_id {
@@ -1323,7 +1405,16 @@ impl Worker {
                     }
                 }
             }
-            Event::Published { ticket, result } => {
+            Event::Published {
+                ticket,
+                result,
+                replayed,
+            } => {
+                if replayed {
+                    self.shared.figures[self.index]
+                        .idempotency
+                        .add_cluster_replay();
+                }
                 let reply = ReplyTo {
                     shard: self.index as u32,
                     slot: ticket.slot,
@@ -1367,13 +1458,21 @@ impl Worker {
     }
 
     /// Sequences a message of a room this shard owns and hands the frame to every other
-    /// shard.
+    /// shard. With an idempotency key seen within the window: the first publish's id, and
+    /// nothing sequenced.
     fn sequence(
         &mut self,
         now: Instant,
         room: &Arc<str>,
         data: &[u8],
+        idempotency_key: Option<&str>,
     ) -> Result<EventId, &'static str> {
+        let window = self.config.idempotency_window;
+        if let Some(key) = idempotency_key {
+            if let Some(id) = self.idempotency.handle_publish(now, window, room, key) {
+                return Ok(id);
+            }
+        }
         if self.stopping() {
             self.count_rejection(Rejection::Draining);
             return Err(Rejection::Draining.text());
@@ -1399,12 +1498,15 @@ impl Worker {
             if target != self.index {
                 self.outbox[target].push_back(Mail::Frame {
                     room: room.clone(),
-                    epoch: id.epoch,
+                    incarnation: id.epoch,
                     id: id.seq,
                     frame: frame.clone(),
                     stamp_unix_nanos: stamp,
                 });
             }
+        }
+        if let Some(key) = idempotency_key {
+            self.idempotency.record(now, room, key, id);
         }
         Ok(id)
     }
@@ -1425,6 +1527,7 @@ impl Worker {
         slot: u32,
         room: String,
         body: Vec<u8>,
+        idempotency_key: Option<String>,
     ) -> std::io::Result<()> {
         let room: Arc<str> = Arc::from(room);
         if self.backlogged() {
@@ -1432,11 +1535,11 @@ impl Worker {
             return self.finish_publish(slot, &room, Err(Rejection::PendingWriteBytes.text()));
         }
         if self.cluster.is_some() {
-            return self.cluster_publish(now, slot, room, Bytes::from(body));
+            return self.cluster_publish(now, slot, room, Bytes::from(body), idempotency_key);
         }
         let owner = owner_shard(&room, self.shards);
         if owner == self.index {
-            let result = self.sequence(now, &room, &body);
+            let result = self.sequence(now, &room, &body, idempotency_key.as_deref());
             return self.finish_publish(slot, &room, result);
         }
         if self.outbox_full() {
@@ -1448,6 +1551,7 @@ impl Worker {
             room: room.clone(),
             data: Bytes::from(body),
             reply,
+            idempotency_key: idempotency_key.map(crate::idempotency::MailKey::new),
         });
         if let Some(conn) = self.conn(slot) {
             conn.state = State::Waiting;
@@ -1508,8 +1612,12 @@ impl Worker {
                 ))));
                 break;
             }
-            let (room, data) = match batch::parse_line(line) {
-                Ok(pair) => pair,
+            let batch::Line {
+                room,
+                data,
+                idempotency_key,
+            } = match batch::parse_line(line) {
+                Ok(line) => line,
                 Err(reason) => {
                     results.push(BatchLine::Done(Err(format!("line {number}: {reason}"))));
                     continue;
@@ -1525,7 +1633,8 @@ impl Worker {
             let owner = owner_shard(&room, self.shards);
             if self.cluster.is_some() {
                 let ticket = self.cluster_ticket(slot, results.len() as u32);
-                match self.cluster_append(now, ticket, room, Bytes::from(data.into_bytes())) {
+                let data = Bytes::from(data.into_bytes());
+                match self.cluster_append(now, ticket, room, data, idempotency_key) {
                     Ok(()) => {
                         results.push(BatchLine::Waiting);
                         outstanding += 1;
@@ -1534,7 +1643,7 @@ impl Worker {
                 }
             } else if owner == self.index {
                 let result = self
-                    .sequence(now, &room, data.as_bytes())
+                    .sequence(now, &room, data.as_bytes(), idempotency_key.as_deref())
                     .map_err(str::to_owned);
                 results.push(BatchLine::Done(result));
             } else if self.outbox_full() {
@@ -1548,6 +1657,7 @@ impl Worker {
                     room,
                     data: Bytes::from(data.into_bytes()),
                     reply,
+                    idempotency_key: idempotency_key.map(crate::idempotency::MailKey::new),
                 });
                 results.push(BatchLine::Waiting);
                 outstanding += 1;
@@ -1689,19 +1799,36 @@ impl Worker {
                     return self.begin_close(slot);
                 }
             }
-            Mail::Publish { room, data, reply } => {
-                let result = self.sequence(now, &room, &data);
+            Mail::Publish {
+                room,
+                data,
+                reply,
+                idempotency_key,
+            } => {
+                let key = idempotency_key
+                    .as_ref()
+                    .map(crate::idempotency::MailKey::as_str);
+                let result = self.sequence(now, &room, &data, key);
                 self.outbox[reply.shard as usize].push_back(Mail::Sequenced { reply, result });
             }
             Mail::Frame {
                 room,
-                epoch,
+                incarnation,
                 id,
                 frame,
                 stamp_unix_nanos,
             } => {
-                self.fanout
-                    .handle_frame_stamped(now, stamp_unix_nanos, &room, epoch, id, frame);
+                self.fanout.handle_frame_replica(
+                    now,
+                    stamp_unix_nanos,
+                    &room,
+                    incarnation,
+                    id,
+                    frame,
+                );
+            }
+            Mail::Presence { room, subscribed } => {
+                self.fanout.handle_presence(now, &room, subscribed);
             }
             Mail::RoomQuery { room, reply } => {
                 let subscribers = self.fanout.room_info(&room).map_or(0, |i| i.subscribers);
@@ -1982,6 +2109,10 @@ impl Worker {
         if conn.close_after_write {
             return self.begin_close(slot);
         }
+        if std::mem::take(&mut conn.interim) {
+            // `100 Continue` is out: read the body.
+            return self.process(now, slot);
+        }
         match conn.state {
             State::Streaming => {
                 self.fanout.handle_write_done(now, ConnId(slot));
@@ -1994,12 +2125,11 @@ impl Worker {
                 if !conn.keep_alive {
                     return self.begin_close(slot);
                 }
-                let kind = if conn.buf.is_empty() {
-                    TimerKind::Idle
-                } else {
-                    TimerKind::Header
-                };
-                self.arm_timer(now, slot, kind);
+                let limits = self.limits();
+                if let Some(conn) = self.conn(slot) {
+                    conn.reader.handle_answered(now, conn.buf.len(), &limits);
+                }
+                self.sync_timer(slot);
                 self.process(now, slot)
             }
             State::Waiting | State::Closing => Ok(()),
@@ -2014,14 +2144,19 @@ impl Worker {
         };
         // SAFETY: shutdown takes no memory; the fd is open while the slot lives.
         unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
-        self.arm_timer(now, slot, TimerKind::Linger);
+        self.arm_linger(now, slot);
         self.post_recv(slot)
     }
 
     fn respond(&mut self, slot: u32, response: Bytes) -> std::io::Result<()> {
+        let head_only = self.conn(slot).is_some_and(|conn| conn.head_request);
         let mut frames = std::mem::take(&mut self.scratch);
         frames.clear();
-        frames.push(response);
+        frames.push(if head_only {
+            http1::head_only(&response)
+        } else {
+            response
+        });
         let result = self.start_write(slot, &mut frames);
         self.scratch = frames;
         result
@@ -2040,6 +2175,7 @@ impl Worker {
         let Some(conn) = self.conn(slot) else {
             return Ok(());
         };
+        conn.reader.finish();
         if conn.tls.as_ref().is_some_and(|tls| !tls.established()) {
             // No TLS session to write the answer in: close (the caller counted why).
             return self.begin_close(slot);
@@ -2171,7 +2307,6 @@ impl Worker {
                 }
             };
         }
-        let was_empty = conn.buf.is_empty();
         let received = match tls.receive(len, &mut conn.buf) {
             Ok(received) => received,
             Err(err) => {
@@ -2179,11 +2314,6 @@ impl Worker {
                 return self.fail_tls(slot, RefusalReason::TlsError);
             }
         };
-        let timing_head = conn
-            .timer
-            .as_ref()
-            .is_some_and(|(_, kind)| *kind == TimerKind::Header);
-        let request_began = was_empty && !conn.buf.is_empty() && !timing_head;
         if received.established {
             self.count_tls_handshake(TlsHandshake::Http1);
         }
@@ -2191,9 +2321,6 @@ impl Worker {
             return self.begin_close(slot);
         }
         self.tls_flush(slot)?;
-        if request_began {
-            self.arm_timer(now, slot, TimerKind::Header);
-        }
         self.process(now, slot)
     }
 
@@ -2445,6 +2572,24 @@ impl Worker {
         Ok(())
     }
 
+    /// Tells each room's owner shard when this shard's subscribers of it come and go, so
+    /// the owner never frees a room followed here (single-node mode; in cluster mode every
+    /// node follows the broker and no shard owns a room).
+    fn forward_presence(&mut self) {
+        while let Some(presence) = self.fanout.poll_presence() {
+            if self.cluster.is_some() {
+                continue;
+            }
+            let owner = owner_shard(&presence.room, self.shards);
+            if owner != self.index {
+                self.outbox[owner].push_back(Mail::Presence {
+                    room: presence.room,
+                    subscribed: presence.subscribed,
+                });
+            }
+        }
+    }
+
     fn publish_figures(&mut self, now: Instant) {
         let figures = &self.shared.figures[self.index];
         if self.latency_turn.count() != 0 {
@@ -2477,6 +2622,10 @@ impl Worker {
             (self.fanout.tickers_live() + self.timers.len()) as u64,
         );
         figures.set(Figure::Rooms, self.fanout.rooms_len() as u64);
+        figures.set_rooms_freed([
+            stats.rooms_freed_idle_total,
+            stats.rooms_freed_evicted_total,
+        ]);
         figures.set(Figure::Publishes, stats.publishes_total);
         figures.set(Figure::Deliveries, stats.deliveries_total);
         figures.set(Figure::Writes, stats.writes_total);
@@ -2488,5 +2637,6 @@ impl Worker {
         figures.set(Figure::SqFull, ring.sq_full_total);
         figures.set(Figure::CqOverflow, ring.cq_overflow_total);
         figures.set(Figure::DirtyQueue, self.fanout.dirty_len() as u64);
+        figures.idempotency.publish(&self.idempotency);
     }
 }

@@ -15,6 +15,7 @@
 use crate::event_id::{EventId, ResetReason, ResumeId};
 use crate::history::ResumeFrom;
 use crate::room::Room;
+use crate::room_lru::RoomLru;
 use crate::sse;
 use crate::timer_wheel::{TimerKey, TimerWheel};
 use bytes::Bytes;
@@ -48,6 +49,14 @@ pub const COALESCE_QUEUE_MIN_DEFAULT: usize = 2048;
 pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(15);
 /// Resolution of the heartbeat wheel.
 pub const HEARTBEAT_TICK: Duration = Duration::from_millis(10);
+/// Default time a room with no subscriber and no publish is kept before it is freed.
+pub const ROOM_IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3600);
+/// Idle rooms freed per [`Fanout::handle_timeout`] at most: a turn frees a burst of rooms
+/// that went idle together (20,000 in under a second of turns) without stalling writes.
+/// Freeing a room is a hash removal and a few frees, well under a microsecond each.
+pub const ROOM_SWEEP_MAX: usize = 256;
+/// Room index capacity below which it is never shrunk (a few KiB).
+const ROOM_INDEX_SHRINK_MIN: usize = 256;
 
 /// Bounds and timings of one shard's fan-out.
 #[derive(Debug, Clone)]
@@ -69,11 +78,14 @@ pub struct FanoutConfig {
     pub coalesce_delay: Duration,
     /// Dirty-queue length from which the delay applies.
     pub coalesce_queue_min: usize,
+    /// A room with no subscriber (on any shard) and no publish for this long is freed,
+    /// history and all.
+    pub room_idle_timeout: Duration,
     /// Cluster mode: ids are packed Redis stream ids, shown as the stream id `ms-seq`
-    /// (no room epochs). Otherwise ids are shown `{room epoch}-{seq}`.
+    /// (no room epochs). Otherwise ids are shown `{room incarnation}-{seq}`.
     pub stream_ids: bool,
-    /// Unix time (microseconds) at the `now` given to [`Fanout::new`]: room epochs are this
-    /// clock, read through the monotonic `now` of each publish.
+    /// Unix time (microseconds) at the `now` given to [`Fanout::new`]: room incarnations
+    /// (the epochs of ids) are this clock, read through the monotonic `now` of each publish.
     pub epoch_anchor_unix_micros: u64,
 }
 
@@ -88,6 +100,7 @@ impl Default for FanoutConfig {
             heartbeat: HEARTBEAT_DEFAULT,
             coalesce_delay: COALESCE_DELAY_DEFAULT,
             coalesce_queue_min: COALESCE_QUEUE_MIN_DEFAULT,
+            room_idle_timeout: ROOM_IDLE_TIMEOUT_DEFAULT,
             stream_ids: false,
             epoch_anchor_unix_micros: 0,
         }
@@ -171,6 +184,20 @@ pub struct FanoutStats {
     pub resets_total: u64,
     /// Heartbeats handed out.
     pub heartbeats_total: u64,
+    /// Rooms freed after `room_idle_timeout` without subscriber or publish.
+    pub rooms_freed_idle_total: u64,
+    /// Rooms freed at the room cap to make place for a new one (least recently used).
+    pub rooms_freed_evicted_total: u64,
+}
+
+/// A change in whether this shard holds subscribers of a room, for the room's owner shard
+/// (see [`Fanout::poll_presence`] and [`Fanout::handle_presence`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    /// The room.
+    pub room: Arc<str>,
+    /// True: the first subscriber arrived; false: the last one left.
+    pub subscribed: bool,
 }
 
 /// Public facts about one room, for `GET /rooms/{room}`.
@@ -211,8 +238,22 @@ struct Subscriber {
 #[derive(Debug)]
 pub struct Fanout {
     config: FanoutConfig,
-    rooms: Vec<Room>,
+    /// Room slots; a freed room leaves `None` (8 bytes), reused through `rooms_free`.
+    rooms: Vec<Option<Box<Room>>>,
+    rooms_free: Vec<u32>,
+    rooms_live: usize,
     room_index: HashMap<Arc<str>, u32>,
+    /// Rooms no subscriber follows, least recently active first.
+    rooms_idle: RoomLru,
+    /// The last incarnation this shard gave a room (Unix µs: see [`Room::incarnation`]);
+    /// the next is above it.
+    incarnation_last: u64,
+    /// The `now` of [`Fanout::new`], paired with `config.epoch_anchor_unix_micros`.
+    anchor: Instant,
+    /// Rooms whose local subscribers went from none to some or back, for the owner.
+    presence: VecDeque<Presence>,
+    /// The latest `now` the driver passed in (for calls that take none).
+    now: Instant,
     subscribers: Vec<Option<Subscriber>>,
     subscribers_live: usize,
     serial_next: u32,
@@ -224,10 +265,6 @@ pub struct Fanout {
     drain_retry: Option<Bytes>,
     heartbeats: TimerWheel<(ConnId, u32)>,
     stats: FanoutStats,
-    /// The `now` of [`Fanout::new`], paired with `config.epoch_anchor_unix_micros`.
-    anchor: Instant,
-    /// Last room epoch given out: epochs strictly increase on this shard.
-    epoch_last: u64,
 }
 
 /// How clients see internal id `id` of `room`.
@@ -236,7 +273,7 @@ fn shown(stream_ids: bool, room: &Room, id: u64) -> EventId {
         EventId::from_stream_packed(id)
     } else {
         EventId {
-            epoch: room.epoch,
+            epoch: room.incarnation,
             seq: id,
         }
     }
@@ -251,7 +288,14 @@ impl Fanout {
             heartbeats: TimerWheel::new(now, HEARTBEAT_TICK, timers_max),
             config,
             rooms: Vec::new(),
+            rooms_free: Vec::new(),
+            rooms_live: 0,
             room_index: HashMap::new(),
+            rooms_idle: RoomLru::new(),
+            incarnation_last: 0,
+            anchor: now,
+            presence: VecDeque::new(),
+            now,
             subscribers: Vec::new(),
             subscribers_live: 0,
             serial_next: 0,
@@ -259,20 +303,20 @@ impl Fanout {
             cuts: VecDeque::new(),
             drain_retry: None,
             stats: FanoutStats::default(),
-            anchor: now,
-            epoch_last: 0,
         }
     }
 
-    /// A new room epoch: Unix microseconds now, and above every epoch given out before.
-    fn next_epoch(&mut self, now: Instant) -> u64 {
+    /// A new room incarnation: Unix microseconds now, and above every one given out
+    /// before, so ids of a room freed and created again, or of an earlier process, are told
+    /// apart.
+    fn next_incarnation(&mut self, now: Instant) -> u64 {
         let elapsed = now.saturating_duration_since(self.anchor).as_micros();
         let micros = self
             .config
             .epoch_anchor_unix_micros
             .saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX));
-        self.epoch_last = micros.max(self.epoch_last.saturating_add(1));
-        self.epoch_last
+        self.incarnation_last = micros.max(self.incarnation_last.saturating_add(1));
+        self.incarnation_last
     }
 
     /// The configuration in force.
@@ -290,6 +334,11 @@ impl Fanout {
         self.config.heartbeat = heartbeat;
         self.config.coalesce_delay = coalesce_delay;
         self.config.coalesce_queue_min = coalesce_queue_min;
+    }
+
+    /// Changes the room idle timeout (rooms already idle are measured against the new one).
+    pub fn set_room_idle_timeout(&mut self, room_idle_timeout: Duration) {
+        self.config.room_idle_timeout = room_idle_timeout;
     }
 
     /// Counters so far.
@@ -310,7 +359,29 @@ impl Fanout {
 
     /// Rooms this shard holds.
     pub fn rooms_len(&self) -> usize {
-        self.rooms.len()
+        self.rooms_live
+    }
+
+    /// Rooms this shard holds that no subscriber follows (candidates for freeing).
+    pub fn rooms_idle_len(&self) -> usize {
+        self.rooms_idle.len()
+    }
+
+    /// The incarnation of a room this shard holds (see [`Room::incarnation`]).
+    pub fn room_incarnation(&self, name: &str) -> Option<u64> {
+        Some(self.room_at(*self.room_index.get(name)?).incarnation)
+    }
+
+    fn room_at(&self, index: u32) -> &Room {
+        self.rooms[index as usize]
+            .as_ref()
+            .expect("a room index points at a live room")
+    }
+
+    fn room_at_mut(&mut self, index: u32) -> &mut Room {
+        self.rooms[index as usize]
+            .as_mut()
+            .expect("a room index points at a live room")
     }
 
     /// Subscribers waiting for a write.
@@ -320,7 +391,7 @@ impl Fanout {
 
     /// Facts about a room, if this shard holds it.
     pub fn room_info(&self, name: &str) -> Option<RoomInfo> {
-        let room = &self.rooms[*self.room_index.get(name)? as usize];
+        let room = self.room_at(*self.room_index.get(name)?);
         let last_id = room.history.last_id();
         Some(RoomInfo {
             subscribers: room.subscribers.len(),
@@ -331,25 +402,144 @@ impl Fanout {
 
     /// Subscriber counts per room on this shard, for the metrics' size buckets.
     pub fn room_sizes(&self) -> impl Iterator<Item = usize> + '_ {
-        self.rooms.iter().map(|room| room.subscribers.len())
+        self.rooms
+            .iter()
+            .flatten()
+            .map(|room| room.subscribers.len())
     }
 
+    /// The room's slot, created if needed. At the cap, the least recently used room that
+    /// no subscriber follows makes place; with none, `RoomsFull` unless `over_limit_ok`
+    /// (replicas of rooms sequenced elsewhere are always kept, so no frame is lost).
     fn room_for(&mut self, name: &str, over_limit_ok: bool) -> Result<u32, FanoutError> {
         if let Some(&index) = self.room_index.get(name) {
             return Ok(index);
         }
-        if !over_limit_ok && self.rooms.len() >= self.config.rooms_max {
-            return Err(FanoutError::RoomsFull);
+        if self.rooms_live >= self.config.rooms_max {
+            if let Some((victim, _)) = self.rooms_idle.front() {
+                self.free_room(victim);
+                self.stats.rooms_freed_evicted_total += 1;
+            } else if !over_limit_ok {
+                return Err(FanoutError::RoomsFull);
+            }
         }
         let name: Arc<str> = Arc::from(name);
-        let index = self.rooms.len() as u32;
-        self.rooms.push(Room::new(
+        let room = Room::new(
             name.clone(),
             self.config.history_messages_max,
             self.config.history_bytes_max,
-        ));
+        );
+        let index = match self.rooms_free.pop() {
+            Some(index) => {
+                self.rooms[index as usize] = Some(Box::new(room));
+                index
+            }
+            None => {
+                self.rooms.push(Some(Box::new(room)));
+                (self.rooms.len() - 1) as u32
+            }
+        };
+        self.rooms_live += 1;
         self.room_index.insert(name, index);
+        self.rooms_idle.touch(index, self.now);
         Ok(index)
+    }
+
+    /// Frees a room no subscriber follows: its history goes with it.
+    fn free_room(&mut self, index: u32) {
+        let room = self.rooms[index as usize]
+            .take()
+            .expect("only live rooms are freed");
+        assert!(
+            room.subscribers.is_empty() && room.remote_shards == 0,
+            "a followed room is never freed"
+        );
+        self.room_index.remove(&room.name);
+        self.rooms_idle.remove(index);
+        self.rooms_free.push(index);
+        self.rooms_live -= 1;
+        if self.rooms_live == 0 {
+            // Every room is gone: give the slot tables back too.
+            self.rooms = Vec::new();
+            self.rooms_free = Vec::new();
+            self.rooms_idle = RoomLru::new();
+        }
+        if self.room_index.capacity() > ROOM_INDEX_SHRINK_MIN
+            && self.room_index.len() * 4 < self.room_index.capacity()
+        {
+            // Halving at a quarter full: amortized O(1) a room, and no flapping.
+            self.room_index.shrink_to(self.room_index.len() * 2);
+        }
+    }
+
+    /// Marks activity (a publish or frame) in a room: an idle room's clock starts again.
+    fn room_touched(&mut self, index: u32, now: Instant) {
+        if self.rooms_idle.contains(index) {
+            self.rooms_idle.touch(index, now);
+        }
+    }
+
+    /// Local subscribers of room `index` went from none to one (`subscribed`) or back.
+    fn local_presence(&mut self, index: u32, subscribed: bool) {
+        let now = self.now;
+        let room = self.room_at(index);
+        let (name, remote) = (room.name.clone(), room.remote_shards);
+        self.presence.push_back(Presence {
+            room: name,
+            subscribed,
+        });
+        if subscribed {
+            self.rooms_idle.remove(index);
+        } else if remote == 0 {
+            self.rooms_idle.touch(index, now);
+        }
+    }
+
+    /// Hands out the next change in this shard's presence in a room. The driver passes it
+    /// to the room's owner shard ([`Fanout::handle_presence`]) unless it is the owner, so
+    /// the owner never frees or evicts a room another shard's subscribers follow.
+    pub fn poll_presence(&mut self) -> Option<Presence> {
+        self.presence.pop_front()
+    }
+
+    /// Owner side of [`Fanout::poll_presence`]: another shard gained its first subscriber
+    /// of `room` (the room is created if this shard freed it meanwhile) or lost its last.
+    pub fn handle_presence(&mut self, now: Instant, room: &str, subscribed: bool) {
+        self.now = now;
+        let index = if subscribed {
+            match self.room_for(room, true) {
+                Ok(index) => index,
+                Err(_) => return,
+            }
+        } else {
+            match self.room_index.get(room) {
+                Some(&index) => index,
+                None => return,
+            }
+        };
+        let room = self.room_at_mut(index);
+        if subscribed {
+            room.remote_shards += 1;
+            self.rooms_idle.remove(index);
+        } else {
+            room.remote_shards = room.remote_shards.saturating_sub(1);
+            if room.remote_shards == 0 && room.subscribers.is_empty() {
+                self.rooms_idle.touch(index, now);
+            }
+        }
+    }
+
+    /// Frees rooms idle for `room_idle_timeout`, oldest first, at most [`ROOM_SWEEP_MAX`].
+    fn sweep_idle_rooms(&mut self, now: Instant) {
+        for _ in 0..ROOM_SWEEP_MAX {
+            match self.rooms_idle.front() {
+                Some((index, since)) if since + self.config.room_idle_timeout <= now => {
+                    self.free_room(index);
+                    self.stats.rooms_freed_idle_total += 1;
+                }
+                _ => return,
+            }
+        }
     }
 
     /// Subscribes `conn` to `room`. `head` (the HTTP response head) goes out in the first
@@ -370,10 +560,10 @@ impl Fanout {
     }
 
     /// Where a subscriber of `room` resuming with `resume` starts. Single node: `E-S`
-    /// places only with the room's current epoch and `S` at most the head. Cluster
-    /// (`stream_ids`): a stream id that fits is taken as it is, even above this replica's
-    /// head (it may be a real id this node has not received yet: the caller asks the broker
-    /// first).
+    /// places only with the room's current incarnation as `E` and `S` at most the head.
+    /// Cluster (`stream_ids`): a stream id that fits is taken as it is, even above this
+    /// replica's head (it may be a real id this node has not received yet: the caller asks
+    /// the broker first).
     pub fn place(&self, room: &str, resume: Option<ResumeId>) -> Start {
         let id = match resume {
             None => return Start::Head,
@@ -385,10 +575,10 @@ impl Fanout {
                 .stream_packed()
                 .map_or(Start::Reset(ResetReason::BeyondHead), Start::After);
         }
-        let Some(room) = self.room_index.get(room).map(|&i| &self.rooms[i as usize]) else {
+        let Some(room) = self.room_index.get(room).map(|&i| self.room_at(i)) else {
             return Start::Reset(ResetReason::UnknownEpoch);
         };
-        if room.epoch == 0 || id.epoch != room.epoch {
+        if room.incarnation == 0 || id.epoch != room.incarnation {
             Start::Reset(ResetReason::UnknownEpoch)
         } else if id.seq > room.history.last_id() {
             Start::Reset(ResetReason::BeyondHead)
@@ -415,14 +605,13 @@ impl Fanout {
 
     /// The highest id `room` holds on this shard (`None` when the shard holds no such room).
     pub fn head_id(&self, room: &str) -> Option<u64> {
-        let room = &self.rooms[*self.room_index.get(room)? as usize];
-        Some(room.history.last_id())
+        Some(self.room_at(*self.room_index.get(room)?).history.last_id())
     }
 
     /// Where resuming `room` after `last_event_id` stands in this shard's replica (`None`
     /// when the shard holds no such room).
     pub fn resume_check(&self, room: &str, last_event_id: u64) -> Option<(ResumeFrom, u64)> {
-        let room = &self.rooms[*self.room_index.get(room)? as usize];
+        let room = self.room_at(*self.room_index.get(room)?);
         let first = room
             .history
             .first_id()
@@ -434,7 +623,7 @@ impl Fanout {
     /// middle of the broker's log), so older resume points count as lapped.
     pub fn handle_history_start(&mut self, room: &str, first_id: u64) {
         if let Ok(index) = self.room_for(room, true) {
-            self.rooms[index as usize].history.mark_held_from(first_id);
+            self.room_at_mut(index).history.mark_held_from(first_id);
         }
     }
 
@@ -454,6 +643,7 @@ impl Fanout {
         if self.subscribers_live >= self.config.subscribers_max {
             return Err(FanoutError::SubscribersFull);
         }
+        self.now = now;
         let room_index = self.room_for(room, false)?;
         let serial = self.serial_next;
         let heartbeat = self
@@ -461,8 +651,13 @@ impl Fanout {
             .insert(now + self.config.heartbeat, (conn, serial))
             .map_err(|_| FanoutError::TimersFull)?;
         self.serial_next = self.serial_next.wrapping_add(1);
+        if self.room_at(room_index).subscribers.is_empty() {
+            self.local_presence(room_index, true);
+        }
         let stream_ids = self.config.stream_ids;
-        let room_ref = &mut self.rooms[room_index as usize];
+        let room_ref = self.rooms[room_index as usize]
+            .as_mut()
+            .expect("room_for returns a live room");
         let head_id = room_ref.history.last_id();
         let (mut cursor, reset) = match start {
             Start::Head => (head_id, None),
@@ -470,7 +665,7 @@ impl Fanout {
             Start::Reset(reason) => {
                 let held_from = room_ref.history.first_id();
                 let cursor = held_from.map_or(head_id, |first| first - 1);
-                let known = stream_ids || room_ref.epoch != 0;
+                let known = stream_ids || room_ref.incarnation != 0;
                 let notice = sse::encode_reset(
                     reason,
                     held_from.map(|first| shown(stream_ids, room_ref, first)),
@@ -520,7 +715,7 @@ impl Fanout {
     /// Sequences a message in a room this shard owns: assigns the next id, encodes the
     /// frame once, stores it and marks the room's subscribers dirty. Returns the id and the
     /// frame, which the driver hands to the other shards ([`Fanout::handle_frame`]). The
-    /// room's first message gives it its epoch.
+    /// room's first message gives it its incarnation, the epoch of its ids.
     pub fn handle_publish(
         &mut self,
         now: Instant,
@@ -540,11 +735,14 @@ impl Fanout {
         room: &str,
         data: &[u8],
     ) -> Result<(EventId, Bytes), FanoutError> {
+        self.now = now;
         let room_index = self.room_for(room, false)?;
-        if self.rooms[room_index as usize].epoch == 0 {
-            self.rooms[room_index as usize].epoch = self.next_epoch(now);
+        if self.room_at(room_index).incarnation == 0 {
+            // The first publish stamps the incarnation: only the owner sequences.
+            let incarnation = self.next_incarnation(now);
+            self.room_at_mut(room_index).incarnation = incarnation;
         }
-        let room_ref = &self.rooms[room_index as usize];
+        let room_ref = self.room_at(room_index);
         let id = room_ref.history.last_id() + 1;
         let shown_id = shown(self.config.stream_ids, room_ref, id);
         let frame = sse::encode_message(shown_id, data);
@@ -555,19 +753,9 @@ impl Fanout {
 
     /// Stores a frame sequenced by the room's owner shard (or by the cluster broker) and
     /// marks this shard's subscribers dirty. Frames at or below the room's head are
-    /// duplicates and ignored; returns whether it was new. `epoch` is the owner's epoch
-    /// of the room (ignored with `stream_ids`): a replica learns it from the first frame,
-    /// and a frame of another epoch means the owner started the room anew (it was freed
-    /// and created again), so the replica starts over too and its subscribers get a reset.
-    pub fn handle_frame(
-        &mut self,
-        now: Instant,
-        room: &str,
-        epoch: u64,
-        id: u64,
-        frame: Bytes,
-    ) -> bool {
-        self.handle_frame_stamped(now, 0, room, epoch, id, frame)
+    /// duplicates and ignored; returns whether it was new.
+    pub fn handle_frame(&mut self, now: Instant, room: &str, id: u64, frame: Bytes) -> bool {
+        self.handle_frame_stamped(now, 0, room, id, frame)
     }
 
     /// As [`Fanout::handle_frame`], with the stamp the owner shard gave the frame.
@@ -576,22 +764,77 @@ impl Fanout {
         now: Instant,
         stamp_unix_nanos: u64,
         room: &str,
-        epoch: u64,
         id: u64,
         frame: Bytes,
     ) -> bool {
+        self.handle_frame_replica(now, stamp_unix_nanos, room, 0, id, frame)
+    }
+
+    /// As [`Fanout::handle_frame_stamped`], for a frame of the room's `incarnation` as its
+    /// owner shard numbered it (0: not numbered, cluster mode). A frame of an earlier
+    /// incarnation is stale and ignored; one of a later incarnation (the owner freed the
+    /// room and created it again while this replica kept it for its subscribers) starts the
+    /// replica over: its history is dropped and its subscribers receive the new room's
+    /// frames from its first id. A replica created by the frame holds nothing before it.
+    pub fn handle_frame_replica(
+        &mut self,
+        now: Instant,
+        stamp_unix_nanos: u64,
+        room: &str,
+        incarnation: u64,
+        id: u64,
+        frame: Bytes,
+    ) -> bool {
+        self.now = now;
         let Ok(room_index) = self.room_for(room, true) else {
             return false;
         };
-        if !self.config.stream_ids {
-            let known = self.rooms[room_index as usize].epoch;
-            if known == 0 {
-                self.rooms[room_index as usize].epoch = epoch;
-            } else if known != epoch {
-                self.restart_replica(now, room_index, epoch);
+        if incarnation != 0 {
+            let (history_messages_max, history_bytes_max) = (
+                self.config.history_messages_max,
+                self.config.history_bytes_max,
+            );
+            let replica = self.room_at_mut(room_index);
+            if replica.incarnation == 0 {
+                // First frame this replica sees: nothing before it is held here.
+                replica.incarnation = incarnation;
+                if replica.history.is_empty() {
+                    replica.history.mark_held_from(id);
+                    // Its subscribers joined at its (empty) head: they start at this frame.
+                    for conn in replica.subscribers.clone() {
+                        if let Some(sub) = self.subscribers[conn.0 as usize].as_mut() {
+                            sub.cursor = sub.cursor.max(id - 1);
+                        }
+                    }
+                }
+            } else if incarnation < replica.incarnation {
+                return false;
+            } else if incarnation > replica.incarnation {
+                replica.incarnation = incarnation;
+                replica.history =
+                    crate::history::History::new(history_messages_max, history_bytes_max);
+                // Its subscribers are told (ids start again under a new epoch) and follow
+                // the new room from its start.
+                let notice = sse::encode_reset(
+                    ResetReason::RoomRestarted,
+                    None,
+                    Some(EventId {
+                        epoch: incarnation,
+                        seq: 0,
+                    }),
+                );
+                for conn in replica.subscribers.clone() {
+                    if let Some(sub) = self.subscribers[conn.0 as usize].as_mut() {
+                        sub.cursor = 0;
+                        sub.preamble
+                            .get_or_insert_with(Default::default)
+                            .push_back(notice.clone());
+                        self.stats.resets_total += 1;
+                    }
+                }
             }
         }
-        if id <= self.rooms[room_index as usize].history.last_id() {
+        if id <= self.room_at(room_index).history.last_id() {
             return false;
         }
         self.append(now, room_index, id, frame, stamp_unix_nanos);
@@ -599,39 +842,11 @@ impl Fanout {
         true
     }
 
-    /// The owner started `room_index` anew with `epoch`: the replica's history is of the
-    /// old incarnation. Each subscriber is told (a reset notice) and follows the new one
-    /// from its start.
-    fn restart_replica(&mut self, now: Instant, room_index: u32, epoch: u64) {
-        let room = &mut self.rooms[room_index as usize];
-        room.history = crate::history::History::new(
-            self.config.history_messages_max,
-            self.config.history_bytes_max,
-        );
-        room.epoch = epoch;
-        let notice = sse::encode_reset(
-            ResetReason::RoomRestarted,
-            None,
-            Some(EventId { epoch, seq: 0 }),
-        );
-        for conn in &room.subscribers {
-            let Some(sub) = self.subscribers[conn.0 as usize].as_mut() else {
-                continue;
-            };
-            sub.cursor = 0;
-            sub.preamble
-                .get_or_insert_with(Default::default)
-                .push_back(notice.clone());
-            self.stats.resets_total += 1;
-            if !sub.in_flight && !sub.queued {
-                sub.queued = true;
-                self.dirty.push_back((*conn, sub.serial, now));
-            }
-        }
-    }
-
     fn append(&mut self, now: Instant, room_index: u32, id: u64, frame: Bytes, stamp: u64) {
-        let room = &mut self.rooms[room_index as usize];
+        self.room_touched(room_index, now);
+        let room = self.rooms[room_index as usize]
+            .as_mut()
+            .expect("append to a live room");
         room.history.push_stamped(id, frame, stamp);
         for conn in &room.subscribers {
             let Some(sub) = self.subscribers[conn.0 as usize].as_mut() else {
@@ -658,7 +873,9 @@ impl Fanout {
             return;
         };
         sub.in_flight = false;
-        let room = &self.rooms[sub.room as usize];
+        let room = self.rooms[sub.room as usize]
+            .as_ref()
+            .expect("a subscriber's room is live");
         let due = sub.cursor < room.history.last_id()
             || sub.heartbeat_due
             || sub.preamble.is_some()
@@ -683,13 +900,18 @@ impl Fanout {
         if let Some(key) = sub.heartbeat {
             self.heartbeats.cancel(key);
         }
-        let room = &mut self.rooms[sub.room as usize];
+        let room = self.rooms[sub.room as usize]
+            .as_mut()
+            .expect("a subscriber's room is live");
         let slot = sub.slot as usize;
         room.subscribers.swap_remove(slot);
         if let Some(moved) = room.subscribers.get(slot) {
             if let Some(other) = self.subscribers[moved.0 as usize].as_mut() {
                 other.slot = slot as u32;
             }
+        }
+        if room.subscribers.is_empty() {
+            self.local_presence(sub.room, false);
         }
     }
 
@@ -711,8 +933,12 @@ impl Fanout {
         }
     }
 
-    /// Expires due heartbeat tickers and re-arms them.
+    /// Expires due heartbeat tickers and re-arms them, and frees rooms idle for
+    /// `room_idle_timeout` (a bounded number per call; [`Fanout::poll_timeout`] says when
+    /// more are due).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        self.sweep_idle_rooms(now);
         while let Some((conn, serial)) = self.heartbeats.poll_expired(now) {
             let Some(sub) = self
                 .subscribers
@@ -748,10 +974,14 @@ impl Fanout {
                 since
             }
         });
-        match (dirty, self.heartbeats.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let idle = self
+            .rooms_idle
+            .front()
+            .map(|(_, since)| since + self.config.room_idle_timeout);
+        [dirty, self.heartbeats.poll_timeout(), idle]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Hands out the next write or close, appending the frames it carries to `out`. `None`
@@ -812,7 +1042,9 @@ impl Fanout {
             }
             sub.queued = false;
             debug_assert!(!sub.in_flight, "a queued subscriber has no write in flight");
-            let room = &self.rooms[sub.room as usize];
+            let room = self.rooms[sub.room as usize]
+                .as_ref()
+                .expect("a subscriber's room is live");
             if room.history.is_lapped(sub.cursor) {
                 // A subscriber lapped before its first write still gets the response head,
                 // so the terminal event is readable as SSE.

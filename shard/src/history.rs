@@ -42,7 +42,8 @@ impl History {
     pub fn new(messages_max: usize, bytes_max: usize) -> Self {
         assert!(messages_max > 0, "history must hold at least one message");
         Self {
-            frames: VecDeque::with_capacity(messages_max.min(1024)),
+            // Grown as frames arrive: most rooms hold few, and an idle room should cost little.
+            frames: VecDeque::new(),
             bytes: 0,
             messages_max,
             bytes_max,

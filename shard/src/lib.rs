@@ -15,5 +15,6 @@ pub mod fanout;
 pub mod history;
 pub mod metrics;
 pub mod room;
+pub mod room_lru;
 pub mod sse;
 pub mod timer_wheel;

@@ -62,20 +62,25 @@ pub struct Room {
     pub history: History,
     /// This shard's subscribers of the room; each knows its own index here.
     pub subscribers: Vec<ConnId>,
-    /// The room's incarnation as clients see it in ids (`{epoch}-{seq}`, single node):
-    /// assigned by the owner shard when the room first sequences a message, learnt by
-    /// replicas from the owner's frames; 0 while unknown (nothing sequenced yet).
-    pub epoch: u64,
+    /// Which creation of the room this is, as its owner shard stamped it when the room first
+    /// sequenced a message (0: not known yet, or cluster mode). It is the epoch clients see
+    /// in ids (`{epoch}-{seq}`, shard::event_id): the owner's clock in Unix microseconds,
+    /// strictly increasing per shard, so it also tells lifetimes of the process apart. A
+    /// replica that sees a frame of a later incarnation starts over.
+    pub incarnation: u64,
+    /// Owner only: other shards that told it they hold subscribers of the room.
+    pub remote_shards: u32,
 }
 
 impl Room {
-    /// An empty room with a history of the given bounds.
+    /// An empty room with a history of the given bounds (allocated as frames arrive).
     pub fn new(name: Arc<str>, history_messages_max: usize, history_bytes_max: usize) -> Self {
         Self {
             name,
             history: History::new(history_messages_max, history_bytes_max),
             subscribers: Vec::new(),
-            epoch: 0,
+            incarnation: 0,
+            remote_shards: 0,
         }
     }
 }

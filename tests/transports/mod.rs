@@ -297,10 +297,19 @@ pub async fn h2_send(
 }
 
 /// Sends `request` on an HTTP/1.1 connection (e.g. over TLS).
-pub async fn h1_send<IO>(io: IO, request: http::Request<http_body_util::Full<Bytes>>) -> Stream
+pub async fn h1_send<IO>(io: IO, mut request: http::Request<http_body_util::Full<Bytes>>) -> Stream
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // hyper's connection-level client sends no Host of its own; HTTP/1.1 requires one
+    // (the gateway refuses a request without it, issue 14 case 3).
+    if let Some(authority) = request.uri().authority().cloned() {
+        let host = http::HeaderValue::from_str(authority.as_str()).expect("authority");
+        request
+            .headers_mut()
+            .entry(http::header::HOST)
+            .or_insert(host);
+    }
     let (mut send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .expect("http1 handshake");

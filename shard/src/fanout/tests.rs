@@ -166,7 +166,7 @@ fn writes_hand_back_the_sequencing_stamps_of_their_frames() {
     let (id, frame) = fanout
         .handle_publish_stamped(now, 1_000, "r", b"a")
         .unwrap();
-    assert!(fanout.handle_frame_stamped(now, 2_000, "other", 5, 7, frame));
+    assert!(fanout.handle_frame_replica(now, 2_000, "other", 5, 1, frame));
     fanout
         .handle_publish_stamped(now, 3_000, "r", b"b")
         .unwrap();
@@ -437,9 +437,9 @@ fn limits_are_enforced() {
     );
     // Replicated frames of rooms owned elsewhere are never refused.
     let frame = sse::encode_message(EventId { epoch: 9, seq: 1 }, b"x");
-    assert!(sim.fanout.handle_frame(now, "c", 9, 1, frame.clone()));
+    assert!(sim.fanout.handle_frame(now, "c", 1, frame.clone()));
     assert!(
-        !sim.fanout.handle_frame(now, "c", 9, 1, frame),
+        !sim.fanout.handle_frame(now, "c", 1, frame),
         "duplicate ignored"
     );
 }
@@ -689,7 +689,7 @@ fn a_replica_follows_the_owners_epoch_and_restarts_with_it() {
     for seq in 1..=3 {
         assert!(sim
             .fanout
-            .handle_frame(sim.now, "r", 40, seq, frame(40, seq)));
+            .handle_frame_replica(sim.now, 0, "r", 40, seq, frame(40, seq)));
     }
     sim.run_idle();
     assert_eq!(sim.ids(1), vec![1, 2, 3]);
@@ -700,7 +700,9 @@ fn a_replica_follows_the_owners_epoch_and_restarts_with_it() {
     sim.run_idle();
     assert_eq!(sim.ids(2), vec![3]);
     // The owner starts over with epoch 41.
-    assert!(sim.fanout.handle_frame(sim.now, "r", 41, 1, frame(41, 1)));
+    assert!(sim
+        .fanout
+        .handle_frame_replica(sim.now, 0, "r", 41, 1, frame(41, 1)));
     sim.run_idle();
     for conn in [1, 2] {
         assert_eq!(
@@ -722,7 +724,7 @@ fn stream_ids_show_as_stream_ids() {
     let packed = |ms: u64, seq: u64| ms << 20 | seq;
     let id = packed(1_700_000_000_000, 3);
     let frame = sse::encode_message(EventId::from_stream_packed(id), b"x");
-    assert!(sim.fanout.handle_frame(sim.now, "s", 0, id, frame));
+    assert!(sim.fanout.handle_frame(sim.now, "s", id, frame));
     assert_eq!(
         sim.fanout
             .room_info("s")
@@ -756,4 +758,239 @@ fn stream_ids_show_as_stream_ids() {
         Some("event: reset\nid: 1700000000000-2\ndata: {\"reason\":\"bare number\",\"held_from\":\"1700000000000-3\"}\n\n")
     );
     assert_eq!(sim.frames(1).len(), 3, "head, reset, the message");
+}
+
+fn idle_config(rooms_max: usize) -> FanoutConfig {
+    FanoutConfig {
+        rooms_max,
+        room_idle_timeout: Duration::from_secs(60),
+        ..FanoutConfig::default()
+    }
+}
+
+#[test]
+fn a_room_without_subscribers_or_publishes_is_freed_after_the_idle_timeout() {
+    let mut sim = Sim::new(idle_config(100));
+    sim.publish("quiet", "x");
+    sim.subscribe(0, "followed", None);
+    sim.advance(Duration::from_secs(30));
+    sim.publish("busy", "x");
+    sim.advance(Duration::from_secs(31));
+    sim.run_idle();
+    assert_eq!(sim.fanout.room_info("quiet"), None, "61 s idle: freed");
+    assert!(sim.fanout.room_info("busy").is_some(), "31 s idle: kept");
+    assert!(
+        sim.fanout.room_info("followed").is_some(),
+        "a subscriber keeps it"
+    );
+    assert_eq!(sim.fanout.stats().rooms_freed_idle_total, 1);
+    assert_eq!(sim.fanout.rooms_len(), 2);
+
+    // The last subscriber leaving starts the room's idle clock.
+    sim.fanout.handle_disconnect(ConnId(0));
+    sim.advance(Duration::from_secs(59));
+    sim.run_idle();
+    assert!(sim.fanout.room_info("followed").is_some());
+    sim.advance(Duration::from_secs(1));
+    assert!(sim.fanout.poll_timeout().is_some_and(|at| at <= sim.now));
+    sim.run_idle();
+    assert_eq!(sim.fanout.room_info("followed"), None);
+    assert_eq!(sim.fanout.room_info("busy"), None);
+    assert_eq!(sim.fanout.rooms_len(), 0);
+    assert_eq!(sim.fanout.stats().rooms_freed_idle_total, 3);
+
+    // A freed room comes back empty: its history went with it.
+    sim.subscribe(1, "quiet", Some(0));
+    assert_eq!(sim.publish("quiet", "again"), 1);
+    sim.run_idle();
+    assert_eq!(sim.ids(1), [1]);
+}
+
+#[test]
+fn the_idle_sweep_is_bounded_per_turn() {
+    let mut sim = Sim::new(idle_config(10_000));
+    for room in 0..(ROOM_SWEEP_MAX * 3 + 5) {
+        sim.publish(&format!("r{room}"), "x");
+    }
+    sim.advance(Duration::from_secs(61));
+    let mut turns = 0;
+    while sim.fanout.rooms_len() > 0 {
+        let before = sim.fanout.rooms_len();
+        sim.fanout.handle_timeout(sim.now);
+        assert!(before - sim.fanout.rooms_len() <= ROOM_SWEEP_MAX);
+        turns += 1;
+    }
+    assert_eq!(turns, 4);
+    assert_eq!(sim.fanout.rooms_idle_len(), 0);
+}
+
+#[test]
+fn at_the_cap_a_new_room_evicts_the_least_recently_used_room_without_subscribers() {
+    let mut sim = Sim::new(idle_config(3));
+    sim.publish("a", "x");
+    sim.advance(Duration::from_secs(1));
+    sim.publish("b", "x");
+    sim.advance(Duration::from_secs(1));
+    sim.subscribe(0, "c", None);
+    sim.advance(Duration::from_secs(1));
+    sim.publish("a", "again"); // "a" is now more recent than "b"
+    sim.publish("d", "x");
+    assert_eq!(sim.fanout.room_info("b"), None, "least recently used goes");
+    assert!(sim.fanout.room_info("a").is_some());
+    assert_eq!(sim.fanout.stats().rooms_freed_evicted_total, 1);
+    sim.subscribe(1, "e", None); // evicts "a"
+    sim.subscribe(2, "d", None);
+    assert_eq!(sim.fanout.rooms_len(), 3);
+    // Every room has a subscriber: now, and only now, a new room is refused.
+    let now = sim.now;
+    assert_eq!(
+        sim.fanout.handle_publish(now, "f", b"x"),
+        Err(FanoutError::RoomsFull)
+    );
+    assert_eq!(
+        sim.fanout
+            .handle_subscribe(now, ConnId(3), "f", None, Bytes::new()),
+        Err(FanoutError::RoomsFull)
+    );
+    sim.fanout.handle_disconnect(ConnId(2));
+    sim.publish("f", "x");
+    assert_eq!(sim.fanout.room_info("d"), None);
+    assert_eq!(sim.fanout.stats().rooms_freed_evicted_total, 3);
+}
+
+#[test]
+fn subscribers_on_other_shards_keep_the_owners_room() {
+    let mut owner = Sim::new(idle_config(2));
+    let mut replica = Sim::new(idle_config(2));
+    replica.subscribe(0, "r", None);
+    let presence = replica.fanout.poll_presence().expect("first subscriber");
+    assert!(presence.subscribed && &*presence.room == "r");
+    assert_eq!(replica.fanout.poll_presence(), None);
+    owner
+        .fanout
+        .handle_presence(owner.now, &presence.room, presence.subscribed);
+    owner.publish("other", "x");
+    owner.advance(Duration::from_secs(120));
+    owner.run_idle();
+    assert!(owner.fanout.room_info("r").is_some(), "followed elsewhere");
+    assert_eq!(owner.fanout.room_info("other"), None);
+    owner.publish("x", "x");
+    owner.publish("y", "x");
+    assert_eq!(
+        owner.fanout.room_info("x"),
+        None,
+        "evicted in place of \"r\""
+    );
+    owner.subscribe(0, "y", None);
+    let now = owner.now;
+    assert_eq!(
+        owner.fanout.handle_publish(now, "z", b"x"),
+        Err(FanoutError::RoomsFull),
+        "neither room may be evicted"
+    );
+    replica.fanout.handle_disconnect(ConnId(0));
+    let presence = replica
+        .fanout
+        .poll_presence()
+        .expect("last subscriber left");
+    assert!(!presence.subscribed);
+    owner
+        .fanout
+        .handle_presence(owner.now, &presence.room, presence.subscribed);
+    owner.publish("z", "x");
+    assert_eq!(owner.fanout.room_info("r"), None, "evicted once unfollowed");
+}
+
+/// Carries what the owner sequenced to the replica, as the driver's `Mail::Frame` does.
+fn replicate(owner: &Sim, replica: &mut Sim, room: &str, id: u64, data: &str) -> bool {
+    let incarnation = owner.fanout.room_incarnation(room).unwrap();
+    replica.fanout.handle_frame_replica(
+        replica.now,
+        0,
+        room,
+        incarnation,
+        id,
+        sse::encode_message(
+            EventId {
+                epoch: incarnation,
+                seq: id,
+            },
+            data.as_bytes(),
+        ),
+    )
+}
+
+#[test]
+fn a_replica_follows_its_owner_when_a_room_is_freed_and_created_again() {
+    // The owner freed the room (the replica's presence was still in flight) and a publish
+    // created it again: ids restart at 1, and the replica's subscriber must get them, not
+    // drop them as duplicates of the old room's ids.
+    let mut owner = Sim::new(idle_config(100));
+    let mut replica = Sim::new(idle_config(100));
+    for n in 1..=3 {
+        let id = owner.publish("r", "old");
+        assert!(replicate(&owner, &mut replica, "r", id, "old"));
+        assert_eq!(id, n);
+    }
+    let old = owner.fanout.room_incarnation("r").unwrap();
+    replica.subscribe(0, "r", None);
+    replica.run_idle();
+    owner.advance(Duration::from_secs(61));
+    owner.run_idle();
+    assert_eq!(owner.fanout.room_info("r"), None);
+    let id = owner.publish("r", "new");
+    assert_eq!(id, 1);
+    assert!(owner.fanout.room_incarnation("r").unwrap() > old);
+    assert!(replicate(&owner, &mut replica, "r", id, "new"));
+    let id = owner.publish("r", "new");
+    assert!(replicate(&owner, &mut replica, "r", id, "new"));
+    replica.run_idle();
+    assert_eq!(replica.ids(0), [1, 2]);
+    assert!(replica.closed.is_empty());
+    // A late frame of the old incarnation is stale.
+    assert!(!replica.fanout.handle_frame_replica(
+        replica.now,
+        0,
+        "r",
+        old,
+        4,
+        sse::encode_message(EventId { epoch: old, seq: 4 }, b"stale")
+    ));
+}
+
+#[test]
+fn a_replica_freed_while_its_owner_kept_the_room_reports_what_it_no_longer_holds() {
+    let mut owner = Sim::new(idle_config(100));
+    let mut replica = Sim::new(idle_config(1));
+    for _ in 0..3 {
+        let id = owner.publish("r", "m");
+        replicate(&owner, &mut replica, "r", id, "m");
+    }
+    replica.publish("local", "x"); // evicts the replica of "r"
+    assert_eq!(replica.fanout.room_info("r"), None);
+    let id = owner.publish("r", "m");
+    assert!(replicate(&owner, &mut replica, "r", id, "m"));
+    replica.subscribe(0, "r", Some(1));
+    let id = owner.publish("r", "m");
+    assert!(replicate(&owner, &mut replica, "r", id, "m"));
+    replica.run_idle();
+    assert_eq!(replica.ids(0), [4, 5]);
+    assert!(
+        replica
+            .frames(0)
+            .iter()
+            .any(|f| f.windows(3).any(|w| w == b"gap")),
+        "{:?}",
+        replica.frames(0)
+    );
+
+    // A replica created by a subscriber, before any frame: the subscriber starts at the
+    // first frame it sees, not lapped by the ids it never held.
+    let mut late = Sim::new(idle_config(100));
+    late.subscribe(0, "r", None);
+    let id = owner.publish("r", "m");
+    assert!(replicate(&owner, &mut late, "r", id, "m"));
+    late.run_idle();
+    assert_eq!(late.ids(0), [6]);
+    assert!(late.closed.is_empty());
 }
