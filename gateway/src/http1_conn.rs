@@ -182,6 +182,14 @@ impl RequestReader {
         }
     }
 
+    /// The process is stopping: the deadline running comes no later than `deadline` (a
+    /// connection that has sent nothing must not hold the drain for `--header-timeout`).
+    pub fn hurry(&mut self, deadline: Instant) {
+        if let Some(at) = self.deadline.as_mut() {
+            *at = (*at).min(deadline);
+        }
+    }
+
     /// The connection stopped reading requests (it streams, or was refused): no deadline.
     pub fn finish(&mut self) {
         self.phase = Phase::Done;

@@ -2,6 +2,7 @@
 //! framing, the per-shard companion threads for TLS, HTTP/2 and HTTP/3, cross-shard mail
 //! and metrics exposition, over the sans-IO `shard` core.
 
+pub mod accept;
 pub mod admission;
 pub mod auth;
 pub mod batch;

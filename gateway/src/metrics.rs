@@ -8,6 +8,7 @@
 //! clock. A shard records into a plain [`HistogramSnapshot`] during a turn (a bucket
 //! search and two adds per frame) and adds it to its atomic histograms once per turn.
 
+use crate::accept::AcceptErrno;
 use crate::admission::{RefusalReason, Rejection, REFUSAL_REASONS, REJECTIONS};
 use crate::virtual_conn::Transport;
 use crate::worker::Shared;
@@ -224,6 +225,12 @@ pub struct ShardFigures {
     tls_handshakes: [AtomicU64; TlsHandshake::ALL.len()],
     /// Idempotency keys held and replays (idempotency.rs).
     pub idempotency: crate::idempotency::Figures,
+    /// Failed accepts by errno ([`AcceptErrno`], added by the shard).
+    accept_errors: [AtomicU64; AcceptErrno::ALL.len()],
+    /// Times the shard paused accepting for lack of resources.
+    accept_pauses: AtomicU64,
+    /// Listeners of the shard whose accepting is paused now.
+    accept_paused: AtomicU64,
     /// Publish→write latency since start.
     pub latency: AtomicHistogram,
     /// Publish→write latency per wall-clock-aligned 10 s window.
@@ -242,6 +249,9 @@ impl Default for ShardFigures {
             transports: Default::default(),
             tls_handshakes: Default::default(),
             idempotency: Default::default(),
+            accept_errors: Default::default(),
+            accept_pauses: AtomicU64::new(0),
+            accept_paused: AtomicU64::new(0),
             latency: AtomicHistogram::new(),
             latency_window: WindowedHistogram::new(shard::metrics::WINDOW_DEFAULT),
         }
@@ -307,6 +317,19 @@ impl ShardFigures {
     /// Counts one TLS connection's handshake outcome.
     pub fn add_tls_handshake(&self, outcome: TlsHandshake) {
         self.tls_handshakes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one failed accept; `paused` when it paused accepting.
+    pub fn add_accept_error(&self, errno: AcceptErrno, paused: bool) {
+        self.accept_errors[errno as usize].fetch_add(1, Ordering::Relaxed);
+        if paused {
+            self.accept_pauses.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Stores how many of the shard's listeners have accepting paused.
+    pub fn set_accept_paused(&self, listeners: u64) {
+        self.accept_paused.store(listeners, Ordering::Relaxed);
     }
 
     /// Adds a turn's latency samples, taken at `now_unix_nanos`.
@@ -450,6 +473,29 @@ pub fn expose_shards(out: &mut Exposition, shards: &[ShardFigures], now_unix_nan
                 figures.tls_handshakes[outcome as usize].load(Ordering::Relaxed) as f64,
             );
         }
+    }
+    for (shard, figures) in shards.iter().enumerate() {
+        labels[0] = shard.to_string();
+        for errno in AcceptErrno::ALL {
+            out.counter(
+                "ringcast_accept_errors_total",
+                "Failed accepts, by errno (EMFILE, ENFILE, ENOBUFS, ENOMEM pause accepting; other).",
+                &[("shard", &labels[0]), ("errno", errno.label())],
+                figures.accept_errors[errno as usize].load(Ordering::Relaxed) as f64,
+            );
+        }
+        out.counter(
+            "ringcast_accept_pauses_total",
+            "Times the shard paused accepting because the process was out of descriptors or memory.",
+            &[("shard", &labels[0])],
+            figures.accept_pauses.load(Ordering::Relaxed) as f64,
+        );
+        out.gauge(
+            "ringcast_accept_paused",
+            "Listeners of the shard not accepting now for lack of descriptors or memory.",
+            &[("shard", &labels[0])],
+            figures.accept_paused.load(Ordering::Relaxed) as f64,
+        );
     }
     for (shard, figures) in shards.iter().enumerate() {
         labels[0] = shard.to_string();

@@ -154,6 +154,14 @@ const KEEPER_TICK: Duration = Duration::from_millis(50);
 /// command-line flags, merged again over the re-read file so they still win.
 pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
     let shards = config.shards;
+    // Handled before the first listener binds: a SIGTERM that comes as soon as the port
+    // answers (a supervisor stopping a fresh start) drains and exits 0, instead of ending
+    // the process by the default action.
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    let hangup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hangup.clone())?;
     if !config.share_port {
         ensure_unused(config.listen, Type::STREAM, "--listen")?;
     }
@@ -191,11 +199,6 @@ pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
         }
         _ => (None, Vec::new()),
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
-    let hangup = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, hangup.clone())?;
     let mut clock = ProcessClock::new(Instant::now(), SystemTime::now());
     let mesh = Mesh::new(shards)?;
     let auth = match &config.auth {
@@ -229,6 +232,7 @@ pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
         cluster,
         figures: (0..shards).map(|_| ShardFigures::default()).collect(),
         stop,
+        drained: (0..shards).map(|_| AtomicBool::new(false)).collect(),
         clock: Arc::new(SharedClock::new(&clock)),
         live: LiveConfig::new(config.clone()),
         per_ip: PerIpConnections::default(),

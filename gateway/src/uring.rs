@@ -18,6 +18,8 @@ pub const RING_ENTRIES: u32 = 4096;
 pub const LISTENER_PLAIN: u32 = 0;
 /// The accept of the TLS listener (`--tls-listen`), in `user_data`'s slot field.
 pub const LISTENER_TLS: u32 = 1;
+// The worker indexes its per-listener accept state with these.
+const _: () = assert!(LISTENER_PLAIN == 0 && LISTENER_TLS == 1);
 
 /// What an operation was, carried in the top byte of `user_data`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

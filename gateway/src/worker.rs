@@ -7,6 +7,7 @@
 //! deadline. The bounded write budget is what lets publishes that arrive during a big
 //! fan-out ride in the same writes (DESIGN.md §2).
 
+use crate::accept::{AcceptErrno, AcceptPacer};
 use crate::admission::{PerIpConnections, PerIpRate, RefusalReason, Rejection, REJECTIONS};
 use crate::batch::{self, BATCH_LINES_MAX};
 use crate::clock::{ShardClock, SharedClock};
@@ -60,6 +61,10 @@ const ROOM_SIZES_PERIOD: Duration = Duration::from_secs(1);
 const STAMP_VECS_POOLED_MAX: usize = 4096;
 /// The `retry:` hint (ms) sent to subscribers closed by a drain.
 const DRAIN_RETRY_MS: u64 = 1000;
+/// During a drain, how long a connection that has not sent its first request is waited
+/// for (to answer it 503) before `--header-timeout`'s 408: a browser's speculative
+/// connection may never send one, and must not hold the drain much past its 200 ms.
+const DRAIN_REQUEST_WAIT: Duration = Duration::from_secs(1);
 /// Spare TLS send buffers kept per shard (each about one TLS record,
 /// `tls_conn::SEND_CHUNK_BYTES`), so idle TLS streams hold none.
 const TLS_OUT_POOLED_MAX: usize = 256;
@@ -74,6 +79,10 @@ pub struct Shared {
     pub figures: Vec<ShardFigures>,
     /// Set by the signal handler.
     pub stop: Arc<AtomicBool>,
+    /// Per shard, set while it is stopping with no connection left. Shards accept (and
+    /// answer 503 `draining`) until every one is drained, so no shard closes its
+    /// listener while clients still arrive at the others' addresses in the same group.
+    pub drained: Vec<AtomicBool>,
     /// The process clock, kept by the main thread.
     pub clock: Arc<SharedClock>,
     /// The settings in force (swapped by SIGHUP reloads); `config` is the start-up copy.
@@ -155,6 +164,9 @@ struct Conn {
     pending: Option<Pending>,
     outstanding: u32,
     keep_alive: bool,
+    /// Accepted during a drain: its request is answered 503 `draining` (issue 14 case 9:
+    /// answered, never reset).
+    refuse_draining: bool,
     /// The client's address while it counts against the per-address limit.
     peer: Option<IpAddr>,
     /// Sequencing stamps of the message frames the write in flight carries.
@@ -211,6 +223,7 @@ impl Conn {
             pending: None,
             outstanding: 0,
             keep_alive,
+            refuse_draining: false,
             peer: None,
             stamps: Vec::new(),
             sink,
@@ -241,7 +254,12 @@ pub struct Worker {
     listener: RawFd,
     /// The `--tls-listen` socket of this shard, when set.
     tls_listener: Option<RawFd>,
+    /// Accepts are (re-)armed; cleared once a stopping shard has no connection left, when
+    /// it cancels them and waits for their last completions before returning (so no
+    /// accept in the ring keeps a listener open after the process exits).
     accepting: bool,
+    /// Pacing of each listener's accept, by `LISTENER_PLAIN` / `LISTENER_TLS`.
+    accept_pacers: [AcceptPacer; 2],
     fanout: Fanout,
     conns: Vec<Slot>,
     free: Vec<u32>,
@@ -329,6 +347,7 @@ impl Worker {
             listener,
             tls_listener,
             accepting: true,
+            accept_pacers: Default::default(),
             fanout,
             conns: Vec::new(),
             free: Vec::new(),
@@ -369,10 +388,7 @@ impl Worker {
 
     /// Runs the loop until a stop is requested and every connection is closed.
     pub fn run(mut self) -> std::io::Result<()> {
-        self.ring.accept(self.listener, LISTENER_PLAIN)?;
-        if let Some(tls_listener) = self.tls_listener {
-            self.ring.accept(tls_listener, LISTENER_TLS)?;
-        }
+        self.arm_accepts(Instant::now())?;
         let eventfd = self.shared.mesh.eventfd(self.index);
         // SAFETY: `wake_read` is boxed and lives as long as the worker, which outlives
         // the ring's operations (the loop only returns after the ring is dropped last).
@@ -405,7 +421,7 @@ impl Worker {
             if self.shared.stop.load(Ordering::Relaxed) && stop_deadline.is_none() {
                 stop_deadline = Some(now + self.config.drain_timeout);
                 drain_at = Some(now + DRAIN_SETTLE);
-                self.begin_stop()?;
+                self.begin_stop(now)?;
             }
             if drain_at.is_some_and(|at| now >= at) {
                 drain_at = None;
@@ -417,7 +433,17 @@ impl Worker {
                 self.fanout.handle_drain(now, DRAIN_RETRY_MS);
             }
             if let Some(deadline) = stop_deadline {
-                if self.live == 0 {
+                self.shared.drained[self.index].store(self.live == 0, Ordering::Relaxed);
+                let all_drained = self
+                    .shared
+                    .drained
+                    .iter()
+                    .all(|drained| drained.load(Ordering::Relaxed));
+                if all_drained && self.accepting {
+                    // Clients that connected during the drain were answered; now stop.
+                    self.stop_accepting()?;
+                }
+                if self.live == 0 && !self.accept_pacers.iter().any(AcceptPacer::armed) {
                     tracing::info!(shard = self.index, "shard stopped");
                     return Ok(());
                 }
@@ -431,6 +457,9 @@ impl Worker {
                     for slot in 0..self.conns.len() as u32 {
                         self.begin_close(slot)?;
                     }
+                    if self.accepting {
+                        self.stop_accepting()?;
+                    }
                 }
                 if now >= deadline + Duration::from_secs(2) {
                     tracing::warn!(
@@ -441,12 +470,15 @@ impl Worker {
                     return Ok(());
                 }
             }
+            self.arm_accepts(now)?;
             let mut wait = WAIT_MAX;
             if budget_used >= self.config.write_budget {
                 wait = Duration::ZERO;
             } else {
+                let accept_pauses = self.accept_pacers.iter().map(AcceptPacer::poll_timeout);
                 for deadline in [self.fanout.poll_timeout(), self.timers.poll_timeout()]
                     .into_iter()
+                    .chain(accept_pauses)
                     .flatten()
                 {
                     wait = wait.min(deadline.saturating_duration_since(now));
@@ -522,22 +554,80 @@ impl Worker {
         self.pending_write_bytes > self.config.max_pending_write_bytes
     }
 
-    /// Stops accepting; closes idle non-stream connections and makes the others close
-    /// after their current request. Subscribers are drained later (`DRAIN_SETTLE`).
-    fn begin_stop(&mut self) -> std::io::Result<()> {
-        self.accepting = false;
-        self.ring.cancel_accept(LISTENER_PLAIN)?;
-        if self.tls_listener.is_some() {
-            self.ring.cancel_accept(LISTENER_TLS)?;
-        }
+    /// Closes idle non-stream connections and makes the others close after their current
+    /// request. Subscribers are drained later (`DRAIN_SETTLE`). Accepting goes on until
+    /// the shard has no connection left: a client connecting meanwhile gets 503
+    /// `draining` with `Retry-After` and `Connection: close` (were the accept cancelled
+    /// now, the kernel would still complete its handshake on the open listener and reset
+    /// it at exit).
+    fn begin_stop(&mut self, now: Instant) -> std::io::Result<()> {
         for slot in 0..self.conns.len() as u32 {
             let Some(conn) = self.conn(slot) else {
                 continue;
             };
             conn.keep_alive = false;
-            let idle = conn.state == State::Reading && conn.buf.is_empty() && !conn.write_in_flight;
+            // A connection that has not sent its first request yet (accepted since the
+            // signal, or just before it) waits for it, to answer it 503: closing it would
+            // be an accept and a close for a client that never got a word. Idle keep-alive
+            // connections (served before; timed by `Idle`) are closed.
+            let fresh = conn.state == State::Reading
+                && conn.buf.is_empty()
+                && conn.reader.phase() == Phase::Head;
+            conn.refuse_draining |= fresh;
+            let idle = conn.state == State::Reading
+                && conn.buf.is_empty()
+                && !conn.write_in_flight
+                && !conn.refuse_draining;
             if idle || conn.state == State::Lingering {
                 self.begin_close(slot)?;
+            } else if fresh {
+                conn.reader.hurry(now + DRAIN_REQUEST_WAIT);
+                self.sync_timer(slot);
+            }
+        }
+        Ok(())
+    }
+
+    /// Arms the accept of each listener that has none in the ring and is not paused, and
+    /// logs accept failures (at most once per interval per listener, with a count).
+    fn arm_accepts(&mut self, now: Instant) -> std::io::Result<()> {
+        let listeners = [
+            (LISTENER_PLAIN, Some(self.listener)),
+            (LISTENER_TLS, self.tls_listener),
+        ];
+        let mut paused = 0;
+        for (index, listener) in listeners {
+            let Some(listener) = listener else {
+                continue;
+            };
+            let pacer = &mut self.accept_pacers[index as usize];
+            if let Some(trouble) = pacer.poll_log(now) {
+                // One line per interval, however fast accepts fail.
+                tracing::warn!(
+                    shard = self.index,
+                    errors = trouble.errors,
+                    errno = trouble.errno,
+                    pause_ms = trouble.pause.map(|p| p.as_millis() as u64),
+                    "accept failed"
+                );
+            }
+            if self.accepting && pacer.poll_arm(now) {
+                self.ring.accept(listener, index)?;
+                pacer.handle_armed();
+            }
+            paused += u64::from(pacer.paused());
+        }
+        self.shared.figures[self.index].set_accept_paused(paused);
+        Ok(())
+    }
+
+    /// Cancels the accepts in the ring and arms no more; the loop returns once their last
+    /// completions are reaped.
+    fn stop_accepting(&mut self) -> std::io::Result<()> {
+        self.accepting = false;
+        for (index, pacer) in self.accept_pacers.iter().enumerate() {
+            if pacer.armed() {
+                self.ring.cancel_accept(index as u32)?;
             }
         }
         Ok(())
@@ -551,18 +641,22 @@ impl Worker {
         match c.kind {
             Some(OpKind::Accept) => {
                 let tls = c.slot == LISTENER_TLS;
+                let pacer = &mut self.accept_pacers[usize::from(tls)];
+                if !c.more {
+                    // Re-armed at the end of the turn (`arm_accepts`), unless paused.
+                    pacer.handle_ended();
+                }
                 if c.result >= 0 {
+                    pacer.handle_accepted();
                     self.on_accept(now, c.result, tls)?;
                 } else if c.result != -libc::ECANCELED {
-                    tracing::warn!(shard = self.index, errno = -c.result, "accept failed");
-                }
-                let listener = if tls {
-                    self.tls_listener
-                } else {
-                    Some(self.listener)
-                };
-                if let (false, true, Some(listener)) = (c.more, self.accepting, listener) {
-                    self.ring.accept(listener, c.slot)?;
+                    let errno = -c.result;
+                    let paused = pacer.handle_error(now, errno).is_some();
+                    self.shared.figures[self.index]
+                        .add_accept_error(AcceptErrno::of(errno), paused);
+                    if paused && c.more {
+                        self.ring.cancel_accept(c.slot)?;
+                    }
                 }
             }
             Some(OpKind::Recv) => self.on_recv(now, c.slot, c.result)?,
@@ -582,15 +676,16 @@ impl Worker {
     /// connection reads its ClientHello first, and is refused by closing it (there is no
     /// session yet to write a 503 in), counted as the plain one is.
     fn on_accept(&mut self, now: Instant, fd: RawFd, tls: bool) -> std::io::Result<()> {
-        if self.live >= self.conns_max + REFUSAL_SLOTS || !self.accepting {
+        let stopping = self.stopping();
+        if self.live >= self.conns_max + REFUSAL_SLOTS {
             // Past the refusal slots there is no room even to answer 503: close at once
             // (counted, so it is not silent in the metrics).
             // SAFETY: `fd` was just accepted and is ours; nothing else refers to it.
             unsafe { libc::close(fd) };
-            self.count_rejection(if self.accepting {
-                Rejection::ConnectionLimit
-            } else {
+            self.count_rejection(if stopping {
                 Rejection::Draining
+            } else {
+                Rejection::ConnectionLimit
             });
             return Ok(());
         }
@@ -608,7 +703,11 @@ impl Worker {
         let serial = self.serial_next;
         self.serial_next = self.serial_next.wrapping_add(1).max(1);
         let reader = RequestReader::new(now, &self.limits());
-        let mut conn = Conn::new(fd, serial, Vec::new(), true, None, reader);
+        let mut conn = Conn::new(fd, serial, Vec::new(), !stopping, None, reader);
+        conn.refuse_draining = stopping;
+        if stopping {
+            conn.reader.hurry(now + DRAIN_REQUEST_WAIT);
+        }
         if tls {
             conn.tls = Some(Box::new(TlsConn::new()));
             self.tls_live += 1;
@@ -647,11 +746,11 @@ impl Worker {
         request: Vec<u8>,
         sink: Arc<VirtualSink>,
     ) -> std::io::Result<()> {
-        if self.live >= self.conns_max + REFUSAL_SLOTS || !self.accepting {
-            self.count_rejection(if self.accepting {
-                Rejection::ConnectionLimit
-            } else {
+        if self.live >= self.conns_max + REFUSAL_SLOTS || self.stopping() {
+            self.count_rejection(if self.stopping() {
                 Rejection::Draining
+            } else {
+                Rejection::ConnectionLimit
             });
             // Closed without an answer: the companion answers 503 itself.
             sink.close();
@@ -916,6 +1015,9 @@ impl Worker {
             }
             Step::NeedMore => return self.post_recv(slot),
             Step::Continue(head) => {
+                if self.conn(slot).is_some_and(|conn| conn.refuse_draining) {
+                    return self.refuse_unavailable(slot, Rejection::Draining);
+                }
                 // Tokens are the last check before the body is asked for.
                 if let Err(denied) = self.check_publish_token(&head) {
                     return self.refuse_token(slot, denied);
@@ -930,6 +1032,9 @@ impl Worker {
         let Some(conn) = self.conn(slot) else {
             return Ok(());
         };
+        if conn.refuse_draining {
+            return self.refuse_unavailable(slot, Rejection::Draining);
+        }
         conn.keep_alive = !head.close;
         conn.head_request = head.method == Method::Head;
         let body: Vec<u8> = conn.buf[head.len..total].to_vec();
@@ -2263,6 +2368,9 @@ impl Worker {
             }
             self.live -= 1;
             self.free.push(slot);
+            for pacer in &mut self.accept_pacers {
+                pacer.handle_descriptor_freed();
+            }
         }
     }
 

@@ -71,7 +71,33 @@ impl Server {
     /// Starts `ringcast --listen LISTEN ARGS…` (e.g. a restart on the port a previous run
     /// was given) and waits until it logs its address.
     pub fn start_at(listen: &str, args: &[&str]) -> Server {
-        let mut child = Command::new(RINGCAST)
+        Self::start_with(Command::new(RINGCAST), listen, args)
+    }
+
+    /// As [`Self::start`], with the soft and hard `RLIMIT_NOFILE` of the process set to
+    /// `fds` (set in the child before exec, so only the server runs short of descriptors).
+    pub fn start_with_fd_limit(fds: u64, args: &[&str]) -> Server {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(RINGCAST);
+        // SAFETY: setrlimit is async-signal-safe and touches only the child.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: fds,
+                    rlim_max: fds,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::start_with(command, "127.0.0.1:0", args)
+    }
+
+    /// Starts `command --listen LISTEN ARGS…` and waits until it logs its address.
+    fn start_with(mut command: Command, listen: &str, args: &[&str]) -> Server {
+        let mut child = command
             .arg("--listen")
             .arg(listen)
             .args(args)
