@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{wait_until, Event, Server, PATIENCE};
+use common::{wait_until, Event, Id, Server, PATIENCE};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -73,7 +73,7 @@ fn node(redis: &Redis, extra: &[&str]) -> Server {
 }
 
 /// `POST /rooms/{room}/messages` on a keep-alive client: `Ok(id)` on 201, `Err(status)`.
-fn try_publish(client: &mut common::Client, room: &str, data: &str) -> Result<u64, u16> {
+fn try_publish(client: &mut common::Client, room: &str, data: &str) -> Result<Id, u16> {
     let response = client.request(
         "POST",
         &format!("/rooms/{room}/messages"),
@@ -83,7 +83,7 @@ fn try_publish(client: &mut common::Client, room: &str, data: &str) -> Result<u6
     match response.status {
         201 => {
             let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
-            Ok(json["id"].as_u64().expect("an id"))
+            Ok(Id::of(&json["id"]))
         }
         503 => {
             assert!(response.header("retry-after").is_some(), "{response:?}");
@@ -104,11 +104,11 @@ fn publish_on_one_node_reaches_the_others_in_one_order_with_the_same_ids() {
     let mut on_b = b.subscribe("lobby", None);
     let mut on_c = c.subscribe("lobby", None);
     let mut publisher = a.client();
-    let ids: Vec<u64> = (0..50)
+    let ids: Vec<Id> = (0..50)
         .map(|i| publisher.publish("lobby", &format!("m{i}")))
         .collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
-    let want: Vec<(Option<u64>, String)> = ids
+    let want: Vec<(Option<Id>, String)> = ids
         .iter()
         .enumerate()
         .map(|(i, id)| (Some(*id), format!("m{i}")))
@@ -136,7 +136,7 @@ fn a_subscriber_moved_to_another_node_with_last_event_id_misses_nothing() {
     let c = node(&redis, &["--history", "4"]);
     let mut publisher = a.client();
     let mut on_b = b.subscribe("moving", None);
-    let first: Vec<u64> = (0..5)
+    let first: Vec<Id> = (0..5)
         .map(|i| publisher.publish("moving", &format!("m{i}")))
         .collect();
     let seen = events(&mut on_b, 5);
@@ -144,7 +144,7 @@ fn a_subscriber_moved_to_another_node_with_last_event_id_misses_nothing() {
     drop(on_b);
     // Published while the client is between nodes; C already follows the room.
     let _warm = c.subscribe("moving", None);
-    let later: Vec<u64> = (5..25)
+    let later: Vec<Id> = (5..25)
         .map(|i| publisher.publish("moving", &format!("m{i}")))
         .collect();
     wait_until(PATIENCE, || {
@@ -176,9 +176,9 @@ fn redis_outage_loses_no_acknowledged_publish_and_delivers_no_refused_one() {
     let mut on_b = b.subscribe("outage", None);
     let mut on_c = c.subscribe("outage", None);
     let mut publisher = a.client();
-    let mut acked: Vec<(u64, String)> = Vec::new();
+    let mut acked: Vec<(Id, String)> = Vec::new();
     let mut refused: Vec<String> = Vec::new();
-    let mut publish = |i: usize, acked: &mut Vec<(u64, String)>, refused: &mut Vec<String>| {
+    let mut publish = |i: usize, acked: &mut Vec<(Id, String)>, refused: &mut Vec<String>| {
         let data = format!("m{i}");
         match try_publish(&mut publisher, "outage", &data) {
             Ok(id) => acked.push((id, data)),
@@ -254,7 +254,7 @@ fn a_node_that_fell_behind_the_stream_cap_tells_its_live_subscribers_what_they_m
     let b = node(&redis, &["--history", "5000"]);
     let mut publisher = a.client();
     let mut on_b = b.subscribe("behind", None);
-    let mut published: Vec<u64> = (0..3)
+    let mut published: Vec<Id> = (0..3)
         .map(|i| publisher.publish("behind", &format!("m{i}")))
         .collect();
     let before = events(&mut on_b, 3);
@@ -266,18 +266,15 @@ fn a_node_that_fell_behind_the_stream_cap_tells_its_live_subscribers_what_they_m
     let gap = on_b.next_event(PATIENCE);
     assert_eq!(gap.event.as_deref(), Some("gap"), "{gap:?}");
     let range: serde_json::Value = serde_json::from_str(&gap.data).unwrap();
-    let (from, to) = (
-        range["from"].as_u64().unwrap(),
-        range["to"].as_u64().unwrap(),
-    );
-    assert_eq!(from, published[2] + 1, "{gap:?}");
-    let after: Vec<u64> = published.iter().copied().filter(|&id| id > to).collect();
+    let (from, to) = (Id::of(&range["from"]), Id::of(&range["to"]));
+    assert_eq!(from, published[2].at(published[2].seq + 1), "{gap:?}");
+    let after: Vec<Id> = published.iter().copied().filter(|&id| id > to).collect();
     assert!(
         !after.is_empty() && after.len() < 397,
         "{} after the gap",
         after.len()
     );
-    let got: Vec<Option<u64>> = events(&mut on_b, after.len())
+    let got: Vec<Option<Id>> = events(&mut on_b, after.len())
         .into_iter()
         .map(|e| e.id)
         .collect();
@@ -301,14 +298,18 @@ fn a_node_that_fell_behind_the_stream_cap_tells_its_live_subscribers_what_they_m
     let gap = on_c.next_event(PATIENCE);
     assert_eq!(gap.event.as_deref(), Some("gap"), "{gap:?}");
     let range: serde_json::Value = serde_json::from_str(&gap.data).unwrap();
-    assert_eq!(range["from"].as_u64(), Some(published[0] + 1), "{gap:?}");
-    let to = range["to"].as_u64().unwrap();
-    let held: Vec<Option<u64>> = published
+    assert_eq!(
+        Id::of(&range["from"]),
+        published[0].at(published[0].seq + 1),
+        "{gap:?}"
+    );
+    let to = Id::of(&range["to"]);
+    let held: Vec<Option<Id>> = published
         .iter()
         .filter(|&&id| id > to)
         .map(|&id| Some(id))
         .collect();
-    let got: Vec<Option<u64>> = events(&mut on_c, held.len())
+    let got: Vec<Option<Id>> = events(&mut on_c, held.len())
         .into_iter()
         .map(|e| e.id)
         .collect();

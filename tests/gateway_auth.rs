@@ -202,9 +202,12 @@ fn allowed_subscriber_streams_and_upstream_gets_room_client_and_headers() {
     assert_eq!(head.status, 200, "{head:?}");
     assert_eq!(head.header("content-type"), Some("text/event-stream"));
     let mut sse = common::Sse { client };
-    assert_eq!(server.publish("auth-ok", "hello"), 1);
+    assert_eq!(server.publish("auth-ok", "hello").seq, 1);
     let event = sse.next_event(PATIENCE);
-    assert_eq!((event.id, event.data.as_str()), (Some(1), "hello"));
+    assert_eq!(
+        (event.id.map(|id| id.seq), event.data.as_str()),
+        (Some(1), "hello")
+    );
 
     let body = upstream.last_body.lock().unwrap().clone().expect("a call");
     assert_eq!(body["room"], "auth-ok");
@@ -328,7 +331,7 @@ fn failing_upstream_opens_the_breaker_subscribes_fail_fast_then_recover() {
     let (response, _, client) = subscribe(&server, "auth-fail", &[]);
     assert_eq!(response.status, 200);
     streams.push(common::Sse { client });
-    assert_eq!(server.publish("auth-fail", "back"), 1);
+    assert_eq!(server.publish("auth-fail", "back").seq, 1);
     for sse in &mut streams {
         assert_eq!(sse.next_event(PATIENCE).data, "back");
     }
@@ -372,7 +375,7 @@ fn fail_open_admits_on_failures_and_while_open_but_denials_still_refuse() {
     let metrics = server.metrics();
     assert_eq!(result_count(&metrics, "fail_open_admitted"), 7);
     assert_eq!(metrics.sum("ringcast_subscribers"), 7);
-    assert_eq!(server.publish("auth-open", "x"), 1);
+    assert_eq!(server.publish("auth-open", "x").seq, 1);
     for sse in &mut streams {
         assert_eq!(sse.next_event(PATIENCE).data, "x");
     }

@@ -178,7 +178,10 @@ fn read_steady(
             Ok(Some(Item::Event(event))) => {
                 account.received += 1;
                 let want = payload(room, next, MESSAGE_BYTES);
-                if event.id != Some(next) || event.event.is_some() || event.data != want {
+                if event.id.map(|id| id.seq) != Some(next)
+                    || event.event.is_some()
+                    || event.data != want
+                {
                     fault(
                         &mut account.faults,
                         format!(
@@ -189,7 +192,7 @@ fn read_steady(
                         ),
                     );
                     // Resynchronise on what arrived, so one fault is reported once.
-                    next = event.id.unwrap_or(next);
+                    next = event.id.map_or(next, |id| id.seq);
                 }
                 next += 1;
             }
@@ -258,7 +261,7 @@ fn read_slowly(mut stream: TcpStream, stop: &AtomicBool) -> Slow {
             buf.drain(..at + 2);
             for line in block.lines() {
                 if let Some(id) = line.strip_prefix("id: ") {
-                    account.ids.push(id.parse().expect("numeric id"));
+                    account.ids.push(common::Id::parse(id).seq);
                 }
                 if line == "event: lagged" {
                     account.lagged = true;
@@ -281,7 +284,7 @@ fn publish_steady(addr: SocketAddr, published: &Published) {
         let seq = last[room] + 1;
         let id = client.publish(&room_name(room), &payload(room, seq, MESSAGE_BYTES));
         assert_eq!(
-            id, seq,
+            id.seq, seq,
             "room {room}: the publish was not given the next id"
         );
         last[room] = seq;

@@ -41,7 +41,7 @@ fn heartbeats_within(server: &Server, window: Duration) -> usize {
 fn history_len_after(server: &Server, publishes: u64) -> u64 {
     let mut client = server.client();
     for id in 1..=publishes {
-        assert_eq!(client.publish("cfg", &format!("m{id}")), id);
+        assert_eq!(client.publish("cfg", &format!("m{id}")).seq, id);
     }
     server.room("cfg")["history_len"].as_u64().unwrap()
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Event, Item, Server, Sse};
+use common::{Event, Id, Item, Server, Sse};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -64,9 +64,11 @@ fn every_subscriber_gets_every_message_of_its_room_once_in_order() {
                         }
                         got.push(event);
                     }
+                    // One room, one epoch: every id is `{epoch}-{n}`.
+                    let epoch = got.first().and_then(|e| e.id).map_or(0, |id| id.epoch);
                     let want: Vec<Event> = (1..=MESSAGES_PER_ROOM)
                         .map(|id| Event {
-                            id: Some(id),
+                            id: Some(common::Id { epoch, seq: id }),
                             event: None,
                             data: format!("{} message {id}", room_name(*room)),
                         })
@@ -112,7 +114,7 @@ fn every_subscriber_gets_every_message_of_its_room_once_in_order() {
                         } else {
                             format!("{name} message {id}")
                         };
-                        assert_eq!(client.publish(&name, &data), id, "{name}");
+                        assert_eq!(client.publish(&name, &data).seq, id, "{name}");
                     }
                 }
             })
@@ -130,16 +132,21 @@ fn every_subscriber_gets_every_message_of_its_room_once_in_order() {
     );
 }
 
-fn publish_numbered(server: &Server, room: &str, count: u64) {
+/// Publishes `m1..=m{count}` to a new room; returns the first id.
+fn publish_numbered(server: &Server, room: &str, count: u64) -> Id {
     let mut client = server.client();
-    for id in 1..=count {
-        assert_eq!(client.publish(room, &format!("m{id}")), id);
+    let first = client.publish(room, "m1");
+    assert_eq!(first.seq, 1);
+    for id in 2..=count {
+        assert_eq!(client.publish(room, &format!("m{id}")), first.at(id));
     }
+    first
 }
 
-fn message(id: u64) -> Event {
+/// Message `m{id}` of the epoch of `first`.
+fn message(first: Id, id: u64) -> Event {
     Event {
-        id: Some(id),
+        id: Some(first.at(id)),
         event: None,
         data: format!("m{id}"),
     }
@@ -151,36 +158,36 @@ fn next_events(sse: &mut Sse, count: usize) -> Vec<Event> {
         .collect()
 }
 
-/// `Last-Event-ID: 6` (header) and `?last_event_id=6` (query) after 10 publishes replay
+/// `Last-Event-ID: {epoch}-6` (header) and `?last_event_id={epoch}-6` (query) after 10 publishes replay
 /// exactly 7..=10, then continue live. Several subscribers per form so both shards' history
 /// replicas serve a resume.
 #[test]
 fn resume_replays_after_last_event_id_then_goes_live() {
     let server = Server::start(&["--shards", "2"]);
-    publish_numbered(&server, "resume", 10);
+    let first = publish_numbered(&server, "resume", 10);
     let mut streams: Vec<Sse> = Vec::new();
     for _ in 0..4 {
-        streams.push(server.subscribe("resume", Some(6)));
+        streams.push(server.subscribe("resume", Some(first.at(6))));
         streams.push(Sse::open(
             server.addr,
-            "/rooms/resume/events?last_event_id=6",
+            &format!("/rooms/resume/events?last_event_id={}", first.at(6)),
             &[],
         ));
     }
     for sse in &mut streams {
         assert_eq!(
             next_events(sse, 4),
-            (7..=10).map(message).collect::<Vec<_>>()
+            (7..=10).map(|n| message(first, n)).collect::<Vec<_>>()
         );
     }
-    assert_eq!(server.publish("resume", "m11"), 11);
+    assert_eq!(server.publish("resume", "m11"), first.at(11));
     for sse in &mut streams {
-        assert_eq!(sse.next_event(Duration::from_secs(5)), message(11));
+        assert_eq!(sse.next_event(Duration::from_secs(5)), message(first, 11));
     }
     // A plain subscriber gets no replay: only what is published after it joined.
     let mut live = server.subscribe("resume", None);
-    assert_eq!(server.publish("resume", "m12"), 12);
-    assert_eq!(live.next_event(Duration::from_secs(5)), message(12));
+    assert_eq!(server.publish("resume", "m12"), first.at(12));
+    assert_eq!(live.next_event(Duration::from_secs(5)), message(first, 12));
     assert_eq!(server.metrics().sum("ringcast_gaps_total"), 0);
 }
 
@@ -189,17 +196,20 @@ fn resume_replays_after_last_event_id_then_goes_live() {
 #[test]
 fn resume_past_history_starts_with_a_gap_notice() {
     let server = Server::start(&["--shards", "2", "--history", "4"]);
-    publish_numbered(&server, "short", 10);
+    let first = publish_numbered(&server, "short", 10);
     assert_eq!(server.metrics().sum("ringcast_gaps_total"), 0);
-    let mut sse = server.subscribe("short", Some(2));
+    let mut sse = server.subscribe("short", Some(first.at(2)));
     let gap = sse.next_event(Duration::from_secs(5));
     assert_eq!(gap.event.as_deref(), Some("gap"), "{gap:?}");
     assert_eq!(gap.id, None, "a gap notice carries no id: {gap:?}");
     let range: serde_json::Value = serde_json::from_str(&gap.data).expect("gap data is JSON");
-    assert_eq!(range, serde_json::json!({"from": 3, "to": 6}));
+    assert_eq!(
+        range,
+        serde_json::json!({"from": first.at(3).to_string(), "to": first.at(6).to_string()})
+    );
     assert_eq!(
         next_events(&mut sse, 4),
-        (7..=10).map(message).collect::<Vec<_>>()
+        (7..=10).map(|n| message(first, n)).collect::<Vec<_>>()
     );
     // Figures are published once per loop turn: poll.
     assert!(

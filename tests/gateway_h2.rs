@@ -30,7 +30,7 @@ fn every_tcp_transport_gets_the_same_events_and_resumes() {
     let server = transports::start(&args);
     let tls = transports::addr_of(&server, "tls");
     let h2c = transports::addr_of(&server, "h2c");
-    transports::runtime().block_on(async {
+    let first = transports::runtime().block_on(async {
         let mut plain = server.subscribe("mix", None);
         let mut h2c_conn =
             h2_connect(tokio::net::TcpStream::connect(h2c).await.unwrap(), None).await;
@@ -60,6 +60,7 @@ fn every_tcp_transport_gets_the_same_events_and_resumes() {
         assert_eq!(connections(&metrics, "tls"), 1, "{}", metrics.0);
 
         // Publishes over HTTP/1.1 and over HTTP/2 (both TLS and h2c) share one sequence.
+        let mut ids = Vec::new();
         for n in 1..=6u64 {
             let data = format!("message {n}");
             let id = match n % 3 {
@@ -73,9 +74,7 @@ fn every_tcp_transport_gets_the_same_events_and_resumes() {
                     .await;
                     assert_eq!(answer.status, 201);
                     let body = answer.text().await;
-                    serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
-                        .as_u64()
-                        .unwrap()
+                    common::Id::of(&serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"])
                 }
                 _ => {
                     let answer = h2_send(
@@ -86,16 +85,16 @@ fn every_tcp_transport_gets_the_same_events_and_resumes() {
                     .await;
                     assert_eq!(answer.status, 201);
                     let body = answer.text().await;
-                    serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
-                        .as_u64()
-                        .unwrap()
+                    common::Id::of(&serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"])
                 }
             };
-            assert_eq!(id, n);
+            assert_eq!(id.seq, n);
+            ids.push(id);
         }
+        let first = ids[0];
         for n in 1..=6u64 {
             let want = plain.next_event(WAIT);
-            assert_eq!(want.id, Some(n));
+            assert_eq!(want.id, Some(first.at(n)));
             assert_eq!(want.data, format!("message {n}"));
             for (name, stream) in [
                 ("h2c", &mut over_h2c),
@@ -110,21 +109,29 @@ fn every_tcp_transport_gets_the_same_events_and_resumes() {
         // Resume: the header over h2c, the query over TLS HTTP/2.
         let mut resumed = h2_send(
             &mut h2c_conn,
-            request("/rooms/mix/events", &[("last-event-id", "3")], None),
+            request(
+                "/rooms/mix/events",
+                &[("last-event-id", &first.at(3).to_string())],
+                None,
+            ),
             true,
         )
         .await;
         let mut queried = h2_send(
             &mut h2_conn,
-            request("/rooms/mix/events?last_event_id=4", &[], None),
+            request(
+                &format!("/rooms/mix/events?last_event_id={}", first.at(4)),
+                &[],
+                None,
+            ),
             true,
         )
         .await;
         for n in 4..=6 {
-            assert_eq!(resumed.next_event(WAIT).await.id, Some(n));
+            assert_eq!(resumed.next_event(WAIT).await.id, Some(first.at(n)));
         }
         for n in 5..=6 {
-            assert_eq!(queried.next_event(WAIT).await.id, Some(n));
+            assert_eq!(queried.next_event(WAIT).await.id, Some(first.at(n)));
         }
 
         // Same refusals as HTTP/1.1.
@@ -142,25 +149,24 @@ fn every_tcp_transport_gets_the_same_events_and_resumes() {
         assert_eq!(health.text().await, "ok\n");
         let room = h2_send(&mut h2c_conn, request("/rooms/mix", &[], None), true).await;
         let room: serde_json::Value = serde_json::from_str(&room.text().await).unwrap();
-        assert_eq!(room["last_id"], 6);
+        assert_eq!(room["last_id"], first.at(6));
+        first
     });
 
     // curl, an HTTP/2 client not written here, with prior knowledge over h2c.
     let output = std::process::Command::new("curl")
-        .args([
-            "-sN",
-            "--http2-prior-knowledge",
-            "--max-time",
-            "2",
-            "-H",
-            "Last-Event-ID: 4",
-        ])
+        .args(["-sN", "--http2-prior-knowledge", "--max-time", "2", "-H"])
+        .arg(format!("Last-Event-ID: {}", first.at(4)))
         .arg(format!("http://{h2c}/rooms/mix/events"))
         .output()
         .expect("curl runs");
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
-        text.contains("id: 5\ndata: message 5\n\nid: 6\ndata: message 6\n\n"),
+        text.contains(&format!(
+            "id: {}\ndata: message 5\n\nid: {}\ndata: message 6\n\n",
+            first.at(5),
+            first.at(6)
+        )),
         "curl got {text:?} (stderr {:?})",
         String::from_utf8_lossy(&output.stderr)
     );

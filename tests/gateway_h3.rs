@@ -36,6 +36,7 @@ fn an_http3_subscriber_gets_the_same_events_and_resumes() {
         assert_eq!(metrics.sum("ringcast_subscribers"), 2, "{}", metrics.0);
         assert_eq!(connections(&metrics, "h3"), 1, "{}", metrics.0);
 
+        let mut ids = Vec::new();
         for n in 1..=5u64 {
             let data = format!("quic {n}");
             if n % 2 == 0 {
@@ -43,25 +44,34 @@ fn an_http3_subscriber_gets_the_same_events_and_resumes() {
                     .send("/rooms/q/messages", &[], Some(&data), true)
                     .await;
                 assert_eq!(answer.status, 201);
-                assert_eq!(answer.text().await, format!("{{\"id\":{n}}}"));
+                let body: serde_json::Value = serde_json::from_str(&answer.text().await).unwrap();
+                ids.push(common::Id::of(&body["id"]));
             } else {
-                assert_eq!(server.publish("q", &data), n);
+                ids.push(server.publish("q", &data));
             }
+            assert_eq!(ids.last().unwrap().seq, n);
         }
+        let first = ids[0];
+        assert!(ids.iter().all(|id| id.epoch == first.epoch), "{ids:?}");
         for n in 1..=5u64 {
             let want = plain.next_event(WAIT);
             assert_eq!(
                 (want.id, want.data.as_str()),
-                (Some(n), format!("quic {n}").as_str())
+                (Some(first.at(n)), format!("quic {n}").as_str())
             );
             let got = over_h3.next_event(WAIT).await;
             assert_eq!((got.id, got.data), (want.id, want.data));
         }
         let mut resumed = client
-            .send("/rooms/q/events", &[("last-event-id", "3")], None, true)
+            .send(
+                "/rooms/q/events",
+                &[("last-event-id", &first.at(3).to_string())],
+                None,
+                true,
+            )
             .await;
         for n in 4..=5 {
-            assert_eq!(resumed.next_event(WAIT).await.id, Some(n));
+            assert_eq!(resumed.next_event(WAIT).await.id, Some(first.at(n)));
         }
         let missing = client.send("/rooms/q/nope", &[], None, true).await;
         assert_eq!(missing.status, 404);
@@ -137,8 +147,9 @@ fn aioquic_subscribes_over_http3_and_resumes() {
     let cert = TestCert::new();
     let server = start(&cert, &["--shards", "1"]);
     let h3 = transports::addr_of(&server, "h3");
-    for n in 1..=3u64 {
-        assert_eq!(server.publish("aq", &format!("interop {n}")), n);
+    let first = server.publish("aq", "interop 1");
+    for n in 2..=3u64 {
+        assert_eq!(server.publish("aq", &format!("interop {n}")), first.at(n));
     }
     let run = |extra: &[&str], events: &str| {
         let url = format!("https://127.0.0.1:{}/rooms/aq/events", h3.port());
@@ -170,17 +181,18 @@ fn aioquic_subscribes_over_http3_and_resumes() {
             })
             .collect::<Vec<_>>()
     };
-    let all = run(&["--last-event-id", "0"], "3");
+    let all = run(&["--last-event-id", &first.at(0).to_string()], "3");
     let ids: Vec<_> = all
         .iter()
         .map(|e| e["id"].as_str().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(ids, ["1", "2", "3"], "{all:?}");
+    let want: Vec<String> = (1..=3).map(|n| first.at(n).to_string()).collect();
+    assert_eq!(ids, want, "{all:?}");
     assert_eq!(all[2]["data"], "interop 3");
-    let resumed = run(&["--last-event-id", "1"], "2");
+    let resumed = run(&["--last-event-id", &first.at(1).to_string()], "2");
     let ids: Vec<_> = resumed
         .iter()
         .map(|e| e["id"].as_str().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(ids, ["2", "3"], "{resumed:?}");
+    assert_eq!(ids, want[1..], "{resumed:?}");
 }

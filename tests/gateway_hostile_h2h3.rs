@@ -77,7 +77,7 @@ fn still_serving(server: &common::Server, before: u64, what: &str) {
         after < before + RSS_GROWTH_BYTES_MAX,
         "{what}: RSS grew from {before} to {after} bytes"
     );
-    assert!(server.publish("after", "still here") >= 1, "{what}");
+    assert!(server.publish("after", "still here").seq >= 1, "{what}");
 }
 
 fn statuses(report: &serde_json::Value) -> Vec<u64> {

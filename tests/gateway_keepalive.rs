@@ -29,6 +29,7 @@ fn many_publishes_on_one_connection_and_room_info_across_shards() {
     }
 
     let mut client = server.client();
+    let mut last = None;
     for want in 1..=PUBLISHES {
         let response = client.request(
             "POST",
@@ -38,14 +39,19 @@ fn many_publishes_on_one_connection_and_room_info_across_shards() {
         );
         assert_eq!(response.status, 201, "publish {want}: {response:?}");
         assert_eq!(response.header("connection"), Some("keep-alive"));
-        assert_eq!(response.text(), format!("{{\"id\":{want}}}"));
+        let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        let id = common::Id::of(&json["id"]);
+        assert_eq!(id.seq, want, "{json}");
+        assert!(last.is_none_or(|last: common::Id| last.epoch == id.epoch));
+        last = Some(id);
     }
+    let last = last.unwrap();
     // Still the same connection, still serving.
     let info = client.request("GET", "/rooms/ka", &[], b"");
     assert_eq!(info.status, 200, "{info:?}");
     let info: serde_json::Value = serde_json::from_slice(&info.body).unwrap();
     assert_eq!(info["room"], "ka");
-    assert_eq!(info["last_id"], PUBLISHES);
+    assert_eq!(info["last_id"], last);
     assert_eq!(
         info["subscribers"],
         streams.len(),
@@ -56,22 +62,23 @@ fn many_publishes_on_one_connection_and_room_info_across_shards() {
     for _ in 0..8 {
         let again = server.room("ka");
         assert_eq!(again["subscribers"], streams.len());
-        assert_eq!(again["last_id"], PUBLISHES);
+        assert_eq!(again["last_id"], last);
     }
 
     // Subscribers on both shards got all 500 in order.
     for sse in &mut streams {
         for want in 1..=PUBLISHES {
             let event = sse.next_event(Duration::from_secs(5));
-            assert_eq!((event.id, event.data), (Some(want), format!("m{want}")));
+            assert_eq!(
+                (event.id, event.data),
+                (Some(last.at(want)), format!("m{want}"))
+            );
         }
     }
     // An unknown room is reported empty, not refused.
     let empty = server.room("nobody-here");
-    assert_eq!(
-        (empty["subscribers"].as_u64(), empty["last_id"].as_u64()),
-        (Some(0), Some(0))
-    );
+    assert_eq!(empty["subscribers"].as_u64(), Some(0));
+    assert!(empty["last_id"].is_null(), "no message yet: {empty}");
 }
 
 /// `POST /publish` NDJSON: one result per non-blank line, in line order, with rooms owned
@@ -104,19 +111,24 @@ fn batch_publish_answers_every_line_in_order() {
     let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
     let results = json["results"].as_array().expect("results array");
     assert_eq!(results.len(), 6, "{json}");
-    assert_eq!(results[0], serde_json::json!({"id": 1}));
-    assert_eq!(results[1], serde_json::json!({"id": 1}));
+    let seq = |result: &serde_json::Value| common::Id::of(&result["id"]).seq;
+    assert_eq!((seq(&results[0]), seq(&results[1])), (1, 1), "{json}");
     for (index, line) in [(2, "line 4:"), (3, "line 5:"), (4, "line 6:")] {
         let error = results[index]["error"].as_str().unwrap_or_default();
         assert!(error.starts_with(line), "result {index}: {json}");
     }
-    assert_eq!(results[5], serde_json::json!({"id": 2}));
+    assert_eq!(seq(&results[5]), 2, "{json}");
+    assert_eq!(
+        common::Id::of(&results[5]["id"]).epoch,
+        common::Id::of(&results[0]["id"]).epoch,
+        "one room, one epoch"
+    );
     // The connection is kept alive after a batch.
-    assert_eq!(client.publish(&one, "c"), 2);
+    assert_eq!(client.publish(&one, "c").seq, 2);
 
     let got = |sse: &mut Sse| {
         let event = sse.next_event(Duration::from_secs(5));
-        (event.id.unwrap(), event.data)
+        (event.id.unwrap().seq, event.data)
     };
     assert_eq!(got(&mut on_zero), (1, "a".to_owned()));
     assert_eq!(got(&mut on_zero), (2, "b".to_owned()));

@@ -421,7 +421,7 @@ fn sigterm_during_fanout_delivers_every_acknowledged_message() {
                         let before = !signalled.load(Ordering::SeqCst);
                         let json: serde_json::Value =
                             serde_json::from_slice(&response.body).unwrap();
-                        acked.lock().unwrap()[room].push((json["id"].as_u64().unwrap(), before));
+                        acked.lock().unwrap()[room].push((common::Id::of(&json["id"]).seq, before));
                     }
                     // 503 draining, or the connection closed: the gateway is stopping.
                     _ => return,
@@ -454,7 +454,7 @@ fn sigterm_during_fanout_delivers_every_acknowledged_message() {
         let ids: Vec<u64> = items
             .iter()
             .filter_map(|item| match item {
-                Item::Event(event) => event.id,
+                Item::Event(event) => event.id.map(|id| id.seq),
                 _ => None,
             })
             .collect();

@@ -68,7 +68,12 @@ fn a_tls_subscriber_that_stops_reading_is_cut_while_a_tls_reader_gets_every_mess
     let reading = std::thread::spawn(move || {
         for want in 1..=MESSAGES {
             let event = reader.next_event(PATIENCE);
-            assert_eq!(event.id, Some(want), "reader got {:?}", event.event);
+            assert_eq!(
+                event.id.map(|id| id.seq),
+                Some(want),
+                "reader got {:?}",
+                event.event
+            );
             assert_eq!(event.data.len(), MESSAGE_BYTES);
             assert!(event.data.starts_with(&format!("{want} ")));
             read_so_far.store(want, std::sync::atomic::Ordering::Release);
@@ -79,7 +84,7 @@ fn a_tls_subscriber_that_stops_reading_is_cut_while_a_tls_reader_gets_every_mess
     for seq in 1..=MESSAGES {
         let mut data = format!("{seq} ");
         data.push_str(&"x".repeat(MESSAGE_BYTES - data.len()));
-        assert_eq!(publisher.publish("big", &data), seq);
+        assert_eq!(publisher.publish("big", &data).seq, seq);
         let behind = || seq - progress.load(std::sync::atomic::Ordering::Acquire) <= 8;
         assert!(
             common::wait_until(PATIENCE, behind) || reading.is_finished(),
@@ -116,26 +121,33 @@ fn a_keep_alive_tls_connection_publishes_several_times_then_subscribes() {
     let (server, cert, tls) = start_tls(&["--shards", "2"]);
     let mut client = TlsClient::connect(tls, &cert, &[b"http/1.1"]);
     assert_eq!(client.alpn().as_deref(), Some(&b"http/1.1"[..]));
-    assert_eq!(client.publish("keep", "one"), 1);
-    assert_eq!(client.publish("keep", "two"), 2);
+    let first = client.publish("keep", "one");
+    assert_eq!(first.seq, 1);
+    assert_eq!(client.publish("keep", "two"), first.at(2));
     // Two requests in one write: the second waits in the decrypted buffer.
     let mut pipelined = TlsClient::request_bytes("POST", "/rooms/keep/messages", Some("three"));
     pipelined.extend(TlsClient::request_bytes("GET", "/rooms/keep", None));
     client.send(&pipelined).unwrap();
     let third = client.read_response().unwrap();
-    assert_eq!((third.status, third.text()), (201, "{\"id\":3}".to_owned()));
+    let third_body = format!("{{\"id\":\"{}\"}}", first.at(3));
+    assert_eq!((third.status, third.text()), (201, third_body));
     let room = client.read_response().unwrap();
     let room: serde_json::Value = serde_json::from_slice(&room.body).unwrap();
-    assert_eq!(room["last_id"], 3);
+    assert_eq!(room["last_id"], first.at(3));
     // Then, on the same connection, a subscription that resumes from the start.
-    client
-        .send(b"GET /rooms/keep/events HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: 0\r\n\r\n")
-        .unwrap();
+    let subscribe = format!(
+        "GET /rooms/keep/events HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: {}\r\n\r\n",
+        first.at(0)
+    );
+    client.send(subscribe.as_bytes()).unwrap();
     let head = client.read_head().unwrap();
     assert_eq!(head.status, 200);
     for (id, data) in [(1, "one"), (2, "two"), (3, "three")] {
         let event = client.next_event(WAIT);
-        assert_eq!((event.id, event.data.as_str()), (Some(id), data));
+        assert_eq!(
+            (event.id.map(|id| id.seq), event.data.as_str()),
+            (Some(id), data)
+        );
     }
     let id = server.publish("keep", "four");
     assert_eq!(client.next_event(WAIT).id, Some(id));
@@ -193,8 +205,8 @@ fn plain_http_garbage_and_silence_on_the_tls_port_are_closed_and_counted() {
     assert_eq!(handshakes(&server, "failed"), 4);
     // Still serving, on both listeners.
     let mut fine = TlsClient::connect(tls, &cert, &[b"http/1.1"]);
-    assert_eq!(fine.publish("after", "ok"), 1);
-    assert_eq!(server.publish("after", "plain"), 2);
+    assert_eq!(fine.publish("after", "ok").seq, 1);
+    assert_eq!(server.publish("after", "plain").seq, 2);
     assert!(common::wait_until(WAIT, || transports::connections(
         &server.metrics(),
         "tls"

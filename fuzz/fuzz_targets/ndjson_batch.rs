@@ -25,7 +25,10 @@ fuzz_target!(|body: &[u8]| {
                     assert!(gateway::idempotency::validate_key(key.as_bytes()).is_ok());
                 }
                 // Whatever data a line carried, its frame is well formed.
-                let frame = shard::sse::encode_message(1, data.as_bytes());
+                let frame = shard::sse::encode_message(
+                    shard::event_id::EventId { epoch: 1, seq: 1 },
+                    data.as_bytes(),
+                );
                 assert!(frame.ends_with(b"\n\n"));
             }
             Err(reason) => assert!(!reason.is_empty()),

@@ -6,11 +6,15 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {
-    let (id, data) = match input {
+    let (seq, data) = match input {
         [a, b, c, d, e, f, g, h, rest @ ..] => {
             (u64::from_le_bytes([*a, *b, *c, *d, *e, *f, *g, *h]), rest)
         }
         _ => (0, input),
+    };
+    let id = shard::event_id::EventId {
+        epoch: seq.rotate_left(17),
+        seq,
     };
     let frame = shard::sse::encode_message(id, data);
     assert!(frame.ends_with(b"\n\n"), "frame must end the event");

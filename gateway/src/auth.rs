@@ -139,7 +139,7 @@ pub struct Ticket {
     /// Room asked for.
     pub room: String,
     /// Resume point of the subscribe.
-    pub last_event_id: Option<u64>,
+    pub last_event_id: Option<shard::event_id::ResumeId>,
 }
 
 /// What to do with a subscribe.

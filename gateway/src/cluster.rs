@@ -11,8 +11,9 @@
 //!   appends and stores the key with the entry's id (`SET … PX <window>`) in one atomic
 //!   step, or returns the id stored for the key: a retry within the window, on any node,
 //!   even while the first is still queued in Redis, gets the first id (idempotency.rs).
-//! - **Ids**: the stream id `ms-seq` becomes the SSE id `ms << 20 | seq` (decimal u64):
-//!   increasing, the same on every node, and decoded back for `XRANGE`/`XREAD`.
+//! - **Ids**: clients see the stream id `ms-seq` itself (SSE `id:`, publish answers);
+//!   shards keep it packed as `ms << 20 | seq` (a `u64`: increasing, the same on every node,
+//!   decoded back for `XRANGE`/`XREAD`; shard::event_id).
 //! - **Follow**: one follower thread per node reads (`XREAD BLOCK`) the streams of the rooms
 //!   this node has subscribers for and hands every entry, the node's own publishes
 //!   included, to every shard as a frame: one order, the stream's, on every node. The first
@@ -24,6 +25,9 @@
 //!   room has a subscriber is refused before anything is followed.
 //! - **Resume**: a `Last-Event-ID` older than the local replica is replayed from `XRANGE`
 //!   (no gap notice) when the stream still holds it; a gap notice says what it no longer holds.
+//!   One above the replica's head is kept when the stream has it (this node has not read it
+//!   yet) and reset (`event: reset`, then everything held) when it is beyond the stream's
+//!   last id; bare numbers and ids that do not fit are reset at once.
 //! - **Outage**: connection errors mark Redis down (`/readyz` 503 "redis unreachable"),
 //!   publishes fail fast through each shard's circuit breaker, subscribers stay connected,
 //!   and the follower reconnects and goes on from the last id it read.
@@ -35,6 +39,7 @@ use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use redis::Value;
 use shard::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome, Permit};
+use shard::event_id::EventId;
 use shard::metrics::Exposition;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -79,9 +84,8 @@ pub const BREAKER_OPEN_DEFAULT: Duration = Duration::from_secs(1);
 /// Reconnect back-off bounds.
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_millis(500);
-/// Bits of a stream id's sequence part in an SSE id. 2^20 entries per millisecond per
-/// stream is far above what one Redis can append.
-pub const SEQ_BITS: u32 = 20;
+/// Bits of a stream id's sequence part in a packed id (shard::event_id).
+pub const SEQ_BITS: u32 = shard::event_id::STREAM_SEQ_BITS;
 const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
 
 const _: () = assert!(PUBLISHERS >= 1 && PIPELINE_MAX >= 1 && READ_COUNT >= 1);
@@ -148,6 +152,8 @@ pub struct ReplayTicket {
     pub after: u64,
     /// Oldest id of the replica: the replay stops before it.
     pub before: u64,
+    /// `after` is above the replica's head: Redis must say whether the stream has it.
+    pub beyond_head: bool,
 }
 
 /// What a replay found.
@@ -157,6 +163,8 @@ pub struct Replay {
     pub frames: Vec<Bytes>,
     /// The cursor after them.
     pub after: u64,
+    /// The resume id is beyond the stream's last id: it cannot be placed.
+    pub beyond_head: bool,
 }
 
 /// A publish's idempotency key and how long Redis keeps it.
@@ -438,7 +446,7 @@ pub struct Waiter {
     /// Its serial.
     pub serial: u32,
     /// Its `Last-Event-ID`.
-    pub last_event_id: Option<u64>,
+    pub last_event_id: Option<shard::event_id::ResumeId>,
 }
 
 /// A shard's side of cluster mode: its breaker, calls out, rooms primed and subscribers
@@ -953,19 +961,32 @@ fn integer(value: &Value) -> Option<u64> {
 /// a gap notice when the stream no longer holds some of them.
 fn replay(connection: &mut redis::Connection, ticket: &ReplayTicket) -> redis::RedisResult<Replay> {
     let key = stream_key(&ticket.room);
+    if ticket.beyond_head
+        && last_generated(connection, &key)?.is_none_or(|last| ticket.after > last)
+    {
+        return Ok(Replay {
+            frames: Vec::new(),
+            after: ticket.after,
+            beyond_head: true,
+        });
+    }
     // No stream: everything before the replica is gone.
     let deleted = deleted_through(connection, &key)?.unwrap_or(ticket.before.saturating_sub(1));
     let mut frames = Vec::new();
     let mut cursor = ticket.after;
     if deleted > ticket.after {
         let to = deleted.min(ticket.before.saturating_sub(1));
-        frames.push(shard::sse::encode_gap(ticket.after + 1, to));
+        frames.push(shard::sse::encode_gap(
+            EventId::from_stream_packed(ticket.after + 1),
+            EventId::from_stream_packed(to),
+        ));
         cursor = to;
     }
     if cursor + 1 >= ticket.before {
         return Ok(Replay {
             frames,
             after: cursor,
+            beyond_head: false,
         });
     }
     let entries: Value = redis::cmd("XRANGE")
@@ -979,7 +1000,10 @@ fn replay(connection: &mut redis::Connection, ticket: &ReplayTicket) -> redis::R
     let complete = list.len() < REPLAY_MAX;
     for value in list {
         if let Some((id, data, _)) = entry(value) {
-            frames.push(shard::sse::encode_message(id, &data));
+            frames.push(shard::sse::encode_message(
+                EventId::from_stream_packed(id),
+                &data,
+            ));
             cursor = id;
         }
     }
@@ -990,7 +1014,37 @@ fn replay(connection: &mut redis::Connection, ticket: &ReplayTicket) -> redis::R
     } else {
         cursor
     };
-    Ok(Replay { frames, after })
+    Ok(Replay {
+        frames,
+        after,
+        beyond_head: false,
+    })
+}
+
+/// The last id the stream at `key` ever gave out (`last-generated-id`), `None` when there is
+/// no such stream.
+fn last_generated(
+    connection: &mut redis::Connection,
+    key: &str,
+) -> redis::RedisResult<Option<u64>> {
+    let info: Value = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(key)
+        .query(connection)
+        .or_else(|err| {
+            if err.code() == Some("ERR") {
+                Ok(Value::Nil) // no such key
+            } else {
+                Err(err)
+            }
+        })?;
+    Ok(pairs(&info).and_then(|fields| {
+        fields.into_iter().find_map(|(name, value)| {
+            (value_str(name) == Some("last-generated-id"))
+                .then(|| value_str(value).and_then(sse_id))
+                .flatten()
+        })
+    }))
 }
 
 /// The follower: one thread, one connection, every followed room.
@@ -1161,7 +1215,10 @@ impl Follower {
                 .fetch_add(entries.len() as u64, Ordering::Relaxed);
             let frames: Vec<_> = entries
                 .into_iter()
-                .map(|(id, data, stamp)| (id, shard::sse::encode_message(id, &data), stamp))
+                .map(|(id, data, stamp)| {
+                    let frame = shard::sse::encode_message(EventId::from_stream_packed(id), &data);
+                    (id, frame, stamp)
+                })
                 .collect();
             // Entries appended since the last XREAD are in the tail too: the next XREAD
             // hands them again, and a replica ignores ids it holds.
@@ -1260,7 +1317,10 @@ impl Follower {
     fn deliver_gap(&self, room: &Arc<str>, from: u64, to: u64) {
         tracing::warn!(%room, from, to, "fell behind the stream cap: entries trimmed unread");
         self.hub.follow_gaps.fetch_add(1, Ordering::Relaxed);
-        let frame = shard::sse::encode_gap(from, to);
+        let frame = shard::sse::encode_gap(
+            EventId::from_stream_packed(from),
+            EventId::from_stream_packed(to),
+        );
         self.send_holders(room, || Event::Frame {
             room: room.clone(),
             id: to,
@@ -1270,7 +1330,7 @@ impl Follower {
     }
 
     fn deliver(&self, room: &Arc<str>, id: u64, data: &[u8], stamp: u64) {
-        let frame = shard::sse::encode_message(id, data);
+        let frame = shard::sse::encode_message(EventId::from_stream_packed(id), data);
         self.hub.entries_read.fetch_add(1, Ordering::Relaxed);
         self.send_holders(room, || Event::Frame {
             room: room.clone(),

@@ -2,6 +2,7 @@
 //! writes. No IO here: the worker hands in bytes and writes what comes back.
 
 use bytes::Bytes;
+use shard::event_id::{parse_resume_id, ResumeId};
 use shard::room::validate_room_name;
 
 /// Headers a request may carry at most; more gets 431.
@@ -23,8 +24,8 @@ pub struct Head {
     pub expect_continue: bool,
     /// The client asked to close after this request (or spoke HTTP/1.0 without keep-alive).
     pub close: bool,
-    /// `Last-Event-ID` header or `last_event_id` query value.
-    pub last_event_id: Option<u64>,
+    /// `Last-Event-ID` header or `last_event_id` query value (none when empty).
+    pub last_event_id: Option<ResumeId>,
     /// The token of an `Authorization: Bearer` header.
     pub bearer: Option<String>,
     /// A `token` query value (for subscribes: `EventSource` cannot set headers).
@@ -178,7 +179,7 @@ pub fn parse(
                 close = false;
             }
         } else if name.eq_ignore_ascii_case("last-event-id") {
-            last_event_id = Some(parse_id(header.value)?);
+            last_event_id = parse_id(header.value)?;
         } else if name.eq_ignore_ascii_case("accept") {
             accept = std::str::from_utf8(header.value).ok();
         } else if name.eq_ignore_ascii_case("authorization") {
@@ -217,7 +218,7 @@ pub fn parse(
     let mut query_token = None;
     for pair in query.split('&') {
         if let Some(value) = pair.strip_prefix("last_event_id=") {
-            last_event_id = Some(parse_id(value.as_bytes())?);
+            last_event_id = parse_id(value.as_bytes())?;
         } else if let Some(value) = pair.strip_prefix("token=") {
             // base64url and '.': nothing to percent-decode in a JWT.
             query_token = (!value.is_empty()).then(|| value.to_owned());
@@ -287,11 +288,11 @@ fn parse_content_length(value: &[u8], max_body_bytes: usize) -> Result<usize, Re
     Ok(declared as usize)
 }
 
-fn parse_id(value: &[u8]) -> Result<u64, Refusal> {
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| Refusal::new(400, "last event id must be a decimal number"))
+/// A resume id (shard::event_id): `E-S`, or anything else visible that gets a reset; 400
+/// for garbage.
+fn parse_id(value: &[u8]) -> Result<Option<ResumeId>, Refusal> {
+    parse_resume_id(value.trim_ascii())
+        .map_err(|err| Refusal::new(400, format!("bad last event id: {err}")))
 }
 
 fn room(name: &str) -> Result<String, Refusal> {
@@ -502,6 +503,7 @@ pub const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shard::event_id::{EventId, ResetReason};
 
     /// Parses `req` with a `Host` added after the request line when it has none (HTTP/1.1
     /// requires one; the tables below are about other things).
@@ -533,12 +535,13 @@ mod tests {
             assert_eq!(origin_form(target), want, "{target}");
         }
         let Ok(Parsed::Head(head)) =
-            head("GET https://localhost/rooms/a/events?last_event_id=3 HTTP/1.1\r\n\r\n")
+            head("GET https://localhost/rooms/a/events?last_event_id=1-3 HTTP/1.1\r\n\r\n")
         else {
             panic!("absolute form not parsed");
         };
         assert_eq!(head.route, Route::Events("a".into()));
-        assert_eq!(head.last_event_id, Some(3));
+        let at = EventId { epoch: 1, seq: 3 };
+        assert_eq!(head.last_event_id, Some(ResumeId::At(at)));
     }
 
     fn status(req: &str) -> u16 {
@@ -616,11 +619,15 @@ mod tests {
                 "POST /rooms/a/messages HTTP/1.1\r\nExpect: 101-switch\r\nContent-Length: 3\r\n\r\n",
                 417,
             ),
-            ("GET /rooms/a/events?last_event_id=x HTTP/1.1\r\n\r\n", 400),
         ];
         for (req, want) in cases {
             assert_eq!(status(req), *want, "{req:?}");
         }
+        let long = format!(
+            "GET /rooms/a/events?last_event_id={} HTTP/1.1\r\n\r\n",
+            "1".repeat(200)
+        );
+        assert_eq!(status(&long), 400, "an absurdly long resume id");
         let many: String = (0..60).map(|i| format!("X-{i}: y\r\n")).collect();
         assert_eq!(status(&format!("GET /healthz HTTP/1.1\r\n{many}\r\n")), 431);
         let big = format!("GET /healthz HTTP/1.1\r\nX: {}\r\n", "y".repeat(2000));
@@ -727,15 +734,27 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(h.last_event_id, Some(7));
-        let Ok(Parsed::Head(h)) = head("GET /rooms/a/events HTTP/1.1\r\nLast-Event-ID: 12\r\n\r\n")
+        let bare = Some(ResumeId::Unplaceable(ResetReason::BareNumber));
+        assert_eq!(h.last_event_id, bare);
+        let Ok(Parsed::Head(h)) =
+            head("GET /rooms/a/events HTTP/1.1\r\nLast-Event-ID: 1733-12\r\n\r\n")
         else {
             panic!()
         };
+        let at = EventId {
+            epoch: 1733,
+            seq: 12,
+        };
         assert_eq!(
             (h.last_event_id, h.route),
-            (Some(12), Route::Events("a".into()))
+            (Some(ResumeId::At(at)), Route::Events("a".into()))
         );
+        let Ok(Parsed::Head(h)) = head("GET /rooms/a/events?last_event_id=x HTTP/1.1\r\n\r\n")
+        else {
+            panic!()
+        };
+        let other = Some(ResumeId::Unplaceable(ResetReason::NotAnId));
+        assert_eq!(h.last_event_id, other, "text of another shape gets a reset");
         let Ok(Parsed::Head(h)) = head("GET /healthz HTTP/1.0\r\n\r\n") else {
             panic!()
         };

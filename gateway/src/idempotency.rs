@@ -13,6 +13,7 @@
 //!
 //! Sans-IO: time comes in as `now`.
 
+use shard::event_id::EventId;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -90,7 +91,7 @@ impl MailKey {
 #[derive(Debug, Default)]
 pub struct KeyTable {
     /// `room` + ' ' + `key` (neither may hold a space, so the pair is unambiguous) → id.
-    ids: HashMap<Arc<str>, u64>,
+    ids: HashMap<Arc<str>, EventId>,
     /// The same entries, oldest first, with when each was recorded: every entry of `ids` is
     /// here exactly once, so expiry and eviction pop the front.
     order: VecDeque<(Instant, Arc<str>)>,
@@ -132,7 +133,7 @@ impl KeyTable {
         window: Duration,
         room: &str,
         key: &str,
-    ) -> Option<u64> {
+    ) -> Option<EventId> {
         self.handle_timeout(now, window);
         let id = *self.ids.get(entry_name(room, key).as_str())?;
         self.replays += 1;
@@ -141,7 +142,7 @@ impl KeyTable {
 
     /// Records that the first publish of `key` in `room` got `id`. At the cap the oldest key
     /// goes first.
-    pub fn record(&mut self, now: Instant, room: &str, key: &str, id: u64) {
+    pub fn record(&mut self, now: Instant, room: &str, key: &str, id: EventId) {
         let name: Arc<str> = Arc::from(entry_name(room, key));
         if self.ids.contains_key(&name) {
             return; // the first id stays
@@ -233,6 +234,10 @@ pub fn expose<'a>(
 mod tests {
     use super::*;
 
+    fn id(seq: u64) -> EventId {
+        EventId { epoch: 1, seq }
+    }
+
     #[test]
     fn keys_table() {
         let long = "k".repeat(KEY_BYTES_MAX + 1);
@@ -266,12 +271,12 @@ mod tests {
         let window = Duration::from_secs(2);
         let mut table = KeyTable::new(16);
         assert_eq!(table.handle_publish(start, window, "a", "k"), None);
-        table.record(start, "a", "k", 7);
+        table.record(start, "a", "k", id(7));
         // A second record of the same key (cannot happen: it was looked up first) keeps the
         // first id.
-        table.record(start, "a", "k", 8);
+        table.record(start, "a", "k", id(8));
         let later = start + Duration::from_millis(1999);
-        assert_eq!(table.handle_publish(later, window, "a", "k"), Some(7));
+        assert_eq!(table.handle_publish(later, window, "a", "k"), Some(id(7)));
         // Scoped per room.
         assert_eq!(table.handle_publish(later, window, "b", "k"), None);
         assert_eq!(table.replays(), 1);
@@ -285,7 +290,7 @@ mod tests {
         // valid; the separator keeps valid pairs apart.
         let now = Instant::now();
         let mut table = KeyTable::new(16);
-        table.record(now, "a:b", "c", 1);
+        table.record(now, "a:b", "c", id(1));
         assert_eq!(
             table.handle_publish(now, WINDOW_DEFAULT, "a", "b:c"),
             None,
@@ -299,27 +304,32 @@ mod tests {
         let window = Duration::from_secs(60);
         let mut table = KeyTable::new(3);
         for (i, key) in ["k0", "k1", "k2", "k3"].iter().enumerate() {
-            table.record(start + Duration::from_secs(i as u64), "r", key, i as u64);
+            table.record(
+                start + Duration::from_secs(i as u64),
+                "r",
+                key,
+                id(i as u64),
+            );
         }
         assert_eq!(table.len(), 3);
         assert_eq!(table.evicted(), 1);
         let now = start + Duration::from_secs(5);
         assert_eq!(table.handle_publish(now, window, "r", "k0"), None);
-        assert_eq!(table.handle_publish(now, window, "r", "k3"), Some(3));
+        assert_eq!(table.handle_publish(now, window, "r", "k3"), Some(id(3)));
     }
 
     #[test]
     fn a_shorter_window_expires_older_keys_at_once() {
         let start = Instant::now();
         let mut table = KeyTable::new(16);
-        table.record(start, "r", "old", 1);
-        table.record(start + Duration::from_secs(50), "r", "new", 2);
+        table.record(start, "r", "old", id(1));
+        table.record(start + Duration::from_secs(50), "r", "new", id(2));
         let now = start + Duration::from_secs(60);
         table.handle_timeout(now, Duration::from_secs(30));
         assert_eq!(table.len(), 1);
         assert_eq!(
             table.handle_publish(now, Duration::from_secs(30), "r", "new"),
-            Some(2)
+            Some(id(2))
         );
     }
 }

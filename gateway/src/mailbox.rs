@@ -48,13 +48,14 @@ pub enum Mail {
         /// Who waits.
         reply: ReplyTo,
         /// The id or a refusal reason.
-        result: Result<u64, &'static str>,
+        result: Result<shard::event_id::EventId, &'static str>,
     },
     /// A sequenced frame for this shard's replica of a room.
     Frame {
         /// Room name.
         room: Arc<str>,
-        /// The room's incarnation on its owner (see `shard::room::Room::incarnation`).
+        /// The room's incarnation on its owner (see `shard::room::Room::incarnation`): the
+        /// epoch of its ids.
         incarnation: u64,
         /// Its id.
         id: u64,
@@ -84,9 +85,9 @@ pub enum Mail {
         reply: ReplyTo,
         /// Subscribers on the answering shard.
         subscribers: usize,
-        /// Highest id in the answering shard's replica (0 if it holds none): a replica
-        /// may have been freed on the shard that asked.
-        last_id: u64,
+        /// Highest id in the answering shard's replica (`None` if it holds none): a
+        /// replica may have been freed on the shard that asked.
+        last_id: Option<shard::event_id::EventId>,
         /// Messages the answering shard's replica holds.
         history_len: usize,
     },

@@ -40,6 +40,8 @@ pub enum Figure {
     SlowCuts,
     /// Gap notices sent.
     Gaps,
+    /// Reset notices sent (resume ids that could not be placed).
+    Resets,
     /// Heartbeats sent.
     Heartbeats,
     /// Submission queue full events.
@@ -110,6 +112,11 @@ const META: [(&str, Kind, &str); FIGURES] = [
         "ringcast_gaps_total",
         Kind::Counter,
         "Gap notices sent on resume.",
+    ),
+    (
+        "ringcast_resets_total",
+        Kind::Counter,
+        "Reset notices sent: resume ids the room could not place (another epoch, beyond the head, not an id).",
     ),
     (
         "ringcast_heartbeats_total",

@@ -21,7 +21,8 @@ use crate::tls_conn::{Hello, TlsConn};
 use crate::uring::{Completion, OpKind, Ring, LISTENER_PLAIN, LISTENER_TLS};
 use crate::virtual_conn::{Doorbell, Transport, VirtualSink};
 use bytes::Bytes;
-use shard::fanout::{Action, ConnId, Fanout, FanoutConfig, FanoutError};
+use shard::event_id::{EventId, ResetReason, ResumeId};
+use shard::fanout::{Action, ConnId, Fanout, FanoutConfig, FanoutError, Start};
 use shard::metrics::HistogramSnapshot;
 use shard::room::owner_shard;
 use shard::timer_wheel::{TimerKey, TimerWheel};
@@ -127,7 +128,7 @@ enum TimerKind {
 enum Pending {
     Publish {
         room: Arc<str>,
-        result: Option<Result<u64, &'static str>>,
+        result: Option<Result<EventId, &'static str>>,
     },
     Batch {
         results: Vec<BatchLine>,
@@ -135,7 +136,7 @@ enum Pending {
     RoomInfo {
         room: Arc<str>,
         subscribers: usize,
-        last_id: u64,
+        last_id: Option<EventId>,
         history_len: usize,
     },
 }
@@ -143,7 +144,7 @@ enum Pending {
 #[derive(Debug)]
 enum BatchLine {
     Waiting,
-    Done(Result<u64, String>),
+    Done(Result<EventId, String>),
 }
 
 struct Conn {
@@ -329,6 +330,10 @@ impl Worker {
                 heartbeat: config.heartbeat,
                 coalesce_delay: config.coalesce_delay,
                 coalesce_queue_min: config.coalesce_queue_min,
+                stream_ids: shared.cluster.is_some(),
+                epoch_anchor_unix_micros: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
                 room_idle_timeout: config.room_idle_timeout,
                 ..FanoutConfig::default()
             },
@@ -1166,7 +1171,7 @@ impl Worker {
         now: Instant,
         slot: u32,
         room: &str,
-        last_event_id: Option<u64>,
+        last_event_id: Option<ResumeId>,
     ) -> std::io::Result<()> {
         if self.stopping() {
             return self.refuse_unavailable(slot, Rejection::Draining);
@@ -1177,37 +1182,35 @@ impl Worker {
         if self.cluster.is_some() {
             return self.cluster_subscribe(now, slot, room, last_event_id);
         }
-        self.admit(now, slot, room, last_event_id, None)
+        let admitted =
+            self.fanout
+                .handle_subscribe(now, ConnId(slot), room, last_event_id, http1::sse_head());
+        self.admitted(slot, admitted)
     }
 
-    /// Adds the subscriber to the fan-out; `replay` (cluster mode) are frames from Redis
-    /// to write first, and then `last_event_id` is taken as is (see
+    /// Adds a cluster subscriber to the fan-out: `replay` are frames from Redis to write
+    /// first, then history from where `start` says (see
     /// `Fanout::handle_subscribe_replayed`).
-    fn admit(
+    fn admit_replayed(
         &mut self,
         now: Instant,
         slot: u32,
         room: &str,
-        last_event_id: Option<u64>,
-        replay: Option<Vec<Bytes>>,
+        start: Start,
+        replay: Vec<Bytes>,
     ) -> std::io::Result<()> {
-        let admitted = match replay {
-            None => self.fanout.handle_subscribe(
-                now,
-                ConnId(slot),
-                room,
-                last_event_id,
-                http1::sse_head(),
-            ),
-            Some(replay) => self.fanout.handle_subscribe_replayed(
-                now,
-                ConnId(slot),
-                room,
-                last_event_id,
-                http1::sse_head(),
-                replay,
-            ),
-        };
+        let admitted = self.fanout.handle_subscribe_replayed(
+            now,
+            ConnId(slot),
+            room,
+            start,
+            http1::sse_head(),
+            replay,
+        );
+        self.admitted(slot, admitted)
+    }
+
+    fn admitted(&mut self, slot: u32, admitted: Result<(), FanoutError>) -> std::io::Result<()> {
         match admitted {
             Ok(()) => {
                 self.cancel_timer(slot);
@@ -1237,7 +1240,7 @@ impl Worker {
         now: Instant,
         slot: u32,
         room: String,
-        last_event_id: Option<u64>,
+        last_event_id: Option<ResumeId>,
         head: Vec<u8>,
     ) -> std::io::Result<()> {
         let (Some(conn), false) = (
@@ -1390,7 +1393,7 @@ impl Worker {
         now: Instant,
         slot: u32,
         room: &str,
-        last_event_id: Option<u64>,
+        last_event_id: Option<ResumeId>,
     ) -> std::io::Result<()> {
         let serial = self.conns[slot as usize].as_ref().map_or(0, |c| c.serial);
         self.release_freed_rooms();
@@ -1415,16 +1418,21 @@ impl Worker {
             }
             return Ok(());
         }
-        if let Some(after) = last_event_id {
-            if let Some((shard::history::ResumeFrom::Gap { .. }, before)) =
-                self.fanout.resume_check(room, after)
-            {
+        let mut start = self.fanout.place(room, last_event_id);
+        if let Start::After(after) = start {
+            // Older than the replica: replayed from Redis. Above the replica's head: Redis
+            // says whether it is a real id this node has not read yet, or cannot be placed.
+            let beyond_head = after > self.fanout.head_id(room).unwrap_or(0);
+            let check = self.fanout.resume_check(room, after);
+            let gap = matches!(check, Some((shard::history::ResumeFrom::Gap { .. }, _)));
+            if gap || beyond_head {
                 let ticket = crate::cluster::ReplayTicket {
                     slot,
                     serial,
                     room: Arc::from(room),
                     after,
-                    before,
+                    before: check.map_or(after.saturating_add(1), |(_, first)| first),
+                    beyond_head,
                 };
                 if cluster.begin_replay(ticket) {
                     if let Some(conn) = self.conn(slot) {
@@ -1432,9 +1440,13 @@ impl Worker {
                     }
                     return Ok(());
                 }
+                if beyond_head {
+                    // Redis cannot tell now: a reset rather than a cursor no message reaches.
+                    start = Start::Reset(ResetReason::BeyondHead);
+                }
             }
         }
-        self.admit(now, slot, room, last_event_id, Some(Vec::new()))
+        self.admit_replayed(now, slot, room, start, Vec::new())
     }
 
     /// Takes what the cluster threads sent: publish outcomes, followed frames, rooms primed.
@@ -1535,18 +1547,26 @@ impl Worker {
                     serial: ticket.serial,
                     index: ticket.index,
                 };
+                let result = result.map(EventId::from_stream_packed);
                 return self.on_mail(now, Mail::Sequenced { reply, result });
             }
             Event::Replayed { ticket, replay } => {
                 if !self.is_waiting(ticket.slot, ticket.serial) {
                     return Ok(());
                 }
-                let (after, frames) = match replay {
-                    Some(replay) => (replay.after, replay.frames),
+                let (start, frames) = match replay {
+                    Some(replay) if replay.beyond_head => {
+                        (Start::Reset(ResetReason::BeyondHead), Vec::new())
+                    }
+                    Some(replay) => (Start::After(replay.after), replay.frames),
+                    // Redis could not say whether an id above the replica exists.
+                    None if ticket.beyond_head => {
+                        (Start::Reset(ResetReason::BeyondHead), Vec::new())
+                    }
                     // Redis could not say: the replica's own gap notice tells the client.
-                    None => (ticket.after, Vec::new()),
+                    None => (Start::After(ticket.after), Vec::new()),
                 };
-                return self.admit(now, ticket.slot, &ticket.room, Some(after), Some(frames));
+                return self.admit_replayed(now, ticket.slot, &ticket.room, start, frames);
             }
         }
         Ok(())
@@ -1572,7 +1592,7 @@ impl Worker {
         room: &Arc<str>,
         data: &[u8],
         idempotency_key: Option<&str>,
-    ) -> Result<u64, &'static str> {
+    ) -> Result<EventId, &'static str> {
         let window = self.config.idempotency_window;
         if let Some(key) = idempotency_key {
             if let Some(id) = self.idempotency.handle_publish(now, window, room, key) {
@@ -1600,13 +1620,12 @@ impl Worker {
                 return Err(Rejection::RoomLimit.text());
             }
         };
-        let incarnation = self.fanout.room_incarnation(room).unwrap_or(0);
         for target in 0..self.shards {
             if target != self.index {
                 self.outbox[target].push_back(Mail::Frame {
                     room: room.clone(),
-                    incarnation,
-                    id,
+                    incarnation: id.epoch,
+                    id: id.seq,
                     frame: frame.clone(),
                     stamp_unix_nanos: stamp,
                 });
@@ -1672,7 +1691,7 @@ impl Worker {
         &mut self,
         slot: u32,
         room: &str,
-        result: Result<u64, &'static str>,
+        result: Result<EventId, &'static str>,
     ) -> std::io::Result<()> {
         let close = self.conn(slot).is_none_or(|c| !c.keep_alive);
         let response = match result {
@@ -1680,7 +1699,7 @@ impl Worker {
                 201,
                 "application/json",
                 "",
-                format!("{{\"id\":{id}}}").as_bytes(),
+                format!("{{\"id\":\"{id}\"}}").as_bytes(),
                 close,
             ),
             Err(reason) => {
@@ -1785,7 +1804,7 @@ impl Worker {
         let room: Arc<str> = Arc::from(room);
         let info = self.fanout.room_info(&room);
         let (subscribers, last_id, history_len) =
-            info.map_or((0, 0, 0), |i| (i.subscribers, i.last_id, i.history_len));
+            info.map_or((0, None, 0), |i| (i.subscribers, i.last_id, i.history_len));
         let mut outstanding = 0;
         for target in 0..self.shards {
             if target != self.index {
@@ -1834,7 +1853,7 @@ impl Worker {
                 let items: Vec<serde_json::Value> = results
                     .into_iter()
                     .map(|line| match line {
-                        BatchLine::Done(Ok(id)) => serde_json::json!({ "id": id }),
+                        BatchLine::Done(Ok(id)) => serde_json::json!({ "id": id.to_string() }),
                         BatchLine::Done(Err(error)) => serde_json::json!({ "error": error }),
                         BatchLine::Waiting => serde_json::json!({ "error": "no answer" }),
                     })
@@ -1848,6 +1867,7 @@ impl Worker {
                 last_id,
                 history_len,
             } => {
+                let last_id = last_id.map(|id| id.to_string());
                 let body = serde_json::json!({ "room": &*room, "subscribers": subscribers, "last_id": last_id, "history_len": history_len }).to_string();
                 http1::response(200, "application/json", "", body.as_bytes(), close)
             }
@@ -1939,7 +1959,7 @@ impl Worker {
             Mail::RoomQuery { room, reply } => {
                 let info = self.fanout.room_info(&room);
                 let (subscribers, last_id, history_len) =
-                    info.map_or((0, 0, 0), |i| (i.subscribers, i.last_id, i.history_len));
+                    info.map_or((0, None, 0), |i| (i.subscribers, i.last_id, i.history_len));
                 self.outbox[reply.shard as usize].push_back(Mail::RoomCount {
                     reply,
                     subscribers,
@@ -2768,6 +2788,7 @@ impl Worker {
         figures.set(Figure::BytesWritten, self.bytes_written);
         figures.set(Figure::SlowCuts, stats.slow_cuts_total);
         figures.set(Figure::Gaps, stats.gaps_total);
+        figures.set(Figure::Resets, stats.resets_total);
         figures.set(Figure::Heartbeats, stats.heartbeats_total);
         figures.set(Figure::SqFull, ring.sq_full_total);
         figures.set(Figure::CqOverflow, ring.cq_overflow_total);

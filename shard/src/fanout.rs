@@ -12,6 +12,7 @@
 //! waits up to [`FanoutConfig::coalesce_delay`] after becoming dirty, so that later events
 //! join its write.
 
+use crate::event_id::{EventId, ResetReason, ResumeId};
 use crate::history::ResumeFrom;
 use crate::room::Room;
 use crate::room_lru::RoomLru;
@@ -80,6 +81,12 @@ pub struct FanoutConfig {
     /// A room with no subscriber (on any shard) and no publish for this long is freed,
     /// history and all.
     pub room_idle_timeout: Duration,
+    /// Cluster mode: ids are packed Redis stream ids, shown as the stream id `ms-seq`
+    /// (no room epochs). Otherwise ids are shown `{room incarnation}-{seq}`.
+    pub stream_ids: bool,
+    /// Unix time (microseconds) at the `now` given to [`Fanout::new`]: room incarnations
+    /// (the epochs of ids) are this clock, read through the monotonic `now` of each publish.
+    pub epoch_anchor_unix_micros: u64,
 }
 
 impl Default for FanoutConfig {
@@ -94,6 +101,8 @@ impl Default for FanoutConfig {
             coalesce_delay: COALESCE_DELAY_DEFAULT,
             coalesce_queue_min: COALESCE_QUEUE_MIN_DEFAULT,
             room_idle_timeout: ROOM_IDLE_TIMEOUT_DEFAULT,
+            stream_ids: false,
+            epoch_anchor_unix_micros: 0,
         }
     }
 }
@@ -122,6 +131,18 @@ pub enum CloseReason {
     Lapped,
     /// The shard is draining and the subscriber has been sent everything up to the head.
     Drained,
+}
+
+/// Where a new subscriber starts, once its resume id has been placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// At the head: only messages sequenced from now on.
+    Head,
+    /// After this (internal) id: every message after it still held, led by a gap notice
+    /// for what is no longer held.
+    After(u64),
+    /// The resume id cannot be placed: `event: reset`, then everything held.
+    Reset(ResetReason),
 }
 
 /// What the driver must do next.
@@ -159,6 +180,8 @@ pub struct FanoutStats {
     pub slow_cuts_total: u64,
     /// Gap notices sent on resume.
     pub gaps_total: u64,
+    /// Reset notices sent (resume ids that could not be placed, rooms restarted).
+    pub resets_total: u64,
     /// Heartbeats handed out.
     pub heartbeats_total: u64,
     /// Rooms freed after `room_idle_timeout` without subscriber or publish.
@@ -182,8 +205,8 @@ pub struct Presence {
 pub struct RoomInfo {
     /// This shard's subscribers of the room.
     pub subscribers: usize,
-    /// Highest id sequenced (0 if none).
-    pub last_id: u64,
+    /// Highest id sequenced, as clients see it (`None` if none).
+    pub last_id: Option<EventId>,
     /// Messages held for resume.
     pub history_len: usize,
 }
@@ -222,8 +245,11 @@ pub struct Fanout {
     room_index: HashMap<Arc<str>, u32>,
     /// Rooms no subscriber follows, least recently active first.
     rooms_idle: RoomLru,
-    /// Next incarnation number for a room this shard creates.
-    incarnation_next: u64,
+    /// The last incarnation this shard gave a room (Unix µs: see [`Room::incarnation`]);
+    /// the next is above it.
+    incarnation_last: u64,
+    /// The `now` of [`Fanout::new`], paired with `config.epoch_anchor_unix_micros`.
+    anchor: Instant,
     /// Rooms whose local subscribers went from none to some or back, for the owner.
     presence: VecDeque<Presence>,
     /// Rooms freed since the driver last asked ([`Fanout::poll_freed`]).
@@ -243,6 +269,18 @@ pub struct Fanout {
     stats: FanoutStats,
 }
 
+/// How clients see internal id `id` of `room`.
+fn shown(stream_ids: bool, room: &Room, id: u64) -> EventId {
+    if stream_ids {
+        EventId::from_stream_packed(id)
+    } else {
+        EventId {
+            epoch: room.incarnation,
+            seq: id,
+        }
+    }
+}
+
 impl Fanout {
     /// An empty shard fan-out. `now` anchors the heartbeat wheel.
     pub fn new(config: FanoutConfig, now: Instant) -> Self {
@@ -256,7 +294,8 @@ impl Fanout {
             rooms_live: 0,
             room_index: HashMap::new(),
             rooms_idle: RoomLru::new(),
-            incarnation_next: 1,
+            incarnation_last: 0,
+            anchor: now,
             presence: VecDeque::new(),
             freed: VecDeque::new(),
             now,
@@ -268,6 +307,19 @@ impl Fanout {
             drain_retry: None,
             stats: FanoutStats::default(),
         }
+    }
+
+    /// A new room incarnation: Unix microseconds now, and above every one given out
+    /// before, so ids of a room freed and created again, or of an earlier process, are told
+    /// apart.
+    fn next_incarnation(&mut self, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.anchor).as_micros();
+        let micros = self
+            .config
+            .epoch_anchor_unix_micros
+            .saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX));
+        self.incarnation_last = micros.max(self.incarnation_last.saturating_add(1));
+        self.incarnation_last
     }
 
     /// The configuration in force.
@@ -343,9 +395,10 @@ impl Fanout {
     /// Facts about a room, if this shard holds it.
     pub fn room_info(&self, name: &str) -> Option<RoomInfo> {
         let room = self.room_at(*self.room_index.get(name)?);
+        let last_id = room.history.last_id();
         Some(RoomInfo {
             subscribers: room.subscribers.len(),
-            last_id: room.history.last_id(),
+            last_id: (last_id > 0).then(|| shown(self.config.stream_ids, room, last_id)),
             history_len: room.history.len(),
         })
     }
@@ -509,35 +562,69 @@ impl Fanout {
     }
 
     /// Subscribes `conn` to `room`. `head` (the HTTP response head) goes out in the first
-    /// write. With `last_event_id`, the cursor starts there: every message after it still
-    /// in history is replayed, and a gap notice says what is no longer there. An id above
-    /// the head starts at the head.
+    /// write. With a resume id, [`Fanout::place`] decides where the cursor starts: after
+    /// it (every message after it still in history is replayed, and a gap notice says what
+    /// is no longer there), or, when it cannot be placed, a reset notice and everything
+    /// held.
     pub fn handle_subscribe(
         &mut self,
         now: Instant,
         conn: ConnId,
         room: &str,
-        last_event_id: Option<u64>,
+        resume: Option<ResumeId>,
         head: Bytes,
     ) -> Result<(), FanoutError> {
-        self.subscribe(now, conn, room, last_event_id, head, Vec::new(), true)
+        let start = self.place(room, resume);
+        self.subscribe(now, conn, room, start, head, Vec::new())
+    }
+
+    /// Where a subscriber of `room` resuming with `resume` starts. Single node: `E-S`
+    /// places only with the room's current incarnation as `E` and `S` at most the head.
+    /// Cluster (`stream_ids`): a stream id that fits is taken as it is, even above this
+    /// replica's head (it may be a real id this node has not received yet: the caller asks
+    /// the broker first).
+    pub fn place(&self, room: &str, resume: Option<ResumeId>) -> Start {
+        let id = match resume {
+            None => return Start::Head,
+            Some(ResumeId::Unplaceable(reason)) => return Start::Reset(reason),
+            Some(ResumeId::At(id)) => id,
+        };
+        if self.config.stream_ids {
+            return id
+                .stream_packed()
+                .map_or(Start::Reset(ResetReason::BeyondHead), Start::After);
+        }
+        let Some(room) = self.room_index.get(room).map(|&i| self.room_at(i)) else {
+            return Start::Reset(ResetReason::UnknownEpoch);
+        };
+        if room.incarnation == 0 || id.epoch != room.incarnation {
+            Start::Reset(ResetReason::UnknownEpoch)
+        } else if id.seq > room.history.last_id() {
+            Start::Reset(ResetReason::BeyondHead)
+        } else {
+            Start::After(id.seq)
+        }
     }
 
     /// A subscribe in cluster mode (ids are the broker's, the same on every node): `replay`
     /// (frames fetched from the broker, possibly led by a gap notice) goes out right after
-    /// the head, then history after `after`. Unlike [`Fanout::handle_subscribe`], an id
-    /// above this replica's head is kept as it is: it is a real id this node has not
-    /// received yet, not a stale one from an earlier process.
+    /// the head, then history after where `start` says. The caller has placed the resume
+    /// id ([`Fanout::place`], then the broker for ids above this replica's head).
     pub fn handle_subscribe_replayed(
         &mut self,
         now: Instant,
         conn: ConnId,
         room: &str,
-        after: Option<u64>,
+        start: Start,
         head: Bytes,
         replay: Vec<Bytes>,
     ) -> Result<(), FanoutError> {
-        self.subscribe(now, conn, room, after, head, replay, false)
+        self.subscribe(now, conn, room, start, head, replay)
+    }
+
+    /// The highest id `room` holds on this shard (`None` when the shard holds no such room).
+    pub fn head_id(&self, room: &str) -> Option<u64> {
+        Some(self.room_at(*self.room_index.get(room)?).history.last_id())
     }
 
     /// Where resuming `room` after `last_event_id` stands in this shard's replica (`None`
@@ -559,16 +646,14 @@ impl Fanout {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn subscribe(
         &mut self,
         now: Instant,
         conn: ConnId,
         room: &str,
-        last_event_id: Option<u64>,
+        start: Start,
         head: Bytes,
         replay: Vec<Bytes>,
-        clamp: bool,
     ) -> Result<(), FanoutError> {
         let index = conn.0 as usize;
         if self.subscribers.get(index).is_some_and(Option::is_some) {
@@ -588,15 +673,33 @@ impl Fanout {
         if self.room_at(room_index).subscribers.is_empty() {
             self.local_presence(room_index, true);
         }
+        let stream_ids = self.config.stream_ids;
         let room_ref = self.rooms[room_index as usize]
             .as_mut()
             .expect("room_for returns a live room");
         let head_id = room_ref.history.last_id();
-        let mut cursor =
-            last_event_id.map_or(head_id, |id| if clamp { id.min(head_id) } else { id });
+        let (mut cursor, reset) = match start {
+            Start::Head => (head_id, None),
+            Start::After(id) => (id, None),
+            Start::Reset(reason) => {
+                let held_from = room_ref.history.first_id();
+                let cursor = held_from.map_or(head_id, |first| first - 1);
+                let known = stream_ids || room_ref.incarnation != 0;
+                let notice = sse::encode_reset(
+                    reason,
+                    held_from.map(|first| shown(stream_ids, room_ref, first)),
+                    known.then(|| shown(stream_ids, room_ref, cursor)),
+                );
+                self.stats.resets_total += 1;
+                (cursor, Some(notice))
+            }
+        };
         let mut gap = None;
         if let ResumeFrom::Gap { from, to } = room_ref.history.resume_from(cursor) {
-            gap = Some(sse::encode_gap(from, to));
+            gap = Some(sse::encode_gap(
+                shown(stream_ids, room_ref, from),
+                shown(stream_ids, room_ref, to),
+            ));
             cursor = to;
             self.stats.gaps_total += 1;
         }
@@ -615,7 +718,11 @@ impl Fanout {
             heartbeat_due: false,
             started: false,
             preamble: Some(Box::new(
-                std::iter::once(head).chain(replay).chain(gap).collect(),
+                std::iter::once(head)
+                    .chain(replay)
+                    .chain(reset)
+                    .chain(gap)
+                    .collect(),
             )),
             heartbeat: Some(heartbeat),
         });
@@ -626,13 +733,14 @@ impl Fanout {
 
     /// Sequences a message in a room this shard owns: assigns the next id, encodes the
     /// frame once, stores it and marks the room's subscribers dirty. Returns the id and the
-    /// frame, which the driver hands to the other shards ([`Fanout::handle_frame`]).
+    /// frame, which the driver hands to the other shards ([`Fanout::handle_frame`]). The
+    /// room's first message gives it its incarnation, the epoch of its ids.
     pub fn handle_publish(
         &mut self,
         now: Instant,
         room: &str,
         data: &[u8],
-    ) -> Result<(u64, Bytes), FanoutError> {
+    ) -> Result<(EventId, Bytes), FanoutError> {
         self.handle_publish_stamped(now, 0, room, data)
     }
 
@@ -645,20 +753,21 @@ impl Fanout {
         stamp_unix_nanos: u64,
         room: &str,
         data: &[u8],
-    ) -> Result<(u64, Bytes), FanoutError> {
+    ) -> Result<(EventId, Bytes), FanoutError> {
         self.now = now;
         let room_index = self.room_for(room, false)?;
         if self.room_at(room_index).incarnation == 0 {
-            // The first publish numbers the incarnation: only the owner sequences.
-            let incarnation = self.incarnation_next;
-            self.incarnation_next += 1;
+            // The first publish stamps the incarnation: only the owner sequences.
+            let incarnation = self.next_incarnation(now);
             self.room_at_mut(room_index).incarnation = incarnation;
         }
-        let id = self.room_at(room_index).history.last_id() + 1;
-        let frame = sse::encode_message(id, data);
+        let room_ref = self.room_at(room_index);
+        let id = room_ref.history.last_id() + 1;
+        let shown_id = shown(self.config.stream_ids, room_ref, id);
+        let frame = sse::encode_message(shown_id, data);
         self.append(now, room_index, id, frame.clone(), stamp_unix_nanos);
         self.stats.publishes_total += 1;
-        Ok((id, frame))
+        Ok((shown_id, frame))
     }
 
     /// Stores a frame sequenced by the room's owner shard (or by the cluster broker) and
@@ -726,8 +835,25 @@ impl Fanout {
                     crate::history::History::new(history_messages_max, history_bytes_max),
                 );
                 let subscribers = replica.subscribers.clone();
+                // Its subscribers get what they had not yet received of the old room, then
+                // are told (ids start again under a new epoch) and follow the new room from
+                // its start.
+                let notice = sse::encode_reset(
+                    ResetReason::RoomRestarted,
+                    None,
+                    Some(EventId {
+                        epoch: incarnation,
+                        seq: 0,
+                    }),
+                );
                 for conn in subscribers {
                     self.restart_cursor(conn, &old);
+                    if let Some(sub) = self.subscribers[conn.0 as usize].as_mut() {
+                        sub.preamble
+                            .get_or_insert_with(Default::default)
+                            .push_back(notice.clone());
+                        self.stats.resets_total += 1;
+                    }
                 }
             }
         }
@@ -978,7 +1104,11 @@ impl Fanout {
                         out.push(head);
                     }
                 }
-                out.push(sse::encode_lagged(sub.cursor));
+                out.push(sse::encode_lagged(shown(
+                    self.config.stream_ids,
+                    room,
+                    sub.cursor,
+                )));
                 self.handle_disconnect(conn);
                 self.stats.slow_cuts_total += 1;
                 return Some(Action::Close {

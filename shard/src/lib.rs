@@ -10,6 +10,7 @@
 
 pub mod breaker;
 pub mod clock;
+pub mod event_id;
 pub mod fanout;
 pub mod history;
 pub mod metrics;

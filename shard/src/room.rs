@@ -62,8 +62,11 @@ pub struct Room {
     pub history: History,
     /// This shard's subscribers of the room; each knows its own index here.
     pub subscribers: Vec<ConnId>,
-    /// Which creation of the room this is, numbered by its owner shard (0: not known yet,
-    /// or cluster mode). A replica that sees a frame of a later incarnation starts over.
+    /// Which creation of the room this is, as its owner shard stamped it when the room first
+    /// sequenced a message (0: not known yet, or cluster mode). It is the epoch clients see
+    /// in ids (`{epoch}-{seq}`, shard::event_id): the owner's clock in Unix microseconds,
+    /// strictly increasing per shard, so it also tells lifetimes of the process apart. A
+    /// replica that sees a frame of a later incarnation starts over.
     pub incarnation: u64,
     /// Owner only: other shards that told it they hold subscribers of the room.
     pub remote_shards: u32,

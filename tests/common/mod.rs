@@ -194,11 +194,11 @@ impl Server {
     }
 
     /// Subscribes to `room` (optionally resuming after `last_event_id` via the header).
-    pub fn subscribe(&self, room: &str, last_event_id: Option<u64>) -> Sse {
+    pub fn subscribe(&self, room: &str, last_event_id: Option<Id>) -> Sse {
         let id;
         let headers: &[(&str, &str)] = match last_event_id {
-            Some(n) => {
-                id = n.to_string();
+            Some(last) => {
+                id = last.to_string();
                 &[("Last-Event-ID", id.as_str())]
             }
             None => &[],
@@ -206,8 +206,17 @@ impl Server {
         Sse::open(self.addr, &format!("/rooms/{room}/events"), headers)
     }
 
+    /// Subscribes to `room` resuming after `last_event_id` exactly as given (header).
+    pub fn subscribe_after(&self, room: &str, last_event_id: &str) -> Sse {
+        Sse::open(
+            self.addr,
+            &format!("/rooms/{room}/events"),
+            &[("Last-Event-ID", last_event_id)],
+        )
+    }
+
     /// Publishes one message on a fresh connection; returns its id.
-    pub fn publish(&self, room: &str, data: &str) -> u64 {
+    pub fn publish(&self, room: &str, data: &str) -> Id {
         self.client().publish(room, data)
     }
 
@@ -460,7 +469,7 @@ impl Client {
     }
 
     /// `POST /rooms/{room}/messages`; asserts 201 and returns the id.
-    pub fn publish(&mut self, room: &str, data: &str) -> u64 {
+    pub fn publish(&mut self, room: &str, data: &str) -> Id {
         let response = self.request(
             "POST",
             &format!("/rooms/{room}/messages"),
@@ -470,7 +479,7 @@ impl Client {
         assert_eq!(response.status, 201, "publish to {room}: {response:?}");
         let json: serde_json::Value =
             serde_json::from_slice(&response.body).expect("publish answer is JSON");
-        json["id"].as_u64().expect("publish answer has an id")
+        Id::of(&json["id"])
     }
 
     /// `GET /metrics` on this connection.
@@ -507,11 +516,63 @@ impl Client {
     }
 }
 
+/// An event id as ringcast shows it: the string `"{epoch}-{seq}"` (single node: the room's
+/// epoch and the message's number in it; cluster: the Redis stream id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id {
+    /// The part before the dash.
+    pub epoch: u64,
+    /// The part after it.
+    pub seq: u64,
+}
+
+impl Id {
+    /// Parses `"E-S"`; panics on anything else.
+    pub fn parse(text: &str) -> Id {
+        let (epoch, seq) = text
+            .split_once('-')
+            .unwrap_or_else(|| panic!("id {text:?} is not E-S"));
+        Id {
+            epoch: epoch.parse().unwrap_or_else(|_| panic!("id {text:?}")),
+            seq: seq.parse().unwrap_or_else(|_| panic!("id {text:?}")),
+        }
+    }
+
+    /// A JSON id (publish answers, batch results, `last_id`): a string `"E-S"`.
+    pub fn of(value: &serde_json::Value) -> Id {
+        Id::parse(
+            value
+                .as_str()
+                .unwrap_or_else(|| panic!("id {value} is not a string")),
+        )
+    }
+
+    /// The id of message `seq` of the same epoch.
+    pub fn at(self, seq: u64) -> Id {
+        Id {
+            epoch: self.epoch,
+            seq,
+        }
+    }
+}
+
+impl std::fmt::Display for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.epoch, self.seq)
+    }
+}
+
+impl PartialEq<Id> for serde_json::Value {
+    fn eq(&self, id: &Id) -> bool {
+        self.as_str() == Some(id.to_string().as_str())
+    }
+}
+
 /// One SSE event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// `id:` field.
-    pub id: Option<u64>,
+    pub id: Option<Id>,
     /// `event:` field (none for plain messages).
     pub event: Option<String>,
     /// `data:` lines joined with `\n`.
@@ -657,7 +718,7 @@ fn parse_block(block: &str) -> Item {
         let (name, value) = line.split_once(':').unwrap_or((line, ""));
         let value = value.strip_prefix(' ').unwrap_or(value);
         match name {
-            "id" => id = Some(value.parse().expect("numeric event id")),
+            "id" => id = Some(Id::parse(value)),
             "event" => event = Some(value.to_owned()),
             "retry" => {
                 retry = Some(value.parse().expect("numeric retry"));

@@ -271,6 +271,9 @@ fn write_frame(stream: &mut TcpStream, frame: &[u8], state: &State) -> std::io::
     }
 }
 
+/// The epoch part of the ids this server hands out (as ringcast: `"{epoch}-{seq}"`).
+const EPOCH: u64 = 1_765_000_000_000_000;
+
 fn deliver(rooms: &mut HashMap<String, Room>, room: &str, data: &[u8], state: &State) {
     let Some(entry) = rooms.get_mut(room) else {
         return;
@@ -281,7 +284,8 @@ fn deliver(rooms: &mut HashMap<String, Room>, room: &str, data: &[u8], state: &S
     if state.options.nchan_style {
         frame.extend_from_slice(b"event: message\n");
     }
-    frame.extend_from_slice(format!("id: {id}\ndata: ").as_bytes());
+    // ringcast's ids are strings "{epoch}-{seq}"; nchan's are opaque too.
+    frame.extend_from_slice(format!("id: {EPOCH}-{id}\ndata: ").as_bytes());
     frame.extend_from_slice(data);
     frame.extend_from_slice(b"\n\n");
     if state.options.nchan_style {
@@ -356,7 +360,7 @@ fn publish(stream: &mut TcpStream, request: &Request, room: &str, state: &State)
         answer.extend_from_slice(b"\r\n0\r\n\r\n");
         answer
     } else {
-        let body = format!("{{\"id\":{n}}}");
+        let body = format!("{{\"id\":\"{EPOCH}-{n}\"}}");
         format!("HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
     };
     stream.write_all(&answer).is_ok()

@@ -203,7 +203,7 @@ fn parse_event(block: &str) -> Option<Event> {
     let mut fields = 0;
     for line in block.lines() {
         if let Some(v) = line.strip_prefix("id: ") {
-            event.id = Some(v.parse().unwrap());
+            event.id = Some(crate::common::Id::parse(v));
         } else if let Some(v) = line.strip_prefix("event: ") {
             event.event = Some(v.to_owned());
         } else if let Some(v) = line.strip_prefix("data: ") {
@@ -573,14 +573,14 @@ impl TlsClient {
     }
 
     /// `POST /rooms/{room}/messages`; asserts 201 and returns the id.
-    pub fn publish(&mut self, room: &str, data: &str) -> u64 {
+    pub fn publish(&mut self, room: &str, data: &str) -> crate::common::Id {
         let path = format!("/rooms/{room}/messages");
         self.send(&TlsClient::request_bytes("POST", &path, Some(data)))
             .expect("send publish");
         let response = self.read_response().expect("publish answer");
         assert_eq!(response.status, 201, "{response:?}");
         let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
-        json["id"].as_u64().expect("an id")
+        crate::common::Id::of(&json["id"])
     }
 
     /// `GET path` as a subscription; asserts `200 text/event-stream`.

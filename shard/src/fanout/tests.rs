@@ -2,7 +2,24 @@
 //! at once or never, no real IO.
 
 use super::*;
+use crate::event_id::{EventId, ResetReason, ResumeId};
 use proptest::prelude::*;
+
+/// The resume id a client holding message `seq` of `room`'s current incarnation sends.
+fn resume_at(fanout: &Fanout, room: &str, seq: Option<u64>) -> Option<ResumeId> {
+    let epoch = fanout
+        .room_info(room)
+        .and_then(|info| info.last_id)
+        .map_or(0, |id| id.epoch);
+    seq.map(|seq| ResumeId::At(EventId { epoch, seq }))
+}
+
+/// The seq part of an `id: E-S` line.
+fn seq_of(line: &[u8]) -> u64 {
+    let text = std::str::from_utf8(line).unwrap();
+    let (_, seq) = text.split_once('-').expect("E-S");
+    seq.parse().unwrap()
+}
 
 /// A driver stand-in: polls actions, "writes" by recording frames per connection, and
 /// completes writes of connections that read.
@@ -31,12 +48,13 @@ impl Sim {
     }
 
     fn subscribe(&mut self, conn: u32, room: &str, last: Option<u64>) {
+        let resume = resume_at(&self.fanout, room, last);
         self.fanout
             .handle_subscribe(
                 self.now,
                 ConnId(conn),
                 room,
-                last,
+                resume,
                 Bytes::from_static(b"HEAD"),
             )
             .expect("subscribe");
@@ -47,6 +65,7 @@ impl Sim {
             .handle_publish(self.now, room, data.as_bytes())
             .expect("publish")
             .0
+            .seq
     }
 
     /// One loop turn: complete the writes of readers, then hand out up to `budget` actions.
@@ -95,7 +114,7 @@ impl Sim {
                     .filter_map(|f| f.strip_prefix(b"id: "))
                     .map(|rest| {
                         let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
-                        std::str::from_utf8(&rest[..end]).unwrap().parse().unwrap()
+                        seq_of(&rest[..end])
                     })
                     .collect()
             })
@@ -147,12 +166,18 @@ fn writes_hand_back_the_sequencing_stamps_of_their_frames() {
     let (id, frame) = fanout
         .handle_publish_stamped(now, 1_000, "r", b"a")
         .unwrap();
-    assert!(fanout.handle_frame_stamped(now, 2_000, "other", 7, frame));
+    assert!(fanout.handle_frame_replica(now, 2_000, "other", 5, 1, frame));
     fanout
         .handle_publish_stamped(now, 3_000, "r", b"b")
         .unwrap();
     fanout
-        .handle_subscribe(now, ConnId(2), "other", Some(0), head)
+        .handle_subscribe(
+            now,
+            ConnId(2),
+            "other",
+            resume_at(&fanout, "other", Some(0)),
+            head,
+        )
         .unwrap();
     out.clear();
     assert_eq!(
@@ -160,7 +185,7 @@ fn writes_hand_back_the_sequencing_stamps_of_their_frames() {
         Some(Action::Write { conn: ConnId(1) })
     );
     assert_eq!(
-        (id, out.len(), stamps.as_slice()),
+        (id.seq, out.len(), stamps.as_slice()),
         (1, 2, &[1_000, 3_000][..])
     );
     out.clear();
@@ -206,11 +231,11 @@ fn resume_replays_exactly_the_missed_messages() {
     }
     sim.subscribe(1, "a", Some(6));
     sim.subscribe(2, "a", None);
-    sim.subscribe(3, "a", Some(999));
+    sim.subscribe(3, "a", Some(10));
     sim.run_idle();
     assert_eq!(sim.ids(1), vec![7, 8, 9, 10]);
     assert!(sim.ids(2).is_empty());
-    assert!(sim.ids(3).is_empty(), "an id above the head starts live");
+    assert!(sim.ids(3).is_empty(), "resuming at the head starts live");
     sim.publish("a", "m11");
     sim.run_idle();
     assert_eq!(sim.ids(1), vec![7, 8, 9, 10, 11]);
@@ -233,7 +258,10 @@ fn too_old_an_id_gets_a_gap_notice_first() {
     let frames = sim.frames(1);
     assert_eq!(
         frames[1],
-        Bytes::from("event: gap\ndata: {\"from\":3,\"to\":6}\n\n")
+        Bytes::from(format!(
+            "event: gap\ndata: {{\"from\":\"{epoch}-3\",\"to\":\"{epoch}-6\"}}\n\n",
+            epoch = sim.fanout.room_info("a").unwrap().last_id.unwrap().epoch
+        ))
     );
     assert_eq!(sim.ids(1), vec![7, 8, 9, 10]);
     assert_eq!(sim.fanout.stats().gaps_total, 1);
@@ -408,12 +436,10 @@ fn limits_are_enforced() {
         Err(FanoutError::RoomsFull)
     );
     // Replicated frames of rooms owned elsewhere are never refused.
-    assert!(sim
-        .fanout
-        .handle_frame(now, "c", 1, sse::encode_message(1, b"x")));
+    let frame = sse::encode_message(EventId { epoch: 9, seq: 1 }, b"x");
+    assert!(sim.fanout.handle_frame(now, "c", 1, frame.clone()));
     assert!(
-        !sim.fanout
-            .handle_frame(now, "c", 1, sse::encode_message(1, b"x")),
+        !sim.fanout.handle_frame(now, "c", 1, frame),
         "duplicate ignored"
     );
 }
@@ -489,7 +515,9 @@ proptest! {
                 Op::Subscribe(c, r, l) => {
                     if let std::collections::hash_map::Entry::Vacant(e) = live.entry(c) {
                         sim.received.remove(&ConnId(c));
-                        sim.fanout.handle_subscribe(sim.now, ConnId(c), &format!("r{r}"), l.map(u64::from), Bytes::from_static(b"HEAD")).unwrap();
+                        let room = format!("r{r}");
+                        let resume = resume_at(&sim.fanout, &room, l.map(u64::from));
+                        sim.fanout.handle_subscribe(sim.now, ConnId(c), &room, resume, Bytes::from_static(b"HEAD")).unwrap();
                         e.insert(r);
                     }
                 }
@@ -521,16 +549,215 @@ proptest! {
             let frames = sim.frames(conn);
             let mut last: Option<u64> = None;
             for f in frames {
-                if f.starts_with(b"event: gap") { last = None; continue; }
+                if f.starts_with(b"event: gap") || f.starts_with(b"event: reset") { last = None; continue; }
                 if let Some(rest) = f.strip_prefix(b"id: ") {
                     let end = rest.iter().position(|&b| b == b'\n').unwrap();
-                    let id: u64 = std::str::from_utf8(&rest[..end]).unwrap().parse().unwrap();
+                    let id = seq_of(&rest[..end]);
                     if let Some(prev) = last { prop_assert_eq!(id, prev + 1, "conn {} holes", conn); }
                     last = Some(id);
                 }
             }
         }
     }
+}
+
+/// The text of the reset notice a connection received, if any.
+fn reset_of(sim: &Sim, conn: u32) -> Option<String> {
+    sim.frames(conn)
+        .iter()
+        .find(|f| f.starts_with(b"event: reset"))
+        .map(|f| String::from_utf8(f.to_vec()).unwrap())
+}
+
+/// Issue 14 case 10 in the core: a resume id the room cannot place (another epoch, beyond
+/// the head, a bare number of a server before epochs, text of another shape) gets a reset
+/// notice and everything held, never a silent skip; the current epoch resumes as before.
+#[test]
+fn resume_ids_that_cannot_be_placed_get_a_reset_and_everything_held() {
+    let config = FanoutConfig {
+        history_messages_max: 4,
+        epoch_anchor_unix_micros: 1_000_000,
+        ..FanoutConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    for i in 1..=6 {
+        sim.publish("a", &format!("m{i}"));
+    }
+    let epoch = sim.fanout.room_info("a").unwrap().last_id.unwrap().epoch;
+    assert_eq!(epoch, 1_000_000, "the epoch is the anchor clock");
+    let at = |epoch, seq| Some(ResumeId::At(EventId { epoch, seq }));
+    let cases = [
+        (at(epoch - 1, 2), Some("unknown epoch")),
+        (at(epoch + 1, 6), Some("unknown epoch")),
+        (at(epoch, 7), Some("beyond the head")),
+        (
+            Some(ResumeId::Unplaceable(ResetReason::BareNumber)),
+            Some("bare number"),
+        ),
+        (
+            Some(ResumeId::Unplaceable(ResetReason::NotAnId)),
+            Some("not an id"),
+        ),
+        (at(epoch, 4), None),
+    ];
+    for (conn, (resume, reason)) in cases.iter().enumerate() {
+        let conn = conn as u32;
+        sim.fanout
+            .handle_subscribe(
+                sim.now,
+                ConnId(conn),
+                "a",
+                *resume,
+                Bytes::from_static(b"HEAD"),
+            )
+            .unwrap();
+        sim.run_idle();
+        match reason {
+            Some(reason) => {
+                assert_eq!(
+                    reset_of(&sim, conn),
+                    Some(format!(
+                        "event: reset\nid: {epoch}-2\ndata: {{\"reason\":\"{reason}\",\"held_from\":\"{epoch}-3\"}}\n\n"
+                    )),
+                    "{resume:?}"
+                );
+                assert_eq!(sim.ids(conn), vec![3, 4, 5, 6], "{resume:?}");
+            }
+            None => {
+                assert_eq!(reset_of(&sim, conn), None);
+                assert_eq!(sim.ids(conn), vec![5, 6]);
+            }
+        }
+    }
+    assert_eq!(sim.fanout.stats().resets_total, 5);
+    assert_eq!(sim.fanout.stats().gaps_total, 0);
+}
+
+/// A room that never sequenced a message has no epoch: any resume id is reset (nothing is
+/// held, and the notice has no id to resume from).
+#[test]
+fn a_room_without_messages_resets_every_resume_id() {
+    let mut sim = Sim::new(FanoutConfig::default());
+    let resume = Some(ResumeId::At(EventId { epoch: 5, seq: 0 }));
+    sim.fanout
+        .handle_subscribe(
+            sim.now,
+            ConnId(1),
+            "new",
+            resume,
+            Bytes::from_static(b"HEAD"),
+        )
+        .unwrap();
+    sim.run_idle();
+    assert_eq!(
+        reset_of(&sim, 1).as_deref(),
+        Some("event: reset\ndata: {\"reason\":\"unknown epoch\",\"held_from\":null}\n\n")
+    );
+    sim.publish("new", "first");
+    sim.run_idle();
+    assert_eq!(sim.ids(1), vec![1]);
+}
+
+/// Epochs strictly increase on a shard even when rooms start within one microsecond, and
+/// follow the anchor clock through the monotonic `now`.
+#[test]
+fn room_epochs_strictly_increase() {
+    let mut sim = Sim::new(FanoutConfig {
+        epoch_anchor_unix_micros: 500,
+        ..FanoutConfig::default()
+    });
+    let epoch = |sim: &Sim, room: &str| sim.fanout.room_info(room).unwrap().last_id.unwrap().epoch;
+    sim.publish("a", "x");
+    sim.publish("b", "x");
+    assert_eq!((epoch(&sim, "a"), epoch(&sim, "b")), (500, 501));
+    sim.advance(Duration::from_secs(1));
+    sim.publish("c", "x");
+    assert_eq!(epoch(&sim, "c"), 1_000_500);
+    sim.publish("a", "y");
+    assert_eq!(epoch(&sim, "a"), 500, "a room keeps its epoch");
+}
+
+/// A replica learns its room's epoch from the owner's frames; a frame of another epoch
+/// (the owner freed the room and created it again) starts the replica over, and its
+/// subscribers get a reset notice instead of ids that silently went back to 1.
+#[test]
+fn a_replica_follows_the_owners_epoch_and_restarts_with_it() {
+    let mut sim = Sim::new(FanoutConfig::default());
+    sim.subscribe(1, "r", None);
+    sim.run_idle();
+    let frame = |epoch, seq| sse::encode_message(EventId { epoch, seq }, b"x");
+    for seq in 1..=3 {
+        assert!(sim
+            .fanout
+            .handle_frame_replica(sim.now, 0, "r", 40, seq, frame(40, seq)));
+    }
+    sim.run_idle();
+    assert_eq!(sim.ids(1), vec![1, 2, 3]);
+    let info = sim.fanout.room_info("r").unwrap();
+    assert_eq!(info.last_id, Some(EventId { epoch: 40, seq: 3 }));
+    // A client of this replica resumes in its epoch.
+    sim.subscribe(2, "r", Some(2));
+    sim.run_idle();
+    assert_eq!(sim.ids(2), vec![3]);
+    // The owner starts over with epoch 41.
+    assert!(sim
+        .fanout
+        .handle_frame_replica(sim.now, 0, "r", 41, 1, frame(41, 1)));
+    sim.run_idle();
+    for conn in [1, 2] {
+        assert_eq!(
+            reset_of(&sim, conn).as_deref(),
+            Some("event: reset\nid: 41-0\ndata: {\"reason\":\"room restarted\",\"held_from\":null}\n\n"),
+        );
+        assert_eq!(sim.ids(conn).last(), Some(&1), "conn {conn}");
+    }
+    assert_eq!(sim.fanout.room_info("r").unwrap().history_len, 1);
+}
+
+/// Cluster ids (`stream_ids`) show as the stream id `ms-seq`, in frames, gaps and resets.
+#[test]
+fn stream_ids_show_as_stream_ids() {
+    let mut sim = Sim::new(FanoutConfig {
+        stream_ids: true,
+        ..FanoutConfig::default()
+    });
+    let packed = |ms: u64, seq: u64| ms << 20 | seq;
+    let id = packed(1_700_000_000_000, 3);
+    let frame = sse::encode_message(EventId::from_stream_packed(id), b"x");
+    assert!(sim.fanout.handle_frame(sim.now, "s", id, frame));
+    assert_eq!(
+        sim.fanout
+            .room_info("s")
+            .unwrap()
+            .last_id
+            .map(|i| i.to_string())
+            .as_deref(),
+        Some("1700000000000-3")
+    );
+    let absurd = ResumeId::At(EventId {
+        epoch: u64::MAX,
+        seq: 1,
+    });
+    assert_eq!(
+        sim.fanout.place("s", Some(absurd)),
+        Start::Reset(ResetReason::BeyondHead)
+    );
+    sim.fanout
+        .handle_subscribe_replayed(
+            sim.now,
+            ConnId(1),
+            "s",
+            Start::Reset(ResetReason::BareNumber),
+            Bytes::from_static(b"HEAD"),
+            Vec::new(),
+        )
+        .unwrap();
+    sim.run_idle();
+    assert_eq!(
+        reset_of(&sim, 1).as_deref(),
+        Some("event: reset\nid: 1700000000000-2\ndata: {\"reason\":\"bare number\",\"held_from\":\"1700000000000-3\"}\n\n")
+    );
+    assert_eq!(sim.frames(1).len(), 3, "head, reset, the message");
 }
 
 fn idle_config(rooms_max: usize) -> FanoutConfig {
@@ -683,7 +910,13 @@ fn replicate(owner: &Sim, replica: &mut Sim, room: &str, id: u64, data: &str) ->
         room,
         incarnation,
         id,
-        sse::encode_message(id, data.as_bytes()),
+        sse::encode_message(
+            EventId {
+                epoch: incarnation,
+                seq: id,
+            },
+            data.as_bytes(),
+        ),
     )
 }
 
@@ -721,7 +954,7 @@ fn a_replica_follows_its_owner_when_a_room_is_freed_and_created_again() {
         "r",
         old,
         4,
-        sse::encode_message(4, b"stale")
+        sse::encode_message(EventId { epoch: old, seq: 4 }, b"stale")
     ));
 }
 
@@ -857,20 +1090,25 @@ proptest! {
                 }
                 Step::Publish(r) => {
                     let room = format!("r{r}");
-                    let next = owner.fanout.room_info(&room).map_or(1, |i| i.last_id + 1);
+                    let next = owner
+                        .fanout
+                        .room_info(&room)
+                        .and_then(|i| i.last_id)
+                        .map_or(1, |last| last.seq + 1);
                     // The incarnation is numbered at the first publish: peek by publishing.
                     let now = owner.now;
                     let Ok((id, _)) = owner.fanout.handle_publish(now, &room, b"probe") else {
                         continue;
                     };
-                    prop_assert_eq!(id, next);
+                    prop_assert_eq!(id.seq, next);
                     let incarnation = owner.fanout.room_incarnation(&room).unwrap();
                     // The probe was sequenced; the real frame replaces it for the replica.
-                    let frame = sse::encode_message(id, format!("{incarnation}:{id}").as_bytes());
-                    frames.push_back((room.clone(), incarnation, id, frame));
+                    let frame =
+                        sse::encode_message(id, format!("{incarnation}:{}", id.seq).as_bytes());
+                    frames.push_back((room.clone(), incarnation, id.seq, frame));
                     for (room_of, expected) in live.values_mut() {
                         if *room_of == room {
-                            expected.push((incarnation, id));
+                            expected.push((incarnation, id.seq));
                         }
                     }
                 }
