@@ -630,6 +630,15 @@ pub fn spawn(
 async fn run(companion: Arc<Companion>, listeners: Listeners, tls: Option<crate::tls::Identity>) {
     tokio::spawn(companion.clone().flusher());
     tokio::spawn(companion.clone().dispatcher());
+    // The runtime is this thread alone: the task collects this thread's heap.
+    tokio::spawn(async {
+        let mut period = tokio::time::interval(crate::memory::COLLECT_PERIOD);
+        period.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            period.tick().await;
+            crate::memory::collect();
+        }
+    });
     let mut tasks = Vec::new();
     if let Some(listener) = listeners.h2c {
         tasks.push(tokio::spawn(crate::h2::serve_h2c(

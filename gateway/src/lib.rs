@@ -21,6 +21,7 @@ pub mod idempotency;
 pub mod jwt;
 pub mod kernel;
 pub mod mailbox;
+pub mod memory;
 pub mod metrics;
 pub mod quic_streams;
 pub mod reload;
