@@ -10,16 +10,26 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A `redis-server` without persistence on a given port, killed on drop.
+/// A `redis-server` on a given port, killed on drop. Durable as an operator runs it for
+/// the promise that an acknowledged publish survives a Redis crash (docs/CLUSTER.md): every
+/// write is in the append-only file, fsynced, before Redis answers it, and a restart on the
+/// same port reloads it from the same directory (removed on drop).
 struct Redis {
     child: Option<Child>,
     port: u16,
+    dir: std::path::PathBuf,
 }
 
 impl Redis {
     fn start_on(port: u16) -> Redis {
+        let dir =
+            std::env::temp_dir().join(format!("ringcast-test-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args(["--port", &port.to_string(), "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&dir)
             .args(["--bind", "127.0.0.1"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -28,13 +38,19 @@ impl Redis {
             .unwrap_or_else(|err| {
                 panic!("cannot start redis-server ({err}): install it (apt-get install redis-server); .ci/run does")
             });
+        // PING answers only once the append-only file is loaded (LOADING before).
+        let url = format!("redis://127.0.0.1:{port}");
         let up = wait_until(PATIENCE, || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            redis::Client::open(url.as_str())
+                .and_then(|client| client.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
         });
-        assert!(up, "redis-server did not listen on {port}");
+        assert!(up, "redis-server did not answer on {port}");
         Redis {
             child: Some(child),
             port,
+            dir,
         }
     }
 
@@ -51,18 +67,52 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// SIGKILL: no shutdown, nothing saved beyond what every write already fsynced.
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+
+    /// `blocked_clients` of `INFO clients`: connections waiting in a blocking command
+    /// (a follower's `XREAD BLOCK`).
+    fn blocked_clients(&self) -> u64 {
+        let mut connection = redis::Client::open(self.url())
+            .and_then(|client| client.get_connection())
+            .expect("connect to redis-server");
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query(&mut connection)
+            .expect("INFO clients");
+        info.lines()
+            .find_map(|line| line.strip_prefix("blocked_clients:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("INFO clients has blocked_clients")
+    }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
+        // The restarted server of the outage test shares the directory: the last one out
+        // removes it (a second removal finds nothing).
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc`): a SIGSTOP has
+/// taken effect, so the process sends nothing more until SIGCONT.
+fn stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+        })
+    })
 }
 
 fn node(redis: &Redis, extra: &[&str]) -> Server {
@@ -229,10 +279,14 @@ fn redis_outage_loses_no_acknowledged_publish_and_delivers_no_refused_one() {
     });
     assert!(ready, "readyz recovers");
     for (name, sse) in [("B", &mut on_b), ("C", &mut on_c)] {
-        let got: Vec<_> = events(sse, acked.len())
-            .into_iter()
-            .map(|e| (e.id.unwrap(), e.data))
-            .collect();
+        let mut got: Vec<(Id, String)> = Vec::new();
+        while got.len() < acked.len() {
+            match sse.next_item(PATIENCE) {
+                Ok(Some(common::Item::Event(e))) => got.push((e.id.unwrap(), e.data)),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
         assert_eq!(got, acked, "node {name}: every 201, once, in order");
         // Nothing else arrives (no refused publish, no duplicate).
         let extra = sse.items_for(Duration::from_millis(300));
@@ -261,6 +315,18 @@ fn a_node_that_fell_behind_the_stream_cap_tells_its_live_subscribers_what_they_m
     assert_eq!(before.last().unwrap().id, Some(published[2]));
     // B stops reading Redis while A publishes far past the cap.
     b.signal(libc::SIGSTOP);
+    // B must not have an `XREAD BLOCK` outstanding while A publishes: Redis would answer it
+    // with m3 (B's socket takes the reply while B is stopped), and B, resumed, would hand m3
+    // on before it learns of the trimming — correct, but then not the case under test, and
+    // which one ran depended on where B's follower was when the signal landed. So wait
+    // until B is stopped and Redis has timed its last `XREAD` out (BLOCK is 100 ms).
+    // Two readings in a row: B's last command was in Redis's socket before the first was
+    // sent, so the second runs after Redis has read it.
+    assert!(wait_until(PATIENCE, || stopped(b.pid())), "B did not stop");
+    let idle = wait_until(PATIENCE, || {
+        redis.blocked_clients() == 0 && redis.blocked_clients() == 0
+    });
+    assert!(idle, "B's XREAD BLOCK still waits in Redis");
     published.extend((3..400).map(|i| publisher.publish("behind", &format!("m{i}"))));
     b.signal(libc::SIGCONT);
     let gap = on_b.next_event(PATIENCE);

@@ -84,6 +84,8 @@ pub const BREAKER_OPEN_DEFAULT: Duration = Duration::from_secs(1);
 /// Reconnect back-off bounds.
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_millis(500);
+/// Connection attempts one connect makes when a system call is interrupted (EINTR).
+const CONNECT_ATTEMPTS_MAX: u32 = 3;
 /// Bits of a stream id's sequence part in a packed id (shard::event_id).
 pub const SEQ_BITS: u32 = shard::event_id::STREAM_SEQ_BITS;
 const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
@@ -329,7 +331,15 @@ impl Hub {
 
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
         let client = redis::Client::open(self.config.url.as_str())?;
-        let connection = client.get_connection_with_timeout(self.config.timeout)?;
+        // The handshake reads with a timeout set, so a signal or io_uring task work landing
+        // on the thread fails it with EINTR: not Redis being unreachable, so try again.
+        let mut attempts = 1;
+        let connection = loop {
+            match client.get_connection_with_timeout(self.config.timeout) {
+                Err(err) if interrupted(&err) && attempts < CONNECT_ATTEMPTS_MAX => attempts += 1,
+                result => break result?,
+            }
+        };
         // XREAD BLOCK holds a reply back for BLOCK_MS: reads may take that much longer.
         connection.set_read_timeout(Some(self.config.timeout + Duration::from_millis(BLOCK_MS)))?;
         connection.set_write_timeout(Some(self.config.timeout))?;
@@ -1117,6 +1127,13 @@ impl Follower {
     }
 
     fn failed(&mut self, what: &str, err: &redis::RedisError) {
+        if interrupted(err) {
+            // A signal (SIGSTOP/SIGCONT, a debugger) cut a read short: the reply may be half
+            // read, so reconnect and read again from the last id, but Redis is not down.
+            tracing::debug!(%err, what, "redis call interrupted; reconnecting");
+            self.connection = None;
+            return;
+        }
         self.hub.error(what, err);
         if self.hub.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(%err, what, "redis unreachable");
@@ -1372,6 +1389,17 @@ impl Follower {
     }
 }
 
+/// Whether a call failed with EINTR: a socket with a timeout (SO_RCVTIMEO) returns it when a
+/// signal, or SIGSTOP then SIGCONT, interrupts a blocked read (signal(7)).
+fn interrupted(err: &redis::RedisError) -> bool {
+    use std::error::Error;
+    // redis keeps an I/O error as `Arc<dyn Error + Send + Sync>` (the source).
+    err.source()
+        .and_then(|source| source.downcast_ref::<Arc<dyn Error + Send + Sync>>())
+        .and_then(|inner| inner.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::Interrupted)
+}
+
 fn value_str(value: &Value) -> Option<&str> {
     match value {
         Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
@@ -1441,6 +1469,14 @@ fn entry(value: &Value) -> Option<(u64, Vec<u8>, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interrupted_call_is_told_from_a_failed_one() {
+        let eintr = std::io::Error::from(std::io::ErrorKind::Interrupted);
+        assert!(interrupted(&redis::RedisError::from(eintr)));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!interrupted(&redis::RedisError::from(refused)));
+    }
 
     #[test]
     fn ids_round_trip_and_keep_order() {
