@@ -311,6 +311,16 @@ fn a_tls_get_declaring_a_terabyte_is_refused_at_once_and_nothing_is_buffered() {
         }
         assert!(client.closed_within(PATIENCE));
     }
+    // Over TLS too, a body that will be read is asked for with `100 Continue`.
+    let mut client = transports::TlsClient::connect(tls, &cert, &[b"http/1.1"]);
+    client.tls.sock.set_read_timeout(Some(AT_ONCE)).unwrap();
+    client
+        .send(b"POST /rooms/t/messages HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+        .unwrap();
+    let interim = client.read_head().expect("100 Continue over TLS");
+    assert_eq!(interim.status, 100);
+    client.send(b"hi").unwrap();
+    assert_eq!(client.read_response().unwrap().status, 201);
     let rss_after = transports::rss_bytes(server.pid());
     assert!(
         rss_after < rss_before + 8 * 1024 * 1024,
