@@ -100,7 +100,8 @@ fn rooms_idle_for_the_room_idle_timeout_are_freed() {
     let mut followed = server.subscribe("followed", None);
     client.publish("followed", "x");
     followed.next_event(PATIENCE);
-    assert!(client.metrics().sum("ringcast_rooms") >= 2 * 201);
+    // (No count of the rooms held here: on a loaded machine the first ones may already
+    // have idled out. The freed counter below shows each shard held and freed all 200.)
     // Left: the followed room on its owner and on the subscriber's shard (one or two).
     assert!(
         wait_until(PATIENCE, || client.metrics().sum("ringcast_rooms") <= 2),
