@@ -67,7 +67,7 @@ pub fn validate_key(value: &[u8]) -> Result<&str, KeyError> {
     std::str::from_utf8(value).map_err(|_| KeyError::BadByte)
 }
 
-/// A key on its way to the room's owner shard in [`crate::mailbox::Mail::Publish`]: one
+/// A key on its way to the room's owner shard in `Mail::Publish` (mailbox.rs): one
 /// thin pointer, because every slot of every mail queue is sized for the largest mail
 /// (a `Box<str>` would add 16 bytes to each, for a field most publishes leave empty).
 #[derive(Debug, Clone, PartialEq, Eq)]

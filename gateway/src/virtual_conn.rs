@@ -2,11 +2,11 @@
 //! request that arrived over TLS, HTTP/2 or HTTP/3 (docs/TRANSPORTS.md).
 //!
 //! The companion turns the request into HTTP/1.1 bytes and mails them to its shard
-//! ([`crate::mailbox::Mail::VirtualOpen`]) with a [`VirtualSink`]. The shard serves it as a
+//! (`Mail::VirtualOpen` (mailbox.rs)) with a [`VirtualSink`]. The shard serves it as a
 //! connection slot like any other (routing, refusals, publish, auth, the fan-out), except
 //! that a write pushes its frames into the sink instead of a socket and is "in flight" until
 //! the companion has handed every frame to hyper/h3 and mails
-//! [`crate::mailbox::Mail::VirtualWriteDone`]. A stream whose peer stops reading keeps its
+//! `Mail::VirtualWriteDone` (mailbox.rs). A stream whose peer stops reading keeps its
 //! write in flight, so the fan-out laps and cuts it exactly as an HTTP/1.1 socket.
 
 use bytes::Bytes;
