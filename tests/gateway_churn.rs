@@ -392,7 +392,7 @@ fn churn_once(addr: SocketAddr, kind: Churn, i: u64) -> io::Result<Option<TcpStr
                 Some(socket2::Protocol::TCP),
             )?;
             socket.set_recv_buffer_size(NEVER_READ_RECV_BUFFER_BYTES)?;
-            socket.set_mss(NEVER_READ_MSS_BYTES)?;
+            socket.set_tcp_mss(NEVER_READ_MSS_BYTES)?;
             socket.connect(&addr.into())?;
             let mut stream: TcpStream = socket.into();
             stream.write_all(

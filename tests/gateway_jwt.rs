@@ -28,7 +28,7 @@ fn hs256(secret: &str, claims: serde_json::Value) -> String {
     encode(
         &Header::new(Algorithm::HS256),
         &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
+        &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
     )
     .unwrap()
 }
@@ -440,7 +440,7 @@ fn an_es256_public_key_file_checks_publish_tokens() {
     let confused = encode(
         &Header::new(Algorithm::HS256),
         &claims,
-        &EncodingKey::from_secret(pair.public_key_pem().as_bytes()),
+        &EncodingKey::from_secret(pair.public_key_pem().as_bytes()).unwrap(),
     )
     .unwrap();
     let response = publish(&mut server.client(), "es-1", &confused);

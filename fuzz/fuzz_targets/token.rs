@@ -120,7 +120,7 @@ fn signed(header: &[u8], claims: &[u8]) {
     token.push_str(&URL_SAFE_NO_PAD.encode(claims));
     let signature = jsonwebtoken::crypto::sign(
         token.as_bytes(),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
+        &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
         Algorithm::HS256,
     )
     .expect("HMAC signs anything");

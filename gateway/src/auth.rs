@@ -63,42 +63,47 @@ pub struct AuthUrl {
 }
 
 impl AuthUrl {
-    /// Parses an `http://` URL; `https://` and anything else is refused with a reason.
+    /// Parses an `http://` URL (with [`http::Uri`]); `https://`, user info and anything
+    /// else is refused with a reason.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{url:?}: only http:// URLs are supported"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(at) => (&rest[..at], &rest[at..]),
-            None => (rest, "/"),
-        };
-        if authority.is_empty() || authority.contains('@') {
-            return Err(format!("{url:?}: expected http://host[:port][/path]"));
+        let expected = || format!("{url:?}: expected http://host[:port][/path]");
+        let uri: http::Uri = url.parse().map_err(|err| format!("{url:?}: {err}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(_) => return Err(format!("{url:?}: only http:// URLs are supported")),
+            None => return Err(expected()),
         }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("{url:?}: unclosed '['"))?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            }
-        };
-        let port = match port {
-            Some(port) => port
-                .parse()
-                .map_err(|_| format!("{url:?}: bad port {port:?}"))?,
-            None => 80,
-        };
-        if host.is_empty() || path.bytes().any(|b| b.is_ascii_whitespace() || b < 0x20) {
-            return Err(format!("{url:?}: expected http://host[:port][/path]"));
+        let authority = uri.authority().ok_or_else(expected)?;
+        if authority.as_str().contains('@') {
+            return Err(expected());
         }
+        let host = authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|v6| v6.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() {
+            return Err(expected());
+        }
+        let mut path = match uri.path() {
+            "" => "/".to_owned(),
+            path => path.to_owned(),
+        };
+        if let Some(query) = uri.query() {
+            path.push('?');
+            path.push_str(query);
+        }
+        // `Uri` keeps an unparsable port (`auth:x`) in the authority without a number.
+        let port = match authority.as_str().rsplit_once(':') {
+            Some((_, port)) if !port.ends_with(']') => authority
+                .port_u16()
+                .ok_or_else(|| format!("{url:?}: bad port {port:?}"))?,
+            _ => 80,
+        };
         Ok(Self {
             host: host.to_owned(),
             port,
-            path: path.to_owned(),
+            path,
         })
     }
 
@@ -687,6 +692,12 @@ mod tests {
             ("http://auth:x/", Err(())),
             ("http://user@auth/", Err(())),
             ("http://auth/a b", Err(())),
+            ("http://auth:65536/", Err(())),
+            ("http://[::1/", Err(())),
+            ("http://auth?x=1", ok("auth", 80, "/?x=1")),
+            ("HTTP://Auth:8080", ok("Auth", 8080, "/")),
+            ("/check", Err(())),
+            ("", Err(())),
         ];
         for (url, want) in cases {
             assert_eq!(&AuthUrl::parse(url).map_err(|_| ()), want, "{url}");

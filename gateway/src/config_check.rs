@@ -8,7 +8,9 @@
 //! until the rest passes (every range error, each named with its key's line).
 
 use crate::config::{Config, ConfigError, FileConfig, Flags};
+use serde::de::IgnoredAny;
 use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -72,6 +74,7 @@ pub fn check_text(text: &str, flags: &Flags) -> Vec<Problem> {
             }]
         }
     };
+    let positions = key_positions(text);
     // Pass 2: each key alone, so every unknown key and mistyped value is reported; those
     // keys are left out of pass 3.
     let mut problems = Vec::new();
@@ -82,7 +85,7 @@ pub fn check_text(text: &str, flags: &Flags) -> Vec<Problem> {
             return true;
         };
         problems.push(Problem {
-            position: key_position(text, key),
+            position: positions.get(key).copied(),
             message: format!("{key}: {}", one_line(err.message())),
         });
         false
@@ -111,7 +114,7 @@ pub fn check_text(text: &str, flags: &Flags) -> Vec<Problem> {
             Err(ConfigError::Invalid { flag, message }) => {
                 let in_file = table.remove(flag).is_some();
                 problems.push(Problem {
-                    position: in_file.then(|| key_position(text, flag)).flatten(),
+                    position: in_file.then(|| positions.get(flag).copied()).flatten(),
                     message: if in_file {
                         format!("{flag}: {message}")
                     } else {
@@ -148,28 +151,17 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
-/// Where top-level `key` is set: the first line reading `key =` (bare or quoted) before any
-/// `[table]` header. Config files are flat, so this is where toml read it.
-fn key_position(text: &str, key: &str) -> Option<(usize, usize)> {
-    for (index, line) in text.lines().enumerate() {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with('[') {
-            // A table header: later keys are not top-level. The table itself is the key.
-            let name = trimmed.trim_start_matches('[').trim_start();
-            if name.starts_with(key) {
-                return Some((index + 1, line.len() - trimmed.len() + 1));
-            }
-            continue;
-        }
-        let rest = trimmed
-            .strip_prefix(key)
-            .or_else(|| trimmed.strip_prefix(&format!("\"{key}\"")))
-            .or_else(|| trimmed.strip_prefix(&format!("'{key}'")));
-        if rest.is_some_and(|rest| rest.trim_start().starts_with('=')) {
-            return Some((index + 1, line.len() - trimmed.len() + 1));
-        }
-    }
-    None
+/// Where each top-level key of `text` is set (1-based line and column of the key, from
+/// toml's spans), or an empty map if `text` does not parse.
+fn key_positions(text: &str) -> HashMap<String, (usize, usize)> {
+    let keys: BTreeMap<toml::Spanned<String>, IgnoredAny> =
+        toml::from_str(text).unwrap_or_default();
+    keys.into_keys()
+        .map(|key| {
+            let position = line_column(text, key.span().start);
+            (key.into_inner(), position)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -230,7 +222,12 @@ mod tests {
     fn line_column_counts_from_one() {
         assert_eq!(line_column("ab\ncd", 0), (1, 1));
         assert_eq!(line_column("ab\ncd", 4), (2, 2));
-        assert_eq!(key_position("x = 1\n  'y' = 2\n", "y"), Some((2, 3)));
-        assert_eq!(key_position("xy = 1\n", "x"), None);
+        let positions = key_positions("x = 1\n  'y' = 2\n\"z\" = 3\n[t]\na = 1\n");
+        assert_eq!(positions.get("x"), Some(&(1, 1)));
+        assert_eq!(positions.get("y"), Some(&(2, 3)));
+        assert_eq!(positions.get("z"), Some(&(3, 1)));
+        assert_eq!(positions.get("t"), Some(&(4, 2)));
+        assert_eq!(positions.get("a"), None);
+        assert!(!key_positions("xy = 1\n").contains_key("x"));
     }
 }

@@ -213,7 +213,8 @@ impl TokenKey {
                 "hs256:(secret)".into(),
                 digest,
                 Algorithm::HS256,
-                DecodingKey::from_secret(secret.as_bytes()),
+                DecodingKey::from_secret(secret.as_bytes())
+                    .map_err(|err| format!("hs256: {err}"))?,
             ));
         }
         if let Some(path) = spec.strip_prefix("hs256-file:") {
@@ -233,7 +234,7 @@ impl TokenKey {
                 spec.to_owned(),
                 digest,
                 Algorithm::HS256,
-                DecodingKey::from_secret(&secret),
+                DecodingKey::from_secret(&secret).map_err(|err| format!("hs256-file: {err}"))?,
             ));
         }
         let bad = |kind: &str, path: &str, err: jsonwebtoken::errors::Error| {
@@ -442,7 +443,7 @@ mod tests {
         encode(
             &Header::new(Algorithm::HS256),
             &claims,
-            &EncodingKey::from_secret(secret.as_bytes()),
+            &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
         )
         .unwrap()
     }
@@ -556,7 +557,7 @@ mod tests {
         let token = encode(
             &Header::new(Algorithm::HS384),
             &serde_json::json!({"exp": NOW + 60, "rooms": ["*"]}),
-            &EncodingKey::from_secret(b"s3cret"),
+            &EncodingKey::from_secret(b"s3cret").unwrap(),
         )
         .unwrap();
         assert_eq!(

@@ -3,7 +3,8 @@
 
 use crate::duration::{parse_duration, parse_rate};
 use crate::fanout::{FanoutConfig, ROOMS_MAX, SUBSCRIBERS_MAX};
-use crate::http_bench::{HttpConfig, CONNECTIONS_MAX};
+use crate::http_bench::CONNECTIONS_MAX;
+use crate::http_load::HttpConfig;
 use crate::payload::PAYLOAD_BYTES_MAX;
 use crate::plot_input::PlotSource;
 use crate::publisher::{PUB_CONNS_MAX, PUB_PIPELINE_MAX};

@@ -4,12 +4,13 @@
 //! for plain HTTP/1.1; TLS, HTTP/2 and HTTP/3 run in [`crate::stream_http`] instead.
 
 use crate::http1::{self, BodyReader};
+pub use crate::http_load::{ErrorCounts, HttpConfig};
+use crate::http_load::{ThreadStats, STATUS_CODES};
 use crate::latency::{Latency, LatencySummary};
 use crate::progress::Progress;
 use crate::socket;
 use crate::stream_http::StreamWorker;
-use crate::target::Target;
-use crate::transport::{Endpoint, TransportConfig, TransportError};
+use crate::transport::{Endpoint, TransportError};
 use mio::{Events, Interest, Poll, Token};
 use serde::Serialize;
 use std::cmp::Reverse;
@@ -44,33 +45,6 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 /// Timeout for the connect probe made before the run.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// What to run.
-#[derive(Debug, Clone)]
-pub struct HttpConfig {
-    /// The target.
-    pub target: Target,
-    /// The URL as given (for the report).
-    pub url: String,
-    /// Request method.
-    pub method: String,
-    /// Extra header lines.
-    pub headers: Vec<String>,
-    /// Request body.
-    pub body: Vec<u8>,
-    /// Connections in total.
-    pub connections: usize,
-    /// Worker threads.
-    pub threads: usize,
-    /// Measurement duration.
-    pub duration: Duration,
-    /// Total requests per second (open loop), or `None` for closed loop.
-    pub rate: Option<f64>,
-    /// Per-request timeout.
-    pub timeout: Duration,
-    /// Protocol, streams per connection, TLS.
-    pub transport: TransportConfig,
-}
-
 /// Why a run could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpRunError {
@@ -98,37 +72,6 @@ pub enum HttpRunError {
         /// What failed.
         reason: String,
     },
-}
-
-/// Errors by kind, as wrk reports them.
-#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct ErrorCounts {
-    /// Connect failures.
-    pub connect: u64,
-    /// Read failures or the server closing mid-request.
-    pub read: u64,
-    /// Write failures.
-    pub write: u64,
-    /// Requests without a complete answer within `--timeout`.
-    pub timeout: u64,
-    /// Malformed responses.
-    pub parse: u64,
-}
-
-impl ErrorCounts {
-    /// Adds `other` to `self`.
-    pub fn add(&mut self, other: &ErrorCounts) {
-        self.connect += other.connect;
-        self.read += other.read;
-        self.write += other.write;
-        self.timeout += other.timeout;
-        self.parse += other.parse;
-    }
-
-    /// Sum of all kinds.
-    pub fn total(&self) -> u64 {
-        self.connect + self.read + self.write + self.timeout + self.parse
-    }
 }
 
 /// The outcome of `ringload http`.
@@ -349,41 +292,6 @@ pub fn run(config: &HttpConfig, progress: &mut Progress) -> Result<HttpReport, H
         cpu_s: (crate::cpu::process_cpu_time() - cpu_start).as_secs_f64(),
         latency_histogram: total.latency,
     })
-}
-
-/// Status codes counted in a flat array (0..=999).
-pub(crate) const STATUS_CODES: usize = 1000;
-
-/// One thread's findings (shared with [`crate::stream_http`]).
-#[derive(Debug)]
-pub(crate) struct ThreadStats {
-    pub(crate) requests: u64,
-    pub(crate) bytes: u64,
-    pub(crate) status: Vec<u64>,
-    pub(crate) errors: ErrorCounts,
-    pub(crate) latency: Latency,
-}
-
-impl ThreadStats {
-    pub(crate) fn new() -> Self {
-        ThreadStats {
-            requests: 0,
-            bytes: 0,
-            status: vec![0; STATUS_CODES],
-            errors: ErrorCounts::default(),
-            latency: Latency::new(),
-        }
-    }
-
-    fn merge(&mut self, other: &ThreadStats) {
-        self.requests += other.requests;
-        self.bytes += other.bytes;
-        for (mine, theirs) in self.status.iter_mut().zip(&other.status) {
-            *mine += theirs;
-        }
-        self.errors.add(&other.errors);
-        self.latency.merge(&other.latency);
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

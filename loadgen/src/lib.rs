@@ -18,6 +18,7 @@ pub mod duration;
 pub mod fanout;
 pub mod http1;
 pub mod http_bench;
+pub mod http_load;
 pub mod latency;
 pub mod payload;
 pub mod plot;

@@ -5,8 +5,9 @@
 //! achieved deliveries/s against the publish rate, with clean and unclean steps drawn
 //! differently and the best clean rate marked. This module owns the drawing and the
 //! series each kind of report contributes; reading saved `--json` reports is
-//! [`crate::plot_input`]'s job. plotters' SVG backend writes text as `<text>` elements, so
-//! no font is loaded and nothing outside the process is needed.
+//! `plot_input`'s job (it depends on this module, not the other way). plotters' SVG
+//! backend writes text as `<text>` elements, so no font is loaded and nothing outside the
+//! process is needed.
 
 use crate::fanout::{FanoutConfig, FanoutReport};
 use crate::http_bench::HttpReport;

@@ -7,7 +7,7 @@
 //! shows in the schedule-based latency.
 
 use crate::http1::{self, BodyReader};
-use crate::http_bench::ErrorCounts;
+use crate::http_load::ErrorCounts;
 use crate::latency::Latency;
 use crate::payload::{self, Stamp};
 use crate::socket;

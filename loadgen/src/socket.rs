@@ -21,7 +21,7 @@ pub fn source_ip(index: usize, count: u32) -> Ipv4Addr {
 pub fn connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> io::Result<mio::net::TcpStream> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_nonblocking(true)?;
-    socket.set_nodelay(true)?;
+    socket.set_tcp_nodelay(true)?;
     if let (Some(source), SocketAddr::V4(_)) = (source, addr) {
         set_bind_address_no_port(&socket)?;
         socket.bind(&SocketAddrV4::new(source, 0).into())?;

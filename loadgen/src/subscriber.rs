@@ -204,7 +204,7 @@ struct Subscriber {
 }
 
 /// The SSE sink that checks events of one subscriber (shared with
-/// [`crate::stream_subscriber`], so every transport is judged by the same code).
+/// `stream_subscriber`, so every transport is judged by the same code).
 pub(crate) struct Checker<'a> {
     pub(crate) pending: &'a mut PendingEvent,
     pub(crate) tracker: &'a mut SeqTracker,

@@ -11,6 +11,14 @@ pub enum TargetError {
     /// Host or port missing or malformed.
     #[error("'{0}' has no valid host[:port]")]
     Authority(String),
+    /// Not URL syntax (a space in the path, an unclosed `[`…).
+    #[error("'{url}' is not a valid URL: {reason}")]
+    Malformed {
+        /// The URL as given.
+        url: String,
+        /// What `http::Uri` found wrong.
+        reason: String,
+    },
     /// The host name did not resolve.
     #[error("cannot resolve '{host}': {reason}")]
     Resolve {
@@ -37,19 +45,51 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parses `url` (`http[s]://host[:port][/path]`) and resolves the host.
+    /// Parses `url` (`http[s]://host[:port][/path]`, with [`http::Uri`]) and resolves the
+    /// host.
     pub fn parse(url: &str) -> Result<Target, TargetError> {
-        let (tls, rest) = split_scheme(url)?;
-        let (authority, path) = match rest.find('/') {
-            Some(slash) => (&rest[..slash], &rest[slash..]),
-            None => (rest, "/"),
+        let scheme_error = || TargetError::Scheme(url.to_string());
+        let authority_error = || TargetError::Authority(url.to_string());
+        let uri: http::Uri = url.parse().map_err(|error| match url.split_once("://") {
+            Some(("http" | "https", _)) => TargetError::Malformed {
+                url: url.to_string(),
+                reason: format!("{error}"),
+            },
+            _ => scheme_error(),
+        })?;
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(scheme_error()),
         };
-        if authority.is_empty() || authority.contains('@') {
-            return Err(TargetError::Authority(url.to_string()));
+        let authority = uri.authority().ok_or_else(authority_error)?;
+        if authority.as_str().contains('@') {
+            return Err(authority_error());
         }
-        let default_port = if tls { 443 } else { 80 };
-        let (host, port) = split_host_port(authority, default_port)
-            .ok_or_else(|| TargetError::Authority(url.to_string()))?;
+        let host = authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|v6| v6.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() {
+            return Err(authority_error());
+        }
+        // `Uri` keeps an unparsable port (`host:port`) in the authority without a number.
+        let port = match authority.as_str().rsplit_once(':') {
+            Some((_, port)) if !port.ends_with(']') => {
+                authority.port_u16().ok_or_else(authority_error)?
+            }
+            _ if tls => 443,
+            _ => 80,
+        };
+        let mut path = match uri.path() {
+            "" => "/".to_string(),
+            path => path.to_string(),
+        };
+        if let Some(query) = uri.query() {
+            path.push('?');
+            path.push_str(query);
+        }
         let addrs: Vec<SocketAddr> = (host, port)
             .to_socket_addrs()
             .map_err(|error| TargetError::Resolve {
@@ -69,38 +109,10 @@ impl Target {
         Ok(Target {
             tls,
             host: host.to_string(),
-            host_header: authority.to_string(),
-            path: path.to_string(),
+            host_header: authority.as_str().to_string(),
+            path,
             addr,
         })
-    }
-}
-
-/// `(tls, rest after "scheme://")`.
-fn split_scheme(url: &str) -> Result<(bool, &str), TargetError> {
-    if let Some(rest) = url.strip_prefix("http://") {
-        Ok((false, rest))
-    } else if let Some(rest) = url.strip_prefix("https://") {
-        Ok((true, rest))
-    } else {
-        Err(TargetError::Scheme(url.to_string()))
-    }
-}
-
-fn split_host_port(authority: &str, default_port: u16) -> Option<(&str, u16)> {
-    if let Some(bracketed) = authority.strip_prefix('[') {
-        let close = bracketed.find(']')?;
-        let host = &bracketed[..close];
-        let port = match &bracketed[close + 1..] {
-            "" => default_port,
-            tail => tail.strip_prefix(':')?.parse().ok()?,
-        };
-        return Some((host, port));
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() => Some((host, port.parse().ok()?)),
-        Some(_) => None,
-        None => Some((authority, default_port)),
     }
 }
 
@@ -132,12 +144,44 @@ mod tests {
         ));
         assert!(matches!(
             Target::parse("http:///x"),
-            Err(TargetError::Authority(_))
+            Err(TargetError::Authority(_) | TargetError::Malformed { .. })
         ));
         assert!(matches!(
             Target::parse("http://h:port/"),
             Err(TargetError::Authority(_))
         ));
+        for url in [
+            "http://user@127.0.0.1/",
+            "http://127.0.0.1:65536/",
+            "http://:80/",
+        ] {
+            assert!(
+                matches!(Target::parse(url), Err(TargetError::Authority(_))),
+                "{url}"
+            );
+        }
+        for url in ["http://[::1/", "http://127.0.0.1/a b"] {
+            assert!(
+                matches!(Target::parse(url), Err(TargetError::Malformed { .. })),
+                "{url}"
+            );
+        }
+        for url in ["127.0.0.1:80", "/rooms/a", "", "ws://127.0.0.1/"] {
+            assert!(
+                matches!(Target::parse(url), Err(TargetError::Scheme(_))),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn parses_ipv6_and_query_only_urls() {
+        let v6 = Target::parse("http://[::1]:8080/x").unwrap();
+        assert_eq!(v6.host, "::1");
+        assert_eq!(v6.host_header, "[::1]:8080");
+        assert_eq!(v6.addr, "[::1]:8080".parse().unwrap());
+        let query = Target::parse("http://127.0.0.1:9?x=1").unwrap();
+        assert_eq!(query.path, "/?x=1");
     }
 }
 
@@ -176,22 +220,29 @@ pub enum UrlTemplateError {
 impl UrlTemplate {
     /// Parses `http[s]://host:port/path-with-{room}-{seq}` and resolves the host.
     pub fn parse(text: &str) -> Result<UrlTemplate, UrlTemplateError> {
-        let (tls, rest) = split_scheme(text)?;
-        let slash = rest.find('/').unwrap_or(rest.len());
-        let (authority, path) = rest.split_at(slash);
-        if authority.contains('{') {
+        // The path may hold placeholders, which are not URI syntax: only the part before
+        // it (`scheme://authority`) is parsed as a URL.
+        let authority_start = text.find("://").map_or(0, |at| at + 3);
+        let path_start = text[authority_start..]
+            .find(['/', '?'])
+            .map_or(text.len(), |at| authority_start + at);
+        let (origin, path) = text.split_at(path_start);
+        if origin.contains('{') {
             return Err(UrlTemplateError::PlaceholderInAuthority(text.to_string()));
         }
-        let scheme = if tls { "https" } else { "http" };
-        let target = Target::parse(&format!("{scheme}://{authority}/"))?;
-        let path = if path.is_empty() { "/" } else { path };
+        let target = Target::parse(origin)?;
+        let path = match path {
+            "" => "/".to_string(),
+            query if query.starts_with('?') => format!("/{query}"),
+            path => path.to_string(),
+        };
         Ok(UrlTemplate {
             text: text.to_string(),
-            tls,
+            tls: target.tls,
             host: target.host,
             host_header: target.host_header,
             addr: target.addr,
-            path: crate::template::Template::parse(path)?,
+            path: crate::template::Template::parse(&path)?,
         })
     }
 }

@@ -24,9 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
-/// A connection as the driver numbers it (its slot in the driver's connection slab).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub u32);
+// Drivers name connections through the fan-out API; the type lives below rooms.
+pub use crate::conn_id::ConnId;
 
 /// Default history length per room, in messages.
 pub const HISTORY_MESSAGES_DEFAULT: usize = 256;

@@ -10,6 +10,7 @@
 
 pub mod breaker;
 pub mod clock;
+pub mod conn_id;
 pub mod event_id;
 pub mod fanout;
 pub mod history;

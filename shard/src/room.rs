@@ -1,7 +1,7 @@
 //! Room names and per-room state: the name, its history ring and which of this shard's
 //! subscribers follow it.
 
-use crate::fanout::ConnId;
+use crate::conn_id::ConnId;
 use crate::history::History;
 use std::sync::Arc;
 use thiserror::Error;
