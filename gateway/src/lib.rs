@@ -25,6 +25,7 @@ pub mod memory;
 pub mod metrics;
 pub mod quic_streams;
 pub mod reload;
+pub mod route;
 pub mod server;
 pub mod tls;
 pub mod tls_conn;
