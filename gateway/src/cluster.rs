@@ -133,10 +133,8 @@ pub fn stream_id(sse_id: u64) -> String {
 /// Which publish a call is for; comes back unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket {
-    /// Connection slot on the shard.
-    pub slot: u32,
-    /// The connection's serial.
-    pub serial: u32,
+    /// The connection on the shard.
+    pub conn: crate::conn_key::ConnKey,
     /// Line of a batch publish (0 for single publishes).
     pub index: u32,
 }
@@ -144,10 +142,8 @@ pub struct Ticket {
 /// A resume that needs entries older than the shard's replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayTicket {
-    /// Connection slot on the shard.
-    pub slot: u32,
-    /// The connection's serial.
-    pub serial: u32,
+    /// The connection on the shard.
+    pub conn: crate::conn_key::ConnKey,
     /// Room.
     pub room: Arc<str>,
     /// The client's `Last-Event-ID`.
@@ -451,10 +447,8 @@ impl ClusterPool {
 /// A subscriber waiting for its room to be primed.
 #[derive(Debug, Clone, Copy)]
 pub struct Waiter {
-    /// Connection slot.
-    pub slot: u32,
-    /// Its serial.
-    pub serial: u32,
+    /// The waiting connection.
+    pub conn: crate::conn_key::ConnKey,
     /// Its `Last-Event-ID`.
     pub last_event_id: Option<shard::event_id::ResumeId>,
 }

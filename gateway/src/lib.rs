@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod companion;
 pub mod config;
 pub mod config_check;
+pub mod conn_key;
 pub mod doctor;
 pub mod h2;
 pub mod h3;

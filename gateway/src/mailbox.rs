@@ -2,6 +2,7 @@
 //! shards plus an eventfd per shard to wake its loop. Nothing else is shared between
 //! shards on the hot path.
 
+use crate::conn_key::ConnKey;
 use crate::virtual_conn::{Transport, VirtualSink};
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
@@ -15,16 +16,14 @@ pub const QUEUE_CAPACITY: usize = 8192;
 /// Messages a shard keeps waiting for room in a full queue before it refuses publishes.
 pub const OUTBOX_MAX: usize = 65_536;
 
-/// Where a reply goes: a connection slot on a shard, checked by serial so a reply to a
-/// connection that has since closed is dropped.
+/// Where a reply goes: a connection on a shard, by [`ConnKey`], so a reply to a connection
+/// that has since closed is dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplyTo {
     /// Origin shard.
     pub shard: u32,
-    /// Connection slot on the origin shard.
-    pub slot: u32,
-    /// The connection's serial.
-    pub serial: u32,
+    /// The connection on the origin shard.
+    pub conn: ConnKey,
     /// Line of a batch publish (0 for single publishes).
     pub index: u32,
 }

@@ -12,6 +12,7 @@ use crate::admission::{PerIpConnections, PerIpRate, RefusalReason, Rejection, RE
 use crate::batch::{self, BATCH_LINES_MAX};
 use crate::clock::{ShardClock, SharedClock};
 use crate::config::Config;
+use crate::conn_key::{ConnKey, Serials};
 use crate::http1::{self, Method, Refusal, Route};
 use crate::http1_conn::{Expired, Limits, Phase, RequestReader, Step};
 use crate::mailbox::{Mail, Mesh, ReplyTo, OUTBOX_MAX};
@@ -274,8 +275,8 @@ pub struct Worker {
     /// (virtual_conn.rs); known from the first virtual connection.
     virtual_doorbell: Option<Arc<Doorbell>>,
     conns_max: usize,
-    serial_next: u32,
-    timers: TimerWheel<(u32, u32)>,
+    serials: Serials,
+    timers: TimerWheel<ConnKey>,
     completions: Vec<Completion>,
     scratch: Vec<Bytes>,
     outbox: Vec<VecDeque<Mail>>,
@@ -357,7 +358,7 @@ impl Worker {
             tls_out_pool: Vec::new(),
             virtual_doorbell: None,
             conns_max,
-            serial_next: 1,
+            serials: Serials::default(),
             timers: TimerWheel::new(now, TIMER_TICK, conns_max + REFUSAL_SLOTS),
             completions: Vec::with_capacity(1024),
             scratch: Vec::with_capacity(shard::fanout::WRITE_FRAMES_MAX + 2),
@@ -701,8 +702,7 @@ impl Worker {
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             );
         }
-        let serial = self.serial_next;
-        self.serial_next = self.serial_next.wrapping_add(1).max(1);
+        let serial = self.serials.take();
         let reader = RequestReader::new(now, &self.limits());
         let mut conn = Conn::new(fd, serial, Vec::new(), !stopping, None, reader);
         conn.refuse_draining = stopping;
@@ -757,8 +757,7 @@ impl Worker {
             sink.close();
             return Ok(());
         }
-        let serial = self.serial_next;
-        self.serial_next = self.serial_next.wrapping_add(1).max(1);
+        let serial = self.serials.take();
         let reader = RequestReader::new(now, &self.limits());
         let slot = self.insert_conn(Conn::new(
             -1,
@@ -768,7 +767,7 @@ impl Worker {
             Some(sink.clone()),
             reader,
         ));
-        sink.bind(slot, serial);
+        sink.bind(ConnKey { slot, serial });
         if self.virtual_doorbell.is_none() {
             self.virtual_doorbell = sink.doorbell().cloned();
         }
@@ -798,6 +797,20 @@ impl Worker {
 
     fn conn(&mut self, slot: u32) -> Option<&mut Conn> {
         slot_mut(&mut self.conns, slot)
+    }
+
+    /// The connection `key` names while it is open; `None` once its slot holds another
+    /// connection (the serial differs): a stale key never reaches it (conn_key.rs).
+    fn conn_by_key(&mut self, key: ConnKey) -> Option<&mut Conn> {
+        self.conn(key.slot).filter(|c| c.serial == key.serial)
+    }
+
+    /// The key of the connection in `slot`; with serial 0, which names no connection, when
+    /// the slot is empty.
+    fn key(&self, slot: u32) -> ConnKey {
+        let conn = self.conns.get(slot as usize).and_then(|c| c.as_deref());
+        let serial = conn.map_or(0, |c| c.serial);
+        ConnKey { slot, serial }
     }
 
     /// What bounds a request: sizes from the start-up settings (buffers are sized by
@@ -834,7 +847,16 @@ impl Worker {
             }
         }
         conn.timer = want.and_then(|at| {
-            let key = self.timers.insert(at, (slot, conn.serial)).ok()?;
+            let key = self
+                .timers
+                .insert(
+                    at,
+                    ConnKey {
+                        slot,
+                        serial: conn.serial,
+                    },
+                )
+                .ok()?;
             Some((key, TimerKind::Request(at)))
         });
     }
@@ -854,7 +876,13 @@ impl Worker {
         }
         conn.timer = self
             .timers
-            .insert(now + after, (slot, conn.serial))
+            .insert(
+                now + after,
+                ConnKey {
+                    slot,
+                    serial: conn.serial,
+                },
+            )
             .ok()
             .map(|key| (key, kind));
     }
@@ -868,13 +896,11 @@ impl Worker {
     }
 
     fn expire_timers(&mut self, now: Instant) {
-        while let Some((slot, serial)) = self.timers.poll_expired(now) {
-            let Some(conn) = self.conn(slot) else {
+        while let Some(key) = self.timers.poll_expired(now) {
+            let slot = key.slot;
+            let Some(conn) = self.conn_by_key(key) else {
                 continue;
             };
-            if conn.serial != serial {
-                continue;
-            }
             let Some((_, kind)) = conn.timer.take() else {
                 continue;
             };
@@ -1286,10 +1312,12 @@ impl Worker {
         }
         auth.publish_figures(now);
         for (ticket, decision) in decided {
-            let waiting = self
-                .conn(ticket.slot)
-                .is_some_and(|c| c.serial == ticket.serial && c.state == State::Waiting);
-            if !waiting {
+            // auth::Ticket still holds slot and serial apart (auth.rs: left to the deps change).
+            let key = ConnKey {
+                slot: ticket.slot,
+                serial: ticket.serial,
+            };
+            if !self.is_waiting(key) {
                 continue;
             }
             if let Err(err) = self.finish_authorize(now, ticket, decision) {
@@ -1320,10 +1348,8 @@ impl Worker {
     // read them; rooms are filled from the streams by the follower thread.
 
     fn cluster_ticket(&self, slot: u32, index: u32) -> crate::cluster::Ticket {
-        let serial = self.conns[slot as usize].as_ref().map_or(0, |c| c.serial);
         crate::cluster::Ticket {
-            slot,
-            serial,
+            conn: self.key(slot),
             index,
         }
     }
@@ -1395,7 +1421,7 @@ impl Worker {
         room: &str,
         last_event_id: Option<ResumeId>,
     ) -> std::io::Result<()> {
-        let serial = self.conns[slot as usize].as_ref().map_or(0, |c| c.serial);
+        let conn_key = self.key(slot);
         self.release_freed_rooms();
         if !self.fanout.room_available(room) {
             // Refused before the room is followed: followed rooms count against the cap.
@@ -1406,8 +1432,7 @@ impl Worker {
         };
         if !cluster.is_primed(room) {
             let waiter = crate::cluster::Waiter {
-                slot,
-                serial,
+                conn: conn_key,
                 last_event_id,
             };
             if !cluster.wait_primed(room, waiter) {
@@ -1427,8 +1452,7 @@ impl Worker {
             let gap = matches!(check, Some((shard::history::ResumeFrom::Gap { .. }, _)));
             if gap || beyond_head {
                 let ticket = crate::cluster::ReplayTicket {
-                    slot,
-                    serial,
+                    conn: conn_key,
                     room: Arc::from(room),
                     after,
                     before: check.map_or(after.saturating_add(1), |(_, first)| first),
@@ -1514,8 +1538,8 @@ impl Worker {
                     .map(|c| c.take_waiters(&room))
                     .unwrap_or_default();
                 for waiter in waiters {
-                    if self.is_waiting(waiter.slot, waiter.serial) {
-                        self.cluster_subscribe(now, waiter.slot, &room, waiter.last_event_id)?;
+                    if self.is_waiting(waiter.conn) {
+                        self.cluster_subscribe(now, waiter.conn.slot, &room, waiter.last_event_id)?;
                     }
                 }
             }
@@ -1526,8 +1550,8 @@ impl Worker {
                     .map(|c| c.take_waiters(&room))
                     .unwrap_or_default();
                 for waiter in waiters {
-                    if self.is_waiting(waiter.slot, waiter.serial) {
-                        self.refuse_redis(waiter.slot)?;
+                    if self.is_waiting(waiter.conn) {
+                        self.refuse_redis(waiter.conn.slot)?;
                     }
                 }
             }
@@ -1543,15 +1567,14 @@ impl Worker {
                 }
                 let reply = ReplyTo {
                     shard: self.index as u32,
-                    slot: ticket.slot,
-                    serial: ticket.serial,
+                    conn: ticket.conn,
                     index: ticket.index,
                 };
                 let result = result.map(EventId::from_stream_packed);
                 return self.on_mail(now, Mail::Sequenced { reply, result });
             }
             Event::Replayed { ticket, replay } => {
-                if !self.is_waiting(ticket.slot, ticket.serial) {
+                if !self.is_waiting(ticket.conn) {
                     return Ok(());
                 }
                 let (start, frames) = match replay {
@@ -1566,17 +1589,17 @@ impl Worker {
                     // Redis could not say: the replica's own gap notice tells the client.
                     None => (Start::After(ticket.after), Vec::new()),
                 };
-                return self.admit_replayed(now, ticket.slot, &ticket.room, start, frames);
+                return self.admit_replayed(now, ticket.conn.slot, &ticket.room, start, frames);
             }
         }
         Ok(())
     }
 
-    fn is_waiting(&self, slot: u32, serial: u32) -> bool {
+    fn is_waiting(&self, key: ConnKey) -> bool {
         self.conns
-            .get(slot as usize)
+            .get(key.slot as usize)
             .and_then(|c| c.as_deref())
-            .is_some_and(|c| c.serial == serial && c.state == State::Waiting)
+            .is_some_and(|c| c.serial == key.serial && c.state == State::Waiting)
     }
 
     fn outbox_full(&self) -> bool {
@@ -1638,11 +1661,9 @@ impl Worker {
     }
 
     fn reply_to(&self, slot: u32, index: u32) -> ReplyTo {
-        let serial = self.conns[slot as usize].as_ref().map_or(0, |c| c.serial);
         ReplyTo {
             shard: self.index as u32,
-            slot,
-            serial,
+            conn: self.key(slot),
             index,
         }
     }
@@ -1905,24 +1926,22 @@ impl Worker {
                 return self.open_virtual(now, request, sink);
             }
             Mail::VirtualWriteDone { sink } => {
-                let Some((slot, serial)) = sink.slot() else {
+                let Some(key) = sink.key() else {
                     return Ok(());
                 };
-                let Some(conn) = self
-                    .conn(slot)
-                    .filter(|c| c.serial == serial && c.write_in_flight)
-                else {
+                let slot = key.slot;
+                let Some(conn) = self.conn_by_key(key).filter(|c| c.write_in_flight) else {
                     return Ok(());
                 };
                 let remaining = conn.write_len.saturating_sub(conn.written);
                 return self.on_write(now, slot, remaining as i32);
             }
             Mail::VirtualClose { sink } => {
-                let Some((slot, serial)) = sink.slot() else {
+                let Some(key) = sink.key() else {
                     return Ok(());
                 };
-                if self.conn(slot).is_some_and(|c| c.serial == serial) {
-                    return self.begin_close(slot);
+                if self.conn_by_key(key).is_some() {
+                    return self.begin_close(key.slot);
                 }
             }
             Mail::Publish {
@@ -1968,7 +1987,7 @@ impl Worker {
                 });
             }
             Mail::Sequenced { reply, result } => {
-                let Some(conn) = self.conn(reply.slot).filter(|c| c.serial == reply.serial) else {
+                let Some(conn) = self.conn_by_key(reply.conn) else {
                     return Ok(());
                 };
                 match &mut conn.pending {
@@ -1985,7 +2004,7 @@ impl Worker {
                 }
                 conn.outstanding = conn.outstanding.saturating_sub(1);
                 if conn.outstanding == 0 {
-                    return self.complete_pending(reply.slot);
+                    return self.complete_pending(reply.conn.slot);
                 }
             }
             Mail::RoomCount {
@@ -1994,7 +2013,7 @@ impl Worker {
                 last_id,
                 history_len,
             } => {
-                let Some(conn) = self.conn(reply.slot).filter(|c| c.serial == reply.serial) else {
+                let Some(conn) = self.conn_by_key(reply.conn) else {
                     return Ok(());
                 };
                 if let Some(Pending::RoomInfo {
@@ -2009,7 +2028,7 @@ impl Worker {
                     *history_max = (*history_max).max(history_len);
                     conn.outstanding = conn.outstanding.saturating_sub(1);
                     if conn.outstanding == 0 {
-                        return self.complete_pending(reply.slot);
+                        return self.complete_pending(reply.conn.slot);
                     }
                 }
             }
