@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::conn_key::{ConnKey, Serials};
 use crate::http1::{self, Method, Refusal, Route};
 use crate::http1_conn::{Expired, Limits, Phase, RequestReader, Step};
-use crate::mailbox::{Mail, Mesh, ReplyTo, OUTBOX_MAX};
+use crate::mailbox::{Mail, Mesh, PublishRefusal, ReplyTo, OUTBOX_MAX};
 use crate::metrics::{Figure, ShardFigures, TlsHandshake, ROOM_SIZE_LABELS};
 use crate::reload::LiveConfig;
 use crate::tls_conn::{Hello, TlsConn};
@@ -129,7 +129,7 @@ enum TimerKind {
 enum Pending {
     Publish {
         room: Arc<str>,
-        result: Option<Result<EventId, &'static str>>,
+        result: Option<Result<EventId, PublishRefusal>>,
     },
     Batch {
         results: Vec<BatchLine>,
@@ -1363,10 +1363,10 @@ impl Worker {
         room: Arc<str>,
         data: Bytes,
         idempotency_key: Option<String>,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), PublishRefusal> {
         if self.stopping() {
             self.count_rejection(Rejection::Draining);
-            return Err(Rejection::Draining.text());
+            return Err(Rejection::Draining.into());
         }
         let stamp = if self.config.latency_metrics {
             self.clock.now_unix_nanos(Instant::now())
@@ -1374,13 +1374,13 @@ impl Worker {
             0
         };
         let Some(cluster) = self.cluster.as_mut() else {
-            return Err("cluster mode is off");
+            return Err(PublishRefusal::ClusterOff);
         };
         let idempotency = idempotency_key.map(|key| crate::cluster::IdempotencyKey {
             key: key.into_boxed_str(),
             window: self.config.idempotency_window,
         });
-        cluster.begin_publish(now, ticket, room, data, stamp, idempotency)
+        Ok(cluster.begin_publish(now, ticket, room, data, stamp, idempotency)?)
     }
 
     fn cluster_publish(
@@ -1570,7 +1570,9 @@ impl Worker {
                     conn: ticket.conn,
                     index: ticket.index,
                 };
-                let result = result.map(EventId::from_stream_packed);
+                let result = result
+                    .map(EventId::from_stream_packed)
+                    .map_err(PublishRefusal::Redis);
                 return self.on_mail(now, Mail::Sequenced { reply, result });
             }
             Event::Replayed { ticket, replay } => {
@@ -1615,7 +1617,7 @@ impl Worker {
         room: &Arc<str>,
         data: &[u8],
         idempotency_key: Option<&str>,
-    ) -> Result<EventId, &'static str> {
+    ) -> Result<EventId, PublishRefusal> {
         let window = self.config.idempotency_window;
         if let Some(key) = idempotency_key {
             if let Some(id) = self.idempotency.handle_publish(now, window, room, key) {
@@ -1624,11 +1626,11 @@ impl Worker {
         }
         if self.stopping() {
             self.count_rejection(Rejection::Draining);
-            return Err(Rejection::Draining.text());
+            return Err(Rejection::Draining.into());
         }
         if self.outbox_full() {
             self.count_rejection(Rejection::ShardQueues);
-            return Err(Rejection::ShardQueues.text());
+            return Err(Rejection::ShardQueues.into());
         }
         // The stamp is read now rather than at the start of the turn: a turn can be long.
         let stamp = if self.config.latency_metrics {
@@ -1640,7 +1642,7 @@ impl Worker {
             Ok(sequenced) => sequenced,
             Err(_) => {
                 self.count_rejection(Rejection::RoomLimit);
-                return Err(Rejection::RoomLimit.text());
+                return Err(Rejection::RoomLimit.into());
             }
         };
         for target in 0..self.shards {
@@ -1679,7 +1681,7 @@ impl Worker {
         let room: Arc<str> = Arc::from(room);
         if self.backlogged() {
             self.count_rejection(Rejection::PendingWriteBytes);
-            return self.finish_publish(slot, &room, Err(Rejection::PendingWriteBytes.text()));
+            return self.finish_publish(slot, &room, Err(Rejection::PendingWriteBytes.into()));
         }
         if self.cluster.is_some() {
             return self.cluster_publish(now, slot, room, Bytes::from(body), idempotency_key);
@@ -1691,7 +1693,7 @@ impl Worker {
         }
         if self.outbox_full() {
             self.count_rejection(Rejection::ShardQueues);
-            return self.finish_publish(slot, &room, Err(Rejection::ShardQueues.text()));
+            return self.finish_publish(slot, &room, Err(Rejection::ShardQueues.into()));
         }
         let reply = self.reply_to(slot, 0);
         self.outbox[owner].push_back(Mail::Publish {
@@ -1712,7 +1714,7 @@ impl Worker {
         &mut self,
         slot: u32,
         room: &str,
-        result: Result<EventId, &'static str>,
+        result: Result<EventId, PublishRefusal>,
     ) -> std::io::Result<()> {
         let close = self.conn(slot).is_none_or(|c| !c.keep_alive);
         let response = match result {
@@ -1724,7 +1726,7 @@ impl Worker {
                 close,
             ),
             Err(reason) => {
-                tracing::debug!(shard = self.index, room, reason, "publish refused");
+                tracing::debug!(shard = self.index, room, %reason, "publish refused");
                 http1::response(
                     503,
                     "text/plain",
@@ -1748,7 +1750,7 @@ impl Worker {
     ) -> std::io::Result<()> {
         if self.backlogged() {
             self.count_rejection(Rejection::PendingWriteBytes);
-            return self.finish_publish(slot, "(batch)", Err(Rejection::PendingWriteBytes.text()));
+            return self.finish_publish(slot, "(batch)", Err(Rejection::PendingWriteBytes.into()));
         }
         let mut results = Vec::new();
         let mut outstanding = 0;
@@ -1786,12 +1788,12 @@ impl Worker {
                         results.push(BatchLine::Waiting);
                         outstanding += 1;
                     }
-                    Err(reason) => results.push(BatchLine::Done(Err(reason.to_owned()))),
+                    Err(reason) => results.push(BatchLine::Done(Err(reason.to_string()))),
                 }
             } else if owner == self.index {
                 let result = self
                     .sequence(now, &room, data.as_bytes(), idempotency_key.as_deref())
-                    .map_err(str::to_owned);
+                    .map_err(|reason| reason.to_string());
                 results.push(BatchLine::Done(result));
             } else if self.outbox_full() {
                 self.count_rejection(Rejection::ShardQueues);
@@ -1867,7 +1869,7 @@ impl Worker {
                 return self.finish_publish(
                     slot,
                     &room,
-                    result.unwrap_or(Err("no answer from the owner shard")),
+                    result.unwrap_or(Err(PublishRefusal::NoAnswer)),
                 );
             }
             Pending::Batch { results } => {
@@ -1997,7 +1999,7 @@ impl Worker {
                     }) => *slot_result = Some(result),
                     Some(Pending::Batch { results }) => {
                         if let Some(line) = results.get_mut(reply.index as usize) {
-                            *line = BatchLine::Done(result.map_err(str::to_owned));
+                            *line = BatchLine::Done(result.map_err(|r| r.to_string()));
                         }
                     }
                     _ => return Ok(()),
