@@ -128,6 +128,49 @@ fn an_http3_stream_that_stops_reading_is_cut_and_memory_stays_bounded() {
     });
 }
 
+/// Issue 15: the route table was written twice and disagreed. The companion counted
+/// `/rooms/a/b/events` as a subscription (a path starting `/rooms/` and ending `/events`),
+/// which HTTP/1.1 answers with 404: with the connection's one subscription place held, the
+/// same request got 429 "too many streams" over h2c and HTTP/3. One table: 404 everywhere.
+#[test]
+fn a_path_http1_answers_404_gets_404_over_h2c_and_h3_too() {
+    let cert = TestCert::new();
+    let flags = ["--h2c-listen", "127.0.0.1:0", "--max-streams-per-conn", "1"];
+    let server = start(&cert, &flags);
+    let h2c = transports::addr_of(&server, "h2c");
+    let h3 = transports::addr_of(&server, "h3");
+    let over_http1 = server
+        .client()
+        .request("GET", "/rooms/a/b/events", &[], b"");
+    assert_eq!(
+        (over_http1.status, over_http1.text().as_str()),
+        (404, "not found\n")
+    );
+    transports::runtime().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(h2c).await.unwrap();
+        let mut h2 = transports::h2_connect(tcp, None).await;
+        let request = |path: &str| transports::request(path, &[], None);
+        let held = transports::h2_send(&mut h2, request("/rooms/a/events"), true).await;
+        assert_eq!(held.status, 200, "the connection's one subscription");
+        let over_h2c = transports::h2_send(&mut h2, request("/rooms/a/b/events"), true).await;
+        assert_eq!(
+            (over_h2c.status, over_h2c.text().await.as_str()),
+            (404, "not found\n"),
+            "h2c"
+        );
+
+        let mut client = H3Client::connect(h3, &cert, None).await;
+        let held = client.send("/rooms/a/events", &[], None, true).await;
+        assert_eq!(held.status, 200, "the connection's one subscription");
+        let over_h3 = client.send("/rooms/a/b/events", &[], None, true).await;
+        assert_eq!(
+            (over_h3.status, over_h3.text().await.as_str()),
+            (404, "not found\n"),
+            "h3"
+        );
+    });
+}
+
 /// Interoperability with an HTTP/3 client not written here: aioquic (PyPI, installed by
 /// `.ci/run`) subscribes over HTTP/3, receives the events, and resumes with Last-Event-ID.
 #[test]

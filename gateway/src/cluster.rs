@@ -133,10 +133,8 @@ pub fn stream_id(sse_id: u64) -> String {
 /// Which publish a call is for; comes back unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket {
-    /// Connection slot on the shard.
-    pub slot: u32,
-    /// The connection's serial.
-    pub serial: u32,
+    /// The connection on the shard.
+    pub conn: crate::conn_key::ConnKey,
     /// Line of a batch publish (0 for single publishes).
     pub index: u32,
 }
@@ -144,10 +142,8 @@ pub struct Ticket {
 /// A resume that needs entries older than the shard's replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayTicket {
-    /// Connection slot on the shard.
-    pub slot: u32,
-    /// The connection's serial.
-    pub serial: u32,
+    /// The connection on the shard.
+    pub conn: crate::conn_key::ConnKey,
     /// Room.
     pub room: Arc<str>,
     /// The client's `Last-Event-ID`.
@@ -248,7 +244,7 @@ pub enum Event {
         /// Who waits.
         ticket: Ticket,
         /// Id or reason.
-        result: Result<u64, &'static str>,
+        result: Result<u64, RedisRefusal>,
         /// The id is an earlier publish's, found by its idempotency key.
         replayed: bool,
     },
@@ -266,7 +262,7 @@ enum Reply {
     Publish {
         ticket: Ticket,
         permit: Permit,
-        result: Result<Appended, &'static str>,
+        result: Result<Appended, RedisRefusal>,
         latency: Duration,
     },
 }
@@ -451,10 +447,8 @@ impl ClusterPool {
 /// A subscriber waiting for its room to be primed.
 #[derive(Debug, Clone, Copy)]
 pub struct Waiter {
-    /// Connection slot.
-    pub slot: u32,
-    /// Its serial.
-    pub serial: u32,
+    /// The waiting connection.
+    pub conn: crate::conn_key::ConnKey,
     /// Its `Last-Event-ID`.
     pub last_event_id: Option<shard::event_id::ResumeId>,
 }
@@ -539,16 +533,16 @@ impl ClusterShard {
         data: Bytes,
         stamp: u64,
         idempotency: Option<IdempotencyKey>,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), RedisRefusal> {
         if self.in_flight >= SHARD_IN_FLIGHT_MAX {
             self.results[QUEUE_FULL] += 1;
-            return Err(REASON_QUEUE_FULL);
+            return Err(RedisRefusal::QueueFull);
         }
         let permit = match self.breaker.allow(now) {
             Ok(permit) => permit,
             Err(_) => {
                 self.results[BREAKER_OPEN] += 1;
-                return Err("redis unavailable (circuit open): not appended");
+                return Err(RedisRefusal::CircuitOpen);
             }
         };
         let publisher = &self.publishers[publisher_of(&room)];
@@ -573,9 +567,9 @@ impl ClusterShard {
                 self.breaker
                     .record(permit, Outcome::Success, Duration::ZERO, now);
                 self.results[QUEUE_FULL] += 1;
-                Err(REASON_QUEUE_FULL)
+                Err(RedisRefusal::QueueFull)
             }
-            Err(_) => Err(REASON_QUEUE_FULL),
+            Err(_) => Err(RedisRefusal::QueueFull),
         }
     }
 
@@ -612,7 +606,7 @@ impl ClusterShard {
                 } => {
                     let (outcome, slot) = match result {
                         Ok(_) => (Outcome::Success, APPENDED),
-                        Err(REASON_TIMED_OUT | REASON_TIMED_OUT_UNKNOWN) => {
+                        Err(RedisRefusal::TimedOutUnsent | RedisRefusal::TimedOutUnknown) => {
                             (Outcome::Failure, TIMED_OUT)
                         }
                         Err(_) => (Outcome::Failure, FAILED),
@@ -658,18 +652,33 @@ impl ClusterShard {
     }
 }
 
-// Reasons of a 503: "not appended" when the publish never reached Redis (or Redis refused
-// it), "outcome unknown" when it was sent and no answer came: it may be in the stream.
-const REASON_TIMED_OUT: &str = "redis timed out before the publish was sent: not appended";
-const REASON_FAILED: &str = "redis unreachable: not appended";
-const REASON_REFUSED: &str = "redis refused the message: not appended";
-const REASON_QUEUE_FULL: &str = "redis queue full: not appended";
-/// Sent, and no answer within `--cluster-timeout`.
-pub const REASON_TIMED_OUT_UNKNOWN: &str =
-    "redis timed out: outcome unknown: retry with the same Idempotency-Key";
-/// Sent, and the connection failed before the answer.
-pub const REASON_LOST_UNKNOWN: &str =
-    "redis connection lost: outcome unknown: retry with the same Idempotency-Key";
+/// Why a publish got no id from Redis; its text is the 503's body (docs/CLUSTER.md quotes
+/// them). "not appended" when the publish never reached Redis (or Redis refused it),
+/// "outcome unknown" when it was sent and no answer came: it may be in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RedisRefusal {
+    /// Its time ran out in the publisher's queue: never sent.
+    #[error("redis timed out before the publish was sent: not appended")]
+    TimedOutUnsent,
+    /// No connection to Redis.
+    #[error("redis unreachable: not appended")]
+    Unreachable,
+    /// Redis answered without a usable id.
+    #[error("redis refused the message: not appended")]
+    Refused,
+    /// The shard's calls out or the publisher's queue are full.
+    #[error("redis queue full: not appended")]
+    QueueFull,
+    /// The breaker is open: not tried.
+    #[error("redis unavailable (circuit open): not appended")]
+    CircuitOpen,
+    /// Sent, and no answer within `--cluster-timeout`.
+    #[error("redis timed out: outcome unknown: retry with the same Idempotency-Key")]
+    TimedOutUnknown,
+    /// Sent, and the connection failed before the answer.
+    #[error("redis connection lost: outcome unknown: retry with the same Idempotency-Key")]
+    LostUnknown,
+}
 
 fn publisher_of(room: &str) -> usize {
     shard::room::owner_shard(room, PUBLISHERS)
@@ -814,9 +823,9 @@ fn append(
     hub: &Hub,
     connection: &mut Option<redis::Connection>,
     jobs: &[Job],
-) -> Vec<Result<Appended, &'static str>> {
+) -> Vec<Result<Appended, RedisRefusal>> {
     let now = Instant::now();
-    let mut results = vec![Err(REASON_FAILED); jobs.len()];
+    let mut results = vec![Err(RedisRefusal::Unreachable); jobs.len()];
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     let mut sent = Vec::with_capacity(jobs.len());
@@ -833,7 +842,7 @@ fn append(
             continue;
         };
         if now >= *submitted + hub.config.timeout {
-            results[index] = Err(REASON_TIMED_OUT);
+            results[index] = Err(RedisRefusal::TimedOutUnsent);
             continue;
         }
         if let Some(idempotency) = idempotency {
@@ -877,7 +886,7 @@ fn append(
                     Some(appended) => Ok(appended),
                     None => {
                         tracing::warn!(?value, "XADD answered no usable id");
-                        Err(REASON_REFUSED)
+                        Err(RedisRefusal::Refused)
                     }
                 };
             }
@@ -886,9 +895,9 @@ fn append(
             hub.error("XADD", &err);
             // Sent: Redis may have appended (and will, once it runs what it read).
             let reason = if err.is_timeout() {
-                REASON_TIMED_OUT_UNKNOWN
+                RedisRefusal::TimedOutUnknown
             } else {
-                REASON_LOST_UNKNOWN
+                RedisRefusal::LostUnknown
             };
             for index in sent {
                 results[index] = Err(reason);

@@ -85,11 +85,12 @@ impl Drop for StreamPlace {
 }
 
 /// Whether a request is a subscription (`GET /rooms/{room}/events`), which counts against
-/// `--max-streams-per-conn`.
+/// `--max-streams-per-conn`: asked of the route table HTTP/1.1 routes with (route.rs).
 pub fn is_subscribe(parts: &http::request::Parts) -> bool {
-    let path = parts.uri.path();
-    parts.method == http::Method::GET && path.starts_with("/rooms/") && path.ends_with("/events")
+    let method = crate::route::Method::from_token(parts.method.as_str());
+    crate::route::is_subscription(method, parts.uri.path())
 }
+
 /// Mail posted without waking the shard before the companion wakes it anyway (normally it
 /// wakes the shard once, when its runtime goes idle).
 const POSTS_PER_WAKE: usize = 1024;
@@ -729,6 +730,34 @@ mod tests {
         assert!(text.contains("last-event-id: 2\r\n"));
         assert!(!text.contains("keep-alive"));
         assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    /// The companion counts a request against `--max-streams-per-conn` exactly when the
+    /// route table makes it a subscription: `/rooms/a/b/events` (404 on HTTP/1.1) is none.
+    #[test]
+    fn subscriptions_are_what_the_route_table_says() {
+        let parts = |method: &str, uri: &str| {
+            let request = http::Request::builder().method(method).uri(uri);
+            request.body(()).unwrap().into_parts().0
+        };
+        let table = [
+            ("GET", "/rooms/a/events", true),
+            (
+                "GET",
+                "https://example.org/rooms/a/events?last_event_id=1-2",
+                true,
+            ),
+            ("HEAD", "/rooms/a/events", false),
+            ("POST", "/rooms/a/events", false),
+            ("GET", "/rooms/a/b/events", false),
+            ("GET", "/rooms//events", false),
+            ("GET", "/rooms/a%20b/events", false),
+            ("GET", "/rooms/a/messages", false),
+            ("GET", "/metrics", false),
+        ];
+        for (method, uri, want) in table {
+            assert_eq!(is_subscribe(&parts(method, uri)), want, "{method} {uri}");
+        }
     }
 
     #[test]

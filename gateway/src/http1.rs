@@ -1,9 +1,10 @@
-//! HTTP/1.1 request heads (parsed with `httparse`), routes and the responses ringcast
-//! writes. No IO here: the worker hands in bytes and writes what comes back.
+//! HTTP/1.1 request heads (parsed with `httparse`, routed by the one route table of
+//! route.rs) and the responses ringcast writes. No IO here: the worker hands in bytes and
+//! writes what comes back.
 
+pub use crate::route::{Method, Route};
 use bytes::Bytes;
 use shard::event_id::{parse_resume_id, ResumeId};
-use shard::room::validate_room_name;
 
 /// Headers a request may carry at most; more gets 431.
 pub const HEADERS_MAX: usize = 48;
@@ -35,40 +36,6 @@ pub struct Head {
     /// For `/metrics`: the exposition format the `Accept` header asks for (Prometheus text
     /// for every other route).
     pub metrics_format: shard::metrics::Format,
-}
-
-/// Methods ringcast tells apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    /// GET.
-    Get,
-    /// HEAD: served as GET, without the body (RFC 9110 §9.3.2).
-    Head,
-    /// POST.
-    Post,
-    /// Anything else.
-    Other,
-}
-
-/// The resources of DESIGN.md §3.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Route {
-    /// `/rooms/{room}/events`
-    Events(String),
-    /// `/rooms/{room}/messages`
-    Messages(String),
-    /// `/rooms/{room}`
-    Room(String),
-    /// `/publish`
-    Publish,
-    /// `/metrics`
-    Metrics,
-    /// `/healthz`
-    Healthz,
-    /// `/readyz`
-    Readyz,
-    /// `/demo`: the danmaku demo page ([`DEMO_HTML`]), unless `--no-demo`.
-    Demo,
 }
 
 /// A request that must be refused, with its status and a short reason.
@@ -130,12 +97,7 @@ pub fn parse(
     if len > max_header_bytes {
         return Err(Refusal::new(431, "request header fields too large"));
     }
-    let method = match request.method {
-        Some("GET") => Method::Get,
-        Some("HEAD") => Method::Head,
-        Some("POST") => Method::Post,
-        _ => Method::Other,
-    };
+    let method = Method::from_token(request.method.unwrap_or_default());
     let version = request.version.unwrap_or(1);
     let mut close = version == 0;
     let mut content_length = None;
@@ -224,7 +186,9 @@ pub fn parse(
             query_token = (!value.is_empty()).then(|| value.to_owned());
         }
     }
-    let route = route(path)?;
+    let route = Route::parse(path)
+        .map_err(|err| Refusal::new(err.status(), err.to_string()))?
+        .into_owned();
     let metrics_format = if route == Route::Metrics {
         shard::metrics::Format::from_accept(accept)
     } else {
@@ -293,54 +257,6 @@ fn parse_content_length(value: &[u8], max_body_bytes: usize) -> Result<usize, Re
 fn parse_id(value: &[u8]) -> Result<Option<ResumeId>, Refusal> {
     parse_resume_id(value.trim_ascii())
         .map_err(|err| Refusal::new(400, format!("bad last event id: {err}")))
-}
-
-fn room(name: &str) -> Result<String, Refusal> {
-    validate_room_name(name.as_bytes())
-        .map(str::to_owned)
-        .map_err(|err| Refusal::new(400, format!("bad room name: {err}")))
-}
-
-fn route(path: &str) -> Result<Route, Refusal> {
-    Ok(match path {
-        "/publish" => Route::Publish,
-        "/metrics" => Route::Metrics,
-        "/healthz" => Route::Healthz,
-        "/readyz" => Route::Readyz,
-        "/demo" => Route::Demo,
-        _ => {
-            let Some(rest) = path.strip_prefix("/rooms/") else {
-                return Err(Refusal::not_found());
-            };
-            match rest.split_once('/') {
-                None => Route::Room(room(rest)?),
-                Some((name, "events")) => Route::Events(room(name)?),
-                Some((name, "messages")) => Route::Messages(room(name)?),
-                Some(_) => return Err(Refusal::not_found()),
-            }
-        }
-    })
-}
-
-impl Route {
-    /// The method each route answers to (GET routes answer HEAD too).
-    pub fn allowed(&self) -> Method {
-        match self {
-            Route::Messages(_) | Route::Publish => Method::Post,
-            _ => Method::Get,
-        }
-    }
-
-    /// Whether the route answers `method`.
-    pub fn allows(&self, method: Method) -> bool {
-        let allowed = self.allowed();
-        method == allowed || (method == Method::Head && allowed == Method::Get)
-    }
-
-    /// Whether the route reads a request body (only the publishes do).
-    pub fn takes_body(&self) -> bool {
-        self.allowed() == Method::Post
-    }
 }
 
 /// What can be refused from a parsed head before any body is read: a method the route does

@@ -2,6 +2,9 @@
 //! shards plus an eventfd per shard to wake its loop. Nothing else is shared between
 //! shards on the hot path.
 
+use crate::admission::Rejection;
+use crate::cluster::RedisRefusal;
+use crate::conn_key::ConnKey;
 use crate::virtual_conn::{Transport, VirtualSink};
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
@@ -15,18 +18,42 @@ pub const QUEUE_CAPACITY: usize = 8192;
 /// Messages a shard keeps waiting for room in a full queue before it refuses publishes.
 pub const OUTBOX_MAX: usize = 65_536;
 
-/// Where a reply goes: a connection slot on a shard, checked by serial so a reply to a
-/// connection that has since closed is dropped.
+/// Where a reply goes: a connection on a shard, by [`ConnKey`], so a reply to a connection
+/// that has since closed is dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplyTo {
     /// Origin shard.
     pub shard: u32,
-    /// Connection slot on the origin shard.
-    pub slot: u32,
-    /// The connection's serial.
-    pub serial: u32,
+    /// The connection on the origin shard.
+    pub conn: ConnKey,
     /// Line of a batch publish (0 for single publishes).
     pub index: u32,
+}
+
+/// Why a publish got no id: the owner shard's refusal, or Redis's in cluster mode. Carried
+/// back to the shard that read the publish by [`Mail::Sequenced`]; its text is the 503's
+/// body, the words tests and docs quote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishRefusal {
+    /// The shard refused it (draining, queues full, room limit, write backlog).
+    #[error("{}", .0.text())]
+    Shard(Rejection),
+    /// Redis did not append it (cluster mode).
+    #[error(transparent)]
+    Redis(#[from] RedisRefusal),
+    /// A cluster publish on a shard without cluster mode (cannot happen).
+    #[error("cluster mode is off")]
+    ClusterOff,
+    /// The connection's publish completed without its answer (cannot happen: it completes
+    /// when the answer arrives).
+    #[error("no answer from the owner shard")]
+    NoAnswer,
+}
+
+impl From<Rejection> for PublishRefusal {
+    fn from(rejection: Rejection) -> Self {
+        PublishRefusal::Shard(rejection)
+    }
 }
 
 /// One message between shards.
@@ -48,7 +75,7 @@ pub enum Mail {
         /// Who waits.
         reply: ReplyTo,
         /// The id or a refusal reason.
-        result: Result<shard::event_id::EventId, &'static str>,
+        result: Result<shard::event_id::EventId, PublishRefusal>,
     },
     /// A sequenced frame for this shard's replica of a room.
     Frame {
@@ -187,5 +214,65 @@ impl Mesh {
     /// authorization pool) that must outlive a borrow of the mesh.
     pub fn eventfd_owned(&self, shard: usize) -> io::Result<OwnedFd> {
         self.eventfds[shard].try_clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 503 bodies a refused publish gets are today's words (tests and docs quote them).
+    #[test]
+    fn publish_refusals_read_as_before() {
+        let table: &[(PublishRefusal, &str)] = &[
+            (Rejection::Draining.into(), "draining"),
+            (Rejection::ShardQueues.into(), "shard queues full"),
+            (Rejection::RoomLimit.into(), "room limit reached"),
+            (
+                Rejection::PendingWriteBytes.into(),
+                "shard write backlog over its limit",
+            ),
+            (
+                RedisRefusal::TimedOutUnsent.into(),
+                "redis timed out before the publish was sent: not appended",
+            ),
+            (
+                RedisRefusal::Unreachable.into(),
+                "redis unreachable: not appended",
+            ),
+            (
+                RedisRefusal::Refused.into(),
+                "redis refused the message: not appended",
+            ),
+            (
+                RedisRefusal::QueueFull.into(),
+                "redis queue full: not appended",
+            ),
+            (
+                RedisRefusal::CircuitOpen.into(),
+                "redis unavailable (circuit open): not appended",
+            ),
+            (
+                RedisRefusal::TimedOutUnknown.into(),
+                "redis timed out: outcome unknown: retry with the same Idempotency-Key",
+            ),
+            (
+                RedisRefusal::LostUnknown.into(),
+                "redis connection lost: outcome unknown: retry with the same Idempotency-Key",
+            ),
+            (PublishRefusal::ClusterOff, "cluster mode is off"),
+            (PublishRefusal::NoAnswer, "no answer from the owner shard"),
+        ];
+        for (refusal, text) in table {
+            assert_eq!(refusal.to_string(), *text, "{refusal:?}");
+        }
+    }
+
+    /// A typed refusal costs the mail nothing over the `&'static str` it replaced.
+    #[test]
+    fn a_sequenced_answer_is_no_larger_than_before() {
+        type Before = Result<shard::event_id::EventId, &'static str>;
+        type After = Result<shard::event_id::EventId, PublishRefusal>;
+        assert!(std::mem::size_of::<After>() <= std::mem::size_of::<Before>());
     }
 }

@@ -9,6 +9,7 @@
 //! `Mail::VirtualWriteDone` (mailbox.rs). A stream whose peer stops reading keeps its
 //! write in flight, so the fan-out laps and cuts it exactly as an HTTP/1.1 socket.
 
+use crate::conn_key::ConnKey;
 use bytes::Bytes;
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use futures_util::task::AtomicWaker;
@@ -99,8 +100,8 @@ impl Doorbell {
 
 /// What a shard writes to one virtual connection, and how it learns the peer is gone.
 pub struct VirtualSink {
-    /// `slot << 32 | serial` on the shard once it opened the connection; 0 before.
-    slot_serial: AtomicU64,
+    /// The connection's [`ConnKey::to_word`] on the shard once it opened it; 0 before.
+    conn_key: AtomicU64,
     batches: ArrayQueue<Vec<Bytes>>,
     /// Set by the shard: no more batches will come.
     closed: AtomicBool,
@@ -117,7 +118,7 @@ pub struct VirtualSink {
 impl std::fmt::Debug for VirtualSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VirtualSink")
-            .field("slot", &self.slot())
+            .field("conn", &self.key())
             .field("closed", &self.closed.load(Ordering::Relaxed))
             .finish()
     }
@@ -133,7 +134,7 @@ impl VirtualSink {
     /// A sink whose pushes are announced through `doorbell` (or wake its task directly).
     pub fn new(doorbell: Option<Arc<Doorbell>>) -> Self {
         Self {
-            slot_serial: AtomicU64::new(0),
+            conn_key: AtomicU64::new(0),
             batches: ArrayQueue::new(SINK_BATCHES_MAX),
             closed: AtomicBool::new(false),
             waker: AtomicWaker::new(),
@@ -150,16 +151,14 @@ impl VirtualSink {
 
     // --- shard side ---
 
-    /// Records the slot and serial the shard gave the connection.
-    pub fn bind(&self, slot: u32, serial: u32) {
-        self.slot_serial
-            .store(u64::from(slot) << 32 | u64::from(serial), Ordering::Release);
+    /// Records the key the shard gave the connection.
+    pub fn bind(&self, key: ConnKey) {
+        self.conn_key.store(key.to_word(), Ordering::Release);
     }
 
-    /// The slot and serial, once bound.
-    pub fn slot(&self) -> Option<(u32, u32)> {
-        let word = self.slot_serial.load(Ordering::Acquire);
-        (word != 0).then_some(((word >> 32) as u32, word as u32))
+    /// The connection's key, once bound.
+    pub fn key(&self) -> Option<ConnKey> {
+        ConnKey::from_word(self.conn_key.load(Ordering::Acquire))
     }
 
     /// Hands a batch of frames to the companion; gives it back if the sink is full (which
@@ -265,9 +264,10 @@ mod tests {
         assert!(matches!(sink.poll_batch(&mut cx), Poll::Ready(Some(_))));
         assert!(matches!(sink.poll_batch(&mut cx), Poll::Ready(Some(_))));
         assert!(matches!(sink.poll_batch(&mut cx), Poll::Ready(None)));
-        assert_eq!(sink.slot(), None);
-        sink.bind(7, 9);
-        assert_eq!(sink.slot(), Some((7, 9)));
+        assert_eq!(sink.key(), None);
+        let key = ConnKey { slot: 7, serial: 9 };
+        sink.bind(key);
+        assert_eq!(sink.key(), Some(key));
     }
 
     #[test]

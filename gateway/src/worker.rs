@@ -12,9 +12,10 @@ use crate::admission::{PerIpConnections, PerIpRate, RefusalReason, Rejection, RE
 use crate::batch::{self, BATCH_LINES_MAX};
 use crate::clock::{ShardClock, SharedClock};
 use crate::config::Config;
+use crate::conn_key::{ConnKey, Serials};
 use crate::http1::{self, Method, Refusal, Route};
 use crate::http1_conn::{Expired, Limits, Phase, RequestReader, Step};
-use crate::mailbox::{Mail, Mesh, ReplyTo, OUTBOX_MAX};
+use crate::mailbox::{Mail, Mesh, PublishRefusal, ReplyTo, OUTBOX_MAX};
 use crate::metrics::{Figure, ShardFigures, TlsHandshake, ROOM_SIZE_LABELS};
 use crate::reload::LiveConfig;
 use crate::tls_conn::{Hello, TlsConn};
@@ -128,7 +129,7 @@ enum TimerKind {
 enum Pending {
     Publish {
         room: Arc<str>,
-        result: Option<Result<EventId, &'static str>>,
+        result: Option<Result<EventId, PublishRefusal>>,
     },
     Batch {
         results: Vec<BatchLine>,
@@ -274,8 +275,8 @@ pub struct Worker {
     /// (virtual_conn.rs); known from the first virtual connection.
     virtual_doorbell: Option<Arc<Doorbell>>,
     conns_max: usize,
-    serial_next: u32,
-    timers: TimerWheel<(u32, u32)>,
+    serials: Serials,
+    timers: TimerWheel<ConnKey>,
     completions: Vec<Completion>,
     scratch: Vec<Bytes>,
     outbox: Vec<VecDeque<Mail>>,
@@ -357,7 +358,7 @@ impl Worker {
             tls_out_pool: Vec::new(),
             virtual_doorbell: None,
             conns_max,
-            serial_next: 1,
+            serials: Serials::default(),
             timers: TimerWheel::new(now, TIMER_TICK, conns_max + REFUSAL_SLOTS),
             completions: Vec::with_capacity(1024),
             scratch: Vec::with_capacity(shard::fanout::WRITE_FRAMES_MAX + 2),
@@ -701,8 +702,7 @@ impl Worker {
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             );
         }
-        let serial = self.serial_next;
-        self.serial_next = self.serial_next.wrapping_add(1).max(1);
+        let serial = self.serials.take();
         let reader = RequestReader::new(now, &self.limits());
         let mut conn = Conn::new(fd, serial, Vec::new(), !stopping, None, reader);
         conn.refuse_draining = stopping;
@@ -757,8 +757,7 @@ impl Worker {
             sink.close();
             return Ok(());
         }
-        let serial = self.serial_next;
-        self.serial_next = self.serial_next.wrapping_add(1).max(1);
+        let serial = self.serials.take();
         let reader = RequestReader::new(now, &self.limits());
         let slot = self.insert_conn(Conn::new(
             -1,
@@ -768,7 +767,7 @@ impl Worker {
             Some(sink.clone()),
             reader,
         ));
-        sink.bind(slot, serial);
+        sink.bind(ConnKey { slot, serial });
         if self.virtual_doorbell.is_none() {
             self.virtual_doorbell = sink.doorbell().cloned();
         }
@@ -798,6 +797,20 @@ impl Worker {
 
     fn conn(&mut self, slot: u32) -> Option<&mut Conn> {
         slot_mut(&mut self.conns, slot)
+    }
+
+    /// The connection `key` names while it is open; `None` once its slot holds another
+    /// connection (the serial differs): a stale key never reaches it (conn_key.rs).
+    fn conn_by_key(&mut self, key: ConnKey) -> Option<&mut Conn> {
+        self.conn(key.slot).filter(|c| c.serial == key.serial)
+    }
+
+    /// The key of the connection in `slot`; with serial 0, which names no connection, when
+    /// the slot is empty.
+    fn key(&self, slot: u32) -> ConnKey {
+        let conn = self.conns.get(slot as usize).and_then(|c| c.as_deref());
+        let serial = conn.map_or(0, |c| c.serial);
+        ConnKey { slot, serial }
     }
 
     /// What bounds a request: sizes from the start-up settings (buffers are sized by
@@ -834,7 +847,16 @@ impl Worker {
             }
         }
         conn.timer = want.and_then(|at| {
-            let key = self.timers.insert(at, (slot, conn.serial)).ok()?;
+            let key = self
+                .timers
+                .insert(
+                    at,
+                    ConnKey {
+                        slot,
+                        serial: conn.serial,
+                    },
+                )
+                .ok()?;
             Some((key, TimerKind::Request(at)))
         });
     }
@@ -854,7 +876,13 @@ impl Worker {
         }
         conn.timer = self
             .timers
-            .insert(now + after, (slot, conn.serial))
+            .insert(
+                now + after,
+                ConnKey {
+                    slot,
+                    serial: conn.serial,
+                },
+            )
             .ok()
             .map(|key| (key, kind));
     }
@@ -868,13 +896,11 @@ impl Worker {
     }
 
     fn expire_timers(&mut self, now: Instant) {
-        while let Some((slot, serial)) = self.timers.poll_expired(now) {
-            let Some(conn) = self.conn(slot) else {
+        while let Some(key) = self.timers.poll_expired(now) {
+            let slot = key.slot;
+            let Some(conn) = self.conn_by_key(key) else {
                 continue;
             };
-            if conn.serial != serial {
-                continue;
-            }
             let Some((_, kind)) = conn.timer.take() else {
                 continue;
             };
@@ -1286,10 +1312,12 @@ impl Worker {
         }
         auth.publish_figures(now);
         for (ticket, decision) in decided {
-            let waiting = self
-                .conn(ticket.slot)
-                .is_some_and(|c| c.serial == ticket.serial && c.state == State::Waiting);
-            if !waiting {
+            // auth::Ticket still holds slot and serial apart (auth.rs: left to the deps change).
+            let key = ConnKey {
+                slot: ticket.slot,
+                serial: ticket.serial,
+            };
+            if !self.is_waiting(key) {
                 continue;
             }
             if let Err(err) = self.finish_authorize(now, ticket, decision) {
@@ -1320,10 +1348,8 @@ impl Worker {
     // read them; rooms are filled from the streams by the follower thread.
 
     fn cluster_ticket(&self, slot: u32, index: u32) -> crate::cluster::Ticket {
-        let serial = self.conns[slot as usize].as_ref().map_or(0, |c| c.serial);
         crate::cluster::Ticket {
-            slot,
-            serial,
+            conn: self.key(slot),
             index,
         }
     }
@@ -1337,10 +1363,10 @@ impl Worker {
         room: Arc<str>,
         data: Bytes,
         idempotency_key: Option<String>,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), PublishRefusal> {
         if self.stopping() {
             self.count_rejection(Rejection::Draining);
-            return Err(Rejection::Draining.text());
+            return Err(Rejection::Draining.into());
         }
         let stamp = if self.config.latency_metrics {
             self.clock.now_unix_nanos(Instant::now())
@@ -1348,13 +1374,13 @@ impl Worker {
             0
         };
         let Some(cluster) = self.cluster.as_mut() else {
-            return Err("cluster mode is off");
+            return Err(PublishRefusal::ClusterOff);
         };
         let idempotency = idempotency_key.map(|key| crate::cluster::IdempotencyKey {
             key: key.into_boxed_str(),
             window: self.config.idempotency_window,
         });
-        cluster.begin_publish(now, ticket, room, data, stamp, idempotency)
+        Ok(cluster.begin_publish(now, ticket, room, data, stamp, idempotency)?)
     }
 
     fn cluster_publish(
@@ -1395,7 +1421,7 @@ impl Worker {
         room: &str,
         last_event_id: Option<ResumeId>,
     ) -> std::io::Result<()> {
-        let serial = self.conns[slot as usize].as_ref().map_or(0, |c| c.serial);
+        let conn_key = self.key(slot);
         self.release_freed_rooms();
         if !self.fanout.room_available(room) {
             // Refused before the room is followed: followed rooms count against the cap.
@@ -1406,8 +1432,7 @@ impl Worker {
         };
         if !cluster.is_primed(room) {
             let waiter = crate::cluster::Waiter {
-                slot,
-                serial,
+                conn: conn_key,
                 last_event_id,
             };
             if !cluster.wait_primed(room, waiter) {
@@ -1427,8 +1452,7 @@ impl Worker {
             let gap = matches!(check, Some((shard::history::ResumeFrom::Gap { .. }, _)));
             if gap || beyond_head {
                 let ticket = crate::cluster::ReplayTicket {
-                    slot,
-                    serial,
+                    conn: conn_key,
                     room: Arc::from(room),
                     after,
                     before: check.map_or(after.saturating_add(1), |(_, first)| first),
@@ -1514,8 +1538,8 @@ impl Worker {
                     .map(|c| c.take_waiters(&room))
                     .unwrap_or_default();
                 for waiter in waiters {
-                    if self.is_waiting(waiter.slot, waiter.serial) {
-                        self.cluster_subscribe(now, waiter.slot, &room, waiter.last_event_id)?;
+                    if self.is_waiting(waiter.conn) {
+                        self.cluster_subscribe(now, waiter.conn.slot, &room, waiter.last_event_id)?;
                     }
                 }
             }
@@ -1526,8 +1550,8 @@ impl Worker {
                     .map(|c| c.take_waiters(&room))
                     .unwrap_or_default();
                 for waiter in waiters {
-                    if self.is_waiting(waiter.slot, waiter.serial) {
-                        self.refuse_redis(waiter.slot)?;
+                    if self.is_waiting(waiter.conn) {
+                        self.refuse_redis(waiter.conn.slot)?;
                     }
                 }
             }
@@ -1543,15 +1567,16 @@ impl Worker {
                 }
                 let reply = ReplyTo {
                     shard: self.index as u32,
-                    slot: ticket.slot,
-                    serial: ticket.serial,
+                    conn: ticket.conn,
                     index: ticket.index,
                 };
-                let result = result.map(EventId::from_stream_packed);
+                let result = result
+                    .map(EventId::from_stream_packed)
+                    .map_err(PublishRefusal::Redis);
                 return self.on_mail(now, Mail::Sequenced { reply, result });
             }
             Event::Replayed { ticket, replay } => {
-                if !self.is_waiting(ticket.slot, ticket.serial) {
+                if !self.is_waiting(ticket.conn) {
                     return Ok(());
                 }
                 let (start, frames) = match replay {
@@ -1566,17 +1591,17 @@ impl Worker {
                     // Redis could not say: the replica's own gap notice tells the client.
                     None => (Start::After(ticket.after), Vec::new()),
                 };
-                return self.admit_replayed(now, ticket.slot, &ticket.room, start, frames);
+                return self.admit_replayed(now, ticket.conn.slot, &ticket.room, start, frames);
             }
         }
         Ok(())
     }
 
-    fn is_waiting(&self, slot: u32, serial: u32) -> bool {
+    fn is_waiting(&self, key: ConnKey) -> bool {
         self.conns
-            .get(slot as usize)
+            .get(key.slot as usize)
             .and_then(|c| c.as_deref())
-            .is_some_and(|c| c.serial == serial && c.state == State::Waiting)
+            .is_some_and(|c| c.serial == key.serial && c.state == State::Waiting)
     }
 
     fn outbox_full(&self) -> bool {
@@ -1592,7 +1617,7 @@ impl Worker {
         room: &Arc<str>,
         data: &[u8],
         idempotency_key: Option<&str>,
-    ) -> Result<EventId, &'static str> {
+    ) -> Result<EventId, PublishRefusal> {
         let window = self.config.idempotency_window;
         if let Some(key) = idempotency_key {
             if let Some(id) = self.idempotency.handle_publish(now, window, room, key) {
@@ -1601,11 +1626,11 @@ impl Worker {
         }
         if self.stopping() {
             self.count_rejection(Rejection::Draining);
-            return Err(Rejection::Draining.text());
+            return Err(Rejection::Draining.into());
         }
         if self.outbox_full() {
             self.count_rejection(Rejection::ShardQueues);
-            return Err(Rejection::ShardQueues.text());
+            return Err(Rejection::ShardQueues.into());
         }
         // The stamp is read now rather than at the start of the turn: a turn can be long.
         let stamp = if self.config.latency_metrics {
@@ -1617,7 +1642,7 @@ impl Worker {
             Ok(sequenced) => sequenced,
             Err(_) => {
                 self.count_rejection(Rejection::RoomLimit);
-                return Err(Rejection::RoomLimit.text());
+                return Err(Rejection::RoomLimit.into());
             }
         };
         for target in 0..self.shards {
@@ -1638,11 +1663,9 @@ impl Worker {
     }
 
     fn reply_to(&self, slot: u32, index: u32) -> ReplyTo {
-        let serial = self.conns[slot as usize].as_ref().map_or(0, |c| c.serial);
         ReplyTo {
             shard: self.index as u32,
-            slot,
-            serial,
+            conn: self.key(slot),
             index,
         }
     }
@@ -1658,7 +1681,7 @@ impl Worker {
         let room: Arc<str> = Arc::from(room);
         if self.backlogged() {
             self.count_rejection(Rejection::PendingWriteBytes);
-            return self.finish_publish(slot, &room, Err(Rejection::PendingWriteBytes.text()));
+            return self.finish_publish(slot, &room, Err(Rejection::PendingWriteBytes.into()));
         }
         if self.cluster.is_some() {
             return self.cluster_publish(now, slot, room, Bytes::from(body), idempotency_key);
@@ -1670,7 +1693,7 @@ impl Worker {
         }
         if self.outbox_full() {
             self.count_rejection(Rejection::ShardQueues);
-            return self.finish_publish(slot, &room, Err(Rejection::ShardQueues.text()));
+            return self.finish_publish(slot, &room, Err(Rejection::ShardQueues.into()));
         }
         let reply = self.reply_to(slot, 0);
         self.outbox[owner].push_back(Mail::Publish {
@@ -1691,7 +1714,7 @@ impl Worker {
         &mut self,
         slot: u32,
         room: &str,
-        result: Result<EventId, &'static str>,
+        result: Result<EventId, PublishRefusal>,
     ) -> std::io::Result<()> {
         let close = self.conn(slot).is_none_or(|c| !c.keep_alive);
         let response = match result {
@@ -1703,7 +1726,7 @@ impl Worker {
                 close,
             ),
             Err(reason) => {
-                tracing::debug!(shard = self.index, room, reason, "publish refused");
+                tracing::debug!(shard = self.index, room, %reason, "publish refused");
                 http1::response(
                     503,
                     "text/plain",
@@ -1727,7 +1750,7 @@ impl Worker {
     ) -> std::io::Result<()> {
         if self.backlogged() {
             self.count_rejection(Rejection::PendingWriteBytes);
-            return self.finish_publish(slot, "(batch)", Err(Rejection::PendingWriteBytes.text()));
+            return self.finish_publish(slot, "(batch)", Err(Rejection::PendingWriteBytes.into()));
         }
         let mut results = Vec::new();
         let mut outstanding = 0;
@@ -1765,12 +1788,12 @@ impl Worker {
                         results.push(BatchLine::Waiting);
                         outstanding += 1;
                     }
-                    Err(reason) => results.push(BatchLine::Done(Err(reason.to_owned()))),
+                    Err(reason) => results.push(BatchLine::Done(Err(reason.to_string()))),
                 }
             } else if owner == self.index {
                 let result = self
                     .sequence(now, &room, data.as_bytes(), idempotency_key.as_deref())
-                    .map_err(str::to_owned);
+                    .map_err(|reason| reason.to_string());
                 results.push(BatchLine::Done(result));
             } else if self.outbox_full() {
                 self.count_rejection(Rejection::ShardQueues);
@@ -1846,7 +1869,7 @@ impl Worker {
                 return self.finish_publish(
                     slot,
                     &room,
-                    result.unwrap_or(Err("no answer from the owner shard")),
+                    result.unwrap_or(Err(PublishRefusal::NoAnswer)),
                 );
             }
             Pending::Batch { results } => {
@@ -1905,24 +1928,22 @@ impl Worker {
                 return self.open_virtual(now, request, sink);
             }
             Mail::VirtualWriteDone { sink } => {
-                let Some((slot, serial)) = sink.slot() else {
+                let Some(key) = sink.key() else {
                     return Ok(());
                 };
-                let Some(conn) = self
-                    .conn(slot)
-                    .filter(|c| c.serial == serial && c.write_in_flight)
-                else {
+                let slot = key.slot;
+                let Some(conn) = self.conn_by_key(key).filter(|c| c.write_in_flight) else {
                     return Ok(());
                 };
                 let remaining = conn.write_len.saturating_sub(conn.written);
                 return self.on_write(now, slot, remaining as i32);
             }
             Mail::VirtualClose { sink } => {
-                let Some((slot, serial)) = sink.slot() else {
+                let Some(key) = sink.key() else {
                     return Ok(());
                 };
-                if self.conn(slot).is_some_and(|c| c.serial == serial) {
-                    return self.begin_close(slot);
+                if self.conn_by_key(key).is_some() {
+                    return self.begin_close(key.slot);
                 }
             }
             Mail::Publish {
@@ -1968,7 +1989,7 @@ impl Worker {
                 });
             }
             Mail::Sequenced { reply, result } => {
-                let Some(conn) = self.conn(reply.slot).filter(|c| c.serial == reply.serial) else {
+                let Some(conn) = self.conn_by_key(reply.conn) else {
                     return Ok(());
                 };
                 match &mut conn.pending {
@@ -1978,14 +1999,14 @@ impl Worker {
                     }) => *slot_result = Some(result),
                     Some(Pending::Batch { results }) => {
                         if let Some(line) = results.get_mut(reply.index as usize) {
-                            *line = BatchLine::Done(result.map_err(str::to_owned));
+                            *line = BatchLine::Done(result.map_err(|r| r.to_string()));
                         }
                     }
                     _ => return Ok(()),
                 }
                 conn.outstanding = conn.outstanding.saturating_sub(1);
                 if conn.outstanding == 0 {
-                    return self.complete_pending(reply.slot);
+                    return self.complete_pending(reply.conn.slot);
                 }
             }
             Mail::RoomCount {
@@ -1994,7 +2015,7 @@ impl Worker {
                 last_id,
                 history_len,
             } => {
-                let Some(conn) = self.conn(reply.slot).filter(|c| c.serial == reply.serial) else {
+                let Some(conn) = self.conn_by_key(reply.conn) else {
                     return Ok(());
                 };
                 if let Some(Pending::RoomInfo {
@@ -2009,7 +2030,7 @@ impl Worker {
                     *history_max = (*history_max).max(history_len);
                     conn.outstanding = conn.outstanding.saturating_sub(1);
                     if conn.outstanding == 0 {
-                        return self.complete_pending(reply.slot);
+                        return self.complete_pending(reply.conn.slot);
                     }
                 }
             }
