@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::redis::Redis;
 use common::{Id, Item, Server, Sse, PATIENCE};
 use std::time::Duration;
 
@@ -125,46 +126,6 @@ fn every_id_a_client_sees_is_a_string() {
     );
     assert_eq!(sse.next_event(PATIENCE).id, Some(first.at(3)));
     assert_eq!(sse.next_event(PATIENCE).id, Some(first.at(4)));
-}
-
-/// A `redis-server` without persistence on a free port, killed on drop (as tests/cluster.rs).
-struct Redis {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--save", ""])
-            .args(["--appendonly", "no", "--bind", "127.0.0.1"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot start redis-server ({err}): install it"));
-        let up = common::wait_until(PATIENCE, || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(up, "redis-server did not listen on {port}");
-        Redis { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Issue 14 case 12: on a cluster node, `Last-Event-ID: 18446744073709551615` then a

@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::redis::Redis;
 use common::{wait_until, Client, Server, PATIENCE};
 use std::time::Duration;
 
@@ -127,50 +128,6 @@ fn rooms_idle_for_the_room_idle_timeout_are_freed() {
     assert_eq!(followed.next_event(PATIENCE).data, "later");
 }
 
-/// A `redis-server` without persistence on a free port, killed on drop (as in
-/// tests/cluster.rs).
-struct Redis {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--bind", "127.0.0.1"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot start redis-server ({err}): install it"));
-        let up = wait_until(PATIENCE, || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(up, "redis-server did not listen on {port}");
-        Redis { child, port }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Issue 14 case 11: with `--cluster-redis` and `--max-rooms 10` on two shards, subscribing
 /// to 60 rooms left 60 rooms followed on Redis (and their frames read for ever) though only
 /// 20 were local rooms: the room was followed before the cap refused the subscriber. Now a
@@ -179,7 +136,7 @@ impl Drop for Redis {
 #[test]
 fn followed_rooms_count_against_the_room_cap_and_are_unfollowed_when_idle() {
     let redis = Redis::start();
-    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let url = redis.url();
     let server = Server::start(&[
         "--shards",
         "2",
