@@ -178,12 +178,12 @@ fn accepted_publish_survives_a_bad_request_after_it() {
     let server = server();
     let rooms: Vec<String> = (0..)
         .map(|i| format!("kept{i}"))
-        .filter(|room| shard::room::owner_shard(room, 2) == 0)
+        .filter(|room| ringcast_core::room::owner_shard(room, 2) == 0)
         .take(1)
         .chain(
             (0..)
                 .map(|i| format!("kept{i}"))
-                .filter(|room| shard::room::owner_shard(room, 2) == 1)
+                .filter(|room| ringcast_core::room::owner_shard(room, 2) == 1)
                 .take(1),
         )
         .collect();

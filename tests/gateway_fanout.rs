@@ -28,7 +28,7 @@ fn every_subscriber_gets_every_message_of_its_room_once_in_order() {
     let started = Instant::now();
     let server = Server::start(&["--shards", "2"]);
     let owners: Vec<usize> = (0..ROOMS)
-        .map(|r| shard::room::owner_shard(&room_name(r), 2))
+        .map(|r| ringcast_core::room::owner_shard(&room_name(r), 2))
         .collect();
     assert!(
         owners.contains(&0) && owners.contains(&1),

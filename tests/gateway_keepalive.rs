@@ -90,7 +90,7 @@ fn batch_publish_answers_every_line_in_order() {
     let owned_by = |shard: usize| {
         (0..)
             .map(|i| format!("batch{i}"))
-            .find(|room| shard::room::owner_shard(room, 2) == shard)
+            .find(|room| ringcast_core::room::owner_shard(room, 2) == shard)
             .unwrap()
     };
     let (zero, one) = (owned_by(0), owned_by(1));

@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
             }
             match &head.route {
                 Route::Events(room) | Route::Messages(room) | Route::Room(room) => {
-                    assert!(shard::room::validate_room_name(room.as_bytes()).is_ok());
+                    assert!(ringcast_core::room::validate_room_name(room.as_bytes()).is_ok());
                 }
                 _ => {}
             }

@@ -20,13 +20,13 @@ fuzz_target!(|body: &[u8]| {
                 data,
                 idempotency_key,
             }) => {
-                assert!(shard::room::validate_room_name(room.as_bytes()).is_ok());
+                assert!(ringcast_core::room::validate_room_name(room.as_bytes()).is_ok());
                 if let Some(key) = idempotency_key {
                     assert!(gateway::idempotency::validate_key(key.as_bytes()).is_ok());
                 }
                 // Whatever data a line carried, its frame is well formed.
-                let frame = shard::sse::encode_message(
-                    shard::event_id::EventId { epoch: 1, seq: 1 },
+                let frame = ringcast_core::sse::encode_message(
+                    ringcast_core::event_id::EventId { epoch: 1, seq: 1 },
                     data.as_bytes(),
                 );
                 assert!(frame.ends_with(b"\n\n"));

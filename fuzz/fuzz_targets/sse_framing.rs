@@ -1,4 +1,4 @@
-//! `shard::sse::encode_message` on arbitrary data (newlines, `\r`, NUL, huge lines): the
+//! `ringcast_core::sse::encode_message` on arbitrary data (newlines, `\r`, NUL, huge lines): the
 //! frame is one event (`id:` line, `data:` lines, blank line), and an SSE parser reading
 //! it gets back the id and exactly the data's lines, `\r\n` and `\r` read as `\n`.
 #![no_main]
@@ -12,11 +12,11 @@ fuzz_target!(|input: &[u8]| {
         }
         _ => (0, input),
     };
-    let id = shard::event_id::EventId {
+    let id = ringcast_core::event_id::EventId {
         epoch: seq.rotate_left(17),
         seq,
     };
-    let frame = shard::sse::encode_message(id, data);
+    let frame = ringcast_core::sse::encode_message(id, data);
     assert!(frame.ends_with(b"\n\n"), "frame must end the event");
     let body = &frame[..frame.len() - 2];
     assert!(!body.contains(&b'\r'), "a bare \\r would end a line early");

@@ -90,7 +90,7 @@ fn through_http1(query: &[u8], authorization: &[u8]) {
             .filter_map(|pair| pair.strip_prefix("last_event_id="))
             .next_back();
         let parsed = spelled.and_then(|v| {
-            shard::event_id::parse_resume_id(v.trim_ascii().as_bytes())
+            ringcast_core::event_id::parse_resume_id(v.trim_ascii().as_bytes())
                 .ok()
                 .flatten()
         });

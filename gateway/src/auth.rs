@@ -20,8 +20,8 @@ use crate::breaker_figures::BreakerFigures;
 use crate::http1;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
-use shard::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome, Permit};
-use shard::metrics::Exposition;
+use ringcast_core::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome, Permit};
+use ringcast_core::metrics::Exposition;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -144,7 +144,7 @@ pub struct Ticket {
     /// Room asked for.
     pub room: String,
     /// Resume point of the subscribe.
-    pub last_event_id: Option<shard::event_id::ResumeId>,
+    pub last_event_id: Option<ringcast_core::event_id::ResumeId>,
 }
 
 /// What to do with a subscribe.
@@ -668,7 +668,7 @@ fn call(config: &AuthConfig, job: &Job, now: Instant) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shard::metrics::Format;
+    use ringcast_core::metrics::Format;
 
     #[test]
     fn urls_table() {

@@ -36,7 +36,7 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
         .get("room")
         .and_then(serde_json::Value::as_str)
         .ok_or_else(|| "missing \"room\" string".to_owned())?;
-    let room = shard::room::validate_room_name(room.as_bytes())
+    let room = ringcast_core::room::validate_room_name(room.as_bytes())
         .map_err(|err| format!("bad room name: {err}"))?;
     let data = match value.get("data") {
         Some(serde_json::Value::String(s)) => s.clone(),

@@ -2,8 +2,8 @@
 //! Redis): written by the shard once per loop turn, read at scrape. Shared by every
 //! upstream so each exposes the same `ringcast_breaker_*` families.
 
-use shard::breaker::{BreakerState, CircuitBreaker};
-use shard::metrics::Exposition;
+use ringcast_core::breaker::{BreakerState, CircuitBreaker};
+use ringcast_core::metrics::Exposition;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 

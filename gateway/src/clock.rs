@@ -4,7 +4,7 @@
 //! lock ([`ShardClock`]). A shard reads the parameters once per loop turn and never lets
 //! its own readings go back.
 
-use shard::clock::{ClockParams, ProcessClock};
+use ringcast_core::clock::{ClockParams, ProcessClock};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;

@@ -13,7 +13,7 @@
 //!   even while the first is still queued in Redis, gets the first id (idempotency.rs).
 //! - **Ids**: clients see the stream id `ms-seq` itself (SSE `id:`, publish answers);
 //!   shards keep it packed as `ms << 20 | seq` (a `u64`: increasing, the same on every node,
-//!   decoded back for `XRANGE`/`XREAD`; shard::event_id).
+//!   decoded back for `XRANGE`/`XREAD`; ringcast_core::event_id).
 //! - **Follow**: one follower thread per node reads (`XREAD BLOCK`) the streams of the rooms
 //!   this node has subscribers for and hands every entry, the node's own publishes
 //!   included, to every shard as a frame: one order, the stream's, on every node. The first
@@ -38,9 +38,9 @@
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use redis::Value;
-use shard::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome, Permit};
-use shard::event_id::EventId;
-use shard::metrics::Exposition;
+use ringcast_core::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome, Permit};
+use ringcast_core::event_id::EventId;
+use ringcast_core::metrics::Exposition;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
@@ -86,12 +86,12 @@ const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_millis(500);
 /// Connection attempts one connect makes when a system call is interrupted (EINTR).
 const CONNECT_ATTEMPTS_MAX: u32 = 3;
-/// Bits of a stream id's sequence part in a packed id (shard::event_id).
-pub const SEQ_BITS: u32 = shard::event_id::STREAM_SEQ_BITS;
+/// Bits of a stream id's sequence part in a packed id (ringcast_core::event_id).
+pub const SEQ_BITS: u32 = ringcast_core::event_id::STREAM_SEQ_BITS;
 const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
 
 const _: () = assert!(PUBLISHERS >= 1 && PIPELINE_MAX >= 1 && READ_COUNT >= 1);
-const _: () = assert!(REPLAY_MAX + 2 <= shard::fanout::WRITE_FRAMES_MAX * 16);
+const _: () = assert!(REPLAY_MAX + 2 <= ringcast_core::fanout::WRITE_FRAMES_MAX * 16);
 
 /// Settings of cluster mode.
 #[derive(Debug, Clone, PartialEq)]
@@ -450,7 +450,7 @@ pub struct Waiter {
     /// The waiting connection.
     pub conn: crate::conn_key::ConnKey,
     /// Its `Last-Event-ID`.
-    pub last_event_id: Option<shard::event_id::ResumeId>,
+    pub last_event_id: Option<ringcast_core::event_id::ResumeId>,
 }
 
 /// A shard's side of cluster mode: its breaker, calls out, rooms primed and subscribers
@@ -681,7 +681,7 @@ pub enum RedisRefusal {
 }
 
 fn publisher_of(room: &str) -> usize {
-    shard::room::owner_shard(room, PUBLISHERS)
+    ringcast_core::room::owner_shard(room, PUBLISHERS)
 }
 
 /// Adds the cluster figures to a `/metrics` exposition.
@@ -995,7 +995,7 @@ fn replay(connection: &mut redis::Connection, ticket: &ReplayTicket) -> redis::R
     let mut cursor = ticket.after;
     if deleted > ticket.after {
         let to = deleted.min(ticket.before.saturating_sub(1));
-        frames.push(shard::sse::encode_gap(
+        frames.push(ringcast_core::sse::encode_gap(
             EventId::from_stream_packed(ticket.after + 1),
             EventId::from_stream_packed(to),
         ));
@@ -1019,7 +1019,7 @@ fn replay(connection: &mut redis::Connection, ticket: &ReplayTicket) -> redis::R
     let complete = list.len() < REPLAY_MAX;
     for value in list {
         if let Some((id, data, _)) = entry(value) {
-            frames.push(shard::sse::encode_message(
+            frames.push(ringcast_core::sse::encode_message(
                 EventId::from_stream_packed(id),
                 &data,
             ));
@@ -1242,7 +1242,8 @@ impl Follower {
             let frames: Vec<_> = entries
                 .into_iter()
                 .map(|(id, data, stamp)| {
-                    let frame = shard::sse::encode_message(EventId::from_stream_packed(id), &data);
+                    let frame =
+                        ringcast_core::sse::encode_message(EventId::from_stream_packed(id), &data);
                     (id, frame, stamp)
                 })
                 .collect();
@@ -1343,7 +1344,7 @@ impl Follower {
     fn deliver_gap(&self, room: &Arc<str>, from: u64, to: u64) {
         tracing::warn!(%room, from, to, "fell behind the stream cap: entries trimmed unread");
         self.hub.follow_gaps.fetch_add(1, Ordering::Relaxed);
-        let frame = shard::sse::encode_gap(
+        let frame = ringcast_core::sse::encode_gap(
             EventId::from_stream_packed(from),
             EventId::from_stream_packed(to),
         );
@@ -1356,7 +1357,7 @@ impl Follower {
     }
 
     fn deliver(&self, room: &Arc<str>, id: u64, data: &[u8], stamp: u64) {
-        let frame = shard::sse::encode_message(EventId::from_stream_packed(id), data);
+        let frame = ringcast_core::sse::encode_message(EventId::from_stream_packed(id), data);
         self.hub.entries_read.fetch_add(1, Ordering::Relaxed);
         self.send_holders(room, || Event::Frame {
             room: room.clone(),

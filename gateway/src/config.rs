@@ -467,7 +467,7 @@ fn auth_config(
     flags: &Flags,
     file: &FileConfig,
 ) -> Result<Option<crate::auth::AuthConfig>, ConfigError> {
-    use shard::breaker::{BreakerConfig, CALLS_MIN_DEFAULT, OPEN_DURATION_DEFAULT};
+    use ringcast_core::breaker::{BreakerConfig, CALLS_MIN_DEFAULT, OPEN_DURATION_DEFAULT};
     let Some(url) = flags.auth_url.as_ref().or(file.auth_url.as_ref()) else {
         return Ok(None);
     };
@@ -566,12 +566,12 @@ fn cluster_config(
         node_id,
         timeout,
         history,
-        breaker: shard::breaker::BreakerConfig {
+        breaker: ringcast_core::breaker::BreakerConfig {
             window: cluster::BREAKER_WINDOW_DEFAULT,
             calls_min: cluster::BREAKER_CALLS_MIN_DEFAULT,
             open_duration: cluster::BREAKER_OPEN_DEFAULT,
             slow_call_duration: timeout,
-            ..shard::breaker::BreakerConfig::default()
+            ..ringcast_core::breaker::BreakerConfig::default()
         },
     }))
 }
@@ -643,7 +643,7 @@ impl Config {
             flags
                 .history
                 .or(file.history)
-                .unwrap_or(shard::fanout::HISTORY_MESSAGES_DEFAULT),
+                .unwrap_or(ringcast_core::fanout::HISTORY_MESSAGES_DEFAULT),
             1,
             1 << 20,
         )?;
@@ -690,7 +690,7 @@ impl Config {
                 flags
                     .history_bytes
                     .or(file.history_bytes)
-                    .unwrap_or(shard::fanout::HISTORY_BYTES_DEFAULT),
+                    .unwrap_or(ringcast_core::fanout::HISTORY_BYTES_DEFAULT),
                 1,
                 1 << 30,
             )?,
@@ -699,7 +699,7 @@ impl Config {
                 flags
                     .max_rooms
                     .or(file.max_rooms)
-                    .unwrap_or(shard::fanout::ROOMS_MAX_DEFAULT),
+                    .unwrap_or(ringcast_core::fanout::ROOMS_MAX_DEFAULT),
                 1,
                 1 << 24,
             )?,
@@ -708,7 +708,7 @@ impl Config {
                 flags
                     .room_idle_timeout
                     .or(file.room_idle_timeout)
-                    .unwrap_or(shard::fanout::ROOM_IDLE_TIMEOUT_DEFAULT.as_secs_f64()),
+                    .unwrap_or(ringcast_core::fanout::ROOM_IDLE_TIMEOUT_DEFAULT.as_secs_f64()),
             )?,
             max_connections: in_range(
                 "max-connections",
@@ -731,7 +731,7 @@ impl Config {
             coalesce_queue_min: flags
                 .coalesce_queue_min
                 .or(file.coalesce_queue_min)
-                .unwrap_or(shard::fanout::COALESCE_QUEUE_MIN_DEFAULT),
+                .unwrap_or(ringcast_core::fanout::COALESCE_QUEUE_MIN_DEFAULT),
             write_budget: in_range(
                 "write-budget",
                 flags.write_budget.or(file.write_budget).unwrap_or(64),

@@ -13,7 +13,7 @@
 /// is dropped. (A serial comes back only after 2^32 − 1 connections on the one shard, and it
 /// would also need the same slot: far longer than any timer or upstream call lives.)
 ///
-/// Modelled on `shard::timer_wheel::TimerKey`. The serial is never 0 ([`Serials`]), so
+/// Modelled on `ringcast_core::timer_wheel::TimerKey`. The serial is never 0 ([`Serials`]), so
 /// [`ConnKey::to_word`] is never 0 and 0 can mean "no connection yet" in an atomic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnKey {

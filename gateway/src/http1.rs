@@ -4,7 +4,7 @@
 
 pub use crate::route::{Method, Route};
 use bytes::Bytes;
-use shard::event_id::{parse_resume_id, ResumeId};
+use ringcast_core::event_id::{parse_resume_id, ResumeId};
 
 /// Headers a request may carry at most; more gets 431.
 pub const HEADERS_MAX: usize = 48;
@@ -35,7 +35,7 @@ pub struct Head {
     pub idempotency_key: Option<String>,
     /// For `/metrics`: the exposition format the `Accept` header asks for (Prometheus text
     /// for every other route).
-    pub metrics_format: shard::metrics::Format,
+    pub metrics_format: ringcast_core::metrics::Format,
 }
 
 /// A request that must be refused, with its status and a short reason.
@@ -190,9 +190,9 @@ pub fn parse(
         .map_err(|err| Refusal::new(err.status(), err.to_string()))?
         .into_owned();
     let metrics_format = if route == Route::Metrics {
-        shard::metrics::Format::from_accept(accept)
+        ringcast_core::metrics::Format::from_accept(accept)
     } else {
-        shard::metrics::Format::Prometheus
+        ringcast_core::metrics::Format::Prometheus
     };
     Ok(Parsed::Head(Head {
         metrics_format,
@@ -252,7 +252,7 @@ fn parse_content_length(value: &[u8], max_body_bytes: usize) -> Result<usize, Re
     Ok(declared as usize)
 }
 
-/// A resume id (shard::event_id): `E-S`, or anything else visible that gets a reset; 400
+/// A resume id (ringcast_core::event_id): `E-S`, or anything else visible that gets a reset; 400
 /// for garbage.
 fn parse_id(value: &[u8]) -> Result<Option<ResumeId>, Refusal> {
     parse_resume_id(value.trim_ascii())
@@ -419,7 +419,7 @@ pub const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shard::event_id::{EventId, ResetReason};
+    use ringcast_core::event_id::{EventId, ResetReason};
 
     /// Parses `req` with a `Host` added after the request line when it has none (HTTP/1.1
     /// requires one; the tables below are about other things).
@@ -620,7 +620,7 @@ mod tests {
 
     #[test]
     fn metrics_format_follows_accept() {
-        use shard::metrics::Format;
+        use ringcast_core::metrics::Format;
         let cases = [
             ("GET /metrics HTTP/1.1\r\n\r\n", Format::Prometheus),
             (

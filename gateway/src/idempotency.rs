@@ -13,7 +13,7 @@
 //!
 //! Sans-IO: time comes in as `now`.
 
-use shard::event_id::EventId;
+use ringcast_core::event_id::EventId;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -206,7 +206,7 @@ impl Figures {
 
 /// Adds the idempotency figures of every shard to a `/metrics` exposition.
 pub fn expose<'a>(
-    out: &mut shard::metrics::Exposition,
+    out: &mut ringcast_core::metrics::Exposition,
     shards: impl Iterator<Item = &'a Figures> + Clone,
 ) {
     let sum = |f: fn(&Figures) -> u64| shards.clone().map(f).sum::<u64>() as f64;

@@ -59,7 +59,7 @@ impl RoomPattern {
             return Err("empty room pattern".into());
         }
         if !body.is_empty() {
-            shard::room::validate_room_name(body.as_bytes())
+            ringcast_core::room::validate_room_name(body.as_bytes())
                 .map_err(|err| format!("room pattern {text:?}: {err}"))?;
         }
         Ok(Self {

@@ -75,13 +75,13 @@ pub enum Mail {
         /// Who waits.
         reply: ReplyTo,
         /// The id or a refusal reason.
-        result: Result<shard::event_id::EventId, PublishRefusal>,
+        result: Result<ringcast_core::event_id::EventId, PublishRefusal>,
     },
     /// A sequenced frame for this shard's replica of a room.
     Frame {
         /// Room name.
         room: Arc<str>,
-        /// The room's incarnation on its owner (see `shard::room::Room::incarnation`): the
+        /// The room's incarnation on its owner (see `ringcast_core::room::Room::incarnation`): the
         /// epoch of its ids.
         incarnation: u64,
         /// Its id.
@@ -96,7 +96,7 @@ pub enum Mail {
     Presence {
         /// Room name.
         room: Arc<str>,
-        /// See `shard::fanout::Presence`.
+        /// See `ringcast_core::fanout::Presence`.
         subscribed: bool,
     },
     /// How many subscribers of `room` do you hold?
@@ -114,7 +114,7 @@ pub enum Mail {
         subscribers: usize,
         /// Highest id in the answering shard's replica (`None` if it holds none): a
         /// replica may have been freed on the shard that asked.
-        last_id: Option<shard::event_id::EventId>,
+        last_id: Option<ringcast_core::event_id::EventId>,
         /// Messages the answering shard's replica holds.
         history_len: usize,
     },
@@ -271,8 +271,8 @@ mod tests {
     /// A typed refusal costs the mail nothing over the `&'static str` it replaced.
     #[test]
     fn a_sequenced_answer_is_no_larger_than_before() {
-        type Before = Result<shard::event_id::EventId, &'static str>;
-        type After = Result<shard::event_id::EventId, PublishRefusal>;
+        type Before = Result<ringcast_core::event_id::EventId, &'static str>;
+        type After = Result<ringcast_core::event_id::EventId, PublishRefusal>;
         assert!(std::mem::size_of::<After>() <= std::mem::size_of::<Before>());
     }
 }

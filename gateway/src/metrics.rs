@@ -1,7 +1,7 @@
 //! Per-shard figures and their exposition. Each shard writes its own cache-line-aligned
 //! block of atomics once per loop turn (relaxed stores and adds, no locks); a scrape, on
 //! whichever shard it lands, reads every block and renders them with
-//! [`shard::metrics::Exposition`] (Prometheus text, or OpenMetrics when `Accept` asks).
+//! [`ringcast_core::metrics::Exposition`] (Prometheus text, or OpenMetrics when `Accept` asks).
 //!
 //! The publish→write latency is recorded per delivered frame: at the completion of the
 //! write that carried it, `now − the frame's stamp at sequencing`, both from the process
@@ -12,7 +12,9 @@ use crate::accept::AcceptErrno;
 use crate::admission::{RefusalReason, Rejection, REFUSAL_REASONS, REJECTIONS};
 use crate::virtual_conn::Transport;
 use crate::worker::Shared;
-use shard::metrics::{AtomicHistogram, Exposition, Format, HistogramSnapshot, WindowedHistogram};
+use ringcast_core::metrics::{
+    AtomicHistogram, Exposition, Format, HistogramSnapshot, WindowedHistogram,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -253,7 +255,7 @@ impl Default for ShardFigures {
             accept_pauses: AtomicU64::new(0),
             accept_paused: AtomicU64::new(0),
             latency: AtomicHistogram::new(),
-            latency_window: WindowedHistogram::new(shard::metrics::WINDOW_DEFAULT),
+            latency_window: WindowedHistogram::new(ringcast_core::metrics::WINDOW_DEFAULT),
         }
     }
 }

@@ -8,7 +8,7 @@
 //! of bytes on the wire, status lines or headers (http1.rs), nor what a route does once
 //! matched (the shard loop, worker.rs).
 
-use shard::room::{validate_room_name, RoomNameError};
+use ringcast_core::room::{validate_room_name, RoomNameError};
 use thiserror::Error;
 
 /// Methods ringcast tells apart.

@@ -9,7 +9,7 @@ use crate::metrics::ShardFigures;
 use crate::reload::LiveConfig;
 use crate::worker::{Shared, Worker};
 use anyhow::Context;
-use shard::clock::ProcessClock;
+use ringcast_core::clock::ProcessClock;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;

@@ -22,11 +22,11 @@ use crate::tls_conn::{Hello, TlsConn};
 use crate::uring::{Completion, OpKind, Ring, LISTENER_PLAIN, LISTENER_TLS};
 use crate::virtual_conn::{Doorbell, Transport, VirtualSink};
 use bytes::Bytes;
-use shard::event_id::{EventId, ResetReason, ResumeId};
-use shard::fanout::{Action, ConnId, Fanout, FanoutConfig, FanoutError, Start};
-use shard::metrics::HistogramSnapshot;
-use shard::room::owner_shard;
-use shard::timer_wheel::{TimerKey, TimerWheel};
+use ringcast_core::event_id::{EventId, ResetReason, ResumeId};
+use ringcast_core::fanout::{Action, ConnId, Fanout, FanoutConfig, FanoutError, Start};
+use ringcast_core::metrics::HistogramSnapshot;
+use ringcast_core::room::owner_shard;
+use ringcast_core::timer_wheel::{TimerKey, TimerWheel};
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
@@ -361,7 +361,7 @@ impl Worker {
             serials: Serials::default(),
             timers: TimerWheel::new(now, TIMER_TICK, conns_max + REFUSAL_SLOTS),
             completions: Vec::with_capacity(1024),
-            scratch: Vec::with_capacity(shard::fanout::WRITE_FRAMES_MAX + 2),
+            scratch: Vec::with_capacity(ringcast_core::fanout::WRITE_FRAMES_MAX + 2),
             outbox: (0..shards).map(|_| VecDeque::new()).collect(),
             wake_word: Box::new(1),
             wake_read: Box::new(0),
@@ -376,7 +376,7 @@ impl Worker {
             clock: ShardClock::new(&shared.clock),
             now_unix: 0,
             latency_turn: HistogramSnapshot::EMPTY,
-            stamp_scratch: Vec::with_capacity(shard::fanout::WRITE_FRAMES_MAX),
+            stamp_scratch: Vec::with_capacity(ringcast_core::fanout::WRITE_FRAMES_MAX),
             stamp_vecs: Vec::new(),
             pending_write_bytes: 0,
             room_sizes_at: now,
@@ -1449,7 +1449,10 @@ impl Worker {
             // says whether it is a real id this node has not read yet, or cannot be placed.
             let beyond_head = after > self.fanout.head_id(room).unwrap_or(0);
             let check = self.fanout.resume_check(room, after);
-            let gap = matches!(check, Some((shard::history::ResumeFrom::Gap { .. }, _)));
+            let gap = matches!(
+                check,
+                Some((ringcast_core::history::ResumeFrom::Gap { .. }, _))
+            );
             if gap || beyond_head {
                 let ticket = crate::cluster::ReplayTicket {
                     conn: conn_key,
@@ -2251,7 +2254,7 @@ impl Worker {
         if conn.stamps.capacity() != 0 {
             conn.stamps.clear();
             if self.stamp_vecs.len() < STAMP_VECS_POOLED_MAX
-                && conn.stamps.capacity() <= shard::fanout::WRITE_FRAMES_MAX
+                && conn.stamps.capacity() <= ringcast_core::fanout::WRITE_FRAMES_MAX
             {
                 self.stamp_vecs.push(std::mem::take(&mut conn.stamps));
             } else {
@@ -2262,7 +2265,7 @@ impl Worker {
         conn.iov.clear();
         // Hand the vectors back to the shard: idle streams hold none.
         if self.frame_vecs.len() < WRITE_VECS_POOLED_MAX
-            && conn.frames.capacity() <= shard::fanout::WRITE_FRAMES_MAX + 2
+            && conn.frames.capacity() <= ringcast_core::fanout::WRITE_FRAMES_MAX + 2
         {
             self.frame_vecs.push(std::mem::take(&mut conn.frames));
             self.iov_vecs.push(std::mem::take(&mut conn.iov));

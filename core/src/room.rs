@@ -64,7 +64,7 @@ pub struct Room {
     pub subscribers: Vec<ConnId>,
     /// Which creation of the room this is, as its owner shard stamped it when the room first
     /// sequenced a message (0: not known yet, or cluster mode). It is the epoch clients see
-    /// in ids (`{epoch}-{seq}`, shard::event_id): the owner's clock in Unix microseconds,
+    /// in ids (`{epoch}-{seq}`, ringcast_core::event_id): the owner's clock in Unix microseconds,
     /// strictly increasing per shard, so it also tells lifetimes of the process apart. A
     /// replica that sees a frame of a later incarnation starts over.
     pub incarnation: u64,

@@ -3,7 +3,7 @@
 //! Its own test binary, so no other test allocates meanwhile.
 
 use bytes::Bytes;
-use shard::fanout::{ConnId, Fanout, FanoutConfig};
+use ringcast_core::fanout::{ConnId, Fanout, FanoutConfig};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
