@@ -2,10 +2,10 @@
 //! shards plus an eventfd per shard to wake its loop. Nothing else is shared between
 //! shards on the hot path.
 
-use crate::admission::Rejection;
-use crate::cluster::RedisRefusal;
-use crate::conn_key::ConnKey;
-use crate::virtual_conn::{Transport, VirtualSink};
+use crate::app::admission::Rejection;
+use crate::conn::key::ConnKey;
+use crate::mesh::virtual_conn::{Transport, VirtualSink};
+use crate::upstream::cluster::RedisRefusal;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use std::io;
@@ -68,7 +68,7 @@ pub enum Mail {
         /// Who waits for the id.
         reply: ReplyTo,
         /// The publish's idempotency key, if any (idempotency.rs).
-        idempotency_key: Option<crate::idempotency::MailKey>,
+        idempotency_key: Option<crate::app::idempotency::MailKey>,
     },
     /// The owner's answer to [`Mail::Publish`]: the id, or why it refused.
     Sequenced {
@@ -275,4 +275,22 @@ mod tests {
         type After = Result<ringcast_core::event_id::EventId, PublishRefusal>;
         assert!(std::mem::size_of::<After>() <= std::mem::size_of::<Before>());
     }
+}
+
+/// TLS connections the shard may hand to its companion at once (`h2` clients between the
+/// ring's ClientHello and the companion's accept). Past it the shard closes the connection
+/// (`ringcast_admission_rejections_total{reason="shard_queues_full"}`).
+pub const TLS_HANDOFF_QUEUE_MAX: usize = 1024;
+
+/// A TLS connection the shard's ring accepted and read the ClientHello of, whose client
+/// offers ALPN `h2`: the companion continues the handshake (tokio-rustls) and serves HTTP/2.
+#[derive(Debug)]
+pub struct TlsHandOff {
+    /// The connected socket (blocking, as accepted).
+    pub fd: std::os::fd::OwnedFd,
+    /// Every byte the ring read from it: the ClientHello, replayed to rustls first.
+    pub hello: Vec<u8>,
+    /// The client's address when it counts against `--max-connections-per-ip` (released
+    /// when the companion closes the connection).
+    pub peer: Option<std::net::IpAddr>,
 }

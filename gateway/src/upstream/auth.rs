@@ -16,8 +16,8 @@
 //! Only `http://` URLs are supported, with one connection per call (`Connection: close`);
 //! the host name is resolved on the upstream thread at each call.
 
-use crate::breaker_figures::BreakerFigures;
-use crate::http1;
+use crate::http::h1;
+use crate::metrics::breakers::BreakerFigures;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use ringcast_core::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome, Permit};
@@ -177,7 +177,7 @@ impl Decision {
         let extra = retry_after_seconds
             .map(|seconds| format!("Retry-After: {seconds}\r\n"))
             .unwrap_or_default();
-        Some(http1::response(
+        Some(h1::response(
             *status,
             "text/plain; charset=utf-8",
             &extra,
@@ -575,7 +575,7 @@ fn call(config: &AuthConfig, job: &Job, now: Instant) -> Verdict {
     }
     let url = &config.url;
     let mut headers = serde_json::Map::new();
-    for (name, value) in http1::header_fields(&job.head) {
+    for (name, value) in h1::header_fields(&job.head) {
         match headers.get_mut(&name) {
             Some(serde_json::Value::String(joined)) => {
                 joined.push_str(", ");
@@ -626,7 +626,7 @@ fn call(config: &AuthConfig, job: &Job, now: Instant) -> Verdict {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; http1::HEADERS_MAX];
+        let mut headers = [httparse::EMPTY_HEADER; h1::HEADERS_MAX];
         let mut response = httparse::Response::new(&mut headers);
         match response.parse(&buf) {
             Ok(httparse::Status::Complete(_)) => {

@@ -8,10 +8,12 @@
 //! clock. A shard records into a plain [`HistogramSnapshot`] during a turn (a bucket
 //! search and two adds per frame) and adds it to its atomic histograms once per turn.
 
-use crate::accept::AcceptErrno;
-use crate::admission::{RefusalReason, Rejection, REFUSAL_REASONS, REJECTIONS};
-use crate::virtual_conn::Transport;
-use crate::worker::Shared;
+pub mod breakers;
+pub mod process;
+
+use crate::app::admission::{RefusalReason, Rejection, REFUSAL_REASONS, REJECTIONS};
+use crate::mesh::virtual_conn::Transport;
+use crate::shard::accept::AcceptErrno;
 use ringcast_core::metrics::{
     AtomicHistogram, Exposition, Format, HistogramSnapshot, WindowedHistogram,
 };
@@ -226,7 +228,7 @@ pub struct ShardFigures {
     /// TLS connections by handshake outcome ([`TlsHandshake`], added by the shard).
     tls_handshakes: [AtomicU64; TlsHandshake::ALL.len()],
     /// Idempotency keys held and replays (idempotency.rs).
-    pub idempotency: crate::idempotency::Figures,
+    pub idempotency: crate::app::idempotency::Figures,
     /// Failed accepts by errno ([`AcceptErrno`], added by the shard).
     accept_errors: [AtomicU64; AcceptErrno::ALL.len()],
     /// Times the shard paused accepting for lack of resources.
@@ -362,59 +364,7 @@ pub fn fds() -> (u64, u64) {
     (used, limit)
 }
 
-/// Renders every figure of every shard, the process figures and the latency histograms.
-pub fn render(shared: &Shared, format: Format, now_unix_nanos: u64) -> String {
-    let mut out = Exposition::new(format);
-    expose_shards(&mut out, &shared.figures, now_unix_nanos);
-    crate::idempotency::expose(&mut out, shared.figures.iter().map(|f| &f.idempotency));
-    let clock = &shared.clock;
-    out.gauge(
-        "ringcast_clock_drift_seconds",
-        "Offset between realtime and the process clock still to be slewed (positive: realtime ahead).",
-        &[],
-        clock.drift_seconds(),
-    );
-    out.counter(
-        "ringcast_clock_corrections_total",
-        "Slew episodes the process clock started.",
-        &[],
-        clock.corrections_total() as f64,
-    );
-    let (used, limit) = fds();
-    out.gauge(
-        "ringcast_fds_used",
-        "Open file descriptors of the process.",
-        &[],
-        used as f64,
-    );
-    out.gauge(
-        "ringcast_fds_limit",
-        "File descriptor limit of the process.",
-        &[],
-        limit as f64,
-    );
-    out.gauge(
-        "ringcast_client_addresses",
-        "Client addresses holding connections (entries of the per-address table).",
-        &[],
-        shared.per_ip.addresses() as f64,
-    );
-    out.gauge(
-        "ringcast_new_connection_rate_addresses",
-        "Client addresses (IPv6: /64 blocks) remembered by the new-connection-rate table.",
-        &[],
-        shared.new_connections.addresses() as f64,
-    );
-    if let Some(pool) = &shared.cluster {
-        crate::cluster::expose(&mut out, pool);
-    }
-    if let Some(pool) = &shared.auth {
-        crate::auth::expose(&mut out, pool);
-    }
-    out.finish()
-}
-
-/// The per-shard part of [`render`]: figures (label `shard`), rejections by reason, room
+/// The per-shard part of [`process::render`]: figures (label `shard`), rejections by reason, room
 /// size buckets, and the latency histograms merged over shards.
 pub fn expose_shards(out: &mut Exposition, shards: &[ShardFigures], now_unix_nanos: u64) {
     let mut labels = [String::new()];

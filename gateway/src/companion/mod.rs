@@ -9,9 +9,13 @@
 //! are the shard's own HTTP/1.1 code. The answer comes back as HTTP/1.1 bytes through the
 //! sink: its head becomes the HTTP/2 or HTTP/3 response head, the rest its body.
 
-use crate::mailbox::Mail;
-use crate::virtual_conn::{Doorbell, Transport, VirtualSink};
-use crate::worker::Shared;
+pub mod h2;
+pub mod h3;
+pub mod quic_streams;
+
+use crate::mesh::mail::{Mail, TlsHandOff};
+use crate::mesh::virtual_conn::{Doorbell, Transport, VirtualSink};
+use crate::runtime::shared::Shared;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -87,8 +91,8 @@ impl Drop for StreamPlace {
 /// Whether a request is a subscription (`GET /rooms/{room}/events`), which counts against
 /// `--max-streams-per-conn`: asked of the route table HTTP/1.1 routes with (route.rs).
 pub fn is_subscribe(parts: &http::request::Parts) -> bool {
-    let method = crate::route::Method::from_token(parts.method.as_str());
-    crate::route::is_subscription(method, parts.uri.path())
+    let method = crate::http::route::Method::from_token(parts.method.as_str());
+    crate::http::route::is_subscription(method, parts.uri.path())
 }
 
 /// Mail posted without waking the shard before the companion wakes it anyway (normally it
@@ -99,24 +103,6 @@ const WAKE_LATEST: Duration = Duration::from_millis(2);
 /// Largest body chunk made by joining the frames of one batch: a batch becomes one HTTP/2
 /// DATA frame or HTTP/3 `send_data` per this many bytes, not one per event.
 const CHUNK_BYTES_MAX: usize = 64 * 1024;
-
-/// TLS connections the shard may hand to its companion at once (`h2` clients between the
-/// ring's ClientHello and the companion's accept). Past it the shard closes the connection
-/// (`ringcast_admission_rejections_total{reason="shard_queues_full"}`).
-pub const TLS_HANDOFF_QUEUE_MAX: usize = 1024;
-
-/// A TLS connection the shard's ring accepted and read the ClientHello of, whose client
-/// offers ALPN `h2`: the companion continues the handshake (tokio-rustls) and serves HTTP/2.
-#[derive(Debug)]
-pub struct TlsHandOff {
-    /// The connected socket (blocking, as accepted).
-    pub fd: std::os::fd::OwnedFd,
-    /// Every byte the ring read from it: the ClientHello, replayed to rustls first.
-    pub hello: Vec<u8>,
-    /// The client's address when it counts against `--max-connections-per-ip` (released
-    /// when the companion closes the connection).
-    pub peer: Option<IpAddr>,
-}
 
 /// One connection counted against `--max-connections-per-ip` in the process-wide table;
 /// dropping it (when the connection ends) releases the count.
@@ -189,13 +175,13 @@ impl Companion {
             .new_connections
             .try_take(ip, std::time::Instant::now(), rate)
         {
-            crate::admission::Rejection::NewConnectionRate
+            crate::app::admission::Rejection::NewConnectionRate
         } else if !self
             .shared
             .per_ip
             .try_acquire(ip, config.max_connections_per_ip)
         {
-            crate::admission::Rejection::PerIpLimit
+            crate::app::admission::Rejection::PerIpLimit
         } else {
             return Some(ConnectionPlace::adopt(self.shared.clone(), ip));
         };
@@ -208,7 +194,7 @@ impl Companion {
     /// counted.
     pub fn refuse_stream(&self) -> (http::response::Parts, Bytes) {
         self.shared.figures[self.index]
-            .add_refusal(crate::admission::RefusalReason::StreamsPerConnection);
+            .add_refusal(crate::app::admission::RefusalReason::StreamsPerConnection);
         (
             plain_parts(429, STREAMS_REFUSAL),
             Bytes::from_static(STREAMS_REFUSAL.as_bytes()),
@@ -223,14 +209,14 @@ impl Companion {
 
     /// Counts a request whose head or body did not arrive in time (the head: its stream
     /// or connection is dropped, there is no request to answer).
-    pub fn count_timeout(&self, reason: crate::admission::RefusalReason) {
+    pub fn count_timeout(&self, reason: crate::app::admission::RefusalReason) {
         self.shared.figures[self.index].add_refusal(reason);
     }
 
     /// The 408 answer (head and body) to a request whose body did not arrive within
     /// `--body-timeout`, as the shard answers on HTTP/1.1; counted.
     pub fn refuse_body_timeout(&self) -> (http::response::Parts, Bytes) {
-        self.count_timeout(crate::admission::RefusalReason::BodyTimeout);
+        self.count_timeout(crate::app::admission::RefusalReason::BodyTimeout);
         (
             plain_parts(408, BODY_TIMEOUT_REFUSAL),
             Bytes::from_static(BODY_TIMEOUT_REFUSAL.as_bytes()),
@@ -598,7 +584,7 @@ pub fn spawn(
     index: usize,
     shared: Arc<Shared>,
     listeners: Listeners,
-    tls: Option<crate::tls::Identity>,
+    tls: Option<crate::config::tls::Identity>,
     core: Option<core_affinity::CoreId>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let thread = std::thread::Builder::new()
@@ -628,35 +614,39 @@ pub fn spawn(
     Ok(thread)
 }
 
-async fn run(companion: Arc<Companion>, listeners: Listeners, tls: Option<crate::tls::Identity>) {
+async fn run(
+    companion: Arc<Companion>,
+    listeners: Listeners,
+    tls: Option<crate::config::tls::Identity>,
+) {
     tokio::spawn(companion.clone().flusher());
     tokio::spawn(companion.clone().dispatcher());
     // The runtime is this thread alone: the task collects this thread's heap.
     tokio::spawn(async {
-        let mut period = tokio::time::interval(crate::memory::COLLECT_PERIOD);
+        let mut period = tokio::time::interval(crate::runtime::memory::COLLECT_PERIOD);
         period.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             period.tick().await;
-            crate::memory::collect();
+            crate::runtime::memory::collect();
         }
     });
     let mut tasks = Vec::new();
     if let Some(listener) = listeners.h2c {
-        tasks.push(tokio::spawn(crate::h2::serve_h2c(
+        tasks.push(tokio::spawn(crate::companion::h2::serve_h2c(
             companion.clone(),
             listener,
         )));
     }
     if let (Some(handoffs), Some(identity)) = (listeners.tls_handoff, tls.as_ref()) {
         let identity = (identity.0.clone(), identity.1.clone_key());
-        tasks.push(tokio::spawn(crate::h2::serve_handoffs(
+        tasks.push(tokio::spawn(crate::companion::h2::serve_handoffs(
             companion.clone(),
             handoffs,
             identity,
         )));
     }
     if let (Some(socket), Some(identity)) = (listeners.h3, tls) {
-        tasks.push(tokio::spawn(crate::h3::serve(
+        tasks.push(tokio::spawn(crate::companion::h3::serve(
             companion.clone(),
             socket,
             identity,
@@ -790,13 +780,13 @@ mod tests {
 
     #[test]
     fn response_heads_lose_connection_fields() {
-        let head = crate::http1::response(201, "application/json", "", b"{\"id\":1}", true);
+        let head = crate::http::h1::response(201, "application/json", "", b"{\"id\":1}", true);
         let (parts, len, content_length) = parse_head(&head).unwrap().unwrap();
         assert_eq!(parts.status, 201);
         assert_eq!(len, head.len() - 8);
         assert_eq!(content_length, Some(8));
         assert!(parts.headers.get("connection").is_none());
-        let (parts, _, content_length) = parse_head(crate::http1::SSE_HEAD).unwrap().unwrap();
+        let (parts, _, content_length) = parse_head(crate::http::h1::SSE_HEAD).unwrap().unwrap();
         assert_eq!(parts.status, 200);
         assert_eq!(content_length, None);
         assert!(matches!(parse_head(b"HTTP/1.1 200 OK\r\n"), Ok(None)));

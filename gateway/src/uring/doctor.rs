@@ -4,7 +4,7 @@
 //! short-lived rings; rendering is a pure function of the gathered [`Report`].
 
 use crate::config::Config;
-use crate::kernel::{self, Facts, Unavailable, UringSupport};
+use crate::uring::probe::{self, Facts, Unavailable, UringSupport};
 use std::fmt;
 
 /// Sysctls that bear on a fan-out gateway, in the order printed.
@@ -21,7 +21,7 @@ pub const SYSCTLS: [&str; 9] = [
 ];
 
 /// The listen backlog ringcast asks for.
-const LISTEN_BACKLOG: u64 = crate::server::LISTEN_BACKLOG as u64;
+const LISTEN_BACKLOG: u64 = crate::runtime::LISTEN_BACKLOG as u64;
 /// Descriptors a process holds besides connections (listeners, rings, eventfds, logs),
 /// per shard, for the connection estimate.
 const FDS_PER_SHARD: u64 = 8;
@@ -51,12 +51,12 @@ impl Report {
     pub fn gather(config: Result<Config, String>) -> Report {
         Report {
             facts: Facts::gather(),
-            uring: kernel::probe(),
-            fds: kernel::rlimit(libc::RLIMIT_NOFILE),
-            memlock: kernel::rlimit(libc::RLIMIT_MEMLOCK),
+            uring: probe::probe(),
+            fds: probe::rlimit(libc::RLIMIT_NOFILE),
+            memlock: probe::rlimit(libc::RLIMIT_MEMLOCK),
             sysctls: SYSCTLS
                 .iter()
-                .map(|name| (*name, kernel::read_sysctl(name)))
+                .map(|name| (*name, probe::read_sysctl(name)))
                 .collect(),
             cpus: core_affinity::get_core_ids()
                 .unwrap_or_default()
@@ -297,7 +297,7 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::REQUIRED_OPS;
+    use crate::uring::probe::REQUIRED_OPS;
 
     fn report(uring: Result<UringSupport, Unavailable>) -> Report {
         Report {

@@ -7,20 +7,22 @@
 //! deadline. The bounded write budget is what lets publishes that arrive during a big
 //! fan-out ride in the same writes (DESIGN.md §2).
 
-use crate::accept::{AcceptErrno, AcceptPacer};
-use crate::admission::{PerIpConnections, PerIpRate, RefusalReason, Rejection, REJECTIONS};
-use crate::batch::{self, BATCH_LINES_MAX};
-use crate::clock::{ShardClock, SharedClock};
+pub mod accept;
+
+use crate::app::admission::{RefusalReason, Rejection, REJECTIONS};
+use crate::app::batch::{self, BATCH_LINES_MAX};
 use crate::config::Config;
-use crate::conn_key::{ConnKey, Serials};
-use crate::http1::{self, Method, Refusal, Route};
-use crate::http1_conn::{Expired, Limits, Phase, RequestReader, Step};
-use crate::mailbox::{Mail, Mesh, PublishRefusal, ReplyTo, OUTBOX_MAX};
-use crate::metrics::{Figure, ShardFigures, TlsHandshake, ROOM_SIZE_LABELS};
-use crate::reload::LiveConfig;
-use crate::tls_conn::{Hello, TlsConn};
+use crate::conn::http1::{Expired, Limits, Phase, RequestReader, Step};
+use crate::conn::key::{ConnKey, Serials};
+use crate::conn::tls::{Hello, TlsConn};
+use crate::http::h1::{self as http1, Method, Refusal, Route};
+use crate::mesh::mail::{Mail, PublishRefusal, ReplyTo, OUTBOX_MAX};
+use crate::mesh::virtual_conn::{Doorbell, Transport, VirtualSink};
+use crate::metrics::{Figure, TlsHandshake, ROOM_SIZE_LABELS};
+use crate::runtime::clock::ShardClock;
+use crate::runtime::shared::Shared;
+use crate::shard::accept::{AcceptErrno, AcceptPacer};
 use crate::uring::{Completion, OpKind, Ring, LISTENER_PLAIN, LISTENER_TLS};
-use crate::virtual_conn::{Doorbell, Transport, VirtualSink};
 use bytes::Bytes;
 use ringcast_core::event_id::{EventId, ResetReason, ResumeId};
 use ringcast_core::fanout::{Action, ConnId, Fanout, FanoutConfig, FanoutError, Start};
@@ -30,7 +32,7 @@ use ringcast_core::timer_wheel::{TimerKey, TimerWheel};
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,40 +71,6 @@ const DRAIN_REQUEST_WAIT: Duration = Duration::from_secs(1);
 /// Spare TLS send buffers kept per shard (each about one TLS record,
 /// `tls_conn::SEND_CHUNK_BYTES`), so idle TLS streams hold none.
 const TLS_OUT_POOLED_MAX: usize = 256;
-
-/// What the shards share: settings, the mesh, figures and the stop flag.
-pub struct Shared {
-    /// Settings.
-    pub config: Config,
-    /// Cross-shard queues.
-    pub mesh: Mesh,
-    /// One block of figures per shard.
-    pub figures: Vec<ShardFigures>,
-    /// Set by the signal handler.
-    pub stop: Arc<AtomicBool>,
-    /// Per shard, set while it is stopping with no connection left. Shards accept (and
-    /// answer 503 `draining`) until every one is drained, so no shard closes its
-    /// listener while clients still arrive at the others' addresses in the same group.
-    pub drained: Vec<AtomicBool>,
-    /// The process clock, kept by the main thread.
-    pub clock: Arc<SharedClock>,
-    /// The settings in force (swapped by SIGHUP reloads); `config` is the start-up copy.
-    pub live: LiveConfig,
-    /// Open connections per client address, over every shard.
-    pub per_ip: PerIpConnections,
-    /// New-connection token buckets per client address, over every shard and transport.
-    pub new_connections: PerIpRate,
-    /// Subscribe authorization threads, when `--auth-url` is set.
-    pub auth: Option<crate::auth::AuthPool>,
-    /// Redis publisher and follower threads, when `--cluster-redis` is set.
-    pub cluster: Option<crate::cluster::ClusterPool>,
-    /// The rustls configuration of HTTP/1.1 over TLS on the rings (ALPN `http/1.1`), when
-    /// `--tls-listen` is set.
-    pub tls_http1: Option<Arc<rustls::ServerConfig>>,
-    /// Per shard, the queue to its companion thread for TLS connections whose client
-    /// offers ALPN `h2` (empty without `--tls-listen`).
-    pub tls_handoff: Vec<tokio::sync::mpsc::Sender<crate::companion::TlsHandOff>>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -303,11 +271,11 @@ pub struct Worker {
     pending_write_bytes: usize,
     room_sizes_at: Instant,
     /// This shard's authorization breaker and calls, when `--auth-url` is set.
-    auth: Option<crate::auth::AuthShard>,
+    auth: Option<crate::upstream::auth::AuthShard>,
     /// This shard's Redis breaker, calls and primed rooms, when `--cluster-redis` is set.
-    cluster: Option<crate::cluster::ClusterShard>,
+    cluster: Option<crate::upstream::cluster::ClusterShard>,
     /// Idempotency keys of the rooms this shard owns (single-node mode; idempotency.rs).
-    idempotency: crate::idempotency::KeyTable,
+    idempotency: crate::app::idempotency::KeyTable,
 }
 
 impl Worker {
@@ -382,7 +350,7 @@ impl Worker {
             room_sizes_at: now,
             auth: shared.auth.as_ref().map(|pool| pool.shard(index)),
             cluster: shared.cluster.as_ref().map(|pool| pool.shard(index)),
-            idempotency: crate::idempotency::KeyTable::new(shared.config.idempotency_keys_max),
+            idempotency: crate::app::idempotency::KeyTable::new(shared.config.idempotency_keys_max),
             shared,
         })
     }
@@ -529,7 +497,11 @@ impl Worker {
 
     /// Refuses a request whose token does not let it through: 401 with a
     /// `WWW-Authenticate: Bearer` challenge, or 403; counted by reason.
-    fn refuse_token(&mut self, slot: u32, denied: crate::jwt::TokenError) -> std::io::Result<()> {
+    fn refuse_token(
+        &mut self,
+        slot: u32,
+        denied: crate::upstream::jwt::TokenError,
+    ) -> std::io::Result<()> {
         self.count_refusal(RefusalReason::of_token(denied));
         tracing::debug!(shard = self.index, conn = slot, ?denied, "token refused");
         let refusal = Refusal {
@@ -719,7 +691,7 @@ impl Worker {
         if self.live > self.conns_max {
             return self.refuse_unavailable(slot, Rejection::ConnectionLimit);
         }
-        if let Some(ip) = crate::auth::peer_addr(fd).map(|addr| addr.ip()) {
+        if let Some(ip) = crate::upstream::auth::peer_addr(fd).map(|addr| addr.ip()) {
             let rate = self.config.max_new_connections_per_ip_per_sec;
             if !self.shared.new_connections.try_take(ip, now, rate) {
                 return self.refuse_unavailable(slot, Rejection::NewConnectionRate);
@@ -950,7 +922,7 @@ impl Worker {
         let (ptr, len) = match (conn.state, conn.tls.as_deref_mut()) {
             (State::Reading, Some(tls)) if tls.in_hello() => {
                 // The raw ClientHello stays in `buf` (an `h2` client is handed on with it).
-                let room = crate::tls_conn::CLIENT_HELLO_BYTES_MAX
+                let room = crate::conn::tls::CLIENT_HELLO_BYTES_MAX
                     .saturating_sub(conn.buf.len())
                     .clamp(1, RECV_FIRST);
                 conn.buf.reserve(room);
@@ -1099,7 +1071,8 @@ impl Worker {
                     match jwt.publish_grant(head.bearer.as_deref(), now_seconds) {
                         Err(denied) => return self.refuse_token(slot, denied),
                         Ok(Some(grant)) if !grant.allows(&room) => {
-                            return self.refuse_token(slot, crate::jwt::TokenError::Forbidden)
+                            return self
+                                .refuse_token(slot, crate::upstream::jwt::TokenError::Forbidden)
                         }
                         Ok(_) => {}
                     }
@@ -1121,7 +1094,7 @@ impl Worker {
             Route::Metrics => {
                 let format = head.metrics_format;
                 let now_unix = self.clock.now_unix_nanos(Instant::now());
-                let text = crate::metrics::render(&self.shared, format, now_unix);
+                let text = crate::metrics::process::render(&self.shared, format, now_unix);
                 self.respond(
                     slot,
                     http1::response(200, format.content_type(), "", text.as_bytes(), close),
@@ -1176,7 +1149,10 @@ impl Worker {
     }
 
     /// The token check a publish gets (jwt.rs), for a head whose body is not read yet.
-    fn check_publish_token(&self, head: &http1::Head) -> Result<(), crate::jwt::TokenError> {
+    fn check_publish_token(
+        &self,
+        head: &http1::Head,
+    ) -> Result<(), crate::upstream::jwt::TokenError> {
         let Some(jwt) = self.shared.config.jwt.as_deref() else {
             return Ok(());
         };
@@ -1186,7 +1162,7 @@ impl Worker {
             jwt.publish_grant(head.bearer.as_deref(), now_seconds)?,
         ) {
             (Route::Messages(room), Some(grant)) if !grant.allows(room) => {
-                Err(crate::jwt::TokenError::Forbidden)
+                Err(crate::upstream::jwt::TokenError::Forbidden)
             }
             _ => Ok(()),
         }
@@ -1276,24 +1252,24 @@ impl Worker {
             // Draining (or gone): the plain path refuses.
             return self.subscribe(now, slot, &room, last_event_id);
         };
-        let ticket = crate::auth::Ticket {
+        let ticket = crate::upstream::auth::Ticket {
             slot,
             serial: conn.serial,
             room,
             last_event_id,
         };
-        let client = crate::auth::peer_addr(conn.fd);
+        let client = crate::upstream::auth::peer_addr(conn.fd);
         let Some(auth) = self.auth.as_mut() else {
             return self.subscribe(now, slot, &ticket.room, last_event_id);
         };
         match auth.begin(now, ticket, client, head) {
-            crate::auth::Begin::Waiting => {
+            crate::upstream::auth::Begin::Waiting => {
                 if let Some(conn) = self.conn(slot) {
                     conn.state = State::Waiting;
                 }
                 Ok(())
             }
-            crate::auth::Begin::Decided(ticket, decision) => {
+            crate::upstream::auth::Begin::Decided(ticket, decision) => {
                 self.finish_authorize(now, ticket, decision)
             }
         }
@@ -1329,14 +1305,17 @@ impl Worker {
     fn finish_authorize(
         &mut self,
         now: Instant,
-        ticket: crate::auth::Ticket,
-        decision: crate::auth::Decision,
+        ticket: crate::upstream::auth::Ticket,
+        decision: crate::upstream::auth::Decision,
     ) -> std::io::Result<()> {
         match decision.response() {
             None => self.subscribe(now, ticket.slot, &ticket.room, ticket.last_event_id),
             Some(response) => {
                 tracing::debug!(shard = self.index, conn = ticket.slot, room = %ticket.room, ?decision, "subscribe not authorized");
-                if matches!(decision, crate::auth::Decision::Refuse { status: 503, .. }) {
+                if matches!(
+                    decision,
+                    crate::upstream::auth::Decision::Refuse { status: 503, .. }
+                ) {
                     self.count_rejection(Rejection::AuthUnavailable);
                 }
                 self.refuse_with(ticket.slot, response)
@@ -1347,8 +1326,8 @@ impl Worker {
     // Cluster mode (cluster.rs, docs/CLUSTER.md): publishes go to Redis from the shard that
     // read them; rooms are filled from the streams by the follower thread.
 
-    fn cluster_ticket(&self, slot: u32, index: u32) -> crate::cluster::Ticket {
-        crate::cluster::Ticket {
+    fn cluster_ticket(&self, slot: u32, index: u32) -> crate::upstream::cluster::Ticket {
+        crate::upstream::cluster::Ticket {
             conn: self.key(slot),
             index,
         }
@@ -1359,7 +1338,7 @@ impl Worker {
     fn cluster_append(
         &mut self,
         now: Instant,
-        ticket: crate::cluster::Ticket,
+        ticket: crate::upstream::cluster::Ticket,
         room: Arc<str>,
         data: Bytes,
         idempotency_key: Option<String>,
@@ -1376,7 +1355,7 @@ impl Worker {
         let Some(cluster) = self.cluster.as_mut() else {
             return Err(PublishRefusal::ClusterOff);
         };
-        let idempotency = idempotency_key.map(|key| crate::cluster::IdempotencyKey {
+        let idempotency = idempotency_key.map(|key| crate::upstream::cluster::IdempotencyKey {
             key: key.into_boxed_str(),
             window: self.config.idempotency_window,
         });
@@ -1431,7 +1410,7 @@ impl Worker {
             return Ok(());
         };
         if !cluster.is_primed(room) {
-            let waiter = crate::cluster::Waiter {
+            let waiter = crate::upstream::cluster::Waiter {
                 conn: conn_key,
                 last_event_id,
             };
@@ -1454,7 +1433,7 @@ impl Worker {
                 Some((ringcast_core::history::ResumeFrom::Gap { .. }, _))
             );
             if gap || beyond_head {
-                let ticket = crate::cluster::ReplayTicket {
+                let ticket = crate::upstream::cluster::ReplayTicket {
                     conn: conn_key,
                     room: Arc::from(room),
                     after,
@@ -1503,9 +1482,9 @@ impl Worker {
     fn on_cluster_event(
         &mut self,
         now: Instant,
-        event: crate::cluster::Event,
+        event: crate::upstream::cluster::Event,
     ) -> std::io::Result<()> {
-        use crate::cluster::Event;
+        use crate::upstream::cluster::Event;
         match event {
             Event::Frame {
                 room,
@@ -1703,7 +1682,7 @@ impl Worker {
             room: room.clone(),
             data: Bytes::from(body),
             reply,
-            idempotency_key: idempotency_key.map(crate::idempotency::MailKey::new),
+            idempotency_key: idempotency_key.map(crate::app::idempotency::MailKey::new),
         });
         if let Some(conn) = self.conn(slot) {
             conn.state = State::Waiting;
@@ -1749,7 +1728,7 @@ impl Worker {
         now: Instant,
         slot: u32,
         body: &[u8],
-        grant: Option<&crate::jwt::Grant>,
+        grant: Option<&crate::upstream::jwt::Grant>,
     ) -> std::io::Result<()> {
         if self.backlogged() {
             self.count_rejection(Rejection::PendingWriteBytes);
@@ -1777,7 +1756,7 @@ impl Worker {
             };
             if grant.is_some_and(|grant| !grant.allows(&room)) {
                 self.count_refusal(RefusalReason::RoomForbidden);
-                let text = crate::jwt::TokenError::Forbidden.text();
+                let text = crate::upstream::jwt::TokenError::Forbidden.text();
                 results.push(BatchLine::Done(Err(format!("line {number}: {text}"))));
                 continue;
             }
@@ -1809,7 +1788,7 @@ impl Worker {
                     room,
                     data: Bytes::from(data.into_bytes()),
                     reply,
-                    idempotency_key: idempotency_key.map(crate::idempotency::MailKey::new),
+                    idempotency_key: idempotency_key.map(crate::app::idempotency::MailKey::new),
                 });
                 results.push(BatchLine::Waiting);
                 outstanding += 1;
@@ -1957,7 +1936,7 @@ impl Worker {
             } => {
                 let key = idempotency_key
                     .as_ref()
-                    .map(crate::idempotency::MailKey::as_str);
+                    .map(crate::app::idempotency::MailKey::as_str);
                 let result = self.sequence(now, &room, &data, key);
                 self.outbox[reply.shard as usize].push_back(Mail::Sequenced { reply, result });
             }
@@ -2462,7 +2441,7 @@ impl Worker {
             // SAFETY: the kernel initialised `len` bytes of the spare capacity.
             unsafe { conn.buf.set_len(old + len) };
             let hello = tls.hello(&conn.buf[old..], config);
-            let full = conn.buf.len() >= crate::tls_conn::CLIENT_HELLO_BYTES_MAX;
+            let full = conn.buf.len() >= crate::conn::tls::CLIENT_HELLO_BYTES_MAX;
             return match hello {
                 Hello::Partial if full => {
                     self.fail_tls(slot, RefusalReason::TlsClientHelloTooLarge)
@@ -2530,7 +2509,7 @@ impl Worker {
         // the `OwnedFd` owns it from here: either the companion gets it, or it is given
         // back to the slot below (`into_raw_fd`) and closed on the ring as usual.
         let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(conn.fd) };
-        let handoff = crate::companion::TlsHandOff {
+        let handoff = crate::mesh::mail::TlsHandOff {
             fd,
             hello: std::mem::take(&mut conn.buf),
             peer: conn.peer,
@@ -2596,7 +2575,7 @@ impl Worker {
         }
         if let Some(buffer) = tls.take_idle_out() {
             if self.tls_out_pool.len() < TLS_OUT_POOLED_MAX
-                && buffer.capacity() <= 2 * crate::tls_conn::SEND_CHUNK_BYTES
+                && buffer.capacity() <= 2 * crate::conn::tls::SEND_CHUNK_BYTES
             {
                 self.tls_out_pool.push(buffer);
             }
@@ -2785,7 +2764,7 @@ impl Worker {
             }
             figures.set_room_sizes(&counts);
             // Same period: give back what a burst left in this thread's heap.
-            crate::memory::collect();
+            crate::runtime::memory::collect();
         }
         for reason in Rejection::ALL {
             figures.set_rejections(reason, self.rejections[reason as usize]);

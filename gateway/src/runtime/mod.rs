@@ -1,13 +1,19 @@
 //! Starting and stopping the process: one SO_REUSEPORT listener and one pinned thread per
 //! shard, signal handling, and joining.
 
-use crate::admission::PerIpConnections;
-use crate::clock::SharedClock;
+pub mod clock;
+pub mod memory;
+pub mod reload;
+pub mod shared;
+
+use crate::app::admission::PerIpConnections;
 use crate::config::{Config, Flags};
-use crate::mailbox::Mesh;
+use crate::mesh::mail::Mesh;
 use crate::metrics::ShardFigures;
-use crate::reload::LiveConfig;
-use crate::worker::{Shared, Worker};
+use crate::runtime::clock::SharedClock;
+use crate::runtime::reload::LiveConfig;
+use crate::runtime::shared::Shared;
+use crate::shard::Worker;
 use anyhow::Context;
 use ringcast_core::clock::ProcessClock;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -136,7 +142,7 @@ fn companion_listeners(
         for (listeners, socket) in out.iter_mut().zip(sockets) {
             listeners.h3 = Some(socket);
         }
-        crate::http1::advertise_h3(bound.port());
+        crate::http::h1::advertise_h3(bound.port());
         tracing::info!(addr = %bound, transport = "h3", "listening h3 addr={bound}");
     }
     Ok((out, tls_sockets))
@@ -184,14 +190,14 @@ pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
     // companions through one bounded queue per shard.
     let (tls_http1, tls_handoff) = match (&identity, config.transports.tls_listen) {
         (Some((certs, key)), Some(_)) => {
-            let http1 = crate::tls::server_config(
+            let http1 = crate::config::tls::server_config(
                 (certs.clone(), key.clone_key()),
-                &[crate::tls::ALPN_HTTP1],
+                &[crate::config::tls::ALPN_HTTP1],
             )?;
             let mut senders = Vec::with_capacity(shards);
             for listeners in &mut companion_listeners {
                 let (sender, receiver) =
-                    tokio::sync::mpsc::channel(crate::companion::TLS_HANDOFF_QUEUE_MAX);
+                    tokio::sync::mpsc::channel(crate::mesh::mail::TLS_HANDOFF_QUEUE_MAX);
                 senders.push(sender);
                 listeners.tls_handoff = Some(receiver);
             }
@@ -207,11 +213,11 @@ pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
                 .map(|shard| mesh.eventfd_owned(shard))
                 .collect::<std::io::Result<Vec<_>>>()?;
             tracing::info!(url = ?auth.url, fail_open = auth.fail_open, "subscribe authorization on");
-            Some(crate::auth::AuthPool::start(
+            Some(crate::upstream::auth::AuthPool::start(
                 auth.clone(),
                 wakers,
-                crate::auth::WORKERS,
-                crate::auth::QUEUE_MAX,
+                crate::upstream::auth::WORKERS,
+                crate::upstream::auth::QUEUE_MAX,
             )?)
         }
         None => None,
@@ -222,7 +228,10 @@ pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
                 .map(|shard| mesh.eventfd_owned(shard))
                 .collect::<std::io::Result<Vec<_>>>()?;
             tracing::info!(url = %cluster.url, node = %cluster.node_id, "cluster mode on");
-            Some(crate::cluster::ClusterPool::start(cluster.clone(), wakers)?)
+            Some(crate::upstream::cluster::ClusterPool::start(
+                cluster.clone(),
+                wakers,
+            )?)
         }
         None => None,
     };
@@ -236,12 +245,12 @@ pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
         clock: Arc::new(SharedClock::new(&clock)),
         live: LiveConfig::new(config.clone()),
         per_ip: PerIpConnections::default(),
-        new_connections: crate::admission::PerIpRate::default(),
+        new_connections: crate::app::admission::PerIpRate::default(),
         tls_http1,
         tls_handoff,
         config,
     });
-    crate::clock::install_log_clock(shared.clock.clone());
+    crate::runtime::clock::install_log_clock(shared.clock.clone());
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     // Each shard reports once its ring is set up; "listening" is logged only when all are,
     // so scripts and tests that wait for that line find every shard serving.
@@ -364,7 +373,7 @@ fn reload(shared: &Shared, flags: &Flags) {
         }
     };
     let (_, current) = shared.live.current();
-    let reloaded = crate::reload::apply(&current, &fresh, shared.config.max_connections);
+    let reloaded = crate::runtime::reload::apply(&current, &fresh, shared.config.max_connections);
     if !reloaded.not_live.is_empty() {
         tracing::warn!(
             settings = ?reloaded.not_live,

@@ -1,6 +1,9 @@
 //! Configuration: command-line flags (clap) over an optional TOML file (`--config`), over
 //! built-in defaults. Flags win over the file; the file wins over defaults.
 
+pub mod check;
+pub mod tls;
+
 use clap::Parser;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -347,15 +350,15 @@ pub struct Config {
     /// Whether the publish→write latency histogram is recorded.
     pub latency_metrics: bool,
     /// Subscribe authorization, when `--auth-url` is set.
-    pub auth: Option<crate::auth::AuthConfig>,
+    pub auth: Option<crate::upstream::auth::AuthConfig>,
     /// JWT checks of publishes and private-room subscribes, when a key is set.
-    pub jwt: Option<std::sync::Arc<crate::jwt::JwtConfig>>,
+    pub jwt: Option<std::sync::Arc<crate::upstream::jwt::JwtConfig>>,
     /// Where the file settings came from, for reloads.
     pub config_path: Option<PathBuf>,
     /// TLS and the companion transports (HTTP/2, HTTP/3), when any is on.
     pub transports: Transports,
     /// Cluster mode, when `--cluster-redis` is set.
-    pub cluster: Option<crate::cluster::ClusterConfig>,
+    pub cluster: Option<crate::upstream::cluster::ClusterConfig>,
     /// How long a publish's idempotency key is remembered (idempotency.rs).
     pub idempotency_window: Duration,
     /// Idempotency keys one shard holds at most.
@@ -370,7 +373,7 @@ pub struct Config {
 #[derive(Debug, Clone, Default)]
 pub struct Transports {
     /// Certificate chain and key files, checked at load time.
-    pub tls: Option<crate::tls::TlsFiles>,
+    pub tls: Option<crate::config::tls::TlsFiles>,
     /// TLS over TCP (HTTP/2 or HTTP/1.1 by ALPN).
     pub tls_listen: Option<SocketAddr>,
     /// Cleartext HTTP/2 with prior knowledge.
@@ -395,7 +398,7 @@ fn transports(flags: &Flags, file: &FileConfig) -> Result<Transports, ConfigErro
     let h3_listen = flags.h3_listen.or(file.h3_listen);
     let tls = match (cert, key) {
         (Some(cert), Some(key)) => {
-            let files = crate::tls::TlsFiles { cert, key };
+            let files = crate::config::tls::TlsFiles { cert, key };
             files.load().map_err(|err| ConfigError::Invalid {
                 flag: err.flag(),
                 message: err.to_string(),
@@ -466,21 +469,22 @@ fn in_range(
 fn auth_config(
     flags: &Flags,
     file: &FileConfig,
-) -> Result<Option<crate::auth::AuthConfig>, ConfigError> {
+) -> Result<Option<crate::upstream::auth::AuthConfig>, ConfigError> {
     use ringcast_core::breaker::{BreakerConfig, CALLS_MIN_DEFAULT, OPEN_DURATION_DEFAULT};
     let Some(url) = flags.auth_url.as_ref().or(file.auth_url.as_ref()) else {
         return Ok(None);
     };
-    let url = crate::auth::AuthUrl::parse(url).map_err(|message| ConfigError::Invalid {
-        flag: "auth-url",
-        message,
-    })?;
+    let url =
+        crate::upstream::auth::AuthUrl::parse(url).map_err(|message| ConfigError::Invalid {
+            flag: "auth-url",
+            message,
+        })?;
     let timeout = seconds(
         "auth-timeout",
         flags
             .auth_timeout
             .or(file.auth_timeout)
-            .unwrap_or(crate::auth::TIMEOUT_DEFAULT.as_secs_f64()),
+            .unwrap_or(crate::upstream::auth::TIMEOUT_DEFAULT.as_secs_f64()),
     )?;
     let breaker = BreakerConfig {
         window: seconds(
@@ -488,7 +492,7 @@ fn auth_config(
             flags
                 .auth_breaker_window
                 .or(file.auth_breaker_window)
-                .unwrap_or(crate::auth::BREAKER_WINDOW_DEFAULT.as_secs_f64()),
+                .unwrap_or(crate::upstream::auth::BREAKER_WINDOW_DEFAULT.as_secs_f64()),
         )?,
         calls_min: in_range(
             "auth-breaker-calls-min",
@@ -513,7 +517,7 @@ fn auth_config(
         flag: "auth-breaker-window",
         message: err.to_string(),
     })?;
-    Ok(Some(crate::auth::AuthConfig {
+    Ok(Some(crate::upstream::auth::AuthConfig {
         url,
         timeout,
         fail_open: flags.auth_fail_open || file.auth_fail_open.unwrap_or(false),
@@ -528,8 +532,8 @@ fn cluster_config(
     file: &FileConfig,
     listen: SocketAddr,
     history: usize,
-) -> Result<Option<crate::cluster::ClusterConfig>, ConfigError> {
-    use crate::cluster;
+) -> Result<Option<crate::upstream::cluster::ClusterConfig>, ConfigError> {
+    use crate::upstream::cluster;
     let Some(url) = flags.cluster_redis.as_ref().or(file.cluster_redis.as_ref()) else {
         return Ok(None);
     };
@@ -627,7 +631,7 @@ impl Config {
         } else {
             flags.private_rooms.clone()
         };
-        let jwt = crate::jwt::JwtConfig::new(
+        let jwt = crate::upstream::jwt::JwtConfig::new(
             flags.publish_key.as_deref().or(file.publish_key.as_deref()),
             flags
                 .subscribe_key
@@ -788,14 +792,14 @@ impl Config {
                 flags
                     .idempotency_window
                     .or(file.idempotency_window)
-                    .unwrap_or(crate::idempotency::WINDOW_DEFAULT.as_secs_f64()),
+                    .unwrap_or(crate::app::idempotency::WINDOW_DEFAULT.as_secs_f64()),
             )?,
             idempotency_keys_max: in_range(
                 "idempotency-keys-max",
                 flags
                     .idempotency_keys_max
                     .or(file.idempotency_keys_max)
-                    .unwrap_or(crate::idempotency::KEYS_MAX_DEFAULT),
+                    .unwrap_or(crate::app::idempotency::KEYS_MAX_DEFAULT),
                 1,
                 1 << 24,
             )?,

@@ -9,7 +9,7 @@
 //! The buffer itself stays in the worker's connection (the ring receives into its spare
 //! capacity); [`RequestReader::recv_room`] bounds it.
 
-use crate::http1::{self, Head, Parsed, Refusal};
+use crate::http::h1::{self as http1, Head, Parsed, Refusal};
 use std::time::{Duration, Instant};
 
 /// What bounds a request: sizes from the start-up settings, deadlines from the live ones.

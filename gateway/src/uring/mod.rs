@@ -7,6 +7,9 @@
 //! keeping such memory in the connection slot, which is freed only after every operation
 //! of the connection has completed.
 
+pub mod doctor;
+pub mod probe;
+
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
 use std::os::fd::RawFd;

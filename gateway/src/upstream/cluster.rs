@@ -134,7 +134,7 @@ pub fn stream_id(sse_id: u64) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket {
     /// The connection on the shard.
-    pub conn: crate::conn_key::ConnKey,
+    pub conn: crate::conn::key::ConnKey,
     /// Line of a batch publish (0 for single publishes).
     pub index: u32,
 }
@@ -143,7 +143,7 @@ pub struct Ticket {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayTicket {
     /// The connection on the shard.
-    pub conn: crate::conn_key::ConnKey,
+    pub conn: crate::conn::key::ConnKey,
     /// Room.
     pub room: Arc<str>,
     /// The client's `Last-Event-ID`.
@@ -292,7 +292,7 @@ const QUEUE_FULL: usize = 4;
 #[repr(align(128))]
 #[derive(Debug, Default)]
 struct ShardFigures {
-    breaker: crate::breaker_figures::BreakerFigures,
+    breaker: crate::metrics::breakers::BreakerFigures,
     results: [AtomicU64; RESULTS.len()],
 }
 
@@ -448,7 +448,7 @@ impl ClusterPool {
 #[derive(Debug, Clone, Copy)]
 pub struct Waiter {
     /// The waiting connection.
-    pub conn: crate::conn_key::ConnKey,
+    pub conn: crate::conn::key::ConnKey,
     /// Its `Last-Event-ID`.
     pub last_event_id: Option<ringcast_core::event_id::ResumeId>,
 }

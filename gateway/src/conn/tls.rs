@@ -411,7 +411,7 @@ mod tests {
         let der = made.cert.der().clone();
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into());
         let server_config =
-            crate::tls::server_config((vec![der.clone()], key), &[b"http/1.1"]).unwrap();
+            crate::config::tls::server_config((vec![der.clone()], key), &[b"http/1.1"]).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(der).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());

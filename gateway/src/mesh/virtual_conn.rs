@@ -9,7 +9,7 @@
 //! `Mail::VirtualWriteDone` (mailbox.rs). A stream whose peer stops reading keeps its
 //! write in flight, so the fan-out laps and cuts it exactly as an HTTP/1.1 socket.
 
-use crate::conn_key::ConnKey;
+use crate::conn::key::ConnKey;
 use bytes::Bytes;
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use futures_util::task::AtomicWaker;

@@ -13,10 +13,10 @@
 //! buffer, bounded by the peer's stream window; a stream whose reader stopped leaves its
 //! batch in the sink and the fan-out cuts it as a slow consumer.
 
-use crate::admission::RefusalReason;
+use crate::app::admission::RefusalReason;
+use crate::companion::quic_streams::{Stopped, Stops};
 use crate::companion::{Companion, StreamCount};
-use crate::quic_streams::{Stopped, Stops};
-use crate::virtual_conn::Transport;
+use crate::mesh::virtual_conn::Transport;
 use bytes::{Buf, Bytes};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,13 +37,14 @@ const INCOMING_MAX: usize = 1024;
 /// HTTP/3's error code for a connection closed with nothing wrong (RFC 9114 §8.1).
 const H3_NO_ERROR: quinn::VarInt = quinn::VarInt::from_u32(0x100);
 
-type RequestStream = h3::server::RequestStream<crate::quic_streams::RequestStream<Bytes>, Bytes>;
+type RequestStream =
+    h3::server::RequestStream<crate::companion::quic_streams::RequestStream<Bytes>, Bytes>;
 
 /// Runs shard `companion.index`'s QUIC endpoint on `socket`.
 pub async fn serve(
     companion: Arc<Companion>,
     socket: std::net::UdpSocket,
-    identity: crate::tls::Identity,
+    identity: crate::config::tls::Identity,
 ) {
     let endpoint = match endpoint(socket, identity, companion.streams_max().1) {
         Ok(endpoint) => endpoint,
@@ -76,10 +77,10 @@ pub async fn serve(
 /// The QUIC endpoint; a connection may open `streams_max` request streams at once.
 fn endpoint(
     socket: std::net::UdpSocket,
-    identity: crate::tls::Identity,
+    identity: crate::config::tls::Identity,
     streams_max: u32,
 ) -> anyhow::Result<quinn::Endpoint> {
-    let tls = crate::tls::server_config(identity, &[crate::tls::ALPN_H3])?;
+    let tls = crate::config::tls::server_config(identity, &[crate::config::tls::ALPN_H3])?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.migration(false);
@@ -117,7 +118,7 @@ async fn connection(
     let (_, config) = companion.shared.live.current();
     let setup = h3::server::builder()
         .max_field_section_size(config.max_header_bytes as u64)
-        .build(crate::quic_streams::Connection::new(
+        .build(crate::companion::quic_streams::Connection::new(
             connection,
             stops.clone(),
         ))

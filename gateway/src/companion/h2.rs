@@ -9,11 +9,10 @@
 //! leaves its batch in the sink, its write stays in flight on the shard and the fan-out
 //! cuts it as a slow consumer. Memory held for it: one batch.
 
-use crate::admission::RefusalReason;
-use crate::companion::{
-    Companion, ConnectionPlace, StreamCount, StreamPlace, TlsHandOff, VirtualStream,
-};
-use crate::virtual_conn::Transport;
+use crate::app::admission::RefusalReason;
+use crate::companion::{Companion, ConnectionPlace, StreamCount, StreamPlace, VirtualStream};
+use crate::mesh::mail::TlsHandOff;
+use crate::mesh::virtual_conn::Transport;
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::BodyExt;
@@ -233,9 +232,9 @@ pub async fn serve_h2c(companion: Arc<Companion>, listener: std::net::TcpListene
 pub async fn serve_handoffs(
     companion: Arc<Companion>,
     mut handoffs: tokio::sync::mpsc::Receiver<TlsHandOff>,
-    identity: crate::tls::Identity,
+    identity: crate::config::tls::Identity,
 ) {
-    let config = match crate::tls::server_config(identity, crate::tls::ALPN_TCP) {
+    let config = match crate::config::tls::server_config(identity, crate::config::tls::ALPN_TCP) {
         Ok(config) => config,
         Err(err) => {
             tracing::error!(shard = companion.index, %err, "TLS configuration failed");

@@ -201,8 +201,8 @@ impl RefusalReason {
     }
 
     /// The reason of a token refusal.
-    pub fn of_token(error: crate::jwt::TokenError) -> Self {
-        use crate::jwt::TokenError;
+    pub fn of_token(error: crate::upstream::jwt::TokenError) -> Self {
+        use crate::upstream::jwt::TokenError;
         match error {
             TokenError::Missing => RefusalReason::TokenMissing,
             TokenError::Invalid(_) => RefusalReason::TokenInvalid,
@@ -212,7 +212,7 @@ impl RefusalReason {
     }
 
     /// The reason of a refusal `http1::parse` made, from its status (and, for 431, its text).
-    pub fn of_parse(refusal: &crate::http1::Refusal) -> Self {
+    pub fn of_parse(refusal: &crate::http::h1::Refusal) -> Self {
         match refusal.status {
             431 if refusal.reason.starts_with("too many") => RefusalReason::TooManyHeaders,
             431 => RefusalReason::HeaderTooLarge,
