@@ -8,7 +8,10 @@
 //! of the connection has completed.
 
 pub mod doctor;
+pub mod op;
 pub mod probe;
+pub mod ring;
+pub mod sys;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
