@@ -8,13 +8,14 @@
 //! fan-out ride in the same writes (DESIGN.md §2).
 
 pub mod accept;
+pub mod pipe;
 
 use crate::app::admission::{RefusalReason, Rejection, REJECTIONS};
 use crate::app::batch::{self, BATCH_LINES_MAX};
 use crate::config::Config;
 use crate::conn::http1::{Expired, Limits, Phase, RequestReader, Step};
 use crate::conn::key::{ConnKey, Serials};
-use crate::conn::tls::{Hello, TlsConn};
+use crate::conn::tls::Hello;
 use crate::http::h1::{self as http1, Method, Refusal, Route};
 use crate::mesh::mail::{Mail, PublishRefusal, ReplyTo, OUTBOX_MAX};
 use crate::mesh::virtual_conn::{Doorbell, Transport, VirtualSink};
@@ -22,7 +23,10 @@ use crate::metrics::{Figure, TlsHandshake, ROOM_SIZE_LABELS};
 use crate::runtime::clock::ShardClock;
 use crate::runtime::shared::Shared;
 use crate::shard::accept::{AcceptErrno, AcceptPacer};
-use crate::uring::{Completion, OpKind, Ring, LISTENER_PLAIN, LISTENER_TLS};
+use crate::shard::pipe::{recycle_tls_out, Closing, Pipe, Received, RecvInto, Wrote};
+use crate::uring::op::{Completion, Held, OpId, OpKind};
+use crate::uring::ring::Ring;
+use crate::uring::{LISTENER_PLAIN, LISTENER_TLS};
 use bytes::Bytes;
 use ringcast_core::event_id::{EventId, ResetReason, ResumeId};
 use ringcast_core::fanout::{Action, ConnId, Fanout, FanoutConfig, FanoutError, Start};
@@ -31,7 +35,7 @@ use ringcast_core::room::owner_shard;
 use ringcast_core::timer_wheel::{TimerKey, TimerWheel};
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,9 +72,8 @@ const DRAIN_RETRY_MS: u64 = 1000;
 /// for (to answer it 503) before `--header-timeout`'s 408: a browser's speculative
 /// connection may never send one, and must not hold the drain much past its 200 ms.
 const DRAIN_REQUEST_WAIT: Duration = Duration::from_secs(1);
-/// Spare TLS send buffers kept per shard (each about one TLS record,
-/// `tls_conn::SEND_CHUNK_BYTES`), so idle TLS streams hold none.
-const TLS_OUT_POOLED_MAX: usize = 256;
+// A write never needs more iovecs than the kernel takes at once (ring.rs splits past it).
+const _: () = assert!(ringcast_core::fanout::WRITE_FRAMES_MAX + 2 <= crate::uring::ring::IOV_MAX);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -117,18 +120,14 @@ enum BatchLine {
 }
 
 struct Conn {
-    fd: RawFd,
     serial: u32,
     state: State,
+    /// The request's plaintext; empty while a plain receive holds it (the ring's op).
     buf: Vec<u8>,
-    recv_in_flight: bool,
-    write_in_flight: bool,
-    close_submitted: bool,
+    /// How the bytes travel (plain, TLS, virtual), the ops in flight and the write in
+    /// progress (pipe.rs).
+    pipe: Pipe,
     close_after_write: bool,
-    frames: Vec<Bytes>,
-    iov: Vec<libc::iovec>,
-    write_len: usize,
-    written: usize,
     timer: Option<(TimerKey, TimerKind)>,
     pending: Option<Pending>,
     outstanding: u32,
@@ -140,14 +139,6 @@ struct Conn {
     peer: Option<IpAddr>,
     /// Sequencing stamps of the message frames the write in flight carries.
     stamps: Vec<u64>,
-    /// Set for a virtual connection (a request from the companion thread; `fd` is -1):
-    /// writes go to the sink, not the ring (virtual_conn.rs).
-    sink: Option<Arc<VirtualSink>>,
-    /// Set for a connection of the TLS listener (tls_conn.rs): reads are decrypted into
-    /// `buf`, writes encrypted into its send buffer, which the ring sends; `frames` are
-    /// never the kernel's, and `write_in_flight` means a write not yet all sent. Boxed, so
-    /// a plain connection pays one pointer.
-    tls: Option<Box<TlsConn>>,
     /// What `buf` makes of requests, and which request deadline runs (http1_conn.rs).
     reader: RequestReader,
     /// The write in flight is a `100 Continue`: the request's body comes next.
@@ -157,37 +148,14 @@ struct Conn {
 }
 
 impl Conn {
-    /// Forgets the write in flight (its frames are refcounted, nothing waits for them) and
-    /// returns the bytes it still counted as pending.
-    fn forget_write(&mut self) -> usize {
-        self.write_in_flight = false;
-        self.frames.clear();
-        self.stamps.clear();
-        self.write_len.saturating_sub(self.written)
-    }
-
-    /// A connection about to read its first request; `fd` is -1 for a virtual one.
-    fn new(
-        fd: RawFd,
-        serial: u32,
-        buf: Vec<u8>,
-        keep_alive: bool,
-        sink: Option<Arc<VirtualSink>>,
-        reader: RequestReader,
-    ) -> Self {
+    /// A connection about to read its first request.
+    fn new(serial: u32, buf: Vec<u8>, keep_alive: bool, pipe: Pipe, reader: RequestReader) -> Self {
         Self {
-            fd,
             serial,
             state: State::Reading,
             buf,
-            recv_in_flight: false,
-            write_in_flight: false,
-            close_submitted: false,
+            pipe,
             close_after_write: false,
-            frames: Vec::new(),
-            iov: Vec::new(),
-            write_len: 0,
-            written: 0,
             timer: None,
             pending: None,
             outstanding: 0,
@@ -195,8 +163,6 @@ impl Conn {
             refuse_draining: false,
             peer: None,
             stamps: Vec::new(),
-            sink,
-            tls: None,
             reader,
             interim: false,
             head_request: false,
@@ -204,8 +170,8 @@ impl Conn {
     }
 }
 
-/// A connection slot's memory must not move while the kernel holds pointers into it, so
-/// slots are boxed.
+/// A connection slot (boxed: the table of a shard is mostly empty slots, and a `Conn` is
+/// large). Nothing the kernel uses lives in it: ops own their memory (uring/ring.rs).
 type Slot = Option<Box<Conn>>;
 
 /// The connection in `slot`, borrowing only the slot table (so other fields of the worker
@@ -229,6 +195,8 @@ pub struct Worker {
     accepting: bool,
     /// Pacing of each listener's accept, by `LISTENER_PLAIN` / `LISTENER_TLS`.
     accept_pacers: [AcceptPacer; 2],
+    /// Each listener's accept op while it is armed (to cancel it).
+    accept_ops: [Option<OpId>; 2],
     fanout: Fanout,
     conns: Vec<Slot>,
     free: Vec<u32>,
@@ -248,12 +216,11 @@ pub struct Worker {
     completions: Vec<Completion>,
     scratch: Vec<Bytes>,
     outbox: Vec<VecDeque<Mail>>,
-    wake_word: Box<u64>,
-    wake_read: Box<u64>,
+    /// The word this shard's eventfd is read into, while no read is in flight (the ring's
+    /// op holds it meanwhile).
+    wake_word: Option<Box<u64>>,
     wake_pending: Vec<bool>,
-    discard: Box<[u8]>,
     frame_vecs: Vec<Vec<Bytes>>,
-    iov_vecs: Vec<Vec<libc::iovec>>,
     bytes_written: u64,
     /// Refusals by reason ([`Rejection`]).
     rejections: [u64; REJECTIONS],
@@ -317,6 +284,7 @@ impl Worker {
             tls_listener,
             accepting: true,
             accept_pacers: Default::default(),
+            accept_ops: [None; 2],
             fanout,
             conns: Vec::new(),
             free: Vec::new(),
@@ -331,12 +299,9 @@ impl Worker {
             completions: Vec::with_capacity(1024),
             scratch: Vec::with_capacity(ringcast_core::fanout::WRITE_FRAMES_MAX + 2),
             outbox: (0..shards).map(|_| VecDeque::new()).collect(),
-            wake_word: Box::new(1),
-            wake_read: Box::new(0),
+            wake_word: Some(Box::new(0)),
             wake_pending: vec![false; shards],
-            discard: vec![0u8; 4096].into_boxed_slice(),
             frame_vecs: Vec::new(),
-            iov_vecs: Vec::new(),
             bytes_written: 0,
             rejections: [0; REJECTIONS],
             config: live_config,
@@ -358,10 +323,7 @@ impl Worker {
     /// Runs the loop until a stop is requested and every connection is closed.
     pub fn run(mut self) -> std::io::Result<()> {
         self.arm_accepts(Instant::now())?;
-        let eventfd = self.shared.mesh.eventfd(self.index);
-        // SAFETY: `wake_read` is boxed and lives as long as the worker, which outlives
-        // the ring's operations (the loop only returns after the ring is dropped last).
-        unsafe { self.ring.read_eventfd(eventfd, &mut *self.wake_read)? };
+        self.read_wake();
         let mut stop_deadline: Option<Instant> = None;
         let mut drain_at: Option<Instant> = None;
         let mut forced = false;
@@ -371,8 +333,8 @@ impl Worker {
             self.completions.clear();
             let mut completions = std::mem::take(&mut self.completions);
             self.ring.reap(&mut completions);
-            for completion in &completions {
-                self.on_completion(now, *completion)?;
+            for completion in completions.drain(..) {
+                self.on_completion(now, completion)?;
             }
             self.completions = completions;
             self.drain_mail(now);
@@ -550,7 +512,7 @@ impl Worker {
             conn.refuse_draining |= fresh;
             let idle = conn.state == State::Reading
                 && conn.buf.is_empty()
-                && !conn.write_in_flight
+                && !conn.pipe.writing()
                 && !conn.refuse_draining;
             if idle || conn.state == State::Lingering {
                 self.begin_close(slot)?;
@@ -586,7 +548,8 @@ impl Worker {
                 );
             }
             if self.accepting && pacer.poll_arm(now) {
-                self.ring.accept(listener, index)?;
+                self.accept_ops[index as usize] =
+                    Some(self.ring.accept(u64::from(index), listener));
                 pacer.handle_armed();
             }
             paused += u64::from(pacer.paused());
@@ -600,8 +563,8 @@ impl Worker {
     fn stop_accepting(&mut self) -> std::io::Result<()> {
         self.accepting = false;
         for (index, pacer) in self.accept_pacers.iter().enumerate() {
-            if pacer.armed() {
-                self.ring.cancel_accept(index as u32)?;
+            if let (true, Some(op)) = (pacer.armed(), self.accept_ops[index]) {
+                self.ring.cancel(index as u64, op);
             }
         }
         Ok(())
@@ -613,49 +576,84 @@ impl Worker {
 
     fn on_completion(&mut self, now: Instant, c: Completion) -> std::io::Result<()> {
         match c.kind {
-            Some(OpKind::Accept) => {
-                let tls = c.slot == LISTENER_TLS;
-                let pacer = &mut self.accept_pacers[usize::from(tls)];
+            OpKind::Accept => {
+                let index = c.key as usize;
+                let tls = index == LISTENER_TLS as usize;
+                let pacer = &mut self.accept_pacers[index];
                 if !c.more {
                     // Re-armed at the end of the turn (`arm_accepts`), unless paused.
                     pacer.handle_ended();
+                    self.accept_ops[index] = None;
                 }
-                if c.result >= 0 {
+                if let Held::Accepted(fd) = c.held {
                     pacer.handle_accepted();
-                    self.on_accept(now, c.result, tls)?;
+                    self.on_accept(now, fd, tls)?;
                 } else if c.result != -libc::ECANCELED {
                     let errno = -c.result;
                     let paused = pacer.handle_error(now, errno).is_some();
                     self.shared.figures[self.index]
                         .add_accept_error(AcceptErrno::of(errno), paused);
                     if paused && c.more {
-                        self.ring.cancel_accept(c.slot)?;
+                        self.ring.cancel(c.key, c.op);
                     }
                 }
             }
-            Some(OpKind::Recv) => self.on_recv(now, c.slot, c.result)?,
-            Some(OpKind::Write) => self.on_write(now, c.slot, c.result)?,
-            Some(OpKind::Close) => self.on_closed(c.slot),
-            Some(OpKind::WakeRead) => {
-                let eventfd = self.shared.mesh.eventfd(self.index);
-                // SAFETY: as in `run`.
-                unsafe { self.ring.read_eventfd(eventfd, &mut *self.wake_read)? };
+            OpKind::Recv => self.on_recv(now, c)?,
+            OpKind::Write => {
+                if c.result > 0 {
+                    self.bytes_written += c.result as u64;
+                }
+                self.on_write(now, c)?;
             }
-            Some(OpKind::WakeWrite) | Some(OpKind::Cancel) | None => {}
+            OpKind::Close => self.on_closed(c.key),
+            OpKind::WakeRead => {
+                if let Held::Word(word) = c.held {
+                    self.wake_word = Some(word);
+                }
+                self.read_wake();
+            }
+            OpKind::WakeWrite | OpKind::Cancel => {}
         }
         Ok(())
+    }
+
+    /// Reads this shard's eventfd again (its completion wakes the loop when mail comes).
+    fn read_wake(&mut self) {
+        let eventfd = self.shared.mesh.eventfd(self.index);
+        let word = self.wake_word.take().expect("one eventfd read in flight");
+        self.ring.read_eventfd(0, eventfd, word);
+    }
+
+    /// A completion for a connection that is gone (its op outlived it: the ring kept the
+    /// memory until now) or closing: what it held goes back to the pools.
+    fn recycle(&mut self, held: Held) {
+        match held {
+            Held::Frames(frames) => self.recycle_frames(frames),
+            Held::Bytes(out) => recycle_tls_out(&mut self.tls_out_pool, out),
+            _ => {}
+        }
+    }
+
+    /// Keeps a write's frame vector for the next write (idle streams hold none).
+    fn recycle_frames(&mut self, mut frames: Vec<Bytes>) {
+        frames.clear();
+        if self.frame_vecs.len() < WRITE_VECS_POOLED_MAX
+            && frames.capacity() <= ringcast_core::fanout::WRITE_FRAMES_MAX + 2
+            && frames.capacity() != 0
+        {
+            self.frame_vecs.push(frames);
+        }
     }
 
     /// A connection accepted on the plain listener, or on the TLS one (`tls`): a TLS
     /// connection reads its ClientHello first, and is refused by closing it (there is no
     /// session yet to write a 503 in), counted as the plain one is.
-    fn on_accept(&mut self, now: Instant, fd: RawFd, tls: bool) -> std::io::Result<()> {
+    fn on_accept(&mut self, now: Instant, fd: OwnedFd, tls: bool) -> std::io::Result<()> {
         let stopping = self.stopping();
         if self.live >= self.conns_max + REFUSAL_SLOTS {
             // Past the refusal slots there is no room even to answer 503: close at once
             // (counted, so it is not silent in the metrics).
-            // SAFETY: `fd` was just accepted and is ours; nothing else refers to it.
-            unsafe { libc::close(fd) };
+            drop(fd);
             self.count_rejection(if stopping {
                 Rejection::Draining
             } else {
@@ -663,26 +661,17 @@ impl Worker {
             });
             return Ok(());
         }
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt reads `one` during the call only.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        let raw_fd = fd.as_raw_fd();
+        crate::uring::sys::set_nodelay(raw_fd);
         let serial = self.serials.take();
         let reader = RequestReader::new(now, &self.limits());
-        let mut conn = Conn::new(fd, serial, Vec::new(), !stopping, None, reader);
+        let pipe = if tls { Pipe::tls(fd) } else { Pipe::plain(fd) };
+        let mut conn = Conn::new(serial, Vec::new(), !stopping, pipe, reader);
         conn.refuse_draining = stopping;
         if stopping {
             conn.reader.hurry(now + DRAIN_REQUEST_WAIT);
         }
         if tls {
-            conn.tls = Some(Box::new(TlsConn::new()));
             self.tls_live += 1;
             self.shared.figures[self.index].transport_opened(Transport::Tls);
         }
@@ -691,7 +680,7 @@ impl Worker {
         if self.live > self.conns_max {
             return self.refuse_unavailable(slot, Rejection::ConnectionLimit);
         }
-        if let Some(ip) = crate::upstream::auth::peer_addr(fd).map(|addr| addr.ip()) {
+        if let Some(ip) = crate::uring::sys::peer_addr(raw_fd).map(|addr| addr.ip()) {
             let rate = self.config.max_new_connections_per_ip_per_sec;
             if !self.shared.new_connections.try_take(ip, now, rate) {
                 return self.refuse_unavailable(slot, Rejection::NewConnectionRate);
@@ -732,11 +721,10 @@ impl Worker {
         let serial = self.serials.take();
         let reader = RequestReader::new(now, &self.limits());
         let slot = self.insert_conn(Conn::new(
-            -1,
             serial,
             request,
             false,
-            Some(sink.clone()),
+            Pipe::virtual_conn(sink.clone()),
             reader,
         ));
         sink.bind(ConnKey { slot, serial });
@@ -752,7 +740,7 @@ impl Worker {
         self.process(now, slot)
     }
 
-    /// Puts a connection in a free slot (boxed, so its buffers never move) and returns it.
+    /// Puts a connection in a free slot and returns it.
     fn insert_conn(&mut self, conn: Conn) -> u32 {
         let conn = Box::new(conn);
         match self.free.pop() {
@@ -876,8 +864,8 @@ impl Worker {
             let Some((_, kind)) = conn.timer.take() else {
                 continue;
             };
-            let reading = conn.state == State::Reading && !conn.write_in_flight;
-            let handshaking = conn.tls.as_ref().is_some_and(|tls| !tls.established());
+            let reading = conn.state == State::Reading && !conn.pipe.writing();
+            let handshaking = conn.pipe.handshaking();
             let result = match kind {
                 TimerKind::Request(_) if reading && handshaking => {
                     self.fail_tls(slot, RefusalReason::TlsHandshakeTimeout)
@@ -909,87 +897,93 @@ impl Worker {
         }
     }
 
+    /// Posts the connection's next receive (none while one is in flight, or for a virtual
+    /// connection): the request's, while it reads one; else into the discard buffer
+    /// (subscribers and lingering connections send nothing we keep).
     fn post_recv(&mut self, slot: u32) -> std::io::Result<()> {
         let limits = self.limits();
-        let discard_ptr = self.discard.as_mut_ptr();
-        let discard_len = self.discard.len() as u32;
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
-        if conn.recv_in_flight || conn.state == State::Closing || conn.sink.is_some() {
+        if conn.state == State::Closing {
             return Ok(());
         }
-        let (ptr, len) = match (conn.state, conn.tls.as_deref_mut()) {
-            (State::Reading, Some(tls)) if tls.in_hello() => {
-                // The raw ClientHello stays in `buf` (an `h2` client is handed on with it).
-                let room = crate::conn::tls::CLIENT_HELLO_BYTES_MAX
-                    .saturating_sub(conn.buf.len())
-                    .clamp(1, RECV_FIRST);
-                conn.buf.reserve(room);
-                let spare = conn.buf.spare_capacity_mut();
-                (
-                    spare.as_mut_ptr().cast::<u8>(),
-                    spare.len().min(room) as u32,
-                )
-            }
-            (State::Reading, Some(tls)) => {
-                let buf = tls.recv_buffer();
-                (buf.as_mut_ptr(), buf.len() as u32)
-            }
-            (State::Reading, None) => {
-                let want = if conn.buf.is_empty() {
-                    RECV_FIRST
-                } else {
-                    conn.buf.len().clamp(RECV_FIRST, RECV_CHUNK)
-                };
-                let room = conn
-                    .reader
-                    .recv_room(conn.buf.len(), &limits)
-                    .clamp(1, want);
-                conn.buf.reserve(room);
-                let spare = conn.buf.spare_capacity_mut();
-                (
-                    spare.as_mut_ptr().cast::<u8>(),
-                    spare.len().min(room) as u32,
-                )
-            }
-            // Subscribers and lingering connections send nothing we keep: their bytes
-            // land in the shard's discard buffer, which is never read (over TLS too: the
-            // ciphertext is dropped undecrypted, as the plaintext would be).
-            (_, tls) => {
-                if let Some(tls) = tls {
-                    tls.release_recv();
-                }
-                (discard_ptr, discard_len)
-            }
+        let into = if conn.state == State::Reading {
+            let want = if conn.buf.is_empty() {
+                RECV_FIRST
+            } else {
+                conn.buf.len().clamp(RECV_FIRST, RECV_CHUNK)
+            };
+            let room = conn
+                .reader
+                .recv_room(conn.buf.len(), &limits)
+                .clamp(1, want);
+            RecvInto::Request { room }
+        } else {
+            RecvInto::Discard
         };
-        conn.recv_in_flight = true;
-        let fd = conn.fd;
-        // SAFETY: a Reading connection's buffer (or its TLS receive buffer, boxed in the
-        // slot) is neither touched nor reallocated while `recv_in_flight` is set, and the
-        // slot (boxed) outlives the operation; the discard buffer lives as long as the
-        // worker and is never read.
-        unsafe { self.ring.recv(slot, fd, ptr, len) }
+        let key = ConnKey {
+            slot,
+            serial: conn.serial,
+        };
+        conn.pipe
+            .post_recv(&mut self.ring, key.to_word(), &mut conn.buf, into);
+        Ok(())
     }
 
-    fn on_recv(&mut self, now: Instant, slot: u32, result: i32) -> std::io::Result<()> {
-        let Some(conn) = self.conn(slot) else {
+    fn on_recv(&mut self, now: Instant, c: Completion) -> std::io::Result<()> {
+        let Some(key) = ConnKey::from_word(c.key) else {
             return Ok(());
         };
-        conn.recv_in_flight = false;
-        match conn.state {
-            State::Closing => self.finish_close(slot),
-            _ if result <= 0 => self.begin_close(slot),
-            State::Reading if conn.tls.is_some() => self.on_tls_recv(now, slot, result as usize),
-            State::Reading => {
-                // SAFETY: the kernel initialised `result` bytes of the spare capacity.
-                unsafe { conn.buf.set_len(conn.buf.len() + result as usize) };
+        let slot = key.slot;
+        let config = self.shared.tls_http1.clone();
+        let Some(conn) = slot_mut(&mut self.conns, slot).filter(|conn| conn.serial == key.serial)
+        else {
+            // The connection went first: the ring kept the buffer until now.
+            return Ok(());
+        };
+        if conn.state == State::Closing {
+            let held = conn.pipe.settle(c);
+            self.recycle(held);
+            return Ok(());
+        }
+        let reading = conn.state == State::Reading;
+        match conn
+            .pipe
+            .on_recv(c, &mut conn.buf, reading, config.as_ref())
+        {
+            Received::Closed => self.begin_close(slot),
+            Received::Ignored => match conn.state {
+                State::Streaming | State::Lingering => {
+                    conn.buf = Vec::new();
+                    self.post_recv(slot)
+                }
+                _ => Ok(()),
+            },
+            Received::Data {
+                established,
+                closed,
+            } => {
+                if established {
+                    self.count_tls_handshake(TlsHandshake::Http1);
+                }
+                if closed {
+                    return self.begin_close(slot);
+                }
+                self.tls_flush(slot)?;
                 self.process(now, slot)
             }
-            State::Waiting => Ok(()),
-            State::Streaming | State::Lingering => {
-                conn.buf = Vec::new();
+            Received::Hello(Hello::Partial) => self.post_recv(slot),
+            Received::Hello(Hello::Failed) => self.fail_tls(slot, RefusalReason::TlsError),
+            Received::Hello(Hello::H2) => self.hand_off_h2(slot),
+            Received::Hello(Hello::Http1) => {
+                self.tls_flush(slot)?;
                 self.post_recv(slot)
+            }
+            Received::HelloTooLarge => self.fail_tls(slot, RefusalReason::TlsClientHelloTooLarge),
+            Received::TlsFailed(err) => {
+                tracing::debug!(shard = self.index, conn = slot, %err, "TLS receive failed");
+                self.fail_tls(slot, RefusalReason::TlsError)
             }
         }
     }
@@ -1001,7 +995,7 @@ impl Worker {
         let Some(conn) = self.conn(slot) else {
             return Ok(());
         };
-        if conn.state != State::Reading || conn.write_in_flight || conn.recv_in_flight {
+        if conn.state != State::Reading || conn.pipe.writing() || conn.pipe.receiving() {
             return Ok(());
         }
         conn.head_request = false;
@@ -1258,7 +1252,7 @@ impl Worker {
             room,
             last_event_id,
         };
-        let client = crate::upstream::auth::peer_addr(conn.fd);
+        let client = conn.pipe.raw_fd().and_then(crate::uring::sys::peer_addr);
         let Some(auth) = self.auth.as_mut() else {
             return self.subscribe(now, slot, &ticket.room, last_event_id);
         };
@@ -1913,12 +1907,13 @@ impl Worker {
                 let Some(key) = sink.key() else {
                     return Ok(());
                 };
-                let slot = key.slot;
-                let Some(conn) = self.conn_by_key(key).filter(|c| c.write_in_flight) else {
+                let Some(wrote) = self
+                    .conn_by_key(key)
+                    .and_then(|conn| conn.pipe.on_virtual_written())
+                else {
                     return Ok(());
                 };
-                let remaining = conn.write_len.saturating_sub(conn.written);
-                return self.on_write(now, slot, remaining as i32);
+                return self.after_write(now, key.slot, wrote);
             }
             Mail::VirtualClose { sink } => {
                 let Some(key) = sink.key() else {
@@ -1986,7 +1981,8 @@ impl Worker {
                     }
                     _ => return Ok(()),
                 }
-                conn.outstanding = conn.outstanding.saturating_sub(1);
+                assert!(conn.outstanding > 0, "a reply nobody waits for");
+                conn.outstanding -= 1;
                 if conn.outstanding == 0 {
                     return self.complete_pending(reply.conn.slot);
                 }
@@ -2010,7 +2006,8 @@ impl Worker {
                     *total += subscribers;
                     *last_max = (*last_max).max(last_id);
                     *history_max = (*history_max).max(history_len);
-                    conn.outstanding = conn.outstanding.saturating_sub(1);
+                    assert!(conn.outstanding > 0, "a count nobody waits for");
+                    conn.outstanding -= 1;
                     if conn.outstanding == 0 {
                         return self.complete_pending(reply.conn.slot);
                     }
@@ -2040,11 +2037,7 @@ impl Worker {
         for target in 0..self.shards {
             if std::mem::take(&mut self.wake_pending[target]) {
                 let fd = self.shared.mesh.eventfd(target);
-                // SAFETY: `wake_word` is boxed, never written after setup and outlives the ring.
-                unsafe {
-                    self.ring
-                        .write_eventfd(target as u32, fd, &*self.wake_word)?
-                };
+                self.ring.write_eventfd(target as u64, fd);
             }
         }
         Ok(())
@@ -2085,7 +2078,7 @@ impl Worker {
                     );
                     let writable = self
                         .conn(conn.0)
-                        .is_some_and(|c| !c.write_in_flight && c.state == State::Streaming);
+                        .is_some_and(|c| !c.pipe.writing() && c.state == State::Streaming);
                     if writable && !frames.is_empty() {
                         if let Some(c) = self.conn(conn.0) {
                             c.close_after_write = true;
@@ -2105,7 +2098,7 @@ impl Worker {
     /// Hands the stamps of the write just started on `slot` to the connection, which
     /// records their latency when the write completes.
     fn attach_stamps(&mut self, slot: u32) {
-        let Some(conn) = slot_mut(&mut self.conns, slot).filter(|c| c.write_in_flight) else {
+        let Some(conn) = slot_mut(&mut self.conns, slot).filter(|c| c.pipe.writing()) else {
             self.stamp_scratch.clear();
             return;
         };
@@ -2117,7 +2110,7 @@ impl Worker {
         std::mem::swap(&mut conn.stamps, &mut self.stamp_scratch);
     }
 
-    /// Starts one writev of `frames` (taken) on `slot`.
+    /// Starts one write of `frames` (taken) on `slot`.
     fn start_write(&mut self, slot: u32, frames: &mut Vec<Bytes>) -> std::io::Result<()> {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             frames.clear();
@@ -2125,95 +2118,76 @@ impl Worker {
         };
         if conn.state == State::Closing {
             frames.clear();
-            return self.finish_close(slot);
+            return Ok(());
         }
-        debug_assert!(!conn.write_in_flight, "one write in flight per connection");
-        conn.frames = std::mem::replace(frames, self.frame_vecs.pop().unwrap_or_default());
-        if conn.iov.capacity() == 0 {
-            conn.iov = self.iov_vecs.pop().unwrap_or_default();
+        let frames = std::mem::replace(frames, self.frame_vecs.pop().unwrap_or_default());
+        let len = frames.iter().map(Bytes::len).sum();
+        let key = ConnKey {
+            slot,
+            serial: conn.serial,
+        };
+        let started = conn.pipe.start_write(
+            &mut self.ring,
+            key.to_word(),
+            frames,
+            len,
+            &mut self.tls_out_pool,
+        );
+        if started.is_err() {
+            debug_assert!(false, "one write in flight per virtual connection");
+            return self.begin_close(slot);
         }
-        conn.write_len = conn.frames.iter().map(Bytes::len).sum();
-        conn.written = 0;
-        self.pending_write_bytes += conn.write_len;
-        self.submit_write(slot)
+        self.pending_write_bytes += len;
+        Ok(())
     }
 
-    fn submit_write(&mut self, slot: u32) -> std::io::Result<()> {
-        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+    /// A ring write of a connection completed (a plain writev, a TLS send).
+    fn on_write(&mut self, now: Instant, c: Completion) -> std::io::Result<()> {
+        let Some(key) = ConnKey::from_word(c.key) else {
             return Ok(());
         };
-        if let Some(sink) = &conn.sink {
-            // Virtual: the companion takes the frames; the write stays in flight until it
-            // mails `VirtualWriteDone` (or the connection closes).
-            conn.write_in_flight = true;
-            let sink = sink.clone();
-            if sink.push(std::mem::take(&mut conn.frames)).is_err() {
-                debug_assert!(false, "one write in flight per virtual connection");
-                return self.begin_close(slot);
-            }
+        let Some(conn) =
+            slot_mut(&mut self.conns, key.slot).filter(|conn| conn.serial == key.serial)
+        else {
+            // The connection went first: the ring kept the frames until now.
+            self.recycle(c.held);
+            return Ok(());
+        };
+        if conn.state == State::Closing {
+            let held = conn.pipe.settle(c);
+            self.recycle(held);
             return Ok(());
         }
-        if let Some(tls) = conn.tls.as_deref_mut() {
-            // Encrypted and sent a chunk at a time (`tls_flush`, `on_tls_write`); the write
-            // stays in flight until its last byte is sent.
-            conn.write_in_flight = true;
-            tls.start_write();
-            if !self.tls_flush(slot)? {
-                // Nothing to send (an empty write): a zero-length send completes it.
-                return self.submit_tls_send(slot, false);
-            }
-            return Ok(());
-        }
-        conn.iov.clear();
-        let mut skip = conn.written;
-        for frame in &conn.frames {
-            if skip >= frame.len() {
-                skip -= frame.len();
-                continue;
-            }
-            conn.iov.push(libc::iovec {
-                iov_base: frame[skip..].as_ptr() as *mut libc::c_void,
-                iov_len: frame.len() - skip,
-            });
-            skip = 0;
-        }
-        conn.write_in_flight = true;
-        let (fd, iov, count) = (conn.fd, conn.iov.as_ptr(), conn.iov.len() as u32);
-        // SAFETY: `iov` and the frames it points into are owned by the boxed connection
-        // slot and are not modified until this write's completion is reaped
-        // (`write_in_flight`); the slot is freed only after that.
-        unsafe { self.ring.writev(slot, fd, iov, count) }
+        let wrote = conn
+            .pipe
+            .on_write(&mut self.ring, c, &mut self.tls_out_pool);
+        self.after_write(now, key.slot, wrote)
     }
 
-    fn on_write(&mut self, now: Instant, slot: u32, result: i32) -> std::io::Result<()> {
-        if result > 0 {
-            self.bytes_written += result as u64;
+    /// Moves a connection on after its write made progress, went whole or failed.
+    fn after_write(&mut self, now: Instant, slot: u32, wrote: Wrote) -> std::io::Result<()> {
+        match wrote {
+            Wrote::Progress { credited } => {
+                self.pending_write_bytes -= credited;
+                Ok(())
+            }
+            Wrote::Done { credited, frames } => {
+                self.pending_write_bytes -= credited;
+                self.recycle_frames(frames);
+                self.write_complete(now, slot)
+            }
+            Wrote::Idle => {
+                let linger = self
+                    .conn(slot)
+                    .is_some_and(|conn| conn.pipe.take_linger_after_send());
+                if linger {
+                    return self.linger(now, slot);
+                }
+                Ok(())
+            }
+            // The peer is gone: the write is forgotten by the close.
+            Wrote::Failed => self.begin_close(slot),
         }
-        let Some(conn) = slot_mut(&mut self.conns, slot) else {
-            return Ok(());
-        };
-        if conn.tls.is_some() {
-            return self.on_tls_write(now, slot, result);
-        }
-        conn.write_in_flight = false;
-        let remaining = conn.write_len.saturating_sub(conn.written);
-        if conn.state == State::Closing || result < 0 {
-            // Abandoned: nothing more of it will be written, and nothing was delivered.
-            self.pending_write_bytes -= remaining;
-            conn.frames.clear();
-            conn.stamps.clear();
-            return if conn.state == State::Closing {
-                self.finish_close(slot)
-            } else {
-                self.begin_close(slot)
-            };
-        }
-        conn.written += result as usize;
-        self.pending_write_bytes -= (result as usize).min(remaining);
-        if conn.written < conn.write_len {
-            return self.submit_write(slot);
-        }
-        self.write_complete(now, slot)
     }
 
     /// A write was delivered whole: records its latency samples, hands its vectors back
@@ -2222,10 +2196,11 @@ impl Worker {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
-        conn.write_in_flight = false;
         // Delivered: one latency sample per message frame the write carried.
         for &stamp in &conn.stamps {
             if stamp != 0 {
+                // Saturating: the stamp may come from another shard's clock, read a turn
+                // later than this one's (clock.rs), a few microseconds ahead.
                 self.latency_turn
                     .record(self.now_unix.saturating_sub(stamp));
             }
@@ -2240,18 +2215,6 @@ impl Worker {
                 conn.stamps = Vec::new();
             }
         }
-        conn.frames.clear();
-        conn.iov.clear();
-        // Hand the vectors back to the shard: idle streams hold none.
-        if self.frame_vecs.len() < WRITE_VECS_POOLED_MAX
-            && conn.frames.capacity() <= ringcast_core::fanout::WRITE_FRAMES_MAX + 2
-        {
-            self.frame_vecs.push(std::mem::take(&mut conn.frames));
-            self.iov_vecs.push(std::mem::take(&mut conn.iov));
-        } else {
-            conn.frames = Vec::new();
-            conn.iov = Vec::new();
-        }
         if conn.close_after_write {
             return self.begin_close(slot);
         }
@@ -2264,8 +2227,8 @@ impl Worker {
                 self.fanout.handle_write_done(now, ConnId(slot));
                 Ok(())
             }
-            State::Lingering if conn.sink.is_some() => self.begin_close(slot),
-            State::Lingering if conn.tls.is_some() => self.tls_linger(now, slot),
+            State::Lingering if conn.pipe.is_virtual() => self.begin_close(slot),
+            State::Lingering if conn.pipe.is_tls() => self.tls_linger(now, slot),
             State::Lingering => self.linger(now, slot),
             State::Reading => {
                 if !conn.keep_alive {
@@ -2288,8 +2251,7 @@ impl Worker {
         let Some(conn) = self.conn(slot) else {
             return Ok(());
         };
-        // SAFETY: shutdown takes no memory; the fd is open while the slot lives.
-        unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
+        conn.pipe.shutdown_write();
         self.arm_linger(now, slot);
         self.post_recv(slot)
     }
@@ -2322,22 +2284,21 @@ impl Worker {
             return Ok(());
         };
         conn.reader.finish();
-        if conn.tls.as_ref().is_some_and(|tls| !tls.established()) {
+        if conn.pipe.handshaking() {
             // No TLS session to write the answer in: close (the caller counted why).
             return self.begin_close(slot);
         }
         conn.state = State::Lingering;
-        if conn.recv_in_flight {
-            // The kernel may still write into the request buffer: keep it until that
-            // receive completes (it is freed in `on_recv`), and make it complete now.
-            // SAFETY: shutdown takes no memory.
-            unsafe { libc::shutdown(conn.fd, libc::SHUT_RD) };
-        } else {
-            conn.buf = Vec::new();
-        }
+        // A receive of the request still in flight ends now (what it brings is dropped).
+        conn.pipe.shutdown_read();
+        conn.buf = Vec::new();
         self.respond(slot, response)
     }
 
+    /// Closes a connection: its write in progress is forgotten, and its pipe closes
+    /// (on the ring, or at once for a virtual one). Ops still in flight complete on their
+    /// own and keep their memory until then; the slot is released at the close's
+    /// completion.
     fn begin_close(&mut self, slot: u32) -> std::io::Result<()> {
         self.cancel_timer(slot);
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
@@ -2348,54 +2309,44 @@ impl Worker {
         }
         let was_streaming = conn.state == State::Streaming;
         conn.state = State::Closing;
-        if conn.tls.is_some() {
-            self.begin_tls_close(slot)?;
-        } else if conn.recv_in_flight || conn.write_in_flight {
-            // SAFETY: shutdown takes no memory; it makes in-flight operations complete.
-            unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
+        let key = ConnKey {
+            slot,
+            serial: conn.serial,
+        };
+        let forgotten = conn.pipe.forget_write();
+        if forgotten.is_some() {
+            // Abandoned: nothing more of it will be written, and nothing was delivered.
+            conn.stamps.clear();
+        }
+        let closing = conn.pipe.close(&mut self.ring, key.to_word());
+        let virtual_conn = conn.pipe.is_virtual();
+        if let Some((remaining, frames)) = forgotten {
+            self.pending_write_bytes -= remaining;
+            self.recycle_frames(frames);
         }
         if was_streaming {
             self.fanout.handle_disconnect(ConnId(slot));
         }
-        self.finish_close(slot)
+        if closing == Closing::Done {
+            if virtual_conn {
+                self.virtual_live -= 1;
+            }
+            self.on_closed(key.to_word());
+        }
+        Ok(())
     }
 
-    fn finish_close(&mut self, slot: u32) -> std::io::Result<()> {
-        let Some(conn) = slot_mut(&mut self.conns, slot) else {
-            return Ok(());
+    /// A connection's close completed (or it had nothing to close): its slot is free.
+    fn on_closed(&mut self, key: u64) {
+        let Some(key) = ConnKey::from_word(key) else {
+            return;
         };
-        if let Some(sink) = conn.sink.clone() {
-            if conn.state != State::Closing {
-                return Ok(());
-            }
-            if conn.write_in_flight {
-                // The companion holds the frames (refcounted); nothing waits for them.
-                self.pending_write_bytes -= conn.forget_write();
-            }
-            sink.close();
-            self.virtual_live -= 1;
-            self.on_closed(slot);
-            return Ok(());
-        }
-        // A TLS connection's frames are never the kernel's: only its send is waited for.
-        let write_in_flight = match conn.tls.as_deref() {
-            Some(tls) => tls.sending,
-            None => conn.write_in_flight,
-        };
-        if conn.state != State::Closing
-            || conn.recv_in_flight
-            || write_in_flight
-            || conn.close_submitted
-        {
-            return Ok(());
-        }
-        conn.close_submitted = true;
-        let fd = conn.fd;
-        self.ring.close(slot, fd)
-    }
-
-    fn on_closed(&mut self, slot: u32) {
-        if let Some(conn) = self.conns.get_mut(slot as usize).and_then(Option::take) {
+        let slot = key.slot;
+        let open = self
+            .conns
+            .get_mut(slot as usize)
+            .filter(|conn| conn.as_ref().is_some_and(|conn| conn.serial == key.serial));
+        if let Some(conn) = open.and_then(Option::take) {
             debug_assert!(
                 conn.timer.is_none(),
                 "a released connection holds no ticker"
@@ -2403,7 +2354,7 @@ impl Worker {
             if let Some(ip) = conn.peer {
                 self.shared.per_ip.release(ip);
             }
-            if conn.tls.is_some() {
+            if conn.pipe.is_tls() {
                 self.tls_live -= 1;
                 self.shared.figures[self.index].transport_closed(Transport::Tls);
             }
@@ -2424,55 +2375,6 @@ impl Worker {
         self.shared.figures[self.index].add_tls_handshake(outcome);
     }
 
-    /// Ciphertext the ring received on a TLS connection reading a request (or its
-    /// ClientHello).
-    fn on_tls_recv(&mut self, now: Instant, slot: u32, len: usize) -> std::io::Result<()> {
-        let Some(config) = self.shared.tls_http1.as_ref() else {
-            return self.begin_close(slot);
-        };
-        let Some(conn) = slot_mut(&mut self.conns, slot) else {
-            return Ok(());
-        };
-        let Some(tls) = conn.tls.as_deref_mut() else {
-            return Ok(());
-        };
-        if tls.in_hello() {
-            let old = conn.buf.len();
-            // SAFETY: the kernel initialised `len` bytes of the spare capacity.
-            unsafe { conn.buf.set_len(old + len) };
-            let hello = tls.hello(&conn.buf[old..], config);
-            let full = conn.buf.len() >= crate::conn::tls::CLIENT_HELLO_BYTES_MAX;
-            return match hello {
-                Hello::Partial if full => {
-                    self.fail_tls(slot, RefusalReason::TlsClientHelloTooLarge)
-                }
-                Hello::Partial => self.post_recv(slot),
-                Hello::Failed => self.fail_tls(slot, RefusalReason::TlsError),
-                Hello::H2 => self.hand_off_h2(slot),
-                Hello::Http1 => {
-                    conn.buf.clear();
-                    self.tls_flush(slot)?;
-                    self.post_recv(slot)
-                }
-            };
-        }
-        let received = match tls.receive(len, &mut conn.buf) {
-            Ok(received) => received,
-            Err(err) => {
-                tracing::debug!(shard = self.index, conn = slot, %err, "TLS receive failed");
-                return self.fail_tls(slot, RefusalReason::TlsError);
-            }
-        };
-        if received.established {
-            self.count_tls_handshake(TlsHandshake::Http1);
-        }
-        if received.closed {
-            return self.begin_close(slot);
-        }
-        self.tls_flush(slot)?;
-        self.process(now, slot)
-    }
-
     /// Closes a TLS connection whose handshake or records failed (an alert rustls made is
     /// sent first, without waiting for the peer), counted by `reason`.
     fn fail_tls(&mut self, slot: u32, reason: RefusalReason) -> std::io::Result<()> {
@@ -2480,10 +2382,8 @@ impl Worker {
         let Some(conn) = self.conn(slot) else {
             return Ok(());
         };
-        let established = conn.tls.as_ref().is_some_and(|tls| tls.established());
-        if let Some(tls) = conn.tls.as_deref_mut() {
-            tls.fail();
-        }
+        let established = conn.pipe.established();
+        conn.pipe.fail_tls();
         if !established {
             self.count_tls_handshake(TlsHandshake::Failed);
         }
@@ -2504,11 +2404,9 @@ impl Worker {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
-        debug_assert!(!conn.recv_in_flight && !conn.write_in_flight);
-        // SAFETY: `conn.fd` is this connection's open socket with no operation in flight;
-        // the `OwnedFd` owns it from here: either the companion gets it, or it is given
-        // back to the slot below (`into_raw_fd`) and closed on the ring as usual.
-        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(conn.fd) };
+        let Some(fd) = conn.pipe.take_fd() else {
+            return self.begin_close(slot);
+        };
         let handoff = crate::mesh::mail::TlsHandOff {
             fd,
             hello: std::mem::take(&mut conn.buf),
@@ -2532,7 +2430,7 @@ impl Worker {
             }
             Err(handoff) => {
                 if let Some(conn) = self.conn(slot) {
-                    conn.fd = std::os::fd::IntoRawFd::into_raw_fd(handoff.fd);
+                    conn.pipe.restore_fd(handoff.fd);
                 }
                 tracing::debug!(
                     shard = self.index,
@@ -2546,179 +2444,40 @@ impl Worker {
         }
     }
 
-    /// Starts the next send of a TLS connection unless one is in flight: what rustls has
-    /// queued (handshake, tickets, alerts) and the next chunk of the write in progress.
-    /// Returns whether a send is in flight afterwards.
+    /// Starts the next send of a TLS connection unless one is in flight (pipe.rs);
+    /// returns whether a send is in flight afterwards.
     fn tls_flush(&mut self, slot: u32) -> std::io::Result<bool> {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(false);
         };
-        let Some(tls) = conn.tls.as_deref_mut() else {
-            return Ok(false);
+        let key = ConnKey {
+            slot,
+            serial: conn.serial,
         };
-        if tls.sending {
-            return Ok(true);
-        }
-        if tls.needs_out_buffer() {
-            if let Some(buffer) = self.tls_out_pool.pop() {
-                tls.provide_out(buffer);
-            }
-        }
-        let (frames, write_len) = if conn.write_in_flight {
-            (&conn.frames[..], conn.write_len)
-        } else {
-            (&[][..], 0)
-        };
-        if tls.fill(frames, write_len) {
-            self.submit_tls_send(slot, false)?;
-            return Ok(true);
-        }
-        if let Some(buffer) = tls.take_idle_out() {
-            if self.tls_out_pool.len() < TLS_OUT_POOLED_MAX
-                && buffer.capacity() <= 2 * crate::conn::tls::SEND_CHUNK_BYTES
-            {
-                self.tls_out_pool.push(buffer);
-            }
-        }
-        Ok(false)
-    }
-
-    /// Submits a send of the TLS connection's pending ciphertext; `nowait`: completes at
-    /// once rather than wait for room (a closing connection's last words).
-    fn submit_tls_send(&mut self, slot: u32, nowait: bool) -> std::io::Result<()> {
-        let Some(conn) = slot_mut(&mut self.conns, slot) else {
-            return Ok(());
-        };
-        let Some(tls) = conn.tls.as_deref_mut() else {
-            return Ok(());
-        };
-        if conn.iov.capacity() == 0 {
-            conn.iov = self.iov_vecs.pop().unwrap_or_default();
-        }
-        let pending = tls.pending_out();
-        let iovec = libc::iovec {
-            iov_base: pending.as_ptr() as *mut libc::c_void,
-            iov_len: pending.len(),
-        };
-        conn.iov.clear();
-        conn.iov.push(iovec);
-        tls.sending = true;
-        let (fd, iov) = (conn.fd, conn.iov.as_ptr());
-        // SAFETY: the iovec and the send buffer it points into live in the boxed slot and
-        // are not touched while `sending` is set (`TlsConn::fill` and `close_notify` check
-        // it); the slot is freed only after the completion (`finish_close` waits for it).
-        unsafe {
-            if nowait {
-                self.ring.writev_nowait(slot, fd, iov, 1)
-            } else {
-                self.ring.writev(slot, fd, iov, 1)
-            }
-        }
-    }
-
-    /// A TLS connection's send completed.
-    fn on_tls_write(&mut self, now: Instant, slot: u32, result: i32) -> std::io::Result<()> {
-        if result > 0 {
-            self.bytes_written += result as u64;
-        }
-        let Some(conn) = slot_mut(&mut self.conns, slot) else {
-            return Ok(());
-        };
-        let Some(tls) = conn.tls.as_deref_mut() else {
-            return Ok(());
-        };
-        tls.sending = false;
-        if conn.state == State::Closing {
-            // The write was abandoned when the close began; only the send was waited for.
-            return self.finish_close(slot);
-        }
-        if result < 0 {
-            // The peer is gone: nothing more to tell it.
-            tls.fail();
-            return self.begin_close(slot);
-        }
-        let Some(plain) = tls.on_sent(result as usize) else {
-            return self.submit_tls_send(slot, false);
-        };
-        if conn.write_in_flight {
-            let credit = plain.min(conn.write_len.saturating_sub(conn.written));
-            conn.written += credit;
-            self.pending_write_bytes -= credit;
-        }
-        if self.tls_flush(slot)? {
-            return Ok(());
-        }
-        let Some(conn) = slot_mut(&mut self.conns, slot) else {
-            return Ok(());
-        };
-        if conn.write_in_flight {
-            return self.write_complete(now, slot);
-        }
-        let linger = conn
-            .tls
-            .as_deref_mut()
-            .is_some_and(|tls| std::mem::take(&mut tls.linger_after_send));
-        if linger {
-            return self.linger(now, slot);
-        }
-        Ok(())
+        Ok(conn
+            .pipe
+            .flush(&mut self.ring, key.to_word(), &mut self.tls_out_pool))
     }
 
     /// A refusal was written over TLS: `close_notify`, then half-close and linger as a
     /// plain connection does.
     fn tls_linger(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
-        if let Some(tls) = self.conn(slot).and_then(|c| c.tls.as_deref_mut()) {
-            tls.close_notify();
-            tls.linger_after_send = true;
-        }
-        if self.tls_flush(slot)? {
-            return Ok(()); // `on_tls_write` lingers once it is sent
-        }
-        if let Some(tls) = self.conn(slot).and_then(|c| c.tls.as_deref_mut()) {
-            tls.linger_after_send = false;
-        }
-        self.linger(now, slot)
-    }
-
-    /// The TLS part of [`Self::begin_close`]: a write in progress is abandoned (its frames
-    /// were never the kernel's, only the send buffer is); with no send in flight,
-    /// `close_notify` (or a pending alert) goes out in a send that does not wait for the
-    /// peer; a send in flight (a reader that stopped) is cut by a shutdown.
-    fn begin_tls_close(&mut self, slot: u32) -> std::io::Result<()> {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
-        if conn.tls.is_none() {
-            return Ok(());
-        }
-        let abandoned = conn.write_in_flight;
-        if abandoned {
-            self.pending_write_bytes -= conn.forget_write();
-        }
-        let Some(tls) = conn.tls.as_deref_mut() else {
-            return Ok(());
+        let key = ConnKey {
+            slot,
+            serial: conn.serial,
         };
-        if abandoned {
-            tls.abandon_write();
+        conn.pipe.set_linger_after_send(true);
+        if conn
+            .pipe
+            .close_notify(&mut self.ring, key.to_word(), &mut self.tls_out_pool)
+        {
+            return Ok(()); // `after_write` lingers once it is sent
         }
-        let stuck = tls.sending;
-        if !stuck {
-            tls.close_notify();
-        }
-        let goodbye = !stuck && !tls.pending_out().is_empty();
-        if stuck || conn.recv_in_flight {
-            let how = if stuck {
-                libc::SHUT_RDWR
-            } else {
-                libc::SHUT_RD
-            };
-            // SAFETY: shutdown takes no memory; it makes in-flight operations complete.
-            unsafe { libc::shutdown(conn.fd, how) };
-        }
-        if goodbye {
-            self.submit_tls_send(slot, true)?;
-        }
-        Ok(())
+        conn.pipe.set_linger_after_send(false);
+        self.linger(now, slot)
     }
 
     /// Tells each room's owner shard when this shard's subscribers of it come and go, so
