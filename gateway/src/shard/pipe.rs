@@ -652,3 +652,104 @@ pub fn recycle_tls_out(pool: &mut Vec<Vec<u8>>, mut buffer: Vec<u8>) {
 /// Spare TLS send buffers kept per shard (each about one TLS record,
 /// `conn::tls::SEND_CHUNK_BYTES`), so idle TLS streams hold none.
 pub const TLS_OUT_POOLED_MAX: usize = 256;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::uring::{Completion, OpKind};
+    use std::io::{Read, Write as _};
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+
+    fn reap_one(ring: &mut Ring) -> Completion {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut out = Vec::new();
+        while out.is_empty() && Instant::now() < deadline {
+            ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+            ring.reap(&mut out);
+        }
+        assert_eq!(out.len(), 1, "one completion");
+        out.pop().unwrap()
+    }
+
+    #[test]
+    fn a_plain_pipe_receives_into_the_request_buffer_and_writes_frames_whole() {
+        let mut ring = Ring::with_entries(8).unwrap();
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let mut pipe = Pipe::plain(OwnedFd::from(ours));
+        let mut buf = b"GET".to_vec();
+        pipe.post_recv(&mut ring, 1, &mut buf, RecvInto::Request { room: 64 });
+        assert!(pipe.receiving());
+        assert!(buf.is_empty(), "the ring holds the request buffer");
+        // A second post while one is in flight is a no-op.
+        pipe.post_recv(&mut ring, 1, &mut buf, RecvInto::Request { room: 64 });
+        theirs.write_all(b" / HTTP/1.1\r\n").unwrap();
+        let c = reap_one(&mut ring);
+        let received = pipe.on_recv(c, &mut buf, true, None);
+        assert!(matches!(received, Received::Data { closed: false, .. }));
+        assert_eq!(&buf[..], b"GET / HTTP/1.1\r\n");
+
+        let frames = vec![
+            Bytes::from_static(b"HTTP/1.1 200 OK\r\n"),
+            Bytes::from_static(b"\r\n"),
+        ];
+        let len = frames.iter().map(Bytes::len).sum();
+        let mut pool = Vec::new();
+        pipe.start_write(&mut ring, 1, frames, len, &mut pool)
+            .unwrap();
+        assert!(pipe.writing());
+        let c = reap_one(&mut ring);
+        let Wrote::Done { credited, frames } = pipe.on_write(&mut ring, c, &mut pool) else {
+            panic!("written whole")
+        };
+        assert_eq!((credited, frames.len()), (len, 2));
+        assert!(!pipe.writing());
+        let mut got = vec![0u8; len];
+        theirs.read_exact(&mut got).unwrap();
+        assert_eq!(&got[..], b"HTTP/1.1 200 OK\r\n\r\n");
+    }
+
+    #[test]
+    fn a_pipe_closed_with_a_receive_in_flight_closes_at_once_and_the_receive_settles() {
+        let mut ring = Ring::with_entries(8).unwrap();
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let mut pipe = Pipe::plain(OwnedFd::from(ours));
+        let mut buf = Vec::new();
+        pipe.post_recv(&mut ring, 1, &mut buf, RecvInto::Request { room: 64 });
+        assert_eq!(pipe.close(&mut ring, 1), Closing::Submitted);
+        assert_eq!(pipe.raw_fd(), None, "the socket is the ring's close's");
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut out = Vec::new();
+        while out.len() < 2 && Instant::now() < deadline {
+            ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+            ring.reap(&mut out);
+        }
+        assert_eq!(
+            out.len(),
+            2,
+            "the receive (shut down) and the close complete"
+        );
+        let recv = out.into_iter().find(|c| c.kind == OpKind::Recv).unwrap();
+        assert_eq!(recv.result, 0);
+        assert!(matches!(pipe.settle(recv), Held::Recv(_)));
+        assert!(!pipe.receiving());
+        assert_eq!(ring.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_write_forgotten_at_the_close_gives_back_what_was_not_delivered() {
+        let mut ring = Ring::with_entries(8).unwrap();
+        let sink = Arc::new(VirtualSink::new(None));
+        let mut pipe = Pipe::virtual_conn(sink.clone());
+        let mut pool = Vec::new();
+        let frames = vec![Bytes::from_static(b"data: x\n\n")];
+        pipe.start_write(&mut ring, 1, frames, 9, &mut pool)
+            .unwrap();
+        assert!(pipe.writing());
+        let (remaining, _) = pipe.forget_write().unwrap();
+        assert_eq!(remaining, 9);
+        assert_eq!(pipe.close(&mut ring, 1), Closing::Done);
+        assert!(sink.is_closed());
+        assert_eq!(ring.in_flight(), 0, "a virtual pipe uses no ring op");
+    }
+}

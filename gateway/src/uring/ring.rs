@@ -676,6 +676,21 @@ mod tests {
     }
 
     #[test]
+    fn a_writev_of_more_than_iov_max_frames_goes_short() {
+        let mut ring = Ring::with_entries(8).unwrap();
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let frames = vec![Bytes::from_static(b"x"); IOV_MAX + 5];
+        ring.writev(0, ours.as_raw_fd(), frames, 0);
+        let done = reap_n(&mut ring, 1);
+        assert_eq!(
+            done[0].result, IOV_MAX as i32,
+            "one iovec per frame, IOV_MAX at most"
+        );
+        let mut got = vec![0u8; IOV_MAX];
+        theirs.read_exact(&mut got).unwrap();
+    }
+
+    #[test]
     fn a_send_gives_its_bytes_back_and_sends_from_the_offset() {
         let mut ring = Ring::with_entries(8).unwrap();
         let (ours, mut theirs) = UnixStream::pair().unwrap();
