@@ -504,12 +504,11 @@ impl Worker {
             // signal, or just before it) waits for it, to answer it 503: closing it would
             // be an accept and a close for a client that never got a word. Idle keep-alive
             // connections (served before; timed by `Idle`) are closed.
-            let fresh = conn.state == State::Reading
-                && conn.buf.is_empty()
-                && conn.reader.phase() == Phase::Head;
+            let empty = conn.pipe.request_bytes(&conn.buf) == 0;
+            let fresh = conn.state == State::Reading && empty && conn.reader.phase() == Phase::Head;
             conn.refuse_draining |= fresh;
             let idle = conn.state == State::Reading
-                && conn.buf.is_empty()
+                && empty
                 && !conn.pipe.writing()
                 && !conn.refuse_draining;
             if idle || conn.state == State::Lingering {

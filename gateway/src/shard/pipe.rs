@@ -133,6 +133,9 @@ pub struct Pipe {
     transport: Transport,
     /// The receive in flight.
     recv: Option<OpId>,
+    /// Bytes already in the request buffer the receive in flight holds (0 when it
+    /// receives into another buffer).
+    recv_held: usize,
     /// The ring write in flight (a plain writev, or a TLS send).
     send: Option<OpId>,
     write: Option<Write>,
@@ -160,6 +163,7 @@ impl Pipe {
             fd,
             transport,
             recv: None,
+            recv_held: 0,
             send: None,
             write: None,
         }
@@ -203,6 +207,12 @@ impl Pipe {
         self.recv.is_some()
     }
 
+    /// Bytes of request the connection holds: those in `buf`, and those in the request
+    /// buffer a receive in flight holds.
+    pub fn request_bytes(&self, buf: &[u8]) -> usize {
+        buf.len() + self.recv_held
+    }
+
     /// A write is in progress (started and not yet delivered whole, failed or forgotten).
     pub fn writing(&self) -> bool {
         self.write.is_some()
@@ -219,9 +229,11 @@ impl Pipe {
         let Some(fd) = self.raw_fd() else {
             return;
         };
+        let held = buf.len();
         let op = match (&mut self.transport, into) {
             (Transport::Virtual(_), _) => return,
             (Transport::Plain, RecvInto::Request { room }) => {
+                self.recv_held = held;
                 ring.recv(key, fd, std::mem::take(buf), room)
             }
             (Transport::Tls(tls), RecvInto::Request { .. }) if tls.in_hello() => {
@@ -230,6 +242,7 @@ impl Pipe {
                     .checked_sub(buf.len())
                     .expect("a ClientHello past its bound was refused")
                     .clamp(1, HELLO_RECV_BYTES);
+                self.recv_held = held;
                 ring.recv(key, fd, std::mem::take(buf), room)
             }
             (Transport::Tls(tls), RecvInto::Request { .. }) => {
@@ -263,6 +276,7 @@ impl Pipe {
             Some(completion.op),
             "a receive completes the receive in flight"
         );
+        self.recv_held = 0;
         let result = completion.result;
         if result <= 0 {
             return Received::Closed;
@@ -607,6 +621,7 @@ impl Pipe {
     pub fn settle(&mut self, completion: Completion) -> Held {
         if self.recv == Some(completion.op) {
             self.recv = None;
+            self.recv_held = 0;
         } else {
             assert_eq!(
                 self.send.take(),
@@ -621,12 +636,14 @@ impl Pipe {
         completion.held
     }
 
-    /// Takes the socket out (a TLS client handed to the companion): no op may be in flight.
+    /// Takes the socket out (a TLS client handed to the companion); `None` while an op is
+    /// in flight on it (never, when the ClientHello just came: nothing is sent before).
     pub fn take_fd(&mut self) -> Option<OwnedFd> {
-        assert!(
-            self.recv.is_none() && self.send.is_none(),
-            "no op in flight on a socket given away"
-        );
+        let idle = self.recv.is_none() && self.send.is_none();
+        debug_assert!(idle, "no op in flight on a socket given away");
+        if !idle {
+            return None;
+        }
         self.fd.take()
     }
 
@@ -681,6 +698,7 @@ mod tests {
         pipe.post_recv(&mut ring, 1, &mut buf, RecvInto::Request { room: 64 });
         assert!(pipe.receiving());
         assert!(buf.is_empty(), "the ring holds the request buffer");
+        assert_eq!(pipe.request_bytes(&buf), 3, "its bytes still count");
         // A second post while one is in flight is a no-op.
         pipe.post_recv(&mut ring, 1, &mut buf, RecvInto::Request { room: 64 });
         theirs.write_all(b" / HTTP/1.1\r\n").unwrap();
