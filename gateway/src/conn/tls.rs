@@ -572,6 +572,30 @@ mod tests {
     }
 
     #[test]
+    fn the_send_buffer_is_the_rings_while_a_send_is_in_flight() {
+        let pair = pair(&[b"http/1.1"]);
+        let (mut server, mut client) = handshake(&pair);
+        let frames = [Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n")];
+        server.start_write();
+        assert!(server.fill(&frames, frames[0].len()));
+        let (out, from) = server.take_out();
+        assert!(server.sending());
+        assert!(server.pending_out().is_empty(), "nothing of it stays here");
+        // While the ring holds it, close_notify waits (fill is not called: asserted).
+        server.close_notify();
+        assert!(server.pending_out().is_empty());
+        let mut got = Vec::new();
+        feed(&mut client, &out[from..], &mut got);
+        server.restore_out(out);
+        assert!(!server.sending());
+        assert_eq!(
+            server.on_sent(server.pending_out().len()),
+            Some(frames[0].len())
+        );
+        assert_eq!(&got[..], &frames[0][..]);
+    }
+
+    #[test]
     fn a_client_offering_h2_is_handed_off_and_garbage_fails() {
         let pair_h2 = pair(&[b"h2", b"http/1.1"]);
         let mut client = client(&pair_h2);
