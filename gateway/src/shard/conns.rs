@@ -4,7 +4,7 @@
 
 use super::*;
 
-impl Worker {
+impl Shard {
     /// Opens a virtual connection for a request the companion thread translated to
     /// HTTP/1.1 (virtual_conn.rs): a slot like an accepted socket's, its request already read.
     pub(super) fn open_virtual(

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Worker {
+impl Shard {
     /// Counts a refusal.
     pub(super) fn count_rejection(&mut self, reason: Rejection) {
         self.rejections[reason as usize] += 1;

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Worker {
+impl Shard {
     pub(super) fn post_recv(&mut self, slot: u32) -> std::io::Result<()> {
         let limits = self.limits();
         let discard_ptr = self.discard.as_mut_ptr();
@@ -63,7 +63,7 @@ impl Worker {
         // SAFETY: a Reading connection's buffer (or its TLS receive buffer, boxed in the
         // slot) is neither touched nor reallocated while `recv_in_flight` is set, and the
         // slot (boxed) outlives the operation; the discard buffer lives as long as the
-        // worker and is never read.
+        // shard and is never read.
         unsafe { self.ring.recv(slot, fd, ptr, len) }
     }
 

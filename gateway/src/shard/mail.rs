@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Worker {
+impl Shard {
     pub(super) fn drain_mail(&mut self, now: Instant) {
         for _ in 0..MAIL_PER_TURN {
             let Some(mail) = self.shared.mesh.companion_queue(self.index).pop() else {

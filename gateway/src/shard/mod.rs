@@ -216,14 +216,14 @@ impl Conn {
 /// slots are boxed.
 type Slot = Option<Box<Conn>>;
 
-/// The connection in `slot`, borrowing only the slot table (so other fields of the worker
+/// The connection in `slot`, borrowing only the slot table (so other fields of the shard
 /// stay usable while it is held).
 fn slot_mut(conns: &mut [Slot], slot: u32) -> Option<&mut Conn> {
     conns.get_mut(slot as usize).and_then(|c| c.as_deref_mut())
 }
 
 /// One shard.
-pub struct Worker {
+pub struct Shard {
     index: usize,
     shards: usize,
     shared: Arc<Shared>,
@@ -286,7 +286,7 @@ pub struct Worker {
     idempotency: crate::app::idempotency::KeyTable,
 }
 
-impl Worker {
+impl Shard {
     /// Sets up shard `index` around its listener and, with `--tls-listen`, its TLS
     /// listener.
     pub fn new(
@@ -367,7 +367,7 @@ impl Worker {
     pub fn run(mut self) -> std::io::Result<()> {
         self.arm_accepts(Instant::now())?;
         let eventfd = self.shared.mesh.eventfd(self.index);
-        // SAFETY: `wake_read` is boxed and lives as long as the worker, which outlives
+        // SAFETY: `wake_read` is boxed and lives as long as the shard, which outlives
         // the ring's operations (the loop only returns after the ring is dropped last).
         unsafe { self.ring.read_eventfd(eventfd, &mut *self.wake_read)? };
         let mut stop_deadline: Option<Instant> = None;

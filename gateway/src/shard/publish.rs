@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Worker {
+impl Shard {
     pub(super) fn outbox_full(&self) -> bool {
         self.outbox.iter().any(|q| q.len() >= OUTBOX_MAX)
     }

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Worker {
+impl Shard {
     /// Refuses a request whose token does not let it through: 401 with a
     /// `WWW-Authenticate: Bearer` challenge, or 403; counted by reason.
     pub(super) fn refuse_token(

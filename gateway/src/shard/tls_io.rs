@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Worker {
+impl Shard {
     /// Counts a TLS connection's outcome (`ringcast_tls_handshakes_total`).
     pub(super) fn count_tls_handshake(&self, outcome: TlsHandshake) {
         self.shared.figures[self.index].add_tls_handshake(outcome);

@@ -4,7 +4,7 @@
 
 use super::*;
 
-impl Worker {
+impl Shard {
     /// A subscribe that `--auth-url` must approve first: decided at once (breaker open,
     /// queue full) or the connection waits for [`Self::drain_auth`].
     pub(super) fn authorize(

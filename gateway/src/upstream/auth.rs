@@ -271,7 +271,7 @@ struct Hub {
     figures: Vec<AuthFigures>,
 }
 
-/// The upstream threads and their queues; one per process, in `worker::Shared`.
+/// The upstream threads and their queues; one per process, in `runtime::shared::Shared`.
 /// Dropping every handle closes the queue and the threads exit.
 #[derive(Clone)]
 pub struct AuthPool {

@@ -343,7 +343,7 @@ impl Hub {
     }
 }
 
-/// The cluster threads and their queues; one per process, in `worker::Shared`.
+/// The cluster threads and their queues; one per process, in `runtime::shared::Shared`.
 pub struct ClusterPool {
     hub: Arc<Hub>,
     publishers: Vec<mpsc::SyncSender<Job>>,
