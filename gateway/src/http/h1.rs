@@ -190,7 +190,7 @@ pub fn parse(
         .map_err(|err| Refusal::new(err.status(), err.to_string()))?
         .into_owned();
     let metrics_format = if route == Route::Metrics {
-        ringcast_core::metrics::Format::from_accept(accept)
+        crate::http::negotiate::metrics_format(accept)
     } else {
         ringcast_core::metrics::Format::Prometheus
     };

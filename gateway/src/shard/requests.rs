@@ -139,7 +139,13 @@ impl Shard {
                 let text = crate::metrics::process::render(&self.shared, format, now_unix);
                 self.respond(
                     slot,
-                    http1::response(200, format.content_type(), "", text.as_bytes(), close),
+                    http1::response(
+                        200,
+                        crate::http::negotiate::metrics_content_type(format),
+                        "",
+                        text.as_bytes(),
+                        close,
+                    ),
                 )
             }
             Route::Healthz => {
