@@ -17,7 +17,7 @@
 //! fuzz/RUNS.md).
 #![no_main]
 
-use gateway::http::h1::{self, Method};
+use gateway::http::h1::{self as http1, Method};
 use gateway::conn::http1::{Expired, Limits, Phase, RequestReader, Step};
 use gateway::conn::tls::{Hello, TlsConn, RECV_BYTES};
 use libfuzzer_sys::fuzz_target;
