@@ -33,3 +33,6 @@ pub mod tls_conn;
 pub mod uring;
 pub mod virtual_conn;
 pub mod worker;
+// The WebSocket connection machine (issue 16); moves under `conn/mod.rs` at merge.
+#[path = "conn/ws/mod.rs"]
+pub mod ws;
