@@ -9,6 +9,15 @@
 //! The buffer itself stays in the worker's connection (the ring receives into its spare
 //! capacity); [`RequestReader::recv_room`] bounds it.
 
+mod connection;
+#[cfg(test)]
+mod tests;
+
+pub use connection::{
+    Cause, Close, Connection, Event, Read, Request, State, DISCARD_BYTES_MAX, LINGER,
+    RECEIVE_BYTES_MAX,
+};
+
 use crate::http::h1::{self as http1, Head, Parsed, Refusal};
 use std::time::{Duration, Instant};
 
@@ -223,7 +232,7 @@ impl RequestReader {
 }
 
 #[cfg(test)]
-mod tests {
+mod reader_tests {
     use super::*;
 
     fn limits() -> Limits {
