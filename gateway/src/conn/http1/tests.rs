@@ -4,8 +4,9 @@
 //! test says (or at once).
 
 use super::*;
-use crate::http::h1::{self, Method, Route};
+use crate::http::h1::{self, Method, Refusal, Route};
 use bytes::Bytes;
+use std::time::{Duration, Instant};
 
 fn limits() -> Limits {
     Limits {
