@@ -75,7 +75,7 @@ impl Shard {
         now: Instant,
         slot: u32,
         room: String,
-        body: Vec<u8>,
+        body: Bytes,
         idempotency_key: Option<String>,
     ) -> std::io::Result<()> {
         let room: Arc<str> = Arc::from(room);
@@ -84,7 +84,7 @@ impl Shard {
             return self.finish_publish(slot, &room, Err(Rejection::PendingWriteBytes.into()));
         }
         if self.cluster.is_some() {
-            return self.cluster_publish(now, slot, room, Bytes::from(body), idempotency_key);
+            return self.cluster_publish(now, slot, room, body, idempotency_key);
         }
         let owner = owner_shard(&room, self.shards);
         if owner == self.index {
@@ -98,12 +98,11 @@ impl Shard {
         let reply = self.reply_to(slot, 0);
         self.outbox[owner].push_back(Mail::Publish {
             room: room.clone(),
-            data: Bytes::from(body),
+            data: body,
             reply,
             idempotency_key: idempotency_key.map(crate::app::idempotency::MailKey::new),
         });
         if let Some(conn) = self.conn(slot) {
-            conn.state = State::Waiting;
             conn.outstanding = 1;
             conn.pending = Some(Pending::Publish { room, result: None });
         }
@@ -116,7 +115,7 @@ impl Shard {
         room: &str,
         result: Result<EventId, PublishRefusal>,
     ) -> std::io::Result<()> {
-        let close = self.conn(slot).is_none_or(|c| !c.keep_alive);
+        let close = self.conn(slot).is_none_or(|c| !c.http.keep_alive());
         let response = match result {
             Ok(id) => http1::response(
                 201,
@@ -215,7 +214,6 @@ impl Shard {
         if let Some(conn) = self.conn(slot) {
             conn.pending = Some(Pending::Batch { results });
             conn.outstanding = outstanding;
-            conn.state = State::Waiting;
         }
         if outstanding == 0 {
             return self.complete_pending(slot);
