@@ -73,7 +73,7 @@ pub enum RecvInto {
 /// What a receive brought.
 #[derive(Debug)]
 pub enum Received {
-    /// Plaintext was appended to the request buffer (perhaps none: a handshake record).
+    /// Plaintext was appended to the receive buffer (perhaps none: a handshake record).
     Data {
         /// This receive completed the TLS handshake.
         established: bool,
@@ -86,10 +86,13 @@ pub enum Received {
     HelloTooLarge,
     /// The connection's TLS records failed (an alert may wait to be sent).
     TlsFailed(TlsFailure),
-    /// End of stream, a receive error, or the peer's `close_notify`.
+    /// End of stream or a receive error.
     Closed,
-    /// Bytes nobody reads (the connection no longer reads a request): receive again.
-    Ignored,
+    /// `len` bytes went to the discard buffer: only their count matters.
+    Discarded {
+        /// Bytes received.
+        len: usize,
+    },
 }
 
 /// What a write completion did.
@@ -133,9 +136,6 @@ pub struct Pipe {
     transport: Transport,
     /// The receive in flight.
     recv: Option<OpId>,
-    /// Bytes already in the request buffer the receive in flight holds (0 when it
-    /// receives into another buffer).
-    recv_held: usize,
     /// The ring write in flight (a plain writev, or a TLS send).
     send: Option<OpId>,
     write: Option<Write>,
@@ -163,7 +163,6 @@ impl Pipe {
             fd,
             transport,
             recv: None,
-            recv_held: 0,
             send: None,
             write: None,
         }
@@ -207,12 +206,6 @@ impl Pipe {
         self.recv.is_some()
     }
 
-    /// Bytes of request the connection holds: those in `buf`, and those in the request
-    /// buffer a receive in flight holds.
-    pub fn request_bytes(&self, buf: &[u8]) -> usize {
-        buf.len() + self.recv_held
-    }
-
     /// A write is in progress (started and not yet delivered whole, failed or forgotten).
     pub fn writing(&self) -> bool {
         self.write.is_some()
@@ -229,11 +222,9 @@ impl Pipe {
         let Some(fd) = self.raw_fd() else {
             return;
         };
-        let held = buf.len();
         let op = match (&mut self.transport, into) {
             (Transport::Virtual(_), _) => return,
             (Transport::Plain, RecvInto::Request { room }) => {
-                self.recv_held = held;
                 ring.recv(key, fd, std::mem::take(buf), room)
             }
             (Transport::Tls(tls), RecvInto::Request { .. }) if tls.in_hello() => {
@@ -242,7 +233,6 @@ impl Pipe {
                     .checked_sub(buf.len())
                     .expect("a ClientHello past its bound was refused")
                     .clamp(1, HELLO_RECV_BYTES);
-                self.recv_held = held;
                 ring.recv(key, fd, std::mem::take(buf), room)
             }
             (Transport::Tls(tls), RecvInto::Request { .. }) => {
@@ -261,14 +251,12 @@ impl Pipe {
         self.recv = Some(op);
     }
 
-    /// A receive completed. `reading`: the connection still reads a request (otherwise
-    /// what came is dropped). Plaintext is appended to `buf`, the request buffer (which is
-    /// empty while a plain receive holds it).
+    /// A receive completed: plaintext is appended to `buf` (the receive buffer, empty
+    /// while a plain receive or a ClientHello receive holds it: it comes back here).
     pub fn on_recv(
         &mut self,
         completion: Completion,
         buf: &mut Vec<u8>,
-        reading: bool,
         tls_config: Option<&Arc<rustls::ServerConfig>>,
     ) -> Received {
         assert_eq!(
@@ -276,18 +264,18 @@ impl Pipe {
             Some(completion.op),
             "a receive completes the receive in flight"
         );
-        self.recv_held = 0;
         let result = completion.result;
         if result <= 0 {
             return Received::Closed;
         }
+        let len = result as usize;
         let held = match completion.held {
-            Held::Recv(held) if reading => held,
-            _ => return Received::Ignored,
+            Held::Recv(held) => held,
+            _ => return Received::Discarded { len },
         };
         match &mut self.transport {
             Transport::Plain => {
-                debug_assert!(buf.is_empty(), "the ring held the request buffer");
+                debug_assert!(buf.is_empty(), "the ring held the receive buffer");
                 *buf = held;
                 Received::Data {
                     established: false,
@@ -297,7 +285,7 @@ impl Pipe {
             Transport::Tls(tls) if tls.in_hello() => {
                 debug_assert!(buf.is_empty(), "the ring held the ClientHello");
                 *buf = held;
-                let old = buf.len() - result as usize;
+                let old = buf.len() - len;
                 let Some(config) = tls_config else {
                     return Received::TlsFailed(TlsFailure::Protocol("no TLS config".into()));
                 };
@@ -307,7 +295,7 @@ impl Pipe {
                     return Received::HelloTooLarge;
                 }
                 if hello == Hello::Http1 {
-                    buf.clear();
+                    *buf = Vec::new();
                 }
                 Received::Hello(hello)
             }
@@ -621,7 +609,6 @@ impl Pipe {
     pub fn settle(&mut self, completion: Completion) -> Held {
         if self.recv == Some(completion.op) {
             self.recv = None;
-            self.recv_held = 0;
         } else {
             assert_eq!(
                 self.send.take(),
@@ -698,12 +685,11 @@ mod tests {
         pipe.post_recv(&mut ring, 1, &mut buf, RecvInto::Request { room: 64 });
         assert!(pipe.receiving());
         assert!(buf.is_empty(), "the ring holds the request buffer");
-        assert_eq!(pipe.request_bytes(&buf), 3, "its bytes still count");
         // A second post while one is in flight is a no-op.
         pipe.post_recv(&mut ring, 1, &mut buf, RecvInto::Request { room: 64 });
         theirs.write_all(b" / HTTP/1.1\r\n").unwrap();
         let c = reap_one(&mut ring);
-        let received = pipe.on_recv(c, &mut buf, true, None);
+        let received = pipe.on_recv(c, &mut buf, None);
         assert!(matches!(received, Received::Data { closed: false, .. }));
         assert_eq!(&buf[..], b"GET / HTTP/1.1\r\n");
 

@@ -38,7 +38,7 @@ pub const IOV_MAX: usize = 1024;
 /// Spare iovec arrays kept per ring, so idle connections hold none.
 const IOV_VECS_POOLED_MAX: usize = 4096;
 /// Bytes of the shared discard buffer receives of ignored input land in.
-const DISCARD_BYTES: usize = 4096;
+pub const DISCARD_BYTES: usize = 4096;
 /// How long a dropped ring waits for the kernel to finish cancelled operations.
 const DROP_WAIT: Duration = Duration::from_secs(1);
 /// Rounds of "submit, reap to make room" one wait makes at most to move parked entries
