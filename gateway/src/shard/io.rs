@@ -312,24 +312,27 @@ impl Shard {
         self.drive(now, slot)
     }
 
-    /// A refusal is written: a virtual connection closes; TLS sends `close_notify` first;
-    /// then [`Self::linger`].
-    pub(super) fn start_linger(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
-        let Some(conn) = self.conn(slot) else {
+    /// A refusal is written: the pipe half-closes (TLS after its `close_notify` is sent,
+    /// see [`Self::after_write`]) and the connection reads until the client closes or the
+    /// machine's linger deadline passes, so the client reads the answer, not a reset; a
+    /// virtual connection just closes.
+    pub(super) fn start_linger(&mut self, _now: Instant, slot: u32) -> std::io::Result<()> {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
-        if conn.pipe.is_virtual() {
-            return self.begin_close(slot);
+        let key = conn.key(slot).to_word();
+        match conn
+            .pipe
+            .linger(&mut self.ring, key, &mut self.tls_out_pool)
+        {
+            Linger::Close => self.begin_close(slot),
+            Linger::AfterSend => Ok(()),
+            Linger::Now => self.post_recv(slot),
         }
-        if conn.pipe.is_tls() {
-            return self.tls_linger(now, slot);
-        }
-        self.linger(now, slot)
     }
 
-    /// After a refusal was written: half-closes and reads (into the discard buffer) until
-    /// the client closes or the machine's linger deadline passes, so the client reads the
-    /// answer, not a reset.
+    /// After a refusal was written (and over TLS its `close_notify` sent): half-closes and
+    /// reads (into the discard buffer).
     pub(super) fn linger(&mut self, _now: Instant, slot: u32) -> std::io::Result<()> {
         let Some(conn) = self.conn(slot) else {
             return Ok(());

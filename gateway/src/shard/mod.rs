@@ -31,7 +31,7 @@ use crate::metrics::{Figure, TlsHandshake, ROOM_SIZE_LABELS};
 use crate::runtime::clock::ShardClock;
 use crate::runtime::shared::Shared;
 use crate::shard::accept::{AcceptErrno, AcceptPacer};
-use crate::shard::pipe::{recycle_tls_out, Closing, Pipe, Received, RecvInto, Wrote};
+use crate::shard::pipe::{recycle_tls_out, Closing, Linger, Pipe, Received, RecvInto, Wrote};
 use crate::uring::{Completion, Held, OpId, OpKind, Ring, LISTENER_PLAIN, LISTENER_TLS};
 use bytes::Bytes;
 use ringcast_core::event_id::{EventId, ResetReason, ResumeId};

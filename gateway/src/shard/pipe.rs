@@ -118,6 +118,19 @@ pub enum Wrote {
     Failed,
 }
 
+/// How a connection lingers once a refusal is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Linger {
+    /// Nothing to linger on (a virtual connection): close.
+    Close,
+    /// A TLS `close_notify` is being sent; the half-close follows when it is
+    /// ([`Pipe::take_linger_after_send`] then says so).
+    AfterSend,
+    /// Half-closed: read (into the discard buffer) until the client closes.
+    Now,
+}
+
 /// What closing started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
@@ -510,24 +523,29 @@ impl Pipe {
 
     /// Queues a TLS `close_notify` and sends it: true while a send is in flight afterwards
     /// (a refused TLS client's answer, then its end). Other pipes: false.
-    pub fn close_notify(
-        &mut self,
-        ring: &mut Ring,
-        key: u64,
-        tls_out_pool: &mut Vec<Vec<u8>>,
-    ) -> bool {
+    fn close_notify(&mut self, ring: &mut Ring, key: u64, tls_out_pool: &mut Vec<Vec<u8>>) -> bool {
         if let Transport::Tls(tls) = &mut self.transport {
             tls.close_notify();
         }
         self.flush(ring, key, tls_out_pool)
     }
 
-    /// Asks for a half-close and linger once the TLS sends under way are done (see
-    /// [`Self::take_linger_after_send`]).
-    pub fn set_linger_after_send(&mut self, on: bool) {
-        if let Transport::Tls(tls) = &mut self.transport {
-            tls.linger_after_send = on;
+    /// A refusal was written: a TLS session says `close_notify` first; then the sending
+    /// side is half-closed, so the client reads the answer and the end, not a reset.
+    pub fn linger(&mut self, ring: &mut Ring, key: u64, tls_out_pool: &mut Vec<Vec<u8>>) -> Linger {
+        match &mut self.transport {
+            Transport::Virtual(_) => return Linger::Close,
+            Transport::Tls(tls) => {
+                tls.linger_after_send = true;
+                if self.close_notify(ring, key, tls_out_pool) {
+                    return Linger::AfterSend;
+                }
+                self.take_linger_after_send();
+            }
+            Transport::Plain => {}
         }
+        self.shutdown_write();
+        Linger::Now
     }
 
     /// Whether the connection lingers now that its sends are done (asked once).

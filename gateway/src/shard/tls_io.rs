@@ -1,6 +1,6 @@
 //! TLS connections on the ring: what is not the pipe's (pipe.rs moves the ciphertext
-//! through the sans-IO `TlsConn`): handshake counts, failures, the hand-off of `h2`
-//! clients to the companion, and the TLS linger.
+//! through the sans-IO `TlsConn`): handshake counts, failures and the hand-off of `h2`
+//! clients to the companion.
 
 use super::*;
 
@@ -87,23 +87,5 @@ impl Shard {
         };
         let key = conn.key(slot).to_word();
         Ok(conn.pipe.flush(&mut self.ring, key, &mut self.tls_out_pool))
-    }
-
-    /// A refusal was written over TLS: `close_notify`, then half-close and linger as a
-    /// plain connection does.
-    pub(super) fn tls_linger(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
-        let Some(conn) = slot_mut(&mut self.conns, slot) else {
-            return Ok(());
-        };
-        let key = conn.key(slot).to_word();
-        conn.pipe.set_linger_after_send(true);
-        if conn
-            .pipe
-            .close_notify(&mut self.ring, key, &mut self.tls_out_pool)
-        {
-            return Ok(()); // `after_write` lingers once it is sent
-        }
-        conn.pipe.set_linger_after_send(false);
-        self.linger(now, slot)
     }
 }
