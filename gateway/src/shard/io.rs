@@ -1,6 +1,7 @@
-//! The IO side of plain connections on the ring: posting receives, feeding what arrives to
-//! the HTTP/1.1 machine (conn/http1), coalesced writes (fan-out frames and the machine's
-//! answers), linger and close.
+//! The IO side of connections on the ring, through their pipes (pipe.rs: plain, TLS,
+//! virtual): posting receives, feeding the plaintext that arrives to the HTTP/1.1 machine
+//! (conn/http1), coalesced writes (fan-out frames and the machine's answers), linger and
+//! close.
 
 use super::*;
 
@@ -68,7 +69,13 @@ impl Shard {
                 conn.http.handle_eof();
             }
             Received::Discarded { len } => {
-                // Counted only: a flood is cut.
+                // Counted only: a flood is cut. A machine that reads a request never gets
+                // these zeros: a discard receive is posted only once it stops reading one,
+                // and it never reads one again.
+                debug_assert!(
+                    matches!(conn.http.read(), Read::Discard | Read::Pause),
+                    "discarded bytes a request wanted"
+                );
                 conn.http.handle_received(now, &DISCARDED[..len]);
             }
             Received::Data {
@@ -213,8 +220,9 @@ impl Shard {
         let started =
             conn.pipe
                 .start_write(&mut self.ring, key, frames, len, &mut self.tls_out_pool);
-        if started.is_err() {
+        if let Err(frames) = started {
             debug_assert!(false, "one write in flight per virtual connection");
+            self.recycle_frames(frames);
             return self.begin_close(slot);
         }
         self.pending_write_bytes += len;

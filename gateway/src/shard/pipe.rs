@@ -711,6 +711,16 @@ mod tests {
         assert!(matches!(received, Received::Data { closed: false, .. }));
         assert_eq!(&buf[..], b"GET / HTTP/1.1\r\n");
 
+        // A discard receive says only how much came: the bytes are nobody's (the ring's
+        // discard buffer), and the receive buffer is not touched.
+        buf.clear();
+        pipe.post_recv(&mut ring, 1, &mut buf, RecvInto::Discard);
+        theirs.write_all(b"junk").unwrap();
+        let c = reap_one(&mut ring);
+        let received = pipe.on_recv(c, &mut buf, None);
+        assert!(matches!(received, Received::Discarded { len: 4 }));
+        assert!(buf.is_empty());
+
         let frames = vec![
             Bytes::from_static(b"HTTP/1.1 200 OK\r\n"),
             Bytes::from_static(b"\r\n"),
