@@ -51,7 +51,6 @@ impl Shard {
             return Ok(());
         };
         let slot = key.slot;
-        let config = self.shared.tls_http1.clone();
         let Some(conn) = slot_mut(&mut self.conns, slot).filter(|conn| conn.serial == key.serial)
         else {
             // The connection went first: the ring kept the buffer until now.
@@ -62,7 +61,10 @@ impl Shard {
             self.recycle(held);
             return Ok(());
         }
-        match conn.pipe.on_recv(c, &mut conn.recv, config.as_ref()) {
+        match conn
+            .pipe
+            .on_recv(c, &mut conn.recv, self.shared.tls_http1.as_ref())
+        {
             Received::Closed => {
                 // The client closed (or the receive failed): the machine says what
                 // follows (a refusal being written still goes out).
