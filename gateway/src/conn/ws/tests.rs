@@ -502,3 +502,15 @@ fn send_queue_bounded() {
     assert_eq!(conn.poll_transmit(), Some(frame));
     conn.send_text("small").unwrap();
 }
+
+/// An idle connection costs its struct and nothing on the heap (issue 16's bar: ≤ 1 KiB of
+/// RSS per idle WebSocket connection, all layers together).
+#[test]
+fn idle_connection_is_small() {
+    let size = std::mem::size_of::<WsConn>();
+    // 328 bytes when written (x86_64); the bound catches a field that grows it by a lot.
+    assert!(size <= 384, "WsConn is {size} bytes");
+    let conn = WsConn::new(Instant::now(), WsConfig::default());
+    assert_eq!(conn.buffered_bytes(), 0);
+    assert_eq!(conn.transmit_bytes(), 0);
+}
