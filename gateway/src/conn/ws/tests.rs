@@ -335,6 +335,29 @@ fn oversize_message_1009() {
     assert_eq!(h.events, vec![WsEvent::Text("a".repeat(64))]);
 }
 
+/// A header announcing a large message allocates nothing until its bytes arrive, and the
+/// buffer never grows past the limit.
+#[test]
+fn allocation_follows_received_bytes() {
+    let config = WsConfig {
+        message_bytes_max: 60_000,
+        ..WsConfig::default()
+    };
+    let mut h = Harness::new(config);
+    let bytes = frame(0x82, &vec![9; 60_000]);
+    h.feed(&bytes[..8 + 10]);
+    assert!(
+        h.conn.buffered_bytes() < 1_000,
+        "{}",
+        h.conn.buffered_bytes()
+    );
+    for piece in bytes[18..].chunks(7_000) {
+        h.feed(piece);
+        assert!(h.conn.buffered_bytes() <= 60_000 + 125 + 14);
+    }
+    assert_eq!(h.events, vec![WsEvent::Binary(vec![9; 60_000])]);
+}
+
 /// The client closes: the server echoes the code, the handshake is clean, and bytes after it
 /// are ignored.
 #[test]
