@@ -263,7 +263,7 @@ fn tls_http1_is_served_by_the_ring_with_the_plain_listener_s_bytes() {
     assert_eq!(handshakes(&server, "http1"), 1);
     assert_eq!(
         over_tls.last_head,
-        String::from_utf8_lossy(gateway::http1::SSE_HEAD)
+        String::from_utf8_lossy(gateway::http::h1::SSE_HEAD)
     );
     let id = server.publish("bytes", "same bytes");
     let event = over_tls.next_event(WAIT);

@@ -1,6 +1,6 @@
 //! A whole HTTP/1.1 connection, driven as the worker drives a socket's: the request reader
-//! (`gateway::http1_conn`), the parser and responses (`gateway::http1`) and, on TLS
-//! connections, the ring's TLS session (`gateway::tls_conn`) with a rustls client on the
+//! (`gateway::conn::http1`), the parser and responses (`gateway::http::h1`) and, on TLS
+//! connections, the ring's TLS session (`gateway::conn::tls`) with a rustls client on the
 //! other end. Arbitrary client bytes arrive in arbitrary splits, the clock jumps between
 //! them (timers fire), and answers complete at arbitrary points.
 //!
@@ -17,9 +17,9 @@
 //! fuzz/RUNS.md).
 #![no_main]
 
-use gateway::http1::{self, Method};
-use gateway::http1_conn::{Expired, Limits, Phase, RequestReader, Step};
-use gateway::tls_conn::{Hello, TlsConn, RECV_BYTES};
+use gateway::http::h1::{self as http1, Method};
+use gateway::conn::http1::{Expired, Limits, Phase, RequestReader, Step};
+use gateway::conn::tls::{Hello, TlsConn, RECV_BYTES};
 use libfuzzer_sys::fuzz_target;
 use std::io::{Read, Write};
 use std::sync::{Arc, OnceLock};
@@ -43,7 +43,7 @@ fn tls_configs() -> &'static Tls {
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
             include_bytes!("../test_identity/key.der").to_vec().into(),
         );
-        let server = gateway::tls::server_config((vec![cert.clone()], key), &[b"http/1.1"])
+        let server = gateway::config::tls::server_config((vec![cert.clone()], key), &[b"http/1.1"])
             .expect("server config");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())

@@ -1,5 +1,5 @@
 //! DEVELOPMENT HARNESS, not the product: a WebSocket echo server over blocking std
-//! `TcpStream`s (one thread per connection) that drives `gateway::ws::WsConn`, so the
+//! `TcpStream`s (one thread per connection) that drives `gateway::conn::ws::WsConn`, so the
 //! Autobahn|Testsuite cases (via `kosoku`) can judge the sans-IO machine before it is wired
 //! into the shard's io_uring loop. The real echo route is `GET /ws/echo` on the ring behind
 //! `--ws-echo` (issue 16); this file goes away or stays as a debugging aid once that exists.
@@ -8,7 +8,7 @@
 //! `kosoku ws://127.0.0.1:9002/ -i '1.*' …`. Every path is the echo; messages up to
 //! `ECHO_MESSAGE_BYTES_MAX` (16 MiB, Autobahn 9.*).
 
-use gateway::ws::{accept, HeaderField, OriginPolicy, UpgradeRequest, WsConfig, WsConn, WsEvent};
+use gateway::conn::ws::{accept, HeaderField, OriginPolicy, UpgradeRequest, WsConfig, WsConn, WsEvent};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -77,7 +77,7 @@ fn serve(mut stream: TcpStream) -> std::io::Result<()> {
     buf.drain(..head_len);
 
     let config = WsConfig {
-        message_bytes_max: gateway::ws::machine::ECHO_MESSAGE_BYTES_MAX,
+        message_bytes_max: gateway::conn::ws::machine::ECHO_MESSAGE_BYTES_MAX,
         ..WsConfig::default()
     };
     let mut conn = WsConn::new(Instant::now(), config);

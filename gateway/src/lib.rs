@@ -1,38 +1,21 @@
-//! ringcast's IO layer: configuration, the per-shard io_uring event loops, HTTP/1.1
-//! framing, the per-shard companion threads for TLS, HTTP/2 and HTTP/3, cross-shard mail
-//! and metrics exposition, over the sans-IO `shard` core.
+//! ringcast's IO layer over the sans-IO `ringcast-core`: configuration, the per-CPU shards
+//! (each an io_uring loop), the connection machines, HTTP, what requests mean, the
+//! upstreams, the per-shard companion threads for HTTP/2 and HTTP/3, cross-shard mail and
+//! metrics exposition. docs/ARCHITECTURE.md has the picture; dependencies run one way:
+//!
+//! ```text
+//! runtime -> shard -> {app, upstream, companion::spawn, conn, http, uring, mesh, metrics}
+//! app -> {http, mesh, upstream}      conn -> http      companion -> {mesh, http}
+//! ```
 
-pub mod accept;
-pub mod admission;
-pub mod auth;
-pub mod batch;
-pub mod breaker_figures;
-pub mod clock;
-pub mod cluster;
+pub mod app;
 pub mod companion;
 pub mod config;
-pub mod config_check;
-pub mod conn_key;
-pub mod doctor;
-pub mod h2;
-pub mod h3;
-pub mod http1;
-pub mod http1_conn;
-pub mod idempotency;
-pub mod jwt;
-pub mod kernel;
-pub mod mailbox;
-pub mod memory;
+pub mod conn;
+pub mod http;
+pub mod mesh;
 pub mod metrics;
-pub mod quic_streams;
-pub mod reload;
-pub mod route;
-pub mod server;
-pub mod tls;
-pub mod tls_conn;
+pub mod runtime;
+pub mod shard;
+pub mod upstream;
 pub mod uring;
-pub mod virtual_conn;
-pub mod worker;
-// The WebSocket connection machine (issue 16); moves under `conn/mod.rs` at merge.
-#[path = "conn/ws/mod.rs"]
-pub mod ws;

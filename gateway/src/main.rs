@@ -9,7 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     let flags = Flags::parse();
     if let Some(path) = &flags.check_config {
-        let report = gateway::config_check::check_file(path, &flags);
+        let report = gateway::config::check::check_file(path, &flags);
         if report.problems.is_empty() {
             println!("ok");
             return std::process::ExitCode::SUCCESS;
@@ -19,7 +19,7 @@ fn main() -> std::process::ExitCode {
     }
     if flags.command == Some(Command::Doctor) {
         let config = Config::load(flags.clone()).map_err(|err| err.to_string());
-        let report = gateway::doctor::Report::gather(config);
+        let report = gateway::uring::doctor::Report::gather(config);
         print!("{report}");
         return std::process::ExitCode::from(if report.can_run() { 0 } else { 2 });
     }
@@ -32,7 +32,7 @@ fn main() -> std::process::ExitCode {
     };
     // No epoll backend: without io_uring (or an operation it needs) ringcast stops here,
     // saying what is missing and how to enable it.
-    if let Err(err) = gateway::kernel::require() {
+    if let Err(err) = gateway::uring::probe::require() {
         eprintln!("ringcast: {err}");
         return std::process::ExitCode::from(2);
     }
@@ -41,9 +41,9 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_timer(gateway::clock::LogTime)
+        .with_timer(gateway::runtime::clock::LogTime)
         .init();
-    match gateway::server::run(config, flags) {
+    match gateway::runtime::run(config, flags) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");

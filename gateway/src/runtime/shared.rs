@@ -1,0 +1,46 @@
+//! What every shard (and companion) holds a reference to: the settings, the mesh of mail
+//! queues, the figures blocks, the stop flag, the process clock and the upstream pools.
+//! Built once by `runtime::run` before the threads start; plain shared handles, no logic.
+
+use crate::app::admission::{PerIpConnections, PerIpRate};
+use crate::config::Config;
+use crate::mesh::mail::Mesh;
+use crate::metrics::ShardFigures;
+use crate::runtime::clock::SharedClock;
+use crate::runtime::reload::LiveConfig;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// What the shards share: settings, the mesh, figures and the stop flag.
+pub struct Shared {
+    /// Settings.
+    pub config: Config,
+    /// Cross-shard queues.
+    pub mesh: Mesh,
+    /// One block of figures per shard.
+    pub figures: Vec<ShardFigures>,
+    /// Set by the signal handler.
+    pub stop: Arc<AtomicBool>,
+    /// Per shard, set while it is stopping with no connection left. Shards accept (and
+    /// answer 503 `draining`) until every one is drained, so no shard closes its
+    /// listener while clients still arrive at the others' addresses in the same group.
+    pub drained: Vec<AtomicBool>,
+    /// The process clock, kept by the main thread.
+    pub clock: Arc<SharedClock>,
+    /// The settings in force (swapped by SIGHUP reloads); `config` is the start-up copy.
+    pub live: LiveConfig,
+    /// Open connections per client address, over every shard.
+    pub per_ip: PerIpConnections,
+    /// New-connection token buckets per client address, over every shard and transport.
+    pub new_connections: PerIpRate,
+    /// Subscribe authorization threads, when `--auth-url` is set.
+    pub auth: Option<crate::upstream::auth::AuthPool>,
+    /// Redis publisher and follower threads, when `--cluster-redis` is set.
+    pub cluster: Option<crate::upstream::cluster::ClusterPool>,
+    /// The rustls configuration of HTTP/1.1 over TLS on the rings (ALPN `http/1.1`), when
+    /// `--tls-listen` is set.
+    pub tls_http1: Option<Arc<rustls::ServerConfig>>,
+    /// Per shard, the queue to its companion thread for TLS connections whose client
+    /// offers ALPN `h2` (empty without `--tls-listen`).
+    pub tls_handoff: Vec<tokio::sync::mpsc::Sender<crate::mesh::mail::TlsHandOff>>,
+}

@@ -1,0 +1,690 @@
+//! One shard's event loop: its io_uring ring, listener, connections, fan-out state and
+//! mailbox. Runs on one pinned thread; owns everything it touches.
+//!
+//! A loop turn: reap completions (accepts, reads, finished writes), drain the mailbox,
+//! expire timers, hand at most `write_budget` writes from the fan-out to the ring, flush
+//! outgoing mail, publish figures, then submit and sleep until a completion or the next
+//! deadline. The bounded write budget is what lets publishes that arrive during a big
+//! fan-out ride in the same writes (DESIGN.md §2).
+
+pub mod accept;
+mod conns;
+mod figures;
+mod io;
+mod mail;
+mod publish;
+mod requests;
+mod tls_io;
+mod upstreams;
+
+use crate::app::admission::{RefusalReason, Rejection, REJECTIONS};
+use crate::app::batch::{self, BATCH_LINES_MAX};
+use crate::config::Config;
+use crate::conn::http1::{Expired, Limits, Phase, RequestReader, Step};
+use crate::conn::key::{ConnKey, Serials};
+use crate::conn::tls::{Hello, TlsConn};
+use crate::http::h1::{self as http1, Method, Refusal, Route};
+use crate::mesh::mail::{Mail, PublishRefusal, ReplyTo, OUTBOX_MAX};
+use crate::mesh::virtual_conn::{Doorbell, Transport, VirtualSink};
+use crate::metrics::{Figure, TlsHandshake, ROOM_SIZE_LABELS};
+use crate::runtime::clock::ShardClock;
+use crate::runtime::shared::Shared;
+use crate::shard::accept::{AcceptErrno, AcceptPacer};
+use crate::uring::{Completion, OpKind, Ring, LISTENER_PLAIN, LISTENER_TLS};
+use bytes::Bytes;
+use ringcast_core::event_id::{EventId, ResetReason, ResumeId};
+use ringcast_core::fanout::{Action, ConnId, Fanout, FanoutConfig, FanoutError, Start};
+use ringcast_core::metrics::HistogramSnapshot;
+use ringcast_core::room::owner_shard;
+use ringcast_core::timer_wheel::{TimerKey, TimerWheel};
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Bytes the first receive of a request asks for: a typical request head fits, and an
+/// idle subscriber's connection never holds more (the buffer is freed once it streams).
+const RECV_FIRST: usize = 2048;
+/// Most bytes a later receive asks for at once.
+const RECV_CHUNK: usize = 64 * 1024;
+/// Spare write vectors kept per shard, so idle connections hold none.
+const WRITE_VECS_POOLED_MAX: usize = 4096;
+/// Resolution of the request/idle timer wheel.
+const TIMER_TICK: Duration = Duration::from_millis(10);
+/// How long a connection refused for bad input may keep sending before it is closed (so
+/// the client reads the refusal instead of a reset).
+const LINGER: Duration = Duration::from_secs(2);
+/// Longest sleep in one wait, so a stop request is seen promptly.
+const WAIT_MAX: Duration = Duration::from_millis(100);
+/// Mail taken from each queue per turn.
+const MAIL_PER_TURN: usize = 4096;
+/// Extra connection slots past the limit, used only to answer 503 before closing.
+const REFUSAL_SLOTS: usize = 1024;
+/// After a stop signal, how long a shard keeps taking mail before it starts closing
+/// caught-up subscribers: long enough for messages other shards accepted before the
+/// signal to arrive (mail is flushed every loop turn).
+const DRAIN_SETTLE: Duration = Duration::from_millis(200);
+/// How often a shard recounts its rooms by subscriber count for the metrics.
+const ROOM_SIZES_PERIOD: Duration = Duration::from_secs(1);
+/// Spare stamp vectors kept per shard (as the write vectors).
+const STAMP_VECS_POOLED_MAX: usize = 4096;
+/// The `retry:` hint (ms) sent to subscribers closed by a drain.
+const DRAIN_RETRY_MS: u64 = 1000;
+/// During a drain, how long a connection that has not sent its first request is waited
+/// for (to answer it 503) before `--header-timeout`'s 408: a browser's speculative
+/// connection may never send one, and must not hold the drain much past its 200 ms.
+const DRAIN_REQUEST_WAIT: Duration = Duration::from_secs(1);
+/// Spare TLS send buffers kept per shard (each about one TLS record,
+/// `tls_conn::SEND_CHUNK_BYTES`), so idle TLS streams hold none.
+const TLS_OUT_POOLED_MAX: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading a request (or waiting for the next one on keep-alive).
+    Reading,
+    /// Waiting for other shards to answer.
+    Waiting,
+    /// An SSE stream.
+    Streaming,
+    /// A refusal was written; reading until the client closes.
+    Lingering,
+    /// Closing: waiting for in-flight operations, then the close.
+    Closing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimerKind {
+    /// The request reader's deadline (header, body or idle: http1_conn.rs), at this instant.
+    Request(Instant),
+    Linger,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Publish {
+        room: Arc<str>,
+        result: Option<Result<EventId, PublishRefusal>>,
+    },
+    Batch {
+        results: Vec<BatchLine>,
+    },
+    RoomInfo {
+        room: Arc<str>,
+        subscribers: usize,
+        last_id: Option<EventId>,
+        history_len: usize,
+    },
+}
+
+#[derive(Debug)]
+enum BatchLine {
+    Waiting,
+    Done(Result<EventId, String>),
+}
+
+struct Conn {
+    fd: RawFd,
+    serial: u32,
+    state: State,
+    buf: Vec<u8>,
+    recv_in_flight: bool,
+    write_in_flight: bool,
+    close_submitted: bool,
+    close_after_write: bool,
+    frames: Vec<Bytes>,
+    iov: Vec<libc::iovec>,
+    write_len: usize,
+    written: usize,
+    timer: Option<(TimerKey, TimerKind)>,
+    pending: Option<Pending>,
+    outstanding: u32,
+    keep_alive: bool,
+    /// Accepted during a drain: its request is answered 503 `draining` (issue 14 case 9:
+    /// answered, never reset).
+    refuse_draining: bool,
+    /// The client's address while it counts against the per-address limit.
+    peer: Option<IpAddr>,
+    /// Sequencing stamps of the message frames the write in flight carries.
+    stamps: Vec<u64>,
+    /// Set for a virtual connection (a request from the companion thread; `fd` is -1):
+    /// writes go to the sink, not the ring (virtual_conn.rs).
+    sink: Option<Arc<VirtualSink>>,
+    /// Set for a connection of the TLS listener (tls_conn.rs): reads are decrypted into
+    /// `buf`, writes encrypted into its send buffer, which the ring sends; `frames` are
+    /// never the kernel's, and `write_in_flight` means a write not yet all sent. Boxed, so
+    /// a plain connection pays one pointer.
+    tls: Option<Box<TlsConn>>,
+    /// What `buf` makes of requests, and which request deadline runs (http1_conn.rs).
+    reader: RequestReader,
+    /// The write in flight is a `100 Continue`: the request's body comes next.
+    interim: bool,
+    /// The request being answered is a HEAD: responses go without their bodies.
+    head_request: bool,
+}
+
+impl Conn {
+    /// Forgets the write in flight (its frames are refcounted, nothing waits for them) and
+    /// returns the bytes it still counted as pending.
+    fn forget_write(&mut self) -> usize {
+        self.write_in_flight = false;
+        self.frames.clear();
+        self.stamps.clear();
+        self.write_len.saturating_sub(self.written)
+    }
+
+    /// A connection about to read its first request; `fd` is -1 for a virtual one.
+    fn new(
+        fd: RawFd,
+        serial: u32,
+        buf: Vec<u8>,
+        keep_alive: bool,
+        sink: Option<Arc<VirtualSink>>,
+        reader: RequestReader,
+    ) -> Self {
+        Self {
+            fd,
+            serial,
+            state: State::Reading,
+            buf,
+            recv_in_flight: false,
+            write_in_flight: false,
+            close_submitted: false,
+            close_after_write: false,
+            frames: Vec::new(),
+            iov: Vec::new(),
+            write_len: 0,
+            written: 0,
+            timer: None,
+            pending: None,
+            outstanding: 0,
+            keep_alive,
+            refuse_draining: false,
+            peer: None,
+            stamps: Vec::new(),
+            sink,
+            tls: None,
+            reader,
+            interim: false,
+            head_request: false,
+        }
+    }
+}
+
+/// A connection slot's memory must not move while the kernel holds pointers into it, so
+/// slots are boxed.
+type Slot = Option<Box<Conn>>;
+
+/// The connection in `slot`, borrowing only the slot table (so other fields of the shard
+/// stay usable while it is held).
+fn slot_mut(conns: &mut [Slot], slot: u32) -> Option<&mut Conn> {
+    conns.get_mut(slot as usize).and_then(|c| c.as_deref_mut())
+}
+
+/// One shard.
+pub struct Shard {
+    index: usize,
+    shards: usize,
+    shared: Arc<Shared>,
+    ring: Ring,
+    listener: RawFd,
+    /// The `--tls-listen` socket of this shard, when set.
+    tls_listener: Option<RawFd>,
+    /// Accepts are (re-)armed; cleared once a stopping shard has no connection left, when
+    /// it cancels them and waits for their last completions before returning (so no
+    /// accept in the ring keeps a listener open after the process exits).
+    accepting: bool,
+    /// Pacing of each listener's accept, by `LISTENER_PLAIN` / `LISTENER_TLS`.
+    accept_pacers: [AcceptPacer; 2],
+    fanout: Fanout,
+    conns: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    /// Virtual connections among `live`.
+    virtual_live: usize,
+    /// TLS connections among `live`.
+    tls_live: usize,
+    /// Spare TLS send buffers.
+    tls_out_pool: Vec<Vec<u8>>,
+    /// The companion's doorbell, rung once per turn after batches were pushed to sinks
+    /// (virtual_conn.rs); known from the first virtual connection.
+    virtual_doorbell: Option<Arc<Doorbell>>,
+    conns_max: usize,
+    serials: Serials,
+    timers: TimerWheel<ConnKey>,
+    completions: Vec<Completion>,
+    scratch: Vec<Bytes>,
+    outbox: Vec<VecDeque<Mail>>,
+    wake_word: Box<u64>,
+    wake_read: Box<u64>,
+    wake_pending: Vec<bool>,
+    discard: Box<[u8]>,
+    frame_vecs: Vec<Vec<Bytes>>,
+    iov_vecs: Vec<Vec<libc::iovec>>,
+    bytes_written: u64,
+    /// Refusals by reason ([`Rejection`]).
+    rejections: [u64; REJECTIONS],
+    /// Settings in force and their generation (see [`LiveConfig`]).
+    config: Arc<Config>,
+    generation: u64,
+    clock: ShardClock,
+    /// Process-clock time at the start of the turn.
+    now_unix: u64,
+    /// Publish→write latencies recorded this turn, added to the figures at its end.
+    latency_turn: HistogramSnapshot,
+    stamp_scratch: Vec<u64>,
+    stamp_vecs: Vec<Vec<u64>>,
+    /// Bytes submitted to writes and not yet written (the admission bound).
+    pending_write_bytes: usize,
+    room_sizes_at: Instant,
+    /// This shard's authorization breaker and calls, when `--auth-url` is set.
+    auth: Option<crate::upstream::auth::AuthShard>,
+    /// This shard's Redis breaker, calls and primed rooms, when `--cluster-redis` is set.
+    cluster: Option<crate::upstream::cluster::ClusterShard>,
+    /// Idempotency keys of the rooms this shard owns (single-node mode; idempotency.rs).
+    idempotency: crate::app::idempotency::KeyTable,
+}
+
+impl Shard {
+    /// Sets up shard `index` around its listener and, with `--tls-listen`, its TLS
+    /// listener.
+    pub fn new(
+        index: usize,
+        shared: Arc<Shared>,
+        listener: RawFd,
+        tls_listener: Option<RawFd>,
+    ) -> std::io::Result<Self> {
+        let (generation, live_config) = shared.live.current();
+        let config = &*live_config;
+        let now = Instant::now();
+        let shards = shared.mesh.shards();
+        let fanout = Fanout::new(
+            FanoutConfig {
+                history_messages_max: config.history,
+                history_bytes_max: config.history_bytes,
+                rooms_max: config.max_rooms,
+                heartbeat: config.heartbeat,
+                coalesce_delay: config.coalesce_delay,
+                coalesce_queue_min: config.coalesce_queue_min,
+                stream_ids: shared.cluster.is_some(),
+                epoch_anchor_unix_micros: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+                room_idle_timeout: config.room_idle_timeout,
+                ..FanoutConfig::default()
+            },
+            now,
+        );
+        let conns_max = config.max_connections.div_ceil(shards);
+        Ok(Self {
+            index,
+            shards,
+            ring: Ring::new()?,
+            listener,
+            tls_listener,
+            accepting: true,
+            accept_pacers: Default::default(),
+            fanout,
+            conns: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            virtual_live: 0,
+            tls_live: 0,
+            tls_out_pool: Vec::new(),
+            virtual_doorbell: None,
+            conns_max,
+            serials: Serials::default(),
+            timers: TimerWheel::new(now, TIMER_TICK, conns_max + REFUSAL_SLOTS),
+            completions: Vec::with_capacity(1024),
+            scratch: Vec::with_capacity(ringcast_core::fanout::WRITE_FRAMES_MAX + 2),
+            outbox: (0..shards).map(|_| VecDeque::new()).collect(),
+            wake_word: Box::new(1),
+            wake_read: Box::new(0),
+            wake_pending: vec![false; shards],
+            discard: vec![0u8; 4096].into_boxed_slice(),
+            frame_vecs: Vec::new(),
+            iov_vecs: Vec::new(),
+            bytes_written: 0,
+            rejections: [0; REJECTIONS],
+            config: live_config,
+            generation,
+            clock: ShardClock::new(&shared.clock),
+            now_unix: 0,
+            latency_turn: HistogramSnapshot::EMPTY,
+            stamp_scratch: Vec::with_capacity(ringcast_core::fanout::WRITE_FRAMES_MAX),
+            stamp_vecs: Vec::new(),
+            pending_write_bytes: 0,
+            room_sizes_at: now,
+            auth: shared.auth.as_ref().map(|pool| pool.shard(index)),
+            cluster: shared.cluster.as_ref().map(|pool| pool.shard(index)),
+            idempotency: crate::app::idempotency::KeyTable::new(shared.config.idempotency_keys_max),
+            shared,
+        })
+    }
+
+    /// Runs the loop until a stop is requested and every connection is closed.
+    pub fn run(mut self) -> std::io::Result<()> {
+        self.arm_accepts(Instant::now())?;
+        let eventfd = self.shared.mesh.eventfd(self.index);
+        // SAFETY: `wake_read` is boxed and lives as long as the shard, which outlives
+        // the ring's operations (the loop only returns after the ring is dropped last).
+        unsafe { self.ring.read_eventfd(eventfd, &mut *self.wake_read)? };
+        let mut stop_deadline: Option<Instant> = None;
+        let mut drain_at: Option<Instant> = None;
+        let mut forced = false;
+        loop {
+            let now = Instant::now();
+            self.begin_turn(now);
+            self.completions.clear();
+            let mut completions = std::mem::take(&mut self.completions);
+            self.ring.reap(&mut completions);
+            for completion in &completions {
+                self.on_completion(now, *completion)?;
+            }
+            self.completions = completions;
+            self.drain_mail(now);
+            self.drain_auth(now);
+            self.drain_cluster(now);
+            self.expire_timers(now);
+            self.fanout.handle_timeout(now);
+            self.idempotency
+                .handle_timeout(now, self.config.idempotency_window);
+            let budget_used = self.write_out(now)?;
+            self.forward_presence();
+            self.release_freed_rooms();
+            self.flush_outbox()?;
+            self.publish_figures(now);
+
+            if self.shared.stop.load(Ordering::Relaxed) && stop_deadline.is_none() {
+                stop_deadline = Some(now + self.config.drain_timeout);
+                drain_at = Some(now + DRAIN_SETTLE);
+                self.begin_stop(now)?;
+            }
+            if drain_at.is_some_and(|at| now >= at) {
+                drain_at = None;
+                tracing::info!(
+                    shard = self.index,
+                    subscribers = self.fanout.subscribers_live(),
+                    "draining subscribers"
+                );
+                self.fanout.handle_drain(now, DRAIN_RETRY_MS);
+            }
+            if let Some(deadline) = stop_deadline {
+                self.shared.drained[self.index].store(self.live == 0, Ordering::Relaxed);
+                let all_drained = self
+                    .shared
+                    .drained
+                    .iter()
+                    .all(|drained| drained.load(Ordering::Relaxed));
+                if all_drained && self.accepting {
+                    // Clients that connected during the drain were answered; now stop.
+                    self.stop_accepting()?;
+                }
+                if self.live == 0 && !self.accept_pacers.iter().any(AcceptPacer::armed) {
+                    tracing::info!(shard = self.index, "shard stopped");
+                    return Ok(());
+                }
+                if now >= deadline && !forced {
+                    forced = true;
+                    tracing::warn!(
+                        shard = self.index,
+                        open = self.live,
+                        "drain timeout: closing the rest"
+                    );
+                    for slot in 0..self.conns.len() as u32 {
+                        self.begin_close(slot)?;
+                    }
+                    if self.accepting {
+                        self.stop_accepting()?;
+                    }
+                }
+                if now >= deadline + Duration::from_secs(2) {
+                    tracing::warn!(
+                        shard = self.index,
+                        open = self.live,
+                        "shard stopped with operations in flight"
+                    );
+                    return Ok(());
+                }
+            }
+            self.arm_accepts(now)?;
+            let mut wait = WAIT_MAX;
+            if budget_used >= self.config.write_budget {
+                wait = Duration::ZERO;
+            } else {
+                let accept_pauses = self.accept_pacers.iter().map(AcceptPacer::poll_timeout);
+                for deadline in [self.fanout.poll_timeout(), self.timers.poll_timeout()]
+                    .into_iter()
+                    .chain(accept_pauses)
+                    .flatten()
+                {
+                    wait = wait.min(deadline.saturating_duration_since(now));
+                }
+                if wait < Duration::from_micros(50) {
+                    wait = Duration::ZERO;
+                }
+            }
+            if let Some(doorbell) = &self.virtual_doorbell {
+                // One wake-up of the companion per turn, not one per pushed batch.
+                doorbell.ring();
+            }
+            self.ring.submit_and_wait(wait)?;
+        }
+    }
+
+    /// Once per turn: reads the process clock, and picks up reloaded settings.
+    fn begin_turn(&mut self, now: Instant) {
+        self.clock.refresh(&self.shared.clock);
+        self.now_unix = self.clock.now_unix_nanos(now);
+        if self.shared.live.generation() == self.generation {
+            return;
+        }
+        let (generation, config) = self.shared.live.current();
+        self.generation = generation;
+        self.fanout.set_timings(
+            config.heartbeat,
+            config.coalesce_delay,
+            config.coalesce_queue_min,
+        );
+        self.fanout.set_room_idle_timeout(config.room_idle_timeout);
+        self.conns_max = config.max_connections.div_ceil(self.shards);
+        tracing::debug!(shard = self.index, generation, "settings reloaded");
+        self.config = config;
+    }
+
+    /// Whether the shard's write backlog is past `--max-pending-write-bytes`.
+    fn backlogged(&self) -> bool {
+        self.pending_write_bytes > self.config.max_pending_write_bytes
+    }
+
+    /// Closes idle non-stream connections and makes the others close after their current
+    /// request. Subscribers are drained later (`DRAIN_SETTLE`). Accepting goes on until
+    /// the shard has no connection left: a client connecting meanwhile gets 503
+    /// `draining` with `Retry-After` and `Connection: close` (were the accept cancelled
+    /// now, the kernel would still complete its handshake on the open listener and reset
+    /// it at exit).
+    fn begin_stop(&mut self, now: Instant) -> std::io::Result<()> {
+        for slot in 0..self.conns.len() as u32 {
+            let Some(conn) = self.conn(slot) else {
+                continue;
+            };
+            conn.keep_alive = false;
+            // A connection that has not sent its first request yet (accepted since the
+            // signal, or just before it) waits for it, to answer it 503: closing it would
+            // be an accept and a close for a client that never got a word. Idle keep-alive
+            // connections (served before; timed by `Idle`) are closed.
+            let fresh = conn.state == State::Reading
+                && conn.buf.is_empty()
+                && conn.reader.phase() == Phase::Head;
+            conn.refuse_draining |= fresh;
+            let idle = conn.state == State::Reading
+                && conn.buf.is_empty()
+                && !conn.write_in_flight
+                && !conn.refuse_draining;
+            if idle || conn.state == State::Lingering {
+                self.begin_close(slot)?;
+            } else if fresh {
+                conn.reader.hurry(now + DRAIN_REQUEST_WAIT);
+                self.sync_timer(slot);
+            }
+        }
+        Ok(())
+    }
+
+    /// Arms the accept of each listener that has none in the ring and is not paused, and
+    /// logs accept failures (at most once per interval per listener, with a count).
+    fn arm_accepts(&mut self, now: Instant) -> std::io::Result<()> {
+        let listeners = [
+            (LISTENER_PLAIN, Some(self.listener)),
+            (LISTENER_TLS, self.tls_listener),
+        ];
+        let mut paused = 0;
+        for (index, listener) in listeners {
+            let Some(listener) = listener else {
+                continue;
+            };
+            let pacer = &mut self.accept_pacers[index as usize];
+            if let Some(trouble) = pacer.poll_log(now) {
+                // One line per interval, however fast accepts fail.
+                tracing::warn!(
+                    shard = self.index,
+                    errors = trouble.errors,
+                    errno = trouble.errno,
+                    pause_ms = trouble.pause.map(|p| p.as_millis() as u64),
+                    "accept failed"
+                );
+            }
+            if self.accepting && pacer.poll_arm(now) {
+                self.ring.accept(listener, index)?;
+                pacer.handle_armed();
+            }
+            paused += u64::from(pacer.paused());
+        }
+        self.shared.figures[self.index].set_accept_paused(paused);
+        Ok(())
+    }
+
+    /// Cancels the accepts in the ring and arms no more; the loop returns once their last
+    /// completions are reaped.
+    fn stop_accepting(&mut self) -> std::io::Result<()> {
+        self.accepting = false;
+        for (index, pacer) in self.accept_pacers.iter().enumerate() {
+            if pacer.armed() {
+                self.ring.cancel_accept(index as u32)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::Relaxed)
+    }
+
+    fn on_completion(&mut self, now: Instant, c: Completion) -> std::io::Result<()> {
+        match c.kind {
+            Some(OpKind::Accept) => {
+                let tls = c.slot == LISTENER_TLS;
+                let pacer = &mut self.accept_pacers[usize::from(tls)];
+                if !c.more {
+                    // Re-armed at the end of the turn (`arm_accepts`), unless paused.
+                    pacer.handle_ended();
+                }
+                if c.result >= 0 {
+                    pacer.handle_accepted();
+                    self.on_accept(now, c.result, tls)?;
+                } else if c.result != -libc::ECANCELED {
+                    let errno = -c.result;
+                    let paused = pacer.handle_error(now, errno).is_some();
+                    self.shared.figures[self.index]
+                        .add_accept_error(AcceptErrno::of(errno), paused);
+                    if paused && c.more {
+                        self.ring.cancel_accept(c.slot)?;
+                    }
+                }
+            }
+            Some(OpKind::Recv) => self.on_recv(now, c.slot, c.result)?,
+            Some(OpKind::Write) => self.on_write(now, c.slot, c.result)?,
+            Some(OpKind::Close) => self.on_closed(c.slot),
+            Some(OpKind::WakeRead) => {
+                let eventfd = self.shared.mesh.eventfd(self.index);
+                // SAFETY: as in `run`.
+                unsafe { self.ring.read_eventfd(eventfd, &mut *self.wake_read)? };
+            }
+            Some(OpKind::WakeWrite) | Some(OpKind::Cancel) | None => {}
+        }
+        Ok(())
+    }
+
+    /// A connection accepted on the plain listener, or on the TLS one (`tls`): a TLS
+    /// connection reads its ClientHello first, and is refused by closing it (there is no
+    /// session yet to write a 503 in), counted as the plain one is.
+    fn on_accept(&mut self, now: Instant, fd: RawFd, tls: bool) -> std::io::Result<()> {
+        let stopping = self.stopping();
+        if self.live >= self.conns_max + REFUSAL_SLOTS {
+            // Past the refusal slots there is no room even to answer 503: close at once
+            // (counted, so it is not silent in the metrics).
+            // SAFETY: `fd` was just accepted and is ours; nothing else refers to it.
+            unsafe { libc::close(fd) };
+            self.count_rejection(if stopping {
+                Rejection::Draining
+            } else {
+                Rejection::ConnectionLimit
+            });
+            return Ok(());
+        }
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads `one` during the call only.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        let serial = self.serials.take();
+        let reader = RequestReader::new(now, &self.limits());
+        let mut conn = Conn::new(fd, serial, Vec::new(), !stopping, None, reader);
+        conn.refuse_draining = stopping;
+        if stopping {
+            conn.reader.hurry(now + DRAIN_REQUEST_WAIT);
+        }
+        if tls {
+            conn.tls = Some(Box::new(TlsConn::new()));
+            self.tls_live += 1;
+            self.shared.figures[self.index].transport_opened(Transport::Tls);
+        }
+        let slot = self.insert_conn(conn);
+        self.live += 1;
+        if self.live > self.conns_max {
+            return self.refuse_unavailable(slot, Rejection::ConnectionLimit);
+        }
+        if let Some(ip) = crate::upstream::auth::peer_addr(fd).map(|addr| addr.ip()) {
+            let rate = self.config.max_new_connections_per_ip_per_sec;
+            if !self.shared.new_connections.try_take(ip, now, rate) {
+                return self.refuse_unavailable(slot, Rejection::NewConnectionRate);
+            }
+            if !self
+                .shared
+                .per_ip
+                .try_acquire(ip, self.config.max_connections_per_ip)
+            {
+                return self.refuse_unavailable(slot, Rejection::PerIpLimit);
+            }
+            if let Some(conn) = self.conn(slot) {
+                conn.peer = Some(ip);
+            }
+        }
+        self.sync_timer(slot);
+        self.post_recv(slot)
+    }
+
+    // Cluster mode (cluster.rs, docs/CLUSTER.md): publishes go to Redis from the shard that
+    // read them; rooms are filled from the streams by the follower thread.
+
+    // HTTP/1.1 over TLS on the ring (tls_conn.rs, docs/TRANSPORTS.md): the ring receives
+    // and sends ciphertext; rustls turns it into the request buffer's plaintext and the
+    // writes' frames into one send buffer per connection.
+}
