@@ -492,6 +492,13 @@ impl WsConn {
         self.message_buf.capacity() + self.control_buf.capacity() + self.head_have
     }
 
+    /// Messages may still be sent: no close frame was queued. A shard that writes room
+    /// frames beside [`Self::poll_transmit`] (straight from history, coalesced as for SSE)
+    /// must stop when this turns false, so the close frame stays the last one written.
+    pub fn is_open(&self) -> bool {
+        !self.closing()
+    }
+
     /// The connection is over (the `Closed` event is queued or was taken).
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed

@@ -403,7 +403,9 @@ fn server_close_handshake() {
     ] {
         let mut h = Harness::small();
         h.conn.send_text("last words").unwrap();
+        assert!(h.conn.is_open());
         h.conn.send_close(h.now, code, "reason");
+        assert!(!h.conn.is_open());
         assert_eq!(h.conn.send_text("too late"), Err(SendError::Closing));
         h.drain();
         let frames = h.frames();
