@@ -253,7 +253,7 @@ impl WsConn {
                     read: read + take as u64,
                 };
                 self.on_payload(now, header, read, chunk);
-                if done && matches!(self.frame, Frame::Payload { .. }) {
+                if done {
                     self.frame = Frame::Header;
                     self.on_frame_end(now, header);
                 }
