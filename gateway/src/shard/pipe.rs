@@ -191,14 +191,6 @@ impl Pipe {
         matches!(self.transport, Transport::Virtual(_))
     }
 
-    /// The virtual connection's sink.
-    pub fn sink(&self) -> Option<&Arc<VirtualSink>> {
-        match &self.transport {
-            Transport::Virtual(sink) => Some(sink),
-            _ => None,
-        }
-    }
-
     /// A TLS connection still in its handshake: no answer can be written yet.
     pub fn handshaking(&self) -> bool {
         matches!(&self.transport, Transport::Tls(tls) if !tls.established())
@@ -568,13 +560,6 @@ impl Pipe {
     pub fn shutdown_write(&self) {
         if let Some(fd) = self.raw_fd() {
             sys::shutdown(fd, Shutdown::Write);
-        }
-    }
-
-    /// Makes a receive in flight complete now (its bytes are not wanted any more).
-    pub fn shutdown_read(&self) {
-        if let (Some(fd), true) = (self.raw_fd(), self.recv.is_some()) {
-            sys::shutdown(fd, Shutdown::Read);
         }
     }
 

@@ -10,7 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-/// Borrows `fd` for the length of one call.
+/// Runs `call` with `fd` borrowed (the borrow cannot outlive it).
 ///
 /// Every `RawFd` handed to this module is a descriptor its caller owns and keeps open
 /// across the call (a connection's socket while its slot lives, a listener, an eventfd of
@@ -18,11 +18,10 @@ use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 /// already closed makes the call fail with `EBADF` (or, if its number was reused, act on
 /// another socket of this process), never touch memory: the calls below take no pointer
 /// derived from the descriptor.
-fn borrow(fd: RawFd) -> BorrowedFd<'static> {
+fn with_fd<T>(fd: RawFd, call: impl FnOnce(BorrowedFd<'_>) -> T) -> T {
     debug_assert!(fd >= 0, "a descriptor, not -1");
-    // SAFETY: see above; the `'static` borrow never leaves the calling function of this
-    // module (each caller uses it for one call and drops it).
-    unsafe { BorrowedFd::borrow_raw(fd) }
+    // SAFETY: see above; the borrow lives only during `call`, whose result cannot hold it.
+    call(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
 /// Which directions [`shutdown`] closes.
@@ -45,20 +44,23 @@ pub fn shutdown(fd: RawFd, how: Shutdown) {
         Shutdown::Write => std::net::Shutdown::Write,
         Shutdown::Both => std::net::Shutdown::Both,
     };
-    let fd = borrow(fd);
-    let _ = socket2::SockRef::from(&fd).shutdown(how);
+    with_fd(fd, |fd| {
+        let _ = socket2::SockRef::from(&fd).shutdown(how);
+    });
 }
 
 /// Sets `TCP_NODELAY` on an accepted socket (responses and frames go out whole, at once).
 pub fn set_nodelay(fd: RawFd) {
-    let fd = borrow(fd);
-    let _ = socket2::SockRef::from(&fd).set_tcp_nodelay(true);
+    with_fd(fd, |fd| {
+        let _ = socket2::SockRef::from(&fd).set_tcp_nodelay(true);
+    });
 }
 
 /// The client address of a connected socket (`getpeername`).
 pub fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
-    let fd = borrow(fd);
-    socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()
+    with_fd(fd, |fd| {
+        socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()
+    })
 }
 
 /// A new `eventfd(2)` (counter 0, close-on-exec).
@@ -77,7 +79,7 @@ pub fn eventfd() -> io::Result<OwnedFd> {
 pub fn eventfd_add_one(fd: RawFd) {
     let one = 1u64.to_ne_bytes();
     // SAFETY: write(2) reads the 8 bytes of `one` during the call only; `fd` is a
-    // descriptor the caller keeps open (see `borrow`).
+    // descriptor the caller keeps open (see `with_fd`).
     unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
 }
 

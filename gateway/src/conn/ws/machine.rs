@@ -253,7 +253,7 @@ impl WsConn {
                     read: read + take as u64,
                 };
                 self.on_payload(now, header, read, chunk);
-                if done && matches!(self.frame, Frame::Payload { .. }) {
+                if done {
                     self.frame = Frame::Header;
                     self.on_frame_end(now, header);
                 }
@@ -267,7 +267,10 @@ impl WsConn {
     }
 
     fn on_header(&mut self, now: Instant, header: FrameHeader) {
-        if !self.closing() && !header.opcode.is_control() {
+        if header.opcode.is_control() {
+            // At most 125 bytes: reserved at once (no amplification worth the name).
+            self.control_buf.reserve_exact(header.payload_len as usize);
+        } else if !self.closing() {
             self.check_data_header(now, header);
         }
         self.frame = Frame::Payload { header, read: 0 };
@@ -295,10 +298,8 @@ impl WsConn {
         }
         let total = self.message_buf.len() as u64 + header.payload_len;
         if total > self.config.message_bytes_max as u64 {
-            return self.fail(now, CloseCode::MessageTooBig, "message too big", false);
+            self.fail(now, CloseCode::MessageTooBig, "message too big", false);
         }
-        // Within the limit, so the cast holds and the reservation is bounded.
-        self.message_buf.reserve(header.payload_len as usize);
     }
 
     fn on_header_error(&mut self, now: Instant, err: HeaderError) {
@@ -329,8 +330,21 @@ impl WsConn {
             return; // data after our close is discarded (§1.4)
         }
         let start = self.message_buf.len();
+        let need = start + chunk.len();
+        debug_assert!(
+            need <= self.config.message_bytes_max,
+            "checked at the header"
+        );
+        if need > self.message_buf.capacity() {
+            // Grow with the bytes that arrived, never on the header's word alone (a 14-byte
+            // header must not make the server allocate the whole limit), doubling for
+            // amortized copies but never past the limit.
+            let target = need
+                .max(self.message_buf.capacity() * 2)
+                .min(self.config.message_bytes_max);
+            self.message_buf.reserve_exact(target - start);
+        }
         self.message_buf.extend_from_slice(chunk);
-        debug_assert!(self.message_buf.len() <= self.config.message_bytes_max);
         frame::unmask(&mut self.message_buf[start..], header.mask, offset);
         if self.message == Message::Text && self.utf8.advance(&self.message_buf).is_err() {
             self.fail(now, CloseCode::InvalidPayload, "text is not UTF-8", false);
@@ -472,9 +486,17 @@ impl WsConn {
         self.transmit_bytes
     }
 
-    /// Bytes of received data the machine holds (message, control payload, header).
+    /// Bytes of memory the machine holds for received data (the capacity of the message
+    /// and control buffers, and the header bytes): at most the message limit plus 125 plus 14.
     pub fn buffered_bytes(&self) -> usize {
-        self.message_buf.len() + self.control_buf.len() + self.head_have
+        self.message_buf.capacity() + self.control_buf.capacity() + self.head_have
+    }
+
+    /// Messages may still be sent: no close frame was queued. A shard that writes room
+    /// frames beside [`Self::poll_transmit`] (straight from history, coalesced as for SSE)
+    /// must stop when this turns false, so the close frame stays the last one written.
+    pub fn is_open(&self) -> bool {
+        !self.closing()
     }
 
     /// The connection is over (the `Closed` event is queued or was taken).

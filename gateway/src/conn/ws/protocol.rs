@@ -84,6 +84,9 @@ pub enum CommandError {
     /// The idempotency key breaks the key rules.
     #[error("bad idempotency_key: {0}")]
     IdempotencyKey(KeyError),
+    /// A binary message where commands are text (answered, not closed: 1003 is not used).
+    #[error("binary messages are not commands")]
+    Binary,
 }
 
 impl CommandError {
@@ -106,6 +109,15 @@ pub struct CommandRefusal {
 }
 
 impl CommandRefusal {
+    /// The refusal of a binary message on a command route.
+    pub fn binary() -> Self {
+        Self {
+            error: CommandError::Binary,
+            reference: None,
+            room: None,
+        }
+    }
+
     /// The error object to send back.
     pub fn to_json(&self) -> String {
         encode_error(
@@ -436,6 +448,10 @@ mod tests {
         assert_eq!(
             refusal.to_json(),
             r#"{"type":"error","ref":"c-9","room":"r","status":400,"reason":"data must be a string"}"#
+        );
+        assert_eq!(
+            CommandRefusal::binary().to_json(),
+            r#"{"type":"error","status":400,"reason":"binary messages are not commands"}"#
         );
         assert_eq!(
             error_of("{").to_json(),

@@ -335,6 +335,29 @@ fn oversize_message_1009() {
     assert_eq!(h.events, vec![WsEvent::Text("a".repeat(64))]);
 }
 
+/// A header announcing a large message allocates nothing until its bytes arrive, and the
+/// buffer never grows past the limit.
+#[test]
+fn allocation_follows_received_bytes() {
+    let config = WsConfig {
+        message_bytes_max: 60_000,
+        ..WsConfig::default()
+    };
+    let mut h = Harness::new(config);
+    let bytes = frame(0x82, &vec![9; 60_000]);
+    h.feed(&bytes[..8 + 10]);
+    assert!(
+        h.conn.buffered_bytes() < 1_000,
+        "{}",
+        h.conn.buffered_bytes()
+    );
+    for piece in bytes[18..].chunks(7_000) {
+        h.feed(piece);
+        assert!(h.conn.buffered_bytes() <= 60_000 + 125 + 14);
+    }
+    assert_eq!(h.events, vec![WsEvent::Binary(vec![9; 60_000])]);
+}
+
 /// The client closes: the server echoes the code, the handshake is clean, and bytes after it
 /// are ignored.
 #[test]
@@ -380,7 +403,9 @@ fn server_close_handshake() {
     ] {
         let mut h = Harness::small();
         h.conn.send_text("last words").unwrap();
+        assert!(h.conn.is_open());
         h.conn.send_close(h.now, code, "reason");
+        assert!(!h.conn.is_open());
         assert_eq!(h.conn.send_text("too late"), Err(SendError::Closing));
         h.drain();
         let frames = h.frames();
@@ -501,4 +526,16 @@ fn send_queue_bounded() {
     assert_eq!(conn.send_frame(frame.clone()), Err(SendError::Full));
     assert_eq!(conn.poll_transmit(), Some(frame));
     conn.send_text("small").unwrap();
+}
+
+/// An idle connection costs its struct and nothing on the heap (issue 16's bar: ≤ 1 KiB of
+/// RSS per idle WebSocket connection, all layers together).
+#[test]
+fn idle_connection_is_small() {
+    let size = std::mem::size_of::<WsConn>();
+    // 328 bytes when written (x86_64); the bound catches a field that grows it by a lot.
+    assert!(size <= 384, "WsConn is {size} bytes");
+    let conn = WsConn::new(Instant::now(), WsConfig::default());
+    assert_eq!(conn.buffered_bytes(), 0);
+    assert_eq!(conn.transmit_bytes(), 0);
 }
