@@ -661,6 +661,9 @@ pub fn recycle_tls_out(pool: &mut Vec<Vec<u8>>, mut buffer: Vec<u8>) {
 pub const TLS_OUT_POOLED_MAX: usize = 256;
 
 #[cfg(test)]
+mod tls_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::uring::{Completion, OpKind};
