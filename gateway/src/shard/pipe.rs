@@ -6,7 +6,7 @@
 //!
 //! Owns: the socket (closed only through the ring), the TLS session, the virtual sink, the
 //! ops in flight and the write in progress (its frames, length and progress). The ring's
-//! ops own the memory the kernel uses (uring/ring.rs); a pipe only keeps their ids, each
+//! ops own the memory the kernel uses (uring/ring/); a pipe only keeps their ids, each
 //! checked against its completion. Must not touch: HTTP states, timers, the fan-out, or
 //! any connection other than its own.
 //!
