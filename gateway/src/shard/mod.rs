@@ -75,7 +75,7 @@ const DRAIN_RETRY_MS: u64 = 1000;
 /// for (to answer it 503) before `--header-timeout`'s 408: a browser's speculative
 /// connection may never send one, and must not hold the drain much past its 200 ms.
 const DRAIN_REQUEST_WAIT: Duration = Duration::from_secs(1);
-// A write never needs more iovecs than the kernel takes at once (ring.rs splits past it).
+// A write never needs more iovecs than the kernel takes at once (uring/ring/ splits past it).
 const _: () = assert!(ringcast_core::fanout::WRITE_FRAMES_MAX + 2 <= crate::uring::ring::IOV_MAX);
 
 #[derive(Debug)]
@@ -157,7 +157,7 @@ impl Conn {
 }
 
 /// A connection slot (boxed: the table of a shard is mostly empty slots, and a `Conn` is
-/// large). Nothing the kernel uses lives in it: ops own their memory (uring/ring.rs).
+/// large). Nothing the kernel uses lives in it: ops own their memory (uring/ring/).
 type Slot = Option<Box<Conn>>;
 
 /// The connection in `slot`, borrowing only the slot table (so other fields of the shard

@@ -1,12 +1,12 @@
 //! [`Pipe`]: how one connection's bytes travel — a plain socket, TLS over a socket, or a
 //! virtual connection of the companion thread — behind one interface, so the HTTP code
 //! sees plaintext only: a receive target ([`Pipe::post_recv`]), what a receive brought
-//! ([`Pipe::on_recv`]: plaintext appended to the request buffer), one write at a time
+//! ([`Pipe::on_recv`]: plaintext appended to the receive buffer, which the driver hands to the HTTP machine as `&[u8]`), one write at a time
 //! ([`Pipe::start_write`], [`Pipe::on_write`]) and the close ([`Pipe::close`]).
 //!
 //! Owns: the socket (closed only through the ring), the TLS session, the virtual sink, the
 //! ops in flight and the write in progress (its frames, length and progress). The ring's
-//! ops own the memory the kernel uses (uring/ring.rs); a pipe only keeps their ids, each
+//! ops own the memory the kernel uses (uring/ring/); a pipe only keeps their ids, each
 //! checked against its completion. Must not touch: HTTP states, timers, the fan-out, or
 //! any connection other than its own.
 //!
@@ -217,7 +217,7 @@ impl Pipe {
     }
 
     /// Posts a receive into `into` unless one is in flight (or there is no socket): for a
-    /// plain pipe and a TLS ClientHello, the request buffer `buf` itself goes to the ring
+    /// plain pipe and a TLS ClientHello, the receive buffer `buf` itself goes to the ring
     /// (no copy) and comes back in the completion; for a TLS session, its ciphertext
     /// buffer.
     pub fn post_recv(&mut self, ring: &mut Ring, key: u64, buf: &mut Vec<u8>, into: RecvInto) {

@@ -1,4 +1,4 @@
-//! The io_uring driver: one ring per shard (ring.rs), the operations ringcast submits and
+//! The io_uring driver: one ring per shard (ring/), the operations ringcast submits and
 //! what they hold (op.rs), the kernel check (probe.rs, doctor.rs) and the few system calls
 //! made outside the ring (sys.rs). Every `unsafe` of the gateway lives in this folder.
 //!

@@ -1,6 +1,6 @@
 //! What an operation is and what it gives back: [`OpKind`], the caller's `key`, the memory
 //! the op held for the kernel ([`Held`]) and the [`Completion`] that returns it. Plain
-//! data; the ring (ring.rs) is the only one that builds entries from it.
+//! data; the ring (ring/) is the only one that builds entries from it.
 
 use bytes::Bytes;
 use std::os::fd::OwnedFd;

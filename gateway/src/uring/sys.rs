@@ -2,7 +2,7 @@
 //! (eventfd, shutdown, `TCP_NODELAY`, the peer's address), resource limits, and the
 //! allocator's collect. Every one is a plain call whose arguments are values or memory it
 //! owns for the duration of the call; the reasoning is written once, here, so the rest of
-//! `gateway/src` holds no `unsafe` (the ring's own is in `ring.rs`).
+//! `gateway/src` holds no `unsafe` (the ring's own is in `ring/`).
 //!
 //! Must not touch: the ring, connections, or any state beyond the call's arguments.
 

@@ -1,5 +1,4 @@
-//! Tests of the ring on real sockets: ownership of buffers across completions, the
-//! unqueued FIFO, cancels and drop.
+//! Tests of the ring on a real io_uring: ids, buffers given back, parking, drop.
 
 use super::*;
 use crate::uring::sys::{self, Shutdown};
