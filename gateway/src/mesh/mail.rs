@@ -9,7 +9,7 @@ use crate::upstream::cluster::RedisRefusal;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 /// Messages one queue holds. A publish is refused (503) when its outbox backs up past
@@ -154,13 +154,7 @@ impl Mesh {
     pub fn new(shards: usize) -> io::Result<Self> {
         let mut eventfds = Vec::with_capacity(shards);
         for _ in 0..shards {
-            // SAFETY: eventfd has no memory arguments; the fd is checked below and owned.
-            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
-            eventfds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            eventfds.push(crate::uring::sys::eventfd()?);
         }
         let queues = (0..shards * shards)
             .map(|_| ArrayQueue::new(QUEUE_CAPACITY))
@@ -193,16 +187,7 @@ impl Mesh {
 
     /// Wakes `shard`'s loop (from a thread that holds no ring: the companion).
     pub fn wake(&self, shard: usize) {
-        let one: u64 = 1;
-        // SAFETY: write(2) reads the 8 bytes of `one` during the call only; the eventfd
-        // lives as long as the mesh.
-        unsafe {
-            libc::write(
-                self.eventfds[shard].as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
+        crate::uring::sys::eventfd_add_one(self.eventfds[shard].as_raw_fd());
     }
 
     /// The wake-up eventfd of `shard`.

@@ -37,12 +37,14 @@ impl Shard {
                 let Some(key) = sink.key() else {
                     return Ok(());
                 };
-                let slot = key.slot;
-                let Some(conn) = self.conn_by_key(key).filter(|c| c.write_in_flight) else {
+                let Some(wrote) = self
+                    .conn_by_key(key)
+                    .filter(|conn| !conn.closing)
+                    .and_then(|conn| conn.pipe.on_virtual_written())
+                else {
                     return Ok(());
                 };
-                let remaining = conn.write_len.saturating_sub(conn.written);
-                return self.on_write(now, slot, remaining as i32);
+                return self.after_write(now, key.slot, wrote);
             }
             Mail::VirtualClose { sink } => {
                 let Some(key) = sink.key() else {
@@ -110,7 +112,8 @@ impl Shard {
                     }
                     _ => return Ok(()),
                 }
-                conn.outstanding = conn.outstanding.saturating_sub(1);
+                assert!(conn.outstanding > 0, "a reply nobody waits for");
+                conn.outstanding -= 1;
                 if conn.outstanding == 0 {
                     return self.complete_pending(reply.conn.slot);
                 }
@@ -134,7 +137,8 @@ impl Shard {
                     *total += subscribers;
                     *last_max = (*last_max).max(last_id);
                     *history_max = (*history_max).max(history_len);
-                    conn.outstanding = conn.outstanding.saturating_sub(1);
+                    assert!(conn.outstanding > 0, "a count nobody waits for");
+                    conn.outstanding -= 1;
                     if conn.outstanding == 0 {
                         return self.complete_pending(reply.conn.slot);
                     }
@@ -164,11 +168,7 @@ impl Shard {
         for target in 0..self.shards {
             if std::mem::take(&mut self.wake_pending[target]) {
                 let fd = self.shared.mesh.eventfd(target);
-                // SAFETY: `wake_word` is boxed, never written after setup and outlives the ring.
-                unsafe {
-                    self.ring
-                        .write_eventfd(target as u32, fd, &*self.wake_word)?
-                };
+                self.ring.write_eventfd(target as u64, fd);
             }
         }
         Ok(())

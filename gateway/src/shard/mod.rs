@@ -12,6 +12,7 @@ mod conns;
 mod figures;
 mod io;
 mod mail;
+pub mod pipe;
 mod publish;
 mod requests;
 mod tls_io;
@@ -22,7 +23,7 @@ use crate::app::batch::{self, BATCH_LINES_MAX};
 use crate::config::Config;
 use crate::conn::http1::{self as http1_conn, Connection, Limits, Read, State as HttpState};
 use crate::conn::key::{ConnKey, Serials};
-use crate::conn::tls::{Hello, TlsConn};
+use crate::conn::tls::Hello;
 use crate::http::h1::{self as http1, Method, Refusal, Route};
 use crate::mesh::mail::{Mail, PublishRefusal, ReplyTo, OUTBOX_MAX};
 use crate::mesh::virtual_conn::{Doorbell, Transport, VirtualSink};
@@ -30,7 +31,8 @@ use crate::metrics::{Figure, TlsHandshake, ROOM_SIZE_LABELS};
 use crate::runtime::clock::ShardClock;
 use crate::runtime::shared::Shared;
 use crate::shard::accept::{AcceptErrno, AcceptPacer};
-use crate::uring::{Completion, OpKind, Ring, LISTENER_PLAIN, LISTENER_TLS};
+use crate::shard::pipe::{recycle_tls_out, Closing, Linger, Pipe, Received, RecvInto, Wrote};
+use crate::uring::{Completion, Held, OpId, OpKind, Ring, LISTENER_PLAIN, LISTENER_TLS};
 use bytes::Bytes;
 use ringcast_core::event_id::{EventId, ResetReason, ResumeId};
 use ringcast_core::fanout::{Action, ConnId, Fanout, FanoutConfig, FanoutError, Start};
@@ -39,7 +41,7 @@ use ringcast_core::room::owner_shard;
 use ringcast_core::timer_wheel::{TimerKey, TimerWheel};
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,9 +75,8 @@ const DRAIN_RETRY_MS: u64 = 1000;
 /// for (to answer it 503) before `--header-timeout`'s 408: a browser's speculative
 /// connection may never send one, and must not hold the drain much past its 200 ms.
 const DRAIN_REQUEST_WAIT: Duration = Duration::from_secs(1);
-/// Spare TLS send buffers kept per shard (each about one TLS record,
-/// `tls_conn::SEND_CHUNK_BYTES`), so idle TLS streams hold none.
-const TLS_OUT_POOLED_MAX: usize = 256;
+// A write never needs more iovecs than the kernel takes at once (uring/ring/ splits past it).
+const _: () = assert!(ringcast_core::fanout::WRITE_FRAMES_MAX + 2 <= crate::uring::ring::IOV_MAX);
 
 #[derive(Debug)]
 enum Pending {
@@ -101,30 +102,23 @@ enum BatchLine {
 }
 
 struct Conn {
-    fd: RawFd,
     serial: u32,
     /// The HTTP/1.1 connection machine (conn/http1): request states, deadlines,
     /// keep-alive, `100 Continue`, HEAD, linger, drain, the stream after its head. The shard
     /// only moves its bytes and timer.
     http: Connection,
-    /// The receive buffer of a plain connection reading a request (the ring receives into
-    /// its spare capacity; the bytes go to `http` at once) and of a TLS connection's
-    /// ClientHello (kept whole: an `h2` client is handed on with it).
+    /// The receive buffer of a plain connection reading a request (its bytes go to `http`
+    /// at once), of a TLS connection's ClientHello (kept whole: an `h2` client is handed on
+    /// with it), and a TLS connection's decrypted plaintext. While a receive into it is in
+    /// flight, the ring's op holds it (and this is empty).
     recv: Vec<u8>,
-    recv_in_flight: bool,
-    /// The receive in flight lands in the shard's discard buffer (a stream or a linger:
-    /// only the close, or a flood, matters).
-    recv_discards: bool,
-    write_in_flight: bool,
-    /// Closing: waiting for in-flight operations, then the close.
+    /// How the bytes travel (plain, TLS, virtual), the ops in flight and the write in
+    /// progress (pipe.rs).
+    pipe: Pipe,
+    /// Closing: the close is on the ring (or done); completions still due only settle.
     closing: bool,
-    close_submitted: bool,
     /// The fan-out's last frames for a subscriber it cut: close once they are written.
     close_after_write: bool,
-    frames: Vec<Bytes>,
-    iov: Vec<libc::iovec>,
-    write_len: usize,
-    written: usize,
     /// The timer-wheel entry for `http`'s deadline, at this instant.
     timer: Option<(TimerKey, Instant)>,
     pending: Option<Pending>,
@@ -133,57 +127,37 @@ struct Conn {
     peer: Option<IpAddr>,
     /// Sequencing stamps of the message frames the write in flight carries.
     stamps: Vec<u64>,
-    /// Set for a virtual connection (a request from the companion thread; `fd` is -1):
-    /// writes go to the sink, not the ring (virtual_conn.rs).
-    sink: Option<Arc<VirtualSink>>,
-    /// Set for a connection of the TLS listener (conn/tls.rs): reads are decrypted and
-    /// handed to `http`, writes encrypted into its send buffer, which the ring sends;
-    /// `frames` are never the kernel's, and `write_in_flight` means a write not yet all
-    /// sent. Boxed, so a plain connection pays one pointer.
-    tls: Option<Box<TlsConn>>,
 }
 
 impl Conn {
-    /// Forgets the write in flight (its frames are refcounted, nothing waits for them) and
-    /// returns the bytes it still counted as pending.
-    fn forget_write(&mut self) -> usize {
-        self.write_in_flight = false;
-        self.frames.clear();
-        self.stamps.clear();
-        debug_assert!(self.written <= self.write_len);
-        self.write_len - self.written
-    }
-
-    /// A connection about to read its first request; `fd` is -1 for a virtual one.
-    fn new(fd: RawFd, serial: u32, sink: Option<Arc<VirtualSink>>, http: Connection) -> Self {
+    /// A connection about to read its first request.
+    fn new(serial: u32, pipe: Pipe, http: Connection) -> Self {
         Self {
-            fd,
             serial,
             http,
             recv: Vec::new(),
-            recv_in_flight: false,
-            recv_discards: false,
-            write_in_flight: false,
+            pipe,
             closing: false,
-            close_submitted: false,
             close_after_write: false,
-            frames: Vec::new(),
-            iov: Vec::new(),
-            write_len: 0,
-            written: 0,
             timer: None,
             pending: None,
             outstanding: 0,
             peer: None,
             stamps: Vec::new(),
-            sink,
-            tls: None,
+        }
+    }
+
+    /// The key naming this connection in `slot` (its ring ops carry it as one word).
+    fn key(&self, slot: u32) -> ConnKey {
+        ConnKey {
+            slot,
+            serial: self.serial,
         }
     }
 }
 
-/// A connection slot's memory must not move while the kernel holds pointers into it, so
-/// slots are boxed.
+/// A connection slot (boxed: the table of a shard is mostly empty slots, and a `Conn` is
+/// large). Nothing the kernel uses lives in it: ops own their memory (uring/ring/).
 type Slot = Option<Box<Conn>>;
 
 /// The connection in `slot`, borrowing only the slot table (so other fields of the shard
@@ -207,6 +181,8 @@ pub struct Shard {
     accepting: bool,
     /// Pacing of each listener's accept, by `LISTENER_PLAIN` / `LISTENER_TLS`.
     accept_pacers: [AcceptPacer; 2],
+    /// Each listener's accept op while it is armed (to cancel it).
+    accept_ops: [Option<OpId>; 2],
     fanout: Fanout,
     conns: Vec<Slot>,
     free: Vec<u32>,
@@ -226,12 +202,11 @@ pub struct Shard {
     completions: Vec<Completion>,
     scratch: Vec<Bytes>,
     outbox: Vec<VecDeque<Mail>>,
-    wake_word: Box<u64>,
-    wake_read: Box<u64>,
+    /// The word this shard's eventfd is read into, while no read is in flight (the ring's
+    /// op holds it meanwhile).
+    wake_word: Option<Box<u64>>,
     wake_pending: Vec<bool>,
-    discard: Box<[u8]>,
     frame_vecs: Vec<Vec<Bytes>>,
-    iov_vecs: Vec<Vec<libc::iovec>>,
     bytes_written: u64,
     /// Refusals by reason ([`Rejection`]).
     rejections: [u64; REJECTIONS],
@@ -298,6 +273,7 @@ impl Shard {
             tls_listener,
             accepting: true,
             accept_pacers: Default::default(),
+            accept_ops: [None; 2],
             fanout,
             conns: Vec::new(),
             free: Vec::new(),
@@ -312,12 +288,9 @@ impl Shard {
             completions: Vec::with_capacity(1024),
             scratch: Vec::with_capacity(ringcast_core::fanout::WRITE_FRAMES_MAX + 2),
             outbox: (0..shards).map(|_| VecDeque::new()).collect(),
-            wake_word: Box::new(1),
-            wake_read: Box::new(0),
+            wake_word: Some(Box::new(0)),
             wake_pending: vec![false; shards],
-            discard: vec![0u8; 4096].into_boxed_slice(),
             frame_vecs: Vec::new(),
-            iov_vecs: Vec::new(),
             bytes_written: 0,
             rejections: [0; REJECTIONS],
             config: live_config,
@@ -340,10 +313,7 @@ impl Shard {
     /// Runs the loop until a stop is requested and every connection is closed.
     pub fn run(mut self) -> std::io::Result<()> {
         self.arm_accepts(Instant::now())?;
-        let eventfd = self.shared.mesh.eventfd(self.index);
-        // SAFETY: `wake_read` is boxed and lives as long as the shard, which outlives
-        // the ring's operations (the loop only returns after the ring is dropped last).
-        unsafe { self.ring.read_eventfd(eventfd, &mut *self.wake_read)? };
+        self.read_wake();
         let mut stop_deadline: Option<Instant> = None;
         let mut drain_at: Option<Instant> = None;
         let mut forced = false;
@@ -353,8 +323,8 @@ impl Shard {
             self.completions.clear();
             let mut completions = std::mem::take(&mut self.completions);
             self.ring.reap(&mut completions);
-            for completion in &completions {
-                self.on_completion(now, *completion)?;
+            for completion in completions.drain(..) {
+                self.on_completion(now, completion)?;
             }
             self.completions = completions;
             self.drain_mail(now);
@@ -518,7 +488,8 @@ impl Shard {
                 );
             }
             if self.accepting && pacer.poll_arm(now) {
-                self.ring.accept(listener, index)?;
+                self.accept_ops[index as usize] =
+                    Some(self.ring.accept(u64::from(index), listener));
                 pacer.handle_armed();
             }
             paused += u64::from(pacer.paused());
@@ -532,8 +503,8 @@ impl Shard {
     fn stop_accepting(&mut self) -> std::io::Result<()> {
         self.accepting = false;
         for (index, pacer) in self.accept_pacers.iter().enumerate() {
-            if pacer.armed() {
-                self.ring.cancel_accept(index as u32)?;
+            if let (true, Some(op)) = (pacer.armed(), self.accept_ops[index]) {
+                self.ring.cancel(index as u64, op);
             }
         }
         Ok(())
@@ -545,49 +516,63 @@ impl Shard {
 
     fn on_completion(&mut self, now: Instant, c: Completion) -> std::io::Result<()> {
         match c.kind {
-            Some(OpKind::Accept) => {
-                let tls = c.slot == LISTENER_TLS;
-                let pacer = &mut self.accept_pacers[usize::from(tls)];
+            OpKind::Accept => {
+                let index = c.key as usize;
+                let tls = index == LISTENER_TLS as usize;
+                let pacer = &mut self.accept_pacers[index];
                 if !c.more {
                     // Re-armed at the end of the turn (`arm_accepts`), unless paused.
                     pacer.handle_ended();
+                    self.accept_ops[index] = None;
                 }
-                if c.result >= 0 {
+                if let Held::Accepted(fd) = c.held {
                     pacer.handle_accepted();
-                    self.on_accept(now, c.result, tls)?;
+                    self.on_accept(now, fd, tls)?;
                 } else if c.result != -libc::ECANCELED {
                     let errno = -c.result;
                     let paused = pacer.handle_error(now, errno).is_some();
                     self.shared.figures[self.index]
                         .add_accept_error(AcceptErrno::of(errno), paused);
                     if paused && c.more {
-                        self.ring.cancel_accept(c.slot)?;
+                        self.ring.cancel(c.key, c.op);
                     }
                 }
             }
-            Some(OpKind::Recv) => self.on_recv(now, c.slot, c.result)?,
-            Some(OpKind::Write) => self.on_write(now, c.slot, c.result)?,
-            Some(OpKind::Close) => self.on_closed(c.slot),
-            Some(OpKind::WakeRead) => {
-                let eventfd = self.shared.mesh.eventfd(self.index);
-                // SAFETY: as in `run`.
-                unsafe { self.ring.read_eventfd(eventfd, &mut *self.wake_read)? };
+            OpKind::Recv => self.on_recv(now, c)?,
+            OpKind::Write => {
+                if c.result > 0 {
+                    self.bytes_written += c.result as u64;
+                }
+                self.on_write(now, c)?;
             }
-            Some(OpKind::WakeWrite) | Some(OpKind::Cancel) | None => {}
+            OpKind::Close => self.on_closed(c.key),
+            OpKind::WakeRead => {
+                if let Held::Word(word) = c.held {
+                    self.wake_word = Some(word);
+                }
+                self.read_wake();
+            }
+            OpKind::WakeWrite | OpKind::Cancel => {}
         }
         Ok(())
+    }
+
+    /// Reads this shard's eventfd again (its completion wakes the loop when mail comes).
+    fn read_wake(&mut self) {
+        let eventfd = self.shared.mesh.eventfd(self.index);
+        let word = self.wake_word.take().expect("one eventfd read in flight");
+        self.ring.read_eventfd(0, eventfd, word);
     }
 
     /// A connection accepted on the plain listener, or on the TLS one (`tls`): a TLS
     /// connection reads its ClientHello first, and is refused by closing it (there is no
     /// session yet to write a 503 in), counted as the plain one is.
-    fn on_accept(&mut self, now: Instant, fd: RawFd, tls: bool) -> std::io::Result<()> {
+    fn on_accept(&mut self, now: Instant, fd: OwnedFd, tls: bool) -> std::io::Result<()> {
         let stopping = self.stopping();
         if self.live >= self.conns_max + REFUSAL_SLOTS {
             // Past the refusal slots there is no room even to answer 503: close at once
             // (counted, so it is not silent in the metrics).
-            // SAFETY: `fd` was just accepted and is ours; nothing else refers to it.
-            unsafe { libc::close(fd) };
+            drop(fd);
             self.count_rejection(if stopping {
                 Rejection::Draining
             } else {
@@ -595,17 +580,8 @@ impl Shard {
             });
             return Ok(());
         }
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt reads `one` during the call only.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        let raw_fd = fd.as_raw_fd();
+        crate::uring::sys::set_nodelay(raw_fd);
         let serial = self.serials.take();
         let mut http = Connection::new(now, self.limits());
         if stopping {
@@ -613,9 +589,9 @@ impl Shard {
             // case 9: answered, never reset).
             http.handle_drain(now, DRAIN_REQUEST_WAIT);
         }
-        let mut conn = Conn::new(fd, serial, None, http);
+        let pipe = if tls { Pipe::tls(fd) } else { Pipe::plain(fd) };
+        let conn = Conn::new(serial, pipe, http);
         if tls {
-            conn.tls = Some(Box::new(TlsConn::new()));
             self.tls_live += 1;
             self.shared.figures[self.index].transport_opened(Transport::Tls);
         }
@@ -624,7 +600,7 @@ impl Shard {
         if self.live > self.conns_max {
             return self.refuse_unavailable(slot, Rejection::ConnectionLimit);
         }
-        if let Some(ip) = crate::upstream::auth::peer_addr(fd).map(|addr| addr.ip()) {
+        if let Some(ip) = crate::uring::sys::peer_addr(raw_fd).map(|addr| addr.ip()) {
             let rate = self.config.max_new_connections_per_ip_per_sec;
             if !self.shared.new_connections.try_take(ip, now, rate) {
                 return self.refuse_unavailable(slot, Rejection::NewConnectionRate);

@@ -52,7 +52,7 @@ impl Shard {
                 self.on_http_event(now, slot, event)?;
                 continue;
             }
-            if conn.write_in_flight {
+            if conn.pipe.writing() {
                 break;
             }
             let Some(bytes) = conn.http.poll_transmit() else {
