@@ -6,3 +6,4 @@
 pub mod http1;
 pub mod key;
 pub mod tls;
+pub mod ws;
