@@ -8,7 +8,9 @@
 //! `kosoku ws://127.0.0.1:9002/ -i '1.*' …`. Every path is the echo; messages up to
 //! `ECHO_MESSAGE_BYTES_MAX` (16 MiB, Autobahn 9.*).
 
-use gateway::conn::ws::{accept, HeaderField, OriginPolicy, UpgradeRequest, WsConfig, WsConn, WsEvent};
+use gateway::conn::ws::{
+    accept, HeaderField, OriginPolicy, UpgradeRequest, WsConfig, WsConn, WsEvent,
+};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};

@@ -522,6 +522,25 @@ fn a_refusal_the_client_does_not_read_is_bounded_by_the_linger() {
 }
 
 #[test]
+fn reloaded_timeouts_apply_from_the_next_deadline() {
+    let mut pair = Pair::new();
+    pair.conn.set_limits(Limits {
+        idle_timeout: secs(5),
+        header_timeout: secs(3),
+        ..limits()
+    });
+    assert_eq!(
+        pair.conn.poll_timeout(),
+        Some(pair.at(10)),
+        "the running one kept"
+    );
+    pair.send(GET);
+    assert_eq!(pair.conn.poll_timeout(), Some(pair.at(5)));
+    pair.send(b"G");
+    assert_eq!(pair.conn.poll_timeout(), Some(pair.at(3)));
+}
+
+#[test]
 fn a_timer_that_fires_early_does_nothing() {
     let mut pair = Pair::new();
     pair.conn.handle_timeout(pair.at(9));
