@@ -436,6 +436,11 @@ impl Shard {
         self.conns_max = config.max_connections.div_ceil(self.shards);
         tracing::debug!(shard = self.index, generation, "settings reloaded");
         self.config = config;
+        // Reloaded timeouts hold for open connections too, from their next deadline.
+        let limits = self.limits();
+        for conn in self.conns.iter_mut().flatten() {
+            conn.http.set_limits(limits);
+        }
     }
 
     /// Whether the shard's write backlog is past `--max-pending-write-bytes`.
