@@ -39,6 +39,36 @@ fn promtool_check(text: &str) {
     );
 }
 
+/// Parses `text` with the Python `prometheus_client` OpenMetrics parser (a strict one:
+/// `# EOF`, counter `_total` suffixes, histogram buckets, escaping); returns the family names
+/// it read, panics with its complaint.
+fn openmetrics_parse(text: &str) -> Vec<String> {
+    const SCRIPT: &str = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\nfor family in parse(sys.stdin.read()):\n    print(family.type, family.name, len(family.samples))\n";
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 is needed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the OpenMetrics parser refused /metrics (pip install prometheus-client; .ci/run does): {}\n--- input ---\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A labelled sample's value, e.g. `reason="per_ip_limit"`, summed over shards.
 fn sum_labelled(metrics: &Metrics, name: &str, label: &str) -> u64 {
     metrics
@@ -172,6 +202,19 @@ fn metrics_pass_promtool_idle_and_after_traffic_and_speak_openmetrics() {
         "{body}"
     );
     assert!(body.contains("# TYPE ringcast_publish_to_write_seconds histogram\n"));
+    let families = openmetrics_parse(&body);
+    assert!(
+        families
+            .iter()
+            .any(|f| f.starts_with("counter ringcast_deliveries ")),
+        "{families:?}"
+    );
+    assert!(
+        families
+            .iter()
+            .any(|f| f.starts_with("histogram ringcast_publish_to_write_seconds ")),
+        "{families:?}"
+    );
 }
 
 /// The 10 s windows are aligned to wall-clock multiples of 10 s and stamped with their end.

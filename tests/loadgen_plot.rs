@@ -4,7 +4,7 @@
 
 mod loadgen_support;
 
-use loadgen::plot::{number_text, STEP_MARKER_RADIUS_PX};
+use loadgen::report::plot::{number_text, STEP_MARKER_RADIUS_PX};
 use loadgen_support::{json, ringload, FanoutServer, Options};
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -222,9 +222,9 @@ struct Subscriber {
     in_flight: bool,
     queued: bool,
     heartbeat_due: bool,
-    /// A write was handed out (so the response head is on its way).
+    /// A write was handed out (so the stream head is on its way).
     started: bool,
-    /// What goes out before history frames, in order: the response head, frames replayed
+    /// What goes out before history frames, in order: the stream head, frames replayed
     /// from the cluster broker, a gap notice. Boxed: held only until written, so streaming
     /// subscribers stay small.
     /// (A box, not a bare `VecDeque`: 8 bytes instead of 32 in every subscriber.)
@@ -560,7 +560,7 @@ impl Fanout {
         }
     }
 
-    /// Subscribes `conn` to `room`. `head` (the HTTP response head) goes out in the first
+    /// Subscribes `conn` to `room`. `head` (the stream head (for HTTP/1.1, the stream head)) goes out in the first
     /// write. With a resume id, [`Fanout::place`] decides where the cursor starts: after
     /// it (every message after it still in history is replayed, and a gap notice says what
     /// is no longer there), or, when it cannot be placed, a reset notice and everything
@@ -1041,7 +1041,7 @@ impl Fanout {
     }
 
     /// As [`Fanout::poll_action`], also appending to `stamps` the sequencing stamp of each
-    /// message frame the action carries (not of response heads, gap notices, heartbeats or
+    /// message frame the action carries (not of stream heads, gap notices, heartbeats or
     /// retry hints), in order: the driver records publish→write latency from them when the
     /// write completes.
     pub fn poll_action_stamped(
@@ -1096,7 +1096,7 @@ impl Fanout {
                 .as_ref()
                 .expect("a subscriber's room is live");
             if room.history.is_lapped(sub.cursor) {
-                // A subscriber lapped before its first write still gets the response head,
+                // A subscriber lapped before its first write still gets the stream head,
                 // so the terminal event is readable as SSE.
                 if !sub.started {
                     if let Some(head) = sub.preamble.as_mut().and_then(|p| p.pop_front()) {

@@ -1,18 +1,19 @@
 //! Command-line flags (clap) and their conversion into run configurations. Flag values are
 //! validated here so that a bad flag fails with a message naming it (exit code 2).
 
-use crate::duration::{parse_duration, parse_rate};
-use crate::fanout::{FanoutConfig, ROOMS_MAX, SUBSCRIBERS_MAX};
-use crate::http_bench::CONNECTIONS_MAX;
-use crate::http_load::HttpConfig;
-use crate::payload::PAYLOAD_BYTES_MAX;
-use crate::plot_input::PlotSource;
-use crate::publisher::{PUB_CONNS_MAX, PUB_PIPELINE_MAX};
-use crate::socket::SOURCE_IPS_MAX;
-use crate::target::{Target, UrlTemplate};
-use crate::template::Template;
-use crate::tls::TlsOptions;
-use crate::transport::{Proto, TransportConfig, STREAMS_PER_CONN_DEFAULT, STREAMS_PER_CONN_MAX};
+use crate::plain::socket::SOURCE_IPS_MAX;
+use crate::plan::http::HttpConfig;
+use crate::plan::publish::{PUB_CONNS_MAX, PUB_PIPELINE_MAX};
+use crate::plan::target::{Target, UrlTemplate};
+use crate::plan::transport::{
+    Proto, TlsOptions, TransportConfig, STREAMS_PER_CONN_DEFAULT, STREAMS_PER_CONN_MAX,
+};
+use crate::proto::payload::PAYLOAD_BYTES_MAX;
+use crate::proto::template::Template;
+use crate::report::plot_input::PlotSource;
+use crate::run::duration::{parse_duration, parse_rate};
+use crate::run::fanout::{FanoutConfig, ROOMS_MAX, SUBSCRIBERS_MAX};
+use crate::run::http::CONNECTIONS_MAX;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -245,7 +246,7 @@ fn parse_body_template(text: &str) -> Result<Template, String> {
 }
 
 fn parse_header(text: &str) -> Result<String, String> {
-    crate::http1::validate_header(text).map(|()| text.to_string())
+    crate::proto::http1::validate_header(text).map(|()| text.to_string())
 }
 
 fn parse_method(text: &str) -> Result<String, String> {

@@ -4,11 +4,12 @@
 
 use anyhow::Context;
 use clap::Parser;
+use loadgen::check::latency::Latency;
 use loadgen::cli::{Cli, Command, FanoutArgs, HttpArgs, OutputArgs, PlotArgs};
-use loadgen::latency::Latency;
-use loadgen::plot::PlotFile;
-use loadgen::progress::Progress;
-use loadgen::{fanout, http_bench, plot, plot_input, sweep};
+use loadgen::report::plot::PlotFile;
+use loadgen::report::{plot, plot_input};
+use loadgen::run::progress::Progress;
+use loadgen::run::{fanout, sweep};
 use std::process::ExitCode;
 
 #[global_allocator]
@@ -63,7 +64,7 @@ fn run_http(args: &HttpArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
     let plot_file = create_plot(&args.output)?;
     let mut progress = Progress::new(args.output.quiet || args.output.json);
-    let report = http_bench::run(&config, &mut progress)?;
+    let report = loadgen::run::http::run(&config, &mut progress)?;
     write_hdr(&args.output, &report.latency_histogram, "")?;
     if args.output.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -156,7 +156,7 @@ fn writes_hand_back_the_sequencing_stamps_of_their_frames() {
         .handle_subscribe(now, ConnId(1), "r", None, head.clone())
         .unwrap();
     let (mut out, mut stamps) = (Vec::new(), Vec::new());
-    // The first write carries only the response head: no message, no stamp.
+    // The first write carries only the stream head: no message, no stamp.
     assert_eq!(
         fanout.poll_action_stamped(now, &mut out, &mut stamps),
         Some(Action::Write { conn: ConnId(1) })

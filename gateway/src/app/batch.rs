@@ -1,5 +1,5 @@
 //! The NDJSON body of `POST /publish`: one `{"room":…,"data":…}` object per line, with an
-//! optional `"idempotency_key"`. Pure parsing, no IO, so the worker and the `ndjson_batch`
+//! optional `"idempotency_key"`. Pure parsing, no IO, so the shard and the `ndjson_batch`
 //! fuzz target share it.
 
 /// Lines one `POST /publish` batch may hold.

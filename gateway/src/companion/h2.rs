@@ -10,7 +10,9 @@
 //! cuts it as a slow consumer. Memory held for it: one batch.
 
 use crate::app::admission::RefusalReason;
-use crate::companion::{Companion, ConnectionPlace, StreamCount, StreamPlace, VirtualStream};
+use crate::companion::bridge::{
+    Companion, ConnectionPlace, StreamCount, StreamPlace, VirtualStream,
+};
 use crate::mesh::mail::TlsHandOff;
 use crate::mesh::virtual_conn::Transport;
 use bytes::Bytes;
@@ -89,7 +91,7 @@ async fn handle(
 ) -> Result<http::Response<VirtualBody>, Infallible> {
     let (parts, body) = request.into_parts();
     requested.store(true, Ordering::Release);
-    let place = if crate::companion::is_subscribe(&parts) {
+    let place = if crate::companion::bridge::is_subscribe(&parts) {
         match streams.try_open(companion.streams_max().0) {
             Some(place) => Some(place),
             None => {
@@ -104,7 +106,7 @@ async fn handle(
         None
     };
     let limit = companion.shared.config.max_message_bytes;
-    let (body, body_len) = match crate::companion::declared_over_limit(&parts, limit) {
+    let (body, body_len) = match crate::companion::bridge::declared_over_limit(&parts, limit) {
         // Refused (413) from the head; hyper resets the stream instead of reading the body.
         Some(declared) => (Vec::new(), declared),
         None => {

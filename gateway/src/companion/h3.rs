@@ -14,8 +14,8 @@
 //! batch in the sink and the fan-out cuts it as a slow consumer.
 
 use crate::app::admission::RefusalReason;
+use crate::companion::bridge::{Companion, StreamCount};
 use crate::companion::quic_streams::{Stopped, Stops};
-use crate::companion::{Companion, StreamCount};
 use crate::mesh::virtual_conn::Transport;
 use bytes::{Buf, Bytes};
 use std::sync::Arc;
@@ -103,7 +103,7 @@ fn endpoint(
 async fn connection(
     companion: Arc<Companion>,
     incoming: quinn::Incoming,
-    _place: crate::companion::ConnectionPlace,
+    _place: crate::companion::bridge::ConnectionPlace,
 ) {
     let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
         Ok(Ok(connection)) => connection,
@@ -191,7 +191,7 @@ async fn request_stream(
     let mut stopped = stopped.unwrap_or_else(|| Box::pin(std::future::pending()));
     let (parts, ()) = request.into_parts();
     // Held until this function returns, i.e. until the stream ends.
-    let _place = if crate::companion::is_subscribe(&parts) {
+    let _place = if crate::companion::bridge::is_subscribe(&parts) {
         match streams.try_open(companion.streams_max().0) {
             Some(place) => Some(place),
             None => {
@@ -211,7 +211,7 @@ async fn request_stream(
         None
     };
     let limit = companion.shared.config.max_message_bytes;
-    let (body, body_len) = match crate::companion::declared_over_limit(&parts, limit) {
+    let (body, body_len) = match crate::companion::bridge::declared_over_limit(&parts, limit) {
         // Refused (413) from the head: the body is never read.
         Some(declared) => (Vec::new(), declared),
         None => {

@@ -3,10 +3,10 @@
 //! deadline (`--header-timeout`, `--body-timeout`, `--idle-timeout`) runs. Time comes in as
 //! `now`; nothing here reads a clock, a socket or a ring.
 //!
-//! The worker (worker.rs) drives one [`RequestReader`] per connection over its receive
+//! The shard (shard/) drives one [`RequestReader`] per connection over its receive
 //! buffer — plain, TLS (the plaintext rustls gives) and virtual connections alike — and the
 //! `http1_conn` fuzz target drives the very same code with arbitrary bytes and clock jumps.
-//! The buffer itself stays in the worker's connection (the ring receives into its spare
+//! The buffer itself stays in the shard's connection (the ring receives into its spare
 //! capacity); [`RequestReader::recv_room`] bounds it.
 
 use crate::http::h1::{self as http1, Head, Parsed, Refusal};

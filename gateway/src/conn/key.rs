@@ -8,7 +8,7 @@
 /// Slots are reused as soon as a connection closes; serials are not. Whatever outlives the
 /// call that made it (a reply by mail, a timer entry, an upstream ticket, a virtual
 /// connection's sink) holds a `ConnKey`, never a bare slot, and the shard resolves it only
-/// through a lookup that compares the serial (`Worker::conn_by_key`). So a stale key never
+/// through a lookup that compares the serial (`Shard::conn_by_key`). So a stale key never
 /// reaches a new connection in the same slot: a reply or timer for a connection that closed
 /// is dropped. (A serial comes back only after 2^32 − 1 connections on the one shard, and it
 /// would also need the same slot: far longer than any timer or upstream call lives.)

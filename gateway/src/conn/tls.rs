@@ -1,8 +1,8 @@
 //! TLS over byte buffers for one connection the shard's io_uring ring serves (HTTP/1.1
-//! over TLS, docs/TRANSPORTS.md). No sockets and no `unsafe`: the worker hands in what the
+//! over TLS, docs/TRANSPORTS.md). No sockets and no `unsafe`: the shard hands in what the
 //! ring received and sends what [`TlsConn::pending_out`] holds; rustls does the rest.
 //!
-//! A connection starts in the ClientHello phase: the raw bytes stay in the worker's request
+//! A connection starts in the ClientHello phase: the raw bytes stay in the shard's request
 //! buffer (so an `h2` client can be handed to the companion thread with them) and a
 //! [`rustls::server::Acceptor`] reads a copy. Once the ClientHello is in, a client offering
 //! ALPN `h2` goes to the companion; any other becomes a [`ServerConnection`] here, and from
@@ -114,7 +114,7 @@ impl TlsConn {
         }
     }
 
-    /// Whether the ClientHello is still being read (the raw bytes are the worker's).
+    /// Whether the ClientHello is still being read (the raw bytes are the shard's).
     pub fn in_hello(&self) -> bool {
         matches!(self.phase, Phase::Hello(_))
     }
@@ -251,7 +251,7 @@ impl TlsConn {
         }
     }
 
-    /// A new write of plaintext begins (the worker holds its frames).
+    /// A new write of plaintext begins (the shard holds its frames).
     pub fn start_write(&mut self) {
         self.taken = 0;
         self.out_plain = 0;
@@ -351,7 +351,7 @@ impl TlsConn {
         self.out.capacity() == 0
     }
 
-    /// Gives the send buffer an allocation (from the worker's pool) when it has none.
+    /// Gives the send buffer an allocation (from the shard's pool) when it has none.
     pub fn provide_out(&mut self, buffer: Vec<u8>) {
         if self.out.capacity() == 0 {
             self.out = buffer;

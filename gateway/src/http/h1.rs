@@ -1,5 +1,5 @@
 //! HTTP/1.1 request heads (parsed with `httparse`, routed by the one route table of
-//! route.rs) and the responses ringcast writes. No IO here: the worker hands in bytes and
+//! route.rs) and the responses ringcast writes. No IO here: the shard hands in bytes and
 //! writes what comes back.
 
 pub use crate::http::route::{Method, Route};
@@ -190,7 +190,7 @@ pub fn parse(
         .map_err(|err| Refusal::new(err.status(), err.to_string()))?
         .into_owned();
     let metrics_format = if route == Route::Metrics {
-        ringcast_core::metrics::Format::from_accept(accept)
+        crate::http::negotiate::metrics_format(accept)
     } else {
         ringcast_core::metrics::Format::Prometheus
     };

@@ -3,4 +3,5 @@
 //! must not touch connections, shards or IO.
 
 pub mod h1;
+pub mod negotiate;
 pub mod route;

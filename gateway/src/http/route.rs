@@ -6,7 +6,7 @@
 //! publish, a 404 or a 400 alike on every transport. This module owns: the paths ringcast
 //! serves, which method each answers, which take a body, which subscribe. It knows nothing
 //! of bytes on the wire, status lines or headers (http1.rs), nor what a route does once
-//! matched (the shard loop, worker.rs).
+//! matched (the shard loop, shard/).
 
 use ringcast_core::room::{validate_room_name, RoomNameError};
 use thiserror::Error;

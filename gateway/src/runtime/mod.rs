@@ -13,7 +13,7 @@ use crate::metrics::ShardFigures;
 use crate::runtime::clock::SharedClock;
 use crate::runtime::reload::LiveConfig;
 use crate::runtime::shared::Shared;
-use crate::shard::Worker;
+use crate::shard::Shard;
 use anyhow::Context;
 use ringcast_core::clock::ProcessClock;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -279,11 +279,11 @@ pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
                     }
                 }
                 let tls_fd = tls_socket.as_ref().map(AsRawFd::as_raw_fd);
-                let worker = Worker::new(index, shared, socket.as_raw_fd(), tls_fd)
+                let shard = Shard::new(index, shared, socket.as_raw_fd(), tls_fd)
                     .with_context(|| format!("shard {index}: cannot set up io_uring"));
-                let _ = ready.send(worker.is_ok());
-                let worker = worker?;
-                worker
+                let _ = ready.send(shard.is_ok());
+                let shard = shard?;
+                shard
                     .run()
                     .with_context(|| format!("shard {index} failed"))?;
                 drop(socket);

@@ -2,7 +2,7 @@
 //! that only comes back as connections close (descriptors, socket buffers, memory), the
 //! shard stops accepting on it until a connection of the shard closes or a back-off passes,
 //! instead of re-arming at once and spinning on the same error. Errors are logged at most
-//! once per [`LOG_INTERVAL`] per listener, with a count. Sans-IO: the worker feeds in
+//! once per [`LOG_INTERVAL`] per listener, with a count. Sans-IO: the shard feeds in
 //! completions and times, and arms the accept when [`AcceptPacer::poll_arm`] says so.
 
 use std::time::{Duration, Instant};

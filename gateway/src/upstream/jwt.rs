@@ -1,5 +1,5 @@
 //! JWT authorization of publishes and of subscribes to private rooms (`--publish-key`,
-//! `--subscribe-key`, `--private-rooms`), checked on the shard thread in `Worker::process`,
+//! `--subscribe-key`, `--private-rooms`), checked on the shard thread in `Shard::process`,
 //! so every transport (HTTP/1.1, TLS, HTTP/2, HTTP/3) gets the same answers.
 //!
 //! A key is given as:

@@ -3,7 +3,7 @@
 //!
 //! Buffer ownership rule: whoever pushes an operation keeps the memory it points to
 //! (receive buffer, iovec array and the frames it points to, eventfd word) alive and
-//! unmoved until that operation's completion has been reaped. The worker enforces this by
+//! unmoved until that operation's completion has been reaped. The shard enforces this by
 //! keeping such memory in the connection slot, which is freed only after every operation
 //! of the connection has completed.
 
@@ -21,7 +21,7 @@ pub const RING_ENTRIES: u32 = 4096;
 pub const LISTENER_PLAIN: u32 = 0;
 /// The accept of the TLS listener (`--tls-listen`), in `user_data`'s slot field.
 pub const LISTENER_TLS: u32 = 1;
-// The worker indexes its per-listener accept state with these.
+// The shard indexes its per-listener accept state with these.
 const _: () = assert!(LISTENER_PLAIN == 0 && LISTENER_TLS == 1);
 
 /// What an operation was, carried in the top byte of `user_data`.

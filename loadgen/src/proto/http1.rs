@@ -1,7 +1,7 @@
 //! Minimal HTTP/1.1 client pieces: request encoding, response head parsing (httparse) and
 //! response body framing (Content-Length, chunked, until close).
 
-use crate::chunked::{ChunkedDecoder, ChunkedError};
+use crate::proto::chunked::{ChunkedDecoder, ChunkedError};
 
 /// Largest response head accepted (bytes).
 pub const HEAD_BYTES_MAX: usize = 64 * 1024;
@@ -223,9 +223,12 @@ pub fn encode_request(
         if !body.is_empty() && !user_has(DEFAULT_HEADERS[2]) {
             out.extend_from_slice(b"Content-Type: text/plain\r\n");
         }
-        let mut digits = crate::template::itoa_buffer();
+        let mut digits = crate::proto::template::itoa_buffer();
         out.extend_from_slice(b"Content-Length: ");
-        out.extend_from_slice(crate::template::format_u64(&mut digits, body.len() as u64));
+        out.extend_from_slice(crate::proto::template::format_u64(
+            &mut digits,
+            body.len() as u64,
+        ));
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");

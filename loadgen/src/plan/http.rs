@@ -1,10 +1,11 @@
 //! What a `ringload http` run is asked to do and what each of its worker threads counts;
-//! shared by the two workers, the mio loop for plain HTTP/1.1 (`http_bench`) and the tokio
-//! one for TLS, HTTP/2 and HTTP/3 (`stream_http`), which depend on it and not on each other.
+//! shared by the two workers, the mio loop for plain HTTP/1.1 (`plain::http`) and the tokio
+//! one for TLS, HTTP/2 and HTTP/3 (`transport::http`), which depend on it and not on each
+//! other.
 
-use crate::latency::Latency;
-use crate::target::Target;
-use crate::transport::TransportConfig;
+use crate::check::latency::Latency;
+use crate::plan::target::Target;
+use crate::plan::transport::TransportConfig;
 use serde::Serialize;
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! following its open-loop schedule slot `lane + n × N` at `-R` (latency from the
 //! schedule). On HTTP/2 and HTTP/3, `--streams-per-conn` lanes share one connection.
 
-use crate::http_load::{HttpConfig, ThreadStats, STATUS_CODES};
+use crate::plan::http::{HttpConfig, ThreadStats, STATUS_CODES};
 use crate::transport::{Connection, Endpoint, TransportError};
 use bytes::Bytes;
 use std::cell::{Cell, RefCell};

@@ -1,19 +1,23 @@
 //! `ringload fanout`: connects subscribers over rooms, publishes at a fixed rate, checks
 //! every delivery and gives a verdict. This module orchestrates the run and builds the
-//! report; the IO lives in [`crate::subscriber`] and [`crate::publisher`] (plain HTTP/1.1,
-//! mio) or [`crate::stream_subscriber`] and [`crate::stream_publisher`] (TLS, HTTP/2,
+//! report; the IO lives in [`crate::plain::subscriber`] and [`crate::plain::publisher`] (plain HTTP/1.1,
+//! mio) or [`crate::transport::subscriber`] and [`crate::transport::publisher`] (TLS, HTTP/2,
 //! HTTP/3).
 
-use crate::http1;
-use crate::latency::{Latency, LatencySummary};
-use crate::progress::Progress;
-use crate::publisher::{self, PublishCounts, PublishPlan, PublishProgress};
-use crate::socket;
-use crate::stream_subscriber::StreamSubscriberSetup;
-use crate::subscriber::{Control, DeliveryCounts, SubscriberSetup, SubscriberThread};
-use crate::target::UrlTemplate;
-use crate::template::Template;
-use crate::transport::{Endpoint, TransportConfig, TransportError};
+use crate::check::checker::DeliveryCounts;
+use crate::check::latency::{Latency, LatencySummary};
+use crate::plain::publisher;
+use crate::plain::socket;
+use crate::plain::subscriber::{SubscriberSetup, SubscriberThread};
+use crate::plan::publish::{self, PublishCounts, PublishPlan, PublishProgress};
+use crate::plan::subscribe::Control;
+use crate::plan::target::UrlTemplate;
+use crate::plan::transport::TransportConfig;
+use crate::proto::http1;
+use crate::proto::template::Template;
+use crate::run::progress::Progress;
+use crate::transport::subscriber::StreamSubscriberSetup;
+use crate::transport::{Endpoint, TransportError};
 use serde::Serialize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -110,7 +114,7 @@ pub enum FanoutError {
     },
     /// The publisher could not start.
     #[error(transparent)]
-    Publish(#[from] publisher::PublishError),
+    Publish(#[from] publish::PublishError),
     /// A thread could not be started or panicked.
     #[error("thread failed: {0}")]
     Thread(String),
@@ -305,7 +309,7 @@ pub fn room_name(prefix: &str, index: usize) -> String {
 /// processes, so replayed history from an earlier run is recognised as stale.
 fn new_run_id() -> u32 {
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let nanos = crate::clock::wall_ns();
+    let nanos = crate::check::clock::wall_ns();
     let mix = (nanos as u32) ^ ((nanos >> 32) as u32) ^ std::process::id().rotate_left(16);
     mix.wrapping_add(COUNTER.fetch_add(0x9e37_79b9, Ordering::Relaxed))
 }
@@ -313,7 +317,7 @@ fn new_run_id() -> u32 {
 /// Runs one fanout (or idle) measurement.
 pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutReport, FanoutError> {
     let probe = |flag: &'static str, addr| {
-        socket::probe(addr, crate::http_bench::PROBE_TIMEOUT).map_err(|error| {
+        socket::probe(addr, crate::run::http::PROBE_TIMEOUT).map_err(|error| {
             FanoutError::Unreachable {
                 flag,
                 addr,
@@ -336,7 +340,7 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
             &config.headers,
         )
         .map_err(|error| FanoutError::Transport { flag, error })?;
-        crate::stream_probe::probe(&endpoint, crate::http_bench::PROBE_TIMEOUT).map_err(
+        crate::transport::probe::probe(&endpoint, crate::run::http::PROBE_TIMEOUT).map_err(
             |reason| FanoutError::Connect {
                 flag,
                 url: url.text.clone(),
@@ -423,7 +427,7 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
             let handle = std::thread::Builder::new()
                 .name(format!("ringload-sub-{index}"))
                 .spawn(move || {
-                    crate::stream_subscriber::run_thread(index, stream_setup, control, core)
+                    crate::transport::subscriber::run_thread(index, stream_setup, control, core)
                 })
                 .map_err(|error| FanoutError::Thread(error.to_string()))?;
             handles.push(handle);
@@ -482,7 +486,7 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
     }
     let connect_time = connect_start.elapsed();
     control.running.store(true, Ordering::Relaxed);
-    let cpu_start = crate::cpu::process_cpu_time();
+    let cpu_start = crate::run::cpu::process_cpu_time();
 
     // Phase 2: publish (or hold), then grace.
     let publish_progress = Arc::new(PublishProgress::default());
@@ -527,7 +531,7 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
         let publisher = std::thread::Builder::new()
             .name("ringload-pub".into())
             .spawn(move || match pub_endpoint {
-                Some(endpoint) => crate::stream_publisher::run(
+                Some(endpoint) => crate::transport::publisher::run(
                     &plan,
                     shared.clone(),
                     &endpoint,
@@ -574,7 +578,7 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
         std::thread::sleep(config.grace);
         Some(result)
     };
-    let cpu = crate::cpu::process_cpu_time().saturating_sub(cpu_start);
+    let cpu = crate::run::cpu::process_cpu_time().saturating_sub(cpu_start);
     let joined = stop_subscribers(handles);
     progress.finish();
 

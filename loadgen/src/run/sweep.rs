@@ -2,8 +2,8 @@
 //! run is not clean, then bisects between the last clean and first unclean rate until they
 //! are within [`SWEEP_PRECISION`] or the step budget is spent.
 
-use crate::fanout::{self, FanoutConfig, FanoutError, FanoutReport};
-use crate::progress::Progress;
+use crate::run::fanout::{self, FanoutConfig, FanoutError, FanoutReport};
+use crate::run::progress::Progress;
 use serde::{Deserialize, Serialize};
 
 /// Bisection stops when (unclean − clean) / clean is below this.

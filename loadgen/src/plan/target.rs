@@ -200,7 +200,7 @@ pub struct UrlTemplate {
     /// Resolved server address.
     pub addr: SocketAddr,
     /// Path and query template.
-    pub path: crate::template::Template,
+    pub path: crate::proto::template::Template,
 }
 
 /// Why a URL template could not be used.
@@ -211,7 +211,7 @@ pub enum UrlTemplateError {
     Target(#[from] TargetError),
     /// The path template was malformed.
     #[error(transparent)]
-    Template(#[from] crate::template::TemplateError),
+    Template(#[from] crate::proto::template::TemplateError),
     /// Placeholders are only allowed in the path.
     #[error("placeholders are only allowed in the path of '{0}'")]
     PlaceholderInAuthority(String),
@@ -242,7 +242,7 @@ impl UrlTemplate {
             host: target.host,
             host_header: target.host_header,
             addr: target.addr,
-            path: crate::template::Template::parse(&path)?,
+            path: crate::proto::template::Template::parse(&path)?,
         })
     }
 }

@@ -4,12 +4,11 @@
 //! delivery goes through the same [`Checker`] as on the mio path, and the thread hands back
 //! the same [`ThreadResult`], so verdicts do not depend on the transport.
 
-use crate::latency::Latency;
-use crate::sse::{self, LINE_BYTES_MAX};
-use crate::subscriber::{
-    Checker, Control, DeliveryCounts, PendingEvent, ThreadResult, CONNECTS_IN_FLIGHT_MAX,
-};
-use crate::tracker::SeqTracker;
+use crate::check::checker::{Checker, DeliveryCounts, PendingEvent, ThreadResult};
+use crate::check::latency::Latency;
+use crate::check::tracker::SeqTracker;
+use crate::plan::subscribe::{Control, CONNECTS_IN_FLIGHT_MAX};
+use crate::proto::sse::{self, LINE_BYTES_MAX};
 use crate::transport::{Connection, Endpoint, QuicCloser, Response};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
@@ -265,7 +264,7 @@ async fn read_events(context: &Context, response: &mut Response, id: usize) {
 
 /// Parses one body chunk of subscription `id`.
 fn feed(context: &Context, id: usize, data: &[u8]) -> Result<(), &'static str> {
-    let now_ns = crate::clock::wall_ns();
+    let now_ns = crate::check::clock::wall_ns();
     let mut state = context.state.borrow_mut();
     let ThreadState {
         counts,

@@ -1,30 +1,24 @@
 //! Subscriber threads of `ringload fanout`: each pinned thread runs one mio event loop over
 //! its share of SSE connections, parses every delivery without allocating and checks it
-//! against its subscriber's expected sequence (see [`crate::tracker`]).
+//! against its subscriber's expected sequence (see [`crate::check::tracker`]).
 
-use crate::chunked::ChunkedDecoder;
-use crate::http1::{self, BodyKind};
-use crate::latency::Latency;
-use crate::payload;
-use crate::socket;
-use crate::sse::{self, SseSink, LINE_BYTES_MAX};
-use crate::tracker::{Arrival, SeqTracker};
+use crate::check::checker::{Checker, DeliveryCounts, PendingEvent, ThreadResult};
+use crate::check::latency::Latency;
+use crate::check::tracker::SeqTracker;
+use crate::plain::socket;
+use crate::plan::subscribe::{Control, CONNECTS_IN_FLIGHT_MAX};
+use crate::proto::chunked::ChunkedDecoder;
+use crate::proto::http1::{self, BodyKind};
+use crate::proto::sse::{self, LINE_BYTES_MAX};
 use mio::{Events, Interest, Poll, Token};
-use serde::Serialize;
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Bytes read per read syscall: large, so one read carries many events.
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
-
-/// Subscribe requests in flight (connected, waiting for the response head) per thread.
-/// Bounded so a burst of thousands of SYNs does not overflow the server's accept backlog
-/// (which costs a 1 s SYN retry). 64 per thread stays below the common backlog of 128
-/// (Rust std listeners, many test servers) even with two threads.
-pub const CONNECTS_IN_FLIGHT_MAX: usize = 64;
 
 /// mio events taken per poll call.
 const EVENTS_MAX: usize = 1024;
@@ -52,109 +46,6 @@ pub struct SubscriberSetup {
     pub run_id: u32,
 }
 
-/// Cache-line padded counter, one per thread, so progress reads do not cause false sharing.
-#[derive(Debug, Default)]
-#[repr(align(64))]
-pub struct PaddedCounter(pub AtomicU64);
-
-/// Coordination between the main thread and the subscriber threads (never on the
-/// per-event path except one relaxed store per loop turn).
-#[derive(Debug)]
-pub struct Control {
-    /// Set when subscribers should stop and report.
-    pub stop: AtomicBool,
-    /// Set once every subscriber is connected and publishing started (or holding began):
-    /// from then on a closed connection is a disconnect, not a setup failure.
-    pub running: AtomicBool,
-    /// Subscribers that received their 200 response head.
-    pub subscribed: AtomicUsize,
-    /// First setup failure, if any.
-    pub failure: Mutex<Option<String>>,
-    /// Deliveries per thread, for progress.
-    pub delivered: Vec<PaddedCounter>,
-}
-
-impl Control {
-    /// Control block for `threads` threads.
-    pub fn new(threads: usize) -> Self {
-        Control {
-            stop: AtomicBool::new(false),
-            running: AtomicBool::new(false),
-            subscribed: AtomicUsize::new(0),
-            failure: Mutex::new(None),
-            delivered: (0..threads).map(|_| PaddedCounter::default()).collect(),
-        }
-    }
-
-    pub(crate) fn fail(&self, message: String) {
-        if let Ok(mut slot) = self.failure.lock() {
-            slot.get_or_insert(message);
-        }
-    }
-
-    /// The first setup failure reported by any thread.
-    pub fn failure(&self) -> Option<String> {
-        self.failure.lock().ok().and_then(|slot| slot.clone())
-    }
-}
-
-/// Per-thread (and, merged, per-run) delivery counts.
-#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct DeliveryCounts {
-    /// Distinct expected messages received (in order, after a gap, or late).
-    pub delivered: u64,
-    /// Messages received again.
-    pub duplicates: u64,
-    /// Messages that arrived after a later one of the same room.
-    pub reordered: u64,
-    /// Messages whose payload names another room.
-    pub wrong_room: u64,
-    /// Messages from another run (e.g. history replayed from an earlier sweep step).
-    pub stale: u64,
-    /// Events whose data carries no ringload payload.
-    pub foreign: u64,
-    /// `event: gap` notices.
-    pub gap_events: u64,
-    /// Comment lines (heartbeats).
-    pub heartbeats: u64,
-    /// Subscriber connections closed or failed after setup.
-    pub disconnects: u64,
-    /// Body bytes read.
-    pub bytes: u64,
-    /// Read syscalls that returned data.
-    pub reads: u64,
-}
-
-impl DeliveryCounts {
-    /// Adds `other` into `self`.
-    pub fn add(&mut self, other: &DeliveryCounts) {
-        self.delivered += other.delivered;
-        self.duplicates += other.duplicates;
-        self.reordered += other.reordered;
-        self.wrong_room += other.wrong_room;
-        self.stale += other.stale;
-        self.foreign += other.foreign;
-        self.gap_events += other.gap_events;
-        self.heartbeats += other.heartbeats;
-        self.disconnects += other.disconnects;
-        self.bytes += other.bytes;
-        self.reads += other.reads;
-    }
-}
-
-/// What one thread hands back at the end.
-#[derive(Debug)]
-pub struct ThreadResult {
-    /// Counts.
-    pub counts: DeliveryCounts,
-    /// (room, tracker) of each subscriber of this thread, for the loss count.
-    pub trackers: Vec<(u32, SeqTracker)>,
-    /// Receive wall time − payload's send stamp.
-    pub latency_stamp: Latency,
-    /// Receive wall time − payload's scheduled time.
-    pub latency_schedule: Latency,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Connecting,
@@ -171,27 +62,6 @@ enum BodyFraming {
     Length(u64),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-enum EventKind {
-    #[default]
-    Message,
-    Gap,
-    Other,
-}
-
-/// The event being assembled on one connection (its lines may span reads).
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct PendingEvent {
-    kind: EventKind,
-    has_data: bool,
-    has_stamp: bool,
-    run: u32,
-    room_ok: bool,
-    seq: u64,
-    sent_ns: u64,
-    scheduled_ns: u64,
-}
-
 struct Subscriber {
     stream: Option<mio::net::TcpStream>,
     room: u32,
@@ -201,74 +71,6 @@ struct Subscriber {
     carry: Vec<u8>,
     pending: PendingEvent,
     tracker: SeqTracker,
-}
-
-/// The SSE sink that checks events of one subscriber (shared with
-/// `stream_subscriber`, so every transport is judged by the same code).
-pub(crate) struct Checker<'a> {
-    pub(crate) pending: &'a mut PendingEvent,
-    pub(crate) tracker: &'a mut SeqTracker,
-    pub(crate) counts: &'a mut DeliveryCounts,
-    pub(crate) latency_stamp: &'a mut Latency,
-    pub(crate) latency_schedule: &'a mut Latency,
-    pub(crate) room: &'a [u8],
-    pub(crate) run_id: u32,
-    pub(crate) now_ns: u64,
-}
-
-impl SseSink for Checker<'_> {
-    #[inline]
-    fn on_data(&mut self, value: &[u8]) {
-        self.pending.has_data = true;
-        if let Some(stamp) = payload::decode(value) {
-            self.pending.has_stamp = true;
-            self.pending.run = stamp.run;
-            self.pending.room_ok = stamp.room == self.room;
-            self.pending.seq = stamp.seq;
-            self.pending.sent_ns = stamp.sent_ns;
-            self.pending.scheduled_ns = stamp.scheduled_ns;
-        }
-    }
-
-    fn on_event_type(&mut self, value: &[u8]) {
-        self.pending.kind = match value {
-            b"message" => EventKind::Message,
-            b"gap" => EventKind::Gap,
-            _ => EventKind::Other,
-        };
-    }
-
-    fn on_comment(&mut self) {
-        self.counts.heartbeats += 1;
-    }
-
-    #[inline]
-    fn on_dispatch(&mut self) {
-        let event = std::mem::take(self.pending);
-        match event.kind {
-            EventKind::Gap => self.counts.gap_events += 1,
-            EventKind::Other => self.counts.foreign += 1,
-            EventKind::Message if !event.has_data => {}
-            EventKind::Message if !event.has_stamp => self.counts.foreign += 1,
-            EventKind::Message if event.run != self.run_id => self.counts.stale += 1,
-            EventKind::Message if !event.room_ok => self.counts.wrong_room += 1,
-            EventKind::Message => {
-                let arrival = self.tracker.observe(event.seq);
-                if arrival == Arrival::Duplicate {
-                    self.counts.duplicates += 1;
-                    return;
-                }
-                if arrival == Arrival::Reordered {
-                    self.counts.reordered += 1;
-                }
-                self.counts.delivered += 1;
-                self.latency_stamp
-                    .record_ns(self.now_ns as i64 - event.sent_ns as i64);
-                self.latency_schedule
-                    .record_ns(self.now_ns as i64 - event.scheduled_ns as i64);
-            }
-        }
-    }
 }
 
 /// One subscriber thread.
@@ -552,7 +354,7 @@ impl Loop<'_> {
     /// Parses `buffer[carried..carried + read]` (raw body bytes) after the carried partial
     /// line `buffer[..carried]`; returns false if the subscriber was closed.
     fn body(&mut self, subscriber: &mut Subscriber, carried: usize, read: usize) -> bool {
-        let now_ns = crate::clock::wall_ns();
+        let now_ns = crate::check::clock::wall_ns();
         self.counts.bytes += read as u64;
         let raw = &mut self.buffer[carried..carried + read];
         let (plain, ended) = match &mut subscriber.framing {

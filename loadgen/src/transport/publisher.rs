@@ -1,16 +1,16 @@
 //! The fixed-rate publisher of `ringload fanout` over the transports of
-//! [`crate::transport`]. Same schedule and accounting as [`crate::publisher`]: message `m`
+//! [`crate::transport`]. Same schedule and accounting as `plain::publisher`: message `m`
 //! goes to room `m % rooms` at `m / rate` after the start; each room always uses the same
 //! lane (`--pub-conns` lanes, room `r` on lane `r % lanes`), and a lane sends its next
 //! publish only after the previous answer, so per-room order is kept. On HTTP/2 and HTTP/3
 //! up to `--streams-per-conn` lanes share one connection; on HTTP/1.1 each lane has its own.
 
-use crate::latency::Latency;
-use crate::payload::{self, Stamp};
-use crate::publisher::{
+use crate::check::latency::Latency;
+use crate::plan::publish::{
     PublishCounts, PublishError, PublishPlan, PublishProgress, PublishResult, CONNECT_TIMEOUT,
     PUBLISH_TIMEOUT,
 };
+use crate::proto::payload::{self, Stamp};
 use crate::transport::{Connection, Endpoint, TransportError};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
@@ -135,7 +135,7 @@ pub fn run(
             plan: plan.clone(),
             progress,
             start: Instant::now(),
-            start_wall_ns: crate::clock::wall_ns(),
+            start_wall_ns: crate::check::clock::wall_ns(),
             total: (plan.rate * plan.duration.as_secs_f64()).round() as u64,
             rooms,
             lanes,
@@ -288,7 +288,7 @@ async fn publish(
     let seq = message / shared.rooms as u64 + 1;
     let room_name = &plan.rooms[room];
     let scheduled_ns = shared.start_wall_ns + shared.offset(message).as_nanos() as u64;
-    let sent_ns = crate::clock::wall_ns();
+    let sent_ns = crate::check::clock::wall_ns();
     payload.clear();
     payload::encode(
         payload,

@@ -1,11 +1,11 @@
 //! `ringload plot`: reads saved `--json` reports and turns them into one plot with a
 //! labelled series per input — sweeps into deliveries/s by publish rate, single runs
 //! (`fanout`, `http`) into latency-by-percentile curves. Mixing the two kinds is refused.
-//! Drawing is [`crate::plot`]'s job.
+//! Drawing is [`crate::report::plot`]'s job.
 
-use crate::latency::LatencySummary;
-use crate::plot::{self, Heading, LatencyCurve, PlotError, SweepSeries, SERIES_MAX};
-use crate::sweep::SweepStep;
+use crate::check::latency::LatencySummary;
+use crate::report::plot::{self, Heading, LatencyCurve, PlotError, SweepSeries, SERIES_MAX};
+use crate::run::sweep::SweepStep;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 

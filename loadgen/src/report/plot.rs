@@ -9,10 +9,10 @@
 //! backend writes text as `<text>` elements, so no font is loaded and nothing outside the
 //! process is needed.
 
-use crate::fanout::{FanoutConfig, FanoutReport};
-use crate::http_bench::HttpReport;
-use crate::latency::{LatencySummary, PercentilePoint};
-use crate::sweep::{SweepReport, SweepStep};
+use crate::check::latency::{LatencySummary, PercentilePoint};
+use crate::run::fanout::{FanoutConfig, FanoutReport};
+use crate::run::http::HttpReport;
+use crate::run::sweep::{SweepReport, SweepStep};
 use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;

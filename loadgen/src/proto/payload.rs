@@ -4,7 +4,7 @@
 //! Wire form (no newlines, so it fits one SSE `data:` line):
 //! `rl1|<run as 8 hex digits>|<room>|<seq>|<sent unix ns>|<scheduled unix ns>|....`
 
-use crate::template::{format_u64, itoa_buffer};
+use crate::proto::template::{format_u64, itoa_buffer};
 
 /// Marker that starts every payload; found by substring search so the payload may be
 /// embedded in a larger body (e.g. a JSON template).

@@ -2,22 +2,13 @@
 //! or the system store, or no verification at all with `--insecure` (self-signed test
 //! certificates), and the ALPN protocol of the chosen transport.
 
+use crate::plan::transport::TlsOptions;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use std::path::PathBuf;
 use std::sync::Arc;
-
-/// How the server certificate is checked.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsOptions {
-    /// Accept any certificate (`--insecure`).
-    pub insecure: bool,
-    /// Trust only the certificates in this PEM file (`--ca FILE`); `None` = system roots.
-    pub ca: Option<PathBuf>,
-}
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,8 @@
 //!
 //! These run on a tokio current-thread runtime, one per ringload thread.
 
-use crate::tls::{self, TlsError, TlsOptions};
+use crate::plan::transport::{Proto, TransportConfig};
+use crate::transport::tls::{self, TlsError};
 use bytes::{Buf, Bytes};
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Uri};
@@ -15,13 +16,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Most streams per connection `--streams-per-conn` accepts.
-pub const STREAMS_PER_CONN_MAX: usize = 10_000;
-
-/// Default streams per HTTP/2 or HTTP/3 connection: 100 is the lowest
-/// `SETTINGS_MAX_CONCURRENT_STREAMS` RFC 9113 recommends a server to allow.
-pub const STREAMS_PER_CONN_DEFAULT: usize = 100;
 
 /// HTTP/2 per-stream receive window: an SSE stream of 100-byte events that is read
 /// promptly never needs more; larger windows only hide a stalled reader.
@@ -33,66 +27,6 @@ const H2_CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 /// QUIC keep-alive: below every common idle timeout (quinn's default is 30 s), so idle
 /// subscriptions (`--idle`) stay open without server heartbeats.
 const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(10);
-
-/// The wire protocol (`--proto`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    /// HTTP/1.1 (TLS for https:// URLs).
-    #[default]
-    H1,
-    /// HTTP/2: TLS with ALPN h2 for https://, cleartext prior knowledge (h2c) for http://.
-    H2,
-    /// HTTP/3 over QUIC (https:// only).
-    H3,
-}
-
-impl Proto {
-    /// Name for reports: "h1", "h2", "h3".
-    pub fn name(self) -> &'static str {
-        match self {
-            Proto::H1 => "h1",
-            Proto::H2 => "h2",
-            Proto::H3 => "h3",
-        }
-    }
-}
-
-/// Transport flags.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransportConfig {
-    /// Wire protocol.
-    pub proto: Proto,
-    /// Concurrent streams per HTTP/2 or HTTP/3 connection (HTTP/1.1: always 1).
-    pub streams_per_conn: usize,
-    /// Certificate checking.
-    pub tls: TlsOptions,
-}
-
-impl Default for TransportConfig {
-    fn default() -> Self {
-        TransportConfig {
-            proto: Proto::H1,
-            streams_per_conn: STREAMS_PER_CONN_DEFAULT,
-            tls: TlsOptions::default(),
-        }
-    }
-}
-
-impl TransportConfig {
-    /// True when ringload's own mio HTTP/1.1 path serves a URL with this `tls` flag.
-    pub fn uses_mio(&self, tls: bool) -> bool {
-        self.proto == Proto::H1 && !tls
-    }
-
-    /// Streams that share one connection.
-    pub fn streams_per_conn(&self) -> usize {
-        match self.proto {
-            Proto::H1 => 1,
-            Proto::H2 | Proto::H3 => self.streams_per_conn.max(1),
-        }
-    }
-}
 
 /// Why a connection or request failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,460 @@
+//! The IO side of plain connections on the ring: posting receives, feeding what arrives to
+//! the request reader, coalesced writes (fan-out frames and responses), linger and close.
+
+use super::*;
+
+impl Shard {
+    pub(super) fn post_recv(&mut self, slot: u32) -> std::io::Result<()> {
+        let limits = self.limits();
+        let discard_ptr = self.discard.as_mut_ptr();
+        let discard_len = self.discard.len() as u32;
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return Ok(());
+        };
+        if conn.recv_in_flight || conn.state == State::Closing || conn.sink.is_some() {
+            return Ok(());
+        }
+        let (ptr, len) = match (conn.state, conn.tls.as_deref_mut()) {
+            (State::Reading, Some(tls)) if tls.in_hello() => {
+                // The raw ClientHello stays in `buf` (an `h2` client is handed on with it).
+                let room = crate::conn::tls::CLIENT_HELLO_BYTES_MAX
+                    .saturating_sub(conn.buf.len())
+                    .clamp(1, RECV_FIRST);
+                conn.buf.reserve(room);
+                let spare = conn.buf.spare_capacity_mut();
+                (
+                    spare.as_mut_ptr().cast::<u8>(),
+                    spare.len().min(room) as u32,
+                )
+            }
+            (State::Reading, Some(tls)) => {
+                let buf = tls.recv_buffer();
+                (buf.as_mut_ptr(), buf.len() as u32)
+            }
+            (State::Reading, None) => {
+                let want = if conn.buf.is_empty() {
+                    RECV_FIRST
+                } else {
+                    conn.buf.len().clamp(RECV_FIRST, RECV_CHUNK)
+                };
+                let room = conn
+                    .reader
+                    .recv_room(conn.buf.len(), &limits)
+                    .clamp(1, want);
+                conn.buf.reserve(room);
+                let spare = conn.buf.spare_capacity_mut();
+                (
+                    spare.as_mut_ptr().cast::<u8>(),
+                    spare.len().min(room) as u32,
+                )
+            }
+            // Subscribers and lingering connections send nothing we keep: their bytes
+            // land in the shard's discard buffer, which is never read (over TLS too: the
+            // ciphertext is dropped undecrypted, as the plaintext would be).
+            (_, tls) => {
+                if let Some(tls) = tls {
+                    tls.release_recv();
+                }
+                (discard_ptr, discard_len)
+            }
+        };
+        conn.recv_in_flight = true;
+        let fd = conn.fd;
+        // SAFETY: a Reading connection's buffer (or its TLS receive buffer, boxed in the
+        // slot) is neither touched nor reallocated while `recv_in_flight` is set, and the
+        // slot (boxed) outlives the operation; the discard buffer lives as long as the
+        // shard and is never read.
+        unsafe { self.ring.recv(slot, fd, ptr, len) }
+    }
+
+    pub(super) fn on_recv(&mut self, now: Instant, slot: u32, result: i32) -> std::io::Result<()> {
+        let Some(conn) = self.conn(slot) else {
+            return Ok(());
+        };
+        conn.recv_in_flight = false;
+        match conn.state {
+            State::Closing => self.finish_close(slot),
+            _ if result <= 0 => self.begin_close(slot),
+            State::Reading if conn.tls.is_some() => self.on_tls_recv(now, slot, result as usize),
+            State::Reading => {
+                // SAFETY: the kernel initialised `result` bytes of the spare capacity.
+                unsafe { conn.buf.set_len(conn.buf.len() + result as usize) };
+                self.process(now, slot)
+            }
+            State::Waiting => Ok(()),
+            State::Streaming | State::Lingering => {
+                conn.buf = Vec::new();
+                self.post_recv(slot)
+            }
+        }
+    }
+
+    /// Hands up to `write_budget` fan-out actions to the ring; returns how many.
+    pub(super) fn write_out(&mut self, now: Instant) -> std::io::Result<usize> {
+        let budget = self.config.write_budget;
+        let stamped = self.config.latency_metrics;
+        let mut used = 0;
+        while used < budget {
+            let mut frames = std::mem::take(&mut self.scratch);
+            frames.clear();
+            self.stamp_scratch.clear();
+            let action = if stamped {
+                self.fanout
+                    .poll_action_stamped(now, &mut frames, &mut self.stamp_scratch)
+            } else {
+                self.fanout.poll_action(now, &mut frames)
+            };
+            match action {
+                None => {
+                    self.scratch = frames;
+                    break;
+                }
+                Some(Action::Write { conn }) => {
+                    self.start_write(conn.0, &mut frames)?;
+                    if !self.stamp_scratch.is_empty() {
+                        self.attach_stamps(conn.0);
+                    }
+                }
+                Some(Action::Close { conn, reason }) => {
+                    tracing::debug!(
+                        shard = self.index,
+                        conn = conn.0,
+                        ?reason,
+                        "closing subscriber"
+                    );
+                    let writable = self
+                        .conn(conn.0)
+                        .is_some_and(|c| !c.write_in_flight && c.state == State::Streaming);
+                    if writable && !frames.is_empty() {
+                        if let Some(c) = self.conn(conn.0) {
+                            c.close_after_write = true;
+                        }
+                        self.start_write(conn.0, &mut frames)?;
+                    } else {
+                        self.begin_close(conn.0)?;
+                    }
+                }
+            }
+            self.scratch = frames;
+            used += 1;
+        }
+        Ok(used)
+    }
+
+    /// Hands the stamps of the write just started on `slot` to the connection, which
+    /// records their latency when the write completes.
+    pub(super) fn attach_stamps(&mut self, slot: u32) {
+        let Some(conn) = slot_mut(&mut self.conns, slot).filter(|c| c.write_in_flight) else {
+            self.stamp_scratch.clear();
+            return;
+        };
+        debug_assert!(conn.stamps.is_empty(), "one write in flight per connection");
+        if conn.stamps.capacity() == 0 {
+            conn.stamps = self.stamp_vecs.pop().unwrap_or_default();
+        }
+        conn.stamps.clear();
+        std::mem::swap(&mut conn.stamps, &mut self.stamp_scratch);
+    }
+
+    /// Starts one writev of `frames` (taken) on `slot`.
+    pub(super) fn start_write(
+        &mut self,
+        slot: u32,
+        frames: &mut Vec<Bytes>,
+    ) -> std::io::Result<()> {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            frames.clear();
+            return Ok(());
+        };
+        if conn.state == State::Closing {
+            frames.clear();
+            return self.finish_close(slot);
+        }
+        debug_assert!(!conn.write_in_flight, "one write in flight per connection");
+        conn.frames = std::mem::replace(frames, self.frame_vecs.pop().unwrap_or_default());
+        if conn.iov.capacity() == 0 {
+            conn.iov = self.iov_vecs.pop().unwrap_or_default();
+        }
+        conn.write_len = conn.frames.iter().map(Bytes::len).sum();
+        conn.written = 0;
+        self.pending_write_bytes += conn.write_len;
+        self.submit_write(slot)
+    }
+
+    pub(super) fn submit_write(&mut self, slot: u32) -> std::io::Result<()> {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return Ok(());
+        };
+        if let Some(sink) = &conn.sink {
+            // Virtual: the companion takes the frames; the write stays in flight until it
+            // mails `VirtualWriteDone` (or the connection closes).
+            conn.write_in_flight = true;
+            let sink = sink.clone();
+            if sink.push(std::mem::take(&mut conn.frames)).is_err() {
+                debug_assert!(false, "one write in flight per virtual connection");
+                return self.begin_close(slot);
+            }
+            return Ok(());
+        }
+        if let Some(tls) = conn.tls.as_deref_mut() {
+            // Encrypted and sent a chunk at a time (`tls_flush`, `on_tls_write`); the write
+            // stays in flight until its last byte is sent.
+            conn.write_in_flight = true;
+            tls.start_write();
+            if !self.tls_flush(slot)? {
+                // Nothing to send (an empty write): a zero-length send completes it.
+                return self.submit_tls_send(slot, false);
+            }
+            return Ok(());
+        }
+        conn.iov.clear();
+        let mut skip = conn.written;
+        for frame in &conn.frames {
+            if skip >= frame.len() {
+                skip -= frame.len();
+                continue;
+            }
+            conn.iov.push(libc::iovec {
+                iov_base: frame[skip..].as_ptr() as *mut libc::c_void,
+                iov_len: frame.len() - skip,
+            });
+            skip = 0;
+        }
+        conn.write_in_flight = true;
+        let (fd, iov, count) = (conn.fd, conn.iov.as_ptr(), conn.iov.len() as u32);
+        // SAFETY: `iov` and the frames it points into are owned by the boxed connection
+        // slot and are not modified until this write's completion is reaped
+        // (`write_in_flight`); the slot is freed only after that.
+        unsafe { self.ring.writev(slot, fd, iov, count) }
+    }
+
+    pub(super) fn on_write(&mut self, now: Instant, slot: u32, result: i32) -> std::io::Result<()> {
+        if result > 0 {
+            self.bytes_written += result as u64;
+        }
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return Ok(());
+        };
+        if conn.tls.is_some() {
+            return self.on_tls_write(now, slot, result);
+        }
+        conn.write_in_flight = false;
+        let remaining = conn.write_len.saturating_sub(conn.written);
+        if conn.state == State::Closing || result < 0 {
+            // Abandoned: nothing more of it will be written, and nothing was delivered.
+            self.pending_write_bytes -= remaining;
+            conn.frames.clear();
+            conn.stamps.clear();
+            return if conn.state == State::Closing {
+                self.finish_close(slot)
+            } else {
+                self.begin_close(slot)
+            };
+        }
+        conn.written += result as usize;
+        self.pending_write_bytes -= (result as usize).min(remaining);
+        if conn.written < conn.write_len {
+            return self.submit_write(slot);
+        }
+        self.write_complete(now, slot)
+    }
+
+    /// A write was delivered whole: records its latency samples, hands its vectors back
+    /// to the shard, and moves the connection on (next request, fan-out, linger, close).
+    pub(super) fn write_complete(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return Ok(());
+        };
+        conn.write_in_flight = false;
+        // Delivered: one latency sample per message frame the write carried.
+        for &stamp in &conn.stamps {
+            if stamp != 0 {
+                self.latency_turn
+                    .record(self.now_unix.saturating_sub(stamp));
+            }
+        }
+        if conn.stamps.capacity() != 0 {
+            conn.stamps.clear();
+            if self.stamp_vecs.len() < STAMP_VECS_POOLED_MAX
+                && conn.stamps.capacity() <= ringcast_core::fanout::WRITE_FRAMES_MAX
+            {
+                self.stamp_vecs.push(std::mem::take(&mut conn.stamps));
+            } else {
+                conn.stamps = Vec::new();
+            }
+        }
+        conn.frames.clear();
+        conn.iov.clear();
+        // Hand the vectors back to the shard: idle streams hold none.
+        if self.frame_vecs.len() < WRITE_VECS_POOLED_MAX
+            && conn.frames.capacity() <= ringcast_core::fanout::WRITE_FRAMES_MAX + 2
+        {
+            self.frame_vecs.push(std::mem::take(&mut conn.frames));
+            self.iov_vecs.push(std::mem::take(&mut conn.iov));
+        } else {
+            conn.frames = Vec::new();
+            conn.iov = Vec::new();
+        }
+        if conn.close_after_write {
+            return self.begin_close(slot);
+        }
+        if std::mem::take(&mut conn.interim) {
+            // `100 Continue` is out: read the body.
+            return self.process(now, slot);
+        }
+        match conn.state {
+            State::Streaming => {
+                self.fanout.handle_write_done(now, ConnId(slot));
+                Ok(())
+            }
+            State::Lingering if conn.sink.is_some() => self.begin_close(slot),
+            State::Lingering if conn.tls.is_some() => self.tls_linger(now, slot),
+            State::Lingering => self.linger(now, slot),
+            State::Reading => {
+                if !conn.keep_alive {
+                    return self.begin_close(slot);
+                }
+                let limits = self.limits();
+                if let Some(conn) = self.conn(slot) {
+                    conn.reader.handle_answered(now, conn.buf.len(), &limits);
+                }
+                self.sync_timer(slot);
+                self.process(now, slot)
+            }
+            State::Waiting | State::Closing => Ok(()),
+        }
+    }
+
+    /// After a refusal was written: half-closes and reads (into the discard buffer) until
+    /// the client closes or `LINGER` passes, so the client reads the answer, not a reset.
+    pub(super) fn linger(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
+        let Some(conn) = self.conn(slot) else {
+            return Ok(());
+        };
+        // SAFETY: shutdown takes no memory; the fd is open while the slot lives.
+        unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
+        self.arm_linger(now, slot);
+        self.post_recv(slot)
+    }
+
+    pub(super) fn respond(&mut self, slot: u32, response: Bytes) -> std::io::Result<()> {
+        let head_only = self.conn(slot).is_some_and(|conn| conn.head_request);
+        let mut frames = std::mem::take(&mut self.scratch);
+        frames.clear();
+        frames.push(if head_only {
+            http1::head_only(&response)
+        } else {
+            response
+        });
+        let result = self.start_write(slot, &mut frames);
+        self.scratch = frames;
+        result
+    }
+
+    /// Writes a refusal, then lingers: reads until the client closes so it gets the
+    /// answer rather than a reset.
+    pub(super) fn refuse(&mut self, slot: u32, refusal: &Refusal) -> std::io::Result<()> {
+        tracing::debug!(shard = self.index, conn = slot, status = refusal.status, reason = %refusal.reason, "request refused");
+        self.refuse_with(slot, http1::refusal(refusal, true))
+    }
+
+    /// [`Self::refuse`] with a response already rendered (e.g. a computed `Retry-After`).
+    pub(super) fn refuse_with(&mut self, slot: u32, response: Bytes) -> std::io::Result<()> {
+        self.cancel_timer(slot);
+        let Some(conn) = self.conn(slot) else {
+            return Ok(());
+        };
+        conn.reader.finish();
+        if conn.tls.as_ref().is_some_and(|tls| !tls.established()) {
+            // No TLS session to write the answer in: close (the caller counted why).
+            return self.begin_close(slot);
+        }
+        conn.state = State::Lingering;
+        if conn.recv_in_flight {
+            // The kernel may still write into the request buffer: keep it until that
+            // receive completes (it is freed in `on_recv`), and make it complete now.
+            // SAFETY: shutdown takes no memory.
+            unsafe { libc::shutdown(conn.fd, libc::SHUT_RD) };
+        } else {
+            conn.buf = Vec::new();
+        }
+        self.respond(slot, response)
+    }
+
+    pub(super) fn begin_close(&mut self, slot: u32) -> std::io::Result<()> {
+        self.cancel_timer(slot);
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return Ok(());
+        };
+        if conn.state == State::Closing {
+            return Ok(());
+        }
+        let was_streaming = conn.state == State::Streaming;
+        conn.state = State::Closing;
+        if conn.tls.is_some() {
+            self.begin_tls_close(slot)?;
+        } else if conn.recv_in_flight || conn.write_in_flight {
+            // SAFETY: shutdown takes no memory; it makes in-flight operations complete.
+            unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
+        }
+        if was_streaming {
+            self.fanout.handle_disconnect(ConnId(slot));
+        }
+        self.finish_close(slot)
+    }
+
+    pub(super) fn finish_close(&mut self, slot: u32) -> std::io::Result<()> {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return Ok(());
+        };
+        if let Some(sink) = conn.sink.clone() {
+            if conn.state != State::Closing {
+                return Ok(());
+            }
+            if conn.write_in_flight {
+                // The companion holds the frames (refcounted); nothing waits for them.
+                self.pending_write_bytes -= conn.forget_write();
+            }
+            sink.close();
+            self.virtual_live -= 1;
+            self.on_closed(slot);
+            return Ok(());
+        }
+        // A TLS connection's frames are never the kernel's: only its send is waited for.
+        let write_in_flight = match conn.tls.as_deref() {
+            Some(tls) => tls.sending,
+            None => conn.write_in_flight,
+        };
+        if conn.state != State::Closing
+            || conn.recv_in_flight
+            || write_in_flight
+            || conn.close_submitted
+        {
+            return Ok(());
+        }
+        conn.close_submitted = true;
+        let fd = conn.fd;
+        self.ring.close(slot, fd)
+    }
+
+    pub(super) fn on_closed(&mut self, slot: u32) {
+        if let Some(conn) = self.conns.get_mut(slot as usize).and_then(Option::take) {
+            debug_assert!(
+                conn.timer.is_none(),
+                "a released connection holds no ticker"
+            );
+            if let Some(ip) = conn.peer {
+                self.shared.per_ip.release(ip);
+            }
+            if conn.tls.is_some() {
+                self.tls_live -= 1;
+                self.shared.figures[self.index].transport_closed(Transport::Tls);
+            }
+            self.live -= 1;
+            self.free.push(slot);
+            for pacer in &mut self.accept_pacers {
+                pacer.handle_descriptor_freed();
+            }
+        }
+    }
+}

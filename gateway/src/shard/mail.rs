@@ -1,0 +1,194 @@
+//! Cross-shard mail: draining the inbound queues (bounded per turn), acting on each mail,
+//! flushing the outbox, and forwarding presence.
+
+use super::*;
+
+impl Shard {
+    pub(super) fn drain_mail(&mut self, now: Instant) {
+        for _ in 0..MAIL_PER_TURN {
+            let Some(mail) = self.shared.mesh.companion_queue(self.index).pop() else {
+                break;
+            };
+            if let Err(err) = self.on_mail(now, mail) {
+                tracing::warn!(shard = self.index, %err, "companion mail handling failed");
+            }
+        }
+        for from in 0..self.shards {
+            if from == self.index {
+                continue;
+            }
+            for _ in 0..MAIL_PER_TURN {
+                let Some(mail) = self.shared.mesh.queue(from, self.index).pop() else {
+                    break;
+                };
+                if let Err(err) = self.on_mail(now, mail) {
+                    tracing::warn!(shard = self.index, %err, "mail handling failed");
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_mail(&mut self, now: Instant, mail: Mail) -> std::io::Result<()> {
+        match mail {
+            Mail::VirtualOpen { request, sink, .. } => {
+                return self.open_virtual(now, request, sink);
+            }
+            Mail::VirtualWriteDone { sink } => {
+                let Some(key) = sink.key() else {
+                    return Ok(());
+                };
+                let slot = key.slot;
+                let Some(conn) = self.conn_by_key(key).filter(|c| c.write_in_flight) else {
+                    return Ok(());
+                };
+                let remaining = conn.write_len.saturating_sub(conn.written);
+                return self.on_write(now, slot, remaining as i32);
+            }
+            Mail::VirtualClose { sink } => {
+                let Some(key) = sink.key() else {
+                    return Ok(());
+                };
+                if self.conn_by_key(key).is_some() {
+                    return self.begin_close(key.slot);
+                }
+            }
+            Mail::Publish {
+                room,
+                data,
+                reply,
+                idempotency_key,
+            } => {
+                let key = idempotency_key
+                    .as_ref()
+                    .map(crate::app::idempotency::MailKey::as_str);
+                let result = self.sequence(now, &room, &data, key);
+                self.outbox[reply.shard as usize].push_back(Mail::Sequenced { reply, result });
+            }
+            Mail::Frame {
+                room,
+                incarnation,
+                id,
+                frame,
+                stamp_unix_nanos,
+            } => {
+                self.fanout.handle_frame_replica(
+                    now,
+                    stamp_unix_nanos,
+                    &room,
+                    incarnation,
+                    id,
+                    frame,
+                );
+            }
+            Mail::Presence { room, subscribed } => {
+                self.fanout.handle_presence(now, &room, subscribed);
+            }
+            Mail::RoomQuery { room, reply } => {
+                let info = self.fanout.room_info(&room);
+                let (subscribers, last_id, history_len) =
+                    info.map_or((0, None, 0), |i| (i.subscribers, i.last_id, i.history_len));
+                self.outbox[reply.shard as usize].push_back(Mail::RoomCount {
+                    reply,
+                    subscribers,
+                    last_id,
+                    history_len,
+                });
+            }
+            Mail::Sequenced { reply, result } => {
+                let Some(conn) = self.conn_by_key(reply.conn) else {
+                    return Ok(());
+                };
+                match &mut conn.pending {
+                    Some(Pending::Publish {
+                        result: slot_result,
+                        ..
+                    }) => *slot_result = Some(result),
+                    Some(Pending::Batch { results }) => {
+                        if let Some(line) = results.get_mut(reply.index as usize) {
+                            *line = BatchLine::Done(result.map_err(|r| r.to_string()));
+                        }
+                    }
+                    _ => return Ok(()),
+                }
+                conn.outstanding = conn.outstanding.saturating_sub(1);
+                if conn.outstanding == 0 {
+                    return self.complete_pending(reply.conn.slot);
+                }
+            }
+            Mail::RoomCount {
+                reply,
+                subscribers,
+                last_id,
+                history_len,
+            } => {
+                let Some(conn) = self.conn_by_key(reply.conn) else {
+                    return Ok(());
+                };
+                if let Some(Pending::RoomInfo {
+                    subscribers: total,
+                    last_id: last_max,
+                    history_len: history_max,
+                    ..
+                }) = &mut conn.pending
+                {
+                    *total += subscribers;
+                    *last_max = (*last_max).max(last_id);
+                    *history_max = (*history_max).max(history_len);
+                    conn.outstanding = conn.outstanding.saturating_sub(1);
+                    if conn.outstanding == 0 {
+                        return self.complete_pending(reply.conn.slot);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn flush_outbox(&mut self) -> std::io::Result<()> {
+        for target in 0..self.shards {
+            let queue = self.shared.mesh.queue(self.index, target);
+            let mut pushed = false;
+            while let Some(mail) = self.outbox[target].pop_front() {
+                match queue.push(mail) {
+                    Ok(()) => pushed = true,
+                    Err(mail) => {
+                        self.outbox[target].push_front(mail);
+                        break;
+                    }
+                }
+            }
+            if pushed {
+                self.wake_pending[target] = true;
+            }
+        }
+        for target in 0..self.shards {
+            if std::mem::take(&mut self.wake_pending[target]) {
+                let fd = self.shared.mesh.eventfd(target);
+                // SAFETY: `wake_word` is boxed, never written after setup and outlives the ring.
+                unsafe {
+                    self.ring
+                        .write_eventfd(target as u32, fd, &*self.wake_word)?
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells each room's owner shard when this shard's subscribers of it come and go, so
+    /// the owner never frees a room followed here (single-node mode; in cluster mode every
+    /// node follows the broker and no shard owns a room).
+    pub(super) fn forward_presence(&mut self) {
+        while let Some(presence) = self.fanout.poll_presence() {
+            if self.cluster.is_some() {
+                continue;
+            }
+            let owner = owner_shard(&presence.room, self.shards);
+            if owner != self.index {
+                self.outbox[owner].push_back(Mail::Presence {
+                    room: presence.room,
+                    subscribed: presence.subscribed,
+                });
+            }
+        }
+    }
+}
