@@ -19,7 +19,7 @@ mod upstreams;
 
 use crate::app::admission::{RefusalReason, Rejection, REJECTIONS};
 use crate::app::batch::{self, BATCH_LINES_MAX};
-use crate::config::Config;
+use crate::config::LiveSettings;
 use crate::conn::http1::{Expired, Limits, Phase, RequestReader, Step};
 use crate::conn::key::{ConnKey, Serials};
 use crate::conn::tls::{Hello, TlsConn};
@@ -33,7 +33,7 @@ use crate::shard::accept::{AcceptErrno, AcceptPacer};
 use crate::uring::{Completion, OpKind, Ring, LISTENER_PLAIN, LISTENER_TLS};
 use bytes::Bytes;
 use ringcast_core::event_id::{EventId, ResetReason, ResumeId};
-use ringcast_core::fanout::{Action, ConnId, Fanout, FanoutConfig, FanoutError, Start};
+use ringcast_core::fanout::{Action, ConnId, Fanout, FanoutError, Start};
 use ringcast_core::metrics::HistogramSnapshot;
 use ringcast_core::room::owner_shard;
 use ringcast_core::timer_wheel::{TimerKey, TimerWheel};
@@ -265,8 +265,9 @@ pub struct Shard {
     bytes_written: u64,
     /// Refusals by reason ([`Rejection`]).
     rejections: [u64; REJECTIONS],
-    /// Settings in force and their generation (see [`LiveConfig`]).
-    config: Arc<Config>,
+    /// The live settings in force and their generation (see `runtime::reload`); the
+    /// fixed ones are `shared.config`.
+    config: Arc<LiveSettings>,
     generation: u64,
     clock: ShardClock,
     /// Process-clock time at the start of the turn.
@@ -299,21 +300,13 @@ impl Shard {
         let config = &*live_config;
         let now = Instant::now();
         let shards = shared.mesh.shards();
+        let epoch_anchor_unix_micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let fanout = Fanout::new(
-            FanoutConfig {
-                history_messages_max: config.history,
-                history_bytes_max: config.history_bytes,
-                rooms_max: config.max_rooms,
-                heartbeat: config.heartbeat,
-                coalesce_delay: config.coalesce_delay,
-                coalesce_queue_min: config.coalesce_queue_min,
-                stream_ids: shared.cluster.is_some(),
-                epoch_anchor_unix_micros: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-                room_idle_timeout: config.room_idle_timeout,
-                ..FanoutConfig::default()
-            },
+            shared
+                .config
+                .fanout_config(config, epoch_anchor_unix_micros),
             now,
         );
         let conns_max = config.max_connections.div_ceil(shards);
@@ -482,12 +475,7 @@ impl Shard {
         }
         let (generation, config) = self.shared.live.current();
         self.generation = generation;
-        self.fanout.set_timings(
-            config.heartbeat,
-            config.coalesce_delay,
-            config.coalesce_queue_min,
-        );
-        self.fanout.set_room_idle_timeout(config.room_idle_timeout);
+        config.apply_to(&mut self.fanout);
         self.conns_max = config.max_connections.div_ceil(self.shards);
         tracing::debug!(shard = self.index, generation, "settings reloaded");
         self.config = config;

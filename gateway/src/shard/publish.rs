@@ -33,7 +33,7 @@ impl Shard {
             return Err(Rejection::ShardQueues.into());
         }
         // The stamp is read now rather than at the start of the turn: a turn can be long.
-        let stamp = if self.config.latency_metrics {
+        let stamp = if self.shared.config.latency_metrics {
             self.clock.now_unix_nanos(Instant::now())
         } else {
             0
