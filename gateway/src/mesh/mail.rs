@@ -8,6 +8,7 @@ use crate::mesh::virtual_conn::{Transport, VirtualSink};
 use crate::upstream::cluster::RedisRefusal;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
+use ringcast_core::sequencer::Letter;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -53,6 +54,56 @@ pub enum PublishRefusal {
 impl From<Rejection> for PublishRefusal {
     fn from(rejection: Rejection) -> Self {
         PublishRefusal::Shard(rejection)
+    }
+}
+
+impl From<ringcast_core::sequencer::Refusal> for PublishRefusal {
+    fn from(refusal: ringcast_core::sequencer::Refusal) -> Self {
+        PublishRefusal::Shard(refusal.into())
+    }
+}
+
+impl From<Letter<ReplyTo>> for Mail {
+    /// The sequencer's outgoing mail, variant for variant.
+    fn from(letter: Letter<ReplyTo>) -> Self {
+        match letter {
+            Letter::Publish {
+                room,
+                data,
+                reply,
+                idempotency_key,
+            } => Mail::Publish {
+                room,
+                data,
+                reply,
+                idempotency_key,
+            },
+            Letter::Sequenced { reply, result } => Mail::Sequenced {
+                reply,
+                result: result.map_err(PublishRefusal::from),
+            },
+            Letter::Frame {
+                room,
+                incarnation,
+                id,
+                frame,
+                stamp_unix_nanos,
+            } => Mail::Frame {
+                room,
+                incarnation,
+                id,
+                frame,
+                stamp_unix_nanos,
+            },
+            Letter::Presence { room, subscribed } => Mail::Presence { room, subscribed },
+            Letter::RoomQuery { room, reply } => Mail::RoomQuery { room, reply },
+            Letter::RoomCount { reply, info } => Mail::RoomCount {
+                reply,
+                subscribers: info.subscribers,
+                last_id: info.last_id,
+                history_len: info.history_len,
+            },
+        }
     }
 }
 

@@ -32,12 +32,12 @@ use crate::runtime::shared::Shared;
 use crate::shard::accept::{AcceptErrno, AcceptPacer};
 use crate::uring::{Completion, OpKind, Ring, LISTENER_PLAIN, LISTENER_TLS};
 use bytes::Bytes;
+use ringcast_core::drain::{Drain, DrainAction, Figures as DrainFigures};
 use ringcast_core::event_id::{EventId, ResetReason, ResumeId};
 use ringcast_core::fanout::{Action, ConnId, Fanout, FanoutError, Start};
 use ringcast_core::metrics::HistogramSnapshot;
-use ringcast_core::room::owner_shard;
+use ringcast_core::sequencer::{Routed, Sequencer};
 use ringcast_core::timer_wheel::{TimerKey, TimerWheel};
-use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
@@ -62,20 +62,10 @@ const WAIT_MAX: Duration = Duration::from_millis(100);
 const MAIL_PER_TURN: usize = 4096;
 /// Extra connection slots past the limit, used only to answer 503 before closing.
 const REFUSAL_SLOTS: usize = 1024;
-/// After a stop signal, how long a shard keeps taking mail before it starts closing
-/// caught-up subscribers: long enough for messages other shards accepted before the
-/// signal to arrive (mail is flushed every loop turn).
-const DRAIN_SETTLE: Duration = Duration::from_millis(200);
 /// How often a shard recounts its rooms by subscriber count for the metrics.
 const ROOM_SIZES_PERIOD: Duration = Duration::from_secs(1);
 /// Spare stamp vectors kept per shard (as the write vectors).
 const STAMP_VECS_POOLED_MAX: usize = 4096;
-/// The `retry:` hint (ms) sent to subscribers closed by a drain.
-const DRAIN_RETRY_MS: u64 = 1000;
-/// During a drain, how long a connection that has not sent its first request is waited
-/// for (to answer it 503) before `--header-timeout`'s 408: a browser's speculative
-/// connection may never send one, and must not hold the drain much past its 200 ms.
-const DRAIN_REQUEST_WAIT: Duration = Duration::from_secs(1);
 /// Spare TLS send buffers kept per shard (each about one TLS record,
 /// `tls_conn::SEND_CHUNK_BYTES`), so idle TLS streams hold none.
 const TLS_OUT_POOLED_MAX: usize = 256;
@@ -231,10 +221,9 @@ pub struct Shard {
     listener: RawFd,
     /// The `--tls-listen` socket of this shard, when set.
     tls_listener: Option<RawFd>,
-    /// Accepts are (re-)armed; cleared once a stopping shard has no connection left, when
-    /// it cancels them and waits for their last completions before returning (so no
-    /// accept in the ring keeps a listener open after the process exits).
-    accepting: bool,
+    /// The stop choreography: whether accepts are (re-)armed, when subscribers drain,
+    /// when the shard exits (ringcast_core::drain).
+    drain: Drain,
     /// Pacing of each listener's accept, by `LISTENER_PLAIN` / `LISTENER_TLS`.
     accept_pacers: [AcceptPacer; 2],
     fanout: Fanout,
@@ -255,7 +244,9 @@ pub struct Shard {
     timers: TimerWheel<ConnKey>,
     completions: Vec<Completion>,
     scratch: Vec<Bytes>,
-    outbox: Vec<VecDeque<Mail>>,
+    /// Owner routing, replication to every shard, the outboxes and the idempotency keys of
+    /// owned rooms (ringcast_core::sequencer).
+    sequencer: Sequencer<ReplyTo, Mail>,
     wake_word: Box<u64>,
     wake_read: Box<u64>,
     wake_pending: Vec<bool>,
@@ -283,8 +274,6 @@ pub struct Shard {
     auth: Option<crate::upstream::auth::AuthShard>,
     /// This shard's Redis breaker, calls and primed rooms, when `--cluster-redis` is set.
     cluster: Option<crate::upstream::cluster::ClusterShard>,
-    /// Idempotency keys of the rooms this shard owns (single-node mode; idempotency.rs).
-    idempotency: crate::app::idempotency::KeyTable,
 }
 
 impl Shard {
@@ -316,7 +305,7 @@ impl Shard {
             ring: Ring::new()?,
             listener,
             tls_listener,
-            accepting: true,
+            drain: Drain::new(),
             accept_pacers: Default::default(),
             fanout,
             conns: Vec::new(),
@@ -331,7 +320,12 @@ impl Shard {
             timers: TimerWheel::new(now, TIMER_TICK, conns_max + REFUSAL_SLOTS),
             completions: Vec::with_capacity(1024),
             scratch: Vec::with_capacity(ringcast_core::fanout::WRITE_FRAMES_MAX + 2),
-            outbox: (0..shards).map(|_| VecDeque::new()).collect(),
+            sequencer: Sequencer::new(
+                index,
+                shards,
+                OUTBOX_MAX,
+                shared.config.idempotency_keys_max,
+            ),
             wake_word: Box::new(1),
             wake_read: Box::new(0),
             wake_pending: vec![false; shards],
@@ -351,7 +345,6 @@ impl Shard {
             room_sizes_at: now,
             auth: shared.auth.as_ref().map(|pool| pool.shard(index)),
             cluster: shared.cluster.as_ref().map(|pool| pool.shard(index)),
-            idempotency: crate::app::idempotency::KeyTable::new(shared.config.idempotency_keys_max),
             shared,
         })
     }
@@ -363,12 +356,13 @@ impl Shard {
         // SAFETY: `wake_read` is boxed and lives as long as the shard, which outlives
         // the ring's operations (the loop only returns after the ring is dropped last).
         unsafe { self.ring.read_eventfd(eventfd, &mut *self.wake_read)? };
-        let mut stop_deadline: Option<Instant> = None;
-        let mut drain_at: Option<Instant> = None;
-        let mut forced = false;
         loop {
             let now = Instant::now();
             self.begin_turn(now);
+            if self.stopping() && !self.drain.is_stopping() {
+                self.drain.handle_stop(now, self.config.drain_timeout);
+                self.sequencer.handle_stop();
+            }
             self.completions.clear();
             let mut completions = std::mem::take(&mut self.completions);
             self.ring.reap(&mut completions);
@@ -381,65 +375,15 @@ impl Shard {
             self.drain_cluster(now);
             self.expire_timers(now);
             self.fanout.handle_timeout(now);
-            self.idempotency
+            self.sequencer
                 .handle_timeout(now, self.config.idempotency_window);
             let budget_used = self.write_out(now)?;
             self.forward_presence();
             self.release_freed_rooms();
             self.flush_outbox()?;
             self.publish_figures(now);
-
-            if self.shared.stop.load(Ordering::Relaxed) && stop_deadline.is_none() {
-                stop_deadline = Some(now + self.config.drain_timeout);
-                drain_at = Some(now + DRAIN_SETTLE);
-                self.begin_stop(now)?;
-            }
-            if drain_at.is_some_and(|at| now >= at) {
-                drain_at = None;
-                tracing::info!(
-                    shard = self.index,
-                    subscribers = self.fanout.subscribers_live(),
-                    "draining subscribers"
-                );
-                self.fanout.handle_drain(now, DRAIN_RETRY_MS);
-            }
-            if let Some(deadline) = stop_deadline {
-                self.shared.drained[self.index].store(self.live == 0, Ordering::Relaxed);
-                let all_drained = self
-                    .shared
-                    .drained
-                    .iter()
-                    .all(|drained| drained.load(Ordering::Relaxed));
-                if all_drained && self.accepting {
-                    // Clients that connected during the drain were answered; now stop.
-                    self.stop_accepting()?;
-                }
-                if self.live == 0 && !self.accept_pacers.iter().any(AcceptPacer::armed) {
-                    tracing::info!(shard = self.index, "shard stopped");
-                    return Ok(());
-                }
-                if now >= deadline && !forced {
-                    forced = true;
-                    tracing::warn!(
-                        shard = self.index,
-                        open = self.live,
-                        "drain timeout: closing the rest"
-                    );
-                    for slot in 0..self.conns.len() as u32 {
-                        self.begin_close(slot)?;
-                    }
-                    if self.accepting {
-                        self.stop_accepting()?;
-                    }
-                }
-                if now >= deadline + Duration::from_secs(2) {
-                    tracing::warn!(
-                        shard = self.index,
-                        open = self.live,
-                        "shard stopped with operations in flight"
-                    );
-                    return Ok(());
-                }
+            if self.drain.is_stopping() && self.drive_drain(now)? {
+                return Ok(());
             }
             self.arm_accepts(now)?;
             let mut wait = WAIT_MAX;
@@ -447,11 +391,12 @@ impl Shard {
                 wait = Duration::ZERO;
             } else {
                 let accept_pauses = self.accept_pacers.iter().map(AcceptPacer::poll_timeout);
-                for deadline in [self.fanout.poll_timeout(), self.timers.poll_timeout()]
-                    .into_iter()
-                    .chain(accept_pauses)
-                    .flatten()
-                {
+                let shard_deadlines = [
+                    self.fanout.poll_timeout(),
+                    self.timers.poll_timeout(),
+                    self.drain.poll_timeout(),
+                ];
+                for deadline in shard_deadlines.into_iter().chain(accept_pauses).flatten() {
                     wait = wait.min(deadline.saturating_duration_since(now));
                 }
                 if wait < Duration::from_micros(50) {
@@ -481,18 +426,74 @@ impl Shard {
         self.config = config;
     }
 
+    /// Carries out what the stop choreography says this turn (ringcast_core::drain);
+    /// returns whether the shard may exit.
+    fn drive_drain(&mut self, now: Instant) -> std::io::Result<bool> {
+        let drained = self.drain.drained(self.live);
+        self.shared.drained[self.index].store(drained, Ordering::Relaxed);
+        let figures = DrainFigures {
+            open: self.live,
+            accepts_armed: self.accept_pacers.iter().any(AcceptPacer::armed),
+            all_drained: self
+                .shared
+                .drained
+                .iter()
+                .all(|d| d.load(Ordering::Relaxed)),
+        };
+        while let Some(action) = self.drain.poll_action(now, figures) {
+            match action {
+                DrainAction::HurryConnections { request_deadline } => {
+                    self.begin_stop(request_deadline)?
+                }
+                DrainAction::DrainSubscribers { retry_ms } => {
+                    tracing::info!(
+                        shard = self.index,
+                        subscribers = self.fanout.subscribers_live(),
+                        "draining subscribers"
+                    );
+                    self.fanout.handle_drain(now, retry_ms);
+                }
+                DrainAction::StopAccepting => self.stop_accepting()?,
+                DrainAction::CloseAll => {
+                    tracing::warn!(
+                        shard = self.index,
+                        open = self.live,
+                        "drain timeout: closing the rest"
+                    );
+                    for slot in 0..self.conns.len() as u32 {
+                        self.begin_close(slot)?;
+                    }
+                }
+                DrainAction::Exit { clean: true } => {
+                    tracing::info!(shard = self.index, "shard stopped");
+                    return Ok(true);
+                }
+                DrainAction::Exit { clean: false } => {
+                    tracing::warn!(
+                        shard = self.index,
+                        open = self.live,
+                        "shard stopped with operations in flight"
+                    );
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// Whether the shard's write backlog is past `--max-pending-write-bytes`.
     fn backlogged(&self) -> bool {
         self.pending_write_bytes > self.config.max_pending_write_bytes
     }
 
     /// Closes idle non-stream connections and makes the others close after their current
-    /// request. Subscribers are drained later (`DRAIN_SETTLE`). Accepting goes on until
+    /// request; one that has not sent its first request gets until `request_deadline`.
+    /// Subscribers are drained later (`drain::SETTLE`). Accepting goes on until
     /// the shard has no connection left: a client connecting meanwhile gets 503
     /// `draining` with `Retry-After` and `Connection: close` (were the accept cancelled
     /// now, the kernel would still complete its handshake on the open listener and reset
     /// it at exit).
-    fn begin_stop(&mut self, now: Instant) -> std::io::Result<()> {
+    fn begin_stop(&mut self, request_deadline: Instant) -> std::io::Result<()> {
         for slot in 0..self.conns.len() as u32 {
             let Some(conn) = self.conn(slot) else {
                 continue;
@@ -513,7 +514,7 @@ impl Shard {
             if idle || conn.state == State::Lingering {
                 self.begin_close(slot)?;
             } else if fresh {
-                conn.reader.hurry(now + DRAIN_REQUEST_WAIT);
+                conn.reader.hurry(request_deadline);
                 self.sync_timer(slot);
             }
         }
@@ -543,7 +544,7 @@ impl Shard {
                     "accept failed"
                 );
             }
-            if self.accepting && pacer.poll_arm(now) {
+            if self.drain.accepting() && pacer.poll_arm(now) {
                 self.ring.accept(listener, index)?;
                 pacer.handle_armed();
             }
@@ -556,7 +557,6 @@ impl Shard {
     /// Cancels the accepts in the ring and arms no more; the loop returns once their last
     /// completions are reaped.
     fn stop_accepting(&mut self) -> std::io::Result<()> {
-        self.accepting = false;
         for (index, pacer) in self.accept_pacers.iter().enumerate() {
             if pacer.armed() {
                 self.ring.cancel_accept(index as u32)?;
@@ -637,7 +637,7 @@ impl Shard {
         let mut conn = Conn::new(fd, serial, Vec::new(), !stopping, None, reader);
         conn.refuse_draining = stopping;
         if stopping {
-            conn.reader.hurry(now + DRAIN_REQUEST_WAIT);
+            conn.reader.hurry(now + ringcast_core::drain::REQUEST_WAIT);
         }
         if tls {
             conn.tls = Some(Box::new(TlsConn::new()));
