@@ -382,7 +382,7 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_shard_that_is_last_to_drain_exits_in_the_signal_turn_after_settling() {
+    fn a_shard_with_nothing_left_when_all_are_drained_exits_before_the_settle() {
         // Every shard is drained at the signal: stop accepting at once; exit once the
         // cancelled accepts completed — before the settle (nothing to drain).
         let start = Instant::now();

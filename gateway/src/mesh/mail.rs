@@ -319,6 +319,85 @@ mod tests {
         }
     }
 
+    /// The sequencer's refusals read, and are counted, as the shard's own did.
+    #[test]
+    fn sequencer_refusals_map_onto_the_same_words_and_counters() {
+        use ringcast_core::sequencer::Refusal;
+        let table = [
+            (Refusal::Draining, Rejection::Draining, "draining"),
+            (
+                Refusal::OutboxFull,
+                Rejection::ShardQueues,
+                "shard queues full",
+            ),
+            (
+                Refusal::RoomLimit,
+                Rejection::RoomLimit,
+                "room limit reached",
+            ),
+        ];
+        for (refusal, rejection, text) in table {
+            assert_eq!(Rejection::from(refusal), rejection);
+            assert_eq!(PublishRefusal::from(refusal).to_string(), text);
+        }
+    }
+
+    /// Every letter becomes the mail of the same name with the same contents.
+    #[test]
+    fn letters_map_one_to_one_onto_mail() {
+        use ringcast_core::event_id::EventId;
+        use ringcast_core::fanout::RoomInfo;
+        use ringcast_core::sequencer::Refusal;
+        let reply = ReplyTo {
+            shard: 1,
+            conn: ConnKey { slot: 2, serial: 3 },
+            index: 4,
+        };
+        let room: Arc<str> = Arc::from("r");
+        let id = EventId { epoch: 5, seq: 6 };
+        let mail = Mail::from(Letter::Sequenced {
+            reply,
+            result: Err(Refusal::OutboxFull),
+        });
+        assert!(matches!(
+            mail,
+            Mail::Sequenced { reply: r, result: Err(PublishRefusal::Shard(Rejection::ShardQueues)) } if r == reply
+        ));
+        let mail = Mail::from(Letter::Frame {
+            room: room.clone(),
+            incarnation: 5,
+            id: 6,
+            frame: Bytes::from_static(b"f"),
+            stamp_unix_nanos: 7,
+        });
+        assert!(matches!(
+            mail,
+            Mail::Frame { incarnation: 5, id: 6, stamp_unix_nanos: 7, ref frame, .. } if frame == "f"
+        ));
+        let mail = Mail::from(Letter::RoomCount {
+            reply,
+            info: RoomInfo {
+                subscribers: 8,
+                last_id: Some(id),
+                history_len: 9,
+            },
+        });
+        assert!(matches!(
+            mail,
+            Mail::RoomCount { subscribers: 8, last_id: Some(l), history_len: 9, .. } if l == id
+        ));
+        let mail = Mail::from(Letter::Publish {
+            room,
+            data: Bytes::from_static(b"d"),
+            reply,
+            idempotency_key: Some(crate::app::idempotency::MailKey::new("k".into())),
+        });
+        assert!(matches!(
+            mail,
+            Mail::Publish { ref data, idempotency_key: Some(ref k), .. } if data == "d" && k.as_str() == "k"
+        ));
+    }
+
     /// A typed refusal costs the mail nothing over the `&'static str` it replaced.
     #[test]
     fn a_sequenced_answer_is_no_larger_than_before() {
