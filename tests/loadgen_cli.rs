@@ -140,3 +140,97 @@ fn bad_pub_pipeline_names_the_flag() {
         stderr(&output)
     );
 }
+
+/// `--proto ws` and `--publish-over` misuse: exit 2 with a message naming the flag.
+#[test]
+fn websocket_flag_errors_name_the_flag() {
+    let sub = "http://127.0.0.1:9/rooms/{room}/ws";
+    let pub_url = "http://127.0.0.1:9/rooms/{room}/messages";
+    let table: &[(&[&str], &str)] = &[
+        (
+            &["http", "http://127.0.0.1:9/", "--proto", "ws"],
+            "--proto ws",
+        ),
+        (
+            &[
+                "fanout",
+                "--sub-url",
+                sub,
+                "--pub-url",
+                pub_url,
+                "--proto",
+                "wss",
+            ],
+            "--proto",
+        ),
+        (
+            &[
+                "fanout",
+                "--proto",
+                "ws",
+                "--sub-url",
+                "https://127.0.0.1:9/rooms/{room}/ws",
+                "--pub-url",
+                pub_url,
+            ],
+            "--proto ws needs a plain http:// --sub-url",
+        ),
+        (
+            &["fanout", "--sub-url", sub, "--publish-over", "ws"],
+            "--publish-over ws needs --proto ws",
+        ),
+        (
+            &[
+                "fanout",
+                "--sub-url",
+                sub,
+                "--publish-over",
+                "carrier-pigeon",
+            ],
+            "--publish-over",
+        ),
+        (&["fanout", "--proto", "ws", "--sub-url", sub], "--pub-url"),
+        (
+            &[
+                "fanout",
+                "--proto",
+                "ws",
+                "--sub-url",
+                sub,
+                "--publish-over",
+                "http",
+            ],
+            "--pub-url",
+        ),
+    ];
+    for (args, needle) in table {
+        let output = ringload(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&output).contains(needle),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+/// A WebSocket subscribe refused by the server (404 instead of 101) exits 2 with the status.
+#[test]
+fn refused_websocket_subscription_exits_2_with_the_status() {
+    let server = FanoutServer::start(Options::default());
+    let output = ringload(&[
+        "fanout",
+        "--proto",
+        "ws",
+        "--sub-url",
+        &format!("http://{}/nope/{{room}}", server.addr),
+        "--pub-url",
+        &server.pub_url(),
+        "-s",
+        "2",
+        "-d",
+        "1s",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("404"), "{}", stderr(&output));
+}

@@ -331,3 +331,121 @@ fn failed_publish_under_pipelining_fails_only_itself() {
     );
     assert_eq!(code, 1);
 }
+
+/// `fanout` over WebSocket (`--proto ws`, subscribe URL the server's `/rooms/{room}/ws`).
+fn fanout_ws(server: &FanoutServer, subscribers: u32, rooms: u32, extra: &[&str]) -> (i32, Value) {
+    let sub_url = server.ws_url();
+    let pub_url = server.pub_url();
+    let subscribers = subscribers.to_string();
+    let rooms = rooms.to_string();
+    let mut args = vec![
+        "fanout",
+        "--proto",
+        "ws",
+        "--sub-url",
+        &sub_url,
+        "-s",
+        &subscribers,
+        "-r",
+        &rooms,
+        "--rate",
+        "100",
+        "--grace",
+        "300ms",
+        "-t",
+        "2",
+        "-d",
+        "500ms",
+        "--json",
+    ];
+    if !extra.contains(&"--publish-over") {
+        args.extend_from_slice(&["--pub-url", &pub_url]);
+    }
+    args.extend_from_slice(extra);
+    let output = ringload(&args);
+    let report = json(&output);
+    (output.status.code().unwrap_or(-1), report)
+}
+
+/// Every message arrives as a WebSocket text frame and is checked like an SSE event; the
+/// server's frames are split mid-frame, its ids are numbers, and its ping is answered.
+#[test]
+fn websocket_subscribers_are_checked_like_sse() {
+    for (split_writes, ws_number_ids) in [(false, false), (true, true)] {
+        let server = FanoutServer::start(Options {
+            split_writes,
+            ws_number_ids,
+            ws_ping: true,
+            ..Options::default()
+        });
+        let (code, report) = fanout_ws(&server, 6, 3, &[]);
+        assert_eq!(report["verdict"]["clean"], true, "{}", reasons(&report));
+        assert_eq!(code, 0);
+        assert_eq!(report["proto"], "ws");
+        assert_eq!(report["publish_over"], "http");
+        assert_eq!(checks(&report), (0, 0, 0, 0, 0));
+        assert_eq!(report["expected"], 100);
+        assert_eq!(report["delivered"], 100);
+        assert_eq!(report["checks"]["foreign"], 0);
+        assert_eq!(report["checks"]["heartbeats"], 6, "one ping per subscriber");
+        assert_eq!(server.pongs(), 6, "every ping answered by a masked pong");
+    }
+}
+
+/// The faults the SSE tests inject are caught over WebSocket as well (same subscribers,
+/// rooms and expected counts as the SSE tests above).
+#[test]
+fn websocket_faults_are_caught() {
+    let table = [
+        (Fault::Drop(7), 1, 1, (1, 0, 0, 0, 0)),
+        (Fault::Duplicate(7), 2, 1, (0, 2, 0, 0, 0)),
+        (Fault::Swap(7), 1, 1, (0, 0, 1, 0, 0)),
+        (Fault::WrongRoom(7), 2, 2, (0, 0, 0, 1, 0)),
+        (Fault::Disconnect(10), 3, 1, (u64::MAX, 0, 0, 0, 3)),
+    ];
+    for (fault, subscribers, rooms, want) in table {
+        let server = FanoutServer::start(Options {
+            fault,
+            ..Options::default()
+        });
+        let (code, report) = fanout_ws(&server, subscribers, rooms, &[]);
+        let mut got = checks(&report);
+        if want.0 == u64::MAX {
+            got.0 = u64::MAX; // what a disconnect loses depends on timing
+        }
+        assert_eq!(got, want, "{fault:?}: {}", reasons(&report));
+        assert_eq!(report["verdict"]["clean"], false, "{fault:?}");
+        assert_eq!(code, 1, "{fault:?}");
+    }
+}
+
+/// `--publish-over ws`: publishes go on the subscribers' own connections as
+/// `{"type":"publish",…,"ref":N}`, acks are matched by ref, and a publish answered with an
+/// error is a failed publish, not a lost message.
+#[test]
+fn publishing_over_websocket_with_acks() {
+    let server = FanoutServer::start(Options::default());
+    let (code, report) = fanout_ws(&server, 6, 3, &["--publish-over", "ws"]);
+    assert_eq!(report["verdict"]["clean"], true, "{}", reasons(&report));
+    assert_eq!(code, 0);
+    assert_eq!(report["publish_over"], "ws");
+    assert_eq!(report["published"]["scheduled"], 50);
+    assert_eq!(report["published"]["ok"], 50);
+    assert_eq!(server.ws_publishes(), 50, "all over WebSocket");
+    assert_eq!(server.publishes(), 50);
+    assert_eq!(report["expected"], 100);
+    assert_eq!(report["delivered"], 100);
+    assert_eq!(report["publish_response_time"]["count"], 50);
+
+    let server = FanoutServer::start(Options {
+        fault: Fault::FailPublish(7),
+        ..Options::default()
+    });
+    let (code, report) = fanout_ws(&server, 4, 2, &["--publish-over", "ws"]);
+    assert_eq!(checks(&report), (0, 0, 0, 0, 0), "{}", reasons(&report));
+    assert_eq!(report["published"]["failed_status"]["500"], 1);
+    assert_eq!(report["published"]["ok"], 49);
+    assert_eq!(report["expected"], 98);
+    assert_eq!(report["delivered"], 98);
+    assert_eq!(code, 1, "a failed publish is not clean");
+}

@@ -48,10 +48,10 @@ pub struct Figures {
 #[must_use]
 pub enum DrainAction {
     /// Close idle connections; make the others close after their current request; give a
-    /// connection that has not sent its first request until `request_deadline` to send it.
+    /// connection that has not sent its first request `request_wait` to send it.
     HurryConnections {
-        /// When a connection still waiting for its first request is timed out.
-        request_deadline: Instant,
+        /// How long a connection still waiting for its first request is waited for.
+        request_wait: Duration,
     },
     /// Start draining the fan-out's subscribers (`Fanout::handle_drain`).
     DrainSubscribers {
@@ -154,7 +154,7 @@ impl Drain {
         let stopping = self.stopping.as_mut()?;
         if std::mem::take(&mut stopping.hurry_due) {
             return Some(DrainAction::HurryConnections {
-                request_deadline: now + REQUEST_WAIT,
+                request_wait: REQUEST_WAIT,
             });
         }
         if stopping.drain_at.is_some_and(|at| now >= at) {
@@ -250,7 +250,7 @@ mod tests {
         assert_eq!(
             actions(&mut drain, start, busy()),
             [DrainAction::HurryConnections {
-                request_deadline: start + REQUEST_WAIT
+                request_wait: REQUEST_WAIT
             }]
         );
         assert_eq!(drain.poll_timeout(), Some(start + SETTLE));
@@ -363,7 +363,7 @@ mod tests {
             actions(&mut drain, deadline, busy()),
             [
                 DrainAction::HurryConnections {
-                    request_deadline: deadline + REQUEST_WAIT
+                    request_wait: REQUEST_WAIT
                 },
                 DrainAction::DrainSubscribers { retry_ms: RETRY_MS },
                 DrainAction::CloseAll,
@@ -397,7 +397,7 @@ mod tests {
             actions(&mut drain, start, empty),
             [
                 DrainAction::HurryConnections {
-                    request_deadline: start + REQUEST_WAIT
+                    request_wait: REQUEST_WAIT
                 },
                 DrainAction::StopAccepting
             ]

@@ -1,27 +1,27 @@
-//! A whole HTTP/1.1 connection, driven as the worker drives a socket's: the request reader
-//! (`gateway::conn::http1`), the parser and responses (`gateway::http::h1`) and, on TLS
-//! connections, the ring's TLS session (`gateway::conn::tls`) with a rustls client on the
-//! other end. Arbitrary client bytes arrive in arbitrary splits, the clock jumps between
-//! them (timers fire), and answers complete at arbitrary points.
+//! A whole HTTP/1.1 connection, driven as the shard drives a socket's: the sans-IO
+//! connection machine (`gateway::conn::http1::Connection`) with a small application behind
+//! it and, on TLS connections, the ring's TLS session (`gateway::conn::tls`) with a rustls
+//! client on the other end. Arbitrary client bytes arrive in arbitrary splits; the clock
+//! jumps and timers fire at arbitrary times (early ones too, as a timer wheel may); writes
+//! complete at arbitrary points; the application answers at once, later, streams, refuses;
+//! the client closes; the shard drains; the driver closes.
 //!
-//! Invariants: no panic; the receive buffer never holds more than one request at its
-//! limits (plus one TLS receive); every connection that reads has a deadline, and a
-//! deadline that passed always ends it; one answer per request (a `100 Continue` only for a
-//! head that asked for one, whose body is not in, at most once); a request handed out lies
-//! within the buffer, its route answers its method and takes its body; and — when no
-//! deadline passed — the requests and the refusal are the same whatever the splits, as if
-//! everything had arrived at once.
-//!
-//! The worker's own glue (ring submissions, slots, the timer wheel) is not driven: the cut
-//! for this target is the sans-IO request reader the worker calls from `process` (see
-//! fuzz/RUNS.md).
+//! Invariants: no panic; the buffer never holds more than one request at its limits plus
+//! one receive (and nothing, without capacity, between requests); no event and no write
+//! after the close; one write at a time; every state that reads or answers has a deadline,
+//! no deadline further than the longest timeout, a deadline that passed always ends its
+//! state, and trickling never pushes a deadline back; one answer per request (a
+//! `100 Continue` only for a head that asked, whose body is not in, at most once); a request
+//! handed out is whole, its route answers its method and takes its body; and — with no
+//! deadline passed and nothing but bytes and completions — the requests and the refusal
+//! are the same whatever the splits, as if everything had arrived at once.
 #![no_main]
 
-use gateway::http::h1::{self, Method};
-use gateway::conn::http1::{Expired, Limits, Phase, RequestReader, Step};
+use gateway::conn::http1::{Connection, Event, Limits, Read, State, LINGER, RECEIVE_BYTES_MAX};
 use gateway::conn::tls::{Hello, TlsConn, RECV_BYTES};
+use gateway::http::h1::{self as http1, Method, Route};
 use libfuzzer_sys::fuzz_target;
-use std::io::{Read, Write};
+use std::io::{Read as _, Write};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -100,23 +100,12 @@ impl rustls::client::danger::ServerCertVerifier for TrustAnything {
     }
 }
 
-/// What the server is writing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Writing {
-    /// `100 Continue`.
-    Interim,
-    /// The answer to a request; the connection closes after it when `close`.
-    Answer { close: bool },
-    /// A refusal; the connection closes after it.
-    Refusal,
-}
-
 /// What a connection made of its input.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Outcome {
     /// Each request handed out: method, head length, body length.
     requests: Vec<(Method, usize, usize)>,
-    /// The refusal status, if it was refused (compared as present or not).
+    /// A refusal status, if the machine refused (compared as present or not).
     refused: Option<u16>,
 }
 
@@ -211,47 +200,86 @@ impl Session {
     }
 }
 
-/// The connection's server side, as the worker keeps it.
+/// The longest any deadline may lie ahead.
+const DEADLINE_AHEAD_MAX: Duration = Duration::from_secs(60);
+
+/// The shard's side of one connection: the machine, the transport and a small application.
 struct Conn {
+    machine: Connection,
     limits: Limits,
-    reader: RequestReader,
-    buf: Vec<u8>,
     /// Plain connections: client bytes not yet received (the kernel's socket buffer).
     wire: Vec<u8>,
     tls: Option<Session>,
     now: Instant,
-    writing: Option<Writing>,
-    /// The body of the request being read asked for `100 Continue` and got it.
+    /// The write in flight (taken from the machine).
+    in_flight: Option<bytes::Bytes>,
+    /// The application holds the request handed out (answers on a later operation).
+    held: bool,
+    /// The request being read asked for `100 Continue` and got it.
     continued: bool,
+    /// The machine said close, or the driver closed.
     closed: bool,
-    timed_out: bool,
-    /// The TLS session failed or closed under the reader.
-    cut: bool,
+    /// Something other than bytes and completions happened (a deadline, an EOF, a drain,
+    /// the application refusing or closing, TLS ending): the outcome may differ from
+    /// everything at once.
+    perturbed: bool,
+    /// (state, requests handed out, deadline) at the last look: a deadline never moves
+    /// later within one state of one request.
+    last: (State, usize, Option<Instant>),
     outcome: Outcome,
 }
 
 impl Conn {
     fn buffer_bound(&self) -> usize {
-        // A TLS receive decrypts up to one receive of ciphertext at once, not bounded by
-        // the reader's room (the worker's TLS path receives `RECV_BYTES` each time).
-        self.limits.buffer_bytes_max() + if self.tls.is_some() { RECV_BYTES } else { 0 }
+        self.limits.buffer_bytes_max() + RECEIVE_BYTES_MAX
     }
 
-    fn check(&self) {
+    fn check(&mut self) {
+        let machine = &self.machine;
         assert!(
-            self.buf.len() <= self.buffer_bound(),
-            "buffer {} over {}",
-            self.buf.len(),
-            self.buffer_bound()
+            machine.buffered() <= self.buffer_bound(),
+            "buffer {}",
+            machine.buffered()
         );
-        if !self.closed {
-            match self.reader.phase() {
-                Phase::Idle | Phase::Head | Phase::Body | Phase::Answering => {
-                    assert!(self.reader.poll_timeout().is_some(), "no deadline");
-                }
-                Phase::Done => assert!(self.writing == Some(Writing::Refusal)),
+        let deadline = machine.poll_timeout();
+        if let Some(at) = deadline {
+            assert!(at <= self.now + DEADLINE_AHEAD_MAX, "deadline too far");
+        }
+        match machine.state() {
+            State::Idle => {
+                assert_eq!(
+                    machine.buffer_capacity(),
+                    0,
+                    "an idle connection holds a buffer"
+                );
+                assert!(deadline.is_some());
+            }
+            State::Head | State::Body | State::Answering | State::Refusing | State::Lingering => {
+                assert!(
+                    deadline.is_some(),
+                    "{:?} without a deadline",
+                    machine.state()
+                )
+            }
+            State::Streaming => assert_eq!(deadline, None),
+            State::Closed => {
+                assert_eq!(deadline, None);
+                assert!(!machine.writing());
+                assert_eq!(machine.read(), Read::Pause);
+                assert!(
+                    self.closed,
+                    "closed without a Close event or a driver close"
+                );
             }
         }
+        let now = (machine.state(), self.outcome.requests.len(), deadline);
+        let (state, requests, before) = self.last;
+        if state == now.0 && requests == now.1 {
+            if let (Some(before), Some(after)) = (before, now.2) {
+                assert!(after <= before, "{state:?}: deadline moved later");
+            }
+        }
+        self.last = now;
     }
 
     /// Client bytes arrive.
@@ -265,189 +293,204 @@ impl Conn {
         }
     }
 
-    fn write(&mut self, writing: Writing, response: bytes::Bytes) {
-        assert!(response.starts_with(b"HTTP/1.1 "));
-        assert!(self.writing.is_none(), "one write at a time");
-        if let Some(session) = &mut self.tls {
-            session.to_client(&[response]);
+    /// Hands out what the machine has: events, then a write.
+    fn drive(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(event) = self.machine.poll_event(self.now) {
+                progressed = true;
+                self.on_event(event);
+            }
+            // Every notice is out: the state is one the application has been told of.
+            self.check();
+            if self.in_flight.is_none() {
+                if let Some(bytes) = self.machine.poll_transmit() {
+                    assert!(!self.closed, "a write after the close");
+                    assert!(bytes.starts_with(b"HTTP/1.1 "));
+                    if let Some(session) = &mut self.tls {
+                        session.to_client(std::slice::from_ref(&bytes));
+                    }
+                    self.in_flight = Some(bytes);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                return;
+            }
         }
-        self.writing = Some(writing);
+    }
+
+    fn on_event(&mut self, event: Event) {
+        assert!(!self.closed, "an event after the close: {event:?}");
+        match event {
+            Event::Request(request) => {
+                let head = &request.head;
+                assert_eq!(self.machine.state(), State::Answering);
+                assert_eq!(request.bytes.len(), head.len + head.content_length);
+                assert!(head.len <= self.limits.header_bytes_max);
+                assert!(head.content_length <= self.limits.body_bytes_max);
+                assert!(head.route.allows(head.method), "{head:?}");
+                assert!(head.content_length == 0 || head.route.takes_body());
+                self.outcome
+                    .requests
+                    .push((head.method, head.len, head.content_length));
+                self.continued = false;
+                if matches!(head.route, Route::Events(_)) && head.method == Method::Get {
+                    self.machine.stream();
+                    assert_eq!(self.machine.buffer_capacity(), 0);
+                } else if head.route == Route::Publish {
+                    // Answered later (as a batch waits for other shards).
+                    self.held = true;
+                } else {
+                    self.answer();
+                }
+            }
+            Event::Continue(head) => {
+                assert!(head.expect_continue);
+                assert!(!self.continued, "a second 100 Continue");
+                assert_eq!(self.machine.state(), State::Body);
+                assert!(self.machine.buffered() < head.len + head.content_length);
+                self.continued = true;
+                self.machine.accept_continue();
+            }
+            Event::Refused { refusal, .. } => {
+                assert!((400..500).contains(&refusal.status), "{refusal:?}");
+                assert_eq!(self.machine.state(), State::Refusing);
+                assert_eq!(self.machine.buffer_capacity(), 0);
+                self.outcome.refused.get_or_insert(refusal.status);
+            }
+            Event::Linger => {
+                assert_eq!(self.machine.state(), State::Lingering);
+                assert_eq!(self.machine.poll_timeout(), Some(self.now + LINGER));
+            }
+            Event::Close(_) => {
+                assert_eq!(self.machine.state(), State::Closed);
+                self.closed = true;
+                self.in_flight = None;
+            }
+        }
+    }
+
+    /// The application answers the request it holds (or the one handed out).
+    fn answer(&mut self) {
+        self.held = false;
+        let close = !self.machine.keep_alive();
+        self.machine
+            .respond(http1::response(200, "text/plain", "", b"ok\n", close));
     }
 
     /// The write in flight completed.
     fn write_done(&mut self) {
-        match self.writing.take() {
-            None => {}
-            Some(Writing::Interim) => self.process(),
-            Some(Writing::Answer { close: true }) | Some(Writing::Refusal) => self.closed = true,
-            Some(Writing::Answer { close: false }) => {
-                self.reader
-                    .handle_answered(self.now, self.buf.len(), &self.limits);
-                self.process();
-            }
+        if self.in_flight.take().is_some() {
+            self.machine.on_written(self.now);
         }
+        self.drive();
     }
 
-    /// The clock moves on; a passed deadline fires as the worker's wheel fires it.
-    fn advance(&mut self, by: Duration) {
-        self.now += by;
-        let Some(deadline) = self.reader.poll_timeout() else {
-            return;
+    /// One receive, as the shard posts it: at most what the machine takes; false when
+    /// nothing is waiting (or TLS ended).
+    fn receive(&mut self) -> bool {
+        let bytes_max = match self.machine.read() {
+            Read::Pause => return false,
+            Read::Discard => RECV_MAX,
+            Read::Request { bytes_max } => {
+                assert!(bytes_max > 0);
+                bytes_max
+            }
         };
-        if self.closed || self.now < deadline {
-            return;
-        }
-        self.timed_out = true;
-        if self.writing.is_some() {
-            // Not reading: the worker closes it.
-            self.closed = true;
-            return;
-        }
-        match self.reader.handle_timeout(self.now) {
-            Some(Expired::Close) => self.closed = true,
-            Some(Expired::Refuse(refusal)) => {
-                assert_eq!(refusal.status, 408);
-                self.write(Writing::Refusal, http1::refusal(&refusal, true));
-            }
-            None => panic!(
-                "deadline {deadline:?} passed at {:?} without effect",
-                self.now
-            ),
-        }
-        assert_eq!(self.reader.poll_timeout(), None);
-    }
-
-    /// The worker's `process`: handles what the buffer holds, receives when it needs more.
-    fn process(&mut self) {
-        while !self.closed && self.writing.is_none() {
-            self.check();
-            match self.reader.handle_input(self.now, &self.buf, &self.limits) {
-                Step::NeedMore => {
-                    let room = self.reader.recv_room(self.buf.len(), &self.limits);
-                    assert!(room > 0, "more needed with a full buffer");
-                    if !self.receive(room) {
-                        return;
-                    }
-                }
-                Step::Continue(head) => {
-                    assert!(head.expect_continue);
-                    assert!(!self.continued, "a second 100 Continue");
-                    assert!(self.buf.len() < head.len + head.content_length);
-                    self.continued = true;
-                    self.write(Writing::Interim, bytes::Bytes::from_static(http1::CONTINUE));
-                }
-                Step::Request { head, end } => {
-                    assert!(end <= self.buf.len());
-                    assert_eq!(end, head.len + head.content_length);
-                    assert!(head.len <= self.limits.header_bytes_max);
-                    assert!(head.content_length <= self.limits.body_bytes_max);
-                    assert!(head.route.allows(head.method), "{head:?}");
-                    assert!(head.content_length == 0 || head.route.takes_body());
-                    self.outcome
-                        .requests
-                        .push((head.method, head.len, head.content_length));
-                    self.buf.drain(..end);
-                    self.continued = false;
-                    let full = http1::response(200, "text/plain", "", b"ok\n", head.close);
-                    let response = if head.method == Method::Head {
-                        http1::head_only(&full)
-                    } else {
-                        full
-                    };
-                    self.write(Writing::Answer { close: head.close }, response);
-                }
-                Step::Refuse(refusal) => {
-                    assert!((400..600).contains(&refusal.status), "{refusal:?}");
-                    assert_eq!(self.reader.phase(), Phase::Done);
-                    assert_eq!(self.reader.poll_timeout(), None);
-                    self.outcome.refused = Some(refusal.status);
-                    self.write(Writing::Refusal, http1::refusal(&refusal, true));
-                }
-            }
-        }
-        self.check();
-    }
-
-    /// One receive of at most `room` bytes; false when nothing is waiting (or TLS ended).
-    fn receive(&mut self, room: usize) -> bool {
         match &mut self.tls {
             Some(session) => {
                 if session.wire.is_empty() {
                     return false;
                 }
-                if !session.receive(RECV_BYTES, &mut self.buf) {
-                    self.closed = true;
-                    self.cut = true;
-                    return false;
+                let mut plain = Vec::new();
+                let open = session.receive(RECV_BYTES, &mut plain);
+                assert!(plain.len() <= RECEIVE_BYTES_MAX);
+                self.machine.handle_received(self.now, &plain);
+                if !open {
+                    self.perturbed = true;
+                    self.machine.handle_eof();
                 }
-                true
             }
             None => {
                 if self.wire.is_empty() {
                     return false;
                 }
-                let len = room.min(RECV_MAX).min(self.wire.len());
-                self.buf.extend_from_slice(&self.wire[..len]);
-                self.wire.drain(..len);
-                true
+                let len = bytes_max.min(RECV_MAX).min(self.wire.len());
+                let chunk: Vec<u8> = self.wire.drain(..len).collect();
+                self.machine.handle_received(self.now, &chunk);
             }
         }
+        self.drive();
+        true
     }
 
-    /// Everything still on the wire is received and every answer completes.
+    /// Receives what is waiting and answers as the machine goes.
+    fn pump(&mut self) {
+        while !self.closed && self.receive() {}
+    }
+
+    /// The clock moves on and the timer fires (early or late).
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        if self.machine.poll_timeout().is_some_and(|at| at <= self.now) {
+            self.perturbed = true;
+        }
+        self.machine.handle_timeout(self.now);
+        if let Some(at) = self.machine.poll_timeout() {
+            assert!(at > self.now, "a deadline that passed left its state");
+        }
+        self.drive();
+    }
+
+    /// Everything still on the wire is received, held requests answered, and every write
+    /// completes.
     fn finish(&mut self) {
-        loop {
-            let pending = match &self.tls {
-                Some(session) => !session.wire.is_empty(),
-                None => !self.wire.is_empty(),
-            };
-            if self.closed || (self.writing.is_none() && !pending) {
+        for _ in 0..100_000 {
+            if self.closed {
                 return;
             }
-            let before = (self.buf.len(), self.writing, self.outcome.requests.len());
-            if self.writing.is_some() {
+            if self.in_flight.is_some() {
                 self.write_done();
-            } else {
-                self.process();
-            }
-            let after = (self.buf.len(), self.writing, self.outcome.requests.len());
-            if before == after && self.writing.is_none() {
-                let still = match &self.tls {
-                    Some(session) => !session.wire.is_empty(),
-                    None => !self.wire.is_empty(),
-                };
-                assert!(!still, "stalled with bytes on the wire");
+            } else if self.held && self.machine.awaits_answer() {
+                self.answer();
+                self.drive();
+            } else if !self.receive() {
                 return;
             }
         }
+        panic!("no end");
     }
 }
 
-/// Everything at once, no clock: what the connection must make of `stream` whatever the
-/// splits.
+/// Everything at once, no clock, every write completing: what the connection must make of
+/// `stream` whatever the splits.
 fn at_once(stream: &[u8], limits: &Limits) -> Outcome {
     let now = Instant::now();
-    let mut reader = RequestReader::new(now, limits);
-    let mut buf = stream.to_vec();
-    let mut outcome = Outcome::default();
-    loop {
-        match reader.handle_input(now, &buf, limits) {
-            Step::NeedMore => return outcome,
-            Step::Continue(_) => {}
-            Step::Request { head, end } => {
-                outcome
-                    .requests
-                    .push((head.method, head.len, head.content_length));
-                buf.drain(..end);
-                if head.close {
-                    return outcome;
-                }
-                reader.handle_answered(now, buf.len(), limits);
-            }
-            Step::Refuse(refusal) => {
-                outcome.refused = Some(refusal.status);
-                return outcome;
-            }
+    let mut conn = Conn::new(now, *limits, None);
+    conn.deliver(stream);
+    conn.pump();
+    conn.finish();
+    conn.outcome
+}
+
+impl Conn {
+    fn new(now: Instant, limits: Limits, tls: Option<Session>) -> Self {
+        let machine = Connection::new(now, limits);
+        let last = (machine.state(), 0, machine.poll_timeout());
+        Conn {
+            machine,
+            limits,
+            wire: Vec::new(),
+            tls,
+            now,
+            in_flight: None,
+            held: false,
+            continued: false,
+            closed: false,
+            perturbed: false,
+            last,
+            outcome: Outcome::default(),
         }
     }
 }
@@ -474,45 +517,76 @@ fuzz_target!(|data: &[u8]| {
     } else {
         None
     };
-    let start = Instant::now();
-    let mut conn = Conn {
-        limits,
-        reader: RequestReader::new(start, &limits),
-        buf: Vec::new(),
-        wire: Vec::new(),
-        tls,
-        now: start,
-        writing: None,
-        continued: false,
-        closed: false,
-        timed_out: false,
-        cut: false,
-        outcome: Outcome::default(),
-    };
+    let mut conn = Conn::new(Instant::now(), limits, tls);
     let mut sent = Vec::new();
     let mut rest = ops;
     while let [op, tail @ ..] = rest {
         rest = tail;
         match op {
-            // Client bytes: the next 1..=64 input bytes.
-            0..=191 => {
-                let len = (usize::from(op & 63) + 1).min(rest.len());
+            // Client bytes: the next 1..=32 input bytes, then what the machine takes.
+            0..=159 => {
+                let len = (usize::from(op & 31) + 1).min(rest.len());
                 let (chunk, tail) = rest.split_at(len);
                 rest = tail;
                 if !conn.closed {
                     conn.deliver(chunk);
                     sent.extend_from_slice(chunk);
-                    conn.process();
+                    conn.pump();
                 }
             }
-            // The clock jumps 0–15.5 s (deadlines are 10, 20 and 60 s).
-            192..=223 => conn.advance(Duration::from_millis(u64::from(op & 31) * 500)),
-            // The write in flight completes.
-            _ => conn.write_done(),
+            // The clock jumps 0–15.5 s (deadlines are 2, 10, 20 and 60 s) and the timer
+            // fires, passed or not.
+            160..=191 => conn.advance(Duration::from_millis(u64::from(op & 31) * 500)),
+            // The write in flight completes, then what is waiting is received.
+            192..=231 => {
+                conn.write_done();
+                conn.pump();
+            }
+            // The application answers a request it holds.
+            232..=239 => {
+                if conn.held && conn.machine.awaits_answer() {
+                    conn.answer();
+                    conn.drive();
+                }
+            }
+            // The client closes.
+            240..=243 => {
+                conn.perturbed = true;
+                conn.machine.handle_eof();
+                conn.drive();
+            }
+            // The shard drains.
+            244..=247 => {
+                conn.perturbed = true;
+                conn.machine.handle_drain(conn.now, Duration::from_secs(1));
+                conn.drive();
+            }
+            // The application refuses what it holds (or the connection at accept).
+            248..=251 => {
+                conn.perturbed = true;
+                let refusal = http1::Refusal {
+                    status: 503,
+                    reason: "busy".into(),
+                    extra: "Retry-After: 1\r\n",
+                };
+                conn.machine
+                    .refuse(conn.now, http1::refusal(&refusal, true));
+                conn.drive();
+            }
+            // The driver closes (a write failed, the fan-out cut the stream).
+            _ => {
+                conn.perturbed = true;
+                conn.machine.close();
+                conn.closed = true;
+                conn.in_flight = None;
+                conn.drive();
+                assert_eq!(conn.machine.poll_transmit(), None);
+                assert_eq!(conn.machine.poll_event(conn.now), None);
+            }
         }
     }
     conn.finish();
-    if !conn.timed_out && !conn.cut {
+    if !conn.perturbed {
         // The status of a refusal may depend on how much arrived (a head both too long
         // and malformed is 431 or 400), not whether there is one.
         let want = at_once(&sent, &limits);

@@ -3,7 +3,7 @@
 //! the body limit, a routed room name is valid, and `header_fields` agrees it is a head.
 #![no_main]
 
-use gateway::http::h1::{self, Method, Parsed, Route};
+use gateway::http::h1::{self as http1, Method, Parsed, Route};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

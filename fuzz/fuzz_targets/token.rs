@@ -12,7 +12,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use gateway::http::h1::{self, Parsed, Route};
+use gateway::http::h1::{self as http1, Parsed, Route};
 use gateway::upstream::jwt::{self, TokenKey, LEEWAY_SECONDS};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use libfuzzer_sys::fuzz_target;

@@ -3,7 +3,7 @@
 
 use crate::plain::socket::SOURCE_IPS_MAX;
 use crate::plan::http::HttpConfig;
-use crate::plan::publish::{PUB_CONNS_MAX, PUB_PIPELINE_MAX};
+use crate::plan::publish::{PublishOver, PUB_CONNS_MAX, PUB_PIPELINE_MAX};
 use crate::plan::target::{Target, UrlTemplate};
 use crate::plan::transport::{
     Proto, TlsOptions, TransportConfig, STREAMS_PER_CONN_DEFAULT, STREAMS_PER_CONN_MAX,
@@ -84,7 +84,10 @@ pub struct PlotArgs {
 #[derive(Debug, Args, Clone)]
 pub struct TransportArgs {
     /// Protocol: h1 (HTTP/1.1; TLS for https://), h2 (HTTP/2; TLS+ALPN for https://,
-    /// prior-knowledge h2c for http://), h3 (HTTP/3 over QUIC; https:// only).
+    /// prior-knowledge h2c for http://), h3 (HTTP/3 over QUIC; https:// only), ws (fanout
+    /// only: subscribers open --sub-url, e.g. http://HOST/rooms/{room}/ws, as a WebSocket
+    /// and read text frames {"room":R,"id":ID,"data":"…"}; plain http:// only; publishing
+    /// stays HTTP POST unless --publish-over ws).
     #[arg(long, value_enum, default_value_t = Proto::H1)]
     pub proto: Proto,
     /// Streams (subscriptions, publish lanes, request lanes) sharing one HTTP/2 or HTTP/3
@@ -158,9 +161,16 @@ pub struct FanoutArgs {
     /// (plain HTTP/1.1 only) to spread each room's subscribers evenly over several servers.
     #[arg(long, required = true, value_parser = parse_url_template)]
     pub sub_url: Vec<UrlTemplate>,
-    /// Publish URL template, e.g. http://127.0.0.1:8080/rooms/{room}/messages.
-    #[arg(long, value_parser = parse_url_template, required_unless_present = "idle")]
+    /// Publish URL template, e.g. http://127.0.0.1:8080/rooms/{room}/messages (not needed
+    /// with --idle or --publish-over ws).
+    #[arg(long, value_parser = parse_url_template, required_unless_present_any = ["idle", "publish_over"])]
     pub pub_url: Option<UrlTemplate>,
+    /// How to publish: http (POST to --pub-url, default) or ws (with --proto ws: send
+    /// {"type":"publish","room":R,"data":…,"ref":N} on the subscribers' own WebSocket
+    /// connections, room r on the connection of subscriber r % subscribers, each answered by
+    /// {"type":"ack","ref":N,…} or {"type":"error","ref":N,"status":…}).
+    #[arg(long, value_enum, value_name = "http|ws")]
+    pub publish_over: Option<PublishOver>,
     /// Publish body template; {payload} is the stamped payload.
     #[arg(long, default_value = "{payload}", value_parser = parse_body_template)]
     pub pub_body: Template,
@@ -183,7 +193,7 @@ pub struct FanoutArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=PUB_CONNS_MAX as u64))]
     pub pub_conns: Option<u64>,
     /// Publish requests in flight per publisher connection (HTTP/1.1 pipelining; plain
-    /// http:// with --proto h1 only). 1 = next request after the previous response.
+    /// http:// with --proto h1 or ws only). 1 = next request after the previous response.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=PUB_PIPELINE_MAX as u64))]
     pub pub_pipeline: u64,
     /// Time after publishing to collect deliveries.
@@ -307,6 +317,18 @@ pub enum FlagError {
     /// `--plot` with `--idle`: nothing is published, so there is no latency to plot.
     #[error("--plot needs a publishing run; --idle has no latency to plot")]
     PlotIdle,
+    /// `--proto ws` given to `ringload http`.
+    #[error("--proto ws is for `ringload fanout` (subscribers over WebSocket); `ringload http` speaks h1, h2 or h3")]
+    WsHttp,
+    /// `--proto ws` with an https:// `--sub-url`.
+    #[error("--proto ws needs a plain http:// --sub-url (WebSocket over TLS is not supported)")]
+    WsTls,
+    /// `--publish-over ws` without `--proto ws`.
+    #[error("--publish-over ws needs --proto ws (it publishes on the subscribers' WebSocket connections)")]
+    PublishOverWs,
+    /// `--publish-over http` (or no `--publish-over`) without `--pub-url`.
+    #[error("--pub-url is needed to publish over http (or give --idle, or --publish-over ws with --proto ws)")]
+    NoPubUrl,
 }
 
 impl HttpArgs {
@@ -314,6 +336,9 @@ impl HttpArgs {
     pub fn config(&self) -> Result<HttpConfig, FlagError> {
         if self.duration.is_zero() {
             return Err(FlagError::ZeroDuration);
+        }
+        if self.transport.proto == Proto::Ws {
+            return Err(FlagError::WsHttp);
         }
         let connections = self.connections as usize;
         Ok(HttpConfig {
@@ -350,7 +375,17 @@ impl FanoutArgs {
             return Err(FlagError::PubConns(pub_conns, self.rooms));
         }
         let transport = self.transport.config();
-        let pipelines = |url: &UrlTemplate| transport.uses_mio(url.tls);
+        let publish_over = self.publish_over.unwrap_or_default();
+        if transport.proto == Proto::Ws && self.sub_url.iter().any(|url| url.tls) {
+            return Err(FlagError::WsTls);
+        }
+        if publish_over == PublishOver::Ws && transport.proto != Proto::Ws {
+            return Err(FlagError::PublishOverWs);
+        }
+        if publish_over == PublishOver::Http && self.pub_url.is_none() && !self.idle {
+            return Err(FlagError::NoPubUrl);
+        }
+        let pipelines = |url: &UrlTemplate| transport.for_http().uses_mio(url.tls);
         if self.pub_pipeline > 1 && !self.pub_url.as_ref().is_none_or(pipelines) {
             return Err(FlagError::PubPipeline);
         }
@@ -382,6 +417,7 @@ impl FanoutArgs {
             threads: self.threads.map_or_else(allowed_cpus, |t| t as usize),
             connect_timeout: self.connect_timeout,
             transport,
+            publish_over,
         })
     }
 }

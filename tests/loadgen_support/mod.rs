@@ -1,6 +1,13 @@
-//! Test servers for the ringload integration tests: a small ringcast-compatible SSE fan-out
-//! server (std::net, one thread per connection) with injectable faults, and a plain HTTP
-//! responder. Everything binds 127.0.0.1 port 0.
+//! Test servers for the ringload integration tests: a small ringcast-compatible SSE and
+//! WebSocket fan-out server (std::net, one thread per connection) with injectable faults,
+//! and a plain HTTP responder. Everything binds 127.0.0.1 port 0.
+//!
+//! WebSocket, as ringcast's protocol: `GET /rooms/{room}/ws` joins the room; each message
+//! is one text frame `{"room":R,"id":ID,"data":"…"}`; a client text frame
+//! `{"type":"publish","room":R,"data":"…","ref":N}` is published like a POST (same faults)
+//! and answered `{"type":"ack","ref":N,"room":R,"id":ID}` or
+//! `{"type":"error","ref":N,"status":S,"reason":"…"}`. Client frames must be masked (an
+//! unmasked one is answered with close 1002).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -47,6 +54,10 @@ pub struct Options {
     /// Besides `fault`: answer publish n (1-based) only after this many ms, `(n, ms)`.
     /// The publishes due meanwhile pile up, pipelined if the client pipelines.
     pub stall: Option<(u64, u64)>,
+    /// WebSocket: ids as numbers (as the uWebSockets peer sends them), not strings.
+    pub ws_number_ids: bool,
+    /// WebSocket: send a ping right after the handshake (its pong is counted).
+    pub ws_ping: bool,
 }
 
 impl Default for Options {
@@ -57,12 +68,21 @@ impl Default for Options {
             split_writes: false,
             publish_delay_ms: 0,
             stall: None,
+            ws_number_ids: false,
+            ws_ping: false,
         }
     }
 }
 
+/// One subscriber connection of a room.
+enum Subscriber {
+    Sse(TcpStream),
+    /// Shared with the connection's own thread, which writes acks on it.
+    Ws(Arc<Mutex<TcpStream>>),
+}
+
 struct Room {
-    subscribers: Vec<TcpStream>,
+    subscribers: Vec<Subscriber>,
     next_id: u64,
 }
 
@@ -73,6 +93,8 @@ struct State {
     held: Mutex<Option<(String, Vec<u8>)>>,
     requests: AtomicU64,
     pipelined: AtomicU64,
+    pongs: AtomicU64,
+    ws_publishes: AtomicU64,
 }
 
 /// A running fan-out test server.
@@ -94,6 +116,8 @@ impl FanoutServer {
             held: Mutex::new(None),
             requests: AtomicU64::new(0),
             pipelined: AtomicU64::new(0),
+            pongs: AtomicU64::new(0),
+            ws_publishes: AtomicU64::new(0),
         });
         let shared = state.clone();
         std::thread::spawn(move || {
@@ -109,6 +133,21 @@ impl FanoutServer {
     /// `--sub-url` template.
     pub fn sub_url(&self) -> String {
         format!("http://{}/rooms/{{room}}/events", self.addr)
+    }
+
+    /// `--sub-url` template of the WebSocket route.
+    pub fn ws_url(&self) -> String {
+        format!("http://{}/rooms/{{room}}/ws", self.addr)
+    }
+
+    /// Pongs with the right payload received (answers to `ws_ping`).
+    pub fn pongs(&self) -> u64 {
+        self.state.pongs.load(Ordering::SeqCst)
+    }
+
+    /// Publishes received over WebSocket (part of `publishes`).
+    pub fn ws_publishes(&self) -> u64 {
+        self.state.ws_publishes.load(Ordering::SeqCst)
     }
 
     /// `--pub-url` template.
@@ -189,6 +228,10 @@ fn serve(stream: TcpStream, state: &State) {
                 subscribe(stream, &request, room, state);
                 return;
             }
+            ("GET", ["rooms", room, "ws"]) => {
+                subscribe_ws(stream, reader, &request, room, state);
+                return;
+            }
             ("POST", ["rooms", room, "messages"]) => {
                 // BufReader reads whatever has arrived, so several pipelined requests come
                 // in one read and wait in its buffer; bytes there now were sent before
@@ -248,12 +291,160 @@ fn subscribe(mut stream: TcpStream, request: &Request, room: &str, state: &State
             next_id: 1,
         })
         .subscribers
-        .push(stream);
+        .push(Subscriber::Sse(stream));
+}
+
+fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+    request
+        .headers
+        .iter()
+        .find(|(given, _)| given == name)
+        .map(|(_, value)| value.as_str())
+}
+
+/// An unmasked server frame.
+fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x80 | opcode];
+    match payload.len() {
+        len @ 0..=125 => out.push(len as u8),
+        len @ 126..=0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Reads one client frame: (opcode, unmasked payload), or `None` when the connection
+/// ended or the frame was not masked.
+fn read_ws_frame(reader: &mut impl Read) -> Option<Result<(u8, Vec<u8>), ()>> {
+    let mut head = [0u8; 2];
+    reader.read_exact(&mut head).ok()?;
+    let length = match head[1] & 0x7f {
+        126 => {
+            let mut bytes = [0u8; 2];
+            reader.read_exact(&mut bytes).ok()?;
+            u64::from(u16::from_be_bytes(bytes))
+        }
+        127 => {
+            let mut bytes = [0u8; 8];
+            reader.read_exact(&mut bytes).ok()?;
+            u64::from_be_bytes(bytes)
+        }
+        short => u64::from(short),
+    };
+    if head[1] & 0x80 == 0 {
+        return Some(Err(()));
+    }
+    let mut mask = [0u8; 4];
+    reader.read_exact(&mut mask).ok()?;
+    let mut payload = vec![0u8; usize::try_from(length).ok()?];
+    reader.read_exact(&mut payload).ok()?;
+    for (index, byte) in payload.iter_mut().enumerate() {
+        *byte ^= mask[index & 3];
+    }
+    Some(Ok((head[0] & 0x0f, payload)))
+}
+
+fn subscribe_ws(
+    stream: TcpStream,
+    mut reader: BufReader<TcpStream>,
+    request: &Request,
+    room: &str,
+    state: &State,
+) {
+    let mut stream = stream;
+    let key = header(request, "sec-websocket-key");
+    let upgrade = header(request, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let version = header(request, "sec-websocket-version") == Some("13");
+    let (Some(key), true, true) = (key, upgrade, version) else {
+        let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        return;
+    };
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    let conn = Arc::new(Mutex::new(stream.try_clone().expect("clone")));
+    {
+        let mut rooms = state.rooms.lock().unwrap();
+        let mut first = head.into_bytes();
+        if state.options.ws_ping {
+            first.extend(ws_frame(0x9, b"hb"));
+        }
+        if conn.lock().unwrap().write_all(&first).is_err() {
+            return;
+        }
+        rooms
+            .entry(room.to_string())
+            .or_insert(Room {
+                subscribers: Vec::new(),
+                next_id: 1,
+            })
+            .subscribers
+            .push(Subscriber::Ws(conn.clone()));
+    }
+    loop {
+        let (opcode, payload) = match read_ws_frame(&mut reader) {
+            None => return,
+            Some(Err(())) => {
+                let _ = conn
+                    .lock()
+                    .unwrap()
+                    .write_all(&ws_frame(0x8, &1002u16.to_be_bytes()));
+                return;
+            }
+            Some(Ok(frame)) => frame,
+        };
+        match opcode {
+            0x8 => {
+                let _ = conn.lock().unwrap().write_all(&ws_frame(0x8, &payload));
+                return;
+            }
+            0xA if payload == b"hb" => {
+                state.pongs.fetch_add(1, Ordering::SeqCst);
+            }
+            0x1 => {
+                let Ok(message) = serde_json::from_slice::<serde_json::Value>(&payload) else {
+                    continue;
+                };
+                if message["type"] != "publish" {
+                    continue;
+                }
+                state.ws_publishes.fetch_add(1, Ordering::SeqCst);
+                let target = message["room"].as_str().unwrap_or_default().to_string();
+                let data = message["data"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .as_bytes()
+                    .to_vec();
+                let (status, n) = accept_publish(&target, &data, state);
+                let answer = if status < 300 {
+                    serde_json::json!({"type": "ack", "ref": message["ref"], "room": target, "id": format!("{EPOCH}-{n}")})
+                } else {
+                    serde_json::json!({"type": "error", "ref": message["ref"], "room": target, "status": status, "reason": "fail"})
+                };
+                let frame = ws_frame(0x1, answer.to_string().as_bytes());
+                if conn.lock().unwrap().write_all(&frame).is_err() {
+                    return;
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn write_frame(stream: &mut TcpStream, frame: &[u8], state: &State) -> std::io::Result<()> {
     let mut wire = Vec::new();
-    if state.options.nchan_style {
+    if frame.first().is_some_and(|&byte| byte == 0x81) {
+        // A WebSocket frame: no chunked framing.
+        wire.extend_from_slice(frame);
+    } else if state.options.nchan_style {
         wire.extend_from_slice(format!("{:x}\r\n", frame.len()).as_bytes());
         wire.extend_from_slice(frame);
         wire.extend_from_slice(b"\r\n");
@@ -280,6 +471,18 @@ fn deliver(rooms: &mut HashMap<String, Room>, room: &str, data: &[u8], state: &S
     };
     let id = entry.next_id;
     entry.next_id += 1;
+    let text = String::from_utf8_lossy(data);
+    let ws_id = if state.options.ws_number_ids {
+        id.to_string()
+    } else {
+        format!("\"{EPOCH}-{id}\"")
+    };
+    let ws_message = format!(
+        r#"{{"room":{},"id":{ws_id},"data":{}}}"#,
+        serde_json::to_string(room).unwrap(),
+        serde_json::to_string(&text).unwrap()
+    );
+    let ws_wire = ws_frame(0x1, ws_message.as_bytes());
     let mut frame = Vec::new();
     if state.options.nchan_style {
         frame.extend_from_slice(b"event: message\n");
@@ -291,13 +494,33 @@ fn deliver(rooms: &mut HashMap<String, Room>, room: &str, data: &[u8], state: &S
     if state.options.nchan_style {
         frame.extend_from_slice(b":\n\n");
     }
-    entry
-        .subscribers
-        .retain_mut(|subscriber| write_frame(subscriber, &frame, state).is_ok());
+    entry.subscribers.retain_mut(|subscriber| match subscriber {
+        Subscriber::Sse(stream) => write_frame(stream, &frame, state).is_ok(),
+        Subscriber::Ws(conn) => write_frame(&mut conn.lock().unwrap(), &ws_wire, state).is_ok(),
+    });
 }
 
 /// Returns false when the connection should close.
 fn publish(stream: &mut TcpStream, request: &Request, room: &str, state: &State) -> bool {
+    let (status, n) = accept_publish(room, &request.body, state);
+    let answer = if status == 500 {
+        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nfail".to_vec()
+    } else if state.options.nchan_style {
+        let text = b"queued messages: 1\r\nlast requested: 0 sec. ago\r\nactive subscribers: 1\r\n";
+        let mut answer = b"HTTP/1.1 202 Accepted\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        answer.extend_from_slice(format!("{:x}\r\n", text.len()).as_bytes());
+        answer.extend_from_slice(text);
+        answer.extend_from_slice(b"\r\n0\r\n\r\n");
+        answer
+    } else {
+        let body = format!("{{\"id\":\"{EPOCH}-{n}\"}}");
+        format!("HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+    };
+    stream.write_all(&answer).is_ok()
+}
+
+/// Publish number n (1-based, over all rooms) with the faults applied: (status, n).
+fn accept_publish(room: &str, body: &[u8], state: &State) -> (u16, u64) {
     let n = state.publishes.fetch_add(1, Ordering::SeqCst) + 1;
     let fault = state.options.fault;
     let mut status = if state.options.nchan_style { 202 } else { 201 };
@@ -309,7 +532,6 @@ fn publish(stream: &mut TcpStream, request: &Request, room: &str, state: &State)
     }
     {
         let mut rooms = state.rooms.lock().unwrap();
-        let body = request.body.as_slice();
         match fault {
             Fault::Drop(at) if at == n => {}
             Fault::FailPublish(at) if at == n => status = 500,
@@ -336,7 +558,12 @@ fn publish(stream: &mut TcpStream, request: &Request, room: &str, state: &State)
             Fault::Disconnect(at) if at == n => {
                 for entry in rooms.values_mut() {
                     for subscriber in entry.subscribers.drain(..) {
-                        let _ = subscriber.shutdown(std::net::Shutdown::Both);
+                        let _ = match subscriber {
+                            Subscriber::Sse(stream) => stream.shutdown(std::net::Shutdown::Both),
+                            Subscriber::Ws(conn) => {
+                                conn.lock().unwrap().shutdown(std::net::Shutdown::Both)
+                            }
+                        };
                     }
                 }
             }
@@ -350,20 +577,7 @@ fn publish(stream: &mut TcpStream, request: &Request, room: &str, state: &State)
     if stall_ms > 0 {
         std::thread::sleep(Duration::from_millis(stall_ms));
     }
-    let answer = if status == 500 {
-        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nfail".to_vec()
-    } else if state.options.nchan_style {
-        let text = b"queued messages: 1\r\nlast requested: 0 sec. ago\r\nactive subscribers: 1\r\n";
-        let mut answer = b"HTTP/1.1 202 Accepted\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-        answer.extend_from_slice(format!("{:x}\r\n", text.len()).as_bytes());
-        answer.extend_from_slice(text);
-        answer.extend_from_slice(b"\r\n0\r\n\r\n");
-        answer
-    } else {
-        let body = format!("{{\"id\":\"{EPOCH}-{n}\"}}");
-        format!("HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
-    };
-    stream.write_all(&answer).is_ok()
+    (status, n)
 }
 
 /// Runs the ringload binary with `args`.

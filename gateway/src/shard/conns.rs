@@ -24,15 +24,8 @@ impl Shard {
             return Ok(());
         }
         let serial = self.serials.take();
-        let reader = RequestReader::new(now, &self.limits());
-        let slot = self.insert_conn(Conn::new(
-            -1,
-            serial,
-            request,
-            false,
-            Some(sink.clone()),
-            reader,
-        ));
+        let http = Connection::new(now, self.limits()).one_request();
+        let slot = self.insert_conn(Conn::new(-1, serial, Some(sink.clone()), http));
         sink.bind(ConnKey { slot, serial });
         if self.virtual_doorbell.is_none() {
             self.virtual_doorbell = sink.doorbell().cloned();
@@ -42,8 +35,11 @@ impl Shard {
         if self.live > self.conns_max {
             return self.refuse_unavailable(slot, Rejection::ConnectionLimit);
         }
-        self.sync_timer(slot);
-        self.process(now, slot)
+        // The companion hands the request whole.
+        if let Some(conn) = self.conn(slot) {
+            conn.http.handle_received(now, &request);
+        }
+        self.drive(now, slot)
     }
 
     /// Puts a connection in a free slot (boxed, so its buffers never move) and returns it.
@@ -91,20 +87,24 @@ impl Shard {
         }
     }
 
-    /// Puts the connection's timer on its request reader's deadline (none: cancelled).
+    /// Puts the connection's timer on its HTTP machine's deadline (none: cancelled).
     pub(super) fn sync_timer(&mut self, slot: u32) {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return;
         };
-        let want = conn.reader.poll_timeout();
-        if let Some((key, kind)) = conn.timer.take() {
-            match (kind, want) {
-                (TimerKind::Request(at), Some(want)) if at == want => {
-                    conn.timer = Some((key, kind));
+        let want = if conn.closing {
+            None
+        } else {
+            conn.http.poll_timeout()
+        };
+        if let Some((key, at)) = conn.timer.take() {
+            match want {
+                Some(want) if at == want => {
+                    conn.timer = Some((key, at));
                     return;
                 }
-                (TimerKind::Request(_), Some(want)) if self.timers.reset(&key, want) => {
-                    conn.timer = Some((key, TimerKind::Request(want)));
+                Some(want) if self.timers.reset(&key, want) => {
+                    conn.timer = Some((key, want));
                     return;
                 }
                 _ => {
@@ -123,34 +123,8 @@ impl Shard {
                     },
                 )
                 .ok()?;
-            Some((key, TimerKind::Request(at)))
+            Some((key, at))
         });
-    }
-
-    pub(super) fn arm_linger(&mut self, now: Instant, slot: u32) {
-        let kind = TimerKind::Linger;
-        let after = LINGER;
-        let Some(conn) = slot_mut(&mut self.conns, slot) else {
-            return;
-        };
-        if let Some((key, old)) = conn.timer.take() {
-            if old == kind && self.timers.reset(&key, now + after) {
-                conn.timer = Some((key, kind));
-                return;
-            }
-            self.timers.cancel(key);
-        }
-        conn.timer = self
-            .timers
-            .insert(
-                now + after,
-                ConnKey {
-                    slot,
-                    serial: conn.serial,
-                },
-            )
-            .ok()
-            .map(|key| (key, kind));
     }
 
     pub(super) fn cancel_timer(&mut self, slot: u32) {
@@ -167,35 +141,17 @@ impl Shard {
             let Some(conn) = self.conn_by_key(key) else {
                 continue;
             };
-            let Some((_, kind)) = conn.timer.take() else {
+            let Some((_, at)) = conn.timer.take() else {
                 continue;
             };
-            let reading = conn.state == State::Reading && !conn.write_in_flight;
             let handshaking = conn.tls.as_ref().is_some_and(|tls| !tls.established());
-            let result = match kind {
-                TimerKind::Request(_) if reading && handshaking => {
-                    self.fail_tls(slot, RefusalReason::TlsHandshakeTimeout)
-                }
-                TimerKind::Request(at) if reading => {
-                    let reason = if conn.reader.phase() == Phase::Body {
-                        RefusalReason::BodyTimeout
-                    } else {
-                        RefusalReason::HeaderTimeout
-                    };
-                    // The wheel fires within a tick of the deadline: it counts as reached.
-                    match conn.reader.handle_timeout(now.max(at)) {
-                        Some(Expired::Refuse(refusal)) => {
-                            self.count_refusal(reason);
-                            self.refuse(slot, &refusal)
-                        }
-                        Some(Expired::Close) => self.begin_close(slot),
-                        None => {
-                            self.sync_timer(slot);
-                            Ok(())
-                        }
-                    }
-                }
-                _ => self.begin_close(slot),
+            let result = if handshaking {
+                // No TLS session to write a 408 in.
+                self.fail_tls(slot, RefusalReason::TlsHandshakeTimeout)
+            } else {
+                // The wheel fires within a tick of the deadline: it counts as reached.
+                conn.http.handle_timeout(now.max(at));
+                self.drive(now, slot)
             };
             if let Err(err) = result {
                 tracing::warn!(shard = self.index, %err, "timer action failed");

@@ -1,92 +1,112 @@
 //! The IO side of plain connections on the ring: posting receives, feeding what arrives to
-//! the request reader, coalesced writes (fan-out frames and responses), linger and close.
+//! the HTTP/1.1 machine (conn/http1), coalesced writes (fan-out frames and the machine's
+//! answers), linger and close.
 
 use super::*;
 
 impl Shard {
+    /// Posts the receive the connection's HTTP machine wants, unless one is in flight:
+    /// request bytes (into the connection's receive buffer, or its TLS receive buffer), or
+    /// bytes that only matter for the close (into the shard's discard buffer), or none.
     pub(super) fn post_recv(&mut self, slot: u32) -> std::io::Result<()> {
-        let limits = self.limits();
         let discard_ptr = self.discard.as_mut_ptr();
         let discard_len = self.discard.len() as u32;
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
-        if conn.recv_in_flight || conn.state == State::Closing || conn.sink.is_some() {
+        if conn.recv_in_flight || conn.closing || conn.sink.is_some() {
             return Ok(());
         }
-        let (ptr, len) = match (conn.state, conn.tls.as_deref_mut()) {
-            (State::Reading, Some(tls)) if tls.in_hello() => {
-                // The raw ClientHello stays in `buf` (an `h2` client is handed on with it).
+        let (ptr, len, discards) = match (conn.http.read(), conn.tls.as_deref_mut()) {
+            (Read::Pause, _) => return Ok(()),
+            (Read::Request { .. }, Some(tls)) if tls.in_hello() => {
+                // The raw ClientHello stays in `recv` (an `h2` client is handed on with it).
                 let room = crate::conn::tls::CLIENT_HELLO_BYTES_MAX
-                    .saturating_sub(conn.buf.len())
+                    .saturating_sub(conn.recv.len())
                     .clamp(1, RECV_FIRST);
-                conn.buf.reserve(room);
-                let spare = conn.buf.spare_capacity_mut();
+                conn.recv.reserve(room);
+                let spare = conn.recv.spare_capacity_mut();
                 (
                     spare.as_mut_ptr().cast::<u8>(),
                     spare.len().min(room) as u32,
+                    false,
                 )
             }
-            (State::Reading, Some(tls)) => {
+            (Read::Request { .. }, Some(tls)) => {
                 let buf = tls.recv_buffer();
-                (buf.as_mut_ptr(), buf.len() as u32)
+                (buf.as_mut_ptr(), buf.len() as u32, false)
             }
-            (State::Reading, None) => {
-                let want = if conn.buf.is_empty() {
+            (Read::Request { bytes_max }, None) => {
+                // Small first; larger as a request grows (a body at its limit).
+                let buffered = conn.http.buffered();
+                let want = if buffered == 0 {
                     RECV_FIRST
                 } else {
-                    conn.buf.len().clamp(RECV_FIRST, RECV_CHUNK)
+                    buffered.clamp(RECV_FIRST, RECV_CHUNK)
                 };
-                let room = conn
-                    .reader
-                    .recv_room(conn.buf.len(), &limits)
-                    .clamp(1, want);
-                conn.buf.reserve(room);
-                let spare = conn.buf.spare_capacity_mut();
+                let room = bytes_max.clamp(1, want);
+                debug_assert!(
+                    conn.recv.is_empty(),
+                    "received bytes go to the machine at once"
+                );
+                conn.recv.clear();
+                conn.recv.reserve(room);
+                let spare = conn.recv.spare_capacity_mut();
                 (
                     spare.as_mut_ptr().cast::<u8>(),
                     spare.len().min(room) as u32,
+                    false,
                 )
             }
             // Subscribers and lingering connections send nothing we keep: their bytes
-            // land in the shard's discard buffer, which is never read (over TLS too: the
+            // land in the shard's discard buffer, which is only counted (over TLS too: the
             // ciphertext is dropped undecrypted, as the plaintext would be).
-            (_, tls) => {
+            (Read::Discard, tls) => {
                 if let Some(tls) = tls {
                     tls.release_recv();
                 }
-                (discard_ptr, discard_len)
+                conn.recv = Vec::new();
+                (discard_ptr, discard_len, true)
             }
         };
         conn.recv_in_flight = true;
+        conn.recv_discards = discards;
         let fd = conn.fd;
-        // SAFETY: a Reading connection's buffer (or its TLS receive buffer, boxed in the
-        // slot) is neither touched nor reallocated while `recv_in_flight` is set, and the
-        // slot (boxed) outlives the operation; the discard buffer lives as long as the
-        // shard and is never read.
+        // SAFETY: the receive buffer (or the TLS receive buffer, boxed in the slot) is
+        // neither touched nor reallocated while `recv_in_flight` is set, and the slot
+        // (boxed) outlives the operation; the discard buffer lives as long as the shard and
+        // is never read but for its length.
         unsafe { self.ring.recv(slot, fd, ptr, len) }
     }
 
     pub(super) fn on_recv(&mut self, now: Instant, slot: u32, result: i32) -> std::io::Result<()> {
-        let Some(conn) = self.conn(slot) else {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
         conn.recv_in_flight = false;
-        match conn.state {
-            State::Closing => self.finish_close(slot),
-            _ if result <= 0 => self.begin_close(slot),
-            State::Reading if conn.tls.is_some() => self.on_tls_recv(now, slot, result as usize),
-            State::Reading => {
-                // SAFETY: the kernel initialised `result` bytes of the spare capacity.
-                unsafe { conn.buf.set_len(conn.buf.len() + result as usize) };
-                self.process(now, slot)
-            }
-            State::Waiting => Ok(()),
-            State::Streaming | State::Lingering => {
-                conn.buf = Vec::new();
-                self.post_recv(slot)
-            }
+        let discarded = std::mem::take(&mut conn.recv_discards);
+        if conn.closing {
+            return self.finish_close(slot);
         }
+        if result <= 0 {
+            // The client closed (or the receive failed): the machine says what follows
+            // (a refusal being written still goes out).
+            conn.http.handle_eof();
+            return self.drive(now, slot);
+        }
+        let len = result as usize;
+        if discarded {
+            // Counted only: a flood is cut.
+            conn.http.handle_received(now, &self.discard[..len]);
+        } else if conn.tls.is_some() {
+            return self.on_tls_recv(now, slot, len);
+        } else {
+            // SAFETY: the kernel initialised `len` bytes of the spare capacity.
+            unsafe { conn.recv.set_len(conn.recv.len() + len) };
+            conn.http.handle_received(now, &conn.recv);
+            conn.recv.clear();
+        }
+        self.drive(now, slot)
     }
 
     /// Hands up to `write_budget` fan-out actions to the ring; returns how many.
@@ -122,9 +142,9 @@ impl Shard {
                         ?reason,
                         "closing subscriber"
                     );
-                    let writable = self
-                        .conn(conn.0)
-                        .is_some_and(|c| !c.write_in_flight && c.state == State::Streaming);
+                    let writable = self.conn(conn.0).is_some_and(|c| {
+                        !c.write_in_flight && c.http.state() == HttpState::Streaming
+                    });
                     if writable && !frames.is_empty() {
                         if let Some(c) = self.conn(conn.0) {
                             c.close_after_write = true;
@@ -166,7 +186,7 @@ impl Shard {
             frames.clear();
             return Ok(());
         };
-        if conn.state == State::Closing {
+        if conn.closing {
             frames.clear();
             return self.finish_close(slot);
         }
@@ -239,13 +259,14 @@ impl Shard {
             return self.on_tls_write(now, slot, result);
         }
         conn.write_in_flight = false;
-        let remaining = conn.write_len.saturating_sub(conn.written);
-        if conn.state == State::Closing || result < 0 {
+        debug_assert!(conn.written <= conn.write_len);
+        let remaining = conn.write_len - conn.written;
+        if conn.closing || result < 0 {
             // Abandoned: nothing more of it will be written, and nothing was delivered.
             self.pending_write_bytes -= remaining;
             conn.frames.clear();
             conn.stamps.clear();
-            return if conn.state == State::Closing {
+            return if conn.closing {
                 self.finish_close(slot)
             } else {
                 self.begin_close(slot)
@@ -298,57 +319,51 @@ impl Shard {
         if conn.close_after_write {
             return self.begin_close(slot);
         }
-        if std::mem::take(&mut conn.interim) {
-            // `100 Continue` is out: read the body.
-            return self.process(now, slot);
+        if conn.http.state() == HttpState::Streaming {
+            // The fan-out's write: its next one may go.
+            self.fanout.handle_write_done(now, ConnId(slot));
+            return Ok(());
         }
-        match conn.state {
-            State::Streaming => {
-                self.fanout.handle_write_done(now, ConnId(slot));
-                Ok(())
-            }
-            State::Lingering if conn.sink.is_some() => self.begin_close(slot),
-            State::Lingering if conn.tls.is_some() => self.tls_linger(now, slot),
-            State::Lingering => self.linger(now, slot),
-            State::Reading => {
-                if !conn.keep_alive {
-                    return self.begin_close(slot);
-                }
-                let limits = self.limits();
-                if let Some(conn) = self.conn(slot) {
-                    conn.reader.handle_answered(now, conn.buf.len(), &limits);
-                }
-                self.sync_timer(slot);
-                self.process(now, slot)
-            }
-            State::Waiting | State::Closing => Ok(()),
+        // The machine's write (an answer, `100 Continue`, a refusal): it goes on with the
+        // next request, the body, a linger or a close.
+        conn.http.on_written(now);
+        self.drive(now, slot)
+    }
+
+    /// A refusal is written: a virtual connection closes; TLS sends `close_notify` first;
+    /// then [`Self::linger`].
+    pub(super) fn start_linger(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
+        let Some(conn) = self.conn(slot) else {
+            return Ok(());
+        };
+        if conn.sink.is_some() {
+            return self.begin_close(slot);
         }
+        if conn.tls.is_some() {
+            return self.tls_linger(now, slot);
+        }
+        self.linger(now, slot)
     }
 
     /// After a refusal was written: half-closes and reads (into the discard buffer) until
-    /// the client closes or `LINGER` passes, so the client reads the answer, not a reset.
-    pub(super) fn linger(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
+    /// the client closes or the machine's linger deadline passes, so the client reads the
+    /// answer, not a reset.
+    pub(super) fn linger(&mut self, _now: Instant, slot: u32) -> std::io::Result<()> {
         let Some(conn) = self.conn(slot) else {
             return Ok(());
         };
         // SAFETY: shutdown takes no memory; the fd is open while the slot lives.
         unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
-        self.arm_linger(now, slot);
         self.post_recv(slot)
     }
 
+    /// Answers the request the connection's machine handed out (a HEAD's loses its body).
     pub(super) fn respond(&mut self, slot: u32, response: Bytes) -> std::io::Result<()> {
-        let head_only = self.conn(slot).is_some_and(|conn| conn.head_request);
-        let mut frames = std::mem::take(&mut self.scratch);
-        frames.clear();
-        frames.push(if head_only {
-            http1::head_only(&response)
-        } else {
-            response
-        });
-        let result = self.start_write(slot, &mut frames);
-        self.scratch = frames;
-        result
+        let Some(conn) = self.conn(slot) else {
+            return Ok(());
+        };
+        conn.http.respond(response);
+        self.drive(self.now, slot)
     }
 
     /// Writes a refusal, then lingers: reads until the client closes so it gets the
@@ -360,25 +375,16 @@ impl Shard {
 
     /// [`Self::refuse`] with a response already rendered (e.g. a computed `Retry-After`).
     pub(super) fn refuse_with(&mut self, slot: u32, response: Bytes) -> std::io::Result<()> {
-        self.cancel_timer(slot);
+        let now = self.now;
         let Some(conn) = self.conn(slot) else {
             return Ok(());
         };
-        conn.reader.finish();
         if conn.tls.as_ref().is_some_and(|tls| !tls.established()) {
             // No TLS session to write the answer in: close (the caller counted why).
             return self.begin_close(slot);
         }
-        conn.state = State::Lingering;
-        if conn.recv_in_flight {
-            // The kernel may still write into the request buffer: keep it until that
-            // receive completes (it is freed in `on_recv`), and make it complete now.
-            // SAFETY: shutdown takes no memory.
-            unsafe { libc::shutdown(conn.fd, libc::SHUT_RD) };
-        } else {
-            conn.buf = Vec::new();
-        }
-        self.respond(slot, response)
+        conn.http.refuse(now, response);
+        self.drive(now, slot)
     }
 
     pub(super) fn begin_close(&mut self, slot: u32) -> std::io::Result<()> {
@@ -386,20 +392,20 @@ impl Shard {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
-        if conn.state == State::Closing {
+        if conn.closing {
             return Ok(());
         }
-        let was_streaming = conn.state == State::Streaming;
-        conn.state = State::Closing;
+        conn.closing = true;
+        conn.http.close();
         if conn.tls.is_some() {
             self.begin_tls_close(slot)?;
         } else if conn.recv_in_flight || conn.write_in_flight {
             // SAFETY: shutdown takes no memory; it makes in-flight operations complete.
             unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
         }
-        if was_streaming {
-            self.fanout.handle_disconnect(ConnId(slot));
-        }
+        // A subscriber leaves the fan-out (a no-op for a connection that never streamed:
+        // its slot's id names no one else).
+        self.fanout.handle_disconnect(ConnId(slot));
         self.finish_close(slot)
     }
 
@@ -408,7 +414,7 @@ impl Shard {
             return Ok(());
         };
         if let Some(sink) = conn.sink.clone() {
-            if conn.state != State::Closing {
+            if !conn.closing {
                 return Ok(());
             }
             if conn.write_in_flight {
@@ -425,11 +431,7 @@ impl Shard {
             Some(tls) => tls.sending,
             None => conn.write_in_flight,
         };
-        if conn.state != State::Closing
-            || conn.recv_in_flight
-            || write_in_flight
-            || conn.close_submitted
-        {
+        if !conn.closing || conn.recv_in_flight || write_in_flight || conn.close_submitted {
             return Ok(());
         }
         conn.close_submitted = true;

@@ -20,7 +20,7 @@ mod upstreams;
 use crate::app::admission::{RefusalReason, Rejection, REJECTIONS};
 use crate::app::batch::{self, BATCH_LINES_MAX};
 use crate::config::LiveSettings;
-use crate::conn::http1::{Expired, Limits, Phase, RequestReader, Step};
+use crate::conn::http1::{self as http1_conn, Connection, Limits, Read, State as HttpState};
 use crate::conn::key::{ConnKey, Serials};
 use crate::conn::tls::{Hello, TlsConn};
 use crate::http::h1::{self as http1, Method, Refusal, Route};
@@ -53,9 +53,6 @@ const RECV_CHUNK: usize = 64 * 1024;
 const WRITE_VECS_POOLED_MAX: usize = 4096;
 /// Resolution of the request/idle timer wheel.
 const TIMER_TICK: Duration = Duration::from_millis(10);
-/// How long a connection refused for bad input may keep sending before it is closed (so
-/// the client reads the refusal instead of a reset).
-const LINGER: Duration = Duration::from_secs(2);
 /// Longest sleep in one wait, so a stop request is seen promptly.
 const WAIT_MAX: Duration = Duration::from_millis(100);
 /// Mail taken from each queue per turn.
@@ -69,27 +66,6 @@ const STAMP_VECS_POOLED_MAX: usize = 4096;
 /// Spare TLS send buffers kept per shard (each about one TLS record,
 /// `tls_conn::SEND_CHUNK_BYTES`), so idle TLS streams hold none.
 const TLS_OUT_POOLED_MAX: usize = 256;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// Reading a request (or waiting for the next one on keep-alive).
-    Reading,
-    /// Waiting for other shards to answer.
-    Waiting,
-    /// An SSE stream.
-    Streaming,
-    /// A refusal was written; reading until the client closes.
-    Lingering,
-    /// Closing: waiting for in-flight operations, then the close.
-    Closing,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TimerKind {
-    /// The request reader's deadline (header, body or idle: http1_conn.rs), at this instant.
-    Request(Instant),
-    Linger,
-}
 
 #[derive(Debug)]
 enum Pending {
@@ -117,23 +93,32 @@ enum BatchLine {
 struct Conn {
     fd: RawFd,
     serial: u32,
-    state: State,
-    buf: Vec<u8>,
+    /// The HTTP/1.1 connection machine (conn/http1): request states, deadlines,
+    /// keep-alive, `100 Continue`, HEAD, linger, drain, the stream after its head. The shard
+    /// only moves its bytes and timer.
+    http: Connection,
+    /// The receive buffer of a plain connection reading a request (the ring receives into
+    /// its spare capacity; the bytes go to `http` at once) and of a TLS connection's
+    /// ClientHello (kept whole: an `h2` client is handed on with it).
+    recv: Vec<u8>,
     recv_in_flight: bool,
+    /// The receive in flight lands in the shard's discard buffer (a stream or a linger:
+    /// only the close, or a flood, matters).
+    recv_discards: bool,
     write_in_flight: bool,
+    /// Closing: waiting for in-flight operations, then the close.
+    closing: bool,
     close_submitted: bool,
+    /// The fan-out's last frames for a subscriber it cut: close once they are written.
     close_after_write: bool,
     frames: Vec<Bytes>,
     iov: Vec<libc::iovec>,
     write_len: usize,
     written: usize,
-    timer: Option<(TimerKey, TimerKind)>,
+    /// The timer-wheel entry for `http`'s deadline, at this instant.
+    timer: Option<(TimerKey, Instant)>,
     pending: Option<Pending>,
     outstanding: u32,
-    keep_alive: bool,
-    /// Accepted during a drain: its request is answered 503 `draining` (issue 14 case 9:
-    /// answered, never reset).
-    refuse_draining: bool,
     /// The client's address while it counts against the per-address limit.
     peer: Option<IpAddr>,
     /// Sequencing stamps of the message frames the write in flight carries.
@@ -141,17 +126,11 @@ struct Conn {
     /// Set for a virtual connection (a request from the companion thread; `fd` is -1):
     /// writes go to the sink, not the ring (virtual_conn.rs).
     sink: Option<Arc<VirtualSink>>,
-    /// Set for a connection of the TLS listener (tls_conn.rs): reads are decrypted into
-    /// `buf`, writes encrypted into its send buffer, which the ring sends; `frames` are
-    /// never the kernel's, and `write_in_flight` means a write not yet all sent. Boxed, so
-    /// a plain connection pays one pointer.
+    /// Set for a connection of the TLS listener (conn/tls.rs): reads are decrypted and
+    /// handed to `http`, writes encrypted into its send buffer, which the ring sends;
+    /// `frames` are never the kernel's, and `write_in_flight` means a write not yet all
+    /// sent. Boxed, so a plain connection pays one pointer.
     tls: Option<Box<TlsConn>>,
-    /// What `buf` makes of requests, and which request deadline runs (http1_conn.rs).
-    reader: RequestReader,
-    /// The write in flight is a `100 Continue`: the request's body comes next.
-    interim: bool,
-    /// The request being answered is a HEAD: responses go without their bodies.
-    head_request: bool,
 }
 
 impl Conn {
@@ -161,25 +140,21 @@ impl Conn {
         self.write_in_flight = false;
         self.frames.clear();
         self.stamps.clear();
-        self.write_len.saturating_sub(self.written)
+        debug_assert!(self.written <= self.write_len);
+        self.write_len - self.written
     }
 
     /// A connection about to read its first request; `fd` is -1 for a virtual one.
-    fn new(
-        fd: RawFd,
-        serial: u32,
-        buf: Vec<u8>,
-        keep_alive: bool,
-        sink: Option<Arc<VirtualSink>>,
-        reader: RequestReader,
-    ) -> Self {
+    fn new(fd: RawFd, serial: u32, sink: Option<Arc<VirtualSink>>, http: Connection) -> Self {
         Self {
             fd,
             serial,
-            state: State::Reading,
-            buf,
+            http,
+            recv: Vec::new(),
             recv_in_flight: false,
+            recv_discards: false,
             write_in_flight: false,
+            closing: false,
             close_submitted: false,
             close_after_write: false,
             frames: Vec::new(),
@@ -189,15 +164,10 @@ impl Conn {
             timer: None,
             pending: None,
             outstanding: 0,
-            keep_alive,
-            refuse_draining: false,
             peer: None,
             stamps: Vec::new(),
             sink,
             tls: None,
-            reader,
-            interim: false,
-            head_request: false,
         }
     }
 }
@@ -263,6 +233,9 @@ pub struct Shard {
     clock: ShardClock,
     /// Process-clock time at the start of the turn.
     now_unix: u64,
+    /// The loop's clock at the start of the turn (for answers written outside a
+    /// completion's handling, e.g. a refusal's linger deadline).
+    now: Instant,
     /// Publish→write latencies recorded this turn, added to the figures at its end.
     latency_turn: HistogramSnapshot,
     stamp_scratch: Vec<u64>,
@@ -338,6 +311,7 @@ impl Shard {
             generation,
             clock: ShardClock::new(&shared.clock),
             now_unix: 0,
+            now,
             latency_turn: HistogramSnapshot::EMPTY,
             stamp_scratch: Vec::with_capacity(ringcast_core::fanout::WRITE_FRAMES_MAX),
             stamp_vecs: Vec::new(),
@@ -415,6 +389,7 @@ impl Shard {
     fn begin_turn(&mut self, now: Instant) {
         self.clock.refresh(&self.shared.clock);
         self.now_unix = self.clock.now_unix_nanos(now);
+        self.now = now;
         if self.shared.live.generation() == self.generation {
             return;
         }
@@ -442,8 +417,8 @@ impl Shard {
         };
         while let Some(action) = self.drain.poll_action(now, figures) {
             match action {
-                DrainAction::HurryConnections { request_deadline } => {
-                    self.begin_stop(request_deadline)?
+                DrainAction::HurryConnections { request_wait } => {
+                    self.begin_stop(now, request_wait)?
                 }
                 DrainAction::DrainSubscribers { retry_ms } => {
                     tracing::info!(
@@ -487,36 +462,23 @@ impl Shard {
     }
 
     /// Closes idle non-stream connections and makes the others close after their current
-    /// request; one that has not sent its first request gets until `request_deadline`.
+    /// request; one that has not sent its first request gets `request_wait`.
     /// Subscribers are drained later (`drain::SETTLE`). Accepting goes on until
     /// the shard has no connection left: a client connecting meanwhile gets 503
     /// `draining` with `Retry-After` and `Connection: close` (were the accept cancelled
     /// now, the kernel would still complete its handshake on the open listener and reset
     /// it at exit).
-    fn begin_stop(&mut self, request_deadline: Instant) -> std::io::Result<()> {
+    fn begin_stop(&mut self, now: Instant, request_wait: Duration) -> std::io::Result<()> {
         for slot in 0..self.conns.len() as u32 {
             let Some(conn) = self.conn(slot) else {
                 continue;
             };
-            conn.keep_alive = false;
-            // A connection that has not sent its first request yet (accepted since the
-            // signal, or just before it) waits for it, to answer it 503: closing it would
-            // be an accept and a close for a client that never got a word. Idle keep-alive
-            // connections (served before; timed by `Idle`) are closed.
-            let fresh = conn.state == State::Reading
-                && conn.buf.is_empty()
-                && conn.reader.phase() == Phase::Head;
-            conn.refuse_draining |= fresh;
-            let idle = conn.state == State::Reading
-                && conn.buf.is_empty()
-                && !conn.write_in_flight
-                && !conn.refuse_draining;
-            if idle || conn.state == State::Lingering {
-                self.begin_close(slot)?;
-            } else if fresh {
-                conn.reader.hurry(request_deadline);
-                self.sync_timer(slot);
-            }
+            // The machine closes idle and lingering connections, lets requests in progress
+            // finish (then closes), and waits for the first request of one that has not
+            // sent it (to answer it 503: closing it would be an accept and a close for a
+            // client that never got a word) at most `request_wait`.
+            conn.http.handle_drain(now, request_wait);
+            self.drive(now, slot)?;
         }
         Ok(())
     }
@@ -633,12 +595,13 @@ impl Shard {
             );
         }
         let serial = self.serials.take();
-        let reader = RequestReader::new(now, &self.limits());
-        let mut conn = Conn::new(fd, serial, Vec::new(), !stopping, None, reader);
-        conn.refuse_draining = stopping;
+        let mut http = Connection::new(now, self.limits());
         if stopping {
-            conn.reader.hurry(now + ringcast_core::drain::REQUEST_WAIT);
+            // Accepted during a drain: its request is answered 503 `draining` (issue 14
+            // case 9: answered, never reset).
+            http.handle_drain(now, ringcast_core::drain::REQUEST_WAIT);
         }
+        let mut conn = Conn::new(fd, serial, None, http);
         if tls {
             conn.tls = Some(Box::new(TlsConn::new()));
             self.tls_live += 1;

@@ -51,7 +51,7 @@ impl Shard {
         now: Instant,
         slot: u32,
         room: String,
-        body: Vec<u8>,
+        body: Bytes,
         idempotency_key: Option<String>,
     ) -> std::io::Result<()> {
         let room: Arc<str> = Arc::from(room);
@@ -60,17 +60,15 @@ impl Shard {
             return self.finish_publish(slot, &room, Err(Rejection::PendingWriteBytes.into()));
         }
         if self.cluster.is_some() {
-            return self.cluster_publish(now, slot, room, Bytes::from(body), idempotency_key);
+            return self.cluster_publish(now, slot, room, body, idempotency_key);
         }
         let reply = self.reply_to(slot, 0);
-        let data = Bytes::from(body);
         if let Routed::Answered(result) =
-            self.route_publish(now, &room, data, idempotency_key, reply)
+            self.route_publish(now, &room, body, idempotency_key, reply)
         {
             return self.finish_publish(slot, &room, result.map_err(PublishRefusal::from));
         }
         if let Some(conn) = self.conn(slot) {
-            conn.state = State::Waiting;
             conn.outstanding = 1;
             conn.pending = Some(Pending::Publish { room, result: None });
         }
@@ -83,7 +81,7 @@ impl Shard {
         room: &str,
         result: Result<EventId, PublishRefusal>,
     ) -> std::io::Result<()> {
-        let close = self.conn(slot).is_none_or(|c| !c.keep_alive);
+        let close = self.conn(slot).is_none_or(|c| !c.http.keep_alive());
         let response = match result {
             Ok(id) => http1::response(
                 201,
@@ -173,7 +171,6 @@ impl Shard {
         if let Some(conn) = self.conn(slot) {
             conn.pending = Some(Pending::Batch { results });
             conn.outstanding = outstanding;
-            conn.state = State::Waiting;
         }
         if outstanding == 0 {
             return self.complete_pending(slot);

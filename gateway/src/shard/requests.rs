@@ -36,27 +36,50 @@ impl Shard {
         self.refuse(slot, &refusal)
     }
 
-    /// Handles every complete request in the connection's buffer, one at a time.
-    pub(super) fn process(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
-        let limits = self.limits();
-        let auth_on = self.auth.is_some();
-        let Some(conn) = self.conn(slot) else {
-            return Ok(());
-        };
-        if conn.state != State::Reading || conn.write_in_flight || conn.recv_in_flight {
-            return Ok(());
-        }
-        conn.head_request = false;
-        let step = conn.reader.handle_input(now, &conn.buf, &limits);
-        self.sync_timer(slot);
-        let (head, total) = match step {
-            Step::Refuse(refusal) => {
-                self.count_refusal(RefusalReason::of_parse(&refusal));
-                return self.refuse(slot, &refusal);
+    /// Hands out what the connection's HTTP machine has — notices and requests to the
+    /// application, then its next write — then puts the connection's timer on the
+    /// machine's deadline and posts the receive it wants. Called after every input to the
+    /// machine (bytes, a completed write, a timer, an answer).
+    pub(super) fn drive(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
+        loop {
+            let Some(conn) = self.conn(slot) else {
+                return Ok(());
+            };
+            if conn.closing {
+                return Ok(());
             }
-            Step::NeedMore => return self.post_recv(slot),
-            Step::Continue(head) => {
-                if self.conn(slot).is_some_and(|conn| conn.refuse_draining) {
+            if let Some(event) = conn.http.poll_event(now) {
+                self.on_http_event(now, slot, event)?;
+                continue;
+            }
+            if conn.write_in_flight {
+                break;
+            }
+            let Some(bytes) = conn.http.poll_transmit() else {
+                break;
+            };
+            let mut frames = std::mem::take(&mut self.scratch);
+            frames.clear();
+            frames.push(bytes);
+            let result = self.start_write(slot, &mut frames);
+            self.scratch = frames;
+            result?;
+        }
+        self.sync_timer(slot);
+        self.post_recv(slot)
+    }
+
+    fn on_http_event(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        event: http1_conn::Event,
+    ) -> std::io::Result<()> {
+        use http1_conn::{Cause, Event};
+        match event {
+            Event::Request(request) => self.on_request(now, slot, request),
+            Event::Continue(head) => {
+                if self.conn(slot).is_some_and(|conn| conn.http.draining()) {
                     return self.refuse_unavailable(slot, Rejection::Draining);
                 }
                 // Tokens are the last check before the body is asked for.
@@ -64,27 +87,49 @@ impl Shard {
                     return self.refuse_token(slot, denied);
                 }
                 if let Some(conn) = self.conn(slot) {
-                    conn.interim = true;
+                    conn.http.accept_continue();
                 }
-                return self.respond(slot, Bytes::from_static(http1::CONTINUE));
+                Ok(())
             }
-            Step::Request { head, end } => (head, end),
-        };
+            Event::Refused { refusal, cause } => {
+                self.count_refusal(match cause {
+                    Cause::Request => RefusalReason::of_parse(&refusal),
+                    Cause::HeaderTimeout => RefusalReason::HeaderTimeout,
+                    Cause::BodyTimeout => RefusalReason::BodyTimeout,
+                });
+                tracing::debug!(shard = self.index, conn = slot, status = refusal.status, reason = %refusal.reason, "request refused");
+                Ok(())
+            }
+            Event::Linger => self.start_linger(now, slot),
+            Event::Close(why) => {
+                tracing::trace!(shard = self.index, conn = slot, ?why, "connection closes");
+                self.begin_close(slot)
+            }
+        }
+    }
+
+    /// A whole request the machine handed out: what it means, on this shard.
+    fn on_request(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        request: http1_conn::Request,
+    ) -> std::io::Result<()> {
+        let auth_on = self.auth.is_some();
         let Some(conn) = self.conn(slot) else {
             return Ok(());
         };
-        if conn.refuse_draining {
+        if conn.http.draining() {
             return self.refuse_unavailable(slot, Rejection::Draining);
         }
-        conn.keep_alive = !head.close;
-        conn.head_request = head.method == Method::Head;
-        let body: Vec<u8> = conn.buf[head.len..total].to_vec();
+        let close = !conn.http.keep_alive();
+        let http1_conn::Request { head, bytes } = request;
         // The authorization call forwards the subscriber's headers: keep its raw head
         // (subscribes only, and only with --auth-url; publishes never pay for this).
-        let auth_head = (auth_on && matches!(head.route, Route::Events(_)))
-            .then(|| conn.buf[..head.len].to_vec());
-        conn.buf.drain(..total);
-        let close = head.close;
+        let auth_head =
+            (auth_on && matches!(head.route, Route::Events(_))).then(|| bytes[..head.len].to_vec());
+        // The body without a copy: the request's bytes are the machine's buffer, handed over.
+        let body = Bytes::from(bytes).slice(head.len..);
         // Token checks (jwt.rs) come before anything else a route does, on every transport.
         let now_seconds = self.now_unix / 1_000_000_000;
         let jwt = self.shared.config.jwt.clone();
@@ -99,9 +144,9 @@ impl Shard {
                 if head.method == Method::Head {
                     // The stream's head, then the end: no subscription (RFC 9110 §9.3.2).
                     if let Some(conn) = self.conn(slot) {
-                        conn.keep_alive = false;
+                        conn.http.respond_and_close(http1::sse_head_then_close());
                     }
-                    return self.respond(slot, http1::sse_head_then_close());
+                    return self.drive(now, slot);
                 }
                 match auth_head {
                     Some(raw) => self.authorize(now, slot, room, head.last_event_id, raw),
@@ -267,13 +312,11 @@ impl Shard {
     ) -> std::io::Result<()> {
         match admitted {
             Ok(()) => {
-                self.cancel_timer(slot);
                 if let Some(conn) = self.conn(slot) {
-                    conn.reader.finish();
-                    conn.state = State::Streaming;
-                    conn.buf = Vec::new();
+                    conn.http.stream();
+                    conn.recv = Vec::new();
                 }
-                self.post_recv(slot)
+                self.drive(self.now, slot)
             }
             Err(err) => {
                 let reason = match err {
@@ -302,7 +345,6 @@ impl Shard {
                 history_len,
             });
             conn.outstanding = u32::try_from(outstanding).expect("at most 1024 shards");
-            conn.state = State::Waiting;
         }
         if outstanding == 0 {
             return self.complete_pending(slot);
@@ -314,8 +356,7 @@ impl Shard {
         let Some(conn) = self.conn(slot) else {
             return Ok(());
         };
-        let close = !conn.keep_alive;
-        conn.state = State::Reading;
+        let close = !conn.http.keep_alive();
         let Some(pending) = conn.pending.take() else {
             return Ok(());
         };

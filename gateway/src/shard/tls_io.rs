@@ -27,11 +27,11 @@ impl Shard {
             return Ok(());
         };
         if tls.in_hello() {
-            let old = conn.buf.len();
+            let old = conn.recv.len();
             // SAFETY: the kernel initialised `len` bytes of the spare capacity.
-            unsafe { conn.buf.set_len(old + len) };
-            let hello = tls.hello(&conn.buf[old..], config);
-            let full = conn.buf.len() >= crate::conn::tls::CLIENT_HELLO_BYTES_MAX;
+            unsafe { conn.recv.set_len(old + len) };
+            let hello = tls.hello(&conn.recv[old..], config);
+            let full = conn.recv.len() >= crate::conn::tls::CLIENT_HELLO_BYTES_MAX;
             return match hello {
                 Hello::Partial if full => {
                     self.fail_tls(slot, RefusalReason::TlsClientHelloTooLarge)
@@ -40,13 +40,17 @@ impl Shard {
                 Hello::Failed => self.fail_tls(slot, RefusalReason::TlsError),
                 Hello::H2 => self.hand_off_h2(slot),
                 Hello::Http1 => {
-                    conn.buf.clear();
+                    conn.recv = Vec::new();
                     self.tls_flush(slot)?;
                     self.post_recv(slot)
                 }
             };
         }
-        let received = match tls.receive(len, &mut conn.buf) {
+        // The plaintext goes to the machine at once (`recv` is only a scratch here).
+        let received = tls.receive(len, &mut conn.recv);
+        conn.http.handle_received(now, &conn.recv);
+        conn.recv.clear();
+        let received = match received {
             Ok(received) => received,
             Err(err) => {
                 tracing::debug!(shard = self.index, conn = slot, %err, "TLS receive failed");
@@ -57,10 +61,12 @@ impl Shard {
             self.count_tls_handshake(TlsHandshake::Http1);
         }
         if received.closed {
-            return self.begin_close(slot);
+            if let Some(conn) = self.conn(slot) {
+                conn.http.handle_eof();
+            }
         }
         self.tls_flush(slot)?;
-        self.process(now, slot)
+        self.drive(now, slot)
     }
 
     /// Closes a TLS connection whose handshake or records failed (an alert rustls made is
@@ -101,7 +107,7 @@ impl Shard {
         let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(conn.fd) };
         let handoff = crate::mesh::mail::TlsHandOff {
             fd,
-            hello: std::mem::take(&mut conn.buf),
+            hello: std::mem::take(&mut conn.recv),
             peer: conn.peer,
         };
         let sent = match self.shared.tls_handoff.get(self.index) {
@@ -223,7 +229,7 @@ impl Shard {
             return Ok(());
         };
         tls.sending = false;
-        if conn.state == State::Closing {
+        if conn.closing {
             // The write was abandoned when the close began; only the send was waited for.
             return self.finish_close(slot);
         }
@@ -236,7 +242,8 @@ impl Shard {
             return self.submit_tls_send(slot, false);
         };
         if conn.write_in_flight {
-            let credit = plain.min(conn.write_len.saturating_sub(conn.written));
+            debug_assert!(conn.written <= conn.write_len);
+            let credit = plain.min(conn.write_len - conn.written);
             conn.written += credit;
             self.pending_write_bytes -= credit;
         }

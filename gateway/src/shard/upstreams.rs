@@ -33,12 +33,7 @@ impl Shard {
             return self.subscribe(now, slot, &ticket.room, last_event_id);
         };
         match auth.begin(now, ticket, client, head) {
-            crate::upstream::auth::Begin::Waiting => {
-                if let Some(conn) = self.conn(slot) {
-                    conn.state = State::Waiting;
-                }
-                Ok(())
-            }
+            crate::upstream::auth::Begin::Waiting => Ok(()),
             crate::upstream::auth::Begin::Decided(ticket, decision) => {
                 self.finish_authorize(now, ticket, decision)
             }
@@ -142,7 +137,6 @@ impl Shard {
             return self.finish_publish(slot, &room, Err(reason));
         }
         if let Some(conn) = self.conn(slot) {
-            conn.state = State::Waiting;
             conn.outstanding = 1;
             conn.pending = Some(Pending::Publish { room, result: None });
         }
@@ -184,9 +178,6 @@ impl Shard {
             if !cluster.wait_primed(room, waiter) {
                 return self.refuse_redis(slot);
             }
-            if let Some(conn) = self.conn(slot) {
-                conn.state = State::Waiting;
-            }
             return Ok(());
         }
         let mut start = self.fanout.place(room, last_event_id);
@@ -208,9 +199,6 @@ impl Shard {
                     beyond_head,
                 };
                 if cluster.begin_replay(ticket) {
-                    if let Some(conn) = self.conn(slot) {
-                        conn.state = State::Waiting;
-                    }
                     return Ok(());
                 }
                 if beyond_head {
@@ -350,6 +338,6 @@ impl Shard {
         self.conns
             .get(key.slot as usize)
             .and_then(|c| c.as_deref())
-            .is_some_and(|c| c.serial == key.serial && c.state == State::Waiting)
+            .is_some_and(|c| c.serial == key.serial && c.http.awaits_answer())
     }
 }

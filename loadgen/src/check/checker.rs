@@ -54,19 +54,6 @@ impl DeliveryCounts {
     }
 }
 
-/// What one thread hands back at the end.
-#[derive(Debug)]
-pub struct ThreadResult {
-    /// Counts.
-    pub counts: DeliveryCounts,
-    /// (room, tracker) of each subscriber of this thread, for the loss count.
-    pub trackers: Vec<(u32, SeqTracker)>,
-    /// Receive wall time − payload's send stamp.
-    pub latency_stamp: Latency,
-    /// Receive wall time − payload's scheduled time.
-    pub latency_schedule: Latency,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum EventKind {
     #[default]
@@ -99,6 +86,38 @@ pub(crate) struct Checker<'a> {
     pub(crate) room: &'a [u8],
     pub(crate) run_id: u32,
     pub(crate) now_ns: u64,
+}
+
+impl Checker<'_> {
+    /// One complete message of a transport that frames messages itself (a WebSocket text
+    /// message): `room` is the room the message names, `data` its data. Judged exactly as
+    /// an SSE event carrying `data`; a message naming another room than the subscriber's
+    /// counts as delivered to the wrong room even when its payload does not.
+    #[inline]
+    pub(crate) fn on_message(&mut self, room: &[u8], data: &[u8]) {
+        *self.pending = PendingEvent::default();
+        self.on_data(data);
+        if room != self.room {
+            self.pending.room_ok = false;
+        }
+        self.on_dispatch();
+    }
+
+    /// A notice that messages were skipped (SSE `event: gap`, WebSocket `"type":"gap"`).
+    pub(crate) fn on_gap(&mut self) {
+        self.counts.gap_events += 1;
+    }
+
+    /// A heartbeat (SSE comment, WebSocket ping).
+    pub(crate) fn on_heartbeat(&mut self) {
+        self.counts.heartbeats += 1;
+    }
+
+    /// Something that is not a ringload message (an unknown control object, a binary
+    /// message, text that is not JSON).
+    pub(crate) fn on_foreign(&mut self) {
+        self.counts.foreign += 1;
+    }
 }
 
 impl SseSink for Checker<'_> {
@@ -153,5 +172,70 @@ impl SseSink for Checker<'_> {
                     .record_ns(self.now_ns as i64 - event.scheduled_ns as i64);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::payload::Stamp;
+
+    fn payload(room: &[u8], seq: u64, run: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        payload::encode(
+            &mut out,
+            &Stamp {
+                run,
+                room,
+                seq,
+                sent_ns: 1_000,
+                scheduled_ns: 500,
+            },
+            40,
+        );
+        out
+    }
+
+    /// A framed message (WebSocket) is judged as an SSE event with the same data, and the
+    /// room the frame names is checked too.
+    #[test]
+    fn framed_messages_are_judged_like_events() {
+        let mut pending = PendingEvent::default();
+        let mut tracker = SeqTracker::new();
+        let mut counts = DeliveryCounts::default();
+        let (mut stamp, mut schedule) = (Latency::new(), Latency::new());
+        let mut checker = Checker {
+            pending: &mut pending,
+            tracker: &mut tracker,
+            counts: &mut counts,
+            latency_stamp: &mut stamp,
+            latency_schedule: &mut schedule,
+            room: b"r0",
+            run_id: 7,
+            now_ns: 2_000,
+        };
+        checker.on_message(b"r0", &payload(b"r0", 1, 7));
+        checker.on_message(b"r0", &payload(b"r0", 1, 7));
+        checker.on_message(b"r1", &payload(b"r0", 2, 7));
+        checker.on_message(b"r0", &payload(b"r1", 3, 7));
+        checker.on_message(b"r0", &payload(b"r0", 4, 8));
+        checker.on_message(b"r0", b"hello");
+        checker.on_gap();
+        checker.on_heartbeat();
+        assert_eq!(
+            counts,
+            DeliveryCounts {
+                delivered: 1,
+                duplicates: 1,
+                wrong_room: 2,
+                stale: 1,
+                foreign: 1,
+                gap_events: 1,
+                heartbeats: 1,
+                ..DeliveryCounts::default()
+            }
+        );
+        assert_eq!(stamp.count(), 1);
+        assert_eq!(schedule.count(), 1);
     }
 }

@@ -1,21 +1,27 @@
 //! Subscriber threads of `ringload fanout`: each pinned thread runs one mio event loop over
-//! its share of SSE connections, parses every delivery without allocating and checks it
-//! against its subscriber's expected sequence (see [`crate::check::tracker`]).
+//! its share of SSE (or, with `--proto ws`, WebSocket) connections, parses every delivery
+//! without allocating and checks it against its subscriber's expected sequence (see
+//! [`crate::check::tracker`]). With `--publish-over ws` the thread also publishes on its
+//! WebSocket connections ([`crate::plain::ws_publisher`]).
 
-use crate::check::checker::{Checker, DeliveryCounts, PendingEvent, ThreadResult};
+use crate::check::checker::{Checker, DeliveryCounts, PendingEvent};
 use crate::check::latency::Latency;
 use crate::check::tracker::SeqTracker;
 use crate::plain::socket;
-use crate::plan::subscribe::{Control, CONNECTS_IN_FLIGHT_MAX};
+use crate::plain::websocket::{WsConn, WsDelivery, WsSetup};
+use crate::plain::ws_publisher::{Answer, WsPublisher};
+use crate::plan::subscribe::{Control, ThreadResult, CONNECTS_IN_FLIGHT_MAX};
 use crate::proto::chunked::ChunkedDecoder;
 use crate::proto::http1::{self, BodyKind};
+use crate::proto::payload::{self, Stamp};
 use crate::proto::sse::{self, LINE_BYTES_MAX};
+use crate::proto::ws;
 use mio::{Events, Interest, Poll, Token};
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Bytes read per read syscall: large, so one read carries many events.
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -44,6 +50,8 @@ pub struct SubscriberSetup {
     pub src_ips: u32,
     /// Run id expected in payloads; others are stale.
     pub run_id: u32,
+    /// Set with `--proto ws`: subscribe over WebSocket (`requests` is then unused).
+    pub websocket: Option<WsSetup>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +68,7 @@ enum BodyFraming {
     Plain,
     Chunked(ChunkedDecoder),
     Length(u64),
+    WebSocket(Box<WsConn>),
 }
 
 struct Subscriber {
@@ -93,6 +102,16 @@ struct Loop<'a> {
     latency_schedule: Latency,
     in_flight: usize,
     buffer: Vec<u8>,
+    /// With `--publish-over ws`: this thread's share of the publishing.
+    publisher: Option<WsPublisher>,
+    /// Set once the publisher reported itself done.
+    publisher_done: bool,
+    /// Acks and errors read in one body, for the publisher (kept to reuse its capacity).
+    answers: Vec<Answer>,
+    /// Scratch for encoding a publish (payload, then the body around it).
+    payload: Vec<u8>,
+    /// Scratch for the body of a publish.
+    body: Vec<u8>,
 }
 
 impl SubscriberThread {
@@ -124,6 +143,23 @@ impl SubscriberThread {
             latency_schedule: Latency::new(),
             in_flight: 0,
             buffer: vec![0u8; LINE_BYTES_MAX + READ_BUFFER_BYTES],
+            publisher: setup
+                .websocket
+                .as_ref()
+                .and_then(|websocket| websocket.publish.as_ref())
+                .map(|plan| {
+                    WsPublisher::new(
+                        plan,
+                        rooms,
+                        setup.subscribers,
+                        self.index,
+                        setup.threads.max(1),
+                    )
+                }),
+            publisher_done: false,
+            answers: Vec::new(),
+            payload: Vec::new(),
+            body: Vec::new(),
         };
         match Poll::new() {
             Ok(mut poll) => state.run(&mut poll, &mut subscribers, self.index),
@@ -137,6 +173,7 @@ impl SubscriberThread {
                 .collect(),
             latency_stamp: state.latency_stamp,
             latency_schedule: state.latency_schedule,
+            published: state.publisher.map(WsPublisher::finish),
         }
     }
 }
@@ -151,7 +188,12 @@ impl Loop<'_> {
                 self.open(poll, &mut subscribers[next_open], next_open, global);
                 next_open += 1;
             }
-            if let Err(error) = poll.poll(&mut events, Some(POLL_WAIT)) {
+            self.publish_due(subscribers);
+            let wait = match self.publisher.as_ref().and_then(WsPublisher::poll_timeout) {
+                Some(at) => POLL_WAIT.min(at.saturating_duration_since(Instant::now())),
+                None => POLL_WAIT,
+            };
+            if let Err(error) = poll.poll(&mut events, Some(wait)) {
                 if error.kind() != ErrorKind::Interrupted {
                     self.control.fail(format!("poll failed: {error}"));
                     return;
@@ -184,6 +226,15 @@ impl Loop<'_> {
         });
         match connected {
             Ok(stream) => {
+                if let Some(websocket) = &self.setup.websocket {
+                    subscriber.framing = BodyFraming::WebSocket(Box::new(WsConn::new(
+                        websocket,
+                        self.setup.rooms.len(),
+                        subscriber.target as usize,
+                        subscriber.room as usize,
+                        id,
+                    )));
+                }
                 subscriber.stream = Some(stream);
                 subscriber.phase = Phase::Connecting;
                 self.in_flight += 1;
@@ -201,6 +252,11 @@ impl Loop<'_> {
         subscriber.stream = None;
         if matches!(was, Phase::Connecting | Phase::Writing(_) | Phase::Head) {
             self.in_flight = self.in_flight.saturating_sub(1);
+        }
+        if let (BodyFraming::WebSocket(conn), Some(publisher)) =
+            (&subscriber.framing, self.publisher.as_mut())
+        {
+            publisher.on_disconnect(conn.local);
         }
         if self.control.running.load(Ordering::Relaxed) {
             self.counts.disconnects += 1;
@@ -232,8 +288,13 @@ impl Loop<'_> {
             subscriber.phase = Phase::Writing(0);
         }
         if let Phase::Writing(mut written) = subscriber.phase {
-            let request = &self.setup.requests
-                [subscriber.target as usize * self.setup.rooms.len() + subscriber.room as usize];
+            let request = match &subscriber.framing {
+                BodyFraming::WebSocket(conn) => &conn.request,
+                _ => {
+                    &self.setup.requests[subscriber.target as usize * self.setup.rooms.len()
+                        + subscriber.room as usize]
+                }
+            };
             let Some(stream) = subscriber.stream.as_mut() else {
                 return;
             };
@@ -254,14 +315,20 @@ impl Loop<'_> {
                 Phase::Writing(written)
             };
         }
+        if subscriber.phase == Phase::Body && event.is_writable() && !self.flush(subscriber) {
+            return;
+        }
         if matches!(subscriber.phase, Phase::Head | Phase::Body)
             && (event.is_readable() || event.is_read_closed() || event.is_error())
         {
-            self.read_ready(subscriber);
+            self.read_ready(subscriber, event.is_read_closed() || event.is_error());
         }
     }
 
-    fn read_ready(&mut self, subscriber: &mut Subscriber) {
+    /// Reads what arrived. With `closed` (the peer's FIN came with this event, which an
+    /// edge-triggered poll does not report again) reads on to the end of the stream even
+    /// after a short read, so the disconnect is not missed.
+    fn read_ready(&mut self, subscriber: &mut Subscriber, closed: bool) {
         loop {
             let carried = subscriber.carry.len();
             let in_body = subscriber.phase == Phase::Body;
@@ -306,7 +373,7 @@ impl Loop<'_> {
             } else if !self.head(subscriber, read) {
                 return;
             }
-            if read < space {
+            if read < space && !closed {
                 // Short read: the socket is drained; epoll reports the next arrival.
                 return;
             }
@@ -316,6 +383,26 @@ impl Loop<'_> {
     /// Accumulates the response head; returns false if the subscriber was closed.
     fn head(&mut self, subscriber: &mut Subscriber, read: usize) -> bool {
         subscriber.carry.extend_from_slice(&self.buffer[..read]);
+        if let BodyFraming::WebSocket(conn) = &mut subscriber.framing {
+            let head_len = match ws::parse_handshake(&subscriber.carry, &conn.key) {
+                Ok(Some(head_len)) => head_len,
+                Ok(None) => return true,
+                Err(ws::WsError::Status(status)) => {
+                    let room = &self.setup.rooms[subscriber.room as usize];
+                    self.close(
+                        subscriber,
+                        &format!("subscribe answered HTTP {status} (room {room})"),
+                    );
+                    return false;
+                }
+                Err(error) => {
+                    self.close(subscriber, &format!("WebSocket {error}"));
+                    return false;
+                }
+            };
+            conn.request = Vec::new();
+            return self.subscribed(subscriber, head_len);
+        }
         let head = match http1::parse_response_head(&subscriber.carry, false) {
             Ok(Some(head)) => head,
             Ok(None) => return true,
@@ -341,11 +428,17 @@ impl Loop<'_> {
                 return false;
             }
         };
+        self.subscribed(subscriber, head.head_len)
+    }
+
+    /// The response head (`head_len` bytes of `carry`) admitted the subscriber; what
+    /// follows it is body. Returns false if the subscriber was closed.
+    fn subscribed(&mut self, subscriber: &mut Subscriber, head_len: usize) -> bool {
         subscriber.phase = Phase::Body;
         self.in_flight = self.in_flight.saturating_sub(1);
         self.control.subscribed.fetch_add(1, Ordering::Relaxed);
-        let rest = subscriber.carry.len() - head.head_len;
-        self.buffer[..rest].copy_from_slice(&subscriber.carry[head.head_len..]);
+        let rest = subscriber.carry.len() - head_len;
+        self.buffer[..rest].copy_from_slice(&subscriber.carry[head_len..]);
         subscriber.carry.clear();
         subscriber.carry.shrink_to_fit();
         rest == 0 || self.body(subscriber, 0, rest)
@@ -356,8 +449,12 @@ impl Loop<'_> {
     fn body(&mut self, subscriber: &mut Subscriber, carried: usize, read: usize) -> bool {
         let now_ns = crate::check::clock::wall_ns();
         self.counts.bytes += read as u64;
+        if matches!(subscriber.framing, BodyFraming::WebSocket(_)) {
+            return self.frames(subscriber, carried, read, now_ns);
+        }
         let raw = &mut self.buffer[carried..carried + read];
         let (plain, ended) = match &mut subscriber.framing {
+            BodyFraming::WebSocket(_) => unreachable!("handled above"),
             BodyFraming::Plain => (read, false),
             BodyFraming::Length(left) => {
                 let take = usize::try_from(*left).map_or(read, |l| l.min(read));
@@ -395,5 +492,178 @@ impl Loop<'_> {
             return false;
         }
         true
+    }
+
+    /// Parses WebSocket frames in `buffer[..carried + read]` (the carried partial frame,
+    /// then the new bytes); returns false if the subscriber was closed.
+    fn frames(
+        &mut self,
+        subscriber: &mut Subscriber,
+        carried: usize,
+        read: usize,
+        now_ns: u64,
+    ) -> bool {
+        let Subscriber {
+            framing: BodyFraming::WebSocket(conn),
+            pending,
+            tracker,
+            carry,
+            room,
+            ..
+        } = subscriber
+        else {
+            unreachable!("only called for WebSocket subscribers");
+        };
+        let data = &self.buffer[..carried + read];
+        let mut sink = WsDelivery {
+            checker: Checker {
+                pending,
+                tracker,
+                counts: &mut self.counts,
+                latency_stamp: &mut self.latency_stamp,
+                latency_schedule: &mut self.latency_schedule,
+                room: self.setup.rooms[*room as usize].as_bytes(),
+                run_id: self.setup.run_id,
+                now_ns,
+            },
+            out: &mut conn.out,
+            answers: &mut self.answers,
+            closed: None,
+        };
+        let fed = conn.reader.feed(data, &mut sink);
+        let closed = sink.closed;
+        let failure = match fed {
+            Ok(used) => {
+                // parse_frame refuses frames over FRAME_BYTES_MAX from their header, so a
+                // partial frame always fits in front of the next read.
+                assert!(data.len() - used < ws::FRAME_BYTES_MAX);
+                carry.extend_from_slice(&data[used..]);
+                None
+            }
+            Err(error) => {
+                ws::encode_close(&mut conn.out, error.close_code(), ws::new_mask());
+                Some(format!("bad WebSocket stream: {error}"))
+            }
+        };
+        if let Some(code) = closed {
+            // Echo the close (RFC 6455 §5.5.1) before dropping the connection.
+            ws::encode_close(
+                &mut conn.out,
+                code.unwrap_or(ws::CLOSE_NORMAL),
+                ws::new_mask(),
+            );
+        }
+        let answered = std::mem::take(&mut self.answers);
+        match self.publisher.as_mut() {
+            Some(publisher) => {
+                let now = Instant::now();
+                for answer in &answered {
+                    publisher.on_answer(*answer, now);
+                }
+            }
+            None => self.counts.foreign += answered.len() as u64,
+        }
+        self.answers = answered;
+        self.answers.clear();
+        if !self.flush(subscriber) {
+            return false;
+        }
+        if let Some(reason) = failure {
+            self.close(subscriber, &reason);
+            return false;
+        }
+        if let Some(code) = closed {
+            let code = code.map_or("no code".to_string(), |code| code.to_string());
+            self.close(subscriber, &format!("server closed the WebSocket ({code})"));
+            return false;
+        }
+        true
+    }
+
+    /// Writes what a WebSocket subscriber has waiting; returns false if it was closed.
+    fn flush(&mut self, subscriber: &mut Subscriber) -> bool {
+        let (BodyFraming::WebSocket(conn), Some(stream)) =
+            (&mut subscriber.framing, subscriber.stream.as_mut())
+        else {
+            return true;
+        };
+        while !conn.pending().is_empty() {
+            match stream.write(conn.pending()) {
+                Ok(count) => conn.advance(count),
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return true,
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(error) => {
+                    self.close(subscriber, &format!("write failed: {error}"));
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// With `--publish-over ws`: starts the schedule once the main thread set its start,
+    /// then writes every publish due on its subscriber's connection.
+    fn publish_due(&mut self, subscribers: &mut [Subscriber]) {
+        let Some(mut publisher) = self.publisher.take() else {
+            return;
+        };
+        if !publisher.is_started() {
+            if let Some(anchor) = self.control.publish_start.get() {
+                publisher.start(anchor.instant, anchor.wall_ns);
+            }
+        }
+        let now = Instant::now();
+        publisher.handle_timeout(now);
+        let plan = self
+            .setup
+            .websocket
+            .as_ref()
+            .and_then(|websocket| websocket.publish.as_ref())
+            .expect("a publisher has a plan");
+        let mut written = Vec::new();
+        while let Some(due) = publisher.poll_due(now) {
+            let subscriber = &mut subscribers[due.conn];
+            let BodyFraming::WebSocket(conn) = &mut subscriber.framing else {
+                publisher.on_unsent(&due);
+                continue;
+            };
+            if subscriber.phase != Phase::Body {
+                publisher.on_unsent(&due);
+                continue;
+            }
+            let room = &self.setup.rooms[due.room];
+            let sent_ns = crate::check::clock::wall_ns();
+            self.payload.clear();
+            payload::encode(
+                &mut self.payload,
+                &Stamp {
+                    run: self.setup.run_id,
+                    room: room.as_bytes(),
+                    seq: due.seq,
+                    sent_ns,
+                    scheduled_ns: due.scheduled_ns,
+                },
+                plan.size,
+            );
+            self.body.clear();
+            plan.body
+                .render_into(&mut self.body, room, due.seq, &self.payload);
+            let data = String::from_utf8_lossy(&self.body);
+            ws::encode_publish(&mut conn.out, room, &data, due.reference, ws::new_mask());
+            publisher.on_sent(&due, sent_ns, now);
+            self.control.published.fetch_add(1, Ordering::Relaxed);
+            written.push(due.conn);
+        }
+        let done = publisher.is_done();
+        // Back before flushing: a connection that fails now fails its publishes in flight.
+        self.publisher = Some(publisher);
+        written.dedup();
+        for id in written {
+            self.flush(&mut subscribers[id]);
+        }
+        if !self.publisher_done && done {
+            self.publisher_done = true;
+            self.control.publishers_done.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }

@@ -107,6 +107,75 @@ pub struct PublishResult {
     pub response_time: Latency,
 }
 
+impl PublishResult {
+    /// An empty result for `rooms` rooms.
+    pub fn new(rooms: usize) -> Self {
+        PublishResult {
+            counts: PublishCounts::default(),
+            last_seq: vec![0; rooms],
+            ok_per_room: vec![0; rooms],
+            failed_seqs: vec![Vec::new(); rooms],
+            lateness: Latency::new(),
+            response_time: Latency::new(),
+        }
+    }
+
+    /// Adds the findings of another publisher over the same rooms (the subscriber threads
+    /// that publish over WebSocket each own some rooms).
+    pub fn merge(&mut self, other: &PublishResult) {
+        let counts = &mut self.counts;
+        counts.scheduled += other.counts.scheduled;
+        counts.sent += other.counts.sent;
+        counts.ok += other.counts.ok;
+        for (status, count) in &other.counts.failed_status {
+            *counts.failed_status.entry(*status).or_default() += count;
+        }
+        counts.errors.add(&other.counts.errors);
+        counts.unsent += other.counts.unsent;
+        for (mine, theirs) in self.last_seq.iter_mut().zip(&other.last_seq) {
+            *mine = (*mine).max(*theirs);
+        }
+        for (mine, theirs) in self.ok_per_room.iter_mut().zip(&other.ok_per_room) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.failed_seqs.iter_mut().zip(&other.failed_seqs) {
+            mine.extend_from_slice(theirs);
+            mine.sort_unstable();
+        }
+        self.lateness.merge(&other.lateness);
+        self.response_time.merge(&other.response_time);
+    }
+}
+
+/// How `ringload fanout` publishes (`--publish-over`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishOver {
+    /// HTTP POST to `--pub-url` from a publisher thread of its own.
+    #[default]
+    Http,
+    /// `{"type":"publish",…}` on the subscribers' own WebSocket connections (`--proto ws`),
+    /// each answered by an ack or an error carrying its `ref`.
+    Ws,
+}
+
+/// Publishing over the subscribers' WebSocket connections: message `m` goes to room
+/// `r = m % rooms` on the connection of subscriber `r % subscribers` (so a room's messages
+/// share one connection and keep their order), at `m / rate` after the common start.
+#[derive(Debug, Clone)]
+pub struct WsPublishPlan {
+    /// Body template (`{payload}`, `{room}`, `{seq}`): the publish's `data`.
+    pub body: Template,
+    /// Messages per second, all rooms together.
+    pub rate: f64,
+    /// Publishing window.
+    pub duration: Duration,
+    /// Extra time after the window in which answers may still arrive.
+    pub grace: Duration,
+    /// Payload size in bytes.
+    pub size: usize,
+}
+
 /// Live counters the main thread shows on the progress line.
 #[derive(Debug, Default)]
 pub struct PublishProgress {

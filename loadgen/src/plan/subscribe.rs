@@ -3,8 +3,13 @@
 //! delivery counters for progress. Shared by both subscriber paths (`plain`,
 //! `transport`); never on the per-event path except one relaxed store per turn.
 
+use crate::check::checker::DeliveryCounts;
+use crate::check::clock::Anchor;
+use crate::check::latency::Latency;
+use crate::check::tracker::SeqTracker;
+use crate::plan::publish::PublishResult;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// Subscribe requests in flight (connected, waiting for the response head) per thread.
 /// Bounded so a burst of thousands of SYNs does not overflow the server's accept backlog
@@ -32,6 +37,13 @@ pub struct Control {
     pub failure: Mutex<Option<String>>,
     /// Deliveries per thread, for progress.
     pub delivered: Vec<PaddedCounter>,
+    /// With `--publish-over ws`: the common start of the publish schedule, set by the main
+    /// thread once every subscriber is connected.
+    pub publish_start: OnceLock<Anchor>,
+    /// With `--publish-over ws`: publishes written so far, all threads (for progress).
+    pub published: AtomicU64,
+    /// With `--publish-over ws`: threads whose publishes are all answered or given up.
+    pub publishers_done: AtomicUsize,
 }
 
 impl Control {
@@ -43,6 +55,9 @@ impl Control {
             subscribed: AtomicUsize::new(0),
             failure: Mutex::new(None),
             delivered: (0..threads).map(|_| PaddedCounter::default()).collect(),
+            publish_start: OnceLock::new(),
+            published: AtomicU64::new(0),
+            publishers_done: AtomicUsize::new(0),
         }
     }
 
@@ -56,4 +71,19 @@ impl Control {
     pub fn failure(&self) -> Option<String> {
         self.failure.lock().ok().and_then(|slot| slot.clone())
     }
+}
+
+/// What one thread hands back at the end.
+#[derive(Debug)]
+pub struct ThreadResult {
+    /// Counts.
+    pub counts: DeliveryCounts,
+    /// (room, tracker) of each subscriber of this thread, for the loss count.
+    pub trackers: Vec<(u32, SeqTracker)>,
+    /// Receive wall time − payload's send stamp.
+    pub latency_stamp: Latency,
+    /// Receive wall time − payload's scheduled time.
+    pub latency_schedule: Latency,
+    /// What this thread published itself (`--publish-over ws`), else `None`.
+    pub published: Option<PublishResult>,
 }

@@ -22,15 +22,21 @@ pub enum Proto {
     H2,
     /// HTTP/3 over QUIC (https:// only).
     H3,
+    /// WebSocket (RFC 6455) over plain TCP, `ringload fanout` only: each subscriber opens
+    /// `--sub-url` (e.g. `http://HOST/rooms/{room}/ws`) as a WebSocket and every text
+    /// message `{"room":R,"id":ID,"data":"…"}` is checked as an SSE event would be.
+    /// Publishing stays HTTP/1.1 POST unless `--publish-over ws`.
+    Ws,
 }
 
 impl Proto {
-    /// Name for reports: "h1", "h2", "h3".
+    /// Name for reports: "h1", "h2", "h3", "ws".
     pub fn name(self) -> &'static str {
         match self {
             Proto::H1 => "h1",
             Proto::H2 => "h2",
             Proto::H3 => "h3",
+            Proto::Ws => "ws",
         }
     }
 }
@@ -57,16 +63,30 @@ impl Default for TransportConfig {
 }
 
 impl TransportConfig {
-    /// True when ringload's own mio HTTP/1.1 path serves a URL with this `tls` flag.
+    /// True when ringload's own mio path (plain HTTP/1.1, WebSocket) serves a URL with this
+    /// `tls` flag.
     pub fn uses_mio(&self, tls: bool) -> bool {
-        self.proto == Proto::H1 && !tls
+        matches!(self.proto, Proto::H1 | Proto::Ws) && !tls
     }
 
     /// Streams that share one connection.
     pub fn streams_per_conn(&self) -> usize {
         match self.proto {
-            Proto::H1 => 1,
+            Proto::H1 | Proto::Ws => 1,
             Proto::H2 | Proto::H3 => self.streams_per_conn.max(1),
+        }
+    }
+
+    /// The configuration for plain HTTP requests (publishing, probes): WebSocket runs are
+    /// published over HTTP/1.1.
+    pub fn for_http(&self) -> TransportConfig {
+        let proto = match self.proto {
+            Proto::Ws => Proto::H1,
+            proto => proto,
+        };
+        TransportConfig {
+            proto,
+            ..self.clone()
         }
     }
 }

@@ -1,18 +1,22 @@
 //! `ringload fanout`: connects subscribers over rooms, publishes at a fixed rate, checks
 //! every delivery and gives a verdict. This module orchestrates the run and builds the
-//! report; the IO lives in [`crate::plain::subscriber`] and [`crate::plain::publisher`] (plain HTTP/1.1,
-//! mio) or [`crate::transport::subscriber`] and [`crate::transport::publisher`] (TLS, HTTP/2,
-//! HTTP/3).
+//! report; the IO lives in [`crate::plain::subscriber`] and [`crate::plain::publisher`]
+//! (plain HTTP/1.1 and WebSocket, mio) or [`crate::transport::subscriber`] and
+//! [`crate::transport::publisher`] (TLS, HTTP/2, HTTP/3). With `--publish-over ws` the
+//! subscriber threads publish themselves, on their WebSocket connections.
 
 use crate::check::checker::DeliveryCounts;
 use crate::check::latency::{Latency, LatencySummary};
 use crate::plain::publisher;
 use crate::plain::socket;
 use crate::plain::subscriber::{SubscriberSetup, SubscriberThread};
-use crate::plan::publish::{self, PublishCounts, PublishPlan, PublishProgress};
+use crate::plain::websocket::WsSetup;
+use crate::plan::publish::{
+    self, PublishCounts, PublishOver, PublishPlan, PublishProgress, PublishResult, WsPublishPlan,
+};
 use crate::plan::subscribe::Control;
 use crate::plan::target::UrlTemplate;
-use crate::plan::transport::TransportConfig;
+use crate::plan::transport::{Proto, TransportConfig};
 use crate::proto::http1;
 use crate::proto::template::Template;
 use crate::run::progress::Progress;
@@ -31,6 +35,11 @@ pub const ROOMS_MAX: usize = 1_000_000;
 
 /// How often the main thread refreshes progress and checks for setup failures.
 const WATCH_INTERVAL: Duration = Duration::from_millis(5);
+
+/// How long after the window plus grace the main thread still waits for subscriber
+/// threads that publish over WebSocket to report (they give up at the end of the window
+/// plus grace themselves; this only covers a thread that stalls).
+const WS_PUBLISH_SLACK: Duration = Duration::from_secs(2);
 
 /// How often the progress line is redrawn.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
@@ -81,6 +90,8 @@ pub struct FanoutConfig {
     pub connect_timeout: Duration,
     /// Protocol, streams per connection, TLS.
     pub transport: TransportConfig,
+    /// How to publish: HTTP POST to `pub_url`, or on the WebSocket connections.
+    pub publish_over: PublishOver,
 }
 
 /// Why a run could not be carried out (exit code 2).
@@ -97,8 +108,14 @@ pub enum FanoutError {
         reason: String,
     },
     /// Repeated `--sub-url` outside the plain HTTP/1.1 path.
-    #[error("a repeated --sub-url needs plain http:// URLs with --proto h1")]
+    #[error("a repeated --sub-url needs plain http:// URLs with --proto h1 or ws")]
     SubUrls,
+    /// `--proto ws` with an https:// subscribe URL.
+    #[error("--proto ws needs a plain http:// --sub-url (WebSocket over TLS is not supported)")]
+    WsTls,
+    /// `--publish-over ws` without `--proto ws`.
+    #[error("--publish-over ws needs --proto ws (it publishes on the subscribers' WebSocket connections)")]
+    PublishOverWs,
     /// Subscribers could not be set up.
     #[error("subscribing failed: {0}")]
     Subscribe(String),
@@ -183,6 +200,9 @@ pub struct FanoutReport {
     pub sub_url: String,
     /// Publish URL template.
     pub pub_url: Option<String>,
+    /// How messages were published: "http" (POST to `pub_url`) or "ws" (on the
+    /// subscribers' WebSocket connections).
+    pub publish_over: PublishOver,
     /// Subscribers.
     pub subscribers: usize,
     /// Rooms.
@@ -253,8 +273,16 @@ impl std::fmt::Display for FanoutReport {
             let p = &self.published;
             writeln!(
                 f,
-                "  publish      {:.1} msg/s for {:.1}s, {}B: scheduled {}, sent {}, ok {}, failed {}, unsent {}",
-                self.rate, self.duration_s, self.size, p.scheduled, p.sent, p.ok, p.failed(), p.unsent
+                "  publish      {:.1} msg/s for {:.1}s, {}B{}: scheduled {}, sent {}, ok {}, failed {}, unsent {}",
+                self.rate,
+                self.duration_s,
+                self.size,
+                if self.publish_over == PublishOver::Ws { " over ws" } else { "" },
+                p.scheduled,
+                p.sent,
+                p.ok,
+                p.failed(),
+                p.unsent
             )?;
             writeln!(
                 f,
@@ -325,14 +353,24 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
             }
         })
     };
+    let websocket = config.transport.proto == Proto::Ws;
+    if websocket && config.sub_url.tls {
+        return Err(FanoutError::WsTls);
+    }
+    let publish_over_ws = config.publish_over == PublishOver::Ws && !config.idle;
+    if publish_over_ws && !websocket {
+        return Err(FanoutError::PublishOverWs);
+    }
+    // Publishing is HTTP in every WebSocket run but `--publish-over ws`.
+    let http_transport = config.transport.for_http();
     // An endpoint per URL that does not take the mio path, probed with one connection.
     let stream_endpoint = |flag: &'static str, url: &UrlTemplate| {
-        if config.transport.uses_mio(url.tls) {
+        if http_transport.uses_mio(url.tls) {
             probe(flag, url.addr)?;
             return Ok::<_, FanoutError>(None);
         }
         let endpoint = Endpoint::new(
-            &config.transport,
+            &http_transport,
             url.addr,
             url.tls,
             &url.host,
@@ -366,7 +404,7 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
             probe("--sub-url", url.addr)?;
         }
     }
-    let pub_endpoint = match (&config.pub_url, config.idle) {
+    let pub_endpoint = match (&config.pub_url, config.idle || publish_over_ws) {
         (Some(pub_url), false) => stream_endpoint("--pub-url", pub_url)?,
         _ => None,
     };
@@ -407,6 +445,21 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
             run_id,
         })
     });
+    let websocket = websocket.then(|| WsSetup {
+        hosts: sub_urls.iter().map(|url| url.host_header.clone()).collect(),
+        paths: sub_urls
+            .iter()
+            .flat_map(|url| rooms.iter().map(move |room| url.path.render(room, 0)))
+            .collect(),
+        headers: config.headers.clone(),
+        publish: publish_over_ws.then(|| WsPublishPlan {
+            body: config.pub_body.clone(),
+            rate: config.rate,
+            duration: config.duration,
+            grace: config.grace,
+            size: config.size,
+        }),
+    });
     let setup = Arc::new(SubscriberSetup {
         rooms: rooms.clone(),
         requests,
@@ -415,6 +468,7 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
         threads,
         src_ips: config.src_ips,
         run_id,
+        websocket,
     });
     let control = Arc::new(Control::new(threads));
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -485,6 +539,11 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
         std::thread::sleep(WATCH_INTERVAL);
     }
     let connect_time = connect_start.elapsed();
+    if publish_over_ws {
+        let _ = control
+            .publish_start
+            .set(crate::check::clock::Anchor::now());
+    }
     control.running.store(true, Ordering::Relaxed);
     let cpu_start = crate::run::cpu::process_cpu_time();
 
@@ -507,6 +566,32 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
                 end.saturating_duration_since(Instant::now()).as_secs_f64()
             ));
         }
+        None
+    } else if publish_over_ws {
+        // The subscriber threads publish; wait until each has every answer (or gave up at
+        // the end of the window plus grace), then give deliveries the grace period.
+        let started = Instant::now();
+        let give_up = started + config.duration + config.grace + WS_PUBLISH_SLACK;
+        while control.publishers_done.load(Ordering::Relaxed) < threads && Instant::now() < give_up
+        {
+            std::thread::sleep(WATCH_INTERVAL.max(Duration::from_millis(50)));
+            if last_draw.elapsed() >= PROGRESS_INTERVAL {
+                last_draw = Instant::now();
+                let delivered: u64 = control
+                    .delivered
+                    .iter()
+                    .map(|c| c.0.load(Ordering::Relaxed))
+                    .sum();
+                let elapsed = started.elapsed().as_secs_f64().max(1e-3);
+                progress.update(&format!(
+                    "{elapsed:.1}s  published {} (over ws)  delivered {delivered} ({:.0}/s)",
+                    control.published.load(Ordering::Relaxed),
+                    delivered as f64 / elapsed
+                ));
+            }
+        }
+        progress.update("collecting deliveries (grace period)");
+        std::thread::sleep(config.grace);
         None
     } else {
         let pub_url = config
@@ -588,9 +673,21 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
     let mut schedule = Latency::new();
     let mut lost = 0u64;
     let mut subscribers_per_room = vec![0u64; config.rooms.max(1)];
+    let joined = joined
+        .into_iter()
+        .map(|thread| thread.map_err(|_| FanoutError::Thread("subscriber thread panicked".into())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut publish_result = publish_result;
+    if publish_over_ws {
+        let mut merged = PublishResult::new(config.rooms.max(1));
+        for thread in &joined {
+            if let Some(published) = &thread.published {
+                merged.merge(published);
+            }
+        }
+        publish_result = Some(merged);
+    }
     for thread in joined {
-        let thread =
-            thread.map_err(|_| FanoutError::Thread("subscriber thread panicked".into()))?;
         counts.add(&thread.counts);
         stamp.merge(&thread.latency_stamp);
         schedule.merge(&thread.latency_schedule);
@@ -642,6 +739,7 @@ pub fn run(config: &FanoutConfig, progress: &mut Progress) -> Result<FanoutRepor
             .collect::<Vec<_>>()
             .join(" "),
         pub_url: config.pub_url.as_ref().map(|url| url.text.clone()),
+        publish_over: config.publish_over,
         subscribers: config.subscribers,
         rooms: config.rooms,
         rate: config.rate,

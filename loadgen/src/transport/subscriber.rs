@@ -4,10 +4,10 @@
 //! delivery goes through the same [`Checker`] as on the mio path, and the thread hands back
 //! the same [`ThreadResult`], so verdicts do not depend on the transport.
 
-use crate::check::checker::{Checker, DeliveryCounts, PendingEvent, ThreadResult};
+use crate::check::checker::{Checker, DeliveryCounts, PendingEvent};
 use crate::check::latency::Latency;
 use crate::check::tracker::SeqTracker;
-use crate::plan::subscribe::{Control, CONNECTS_IN_FLIGHT_MAX};
+use crate::plan::subscribe::{Control, ThreadResult, CONNECTS_IN_FLIGHT_MAX};
 use crate::proto::sse::{self, LINE_BYTES_MAX};
 use crate::transport::{Connection, Endpoint, QuicCloser, Response};
 use bytes::Bytes;
@@ -143,6 +143,7 @@ pub fn run_thread(
             .collect(),
         latency_stamp: state.latency_stamp,
         latency_schedule: state.latency_schedule,
+        published: None,
     }
 }
 
