@@ -300,53 +300,40 @@ pub enum ConfigError {
     },
 }
 
-/// The settings in force.
+/// The settings at start: flags over the file over defaults, checked. What a SIGHUP
+/// reload may change ([`LiveSettings`]) is a type of its own, apart from what needs a
+/// restart ([`FixedConfig`]), so a shard cannot read a stale copy of a live setting or a
+/// live copy of a fixed one.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Read once at start.
+    pub fixed: FixedConfig,
+    /// Their values at start; the values in force are `runtime::reload::LiveConfig`'s.
+    pub live: LiveSettings,
+}
+
+/// The settings read once at start: changing one in the file takes a restart (a reload
+/// names it and keeps the old value).
+#[derive(Debug, Clone)]
+pub struct FixedConfig {
     /// HTTP/1.1 listen address.
     pub listen: SocketAddr,
     /// Shard threads.
     pub shards: usize,
-    /// Heartbeat period.
-    pub heartbeat: Duration,
     /// Largest message body.
     pub max_message_bytes: usize,
     /// Largest request head.
     pub max_header_bytes: usize,
-    /// Time to send a full request head.
-    pub header_timeout: Duration,
-    /// Time to send a declared body once the head arrived.
-    pub body_timeout: Duration,
-    /// Keep-alive idle time between requests.
-    pub idle_timeout: Duration,
     /// Messages kept per room.
     pub history: usize,
     /// Bytes kept per room.
     pub history_bytes: usize,
     /// Rooms per shard.
     pub max_rooms: usize,
-    /// A room with no subscriber and no publish for this long is freed.
-    pub room_idle_timeout: Duration,
-    /// Connections per process.
-    pub max_connections: usize,
-    /// Coalescing delay under load.
-    pub coalesce_delay: Duration,
-    /// Queue length from which the coalescing delay applies.
-    pub coalesce_queue_min: usize,
-    /// Writes per loop turn.
-    pub write_budget: usize,
-    /// Time subscribers get on stop.
-    pub drain_timeout: Duration,
     /// Log filter.
     pub log: String,
-    /// Connections per client IP over the process; 0 = no limit.
-    pub max_connections_per_ip: usize,
-    /// New connections per client IP per second (token bucket); 0 = no limit.
-    pub max_new_connections_per_ip_per_sec: u32,
     /// Subscriptions one HTTP/2 or HTTP/3 connection may hold.
     pub max_streams_per_conn: usize,
-    /// Pending (submitted, not yet written) write bytes per shard.
-    pub max_pending_write_bytes: usize,
     /// Whether the publish→write latency histogram is recorded.
     pub latency_metrics: bool,
     /// Subscribe authorization, when `--auth-url` is set.
@@ -359,14 +346,207 @@ pub struct Config {
     pub transports: Transports,
     /// Cluster mode, when `--cluster-redis` is set.
     pub cluster: Option<crate::upstream::cluster::ClusterConfig>,
-    /// How long a publish's idempotency key is remembered (idempotency.rs).
-    pub idempotency_window: Duration,
     /// Idempotency keys one shard holds at most.
     pub idempotency_keys_max: usize,
     /// Whether `GET /demo` serves the demo page.
     pub demo: bool,
     /// Whether the listeners may join addresses another process already listens on.
     pub share_port: bool,
+    /// `max-connections` at start: the most a reload may raise it to (each shard sized its
+    /// timer wheel for it).
+    pub max_connections_cap: usize,
+}
+
+/// The settings a SIGHUP reload changes in running shards (docs/OPERATIONS.md, "Stopping and reloading").
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSettings {
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// Time to send a full request head.
+    pub header_timeout: Duration,
+    /// Time to send a declared body once the head arrived.
+    pub body_timeout: Duration,
+    /// Keep-alive idle time between requests.
+    pub idle_timeout: Duration,
+    /// A room with no subscriber and no publish for this long is freed.
+    pub room_idle_timeout: Duration,
+    /// Connections per process.
+    pub max_connections: usize,
+    /// Coalescing delay under load.
+    pub coalesce_delay: Duration,
+    /// Queue length from which the coalescing delay applies.
+    pub coalesce_queue_min: usize,
+    /// Writes per loop turn.
+    pub write_budget: usize,
+    /// Time subscribers get on stop.
+    pub drain_timeout: Duration,
+    /// Connections per client IP over the process; 0 = no limit.
+    pub max_connections_per_ip: usize,
+    /// New connections per client IP per second (token bucket); 0 = no limit.
+    pub max_new_connections_per_ip_per_sec: u32,
+    /// Pending (submitted, not yet written) write bytes per shard.
+    pub max_pending_write_bytes: usize,
+    /// How long a publish's idempotency key is remembered (idempotency.rs).
+    pub idempotency_window: Duration,
+}
+
+impl LiveSettings {
+    /// The settings that differ from `other`, by their flag name. Every field is named
+    /// here (the destructuring fails to compile when one is added and not named).
+    pub fn changed_from(&self, other: &LiveSettings) -> Vec<&'static str> {
+        let LiveSettings {
+            heartbeat,
+            header_timeout,
+            body_timeout,
+            idle_timeout,
+            room_idle_timeout,
+            max_connections,
+            coalesce_delay,
+            coalesce_queue_min,
+            write_budget,
+            drain_timeout,
+            max_connections_per_ip,
+            max_new_connections_per_ip_per_sec,
+            max_pending_write_bytes,
+            idempotency_window,
+        } = self;
+        let mut changed = Vec::new();
+        let mut check = |differs: bool, name: &'static str| {
+            if differs {
+                changed.push(name);
+            }
+        };
+        check(*heartbeat != other.heartbeat, "heartbeat");
+        check(*header_timeout != other.header_timeout, "header-timeout");
+        check(*body_timeout != other.body_timeout, "body-timeout");
+        check(*idle_timeout != other.idle_timeout, "idle-timeout");
+        check(
+            *room_idle_timeout != other.room_idle_timeout,
+            "room-idle-timeout",
+        );
+        check(*coalesce_delay != other.coalesce_delay, "coalesce-delay-ms");
+        check(
+            *coalesce_queue_min != other.coalesce_queue_min,
+            "coalesce-queue-min",
+        );
+        check(*write_budget != other.write_budget, "write-budget");
+        check(
+            *max_connections_per_ip != other.max_connections_per_ip,
+            "max-connections-per-ip",
+        );
+        check(
+            *max_new_connections_per_ip_per_sec != other.max_new_connections_per_ip_per_sec,
+            "max-new-connections-per-ip-per-sec",
+        );
+        check(
+            *max_pending_write_bytes != other.max_pending_write_bytes,
+            "max-pending-write-bytes",
+        );
+        check(*drain_timeout != other.drain_timeout, "drain-timeout");
+        check(
+            *idempotency_window != other.idempotency_window,
+            "idempotency-window",
+        );
+        check(*max_connections != other.max_connections, "max-connections");
+        changed
+    }
+
+    /// Puts the fan-out's live settings (heartbeat, coalescing, room idle timeout) in
+    /// force in a running shard's fan-out.
+    pub fn apply_to(&self, fanout: &mut ringcast_core::fanout::Fanout) {
+        fanout.set_timings(self.heartbeat, self.coalesce_delay, self.coalesce_queue_min);
+        fanout.set_room_idle_timeout(self.room_idle_timeout);
+    }
+}
+
+impl FixedConfig {
+    /// The settings that differ from `other` and would need a restart, by their flag
+    /// names. Every field is named here (as in [`LiveSettings::changed_from`]); where the
+    /// file settings came from and the connections cap (derived) are no settings.
+    pub fn changed_from(&self, other: &FixedConfig) -> Vec<&'static str> {
+        let FixedConfig {
+            listen,
+            shards,
+            max_message_bytes,
+            max_header_bytes,
+            history,
+            history_bytes,
+            max_rooms,
+            log,
+            max_streams_per_conn,
+            latency_metrics,
+            auth,
+            jwt,
+            config_path: _,
+            transports: _,
+            cluster,
+            idempotency_keys_max,
+            demo: _,
+            share_port: _,
+            max_connections_cap: _,
+        } = self;
+        let mut changed = Vec::new();
+        let mut check = |differs: bool, name: &'static str| {
+            if differs {
+                changed.push(name);
+            }
+        };
+        check(*listen != other.listen, "listen");
+        check(*shards != other.shards, "shards");
+        check(
+            *max_message_bytes != other.max_message_bytes,
+            "max-message-bytes",
+        );
+        check(
+            *max_header_bytes != other.max_header_bytes,
+            "max-header-bytes",
+        );
+        check(*history != other.history, "history");
+        check(*history_bytes != other.history_bytes, "history-bytes");
+        check(*max_rooms != other.max_rooms, "max-rooms");
+        check(*log != other.log, "log");
+        check(*latency_metrics != other.latency_metrics, "latency-metrics");
+        check(*auth != other.auth, "auth-*");
+        check(
+            *jwt != other.jwt,
+            "publish-key, subscribe-key, private-rooms",
+        );
+        check(
+            *max_streams_per_conn != other.max_streams_per_conn,
+            "max-streams-per-conn",
+        );
+        check(
+            *cluster != other.cluster,
+            "cluster-redis, node-id, cluster-timeout",
+        );
+        check(
+            *idempotency_keys_max != other.idempotency_keys_max,
+            "idempotency-keys-max",
+        );
+        changed
+    }
+
+    /// One shard's fan-out settings at start: bounds from the fixed config, timings from
+    /// the live settings in force (later reloads go through [`LiveSettings::apply_to`]).
+    /// `epoch_anchor_unix_micros`: Unix time now, anchoring room incarnations.
+    pub fn fanout_config(
+        &self,
+        live: &LiveSettings,
+        epoch_anchor_unix_micros: u64,
+    ) -> ringcast_core::fanout::FanoutConfig {
+        ringcast_core::fanout::FanoutConfig {
+            history_messages_max: self.history,
+            history_bytes_max: self.history_bytes,
+            rooms_max: self.max_rooms,
+            heartbeat: live.heartbeat,
+            coalesce_delay: live.coalesce_delay,
+            coalesce_queue_min: live.coalesce_queue_min,
+            stream_ids: self.cluster.is_some(),
+            epoch_anchor_unix_micros,
+            room_idle_timeout: live.room_idle_timeout,
+            ..ringcast_core::fanout::FanoutConfig::default()
+        }
+    }
 }
 
 /// The listeners served by each shard's companion thread (docs/TRANSPORTS.md).
@@ -652,160 +832,190 @@ impl Config {
             1 << 20,
         )?;
         let cluster = cluster_config(&flags, &file, listen, history)?;
-        Ok(Self {
-            transports,
-            listen,
+        let heartbeat = seconds(
+            "heartbeat",
+            flags.heartbeat.or(file.heartbeat).unwrap_or(15.0),
+        )?;
+        let max_header_bytes = in_range(
+            "max-header-bytes",
+            flags
+                .max_header_bytes
+                .or(file.max_header_bytes)
+                .unwrap_or(MAX_HEADER_BYTES_DEFAULT),
+            256,
+            1 << 20,
+        )?;
+        let header_timeout = seconds(
+            "header-timeout",
+            flags
+                .header_timeout
+                .or(file.header_timeout)
+                .unwrap_or(REQUEST_TIMEOUT_SECONDS_DEFAULT),
+        )?;
+        let body_timeout = seconds(
+            "body-timeout",
+            flags
+                .body_timeout
+                .or(file.body_timeout)
+                .unwrap_or(REQUEST_TIMEOUT_SECONDS_DEFAULT),
+        )?;
+        let idle_timeout = seconds(
+            "idle-timeout",
+            flags.idle_timeout.or(file.idle_timeout).unwrap_or(60.0),
+        )?;
+        let history_bytes = in_range(
+            "history-bytes",
+            flags
+                .history_bytes
+                .or(file.history_bytes)
+                .unwrap_or(ringcast_core::fanout::HISTORY_BYTES_DEFAULT),
+            1,
+            1 << 30,
+        )?;
+        let max_rooms = in_range(
+            "max-rooms",
+            flags
+                .max_rooms
+                .or(file.max_rooms)
+                .unwrap_or(ringcast_core::fanout::ROOMS_MAX_DEFAULT),
+            1,
+            1 << 24,
+        )?;
+        let room_idle_timeout = seconds(
+            "room-idle-timeout",
+            flags
+                .room_idle_timeout
+                .or(file.room_idle_timeout)
+                .unwrap_or(ringcast_core::fanout::ROOM_IDLE_TIMEOUT_DEFAULT.as_secs_f64()),
+        )?;
+        let max_connections = in_range(
+            "max-connections",
+            flags
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(1 << 20),
             shards,
-            heartbeat: seconds(
-                "heartbeat",
-                flags.heartbeat.or(file.heartbeat).unwrap_or(15.0),
-            )?,
-            max_message_bytes,
-            max_header_bytes: in_range(
-                "max-header-bytes",
-                flags
-                    .max_header_bytes
-                    .or(file.max_header_bytes)
-                    .unwrap_or(MAX_HEADER_BYTES_DEFAULT),
-                256,
-                1 << 20,
-            )?,
-            header_timeout: seconds(
-                "header-timeout",
-                flags
-                    .header_timeout
-                    .or(file.header_timeout)
-                    .unwrap_or(REQUEST_TIMEOUT_SECONDS_DEFAULT),
-            )?,
-            body_timeout: seconds(
-                "body-timeout",
-                flags
-                    .body_timeout
-                    .or(file.body_timeout)
-                    .unwrap_or(REQUEST_TIMEOUT_SECONDS_DEFAULT),
-            )?,
-            idle_timeout: seconds(
-                "idle-timeout",
-                flags.idle_timeout.or(file.idle_timeout).unwrap_or(60.0),
-            )?,
-            history,
-            history_bytes: in_range(
-                "history-bytes",
-                flags
-                    .history_bytes
-                    .or(file.history_bytes)
-                    .unwrap_or(ringcast_core::fanout::HISTORY_BYTES_DEFAULT),
-                1,
-                1 << 30,
-            )?,
-            max_rooms: in_range(
-                "max-rooms",
-                flags
-                    .max_rooms
-                    .or(file.max_rooms)
-                    .unwrap_or(ringcast_core::fanout::ROOMS_MAX_DEFAULT),
-                1,
-                1 << 24,
-            )?,
-            room_idle_timeout: seconds(
-                "room-idle-timeout",
-                flags
-                    .room_idle_timeout
-                    .or(file.room_idle_timeout)
-                    .unwrap_or(ringcast_core::fanout::ROOM_IDLE_TIMEOUT_DEFAULT.as_secs_f64()),
-            )?,
-            max_connections: in_range(
-                "max-connections",
-                flags
-                    .max_connections
-                    .or(file.max_connections)
-                    .unwrap_or(1 << 20),
+            1 << 24,
+        )?;
+        let coalesce_delay = Duration::from_millis(in_range(
+            "coalesce-delay-ms",
+            flags
+                .coalesce_delay_ms
+                .or(file.coalesce_delay_ms)
+                .unwrap_or(20) as usize,
+            0,
+            1000,
+        )? as u64);
+        let coalesce_queue_min = flags
+            .coalesce_queue_min
+            .or(file.coalesce_queue_min)
+            .unwrap_or(ringcast_core::fanout::COALESCE_QUEUE_MIN_DEFAULT);
+        let write_budget = in_range(
+            "write-budget",
+            flags.write_budget.or(file.write_budget).unwrap_or(64),
+            1,
+            100_000,
+        )?;
+        let drain_timeout = seconds(
+            "drain-timeout",
+            flags.drain_timeout.or(file.drain_timeout).unwrap_or(10.0),
+        )?;
+        let log = flags.log.or(file.log).unwrap_or_else(|| "info".to_owned());
+        let max_connections_per_ip = in_range(
+            "max-connections-per-ip",
+            flags
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(0),
+            0,
+            1 << 24,
+        )?;
+        let max_new_connections_per_ip_per_sec = in_range(
+            "max-new-connections-per-ip-per-sec",
+            flags
+                .max_new_connections_per_ip_per_sec
+                .or(file.max_new_connections_per_ip_per_sec)
+                .unwrap_or(0) as usize,
+            0,
+            1_000_000,
+        )? as u32;
+        let max_streams_per_conn = in_range(
+            "max-streams-per-conn",
+            flags
+                .max_streams_per_conn
+                .or(file.max_streams_per_conn)
+                .unwrap_or(MAX_STREAMS_PER_CONN_DEFAULT),
+            1,
+            MAX_STREAMS_PER_CONN_LIMIT,
+        )?;
+        let max_pending_write_bytes = in_range(
+            "max-pending-write-bytes",
+            flags
+                .max_pending_write_bytes
+                .or(file.max_pending_write_bytes)
+                .unwrap_or(MAX_PENDING_WRITE_BYTES_DEFAULT),
+            1,
+            1 << 40,
+        )?;
+        let latency_metrics = !flags.no_latency_metrics && file.latency_metrics.unwrap_or(true);
+        let idempotency_window = seconds(
+            "idempotency-window",
+            flags
+                .idempotency_window
+                .or(file.idempotency_window)
+                .unwrap_or(crate::app::idempotency::WINDOW_DEFAULT.as_secs_f64()),
+        )?;
+        let idempotency_keys_max = in_range(
+            "idempotency-keys-max",
+            flags
+                .idempotency_keys_max
+                .or(file.idempotency_keys_max)
+                .unwrap_or(crate::app::idempotency::KEYS_MAX_DEFAULT),
+            1,
+            1 << 24,
+        )?;
+        let demo = !flags.no_demo && file.demo.unwrap_or(true);
+        let share_port = flags.share_port || file.share_port.unwrap_or(false);
+        let config_path = flags.config;
+        let max_connections_cap = max_connections;
+        Ok(Self {
+            fixed: FixedConfig {
+                transports,
+                listen,
                 shards,
-                1 << 24,
-            )?,
-            coalesce_delay: Duration::from_millis(in_range(
-                "coalesce-delay-ms",
-                flags
-                    .coalesce_delay_ms
-                    .or(file.coalesce_delay_ms)
-                    .unwrap_or(20) as usize,
-                0,
-                1000,
-            )? as u64),
-            coalesce_queue_min: flags
-                .coalesce_queue_min
-                .or(file.coalesce_queue_min)
-                .unwrap_or(ringcast_core::fanout::COALESCE_QUEUE_MIN_DEFAULT),
-            write_budget: in_range(
-                "write-budget",
-                flags.write_budget.or(file.write_budget).unwrap_or(64),
-                1,
-                100_000,
-            )?,
-            drain_timeout: seconds(
-                "drain-timeout",
-                flags.drain_timeout.or(file.drain_timeout).unwrap_or(10.0),
-            )?,
-            log: flags.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
-            max_connections_per_ip: in_range(
-                "max-connections-per-ip",
-                flags
-                    .max_connections_per_ip
-                    .or(file.max_connections_per_ip)
-                    .unwrap_or(0),
-                0,
-                1 << 24,
-            )?,
-            max_new_connections_per_ip_per_sec: in_range(
-                "max-new-connections-per-ip-per-sec",
-                flags
-                    .max_new_connections_per_ip_per_sec
-                    .or(file.max_new_connections_per_ip_per_sec)
-                    .unwrap_or(0) as usize,
-                0,
-                1_000_000,
-            )? as u32,
-            max_streams_per_conn: in_range(
-                "max-streams-per-conn",
-                flags
-                    .max_streams_per_conn
-                    .or(file.max_streams_per_conn)
-                    .unwrap_or(MAX_STREAMS_PER_CONN_DEFAULT),
-                1,
-                MAX_STREAMS_PER_CONN_LIMIT,
-            )?,
-            max_pending_write_bytes: in_range(
-                "max-pending-write-bytes",
-                flags
-                    .max_pending_write_bytes
-                    .or(file.max_pending_write_bytes)
-                    .unwrap_or(MAX_PENDING_WRITE_BYTES_DEFAULT),
-                1,
-                1 << 40,
-            )?,
-            latency_metrics: !flags.no_latency_metrics && file.latency_metrics.unwrap_or(true),
-            auth,
-            jwt,
-            cluster,
-            idempotency_window: seconds(
-                "idempotency-window",
-                flags
-                    .idempotency_window
-                    .or(file.idempotency_window)
-                    .unwrap_or(crate::app::idempotency::WINDOW_DEFAULT.as_secs_f64()),
-            )?,
-            idempotency_keys_max: in_range(
-                "idempotency-keys-max",
-                flags
-                    .idempotency_keys_max
-                    .or(file.idempotency_keys_max)
-                    .unwrap_or(crate::app::idempotency::KEYS_MAX_DEFAULT),
-                1,
-                1 << 24,
-            )?,
-            demo: !flags.no_demo && file.demo.unwrap_or(true),
-            share_port: flags.share_port || file.share_port.unwrap_or(false),
-            config_path: flags.config,
+                max_message_bytes,
+                max_header_bytes,
+                history,
+                history_bytes,
+                max_rooms,
+                log,
+                max_streams_per_conn,
+                latency_metrics,
+                auth,
+                jwt,
+                cluster,
+                idempotency_keys_max,
+                demo,
+                share_port,
+                config_path,
+                max_connections_cap,
+            },
+            live: LiveSettings {
+                heartbeat,
+                header_timeout,
+                body_timeout,
+                idle_timeout,
+                room_idle_timeout,
+                max_connections,
+                coalesce_delay,
+                coalesce_queue_min,
+                write_budget,
+                drain_timeout,
+                max_connections_per_ip,
+                max_new_connections_per_ip_per_sec,
+                max_pending_write_bytes,
+                idempotency_window,
+            },
         })
     }
 }
@@ -823,10 +1033,10 @@ mod tests {
             ..Flags::default()
         };
         let config = Config::merge(flags, file).unwrap();
-        assert_eq!(config.heartbeat, Duration::from_millis(1500));
-        assert_eq!(config.history, 9);
-        assert_eq!(config.listen.port(), 9);
-        assert_eq!(config.max_message_bytes, MAX_MESSAGE_BYTES_DEFAULT);
+        assert_eq!(config.live.heartbeat, Duration::from_millis(1500));
+        assert_eq!(config.fixed.history, 9);
+        assert_eq!(config.fixed.listen.port(), 9);
+        assert_eq!(config.fixed.max_message_bytes, MAX_MESSAGE_BYTES_DEFAULT);
     }
 
     #[test]
@@ -843,5 +1053,58 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("nope"), "{err}");
+    }
+
+    /// Every live setting is named, by its file key, when a reload changes it; a fixed one
+    /// never is (it is not in the type).
+    #[test]
+    fn every_live_setting_is_named_by_its_key_when_it_changes() {
+        let keys = [
+            ("heartbeat", "2.0"),
+            ("header-timeout", "2.0"),
+            ("body-timeout", "2.0"),
+            ("idle-timeout", "2.0"),
+            ("room-idle-timeout", "2.0"),
+            ("max-connections", "1000"),
+            ("coalesce-delay-ms", "1"),
+            ("coalesce-queue-min", "1"),
+            ("write-budget", "1"),
+            ("drain-timeout", "2.0"),
+            ("max-connections-per-ip", "1"),
+            ("max-new-connections-per-ip-per-sec", "1"),
+            ("max-pending-write-bytes", "1"),
+            ("idempotency-window", "2.0"),
+        ];
+        let base = Config::merge(Flags::default(), FileConfig::default()).unwrap();
+        let text: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+        let fresh = Config::merge(Flags::default(), toml::from_str(&text).unwrap()).unwrap();
+        let mut changed = fresh.live.changed_from(&base.live);
+        let mut want: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
+        changed.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(changed, want);
+        assert!(fresh.fixed.changed_from(&base.fixed).is_empty());
+        let fixed =
+            Config::merge(Flags::default(), toml::from_str("history = 9").unwrap()).unwrap();
+        assert_eq!(fixed.fixed.changed_from(&base.fixed), ["history"]);
+        assert!(fixed.live.changed_from(&base.live).is_empty());
+    }
+
+    /// The fan-out takes its bounds from the fixed config and its timings from the live
+    /// settings given.
+    #[test]
+    fn the_fanout_config_joins_fixed_bounds_and_live_timings() {
+        let file = "history = 9\nmax-rooms = 7\nheartbeat = 3.0\nroom-idle-timeout = 5.0";
+        let config = Config::merge(Flags::default(), toml::from_str(file).unwrap()).unwrap();
+        let mut live = config.live.clone();
+        live.heartbeat = Duration::from_secs(4);
+        let fanout = config.fixed.fanout_config(&live, 42);
+        assert_eq!((fanout.history_messages_max, fanout.rooms_max), (9, 7));
+        assert_eq!(fanout.heartbeat, Duration::from_secs(4));
+        assert_eq!(fanout.room_idle_timeout, Duration::from_secs(5));
+        assert_eq!(
+            (fanout.epoch_anchor_unix_micros, fanout.stream_ids),
+            (42, false)
+        );
     }
 }

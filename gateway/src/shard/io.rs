@@ -138,7 +138,7 @@ impl Shard {
     /// Hands up to `write_budget` fan-out actions to the ring; returns how many.
     pub(super) fn write_out(&mut self, now: Instant) -> std::io::Result<usize> {
         let budget = self.config.write_budget;
-        let stamped = self.config.latency_metrics;
+        let stamped = self.shared.config.latency_metrics;
         let mut used = 0;
         while used < budget {
             let mut frames = std::mem::take(&mut self.scratch);

@@ -20,7 +20,7 @@ mod upstreams;
 
 use crate::app::admission::{RefusalReason, Rejection, REJECTIONS};
 use crate::app::batch::{self, BATCH_LINES_MAX};
-use crate::config::Config;
+use crate::config::LiveSettings;
 use crate::conn::http1::{self as http1_conn, Connection, Limits, Read, State as HttpState};
 use crate::conn::key::{ConnKey, Serials};
 use crate::conn::tls::Hello;
@@ -34,12 +34,12 @@ use crate::shard::accept::{AcceptErrno, AcceptPacer};
 use crate::shard::pipe::{recycle_tls_out, Closing, Linger, Pipe, Received, RecvInto, Wrote};
 use crate::uring::{Completion, Held, OpId, OpKind, Ring, LISTENER_PLAIN, LISTENER_TLS};
 use bytes::Bytes;
+use ringcast_core::drain::{Drain, DrainAction, Figures as DrainFigures};
 use ringcast_core::event_id::{EventId, ResetReason, ResumeId};
-use ringcast_core::fanout::{Action, ConnId, Fanout, FanoutConfig, FanoutError, Start};
+use ringcast_core::fanout::{Action, ConnId, Fanout, FanoutError, Start};
 use ringcast_core::metrics::HistogramSnapshot;
-use ringcast_core::room::owner_shard;
+use ringcast_core::sequencer::{Routed, Sequencer};
 use ringcast_core::timer_wheel::{TimerKey, TimerWheel};
-use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
@@ -61,20 +61,10 @@ const WAIT_MAX: Duration = Duration::from_millis(100);
 const MAIL_PER_TURN: usize = 4096;
 /// Extra connection slots past the limit, used only to answer 503 before closing.
 const REFUSAL_SLOTS: usize = 1024;
-/// After a stop signal, how long a shard keeps taking mail before it starts closing
-/// caught-up subscribers: long enough for messages other shards accepted before the
-/// signal to arrive (mail is flushed every loop turn).
-const DRAIN_SETTLE: Duration = Duration::from_millis(200);
 /// How often a shard recounts its rooms by subscriber count for the metrics.
 const ROOM_SIZES_PERIOD: Duration = Duration::from_secs(1);
 /// Spare stamp vectors kept per shard (as the write vectors).
 const STAMP_VECS_POOLED_MAX: usize = 4096;
-/// The `retry:` hint (ms) sent to subscribers closed by a drain.
-const DRAIN_RETRY_MS: u64 = 1000;
-/// During a drain, how long a connection that has not sent its first request is waited
-/// for (to answer it 503) before `--header-timeout`'s 408: a browser's speculative
-/// connection may never send one, and must not hold the drain much past its 200 ms.
-const DRAIN_REQUEST_WAIT: Duration = Duration::from_secs(1);
 // A write never needs more iovecs than the kernel takes at once (uring/ring/ splits past it).
 const _: () = assert!(ringcast_core::fanout::WRITE_FRAMES_MAX + 2 <= crate::uring::ring::IOV_MAX);
 
@@ -175,10 +165,9 @@ pub struct Shard {
     listener: RawFd,
     /// The `--tls-listen` socket of this shard, when set.
     tls_listener: Option<RawFd>,
-    /// Accepts are (re-)armed; cleared once a stopping shard has no connection left, when
-    /// it cancels them and waits for their last completions before returning (so no
-    /// accept in the ring keeps a listener open after the process exits).
-    accepting: bool,
+    /// The stop choreography: whether accepts are (re-)armed, when subscribers drain,
+    /// when the shard exits (ringcast_core::drain).
+    drain: Drain,
     /// Pacing of each listener's accept, by `LISTENER_PLAIN` / `LISTENER_TLS`.
     accept_pacers: [AcceptPacer; 2],
     /// Each listener's accept op while it is armed (to cancel it).
@@ -201,7 +190,9 @@ pub struct Shard {
     timers: TimerWheel<ConnKey>,
     completions: Vec<Completion>,
     scratch: Vec<Bytes>,
-    outbox: Vec<VecDeque<Mail>>,
+    /// Owner routing, replication to every shard, the outboxes and the idempotency keys of
+    /// owned rooms (ringcast_core::sequencer).
+    sequencer: Sequencer<ReplyTo, Mail>,
     /// The word this shard's eventfd is read into, while no read is in flight (the ring's
     /// op holds it meanwhile).
     wake_word: Option<Box<u64>>,
@@ -210,8 +201,9 @@ pub struct Shard {
     bytes_written: u64,
     /// Refusals by reason ([`Rejection`]).
     rejections: [u64; REJECTIONS],
-    /// Settings in force and their generation (see [`LiveConfig`]).
-    config: Arc<Config>,
+    /// The live settings in force and their generation (see `runtime::reload`); the
+    /// fixed ones are `shared.config`.
+    config: Arc<LiveSettings>,
     generation: u64,
     clock: ShardClock,
     /// Process-clock time at the start of the turn.
@@ -230,8 +222,6 @@ pub struct Shard {
     auth: Option<crate::upstream::auth::AuthShard>,
     /// This shard's Redis breaker, calls and primed rooms, when `--cluster-redis` is set.
     cluster: Option<crate::upstream::cluster::ClusterShard>,
-    /// Idempotency keys of the rooms this shard owns (single-node mode; idempotency.rs).
-    idempotency: crate::app::idempotency::KeyTable,
 }
 
 impl Shard {
@@ -247,21 +237,13 @@ impl Shard {
         let config = &*live_config;
         let now = Instant::now();
         let shards = shared.mesh.shards();
+        let epoch_anchor_unix_micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let fanout = Fanout::new(
-            FanoutConfig {
-                history_messages_max: config.history,
-                history_bytes_max: config.history_bytes,
-                rooms_max: config.max_rooms,
-                heartbeat: config.heartbeat,
-                coalesce_delay: config.coalesce_delay,
-                coalesce_queue_min: config.coalesce_queue_min,
-                stream_ids: shared.cluster.is_some(),
-                epoch_anchor_unix_micros: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-                room_idle_timeout: config.room_idle_timeout,
-                ..FanoutConfig::default()
-            },
+            shared
+                .config
+                .fanout_config(config, epoch_anchor_unix_micros),
             now,
         );
         let conns_max = config.max_connections.div_ceil(shards);
@@ -271,7 +253,7 @@ impl Shard {
             ring: Ring::new()?,
             listener,
             tls_listener,
-            accepting: true,
+            drain: Drain::new(),
             accept_pacers: Default::default(),
             accept_ops: [None; 2],
             fanout,
@@ -287,7 +269,12 @@ impl Shard {
             timers: TimerWheel::new(now, TIMER_TICK, conns_max + REFUSAL_SLOTS),
             completions: Vec::with_capacity(1024),
             scratch: Vec::with_capacity(ringcast_core::fanout::WRITE_FRAMES_MAX + 2),
-            outbox: (0..shards).map(|_| VecDeque::new()).collect(),
+            sequencer: Sequencer::new(
+                index,
+                shards,
+                OUTBOX_MAX,
+                shared.config.idempotency_keys_max,
+            ),
             wake_word: Some(Box::new(0)),
             wake_pending: vec![false; shards],
             frame_vecs: Vec::new(),
@@ -305,7 +292,6 @@ impl Shard {
             room_sizes_at: now,
             auth: shared.auth.as_ref().map(|pool| pool.shard(index)),
             cluster: shared.cluster.as_ref().map(|pool| pool.shard(index)),
-            idempotency: crate::app::idempotency::KeyTable::new(shared.config.idempotency_keys_max),
             shared,
         })
     }
@@ -314,12 +300,13 @@ impl Shard {
     pub fn run(mut self) -> std::io::Result<()> {
         self.arm_accepts(Instant::now())?;
         self.read_wake();
-        let mut stop_deadline: Option<Instant> = None;
-        let mut drain_at: Option<Instant> = None;
-        let mut forced = false;
         loop {
             let now = Instant::now();
             self.begin_turn(now);
+            if self.stopping() && !self.drain.is_stopping() {
+                self.drain.handle_stop(now, self.config.drain_timeout);
+                self.sequencer.handle_stop();
+            }
             self.completions.clear();
             let mut completions = std::mem::take(&mut self.completions);
             self.ring.reap(&mut completions);
@@ -332,65 +319,15 @@ impl Shard {
             self.drain_cluster(now);
             self.expire_timers(now);
             self.fanout.handle_timeout(now);
-            self.idempotency
+            self.sequencer
                 .handle_timeout(now, self.config.idempotency_window);
             let budget_used = self.write_out(now)?;
             self.forward_presence();
             self.release_freed_rooms();
             self.flush_outbox()?;
             self.publish_figures(now);
-
-            if self.shared.stop.load(Ordering::Relaxed) && stop_deadline.is_none() {
-                stop_deadline = Some(now + self.config.drain_timeout);
-                drain_at = Some(now + DRAIN_SETTLE);
-                self.begin_stop(now)?;
-            }
-            if drain_at.is_some_and(|at| now >= at) {
-                drain_at = None;
-                tracing::info!(
-                    shard = self.index,
-                    subscribers = self.fanout.subscribers_live(),
-                    "draining subscribers"
-                );
-                self.fanout.handle_drain(now, DRAIN_RETRY_MS);
-            }
-            if let Some(deadline) = stop_deadline {
-                self.shared.drained[self.index].store(self.live == 0, Ordering::Relaxed);
-                let all_drained = self
-                    .shared
-                    .drained
-                    .iter()
-                    .all(|drained| drained.load(Ordering::Relaxed));
-                if all_drained && self.accepting {
-                    // Clients that connected during the drain were answered; now stop.
-                    self.stop_accepting()?;
-                }
-                if self.live == 0 && !self.accept_pacers.iter().any(AcceptPacer::armed) {
-                    tracing::info!(shard = self.index, "shard stopped");
-                    return Ok(());
-                }
-                if now >= deadline && !forced {
-                    forced = true;
-                    tracing::warn!(
-                        shard = self.index,
-                        open = self.live,
-                        "drain timeout: closing the rest"
-                    );
-                    for slot in 0..self.conns.len() as u32 {
-                        self.begin_close(slot)?;
-                    }
-                    if self.accepting {
-                        self.stop_accepting()?;
-                    }
-                }
-                if now >= deadline + Duration::from_secs(2) {
-                    tracing::warn!(
-                        shard = self.index,
-                        open = self.live,
-                        "shard stopped with operations in flight"
-                    );
-                    return Ok(());
-                }
+            if self.drain.is_stopping() && self.drive_drain(now)? {
+                return Ok(());
             }
             self.arm_accepts(now)?;
             let mut wait = WAIT_MAX;
@@ -398,11 +335,12 @@ impl Shard {
                 wait = Duration::ZERO;
             } else {
                 let accept_pauses = self.accept_pacers.iter().map(AcceptPacer::poll_timeout);
-                for deadline in [self.fanout.poll_timeout(), self.timers.poll_timeout()]
-                    .into_iter()
-                    .chain(accept_pauses)
-                    .flatten()
-                {
+                let shard_deadlines = [
+                    self.fanout.poll_timeout(),
+                    self.timers.poll_timeout(),
+                    self.drain.poll_timeout(),
+                ];
+                for deadline in shard_deadlines.into_iter().chain(accept_pauses).flatten() {
                     wait = wait.min(deadline.saturating_duration_since(now));
                 }
                 if wait < Duration::from_micros(50) {
@@ -427,15 +365,70 @@ impl Shard {
         }
         let (generation, config) = self.shared.live.current();
         self.generation = generation;
-        self.fanout.set_timings(
-            config.heartbeat,
-            config.coalesce_delay,
-            config.coalesce_queue_min,
-        );
-        self.fanout.set_room_idle_timeout(config.room_idle_timeout);
+        config.apply_to(&mut self.fanout);
         self.conns_max = config.max_connections.div_ceil(self.shards);
         tracing::debug!(shard = self.index, generation, "settings reloaded");
         self.config = config;
+        // Reloaded timeouts hold for open connections too, from their next deadline.
+        let limits = self.limits();
+        for conn in self.conns.iter_mut().flatten() {
+            conn.http.set_limits(limits);
+        }
+    }
+
+    /// Carries out what the stop choreography says this turn (ringcast_core::drain);
+    /// returns whether the shard may exit.
+    fn drive_drain(&mut self, now: Instant) -> std::io::Result<bool> {
+        let drained = self.drain.drained(self.live);
+        self.shared.drained[self.index].store(drained, Ordering::Relaxed);
+        let figures = DrainFigures {
+            open: self.live,
+            accepts_armed: self.accept_pacers.iter().any(AcceptPacer::armed),
+            all_drained: self
+                .shared
+                .drained
+                .iter()
+                .all(|d| d.load(Ordering::Relaxed)),
+        };
+        while let Some(action) = self.drain.poll_action(now, figures) {
+            match action {
+                DrainAction::HurryConnections { request_wait } => {
+                    self.begin_stop(now, request_wait)?
+                }
+                DrainAction::DrainSubscribers { retry_ms } => {
+                    tracing::info!(
+                        shard = self.index,
+                        subscribers = self.fanout.subscribers_live(),
+                        "draining subscribers"
+                    );
+                    self.fanout.handle_drain(now, retry_ms);
+                }
+                DrainAction::StopAccepting => self.stop_accepting()?,
+                DrainAction::CloseAll => {
+                    tracing::warn!(
+                        shard = self.index,
+                        open = self.live,
+                        "drain timeout: closing the rest"
+                    );
+                    for slot in 0..self.conns.len() as u32 {
+                        self.begin_close(slot)?;
+                    }
+                }
+                DrainAction::Exit { clean: true } => {
+                    tracing::info!(shard = self.index, "shard stopped");
+                    return Ok(true);
+                }
+                DrainAction::Exit { clean: false } => {
+                    tracing::warn!(
+                        shard = self.index,
+                        open = self.live,
+                        "shard stopped with operations in flight"
+                    );
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Whether the shard's write backlog is past `--max-pending-write-bytes`.
@@ -444,12 +437,13 @@ impl Shard {
     }
 
     /// Closes idle non-stream connections and makes the others close after their current
-    /// request. Subscribers are drained later (`DRAIN_SETTLE`). Accepting goes on until
+    /// request; one that has not sent its first request gets `request_wait`.
+    /// Subscribers are drained later (`drain::SETTLE`). Accepting goes on until
     /// the shard has no connection left: a client connecting meanwhile gets 503
     /// `draining` with `Retry-After` and `Connection: close` (were the accept cancelled
     /// now, the kernel would still complete its handshake on the open listener and reset
     /// it at exit).
-    fn begin_stop(&mut self, now: Instant) -> std::io::Result<()> {
+    fn begin_stop(&mut self, now: Instant, request_wait: Duration) -> std::io::Result<()> {
         for slot in 0..self.conns.len() as u32 {
             let Some(conn) = self.conn(slot) else {
                 continue;
@@ -457,8 +451,8 @@ impl Shard {
             // The machine closes idle and lingering connections, lets requests in progress
             // finish (then closes), and waits for the first request of one that has not
             // sent it (to answer it 503: closing it would be an accept and a close for a
-            // client that never got a word) at most `DRAIN_REQUEST_WAIT`.
-            conn.http.handle_drain(now, DRAIN_REQUEST_WAIT);
+            // client that never got a word) at most `request_wait`.
+            conn.http.handle_drain(now, request_wait);
             self.drive(now, slot)?;
         }
         Ok(())
@@ -487,7 +481,7 @@ impl Shard {
                     "accept failed"
                 );
             }
-            if self.accepting && pacer.poll_arm(now) {
+            if self.drain.accepting() && pacer.poll_arm(now) {
                 self.accept_ops[index as usize] =
                     Some(self.ring.accept(u64::from(index), listener));
                 pacer.handle_armed();
@@ -501,7 +495,6 @@ impl Shard {
     /// Cancels the accepts in the ring and arms no more; the loop returns once their last
     /// completions are reaped.
     fn stop_accepting(&mut self) -> std::io::Result<()> {
-        self.accepting = false;
         for (index, pacer) in self.accept_pacers.iter().enumerate() {
             if let (true, Some(op)) = (pacer.armed(), self.accept_ops[index]) {
                 self.ring.cancel(index as u64, op);
@@ -587,7 +580,7 @@ impl Shard {
         if stopping {
             // Accepted during a drain: its request is answered 503 `draining` (issue 14
             // case 9: answered, never reset).
-            http.handle_drain(now, DRAIN_REQUEST_WAIT);
+            http.handle_drain(now, ringcast_core::drain::REQUEST_WAIT);
         }
         let pipe = if tls { Pipe::tls(fd) } else { Pipe::plain(fd) };
         let conn = Conn::new(serial, pipe, http);

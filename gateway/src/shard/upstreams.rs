@@ -109,7 +109,7 @@ impl Shard {
             self.count_rejection(Rejection::Draining);
             return Err(Rejection::Draining.into());
         }
-        let stamp = if self.config.latency_metrics {
+        let stamp = if self.shared.config.latency_metrics {
             self.clock.now_unix_nanos(Instant::now())
         } else {
             0
