@@ -2,7 +2,7 @@
 //! carries a key and is sent again within the window gets the first publish's id back
 //! instead of becoming a second message. A room's owner shard sequences every publish of
 //! the room, one at a time, so it alone keeps the keys of its rooms, in a [`KeyTable`];
-//! the [`crate::sequencer::Sequencer`] consults it. What a key may hold is checked at the
+//! the sequencer's `Sequencer` consults it. What a key may hold is checked at the
 //! HTTP edge (gateway `app::idempotency`). Sans-IO: time comes in as `now`.
 
 use crate::event_id::EventId;

@@ -23,8 +23,10 @@ impl Shard {
             return self.subscribe(now, slot, &room, last_event_id);
         };
         let ticket = crate::upstream::auth::Ticket {
-            slot,
-            serial: conn.serial,
+            conn: ConnKey {
+                slot,
+                serial: conn.serial,
+            },
             room,
             last_event_id,
         };
@@ -53,12 +55,7 @@ impl Shard {
         }
         auth.publish_figures(now);
         for (ticket, decision) in decided {
-            // auth::Ticket still holds slot and serial apart (auth.rs: left to the deps change).
-            let key = ConnKey {
-                slot: ticket.slot,
-                serial: ticket.serial,
-            };
-            if !self.is_waiting(key) {
+            if !self.is_waiting(ticket.conn) {
                 continue;
             }
             if let Err(err) = self.finish_authorize(now, ticket, decision) {
@@ -74,16 +71,16 @@ impl Shard {
         decision: crate::upstream::auth::Decision,
     ) -> std::io::Result<()> {
         match decision.response() {
-            None => self.subscribe(now, ticket.slot, &ticket.room, ticket.last_event_id),
+            None => self.subscribe(now, ticket.conn.slot, &ticket.room, ticket.last_event_id),
             Some(response) => {
-                tracing::debug!(shard = self.index, conn = ticket.slot, room = %ticket.room, ?decision, "subscribe not authorized");
+                tracing::debug!(shard = self.index, conn = ticket.conn.slot, room = %ticket.room, ?decision, "subscribe not authorized");
                 if matches!(
                     decision,
                     crate::upstream::auth::Decision::Refuse { status: 503, .. }
                 ) {
                     self.count_rejection(Rejection::AuthUnavailable);
                 }
-                self.refuse_with(ticket.slot, response)
+                self.refuse_with(ticket.conn.slot, response)
             }
         }
     }

@@ -137,10 +137,9 @@ pub struct AuthConfig {
 /// Which subscribe a call is for; goes to the upstream thread and comes back unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ticket {
-    /// Connection slot on the shard.
-    pub slot: u32,
-    /// The connection's serial, so a reply to a closed connection is dropped.
-    pub serial: u32,
+    /// The connection on its shard; a reply to a closed connection (its serial moved on)
+    /// is dropped.
+    pub conn: crate::conn::key::ConnKey,
     /// Room asked for.
     pub room: String,
     /// Resume point of the subscribe.
@@ -438,7 +437,7 @@ impl AuthShard {
                 (Outcome::Success, decision)
             }
             Verdict::Fail(why) => {
-                tracing::debug!(shard = self.index, conn = reply.ticket.slot, room = %reply.ticket.room, why, "authorization call failed");
+                tracing::debug!(shard = self.index, conn = reply.ticket.conn.slot, room = %reply.ticket.room, why, "authorization call failed");
                 self.results[FAILED] += 1;
                 let decision = self.unavailable(fail_open, "authorization failed", None);
                 (Outcome::Failure, decision)

@@ -63,8 +63,7 @@ fn pool(fail_open: bool, workers: usize, queue_max: usize) -> AuthPool {
 
 fn ticket(slot: u32) -> Ticket {
     Ticket {
-        slot,
-        serial: 1,
+        conn: crate::conn::key::ConnKey { slot, serial: 1 },
         room: "r".into(),
         last_event_id: None,
     }
@@ -91,7 +90,7 @@ fn queue_full_refuses_without_a_permit() {
     let Begin::Decided(t, decision) = shard.begin(now, ticket(2), None, Vec::new()) else {
         panic!("second call must not queue")
     };
-    assert_eq!(t.slot, 2);
+    assert_eq!(t.conn.slot, 2);
     assert_eq!(
         decision,
         Decision::Refuse {
