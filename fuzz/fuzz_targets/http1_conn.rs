@@ -1,6 +1,6 @@
 //! A whole HTTP/1.1 connection, driven as the shard drives a socket's: the sans-IO
-//! connection machine (`gateway::conn::http1::Connection`) with a small application behind
-//! it and, on TLS connections, the ring's TLS session (`gateway::conn::tls`) with a rustls
+//! connection machine (`ringcast_proto::conn::http1::Connection`) with a small application behind
+//! it and, on TLS connections, the ring's TLS session (`ringcast_proto::conn::tls`) with a rustls
 //! client on the other end. Arbitrary client bytes arrive in arbitrary splits; the clock
 //! jumps and timers fire at arbitrary times (early ones too, as a timer wheel may); writes
 //! complete at arbitrary points; the application answers at once, later, streams, refuses;
@@ -17,9 +17,9 @@
 //! are the same whatever the splits, as if everything had arrived at once.
 #![no_main]
 
-use gateway::conn::http1::{Connection, Event, Limits, Read, State, LINGER, RECEIVE_BYTES_MAX};
-use gateway::conn::tls::{Hello, TlsConn, RECV_BYTES};
-use gateway::http::h1::{self as http1, Method, Route};
+use ringcast_proto::conn::http1::{Connection, Event, Limits, Read, State, LINGER, RECEIVE_BYTES_MAX};
+use ringcast_proto::conn::tls::{Hello, TlsConn, RECV_BYTES};
+use ringcast_proto::http::h1::{self as http1, Method, Route};
 use libfuzzer_sys::fuzz_target;
 use std::io::{Read as _, Write};
 use std::sync::{Arc, OnceLock};
@@ -43,9 +43,16 @@ fn tls_configs() -> &'static Tls {
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
             include_bytes!("../test_identity/key.der").to_vec().into(),
         );
-        let server = gateway::config::tls::server_config((vec![cert.clone()], key), &[b"http/1.1"])
-            .expect("server config");
+        // As the gateway's config::tls::server_config builds it.
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .expect("server config");
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let server = Arc::new(server);
         let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .expect("versions")

@@ -1,9 +1,9 @@
-//! `gateway::http::h1::parse` on arbitrary bytes with small limits: it never panics, a head
+//! `ringcast_proto::http::h1::parse` on arbitrary bytes with small limits: it never panics, a head
 //! it accepts lies within the input and the header limit, a POST's declared body respects
 //! the body limit, a routed room name is valid, and `header_fields` agrees it is a head.
 #![no_main]
 
-use gateway::http::h1::{self as http1, Method, Parsed, Route};
+use ringcast_proto::http::h1::{self as http1, Method, Parsed, Route};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,4 +1,4 @@
-//! The NDJSON body of `POST /publish` (`gateway::app::batch`): splitting and parsing any body
+//! The NDJSON body of `POST /publish` (`ringcast_proto::batch`): splitting and parsing any body
 //! never panics, line numbers increase, no line holds a newline, and a line accepted
 //! names a valid room (what the worker then hashes and sequences).
 #![no_main]
@@ -7,22 +7,22 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {
     let mut previous = 0;
-    for (number, line) in gateway::app::batch::lines(body).take(gateway::app::batch::BATCH_LINES_MAX) {
+    for (number, line) in ringcast_proto::batch::lines(body).take(ringcast_proto::batch::BATCH_LINES_MAX) {
         assert!(number > previous);
         previous = number;
         assert!(!line.contains(&b'\n'));
         // One `\r` is stripped; more (`…\r\r\n`) stay, and JSON reads them as whitespace
         // (crash-9f1f70b6 was this assertion being too strict: see batch.rs's tests).
         assert!(!line.iter().all(u8::is_ascii_whitespace));
-        match gateway::app::batch::parse_line(line) {
-            Ok(gateway::app::batch::Line {
+        match ringcast_proto::batch::parse_line(line) {
+            Ok(ringcast_proto::batch::Line {
                 room,
                 data,
                 idempotency_key,
             }) => {
                 assert!(ringcast_core::room::validate_room_name(room.as_bytes()).is_ok());
                 if let Some(key) = idempotency_key {
-                    assert!(gateway::app::idempotency::validate_key(key.as_bytes()).is_ok());
+                    assert!(ringcast_proto::idempotency::validate_key(key.as_bytes()).is_ok());
                 }
                 // Whatever data a line carried, its frame is well formed.
                 let frame = ringcast_core::sse::encode_message(

@@ -1,4 +1,4 @@
-//! Token parsing (`gateway::upstream::jwt`, `gateway::http::h1`): the `Authorization: Bearer` header and
+//! Token parsing (`ringcast_proto::jwt`, `ringcast_proto::http::h1`): the `Authorization: Bearer` header and
 //! the `?token=` / `?last_event_id=` query pairs of an events request, then verification
 //! with a fixed HS256 key. Two modes, chosen by the first byte:
 //! - even: `query \0 authorization-value`, both arbitrary, through `http1::parse`, and any
@@ -12,8 +12,8 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use gateway::http::h1::{self as http1, Parsed, Route};
-use gateway::upstream::jwt::{self, TokenKey, LEEWAY_SECONDS};
+use ringcast_proto::http::h1::{self as http1, Parsed, Route};
+use ringcast_proto::jwt::{self, TokenKey, LEEWAY_SECONDS};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;

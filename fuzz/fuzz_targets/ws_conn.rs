@@ -1,4 +1,4 @@
-//! A whole WebSocket connection after the handshake (`gateway::conn::ws::WsConn`), driven
+//! A whole WebSocket connection after the handshake (`ringcast_proto::conn::ws::WsConn`), driven
 //! as the shard will drive it: client bytes (raw garbage, or well-formed masked frames of any
 //! opcode, flags and length) arrive in arbitrary splits, the clock jumps (keep-alive, pong
 //! and close timers fire), the server sends messages and closes, and the driver sometimes
@@ -14,8 +14,8 @@
 //! byte had arrived at once.
 #![no_main]
 
-use gateway::conn::ws::machine::{WsConfig, WsConn, WsEvent};
-use gateway::conn::ws::{encode_room_message, CloseCode};
+use ringcast_proto::conn::ws::machine::{WsConfig, WsConn, WsEvent};
+use ringcast_proto::conn::ws::{encode_room_message, CloseCode};
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, Instant};
 

@@ -9,10 +9,10 @@
 //! ```
 
 pub mod app;
+/// The sans-IO connection machines and HTTP semantics live in `ringcast-proto`.
+pub use ringcast_proto::{conn, http};
 pub mod companion;
 pub mod config;
-pub mod conn;
-pub mod http;
 pub mod mesh;
 pub mod metrics;
 pub mod runtime;

@@ -3,5 +3,4 @@
 //! ring or sockets.
 
 pub mod admission;
-pub mod batch;
-pub mod idempotency;
+pub use ringcast_proto::{batch, idempotency};

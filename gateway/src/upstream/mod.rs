@@ -5,4 +5,4 @@
 
 pub mod auth;
 pub mod cluster;
-pub mod jwt;
+pub use ringcast_proto::jwt;

@@ -46,7 +46,7 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
     let idempotency_key = match value.get("idempotency_key") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(key)) => Some(
-            crate::app::idempotency::validate_key(key.as_bytes())
+            crate::idempotency::validate_key(key.as_bytes())
                 .map_err(|err| err.to_string())?
                 .to_owned(),
         ),

@@ -8,7 +8,7 @@
 //! `Command`. A room message's own frame is `frame::encode_room_message`.
 
 use super::frame::write_json_string;
-use crate::app::idempotency::{validate_key, KeyError};
+use crate::idempotency::{validate_key, KeyError};
 use ringcast_core::event_id::{parse_resume_id, ResumeId, ResumeIdError};
 use ringcast_core::room::{validate_room_name, RoomNameError};
 use serde_json::{Map, Number, Value};

@@ -439,8 +439,15 @@ mod tests {
         let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         let der = made.cert.der().clone();
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into());
-        let server_config =
-            crate::config::tls::server_config((vec![der.clone()], key), &[b"http/1.1"]).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let server_config = Arc::new(server);
         let mut roots = rustls::RootCertStore::empty();
         roots.add(der).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -145,11 +145,11 @@ pub fn parse(
         } else if name.eq_ignore_ascii_case("accept") {
             accept = std::str::from_utf8(header.value).ok();
         } else if name.eq_ignore_ascii_case("authorization") {
-            bearer = crate::upstream::jwt::bearer_token(header.value).map(str::to_owned);
+            bearer = crate::jwt::bearer_token(header.value).map(str::to_owned);
         } else if name.eq_ignore_ascii_case("idempotency-key") {
             let key = match idempotency_key {
-                Some(_) => Err(crate::app::idempotency::KeyError::Repeated),
-                None => crate::app::idempotency::validate_key(header.value),
+                Some(_) => Err(crate::idempotency::KeyError::Repeated),
+                None => crate::idempotency::validate_key(header.value),
             };
             let key = key.map_err(|err| Refusal::new(400, err.to_string()))?;
             idempotency_key = Some(key.to_owned());
