@@ -18,7 +18,9 @@ before/after only.
 
 Server on CPU 0 (`ringcast --shards 1`; nchan 1 worker), the same ringload (the after
 build) on CPU 1 with `-t 1`, 100-byte payloads. Server CPU per delivery = utime+stime of the
-server's processes (/proc/PID/stat) around each ringload run / deliveries.
+server's processes (/proc/PID/stat) around each ringload run / deliveries (whole run:
+connects, TLS handshakes, publishing, grace, teardown), and, sampled every 50 ms, in the
+publish window only (steady state; see `ringload()` below).
 
 Usage: run.py BEFORE_BIN AFTER_BIN RINGLOAD_BIN [--rounds 2] [--scenarios S1,S2]
               [--protos h1,tls] [--no-sweep] [--sweep-scenarios S1] [--tag -runN] [--short]
@@ -26,7 +28,7 @@ libFuzzer processes (the fuzz targets by name) are SIGSTOPped while measuring an
 after (never killed); the list is re-read before every slot. Rows are written after every
 slot, so an interrupted run keeps what it measured.
 """
-import argparse, json, os, signal, subprocess, sys, tempfile, time
+import argparse, json, os, signal, subprocess, sys, tempfile, threading, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -39,7 +41,7 @@ FUZZ_TARGETS = ["http1_conn", "ws_conn", "http1_request", "sse_framing", "ndjson
 # (scenario, proto): (subs, rooms, common rate, ringcast fixed high rate, ringcast sweep, nchan sweep)
 PLAN = {
     ("S1", "h1"): (1000, 1, 80, 1500, [1800, 1900, 2000, 2100, 2200, 2300, 2400, 2600], [150, 175, 200, 250]),
-    ("S1", "tls"): (1000, 1, 80, 800, [900, 1000, 1050, 1100, 1150, 1200, 1300, 1400], []),
+    ("S1", "tls"): (1000, 1, 80, 800, [1000, 1100, 1150, 1200, 1250, 1300, 1400, 1500, 1600], []),
     ("S2", "h1"): (10000, 100, 400, 2000, [3000, 4000, 5000, 6000, 8000], [600, 800, 1000, 1200]),
     ("S2", "tls"): (10000, 100, 400, 2000, [3000, 4000, 5000, 6000, 8000], []),
 }
@@ -94,10 +96,20 @@ def ringload(server, args, log):
     cmd = ["taskset", "-c", "1", fb.RINGLOAD, "fanout", "--sub-url", sub,
            "--pub-url", f"http://127.0.0.1:{server.port}/rooms/{{room}}/messages",
            "-t", "1", "-q", "--json"] + extra + args + PIPELINE
+    samples, done = [], threading.Event()
+
+    def sample():  # (monotonic time, server CPU seconds) every 50 ms, for the publish window
+        while not done.is_set():
+            samples.append((time.monotonic(), fb.cpu_seconds(server.pids)))
+            time.sleep(0.05)
+    sampler = threading.Thread(target=sample)
     cpu0 = fb.cpu_seconds(server.pids)
-    t0 = time.time()
+    t0, m0 = time.time(), time.monotonic()
+    sampler.start()
     out = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.time() - t0
+    done.set()
+    sampler.join()
     cpu1 = fb.cpu_seconds(server.pids)
     try:
         result = json.loads(out.stdout)
@@ -105,6 +117,24 @@ def ringload(server, args, log):
         result = {"verdict": {"clean": False, "reasons": [f"ringload exit {out.returncode}: {out.stderr.strip()[:300]}"]}}
     result["server_cpu_s"] = cpu1 - cpu0
     result["wall_s"] = wall
+    # Publish window: from 0.2 s after the subscribers are connected to the end of publishing
+    # (connect_time_s is measured by ringload from its start; its exec adds a few ms). Server
+    # CPU-s/s in that window over deliveries/s = CPU per delivery in steady state, without
+    # the connects (10k TLS handshakes in S2) and the teardown.
+    ct, dur = result.get("connect_time_s"), result.get("duration_s")
+    if ct is not None and dur and result.get("deliveries_per_s"):
+        w0, w1 = m0 + ct + 0.2, m0 + ct + dur
+
+        def at(t):  # linear interpolation of the samples
+            for (ta, ca), (tb, cb) in zip(samples, samples[1:]):
+                if ta <= t <= tb:
+                    return ca + (cb - ca) * (t - ta) / ((tb - ta) or 1)
+            return None
+        c0, c1 = at(w0), at(w1)
+        if c0 is not None and c1 is not None and w1 > w0:
+            result["window_server_cpu_s"] = c1 - c0
+            result["window_s"] = w1 - w0
+            result["window_server_cpu_us_per_delivery"] = 1e6 * (c1 - c0) / (w1 - w0) / result["deliveries_per_s"]
     shown = " ".join(a if " " not in a else repr(a) for a in cmd)
     for p in {server.port, getattr(server, "tls_port", None)} - {None}:
         shown = shown.replace(str(p), "PORT" if p == server.port else "TLSPORT")
@@ -190,11 +220,15 @@ def main():
                         row = {"scenario": scen, "proto": srv.proto, "build": srv.build, "round": rnd, "server": srv.name,
                                "kind": kind, "duration": dur, "loadavg_before_slot": snap["loadavg"], "utc_slot": snap["utc"],
                                "loadavg_after_run": open("/proc/loadavg").read().split()[:3], **s,
+                               "window_server_cpu_us_per_delivery": round(r["window_server_cpu_us_per_delivery"], 3) if "window_server_cpu_us_per_delivery" in r else None,
+                               "window_server_cpu_pct": round(100 * r["window_server_cpu_s"] / r["window_s"], 1) if "window_s" in r else None,
+                               "connect_time_s": r.get("connect_time_s"),
                                "ringload_cpu_us_per_delivery": round(r.get("cpu_us_per_delivery") or 0, 3),
                                "bytes_per_delivery": round((r.get("bytes_read") or 0) / max(r.get("delivered") or 1, 1), 1)}
                         rows.append(row)
                         print(f"{snap['utc']} {scen} r{rnd} {srv.name:10} {kind:6} rate {rate:>6}: {'clean' if s['clean'] else 'NOT clean'} "
                               f"{s['deliveries_per_s']} del/s cpu {s['server_cpu_pct']}% {s['server_cpu_us_per_delivery']} us/del "
+                              f"window {row['window_server_cpu_pct']}% {row['window_server_cpu_us_per_delivery']} us/del "
                               f"sched p99 {s['schedule_p99_ms']} client {row['ringload_cpu_us_per_delivery']} us/del {row['bytes_per_delivery']} B/del "
                               f"load {snap['loadavg'][0]} {'' if s['clean'] else s['reasons'][:2]}", flush=True)
                         if kind == "sweep" and not s["clean"]:

@@ -21,9 +21,9 @@ for arg in sys.argv[1:]:
     for tag in arg.split("+"):
         rows += [dict(r, round=f"{tag.lstrip('-')}.{r['round']}") for r in json.load(open(os.path.join(HERE, f"rows{tag}.json")))]
     print(f"\n### {arg.lstrip('-')}\n")
-    print("| scenario | proto | measurement | build | rate msg/s | clean runs | deliveries/s (median) | server CPU µs/delivery per round | median | (clean only) | ringload CPU µs/delivery | bytes read / delivery | loadavg (1 min) before slots |")
-    print("|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|")
-    cells, verdict = {}, []
+    print("| scenario | proto | measurement | build | rate msg/s | clean runs | deliveries/s (median) | server CPU µs/delivery, publish window, per slot | median | whole run, per slot | median | server CPU % in window | ringload CPU µs/delivery | bytes read / delivery | loadavg (1 min) before slots |")
+    print("|---|---|---|---|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---|")
+    cells, whole = {}, {}
     for scen in ("S1", "S2"):
         for proto in ("h1", "tls"):
             for kind in ("common", "high"):
@@ -33,19 +33,23 @@ for arg in sys.argv[1:]:
                         continue
                     cl = [r for r in xs if r["clean"]]
                     cpu = med([r["server_cpu_us_per_delivery"] for r in xs])
-                    cells[(scen, proto, kind, b)] = cpu
+                    win = med([r.get("window_server_cpu_us_per_delivery") for r in xs])
+                    cells[(scen, proto, kind, b)], whole[(scen, proto, kind, b)] = win, cpu
                     print(f"| {scen} | {proto} | fixed ({kind}) | {b} | {xs[0]['rate']:.0f} | {len(cl)}/{len(xs)} | {med([r['deliveries_per_s'] for r in xs]):,.0f} | "
-                          f"{', '.join(str(r['server_cpu_us_per_delivery']) for r in xs)} | {cpu} | {med([r['server_cpu_us_per_delivery'] for r in cl])} | "
+                          f"{', '.join(str(r.get('window_server_cpu_us_per_delivery')) for r in xs)} | **{win}** | "
+                          f"{', '.join(str(r['server_cpu_us_per_delivery']) for r in xs)} | {cpu} | {med([r.get('window_server_cpu_pct') for r in xs])} | "
                           f"{med([r['ringload_cpu_us_per_delivery'] for r in xs])} | {med([r['bytes_per_delivery'] for r in xs])} | {' '.join(r['loadavg_before_slot'][0] for r in xs)} |")
     print()
     for scen in ("S1", "S2"):
         for proto in ("h1", "tls"):
             for kind in ("common", "high"):
                 b, a, n = (cells.get((scen, proto, kind, x)) for x in BUILDS)
+                wb, wa, wn = (whole.get((scen, proto, kind, x)) for x in BUILDS)
                 if b and a:
-                    line = f"- {scen} {proto} fixed {kind}: server CPU/delivery after/before **{ratio(a, b)}**"
+                    line = f"- {scen} {proto} fixed {kind}: server CPU/delivery in the publish window after/before **{ratio(a, b)}**"
                     if n:
                         line += f", nchan/after {ratio(n, a)}, nchan/before {ratio(n, b)}"
+                    line += f"; whole run after/before {ratio(wa, wb)}" + (f", nchan/after {ratio(wn, wa)}" if wn else "")
                     print(line)
     for scen in ("S1", "S2"):
         for proto in ("h1", "tls"):
