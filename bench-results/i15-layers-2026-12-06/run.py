@@ -181,9 +181,10 @@ def main():
         json.dump(rows, open(paths["rows"], "w"), indent=1)
         json.dump(log, open(paths["raw-runs"], "w"), indent=1)
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("SIGTERM: stopping; fuzzers continued, rows kept"))
     try:
-        for scen in a.scenarios.split(","):
-            for rnd in range(1, a.rounds + 1):
+        for rnd in range(1, a.rounds + 1):
+            for scen in a.scenarios.split(","):
                 slots = []
                 for proto in protos:
                     slots += [RingcastBin("before", a.before, proto, cert, key), RingcastBin("after", a.after, proto, cert, key)]
@@ -201,39 +202,12 @@ def main():
                             pass
                     if new:
                         print(f"SIGSTOP fuzzers {sorted(new)}", flush=True)
-                    subs, rooms, common, high, rc_sweep, nc_sweep = PLAN[(scen, srv.proto)]
-                    base = ["-s", str(subs), "-r", str(rooms), "--size", "100"]
                     snap = load_snapshot()
                     srv.start()
-                    fixed = "2s" if a.short else "5s"
-                    runs = [("common", common, fixed)]
-                    if srv.build != "nchan":
-                        runs.append(("high", high, fixed))
-                    sweep = [] if a.no_sweep or scen not in a.sweep_scenarios.split(",") else nc_sweep if srv.build == "nchan" else rc_sweep
-                    if a.short:
-                        sweep = sweep[:2]
-                    for kind, rate, dur in runs + [("sweep", r, "3s") for r in sweep]:
-                        n0 = len(log)
-                        r = ringload(srv, base + ["--rate", str(rate), "-d", dur], log)
-                        log[n0].update(scenario=scen, round=rnd, kind=kind, utc=snap["utc"])
-                        s = fb.summary(r)
-                        row = {"scenario": scen, "proto": srv.proto, "build": srv.build, "round": rnd, "server": srv.name,
-                               "kind": kind, "duration": dur, "loadavg_before_slot": snap["loadavg"], "utc_slot": snap["utc"],
-                               "loadavg_after_run": open("/proc/loadavg").read().split()[:3], **s,
-                               "window_server_cpu_us_per_delivery": round(r["window_server_cpu_us_per_delivery"], 3) if "window_server_cpu_us_per_delivery" in r else None,
-                               "window_server_cpu_pct": round(100 * r["window_server_cpu_s"] / r["window_s"], 1) if "window_s" in r else None,
-                               "connect_time_s": r.get("connect_time_s"),
-                               "ringload_cpu_us_per_delivery": round(r.get("cpu_us_per_delivery") or 0, 3),
-                               "bytes_per_delivery": round((r.get("bytes_read") or 0) / max(r.get("delivered") or 1, 1), 1)}
-                        rows.append(row)
-                        print(f"{snap['utc']} {scen} r{rnd} {srv.name:10} {kind:6} rate {rate:>6}: {'clean' if s['clean'] else 'NOT clean'} "
-                              f"{s['deliveries_per_s']} del/s cpu {s['server_cpu_pct']}% {s['server_cpu_us_per_delivery']} us/del "
-                              f"window {row['window_server_cpu_pct']}% {row['window_server_cpu_us_per_delivery']} us/del "
-                              f"sched p99 {s['schedule_p99_ms']} client {row['ringload_cpu_us_per_delivery']} us/del {row['bytes_per_delivery']} B/del "
-                              f"load {snap['loadavg'][0]} {'' if s['clean'] else s['reasons'][:2]}", flush=True)
-                        if kind == "sweep" and not s["clean"]:
-                            break
-                    srv.stop()
+                    try:
+                        run_slot(a, srv, scen, rnd, snap, log, rows)
+                    finally:
+                        srv.stop()
                     rows[-1]["server_command"] = srv.command
                     log[-1]["top_before_slot"] = snap["top"]
                     save()
@@ -245,6 +219,39 @@ def main():
                 pass
         print(f"SIGCONT fuzzers {sorted(stopped)}", flush=True)
         save()
+
+
+def run_slot(a, srv, scen, rnd, snap, log, rows):
+    subs, rooms, common, high, rc_sweep, nc_sweep = PLAN[(scen, srv.proto)]
+    base = ["-s", str(subs), "-r", str(rooms), "--size", "100"]
+    fixed = "2s" if a.short else "5s"
+    runs = [("common", common, fixed)]
+    if srv.build != "nchan":
+        runs.append(("high", high, fixed))
+    sweep = [] if a.no_sweep or scen not in a.sweep_scenarios.split(",") else nc_sweep if srv.build == "nchan" else rc_sweep
+    if a.short:
+        sweep = sweep[:2]
+    for kind, rate, dur in runs + [("sweep", r, "3s") for r in sweep]:
+        n0 = len(log)
+        r = ringload(srv, base + ["--rate", str(rate), "-d", dur], log)
+        log[n0].update(scenario=scen, round=rnd, kind=kind, utc=snap["utc"])
+        s = fb.summary(r)
+        row = {"scenario": scen, "proto": srv.proto, "build": srv.build, "round": rnd, "server": srv.name,
+               "kind": kind, "duration": dur, "loadavg_before_slot": snap["loadavg"], "utc_slot": snap["utc"],
+               "loadavg_after_run": open("/proc/loadavg").read().split()[:3], **s,
+               "window_server_cpu_us_per_delivery": round(r["window_server_cpu_us_per_delivery"], 3) if "window_server_cpu_us_per_delivery" in r else None,
+               "window_server_cpu_pct": round(100 * r["window_server_cpu_s"] / r["window_s"], 1) if "window_s" in r else None,
+               "connect_time_s": r.get("connect_time_s"),
+               "ringload_cpu_us_per_delivery": round(r.get("cpu_us_per_delivery") or 0, 3),
+               "bytes_per_delivery": round((r.get("bytes_read") or 0) / max(r.get("delivered") or 1, 1), 1)}
+        rows.append(row)
+        print(f"{snap['utc']} {scen} r{rnd} {srv.name:10} {kind:6} rate {rate:>6}: {'clean' if s['clean'] else 'NOT clean'} "
+              f"{s['deliveries_per_s']} del/s cpu {s['server_cpu_pct']}% {s['server_cpu_us_per_delivery']} us/del "
+              f"window {row['window_server_cpu_pct']}% {row['window_server_cpu_us_per_delivery']} us/del "
+              f"sched p99 {s['schedule_p99_ms']} client {row['ringload_cpu_us_per_delivery']} us/del {row['bytes_per_delivery']} B/del "
+              f"load {snap['loadavg'][0]} {'' if s['clean'] else s['reasons'][:2]}", flush=True)
+        if kind == "sweep" and not s["clean"]:
+            break
 
 
 if __name__ == "__main__":
