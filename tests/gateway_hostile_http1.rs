@@ -329,3 +329,40 @@ fn a_tls_get_declaring_a_terabyte_is_refused_at_once_and_nothing_is_buffered() {
     let mut client = Client::connect(server.addr);
     assert_eq!(client.request("GET", "/healthz", &[], b"").status, 200);
 }
+
+/// A subscriber has nothing to say after its request, yet the shard read and dropped
+/// whatever it sent, forever (a client could keep a shard busy reading junk). The HTTP/1.1
+/// machine (conn::http1) drops at most `DISCARD_BYTES_MAX` (64 KiB) of it, then closes the
+/// connection and the subscription goes.
+#[test]
+fn a_subscriber_that_floods_its_stream_is_closed() {
+    let server = Server::start(&["--shards", "1"]);
+    let mut client = Client::connect(server.addr);
+    client
+        .send(b"GET /rooms/flood/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let head = client.read_head().unwrap();
+    assert_eq!(head.status, 200, "{head:?}");
+    assert!(common::wait_until(PATIENCE, || {
+        server.metrics().sum("ringcast_subscribers") == 1
+    }));
+    // 128 KiB of junk (the server may cut the connection before it is all sent).
+    let junk = vec![b'x'; 16 * 1024];
+    for _ in 0..8 {
+        if client.send(&junk).is_err() {
+            break;
+        }
+    }
+    assert!(
+        common::wait_until(PATIENCE, || {
+            server.metrics().sum("ringcast_subscribers") == 0
+        }),
+        "the flooding subscriber is still subscribed"
+    );
+    client.read_until_closed(PATIENCE);
+    // A well-behaved subscriber is not affected.
+    let mut sse = server.subscribe("flood", None);
+    let id = server.publish("flood", "still here");
+    let event = sse.next_event(PATIENCE);
+    assert_eq!((event.id, event.data.as_str()), (Some(id), "still here"));
+}

@@ -11,11 +11,14 @@
 pub mod breaker;
 pub mod clock;
 pub mod conn_id;
+pub mod drain;
 pub mod event_id;
 pub mod fanout;
 pub mod history;
+pub mod idempotency;
 pub mod metrics;
 pub mod room;
 pub mod room_lru;
+pub mod sequencer;
 pub mod sse;
 pub mod timer_wheel;

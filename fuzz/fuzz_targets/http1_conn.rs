@@ -163,9 +163,10 @@ impl Session {
     /// the session failed or closed.
     fn receive(&mut self, len: usize, plain: &mut Vec<u8>) -> bool {
         let len = len.min(self.wire.len()).min(RECV_BYTES);
-        self.server.recv_buffer()[..len].copy_from_slice(&self.wire[..len]);
+        let mut recv = self.server.take_recv_buffer();
+        recv.extend_from_slice(&self.wire[..len]);
         self.wire.drain(..len);
-        match self.server.receive(len, plain) {
+        match self.server.receive(recv, plain) {
             Ok(received) => !received.closed,
             Err(_) => false,
         }

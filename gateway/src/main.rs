@@ -36,7 +36,7 @@ fn main() -> std::process::ExitCode {
         eprintln!("ringcast: {err}");
         return std::process::ExitCode::from(2);
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.fixed.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)

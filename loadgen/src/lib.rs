@@ -29,3 +29,7 @@ pub mod transport;
 
 /// A payload (plus a generous body template around it) must fit one SSE line.
 const _: () = assert!(proto::payload::PAYLOAD_BYTES_MAX * 2 <= proto::sse::LINE_BYTES_MAX);
+
+/// A partial WebSocket frame is carried in front of the next read like a partial SSE line,
+/// in the same buffer (`plain::subscriber`), so it must fit where a line does.
+const _: () = assert!(proto::ws::FRAME_BYTES_MAX <= proto::sse::LINE_BYTES_MAX);

@@ -60,6 +60,18 @@ pub enum Rejection {
     NewConnectionRate,
 }
 
+impl From<ringcast_core::sequencer::Refusal> for Rejection {
+    /// The owner shard's refusal to sequence a publish, by the reason it is counted as.
+    fn from(refusal: ringcast_core::sequencer::Refusal) -> Self {
+        use ringcast_core::sequencer::Refusal;
+        match refusal {
+            Refusal::Draining => Rejection::Draining,
+            Refusal::OutboxFull => Rejection::ShardQueues,
+            Refusal::RoomLimit => Rejection::RoomLimit,
+        }
+    }
+}
+
 /// How many reasons there are.
 pub const REJECTIONS: usize = Rejection::NewConnectionRate as usize + 1;
 

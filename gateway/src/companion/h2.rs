@@ -160,7 +160,9 @@ where
             let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(hyper_util::rt::TokioTimer::new())
                 .max_concurrent_streams(companion.streams_max().1)
-                .max_header_list_size(header_list_bytes_max(config.max_header_bytes))
+                .max_header_list_size(header_list_bytes_max(
+                    companion.shared.config.max_header_bytes,
+                ))
                 // A peer that answers no PING within a heartbeat is gone, or floods
                 // frames without reading the answers (SETTINGS, PING): closed.
                 .keep_alive_interval(config.heartbeat)

@@ -115,9 +115,8 @@ async fn connection(
     figures.transport_opened(Transport::H3);
     let streams = StreamCount::default();
     let stops = Stops::default();
-    let (_, config) = companion.shared.live.current();
     let setup = h3::server::builder()
-        .max_field_section_size(config.max_header_bytes as u64)
+        .max_field_section_size(companion.shared.config.max_header_bytes as u64)
         .build(crate::companion::quic_streams::Connection::new(
             connection,
             stops.clone(),

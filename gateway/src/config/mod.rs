@@ -2,7 +2,12 @@
 //! built-in defaults. Flags win over the file; the file wins over defaults.
 
 pub mod check;
+mod flags;
+mod settings;
 pub mod tls;
+
+pub use flags::{Command, Flags};
+pub use settings::{FixedConfig, LiveSettings, Transports};
 
 use clap::Parser;
 use serde::Deserialize;
@@ -30,196 +35,6 @@ pub const REQUEST_TIMEOUT_SECONDS_DEFAULT: f64 = 10.0;
 pub const MAX_STREAMS_PER_CONN_DEFAULT: usize = 100;
 /// Largest accepted `--max-streams-per-conn`.
 pub const MAX_STREAMS_PER_CONN_LIMIT: usize = 10_000;
-
-/// Flags of the `ringcast` binary. Every flag but `--config` can also be set in the file.
-#[derive(Debug, Parser, Default, Clone)]
-#[command(
-    name = "ringcast",
-    version,
-    about = "Thread-per-core io_uring SSE fan-out gateway",
-    // `--heartbeat -1` must reach the range check (which names the flag) instead of clap
-    // taking `-1` for an unknown short flag.
-    allow_negative_numbers = true,
-    disable_help_subcommand = true
-)]
-pub struct Flags {
-    /// TOML config file; flags given on the command line win over it.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Check a TOML config file (as `--config` reads it, merged with the other flags) and
-    /// exit: prints `ok` (exit 0) or each error with its line (exit 2). Starts nothing.
-    #[arg(long, value_name = "FILE")]
-    pub check_config: Option<PathBuf>,
-    /// Address to listen on for HTTP/1.1 [default: 127.0.0.1:8080].
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    /// Shard threads, one per CPU [default: every CPU this process may run on].
-    #[arg(long, value_name = "N")]
-    pub shards: Option<usize>,
-    /// Seconds between heartbeat comments on an SSE stream [default: 15].
-    #[arg(long, value_name = "SECS")]
-    pub heartbeat: Option<f64>,
-    /// Largest message body in bytes; larger gets 413 [default: 65536].
-    #[arg(long, value_name = "BYTES")]
-    pub max_message_bytes: Option<usize>,
-    /// Largest request head in bytes; larger gets 431 [default: 16384].
-    #[arg(long, value_name = "BYTES")]
-    pub max_header_bytes: Option<usize>,
-    /// Seconds a client has to send a complete request head; later gets 408 [default: 10].
-    #[arg(long, value_name = "SECS")]
-    pub header_timeout: Option<f64>,
-    /// Seconds a client has to send a request's declared body once its head arrived; later
-    /// gets 408 [default: 10].
-    #[arg(long, value_name = "SECS")]
-    pub body_timeout: Option<f64>,
-    /// Seconds an idle keep-alive connection is kept between requests [default: 60].
-    #[arg(long, value_name = "SECS")]
-    pub idle_timeout: Option<f64>,
-    /// Messages kept per room for Last-Event-ID resume [default: 256].
-    #[arg(long, value_name = "N")]
-    pub history: Option<usize>,
-    /// Bytes kept per room for resume [default: 4194304].
-    #[arg(long, value_name = "BYTES")]
-    pub history_bytes: Option<usize>,
-    /// Rooms per shard [default: 100000].
-    #[arg(long, value_name = "N")]
-    pub max_rooms: Option<usize>,
-    /// Seconds a room with no subscriber and no publish is kept before it is freed with its
-    /// history [default: 3600].
-    #[arg(long, value_name = "SECS")]
-    pub room_idle_timeout: Option<f64>,
-    /// Connections per process, split evenly over shards [default: 1048576].
-    #[arg(long, value_name = "N")]
-    pub max_connections: Option<usize>,
-    /// Milliseconds a subscriber may wait under load so later events share its write
-    /// [default: 20].
-    #[arg(long, value_name = "MS")]
-    pub coalesce_delay_ms: Option<u64>,
-    /// Queued subscribers per shard from which the coalescing delay applies [default: 2048].
-    #[arg(long, value_name = "N")]
-    pub coalesce_queue_min: Option<usize>,
-    /// Writes handed to the ring per loop turn before reading new events [default: 64].
-    #[arg(long, value_name = "N")]
-    pub write_budget: Option<usize>,
-    /// Seconds a stopping gateway gives subscribers to receive what was accepted before
-    /// the signal [default: 10].
-    #[arg(long, value_name = "SECS")]
-    pub drain_timeout: Option<f64>,
-    /// Log filter (tracing EnvFilter syntax) [default: info].
-    #[arg(long, value_name = "FILTER")]
-    pub log: Option<String>,
-    /// Connections per client IP address, over the whole process and every transport
-    /// (exact: counted in one table all shards share); 0 means no limit [default: 0].
-    #[arg(long, value_name = "N")]
-    pub max_connections_per_ip: Option<usize>,
-    /// New connections per client IP address (IPv6: per /64) per second, over the whole
-    /// process and every transport: a token bucket holding up to N; past it 503 + Retry-After
-    /// (HTTP/1.1) or the connection is dropped (TLS, h2c, QUIC); 0 means no limit [default: 0].
-    #[arg(long, value_name = "N")]
-    pub max_new_connections_per_ip_per_sec: Option<u32>,
-    /// Subscriptions (SSE streams) one HTTP/2 or HTTP/3 connection may hold; past it 429
-    /// [default: 100].
-    #[arg(long, value_name = "N")]
-    pub max_streams_per_conn: Option<usize>,
-    /// Bytes handed to socket writes and not yet written, per shard; past it new
-    /// subscribes and publishes get 503 [default: 1073741824].
-    #[arg(long, value_name = "BYTES")]
-    pub max_pending_write_bytes: Option<usize>,
-    /// Do not record the publish→write latency histogram (to measure what it costs).
-    #[arg(long)]
-    pub no_latency_metrics: bool,
-    /// Subscribe authorization callback (http:// only): each `GET /rooms/{room}/events` is
-    /// POSTed there first as JSON (room, client, headers); 2xx admits, 401/403 refuse
-    /// [default: none, subscribes are not authorized].
-    #[arg(long, value_name = "URL")]
-    pub auth_url: Option<String>,
-    /// Seconds an authorization call may take, queueing included [default: 2].
-    #[arg(long, value_name = "SECS")]
-    pub auth_timeout: Option<f64>,
-    /// Admit subscribers when authorization is unavailable (breaker open, call failed,
-    /// queue full) instead of answering 503.
-    #[arg(long)]
-    pub auth_fail_open: bool,
-    /// Seconds of the auth circuit breaker's rolling window [default: 5].
-    #[arg(long, value_name = "SECS")]
-    pub auth_breaker_window: Option<f64>,
-    /// Calls in the window before the auth breaker judges failure rates [default: 20].
-    #[arg(long, value_name = "N")]
-    pub auth_breaker_calls_min: Option<usize>,
-    /// Seconds the auth breaker stays open before probing the upstream [default: 5].
-    #[arg(long, value_name = "SECS")]
-    pub auth_breaker_open: Option<f64>,
-    /// Publishes need a JWT (`Authorization: Bearer`) checked with this key, whose `rooms`
-    /// (or `room`) claim allows the room: `hs256:SECRET`, `hs256-file:PATH`, `rs256:PATH`,
-    /// `es256:PATH`, or a public key PEM PATH [default: none, publishing is open].
-    #[arg(long, value_name = "KEY")]
-    pub publish_key: Option<String>,
-    /// Key checking the JWTs of subscribers to private rooms (same forms as --publish-key)
-    /// [default: none].
-    #[arg(long, value_name = "KEY")]
-    pub subscribe_key: Option<String>,
-    /// Rooms whose subscribers need a token (`Authorization: Bearer` or `?token=`) listing
-    /// them: names, `PREFIX*` or `*`; comma-separated or repeated [default: none].
-    #[arg(long, value_name = "PATTERNS", value_delimiter = ',')]
-    pub private_rooms: Vec<String>,
-    /// TLS certificate chain (PEM), for `--tls-listen` and `--h3-listen`.
-    #[arg(long, value_name = "FILE")]
-    pub tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1), for `--tls-listen` and `--h3-listen`.
-    #[arg(long, value_name = "FILE")]
-    pub tls_key: Option<PathBuf>,
-    /// Address for TLS over TCP, accepted on the shards' rings: HTTP/1.1 served there,
-    /// HTTP/2 (ALPN h2) by the companion thread [default: off].
-    #[arg(long, value_name = "ADDR")]
-    pub tls_listen: Option<SocketAddr>,
-    /// Address for cleartext HTTP/2 with prior knowledge (h2c) [default: off].
-    #[arg(long, value_name = "ADDR")]
-    pub h2c_listen: Option<SocketAddr>,
-    /// UDP address for HTTP/3 over QUIC; needs `--tls-cert` and `--tls-key` [default: off].
-    #[arg(long, value_name = "ADDR")]
-    pub h3_listen: Option<SocketAddr>,
-    /// Cluster mode: share rooms with other nodes through Redis Streams at this
-    /// `redis://host:port[/db]` URL (docs/CLUSTER.md) [default: off, single node].
-    #[arg(long, value_name = "URL")]
-    pub cluster_redis: Option<String>,
-    /// This node's name in cluster mode (logs, and a field of each entry it appends)
-    /// [default: host name and listen port].
-    #[arg(long, value_name = "NAME")]
-    pub node_id: Option<String>,
-    /// Seconds a Redis call may take in cluster mode, queueing included; later gets 503
-    /// [default: 1].
-    #[arg(long, value_name = "SECS")]
-    pub cluster_timeout: Option<f64>,
-    /// Seconds a publish's idempotency key (`Idempotency-Key` header, `idempotency_key` in
-    /// NDJSON) is remembered: a retry with the same key in the same room within it gets
-    /// the first publish's id, not a second message [default: 120].
-    #[arg(long, value_name = "SECS")]
-    pub idempotency_window: Option<f64>,
-    /// Idempotency keys one shard holds at most (single-node mode); at the cap the oldest
-    /// is forgotten before its window ends [default: 65536].
-    #[arg(long, value_name = "N")]
-    pub idempotency_keys_max: Option<usize>,
-    /// Do not serve the demo page (`GET /demo` answers 404).
-    #[arg(long)]
-    pub no_demo: bool,
-    /// Join listening addresses another process already holds (SO_REUSEPORT), for a
-    /// handover where the new gateway starts before the old one drains; without it a busy
-    /// address is a startup error.
-    #[arg(long)]
-    pub share_port: bool,
-    /// What to do instead of serving [default: serve].
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-/// Subcommands of `ringcast`; without one it serves.
-#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
-pub enum Command {
-    /// Print what this machine offers ringcast (kernel, io_uring and each operation it
-    /// uses, ring setup flags, fd limits, sysctls, CPUs) and what ringcast will use; exit 0
-    /// if ringcast can run here, 2 if not. Flags before `doctor` are taken into account.
-    Doctor,
-}
 
 /// The same settings as read from a TOML file; every key optional.
 #[derive(Debug, Default, Deserialize)]
@@ -300,93 +115,16 @@ pub enum ConfigError {
     },
 }
 
-/// The settings in force.
+/// The settings at start: flags over the file over defaults, checked. What a SIGHUP
+/// reload may change ([`LiveSettings`]) is a type of its own, apart from what needs a
+/// restart ([`FixedConfig`]), so a shard cannot read a stale copy of a live setting or a
+/// live copy of a fixed one.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// HTTP/1.1 listen address.
-    pub listen: SocketAddr,
-    /// Shard threads.
-    pub shards: usize,
-    /// Heartbeat period.
-    pub heartbeat: Duration,
-    /// Largest message body.
-    pub max_message_bytes: usize,
-    /// Largest request head.
-    pub max_header_bytes: usize,
-    /// Time to send a full request head.
-    pub header_timeout: Duration,
-    /// Time to send a declared body once the head arrived.
-    pub body_timeout: Duration,
-    /// Keep-alive idle time between requests.
-    pub idle_timeout: Duration,
-    /// Messages kept per room.
-    pub history: usize,
-    /// Bytes kept per room.
-    pub history_bytes: usize,
-    /// Rooms per shard.
-    pub max_rooms: usize,
-    /// A room with no subscriber and no publish for this long is freed.
-    pub room_idle_timeout: Duration,
-    /// Connections per process.
-    pub max_connections: usize,
-    /// Coalescing delay under load.
-    pub coalesce_delay: Duration,
-    /// Queue length from which the coalescing delay applies.
-    pub coalesce_queue_min: usize,
-    /// Writes per loop turn.
-    pub write_budget: usize,
-    /// Time subscribers get on stop.
-    pub drain_timeout: Duration,
-    /// Log filter.
-    pub log: String,
-    /// Connections per client IP over the process; 0 = no limit.
-    pub max_connections_per_ip: usize,
-    /// New connections per client IP per second (token bucket); 0 = no limit.
-    pub max_new_connections_per_ip_per_sec: u32,
-    /// Subscriptions one HTTP/2 or HTTP/3 connection may hold.
-    pub max_streams_per_conn: usize,
-    /// Pending (submitted, not yet written) write bytes per shard.
-    pub max_pending_write_bytes: usize,
-    /// Whether the publish→write latency histogram is recorded.
-    pub latency_metrics: bool,
-    /// Subscribe authorization, when `--auth-url` is set.
-    pub auth: Option<crate::upstream::auth::AuthConfig>,
-    /// JWT checks of publishes and private-room subscribes, when a key is set.
-    pub jwt: Option<std::sync::Arc<crate::upstream::jwt::JwtConfig>>,
-    /// Where the file settings came from, for reloads.
-    pub config_path: Option<PathBuf>,
-    /// TLS and the companion transports (HTTP/2, HTTP/3), when any is on.
-    pub transports: Transports,
-    /// Cluster mode, when `--cluster-redis` is set.
-    pub cluster: Option<crate::upstream::cluster::ClusterConfig>,
-    /// How long a publish's idempotency key is remembered (idempotency.rs).
-    pub idempotency_window: Duration,
-    /// Idempotency keys one shard holds at most.
-    pub idempotency_keys_max: usize,
-    /// Whether `GET /demo` serves the demo page.
-    pub demo: bool,
-    /// Whether the listeners may join addresses another process already listens on.
-    pub share_port: bool,
-}
-
-/// The listeners served by each shard's companion thread (docs/TRANSPORTS.md).
-#[derive(Debug, Clone, Default)]
-pub struct Transports {
-    /// Certificate chain and key files, checked at load time.
-    pub tls: Option<crate::config::tls::TlsFiles>,
-    /// TLS over TCP (HTTP/2 or HTTP/1.1 by ALPN).
-    pub tls_listen: Option<SocketAddr>,
-    /// Cleartext HTTP/2 with prior knowledge.
-    pub h2c_listen: Option<SocketAddr>,
-    /// HTTP/3 over QUIC (UDP).
-    pub h3_listen: Option<SocketAddr>,
-}
-
-impl Transports {
-    /// Whether any companion transport is on.
-    pub fn any(&self) -> bool {
-        self.tls_listen.is_some() || self.h2c_listen.is_some() || self.h3_listen.is_some()
-    }
+    /// Read once at start.
+    pub fixed: FixedConfig,
+    /// Their values at start; the values in force are `runtime::reload::LiveConfig`'s.
+    pub live: LiveSettings,
 }
 
 /// The `--tls-*`, `--h2c-listen` and `--h3-listen` settings; the certificate and key are
@@ -652,196 +390,193 @@ impl Config {
             1 << 20,
         )?;
         let cluster = cluster_config(&flags, &file, listen, history)?;
-        Ok(Self {
-            transports,
-            listen,
+        let heartbeat = seconds(
+            "heartbeat",
+            flags.heartbeat.or(file.heartbeat).unwrap_or(15.0),
+        )?;
+        let max_header_bytes = in_range(
+            "max-header-bytes",
+            flags
+                .max_header_bytes
+                .or(file.max_header_bytes)
+                .unwrap_or(MAX_HEADER_BYTES_DEFAULT),
+            256,
+            1 << 20,
+        )?;
+        let header_timeout = seconds(
+            "header-timeout",
+            flags
+                .header_timeout
+                .or(file.header_timeout)
+                .unwrap_or(REQUEST_TIMEOUT_SECONDS_DEFAULT),
+        )?;
+        let body_timeout = seconds(
+            "body-timeout",
+            flags
+                .body_timeout
+                .or(file.body_timeout)
+                .unwrap_or(REQUEST_TIMEOUT_SECONDS_DEFAULT),
+        )?;
+        let idle_timeout = seconds(
+            "idle-timeout",
+            flags.idle_timeout.or(file.idle_timeout).unwrap_or(60.0),
+        )?;
+        let history_bytes = in_range(
+            "history-bytes",
+            flags
+                .history_bytes
+                .or(file.history_bytes)
+                .unwrap_or(ringcast_core::fanout::HISTORY_BYTES_DEFAULT),
+            1,
+            1 << 30,
+        )?;
+        let max_rooms = in_range(
+            "max-rooms",
+            flags
+                .max_rooms
+                .or(file.max_rooms)
+                .unwrap_or(ringcast_core::fanout::ROOMS_MAX_DEFAULT),
+            1,
+            1 << 24,
+        )?;
+        let room_idle_timeout = seconds(
+            "room-idle-timeout",
+            flags
+                .room_idle_timeout
+                .or(file.room_idle_timeout)
+                .unwrap_or(ringcast_core::fanout::ROOM_IDLE_TIMEOUT_DEFAULT.as_secs_f64()),
+        )?;
+        let max_connections = in_range(
+            "max-connections",
+            flags
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(1 << 20),
             shards,
-            heartbeat: seconds(
-                "heartbeat",
-                flags.heartbeat.or(file.heartbeat).unwrap_or(15.0),
-            )?,
-            max_message_bytes,
-            max_header_bytes: in_range(
-                "max-header-bytes",
-                flags
-                    .max_header_bytes
-                    .or(file.max_header_bytes)
-                    .unwrap_or(MAX_HEADER_BYTES_DEFAULT),
-                256,
-                1 << 20,
-            )?,
-            header_timeout: seconds(
-                "header-timeout",
-                flags
-                    .header_timeout
-                    .or(file.header_timeout)
-                    .unwrap_or(REQUEST_TIMEOUT_SECONDS_DEFAULT),
-            )?,
-            body_timeout: seconds(
-                "body-timeout",
-                flags
-                    .body_timeout
-                    .or(file.body_timeout)
-                    .unwrap_or(REQUEST_TIMEOUT_SECONDS_DEFAULT),
-            )?,
-            idle_timeout: seconds(
-                "idle-timeout",
-                flags.idle_timeout.or(file.idle_timeout).unwrap_or(60.0),
-            )?,
-            history,
-            history_bytes: in_range(
-                "history-bytes",
-                flags
-                    .history_bytes
-                    .or(file.history_bytes)
-                    .unwrap_or(ringcast_core::fanout::HISTORY_BYTES_DEFAULT),
-                1,
-                1 << 30,
-            )?,
-            max_rooms: in_range(
-                "max-rooms",
-                flags
-                    .max_rooms
-                    .or(file.max_rooms)
-                    .unwrap_or(ringcast_core::fanout::ROOMS_MAX_DEFAULT),
-                1,
-                1 << 24,
-            )?,
-            room_idle_timeout: seconds(
-                "room-idle-timeout",
-                flags
-                    .room_idle_timeout
-                    .or(file.room_idle_timeout)
-                    .unwrap_or(ringcast_core::fanout::ROOM_IDLE_TIMEOUT_DEFAULT.as_secs_f64()),
-            )?,
-            max_connections: in_range(
-                "max-connections",
-                flags
-                    .max_connections
-                    .or(file.max_connections)
-                    .unwrap_or(1 << 20),
+            1 << 24,
+        )?;
+        let coalesce_delay = Duration::from_millis(in_range(
+            "coalesce-delay-ms",
+            flags
+                .coalesce_delay_ms
+                .or(file.coalesce_delay_ms)
+                .unwrap_or(20) as usize,
+            0,
+            1000,
+        )? as u64);
+        let coalesce_queue_min = flags
+            .coalesce_queue_min
+            .or(file.coalesce_queue_min)
+            .unwrap_or(ringcast_core::fanout::COALESCE_QUEUE_MIN_DEFAULT);
+        let write_budget = in_range(
+            "write-budget",
+            flags.write_budget.or(file.write_budget).unwrap_or(64),
+            1,
+            100_000,
+        )?;
+        let drain_timeout = seconds(
+            "drain-timeout",
+            flags.drain_timeout.or(file.drain_timeout).unwrap_or(10.0),
+        )?;
+        let log = flags.log.or(file.log).unwrap_or_else(|| "info".to_owned());
+        let max_connections_per_ip = in_range(
+            "max-connections-per-ip",
+            flags
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(0),
+            0,
+            1 << 24,
+        )?;
+        let max_new_connections_per_ip_per_sec = in_range(
+            "max-new-connections-per-ip-per-sec",
+            flags
+                .max_new_connections_per_ip_per_sec
+                .or(file.max_new_connections_per_ip_per_sec)
+                .unwrap_or(0) as usize,
+            0,
+            1_000_000,
+        )? as u32;
+        let max_streams_per_conn = in_range(
+            "max-streams-per-conn",
+            flags
+                .max_streams_per_conn
+                .or(file.max_streams_per_conn)
+                .unwrap_or(MAX_STREAMS_PER_CONN_DEFAULT),
+            1,
+            MAX_STREAMS_PER_CONN_LIMIT,
+        )?;
+        let max_pending_write_bytes = in_range(
+            "max-pending-write-bytes",
+            flags
+                .max_pending_write_bytes
+                .or(file.max_pending_write_bytes)
+                .unwrap_or(MAX_PENDING_WRITE_BYTES_DEFAULT),
+            1,
+            1 << 40,
+        )?;
+        let latency_metrics = !flags.no_latency_metrics && file.latency_metrics.unwrap_or(true);
+        let idempotency_window = seconds(
+            "idempotency-window",
+            flags
+                .idempotency_window
+                .or(file.idempotency_window)
+                .unwrap_or(crate::app::idempotency::WINDOW_DEFAULT.as_secs_f64()),
+        )?;
+        let idempotency_keys_max = in_range(
+            "idempotency-keys-max",
+            flags
+                .idempotency_keys_max
+                .or(file.idempotency_keys_max)
+                .unwrap_or(crate::app::idempotency::KEYS_MAX_DEFAULT),
+            1,
+            1 << 24,
+        )?;
+        let demo = !flags.no_demo && file.demo.unwrap_or(true);
+        let share_port = flags.share_port || file.share_port.unwrap_or(false);
+        let config_path = flags.config;
+        let max_connections_cap = max_connections;
+        Ok(Self {
+            fixed: FixedConfig {
+                transports,
+                listen,
                 shards,
-                1 << 24,
-            )?,
-            coalesce_delay: Duration::from_millis(in_range(
-                "coalesce-delay-ms",
-                flags
-                    .coalesce_delay_ms
-                    .or(file.coalesce_delay_ms)
-                    .unwrap_or(20) as usize,
-                0,
-                1000,
-            )? as u64),
-            coalesce_queue_min: flags
-                .coalesce_queue_min
-                .or(file.coalesce_queue_min)
-                .unwrap_or(ringcast_core::fanout::COALESCE_QUEUE_MIN_DEFAULT),
-            write_budget: in_range(
-                "write-budget",
-                flags.write_budget.or(file.write_budget).unwrap_or(64),
-                1,
-                100_000,
-            )?,
-            drain_timeout: seconds(
-                "drain-timeout",
-                flags.drain_timeout.or(file.drain_timeout).unwrap_or(10.0),
-            )?,
-            log: flags.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
-            max_connections_per_ip: in_range(
-                "max-connections-per-ip",
-                flags
-                    .max_connections_per_ip
-                    .or(file.max_connections_per_ip)
-                    .unwrap_or(0),
-                0,
-                1 << 24,
-            )?,
-            max_new_connections_per_ip_per_sec: in_range(
-                "max-new-connections-per-ip-per-sec",
-                flags
-                    .max_new_connections_per_ip_per_sec
-                    .or(file.max_new_connections_per_ip_per_sec)
-                    .unwrap_or(0) as usize,
-                0,
-                1_000_000,
-            )? as u32,
-            max_streams_per_conn: in_range(
-                "max-streams-per-conn",
-                flags
-                    .max_streams_per_conn
-                    .or(file.max_streams_per_conn)
-                    .unwrap_or(MAX_STREAMS_PER_CONN_DEFAULT),
-                1,
-                MAX_STREAMS_PER_CONN_LIMIT,
-            )?,
-            max_pending_write_bytes: in_range(
-                "max-pending-write-bytes",
-                flags
-                    .max_pending_write_bytes
-                    .or(file.max_pending_write_bytes)
-                    .unwrap_or(MAX_PENDING_WRITE_BYTES_DEFAULT),
-                1,
-                1 << 40,
-            )?,
-            latency_metrics: !flags.no_latency_metrics && file.latency_metrics.unwrap_or(true),
-            auth,
-            jwt,
-            cluster,
-            idempotency_window: seconds(
-                "idempotency-window",
-                flags
-                    .idempotency_window
-                    .or(file.idempotency_window)
-                    .unwrap_or(crate::app::idempotency::WINDOW_DEFAULT.as_secs_f64()),
-            )?,
-            idempotency_keys_max: in_range(
-                "idempotency-keys-max",
-                flags
-                    .idempotency_keys_max
-                    .or(file.idempotency_keys_max)
-                    .unwrap_or(crate::app::idempotency::KEYS_MAX_DEFAULT),
-                1,
-                1 << 24,
-            )?,
-            demo: !flags.no_demo && file.demo.unwrap_or(true),
-            share_port: flags.share_port || file.share_port.unwrap_or(false),
-            config_path: flags.config,
+                max_message_bytes,
+                max_header_bytes,
+                history,
+                history_bytes,
+                max_rooms,
+                log,
+                max_streams_per_conn,
+                latency_metrics,
+                auth,
+                jwt,
+                cluster,
+                idempotency_keys_max,
+                demo,
+                share_port,
+                config_path,
+                max_connections_cap,
+            },
+            live: LiveSettings {
+                heartbeat,
+                header_timeout,
+                body_timeout,
+                idle_timeout,
+                room_idle_timeout,
+                max_connections,
+                coalesce_delay,
+                coalesce_queue_min,
+                write_budget,
+                drain_timeout,
+                max_connections_per_ip,
+                max_new_connections_per_ip_per_sec,
+                max_pending_write_bytes,
+                idempotency_window,
+            },
         })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags_win_over_file_over_defaults() {
-        let file: FileConfig =
-            toml::from_str("heartbeat = 3.0\nhistory = 9\nlisten = \"127.0.0.1:9\"").unwrap();
-        let flags = Flags {
-            heartbeat: Some(1.5),
-            ..Flags::default()
-        };
-        let config = Config::merge(flags, file).unwrap();
-        assert_eq!(config.heartbeat, Duration::from_millis(1500));
-        assert_eq!(config.history, 9);
-        assert_eq!(config.listen.port(), 9);
-        assert_eq!(config.max_message_bytes, MAX_MESSAGE_BYTES_DEFAULT);
-    }
-
-    #[test]
-    fn bad_values_name_their_flag() {
-        let flags = Flags {
-            heartbeat: Some(-1.0),
-            ..Flags::default()
-        };
-        let err = Config::merge(flags, FileConfig::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("--heartbeat:"), "{err}");
-        let err = toml::from_str::<FileConfig>("nope = 1")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("nope"), "{err}");
-    }
-}
+mod tests;

@@ -9,6 +9,10 @@
 //! then on ciphertext received is decrypted into the request buffer and every write's
 //! plaintext is encrypted, [`SEND_CHUNK_BYTES`] at a time, into one send buffer.
 //!
+//! Ownership: while the ring receives or sends for this connection, the buffer is the
+//! ring's op's, not this struct's ([`TlsConn::take_recv_buffer`], [`TlsConn::take_out`]):
+//! it comes back with the completion, so no flag has to keep anyone off it.
+//!
 //! Bounds: the ClientHello ([`CLIENT_HELLO_BYTES_MAX`]), one receive buffer
 //! ([`RECV_BYTES`], held only while a request is read), rustls' own buffers (its send
 //! buffer limited to [`SEND_CHUNK_BYTES`], its received-plaintext buffer by rustls), and
@@ -75,18 +79,19 @@ enum Phase {
 /// One connection's TLS state.
 pub struct TlsConn {
     phase: Phase,
-    /// Ciphertext to send; the ring sends `out[sent..]` and nothing touches it meanwhile.
+    /// Ciphertext to send, `out[sent..]`; while a send is in flight the ring's op holds
+    /// it (`take_out`) and this is empty.
     out: Vec<u8>,
     sent: usize,
     /// Plaintext bytes of the current write whose ciphertext is in `out`.
     out_plain: usize,
     /// Plaintext bytes of the current write handed to rustls.
     taken: usize,
-    /// Ciphertext receive buffer (zeroed once, `RECV_BYTES` long), only while reading a
-    /// request after the ClientHello.
+    /// Ciphertext receive buffer (`RECV_BYTES` of capacity), only while reading a request
+    /// after the ClientHello; the ring's op holds it while a receive is in flight.
     recv: Vec<u8>,
-    /// A send of `out` is in flight on the ring.
-    pub sending: bool,
+    /// A send of `out` is in flight on the ring (which holds `out`).
+    sending: bool,
     /// Once the current sends are done: half-close and linger (a refusal was written).
     pub linger_after_send: bool,
     established: bool,
@@ -178,12 +183,14 @@ impl TlsConn {
         }
     }
 
-    /// The receive buffer for the next ciphertext receive (allocated on first use).
-    pub fn recv_buffer(&mut self) -> &mut [u8] {
-        if self.recv.len() != RECV_BYTES {
-            self.recv = vec![0; RECV_BYTES];
-        }
-        &mut self.recv
+    /// The (empty) buffer for the next ciphertext receive, [`RECV_BYTES`] of capacity
+    /// (allocated on first use): the ring's op holds it until [`Self::receive`] gets it
+    /// back.
+    pub fn take_recv_buffer(&mut self) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.recv);
+        buf.clear();
+        buf.reserve_exact(RECV_BYTES);
+        buf
     }
 
     /// Frees the receive buffer (the connection streams or lingers: what it receives is
@@ -192,11 +199,11 @@ impl TlsConn {
         self.recv = Vec::new();
     }
 
-    /// Decrypts the `len` bytes the ring received into the receive buffer, appending the
-    /// plaintext to `plain`.
-    pub fn receive(&mut self, len: usize, plain: &mut Vec<u8>) -> Result<Received, TlsFailure> {
-        let recv = std::mem::take(&mut self.recv);
-        let result = self.receive_from(recv.get(..len).unwrap_or_default(), plain);
+    /// Decrypts the ciphertext the ring received into `recv` (the buffer of
+    /// [`Self::take_recv_buffer`], back from the ring), appending the plaintext to
+    /// `plain`; keeps the buffer for the next receive.
+    pub fn receive(&mut self, recv: Vec<u8>, plain: &mut Vec<u8>) -> Result<Received, TlsFailure> {
+        let result = self.receive_from(&recv, plain);
         self.recv = recv;
         result
     }
@@ -305,6 +312,28 @@ impl TlsConn {
     /// The ciphertext still to send.
     pub fn pending_out(&self) -> &[u8] {
         self.out.get(self.sent..).unwrap_or_default()
+    }
+
+    /// Whether a send is in flight (the ring holds the send buffer).
+    pub fn sending(&self) -> bool {
+        self.sending
+    }
+
+    /// Hands the send buffer to the ring for a send of `buffer[from..]`: until
+    /// [`Self::restore_out`] nothing is encrypted into it.
+    pub fn take_out(&mut self) -> (Vec<u8>, usize) {
+        assert!(!self.sending, "one send in flight per connection");
+        self.sending = true;
+        (std::mem::take(&mut self.out), self.sent)
+    }
+
+    /// The send buffer is back from the ring (its send completed; [`Self::on_sent`] says
+    /// how much of it went).
+    pub fn restore_out(&mut self, out: Vec<u8>) {
+        assert!(self.sending, "a send buffer comes back only from a send");
+        debug_assert!(self.out.capacity() == 0);
+        self.sending = false;
+        self.out = out;
     }
 
     /// `len` bytes of the send buffer were sent. When all of it is, returns the plaintext
@@ -443,8 +472,9 @@ mod tests {
             client.write_tls(&mut wire).unwrap();
         }
         for piece in wire.chunks(RECV_BYTES) {
-            server.recv_buffer()[..piece.len()].copy_from_slice(piece);
-            server.receive(piece.len(), plain).unwrap();
+            let mut buf = server.take_recv_buffer();
+            buf.extend_from_slice(piece);
+            server.receive(buf, plain).unwrap();
         }
     }
 
@@ -536,8 +566,33 @@ mod tests {
         client.send_close_notify();
         let mut wire = Vec::new();
         client.write_tls(&mut wire).unwrap();
-        server.recv_buffer()[..wire.len()].copy_from_slice(&wire);
-        assert!(server.receive(wire.len(), &mut plain).unwrap().closed);
+        let mut buf = server.take_recv_buffer();
+        buf.extend_from_slice(&wire);
+        assert!(server.receive(buf, &mut plain).unwrap().closed);
+    }
+
+    #[test]
+    fn the_send_buffer_is_the_rings_while_a_send_is_in_flight() {
+        let pair = pair(&[b"http/1.1"]);
+        let (mut server, mut client) = handshake(&pair);
+        let frames = [Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n")];
+        server.start_write();
+        assert!(server.fill(&frames, frames[0].len()));
+        let (out, from) = server.take_out();
+        assert!(server.sending());
+        assert!(server.pending_out().is_empty(), "nothing of it stays here");
+        // While the ring holds it, close_notify waits (fill is not called: asserted).
+        server.close_notify();
+        assert!(server.pending_out().is_empty());
+        let mut got = Vec::new();
+        feed(&mut client, &out[from..], &mut got);
+        server.restore_out(out);
+        assert!(!server.sending());
+        assert_eq!(
+            server.on_sent(server.pending_out().len()),
+            Some(frames[0].len())
+        );
+        assert_eq!(&got[..], &frames[0][..]);
     }
 
     #[test]

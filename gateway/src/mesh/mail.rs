@@ -8,8 +8,9 @@ use crate::mesh::virtual_conn::{Transport, VirtualSink};
 use crate::upstream::cluster::RedisRefusal;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
+use ringcast_core::sequencer::Letter;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 /// Messages one queue holds. A publish is refused (503) when its outbox backs up past
@@ -53,6 +54,56 @@ pub enum PublishRefusal {
 impl From<Rejection> for PublishRefusal {
     fn from(rejection: Rejection) -> Self {
         PublishRefusal::Shard(rejection)
+    }
+}
+
+impl From<ringcast_core::sequencer::Refusal> for PublishRefusal {
+    fn from(refusal: ringcast_core::sequencer::Refusal) -> Self {
+        PublishRefusal::Shard(refusal.into())
+    }
+}
+
+impl From<Letter<ReplyTo>> for Mail {
+    /// The sequencer's outgoing mail, variant for variant.
+    fn from(letter: Letter<ReplyTo>) -> Self {
+        match letter {
+            Letter::Publish {
+                room,
+                data,
+                reply,
+                idempotency_key,
+            } => Mail::Publish {
+                room,
+                data,
+                reply,
+                idempotency_key,
+            },
+            Letter::Sequenced { reply, result } => Mail::Sequenced {
+                reply,
+                result: result.map_err(PublishRefusal::from),
+            },
+            Letter::Frame {
+                room,
+                incarnation,
+                id,
+                frame,
+                stamp_unix_nanos,
+            } => Mail::Frame {
+                room,
+                incarnation,
+                id,
+                frame,
+                stamp_unix_nanos,
+            },
+            Letter::Presence { room, subscribed } => Mail::Presence { room, subscribed },
+            Letter::RoomQuery { room, reply } => Mail::RoomQuery { room, reply },
+            Letter::RoomCount { reply, info } => Mail::RoomCount {
+                reply,
+                subscribers: info.subscribers,
+                last_id: info.last_id,
+                history_len: info.history_len,
+            },
+        }
     }
 }
 
@@ -154,13 +205,7 @@ impl Mesh {
     pub fn new(shards: usize) -> io::Result<Self> {
         let mut eventfds = Vec::with_capacity(shards);
         for _ in 0..shards {
-            // SAFETY: eventfd has no memory arguments; the fd is checked below and owned.
-            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
-            eventfds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            eventfds.push(crate::uring::sys::eventfd()?);
         }
         let queues = (0..shards * shards)
             .map(|_| ArrayQueue::new(QUEUE_CAPACITY))
@@ -193,16 +238,7 @@ impl Mesh {
 
     /// Wakes `shard`'s loop (from a thread that holds no ring: the companion).
     pub fn wake(&self, shard: usize) {
-        let one: u64 = 1;
-        // SAFETY: write(2) reads the 8 bytes of `one` during the call only; the eventfd
-        // lives as long as the mesh.
-        unsafe {
-            libc::write(
-                self.eventfds[shard].as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
+        crate::uring::sys::eventfd_add_one(self.eventfds[shard].as_raw_fd());
     }
 
     /// The wake-up eventfd of `shard`.
@@ -266,6 +302,85 @@ mod tests {
         for (refusal, text) in table {
             assert_eq!(refusal.to_string(), *text, "{refusal:?}");
         }
+    }
+
+    /// The sequencer's refusals read, and are counted, as the shard's own did.
+    #[test]
+    fn sequencer_refusals_map_onto_the_same_words_and_counters() {
+        use ringcast_core::sequencer::Refusal;
+        let table = [
+            (Refusal::Draining, Rejection::Draining, "draining"),
+            (
+                Refusal::OutboxFull,
+                Rejection::ShardQueues,
+                "shard queues full",
+            ),
+            (
+                Refusal::RoomLimit,
+                Rejection::RoomLimit,
+                "room limit reached",
+            ),
+        ];
+        for (refusal, rejection, text) in table {
+            assert_eq!(Rejection::from(refusal), rejection);
+            assert_eq!(PublishRefusal::from(refusal).to_string(), text);
+        }
+    }
+
+    /// Every letter becomes the mail of the same name with the same contents.
+    #[test]
+    fn letters_map_one_to_one_onto_mail() {
+        use ringcast_core::event_id::EventId;
+        use ringcast_core::fanout::RoomInfo;
+        use ringcast_core::sequencer::Refusal;
+        let reply = ReplyTo {
+            shard: 1,
+            conn: ConnKey { slot: 2, serial: 3 },
+            index: 4,
+        };
+        let room: Arc<str> = Arc::from("r");
+        let id = EventId { epoch: 5, seq: 6 };
+        let mail = Mail::from(Letter::Sequenced {
+            reply,
+            result: Err(Refusal::OutboxFull),
+        });
+        assert!(matches!(
+            mail,
+            Mail::Sequenced { reply: r, result: Err(PublishRefusal::Shard(Rejection::ShardQueues)) } if r == reply
+        ));
+        let mail = Mail::from(Letter::Frame {
+            room: room.clone(),
+            incarnation: 5,
+            id: 6,
+            frame: Bytes::from_static(b"f"),
+            stamp_unix_nanos: 7,
+        });
+        assert!(matches!(
+            mail,
+            Mail::Frame { incarnation: 5, id: 6, stamp_unix_nanos: 7, ref frame, .. } if frame == "f"
+        ));
+        let mail = Mail::from(Letter::RoomCount {
+            reply,
+            info: RoomInfo {
+                subscribers: 8,
+                last_id: Some(id),
+                history_len: 9,
+            },
+        });
+        assert!(matches!(
+            mail,
+            Mail::RoomCount { subscribers: 8, last_id: Some(l), history_len: 9, .. } if l == id
+        ));
+        let mail = Mail::from(Letter::Publish {
+            room,
+            data: Bytes::from_static(b"d"),
+            reply,
+            idempotency_key: Some(crate::app::idempotency::MailKey::new("k".into())),
+        });
+        assert!(matches!(
+            mail,
+            Mail::Publish { ref data, idempotency_key: Some(ref k), .. } if data == "d" && k.as_str() == "k"
+        ));
     }
 
     /// A typed refusal costs the mail nothing over the `&'static str` it replaced.

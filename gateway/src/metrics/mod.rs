@@ -351,16 +351,7 @@ pub fn total(shards: &[ShardFigures], figure: Figure) -> u64 {
 /// Open file descriptors of this process and its soft limit.
 pub fn fds() -> (u64, u64) {
     let used = std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count() as u64);
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        limit.rlim_cur
-    } else {
-        0
-    };
+    let limit = crate::uring::sys::rlimit(libc::RLIMIT_NOFILE).map_or(0, |(soft, _)| soft);
     (used, limit)
 }
 

@@ -11,7 +11,5 @@ pub const COLLECT_PERIOD: std::time::Duration = std::time::Duration::from_secs(1
 /// Frees the calling thread's empty pages and returns what the allocator can to the
 /// system. Costs a walk of the thread's heap pages, a few microseconds on a quiet heap.
 pub fn collect() {
-    // SAFETY: `mi_collect` takes no pointers and acts on the calling thread's own heap;
-    // mimalloc is the global allocator of every binary that links this crate (main.rs).
-    unsafe { libmimalloc_sys::mi_collect(true) };
+    crate::uring::sys::mimalloc_collect();
 }

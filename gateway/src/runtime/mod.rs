@@ -7,7 +7,7 @@ pub mod reload;
 pub mod shared;
 
 use crate::app::admission::PerIpConnections;
-use crate::config::{Config, Flags};
+use crate::config::{Config, FixedConfig, Flags};
 use crate::mesh::mail::Mesh;
 use crate::metrics::ShardFigures;
 use crate::runtime::clock::SharedClock;
@@ -96,7 +96,7 @@ fn udp_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
 /// them); the others their companions'.
 #[allow(clippy::type_complexity)]
 fn companion_listeners(
-    config: &Config,
+    config: &FixedConfig,
 ) -> anyhow::Result<(Vec<crate::companion::Listeners>, Vec<Option<Socket>>)> {
     let shards = config.shards;
     let mut out: Vec<crate::companion::Listeners> =
@@ -159,6 +159,10 @@ const KEEPER_TICK: Duration = Duration::from_millis(50);
 /// second, published to the shards) and handles SIGHUP reloads: `flags` are the
 /// command-line flags, merged again over the re-read file so they still win.
 pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
+    let Config {
+        fixed: config,
+        live,
+    } = config;
     let shards = config.shards;
     // Handled before the first listener binds: a SIGTERM that comes as soon as the port
     // answers (a supervisor stopping a fresh start) drains and exits 0, instead of ending
@@ -243,7 +247,7 @@ pub fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
         stop,
         drained: (0..shards).map(|_| AtomicBool::new(false)).collect(),
         clock: Arc::new(SharedClock::new(&clock)),
-        live: LiveConfig::new(config.clone()),
+        live: LiveConfig::new(live),
         per_ip: PerIpConnections::default(),
         new_connections: crate::app::admission::PerIpRate::default(),
         tls_http1,
@@ -373,13 +377,13 @@ fn reload(shared: &Shared, flags: &Flags) {
         }
     };
     let (_, current) = shared.live.current();
-    let reloaded = crate::runtime::reload::apply(&current, &fresh, shared.config.max_connections);
+    let reloaded = crate::runtime::reload::apply(&shared.config, &current, &fresh);
     if !reloaded.not_live.is_empty() {
         tracing::warn!(
             settings = ?reloaded.not_live,
             "SIGHUP: these settings cannot change while running; restart to apply them"
         );
     }
-    let generation = shared.live.replace(reloaded.config);
+    let generation = shared.live.replace(reloaded.live);
     tracing::info!(generation, changed = ?reloaded.changed, "config reloaded");
 }

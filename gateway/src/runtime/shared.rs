@@ -3,7 +3,7 @@
 //! Built once by `runtime::run` before the threads start; plain shared handles, no logic.
 
 use crate::app::admission::{PerIpConnections, PerIpRate};
-use crate::config::Config;
+use crate::config::FixedConfig;
 use crate::mesh::mail::Mesh;
 use crate::metrics::ShardFigures;
 use crate::runtime::clock::SharedClock;
@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 /// What the shards share: settings, the mesh, figures and the stop flag.
 pub struct Shared {
-    /// Settings.
-    pub config: Config,
+    /// The settings read once at start (the live ones are in `live`).
+    pub config: FixedConfig,
     /// Cross-shard queues.
     pub mesh: Mesh,
     /// One block of figures per shard.
@@ -27,7 +27,7 @@ pub struct Shared {
     pub drained: Vec<AtomicBool>,
     /// The process clock, kept by the main thread.
     pub clock: Arc<SharedClock>,
-    /// The settings in force (swapped by SIGHUP reloads); `config` is the start-up copy.
+    /// The live settings in force (swapped by SIGHUP reloads).
     pub live: LiveConfig,
     /// Open connections per client address, over every shard.
     pub per_ip: PerIpConnections,

@@ -25,7 +25,7 @@ impl Shard {
         }
         let serial = self.serials.take();
         let http = Connection::new(now, self.limits()).one_request();
-        let slot = self.insert_conn(Conn::new(-1, serial, Some(sink.clone()), http));
+        let slot = self.insert_conn(Conn::new(serial, Pipe::virtual_conn(sink.clone()), http));
         sink.bind(ConnKey { slot, serial });
         if self.virtual_doorbell.is_none() {
             self.virtual_doorbell = sink.doorbell().cloned();
@@ -42,7 +42,7 @@ impl Shard {
         self.drive(now, slot)
     }
 
-    /// Puts a connection in a free slot (boxed, so its buffers never move) and returns it.
+    /// Puts a connection in a free slot and returns it.
     pub(super) fn insert_conn(&mut self, conn: Conn) -> u32 {
         let conn = Box::new(conn);
         match self.free.pop() {
@@ -144,7 +144,7 @@ impl Shard {
             let Some((_, at)) = conn.timer.take() else {
                 continue;
             };
-            let handshaking = conn.tls.as_ref().is_some_and(|tls| !tls.established());
+            let handshaking = conn.pipe.handshaking();
             let result = if handshaking {
                 // No TLS session to write a 408 in.
                 self.fail_tls(slot, RefusalReason::TlsHandshakeTimeout)

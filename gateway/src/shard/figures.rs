@@ -73,6 +73,6 @@ impl Shard {
         figures.set(Figure::SqFull, ring.sq_full_total);
         figures.set(Figure::CqOverflow, ring.cq_overflow_total);
         figures.set(Figure::DirtyQueue, self.fanout.dirty_len() as u64);
-        figures.idempotency.publish(&self.idempotency);
+        figures.idempotency.publish(self.sequencer.keys());
     }
 }

@@ -7,36 +7,17 @@ use super::*;
 impl Shard {
     /// Posts the receive the connection's HTTP machine wants, unless one is in flight:
     /// request bytes (into the connection's receive buffer, or its TLS receive buffer), or
-    /// bytes that only matter for the close (into the shard's discard buffer), or none.
+    /// bytes that only matter for the close (into the ring's discard buffer), or none.
     pub(super) fn post_recv(&mut self, slot: u32) -> std::io::Result<()> {
-        let discard_ptr = self.discard.as_mut_ptr();
-        let discard_len = self.discard.len() as u32;
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
-        if conn.recv_in_flight || conn.closing || conn.sink.is_some() {
+        if conn.closing || conn.pipe.receiving() {
             return Ok(());
         }
-        let (ptr, len, discards) = match (conn.http.read(), conn.tls.as_deref_mut()) {
-            (Read::Pause, _) => return Ok(()),
-            (Read::Request { .. }, Some(tls)) if tls.in_hello() => {
-                // The raw ClientHello stays in `recv` (an `h2` client is handed on with it).
-                let room = crate::conn::tls::CLIENT_HELLO_BYTES_MAX
-                    .saturating_sub(conn.recv.len())
-                    .clamp(1, RECV_FIRST);
-                conn.recv.reserve(room);
-                let spare = conn.recv.spare_capacity_mut();
-                (
-                    spare.as_mut_ptr().cast::<u8>(),
-                    spare.len().min(room) as u32,
-                    false,
-                )
-            }
-            (Read::Request { .. }, Some(tls)) => {
-                let buf = tls.recv_buffer();
-                (buf.as_mut_ptr(), buf.len() as u32, false)
-            }
-            (Read::Request { bytes_max }, None) => {
+        let into = match conn.http.read() {
+            Read::Pause => return Ok(()),
+            Read::Request { bytes_max } => {
                 // Small first; larger as a request grows (a body at its limit).
                 let buffered = conn.http.buffered();
                 let want = if buffered == 0 {
@@ -44,75 +25,111 @@ impl Shard {
                 } else {
                     buffered.clamp(RECV_FIRST, RECV_CHUNK)
                 };
-                let room = bytes_max.clamp(1, want);
-                debug_assert!(
-                    conn.recv.is_empty(),
-                    "received bytes go to the machine at once"
-                );
-                conn.recv.clear();
-                conn.recv.reserve(room);
-                let spare = conn.recv.spare_capacity_mut();
-                (
-                    spare.as_mut_ptr().cast::<u8>(),
-                    spare.len().min(room) as u32,
-                    false,
-                )
+                RecvInto::Request {
+                    room: bytes_max.clamp(1, want),
+                }
             }
             // Subscribers and lingering connections send nothing we keep: their bytes
-            // land in the shard's discard buffer, which is only counted (over TLS too: the
+            // land in the ring's discard buffer and are only counted (over TLS too: the
             // ciphertext is dropped undecrypted, as the plaintext would be).
-            (Read::Discard, tls) => {
-                if let Some(tls) = tls {
-                    tls.release_recv();
-                }
+            Read::Discard => {
                 conn.recv = Vec::new();
-                (discard_ptr, discard_len, true)
+                RecvInto::Discard
             }
         };
-        conn.recv_in_flight = true;
-        conn.recv_discards = discards;
-        let fd = conn.fd;
-        // SAFETY: the receive buffer (or the TLS receive buffer, boxed in the slot) is
-        // neither touched nor reallocated while `recv_in_flight` is set, and the slot
-        // (boxed) outlives the operation; the discard buffer lives as long as the shard and
-        // is never read but for its length.
-        unsafe { self.ring.recv(slot, fd, ptr, len) }
+        let key = conn.key(slot).to_word();
+        conn.pipe
+            .post_recv(&mut self.ring, key, &mut conn.recv, into);
+        Ok(())
     }
 
-    pub(super) fn on_recv(&mut self, now: Instant, slot: u32, result: i32) -> std::io::Result<()> {
-        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+    /// A receive completed: what came goes to the connection's HTTP machine (decrypted
+    /// first over TLS; a ClientHello is read by the TLS layer).
+    pub(super) fn on_recv(&mut self, now: Instant, c: Completion) -> std::io::Result<()> {
+        let Some(key) = ConnKey::from_word(c.key) else {
             return Ok(());
         };
-        conn.recv_in_flight = false;
-        let discarded = std::mem::take(&mut conn.recv_discards);
+        let slot = key.slot;
+        let config = self.shared.tls_http1.clone();
+        let Some(conn) = slot_mut(&mut self.conns, slot).filter(|conn| conn.serial == key.serial)
+        else {
+            // The connection went first: the ring kept the buffer until now.
+            return Ok(());
+        };
         if conn.closing {
-            return self.finish_close(slot);
+            let held = conn.pipe.settle(c);
+            self.recycle(held);
+            return Ok(());
         }
-        if result <= 0 {
-            // The client closed (or the receive failed): the machine says what follows
-            // (a refusal being written still goes out).
-            conn.http.handle_eof();
-            return self.drive(now, slot);
-        }
-        let len = result as usize;
-        if discarded {
-            // Counted only: a flood is cut.
-            conn.http.handle_received(now, &self.discard[..len]);
-        } else if conn.tls.is_some() {
-            return self.on_tls_recv(now, slot, len);
-        } else {
-            // SAFETY: the kernel initialised `len` bytes of the spare capacity.
-            unsafe { conn.recv.set_len(conn.recv.len() + len) };
-            conn.http.handle_received(now, &conn.recv);
-            conn.recv.clear();
+        match conn.pipe.on_recv(c, &mut conn.recv, config.as_ref()) {
+            Received::Closed => {
+                // The client closed (or the receive failed): the machine says what
+                // follows (a refusal being written still goes out).
+                conn.http.handle_eof();
+            }
+            Received::Discarded { len } => {
+                // Counted only: a flood is cut.
+                conn.http.handle_received(now, &DISCARDED[..len]);
+            }
+            Received::Data {
+                established,
+                closed,
+            } => {
+                // The plaintext goes to the machine at once (`recv` is only a scratch).
+                conn.http.handle_received(now, &conn.recv);
+                conn.recv.clear();
+                if closed {
+                    conn.http.handle_eof();
+                }
+                if established {
+                    self.count_tls_handshake(TlsHandshake::Http1);
+                }
+                self.tls_flush(slot)?;
+            }
+            Received::Hello(Hello::Partial) => {}
+            Received::Hello(Hello::Failed) => {
+                return self.fail_tls(slot, RefusalReason::TlsError);
+            }
+            Received::Hello(Hello::H2) => return self.hand_off_h2(slot),
+            Received::Hello(Hello::Http1) => {
+                self.tls_flush(slot)?;
+            }
+            Received::HelloTooLarge => {
+                return self.fail_tls(slot, RefusalReason::TlsClientHelloTooLarge);
+            }
+            Received::TlsFailed(err) => {
+                tracing::debug!(shard = self.index, conn = slot, %err, "TLS receive failed");
+                return self.fail_tls(slot, RefusalReason::TlsError);
+            }
         }
         self.drive(now, slot)
+    }
+
+    /// A completion for a connection that is gone (its op outlived it: the ring kept the
+    /// memory until now) or closing: what it held goes back to the pools.
+    pub(super) fn recycle(&mut self, held: Held) {
+        match held {
+            Held::Frames(frames) => self.recycle_frames(frames),
+            Held::Bytes(out) => recycle_tls_out(&mut self.tls_out_pool, out),
+            _ => {}
+        }
+    }
+
+    /// Keeps a write's frame vector for the next write (idle streams hold none).
+    pub(super) fn recycle_frames(&mut self, mut frames: Vec<Bytes>) {
+        frames.clear();
+        if self.frame_vecs.len() < WRITE_VECS_POOLED_MAX
+            && frames.capacity() <= ringcast_core::fanout::WRITE_FRAMES_MAX + 2
+            && frames.capacity() != 0
+        {
+            self.frame_vecs.push(frames);
+        }
     }
 
     /// Hands up to `write_budget` fan-out actions to the ring; returns how many.
     pub(super) fn write_out(&mut self, now: Instant) -> std::io::Result<usize> {
         let budget = self.config.write_budget;
-        let stamped = self.config.latency_metrics;
+        let stamped = self.shared.config.latency_metrics;
         let mut used = 0;
         while used < budget {
             let mut frames = std::mem::take(&mut self.scratch);
@@ -143,7 +160,7 @@ impl Shard {
                         "closing subscriber"
                     );
                     let writable = self.conn(conn.0).is_some_and(|c| {
-                        !c.write_in_flight && c.http.state() == HttpState::Streaming
+                        !c.pipe.writing() && c.http.state() == HttpState::Streaming
                     });
                     if writable && !frames.is_empty() {
                         if let Some(c) = self.conn(conn.0) {
@@ -164,7 +181,7 @@ impl Shard {
     /// Hands the stamps of the write just started on `slot` to the connection, which
     /// records their latency when the write completes.
     pub(super) fn attach_stamps(&mut self, slot: u32) {
-        let Some(conn) = slot_mut(&mut self.conns, slot).filter(|c| c.write_in_flight) else {
+        let Some(conn) = slot_mut(&mut self.conns, slot).filter(|c| c.pipe.writing()) else {
             self.stamp_scratch.clear();
             return;
         };
@@ -176,7 +193,7 @@ impl Shard {
         std::mem::swap(&mut conn.stamps, &mut self.stamp_scratch);
     }
 
-    /// Starts one writev of `frames` (taken) on `slot`.
+    /// Starts one write of `frames` (taken) on `slot`.
     pub(super) fn start_write(
         &mut self,
         slot: u32,
@@ -188,96 +205,74 @@ impl Shard {
         };
         if conn.closing {
             frames.clear();
-            return self.finish_close(slot);
+            return Ok(());
         }
-        debug_assert!(!conn.write_in_flight, "one write in flight per connection");
-        conn.frames = std::mem::replace(frames, self.frame_vecs.pop().unwrap_or_default());
-        if conn.iov.capacity() == 0 {
-            conn.iov = self.iov_vecs.pop().unwrap_or_default();
+        let frames = std::mem::replace(frames, self.frame_vecs.pop().unwrap_or_default());
+        let len = frames.iter().map(Bytes::len).sum();
+        let key = conn.key(slot).to_word();
+        let started =
+            conn.pipe
+                .start_write(&mut self.ring, key, frames, len, &mut self.tls_out_pool);
+        if started.is_err() {
+            debug_assert!(false, "one write in flight per virtual connection");
+            return self.begin_close(slot);
         }
-        conn.write_len = conn.frames.iter().map(Bytes::len).sum();
-        conn.written = 0;
-        self.pending_write_bytes += conn.write_len;
-        self.submit_write(slot)
+        self.pending_write_bytes += len;
+        Ok(())
     }
 
-    pub(super) fn submit_write(&mut self, slot: u32) -> std::io::Result<()> {
-        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+    /// A ring write of a connection completed (a plain writev, a TLS send).
+    pub(super) fn on_write(&mut self, now: Instant, c: Completion) -> std::io::Result<()> {
+        let Some(key) = ConnKey::from_word(c.key) else {
             return Ok(());
         };
-        if let Some(sink) = &conn.sink {
-            // Virtual: the companion takes the frames; the write stays in flight until it
-            // mails `VirtualWriteDone` (or the connection closes).
-            conn.write_in_flight = true;
-            let sink = sink.clone();
-            if sink.push(std::mem::take(&mut conn.frames)).is_err() {
-                debug_assert!(false, "one write in flight per virtual connection");
-                return self.begin_close(slot);
-            }
+        let Some(conn) =
+            slot_mut(&mut self.conns, key.slot).filter(|conn| conn.serial == key.serial)
+        else {
+            // The connection went first: the ring kept the frames until now.
+            self.recycle(c.held);
+            return Ok(());
+        };
+        if conn.closing {
+            let held = conn.pipe.settle(c);
+            self.recycle(held);
             return Ok(());
         }
-        if let Some(tls) = conn.tls.as_deref_mut() {
-            // Encrypted and sent a chunk at a time (`tls_flush`, `on_tls_write`); the write
-            // stays in flight until its last byte is sent.
-            conn.write_in_flight = true;
-            tls.start_write();
-            if !self.tls_flush(slot)? {
-                // Nothing to send (an empty write): a zero-length send completes it.
-                return self.submit_tls_send(slot, false);
-            }
-            return Ok(());
-        }
-        conn.iov.clear();
-        let mut skip = conn.written;
-        for frame in &conn.frames {
-            if skip >= frame.len() {
-                skip -= frame.len();
-                continue;
-            }
-            conn.iov.push(libc::iovec {
-                iov_base: frame[skip..].as_ptr() as *mut libc::c_void,
-                iov_len: frame.len() - skip,
-            });
-            skip = 0;
-        }
-        conn.write_in_flight = true;
-        let (fd, iov, count) = (conn.fd, conn.iov.as_ptr(), conn.iov.len() as u32);
-        // SAFETY: `iov` and the frames it points into are owned by the boxed connection
-        // slot and are not modified until this write's completion is reaped
-        // (`write_in_flight`); the slot is freed only after that.
-        unsafe { self.ring.writev(slot, fd, iov, count) }
+        let wrote = conn
+            .pipe
+            .on_write(&mut self.ring, c, &mut self.tls_out_pool);
+        self.after_write(now, key.slot, wrote)
     }
 
-    pub(super) fn on_write(&mut self, now: Instant, slot: u32, result: i32) -> std::io::Result<()> {
-        if result > 0 {
-            self.bytes_written += result as u64;
+    /// Moves a connection on after its write made progress, went whole or failed.
+    pub(super) fn after_write(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        wrote: Wrote,
+    ) -> std::io::Result<()> {
+        match wrote {
+            Wrote::Progress { credited } => {
+                self.pending_write_bytes -= credited;
+                Ok(())
+            }
+            Wrote::Done { credited, frames } => {
+                self.pending_write_bytes -= credited;
+                self.recycle_frames(frames);
+                self.write_complete(now, slot)
+            }
+            Wrote::Idle => {
+                let linger = self
+                    .conn(slot)
+                    .is_some_and(|conn| conn.pipe.take_linger_after_send());
+                if linger {
+                    return self.linger(now, slot);
+                }
+                Ok(())
+            }
+            // The peer is gone: the write is forgotten by the close.
+            Wrote::Failed => self.begin_close(slot),
         }
-        let Some(conn) = slot_mut(&mut self.conns, slot) else {
-            return Ok(());
-        };
-        if conn.tls.is_some() {
-            return self.on_tls_write(now, slot, result);
-        }
-        conn.write_in_flight = false;
-        debug_assert!(conn.written <= conn.write_len);
-        let remaining = conn.write_len - conn.written;
-        if conn.closing || result < 0 {
-            // Abandoned: nothing more of it will be written, and nothing was delivered.
-            self.pending_write_bytes -= remaining;
-            conn.frames.clear();
-            conn.stamps.clear();
-            return if conn.closing {
-                self.finish_close(slot)
-            } else {
-                self.begin_close(slot)
-            };
-        }
-        conn.written += result as usize;
-        self.pending_write_bytes -= (result as usize).min(remaining);
-        if conn.written < conn.write_len {
-            return self.submit_write(slot);
-        }
-        self.write_complete(now, slot)
     }
 
     /// A write was delivered whole: records its latency samples, hands its vectors back
@@ -286,7 +281,6 @@ impl Shard {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
-        conn.write_in_flight = false;
         // Delivered: one latency sample per message frame the write carried.
         for &stamp in &conn.stamps {
             if stamp != 0 {
@@ -304,18 +298,6 @@ impl Shard {
                 conn.stamps = Vec::new();
             }
         }
-        conn.frames.clear();
-        conn.iov.clear();
-        // Hand the vectors back to the shard: idle streams hold none.
-        if self.frame_vecs.len() < WRITE_VECS_POOLED_MAX
-            && conn.frames.capacity() <= ringcast_core::fanout::WRITE_FRAMES_MAX + 2
-        {
-            self.frame_vecs.push(std::mem::take(&mut conn.frames));
-            self.iov_vecs.push(std::mem::take(&mut conn.iov));
-        } else {
-            conn.frames = Vec::new();
-            conn.iov = Vec::new();
-        }
         if conn.close_after_write {
             return self.begin_close(slot);
         }
@@ -330,30 +312,32 @@ impl Shard {
         self.drive(now, slot)
     }
 
-    /// A refusal is written: a virtual connection closes; TLS sends `close_notify` first;
-    /// then [`Self::linger`].
-    pub(super) fn start_linger(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
-        let Some(conn) = self.conn(slot) else {
+    /// A refusal is written: the pipe half-closes (TLS after its `close_notify` is sent,
+    /// see [`Self::after_write`]) and the connection reads until the client closes or the
+    /// machine's linger deadline passes, so the client reads the answer, not a reset; a
+    /// virtual connection just closes.
+    pub(super) fn start_linger(&mut self, _now: Instant, slot: u32) -> std::io::Result<()> {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
-        if conn.sink.is_some() {
-            return self.begin_close(slot);
+        let key = conn.key(slot).to_word();
+        match conn
+            .pipe
+            .linger(&mut self.ring, key, &mut self.tls_out_pool)
+        {
+            Linger::Close => self.begin_close(slot),
+            Linger::AfterSend => Ok(()),
+            Linger::Now => self.post_recv(slot),
         }
-        if conn.tls.is_some() {
-            return self.tls_linger(now, slot);
-        }
-        self.linger(now, slot)
     }
 
-    /// After a refusal was written: half-closes and reads (into the discard buffer) until
-    /// the client closes or the machine's linger deadline passes, so the client reads the
-    /// answer, not a reset.
+    /// After a refusal was written (and over TLS its `close_notify` sent): half-closes and
+    /// reads (into the discard buffer).
     pub(super) fn linger(&mut self, _now: Instant, slot: u32) -> std::io::Result<()> {
         let Some(conn) = self.conn(slot) else {
             return Ok(());
         };
-        // SAFETY: shutdown takes no memory; the fd is open while the slot lives.
-        unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
+        conn.pipe.shutdown_write();
         self.post_recv(slot)
     }
 
@@ -379,7 +363,7 @@ impl Shard {
         let Some(conn) = self.conn(slot) else {
             return Ok(());
         };
-        if conn.tls.as_ref().is_some_and(|tls| !tls.established()) {
+        if conn.pipe.handshaking() {
             // No TLS session to write the answer in: close (the caller counted why).
             return self.begin_close(slot);
         }
@@ -387,6 +371,10 @@ impl Shard {
         self.drive(now, slot)
     }
 
+    /// Closes a connection: its write in progress is forgotten, and its pipe closes
+    /// (on the ring, or at once for a virtual one). Ops still in flight complete on their
+    /// own and keep their memory until then; the slot is released at the close's
+    /// completion.
     pub(super) fn begin_close(&mut self, slot: u32) -> std::io::Result<()> {
         self.cancel_timer(slot);
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
@@ -397,50 +385,41 @@ impl Shard {
         }
         conn.closing = true;
         conn.http.close();
-        if conn.tls.is_some() {
-            self.begin_tls_close(slot)?;
-        } else if conn.recv_in_flight || conn.write_in_flight {
-            // SAFETY: shutdown takes no memory; it makes in-flight operations complete.
-            unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
+        let key = conn.key(slot).to_word();
+        let forgotten = conn.pipe.forget_write();
+        if forgotten.is_some() {
+            // Abandoned: nothing more of it will be written, and nothing was delivered.
+            conn.stamps.clear();
+        }
+        let closing = conn.pipe.close(&mut self.ring, key);
+        let virtual_conn = conn.pipe.is_virtual();
+        if let Some((remaining, frames)) = forgotten {
+            self.pending_write_bytes -= remaining;
+            self.recycle_frames(frames);
         }
         // A subscriber leaves the fan-out (a no-op for a connection that never streamed:
         // its slot's id names no one else).
         self.fanout.handle_disconnect(ConnId(slot));
-        self.finish_close(slot)
+        if closing == Closing::Done {
+            if virtual_conn {
+                self.virtual_live -= 1;
+            }
+            self.on_closed(key);
+        }
+        Ok(())
     }
 
-    pub(super) fn finish_close(&mut self, slot: u32) -> std::io::Result<()> {
-        let Some(conn) = slot_mut(&mut self.conns, slot) else {
-            return Ok(());
+    /// A connection's close completed (or it had nothing to close): its slot is free.
+    pub(super) fn on_closed(&mut self, key: u64) {
+        let Some(key) = ConnKey::from_word(key) else {
+            return;
         };
-        if let Some(sink) = conn.sink.clone() {
-            if !conn.closing {
-                return Ok(());
-            }
-            if conn.write_in_flight {
-                // The companion holds the frames (refcounted); nothing waits for them.
-                self.pending_write_bytes -= conn.forget_write();
-            }
-            sink.close();
-            self.virtual_live -= 1;
-            self.on_closed(slot);
-            return Ok(());
-        }
-        // A TLS connection's frames are never the kernel's: only its send is waited for.
-        let write_in_flight = match conn.tls.as_deref() {
-            Some(tls) => tls.sending,
-            None => conn.write_in_flight,
-        };
-        if !conn.closing || conn.recv_in_flight || write_in_flight || conn.close_submitted {
-            return Ok(());
-        }
-        conn.close_submitted = true;
-        let fd = conn.fd;
-        self.ring.close(slot, fd)
-    }
-
-    pub(super) fn on_closed(&mut self, slot: u32) {
-        if let Some(conn) = self.conns.get_mut(slot as usize).and_then(Option::take) {
+        let slot = key.slot;
+        let open = self
+            .conns
+            .get_mut(slot as usize)
+            .filter(|conn| conn.as_ref().is_some_and(|conn| conn.serial == key.serial));
+        if let Some(conn) = open.and_then(Option::take) {
             debug_assert!(
                 conn.timer.is_none(),
                 "a released connection holds no ticker"
@@ -448,7 +427,7 @@ impl Shard {
             if let Some(ip) = conn.peer {
                 self.shared.per_ip.release(ip);
             }
-            if conn.tls.is_some() {
+            if conn.pipe.is_tls() {
                 self.tls_live -= 1;
                 self.shared.figures[self.index].transport_closed(Transport::Tls);
             }
@@ -460,3 +439,7 @@ impl Shard {
         }
     }
 }
+
+/// What the machine is handed for bytes the ring dropped into its discard buffer (it only
+/// counts them: they are a stream's or a refused client's, never read).
+static DISCARDED: [u8; crate::uring::ring::DISCARD_BYTES] = [0; crate::uring::ring::DISCARD_BYTES];

@@ -37,12 +37,14 @@ impl Shard {
                 let Some(key) = sink.key() else {
                     return Ok(());
                 };
-                let slot = key.slot;
-                let Some(conn) = self.conn_by_key(key).filter(|c| c.write_in_flight) else {
+                let Some(wrote) = self
+                    .conn_by_key(key)
+                    .filter(|conn| !conn.closing)
+                    .and_then(|conn| conn.pipe.on_virtual_written())
+                else {
                     return Ok(());
                 };
-                let remaining = conn.write_len.saturating_sub(conn.written);
-                return self.on_write(now, slot, remaining as i32);
+                return self.after_write(now, key.slot, wrote);
             }
             Mail::VirtualClose { sink } => {
                 let Some(key) = sink.key() else {
@@ -61,8 +63,26 @@ impl Shard {
                 let key = idempotency_key
                     .as_ref()
                     .map(crate::app::idempotency::MailKey::as_str);
-                let result = self.sequence(now, &room, &data, key);
-                self.outbox[reply.shard as usize].push_back(Mail::Sequenced { reply, result });
+                let (clock, latency_metrics) =
+                    (&mut self.clock, self.shared.config.latency_metrics);
+                let stamp = move || match latency_metrics {
+                    true => clock.now_unix_nanos(Instant::now()),
+                    false => 0,
+                };
+                let result = self.sequencer.handle_publish_letter(
+                    &mut self.fanout,
+                    now,
+                    self.config.idempotency_window,
+                    stamp,
+                    reply.shard as usize,
+                    &room,
+                    &data,
+                    key,
+                    reply,
+                );
+                if let Err(refusal) = result {
+                    self.count_rejection(refusal.into());
+                }
             }
             Mail::Frame {
                 room,
@@ -71,28 +91,23 @@ impl Shard {
                 frame,
                 stamp_unix_nanos,
             } => {
-                self.fanout.handle_frame_replica(
+                let _new = self.sequencer.handle_frame(
+                    &mut self.fanout,
                     now,
-                    stamp_unix_nanos,
                     &room,
                     incarnation,
                     id,
                     frame,
+                    stamp_unix_nanos,
                 );
             }
             Mail::Presence { room, subscribed } => {
                 self.fanout.handle_presence(now, &room, subscribed);
             }
             Mail::RoomQuery { room, reply } => {
-                let info = self.fanout.room_info(&room);
-                let (subscribers, last_id, history_len) =
-                    info.map_or((0, None, 0), |i| (i.subscribers, i.last_id, i.history_len));
-                self.outbox[reply.shard as usize].push_back(Mail::RoomCount {
-                    reply,
-                    subscribers,
-                    last_id,
-                    history_len,
-                });
+                let origin = reply.shard as usize;
+                self.sequencer
+                    .handle_room_query(&self.fanout, origin, &room, reply);
             }
             Mail::Sequenced { reply, result } => {
                 let Some(conn) = self.conn_by_key(reply.conn) else {
@@ -110,7 +125,8 @@ impl Shard {
                     }
                     _ => return Ok(()),
                 }
-                conn.outstanding = conn.outstanding.saturating_sub(1);
+                assert!(conn.outstanding > 0, "a reply nobody waits for");
+                conn.outstanding -= 1;
                 if conn.outstanding == 0 {
                     return self.complete_pending(reply.conn.slot);
                 }
@@ -134,7 +150,8 @@ impl Shard {
                     *total += subscribers;
                     *last_max = (*last_max).max(last_id);
                     *history_max = (*history_max).max(history_len);
-                    conn.outstanding = conn.outstanding.saturating_sub(1);
+                    assert!(conn.outstanding > 0, "a count nobody waits for");
+                    conn.outstanding -= 1;
                     if conn.outstanding == 0 {
                         return self.complete_pending(reply.conn.slot);
                     }
@@ -148,11 +165,12 @@ impl Shard {
         for target in 0..self.shards {
             let queue = self.shared.mesh.queue(self.index, target);
             let mut pushed = false;
-            while let Some(mail) = self.outbox[target].pop_front() {
+            let outbox = self.sequencer.outbox_mut(target);
+            while let Some(mail) = outbox.pop_front() {
                 match queue.push(mail) {
                     Ok(()) => pushed = true,
                     Err(mail) => {
-                        self.outbox[target].push_front(mail);
+                        outbox.push_front(mail);
                         break;
                     }
                 }
@@ -164,11 +182,7 @@ impl Shard {
         for target in 0..self.shards {
             if std::mem::take(&mut self.wake_pending[target]) {
                 let fd = self.shared.mesh.eventfd(target);
-                // SAFETY: `wake_word` is boxed, never written after setup and outlives the ring.
-                unsafe {
-                    self.ring
-                        .write_eventfd(target as u32, fd, &*self.wake_word)?
-                };
+                self.ring.write_eventfd(target as u64, fd);
             }
         }
         Ok(())
@@ -178,17 +192,10 @@ impl Shard {
     /// the owner never frees a room followed here (single-node mode; in cluster mode every
     /// node follows the broker and no shard owns a room).
     pub(super) fn forward_presence(&mut self) {
-        while let Some(presence) = self.fanout.poll_presence() {
-            if self.cluster.is_some() {
-                continue;
-            }
-            let owner = owner_shard(&presence.room, self.shards);
-            if owner != self.index {
-                self.outbox[owner].push_back(Mail::Presence {
-                    room: presence.room,
-                    subscribed: presence.subscribed,
-                });
-            }
+        if self.cluster.is_some() {
+            while self.fanout.poll_presence().is_some() {}
+            return;
         }
+        self.sequencer.forward_presence(&mut self.fanout);
     }
 }

@@ -12,6 +12,7 @@ mod conns;
 mod figures;
 mod io;
 mod mail;
+pub mod pipe;
 mod publish;
 mod requests;
 mod tls_io;
@@ -19,10 +20,10 @@ mod upstreams;
 
 use crate::app::admission::{RefusalReason, Rejection, REJECTIONS};
 use crate::app::batch::{self, BATCH_LINES_MAX};
-use crate::config::Config;
+use crate::config::LiveSettings;
 use crate::conn::http1::{self as http1_conn, Connection, Limits, Read, State as HttpState};
 use crate::conn::key::{ConnKey, Serials};
-use crate::conn::tls::{Hello, TlsConn};
+use crate::conn::tls::Hello;
 use crate::http::h1::{self as http1, Method, Refusal, Route};
 use crate::mesh::mail::{Mail, PublishRefusal, ReplyTo, OUTBOX_MAX};
 use crate::mesh::virtual_conn::{Doorbell, Transport, VirtualSink};
@@ -30,16 +31,17 @@ use crate::metrics::{Figure, TlsHandshake, ROOM_SIZE_LABELS};
 use crate::runtime::clock::ShardClock;
 use crate::runtime::shared::Shared;
 use crate::shard::accept::{AcceptErrno, AcceptPacer};
-use crate::uring::{Completion, OpKind, Ring, LISTENER_PLAIN, LISTENER_TLS};
+use crate::shard::pipe::{recycle_tls_out, Closing, Linger, Pipe, Received, RecvInto, Wrote};
+use crate::uring::{Completion, Held, OpId, OpKind, Ring, LISTENER_PLAIN, LISTENER_TLS};
 use bytes::Bytes;
+use ringcast_core::drain::{Drain, DrainAction, Figures as DrainFigures};
 use ringcast_core::event_id::{EventId, ResetReason, ResumeId};
-use ringcast_core::fanout::{Action, ConnId, Fanout, FanoutConfig, FanoutError, Start};
+use ringcast_core::fanout::{Action, ConnId, Fanout, FanoutError, Start};
 use ringcast_core::metrics::HistogramSnapshot;
-use ringcast_core::room::owner_shard;
+use ringcast_core::sequencer::{Routed, Sequencer};
 use ringcast_core::timer_wheel::{TimerKey, TimerWheel};
-use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,23 +61,12 @@ const WAIT_MAX: Duration = Duration::from_millis(100);
 const MAIL_PER_TURN: usize = 4096;
 /// Extra connection slots past the limit, used only to answer 503 before closing.
 const REFUSAL_SLOTS: usize = 1024;
-/// After a stop signal, how long a shard keeps taking mail before it starts closing
-/// caught-up subscribers: long enough for messages other shards accepted before the
-/// signal to arrive (mail is flushed every loop turn).
-const DRAIN_SETTLE: Duration = Duration::from_millis(200);
 /// How often a shard recounts its rooms by subscriber count for the metrics.
 const ROOM_SIZES_PERIOD: Duration = Duration::from_secs(1);
 /// Spare stamp vectors kept per shard (as the write vectors).
 const STAMP_VECS_POOLED_MAX: usize = 4096;
-/// The `retry:` hint (ms) sent to subscribers closed by a drain.
-const DRAIN_RETRY_MS: u64 = 1000;
-/// During a drain, how long a connection that has not sent its first request is waited
-/// for (to answer it 503) before `--header-timeout`'s 408: a browser's speculative
-/// connection may never send one, and must not hold the drain much past its 200 ms.
-const DRAIN_REQUEST_WAIT: Duration = Duration::from_secs(1);
-/// Spare TLS send buffers kept per shard (each about one TLS record,
-/// `tls_conn::SEND_CHUNK_BYTES`), so idle TLS streams hold none.
-const TLS_OUT_POOLED_MAX: usize = 256;
+// A write never needs more iovecs than the kernel takes at once (uring/ring/ splits past it).
+const _: () = assert!(ringcast_core::fanout::WRITE_FRAMES_MAX + 2 <= crate::uring::ring::IOV_MAX);
 
 #[derive(Debug)]
 enum Pending {
@@ -101,30 +92,23 @@ enum BatchLine {
 }
 
 struct Conn {
-    fd: RawFd,
     serial: u32,
     /// The HTTP/1.1 connection machine (conn/http1): request states, deadlines,
     /// keep-alive, `100 Continue`, HEAD, linger, drain, the stream after its head. The shard
     /// only moves its bytes and timer.
     http: Connection,
-    /// The receive buffer of a plain connection reading a request (the ring receives into
-    /// its spare capacity; the bytes go to `http` at once) and of a TLS connection's
-    /// ClientHello (kept whole: an `h2` client is handed on with it).
+    /// The receive buffer of a plain connection reading a request (its bytes go to `http`
+    /// at once), of a TLS connection's ClientHello (kept whole: an `h2` client is handed on
+    /// with it), and a TLS connection's decrypted plaintext. While a receive into it is in
+    /// flight, the ring's op holds it (and this is empty).
     recv: Vec<u8>,
-    recv_in_flight: bool,
-    /// The receive in flight lands in the shard's discard buffer (a stream or a linger:
-    /// only the close, or a flood, matters).
-    recv_discards: bool,
-    write_in_flight: bool,
-    /// Closing: waiting for in-flight operations, then the close.
+    /// How the bytes travel (plain, TLS, virtual), the ops in flight and the write in
+    /// progress (pipe.rs).
+    pipe: Pipe,
+    /// Closing: the close is on the ring (or done); completions still due only settle.
     closing: bool,
-    close_submitted: bool,
     /// The fan-out's last frames for a subscriber it cut: close once they are written.
     close_after_write: bool,
-    frames: Vec<Bytes>,
-    iov: Vec<libc::iovec>,
-    write_len: usize,
-    written: usize,
     /// The timer-wheel entry for `http`'s deadline, at this instant.
     timer: Option<(TimerKey, Instant)>,
     pending: Option<Pending>,
@@ -133,57 +117,37 @@ struct Conn {
     peer: Option<IpAddr>,
     /// Sequencing stamps of the message frames the write in flight carries.
     stamps: Vec<u64>,
-    /// Set for a virtual connection (a request from the companion thread; `fd` is -1):
-    /// writes go to the sink, not the ring (virtual_conn.rs).
-    sink: Option<Arc<VirtualSink>>,
-    /// Set for a connection of the TLS listener (conn/tls.rs): reads are decrypted and
-    /// handed to `http`, writes encrypted into its send buffer, which the ring sends;
-    /// `frames` are never the kernel's, and `write_in_flight` means a write not yet all
-    /// sent. Boxed, so a plain connection pays one pointer.
-    tls: Option<Box<TlsConn>>,
 }
 
 impl Conn {
-    /// Forgets the write in flight (its frames are refcounted, nothing waits for them) and
-    /// returns the bytes it still counted as pending.
-    fn forget_write(&mut self) -> usize {
-        self.write_in_flight = false;
-        self.frames.clear();
-        self.stamps.clear();
-        debug_assert!(self.written <= self.write_len);
-        self.write_len - self.written
-    }
-
-    /// A connection about to read its first request; `fd` is -1 for a virtual one.
-    fn new(fd: RawFd, serial: u32, sink: Option<Arc<VirtualSink>>, http: Connection) -> Self {
+    /// A connection about to read its first request.
+    fn new(serial: u32, pipe: Pipe, http: Connection) -> Self {
         Self {
-            fd,
             serial,
             http,
             recv: Vec::new(),
-            recv_in_flight: false,
-            recv_discards: false,
-            write_in_flight: false,
+            pipe,
             closing: false,
-            close_submitted: false,
             close_after_write: false,
-            frames: Vec::new(),
-            iov: Vec::new(),
-            write_len: 0,
-            written: 0,
             timer: None,
             pending: None,
             outstanding: 0,
             peer: None,
             stamps: Vec::new(),
-            sink,
-            tls: None,
+        }
+    }
+
+    /// The key naming this connection in `slot` (its ring ops carry it as one word).
+    fn key(&self, slot: u32) -> ConnKey {
+        ConnKey {
+            slot,
+            serial: self.serial,
         }
     }
 }
 
-/// A connection slot's memory must not move while the kernel holds pointers into it, so
-/// slots are boxed.
+/// A connection slot (boxed: the table of a shard is mostly empty slots, and a `Conn` is
+/// large). Nothing the kernel uses lives in it: ops own their memory (uring/ring/).
 type Slot = Option<Box<Conn>>;
 
 /// The connection in `slot`, borrowing only the slot table (so other fields of the shard
@@ -201,12 +165,13 @@ pub struct Shard {
     listener: RawFd,
     /// The `--tls-listen` socket of this shard, when set.
     tls_listener: Option<RawFd>,
-    /// Accepts are (re-)armed; cleared once a stopping shard has no connection left, when
-    /// it cancels them and waits for their last completions before returning (so no
-    /// accept in the ring keeps a listener open after the process exits).
-    accepting: bool,
+    /// The stop choreography: whether accepts are (re-)armed, when subscribers drain,
+    /// when the shard exits (ringcast_core::drain).
+    drain: Drain,
     /// Pacing of each listener's accept, by `LISTENER_PLAIN` / `LISTENER_TLS`.
     accept_pacers: [AcceptPacer; 2],
+    /// Each listener's accept op while it is armed (to cancel it).
+    accept_ops: [Option<OpId>; 2],
     fanout: Fanout,
     conns: Vec<Slot>,
     free: Vec<u32>,
@@ -225,18 +190,20 @@ pub struct Shard {
     timers: TimerWheel<ConnKey>,
     completions: Vec<Completion>,
     scratch: Vec<Bytes>,
-    outbox: Vec<VecDeque<Mail>>,
-    wake_word: Box<u64>,
-    wake_read: Box<u64>,
+    /// Owner routing, replication to every shard, the outboxes and the idempotency keys of
+    /// owned rooms (ringcast_core::sequencer).
+    sequencer: Sequencer<ReplyTo, Mail>,
+    /// The word this shard's eventfd is read into, while no read is in flight (the ring's
+    /// op holds it meanwhile).
+    wake_word: Option<Box<u64>>,
     wake_pending: Vec<bool>,
-    discard: Box<[u8]>,
     frame_vecs: Vec<Vec<Bytes>>,
-    iov_vecs: Vec<Vec<libc::iovec>>,
     bytes_written: u64,
     /// Refusals by reason ([`Rejection`]).
     rejections: [u64; REJECTIONS],
-    /// Settings in force and their generation (see [`LiveConfig`]).
-    config: Arc<Config>,
+    /// The live settings in force and their generation (see `runtime::reload`); the
+    /// fixed ones are `shared.config`.
+    config: Arc<LiveSettings>,
     generation: u64,
     clock: ShardClock,
     /// Process-clock time at the start of the turn.
@@ -255,8 +222,6 @@ pub struct Shard {
     auth: Option<crate::upstream::auth::AuthShard>,
     /// This shard's Redis breaker, calls and primed rooms, when `--cluster-redis` is set.
     cluster: Option<crate::upstream::cluster::ClusterShard>,
-    /// Idempotency keys of the rooms this shard owns (single-node mode; idempotency.rs).
-    idempotency: crate::app::idempotency::KeyTable,
 }
 
 impl Shard {
@@ -272,21 +237,13 @@ impl Shard {
         let config = &*live_config;
         let now = Instant::now();
         let shards = shared.mesh.shards();
+        let epoch_anchor_unix_micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let fanout = Fanout::new(
-            FanoutConfig {
-                history_messages_max: config.history,
-                history_bytes_max: config.history_bytes,
-                rooms_max: config.max_rooms,
-                heartbeat: config.heartbeat,
-                coalesce_delay: config.coalesce_delay,
-                coalesce_queue_min: config.coalesce_queue_min,
-                stream_ids: shared.cluster.is_some(),
-                epoch_anchor_unix_micros: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-                room_idle_timeout: config.room_idle_timeout,
-                ..FanoutConfig::default()
-            },
+            shared
+                .config
+                .fanout_config(config, epoch_anchor_unix_micros),
             now,
         );
         let conns_max = config.max_connections.div_ceil(shards);
@@ -296,8 +253,9 @@ impl Shard {
             ring: Ring::new()?,
             listener,
             tls_listener,
-            accepting: true,
+            drain: Drain::new(),
             accept_pacers: Default::default(),
+            accept_ops: [None; 2],
             fanout,
             conns: Vec::new(),
             free: Vec::new(),
@@ -311,13 +269,15 @@ impl Shard {
             timers: TimerWheel::new(now, TIMER_TICK, conns_max + REFUSAL_SLOTS),
             completions: Vec::with_capacity(1024),
             scratch: Vec::with_capacity(ringcast_core::fanout::WRITE_FRAMES_MAX + 2),
-            outbox: (0..shards).map(|_| VecDeque::new()).collect(),
-            wake_word: Box::new(1),
-            wake_read: Box::new(0),
+            sequencer: Sequencer::new(
+                index,
+                shards,
+                OUTBOX_MAX,
+                shared.config.idempotency_keys_max,
+            ),
+            wake_word: Some(Box::new(0)),
             wake_pending: vec![false; shards],
-            discard: vec![0u8; 4096].into_boxed_slice(),
             frame_vecs: Vec::new(),
-            iov_vecs: Vec::new(),
             bytes_written: 0,
             rejections: [0; REJECTIONS],
             config: live_config,
@@ -332,7 +292,6 @@ impl Shard {
             room_sizes_at: now,
             auth: shared.auth.as_ref().map(|pool| pool.shard(index)),
             cluster: shared.cluster.as_ref().map(|pool| pool.shard(index)),
-            idempotency: crate::app::idempotency::KeyTable::new(shared.config.idempotency_keys_max),
             shared,
         })
     }
@@ -340,21 +299,19 @@ impl Shard {
     /// Runs the loop until a stop is requested and every connection is closed.
     pub fn run(mut self) -> std::io::Result<()> {
         self.arm_accepts(Instant::now())?;
-        let eventfd = self.shared.mesh.eventfd(self.index);
-        // SAFETY: `wake_read` is boxed and lives as long as the shard, which outlives
-        // the ring's operations (the loop only returns after the ring is dropped last).
-        unsafe { self.ring.read_eventfd(eventfd, &mut *self.wake_read)? };
-        let mut stop_deadline: Option<Instant> = None;
-        let mut drain_at: Option<Instant> = None;
-        let mut forced = false;
+        self.read_wake();
         loop {
             let now = Instant::now();
             self.begin_turn(now);
+            if self.stopping() && !self.drain.is_stopping() {
+                self.drain.handle_stop(now, self.config.drain_timeout);
+                self.sequencer.handle_stop();
+            }
             self.completions.clear();
             let mut completions = std::mem::take(&mut self.completions);
             self.ring.reap(&mut completions);
-            for completion in &completions {
-                self.on_completion(now, *completion)?;
+            for completion in completions.drain(..) {
+                self.on_completion(now, completion)?;
             }
             self.completions = completions;
             self.drain_mail(now);
@@ -362,65 +319,15 @@ impl Shard {
             self.drain_cluster(now);
             self.expire_timers(now);
             self.fanout.handle_timeout(now);
-            self.idempotency
+            self.sequencer
                 .handle_timeout(now, self.config.idempotency_window);
             let budget_used = self.write_out(now)?;
             self.forward_presence();
             self.release_freed_rooms();
             self.flush_outbox()?;
             self.publish_figures(now);
-
-            if self.shared.stop.load(Ordering::Relaxed) && stop_deadline.is_none() {
-                stop_deadline = Some(now + self.config.drain_timeout);
-                drain_at = Some(now + DRAIN_SETTLE);
-                self.begin_stop(now)?;
-            }
-            if drain_at.is_some_and(|at| now >= at) {
-                drain_at = None;
-                tracing::info!(
-                    shard = self.index,
-                    subscribers = self.fanout.subscribers_live(),
-                    "draining subscribers"
-                );
-                self.fanout.handle_drain(now, DRAIN_RETRY_MS);
-            }
-            if let Some(deadline) = stop_deadline {
-                self.shared.drained[self.index].store(self.live == 0, Ordering::Relaxed);
-                let all_drained = self
-                    .shared
-                    .drained
-                    .iter()
-                    .all(|drained| drained.load(Ordering::Relaxed));
-                if all_drained && self.accepting {
-                    // Clients that connected during the drain were answered; now stop.
-                    self.stop_accepting()?;
-                }
-                if self.live == 0 && !self.accept_pacers.iter().any(AcceptPacer::armed) {
-                    tracing::info!(shard = self.index, "shard stopped");
-                    return Ok(());
-                }
-                if now >= deadline && !forced {
-                    forced = true;
-                    tracing::warn!(
-                        shard = self.index,
-                        open = self.live,
-                        "drain timeout: closing the rest"
-                    );
-                    for slot in 0..self.conns.len() as u32 {
-                        self.begin_close(slot)?;
-                    }
-                    if self.accepting {
-                        self.stop_accepting()?;
-                    }
-                }
-                if now >= deadline + Duration::from_secs(2) {
-                    tracing::warn!(
-                        shard = self.index,
-                        open = self.live,
-                        "shard stopped with operations in flight"
-                    );
-                    return Ok(());
-                }
+            if self.drain.is_stopping() && self.drive_drain(now)? {
+                return Ok(());
             }
             self.arm_accepts(now)?;
             let mut wait = WAIT_MAX;
@@ -428,11 +335,12 @@ impl Shard {
                 wait = Duration::ZERO;
             } else {
                 let accept_pauses = self.accept_pacers.iter().map(AcceptPacer::poll_timeout);
-                for deadline in [self.fanout.poll_timeout(), self.timers.poll_timeout()]
-                    .into_iter()
-                    .chain(accept_pauses)
-                    .flatten()
-                {
+                let shard_deadlines = [
+                    self.fanout.poll_timeout(),
+                    self.timers.poll_timeout(),
+                    self.drain.poll_timeout(),
+                ];
+                for deadline in shard_deadlines.into_iter().chain(accept_pauses).flatten() {
                     wait = wait.min(deadline.saturating_duration_since(now));
                 }
                 if wait < Duration::from_micros(50) {
@@ -457,15 +365,70 @@ impl Shard {
         }
         let (generation, config) = self.shared.live.current();
         self.generation = generation;
-        self.fanout.set_timings(
-            config.heartbeat,
-            config.coalesce_delay,
-            config.coalesce_queue_min,
-        );
-        self.fanout.set_room_idle_timeout(config.room_idle_timeout);
+        config.apply_to(&mut self.fanout);
         self.conns_max = config.max_connections.div_ceil(self.shards);
         tracing::debug!(shard = self.index, generation, "settings reloaded");
         self.config = config;
+        // Reloaded timeouts hold for open connections too, from their next deadline.
+        let limits = self.limits();
+        for conn in self.conns.iter_mut().flatten() {
+            conn.http.set_limits(limits);
+        }
+    }
+
+    /// Carries out what the stop choreography says this turn (ringcast_core::drain);
+    /// returns whether the shard may exit.
+    fn drive_drain(&mut self, now: Instant) -> std::io::Result<bool> {
+        let drained = self.drain.drained(self.live);
+        self.shared.drained[self.index].store(drained, Ordering::Relaxed);
+        let figures = DrainFigures {
+            open: self.live,
+            accepts_armed: self.accept_pacers.iter().any(AcceptPacer::armed),
+            all_drained: self
+                .shared
+                .drained
+                .iter()
+                .all(|d| d.load(Ordering::Relaxed)),
+        };
+        while let Some(action) = self.drain.poll_action(now, figures) {
+            match action {
+                DrainAction::HurryConnections { request_wait } => {
+                    self.begin_stop(now, request_wait)?
+                }
+                DrainAction::DrainSubscribers { retry_ms } => {
+                    tracing::info!(
+                        shard = self.index,
+                        subscribers = self.fanout.subscribers_live(),
+                        "draining subscribers"
+                    );
+                    self.fanout.handle_drain(now, retry_ms);
+                }
+                DrainAction::StopAccepting => self.stop_accepting()?,
+                DrainAction::CloseAll => {
+                    tracing::warn!(
+                        shard = self.index,
+                        open = self.live,
+                        "drain timeout: closing the rest"
+                    );
+                    for slot in 0..self.conns.len() as u32 {
+                        self.begin_close(slot)?;
+                    }
+                }
+                DrainAction::Exit { clean: true } => {
+                    tracing::info!(shard = self.index, "shard stopped");
+                    return Ok(true);
+                }
+                DrainAction::Exit { clean: false } => {
+                    tracing::warn!(
+                        shard = self.index,
+                        open = self.live,
+                        "shard stopped with operations in flight"
+                    );
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Whether the shard's write backlog is past `--max-pending-write-bytes`.
@@ -474,12 +437,13 @@ impl Shard {
     }
 
     /// Closes idle non-stream connections and makes the others close after their current
-    /// request. Subscribers are drained later (`DRAIN_SETTLE`). Accepting goes on until
+    /// request; one that has not sent its first request gets `request_wait`.
+    /// Subscribers are drained later (`drain::SETTLE`). Accepting goes on until
     /// the shard has no connection left: a client connecting meanwhile gets 503
     /// `draining` with `Retry-After` and `Connection: close` (were the accept cancelled
     /// now, the kernel would still complete its handshake on the open listener and reset
     /// it at exit).
-    fn begin_stop(&mut self, now: Instant) -> std::io::Result<()> {
+    fn begin_stop(&mut self, now: Instant, request_wait: Duration) -> std::io::Result<()> {
         for slot in 0..self.conns.len() as u32 {
             let Some(conn) = self.conn(slot) else {
                 continue;
@@ -487,8 +451,8 @@ impl Shard {
             // The machine closes idle and lingering connections, lets requests in progress
             // finish (then closes), and waits for the first request of one that has not
             // sent it (to answer it 503: closing it would be an accept and a close for a
-            // client that never got a word) at most `DRAIN_REQUEST_WAIT`.
-            conn.http.handle_drain(now, DRAIN_REQUEST_WAIT);
+            // client that never got a word) at most `request_wait`.
+            conn.http.handle_drain(now, request_wait);
             self.drive(now, slot)?;
         }
         Ok(())
@@ -517,8 +481,9 @@ impl Shard {
                     "accept failed"
                 );
             }
-            if self.accepting && pacer.poll_arm(now) {
-                self.ring.accept(listener, index)?;
+            if self.drain.accepting() && pacer.poll_arm(now) {
+                self.accept_ops[index as usize] =
+                    Some(self.ring.accept(u64::from(index), listener));
                 pacer.handle_armed();
             }
             paused += u64::from(pacer.paused());
@@ -530,10 +495,9 @@ impl Shard {
     /// Cancels the accepts in the ring and arms no more; the loop returns once their last
     /// completions are reaped.
     fn stop_accepting(&mut self) -> std::io::Result<()> {
-        self.accepting = false;
         for (index, pacer) in self.accept_pacers.iter().enumerate() {
-            if pacer.armed() {
-                self.ring.cancel_accept(index as u32)?;
+            if let (true, Some(op)) = (pacer.armed(), self.accept_ops[index]) {
+                self.ring.cancel(index as u64, op);
             }
         }
         Ok(())
@@ -545,49 +509,63 @@ impl Shard {
 
     fn on_completion(&mut self, now: Instant, c: Completion) -> std::io::Result<()> {
         match c.kind {
-            Some(OpKind::Accept) => {
-                let tls = c.slot == LISTENER_TLS;
-                let pacer = &mut self.accept_pacers[usize::from(tls)];
+            OpKind::Accept => {
+                let index = c.key as usize;
+                let tls = index == LISTENER_TLS as usize;
+                let pacer = &mut self.accept_pacers[index];
                 if !c.more {
                     // Re-armed at the end of the turn (`arm_accepts`), unless paused.
                     pacer.handle_ended();
+                    self.accept_ops[index] = None;
                 }
-                if c.result >= 0 {
+                if let Held::Accepted(fd) = c.held {
                     pacer.handle_accepted();
-                    self.on_accept(now, c.result, tls)?;
+                    self.on_accept(now, fd, tls)?;
                 } else if c.result != -libc::ECANCELED {
                     let errno = -c.result;
                     let paused = pacer.handle_error(now, errno).is_some();
                     self.shared.figures[self.index]
                         .add_accept_error(AcceptErrno::of(errno), paused);
                     if paused && c.more {
-                        self.ring.cancel_accept(c.slot)?;
+                        self.ring.cancel(c.key, c.op);
                     }
                 }
             }
-            Some(OpKind::Recv) => self.on_recv(now, c.slot, c.result)?,
-            Some(OpKind::Write) => self.on_write(now, c.slot, c.result)?,
-            Some(OpKind::Close) => self.on_closed(c.slot),
-            Some(OpKind::WakeRead) => {
-                let eventfd = self.shared.mesh.eventfd(self.index);
-                // SAFETY: as in `run`.
-                unsafe { self.ring.read_eventfd(eventfd, &mut *self.wake_read)? };
+            OpKind::Recv => self.on_recv(now, c)?,
+            OpKind::Write => {
+                if c.result > 0 {
+                    self.bytes_written += c.result as u64;
+                }
+                self.on_write(now, c)?;
             }
-            Some(OpKind::WakeWrite) | Some(OpKind::Cancel) | None => {}
+            OpKind::Close => self.on_closed(c.key),
+            OpKind::WakeRead => {
+                if let Held::Word(word) = c.held {
+                    self.wake_word = Some(word);
+                }
+                self.read_wake();
+            }
+            OpKind::WakeWrite | OpKind::Cancel => {}
         }
         Ok(())
+    }
+
+    /// Reads this shard's eventfd again (its completion wakes the loop when mail comes).
+    fn read_wake(&mut self) {
+        let eventfd = self.shared.mesh.eventfd(self.index);
+        let word = self.wake_word.take().expect("one eventfd read in flight");
+        self.ring.read_eventfd(0, eventfd, word);
     }
 
     /// A connection accepted on the plain listener, or on the TLS one (`tls`): a TLS
     /// connection reads its ClientHello first, and is refused by closing it (there is no
     /// session yet to write a 503 in), counted as the plain one is.
-    fn on_accept(&mut self, now: Instant, fd: RawFd, tls: bool) -> std::io::Result<()> {
+    fn on_accept(&mut self, now: Instant, fd: OwnedFd, tls: bool) -> std::io::Result<()> {
         let stopping = self.stopping();
         if self.live >= self.conns_max + REFUSAL_SLOTS {
             // Past the refusal slots there is no room even to answer 503: close at once
             // (counted, so it is not silent in the metrics).
-            // SAFETY: `fd` was just accepted and is ours; nothing else refers to it.
-            unsafe { libc::close(fd) };
+            drop(fd);
             self.count_rejection(if stopping {
                 Rejection::Draining
             } else {
@@ -595,27 +573,18 @@ impl Shard {
             });
             return Ok(());
         }
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt reads `one` during the call only.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        let raw_fd = fd.as_raw_fd();
+        crate::uring::sys::set_nodelay(raw_fd);
         let serial = self.serials.take();
         let mut http = Connection::new(now, self.limits());
         if stopping {
             // Accepted during a drain: its request is answered 503 `draining` (issue 14
             // case 9: answered, never reset).
-            http.handle_drain(now, DRAIN_REQUEST_WAIT);
+            http.handle_drain(now, ringcast_core::drain::REQUEST_WAIT);
         }
-        let mut conn = Conn::new(fd, serial, None, http);
+        let pipe = if tls { Pipe::tls(fd) } else { Pipe::plain(fd) };
+        let conn = Conn::new(serial, pipe, http);
         if tls {
-            conn.tls = Some(Box::new(TlsConn::new()));
             self.tls_live += 1;
             self.shared.figures[self.index].transport_opened(Transport::Tls);
         }
@@ -624,7 +593,7 @@ impl Shard {
         if self.live > self.conns_max {
             return self.refuse_unavailable(slot, Rejection::ConnectionLimit);
         }
-        if let Some(ip) = crate::upstream::auth::peer_addr(fd).map(|addr| addr.ip()) {
+        if let Some(ip) = crate::uring::sys::peer_addr(raw_fd).map(|addr| addr.ip()) {
             let rate = self.config.max_new_connections_per_ip_per_sec;
             if !self.shared.new_connections.try_take(ip, now, rate) {
                 return self.refuse_unavailable(slot, Rejection::NewConnectionRate);

@@ -4,62 +4,38 @@
 use super::*;
 
 impl Shard {
-    pub(super) fn outbox_full(&self) -> bool {
-        self.outbox.iter().any(|q| q.len() >= OUTBOX_MAX)
-    }
-
-    /// Sequences a message of a room this shard owns and hands the frame to every other
-    /// shard. With an idempotency key seen within the window: the first publish's id, and
-    /// nothing sequenced.
-    pub(super) fn sequence(
+    /// A publish read on this shard, in single-node mode: sequenced here when this shard
+    /// owns the room, else sent to the owner (`Routed::Forwarded`; the answer comes back
+    /// as `Mail::Sequenced` for `reply`). Refusals are counted.
+    pub(super) fn route_publish(
         &mut self,
         now: Instant,
         room: &Arc<str>,
-        data: &[u8],
-        idempotency_key: Option<&str>,
-    ) -> Result<EventId, PublishRefusal> {
-        let window = self.config.idempotency_window;
-        if let Some(key) = idempotency_key {
-            if let Some(id) = self.idempotency.handle_publish(now, window, room, key) {
-                return Ok(id);
-            }
-        }
-        if self.stopping() {
-            self.count_rejection(Rejection::Draining);
-            return Err(Rejection::Draining.into());
-        }
-        if self.outbox_full() {
-            self.count_rejection(Rejection::ShardQueues);
-            return Err(Rejection::ShardQueues.into());
-        }
-        // The stamp is read now rather than at the start of the turn: a turn can be long.
-        let stamp = if self.config.latency_metrics {
-            self.clock.now_unix_nanos(Instant::now())
-        } else {
-            0
+        data: Bytes,
+        idempotency_key: Option<String>,
+        reply: ReplyTo,
+    ) -> Routed {
+        let (clock, latency_metrics) = (&mut self.clock, self.shared.config.latency_metrics);
+        // The stamp is read when sequencing rather than at the start of the turn: a turn
+        // can be long.
+        let stamp = move || match latency_metrics {
+            true => clock.now_unix_nanos(Instant::now()),
+            false => 0,
         };
-        let (id, frame) = match self.fanout.handle_publish_stamped(now, stamp, room, data) {
-            Ok(sequenced) => sequenced,
-            Err(_) => {
-                self.count_rejection(Rejection::RoomLimit);
-                return Err(Rejection::RoomLimit.into());
-            }
-        };
-        for target in 0..self.shards {
-            if target != self.index {
-                self.outbox[target].push_back(Mail::Frame {
-                    room: room.clone(),
-                    incarnation: id.epoch,
-                    id: id.seq,
-                    frame: frame.clone(),
-                    stamp_unix_nanos: stamp,
-                });
-            }
+        let routed = self.sequencer.handle_publish(
+            &mut self.fanout,
+            now,
+            self.config.idempotency_window,
+            stamp,
+            room,
+            data,
+            idempotency_key,
+            reply,
+        );
+        if let Routed::Answered(Err(refusal)) = routed {
+            self.count_rejection(refusal.into());
         }
-        if let Some(key) = idempotency_key {
-            self.idempotency.record(now, room, key, id);
-        }
-        Ok(id)
+        routed
     }
 
     pub(super) fn reply_to(&self, slot: u32, index: u32) -> ReplyTo {
@@ -86,22 +62,12 @@ impl Shard {
         if self.cluster.is_some() {
             return self.cluster_publish(now, slot, room, body, idempotency_key);
         }
-        let owner = owner_shard(&room, self.shards);
-        if owner == self.index {
-            let result = self.sequence(now, &room, &body, idempotency_key.as_deref());
-            return self.finish_publish(slot, &room, result);
-        }
-        if self.outbox_full() {
-            self.count_rejection(Rejection::ShardQueues);
-            return self.finish_publish(slot, &room, Err(Rejection::ShardQueues.into()));
-        }
         let reply = self.reply_to(slot, 0);
-        self.outbox[owner].push_back(Mail::Publish {
-            room: room.clone(),
-            data: body,
-            reply,
-            idempotency_key: idempotency_key.map(crate::app::idempotency::MailKey::new),
-        });
+        if let Routed::Answered(result) =
+            self.route_publish(now, &room, body, idempotency_key, reply)
+        {
+            return self.finish_publish(slot, &room, result.map_err(PublishRefusal::from));
+        }
         if let Some(conn) = self.conn(slot) {
             conn.outstanding = 1;
             conn.pending = Some(Pending::Publish { room, result: None });
@@ -178,7 +144,6 @@ impl Shard {
                 continue;
             }
             let room: Arc<str> = Arc::from(room);
-            let owner = owner_shard(&room, self.shards);
             if self.cluster.is_some() {
                 let ticket = self.cluster_ticket(slot, results.len() as u32);
                 let data = Bytes::from(data.into_bytes());
@@ -189,26 +154,18 @@ impl Shard {
                     }
                     Err(reason) => results.push(BatchLine::Done(Err(reason.to_string()))),
                 }
-            } else if owner == self.index {
-                let result = self
-                    .sequence(now, &room, data.as_bytes(), idempotency_key.as_deref())
-                    .map_err(|reason| reason.to_string());
-                results.push(BatchLine::Done(result));
-            } else if self.outbox_full() {
-                self.count_rejection(Rejection::ShardQueues);
-                results.push(BatchLine::Done(Err(Rejection::ShardQueues
-                    .text()
-                    .to_owned())));
             } else {
                 let reply = self.reply_to(slot, results.len() as u32);
-                self.outbox[owner].push_back(Mail::Publish {
-                    room,
-                    data: Bytes::from(data.into_bytes()),
-                    reply,
-                    idempotency_key: idempotency_key.map(crate::app::idempotency::MailKey::new),
-                });
-                results.push(BatchLine::Waiting);
-                outstanding += 1;
+                let data = Bytes::from(data.into_bytes());
+                match self.route_publish(now, &room, data, idempotency_key, reply) {
+                    Routed::Answered(result) => results.push(BatchLine::Done(
+                        result.map_err(|refusal| PublishRefusal::from(refusal).to_string()),
+                    )),
+                    Routed::Forwarded { .. } => {
+                        results.push(BatchLine::Waiting);
+                        outstanding += 1;
+                    }
+                }
             }
         }
         if let Some(conn) = self.conn(slot) {

@@ -52,7 +52,7 @@ impl Shard {
                 self.on_http_event(now, slot, event)?;
                 continue;
             }
-            if conn.write_in_flight {
+            if conn.pipe.writing() {
                 break;
             }
             let Some(bytes) = conn.http.poll_transmit() else {
@@ -335,17 +335,8 @@ impl Shard {
         let info = self.fanout.room_info(&room);
         let (subscribers, last_id, history_len) =
             info.map_or((0, None, 0), |i| (i.subscribers, i.last_id, i.history_len));
-        let mut outstanding = 0;
-        for target in 0..self.shards {
-            if target != self.index {
-                let reply = self.reply_to(slot, 0);
-                self.outbox[target].push_back(Mail::RoomQuery {
-                    room: room.clone(),
-                    reply,
-                });
-                outstanding += 1;
-            }
-        }
+        let reply = self.reply_to(slot, 0);
+        let outstanding = self.sequencer.query_room(&room, reply);
         if let Some(conn) = self.conn(slot) {
             conn.pending = Some(Pending::RoomInfo {
                 room,
@@ -353,7 +344,7 @@ impl Shard {
                 last_id,
                 history_len,
             });
-            conn.outstanding = outstanding;
+            conn.outstanding = u32::try_from(outstanding).expect("at most 1024 shards");
         }
         if outstanding == 0 {
             return self.complete_pending(slot);

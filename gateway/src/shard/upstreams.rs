@@ -28,7 +28,7 @@ impl Shard {
             room,
             last_event_id,
         };
-        let client = crate::upstream::auth::peer_addr(conn.fd);
+        let client = conn.pipe.raw_fd().and_then(crate::uring::sys::peer_addr);
         let Some(auth) = self.auth.as_mut() else {
             return self.subscribe(now, slot, &ticket.room, last_event_id);
         };
@@ -109,7 +109,7 @@ impl Shard {
             self.count_rejection(Rejection::Draining);
             return Err(Rejection::Draining.into());
         }
-        let stamp = if self.config.latency_metrics {
+        let stamp = if self.shared.config.latency_metrics {
             self.clock.now_unix_nanos(Instant::now())
         } else {
             0

@@ -240,17 +240,17 @@ impl fmt::Display for Report {
                 writeln!(
                     f,
                     "  shards: {} (one pinned per allowed CPU unless --shards)",
-                    config.shards
+                    config.fixed.shards
                 )?;
-                writeln!(f, "  listen: {}", config.listen)?;
+                writeln!(f, "  listen: {}", config.fixed.listen)?;
                 if let Some((soft, _)) = self.fds {
-                    let reserved = FDS_PER_SHARD * config.shards as u64;
+                    let reserved = FDS_PER_SHARD * config.fixed.shards as u64;
                     let fd_connections = soft.saturating_sub(reserved);
-                    let connections = fd_connections.min(config.max_connections as u64);
+                    let connections = fd_connections.min(config.live.max_connections as u64);
                     writeln!(
                         f,
                         "  connections: about {connections} (--max-connections {}, open-files soft limit {})",
-                        config.max_connections,
+                        config.live.max_connections,
                         limit(soft)
                     )?;
                 }

@@ -440,15 +440,7 @@ fn seccomp_mode() -> Option<u32> {
 
 /// A resource limit's soft and hard values (`u64::MAX` for unlimited).
 pub fn rlimit(resource: libc::__rlimit_resource_t) -> Option<(u64, u64)> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into memory we own.
-    if unsafe { libc::getrlimit(resource, &mut limit) } != 0 {
-        return None;
-    }
-    Some((limit.rlim_cur, limit.rlim_max))
+    super::sys::rlimit(resource)
 }
 
 #[cfg(test)]

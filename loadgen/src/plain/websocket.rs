@@ -98,7 +98,7 @@ pub(crate) struct WsDelivery<'a, 'b> {
 
 impl WsSink for WsDelivery<'_, '_> {
     #[inline]
-    fn on_text(&mut self, text: &[u8]) {
+    fn on_text(&mut self, text: &str) {
         match ws::parse_message(text) {
             Some(ServerMessage::Message { room, data }) => {
                 self.checker.on_message(room.as_bytes(), data.as_bytes());

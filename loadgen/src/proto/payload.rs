@@ -58,7 +58,12 @@ pub fn encode(out: &mut Vec<u8>, stamp: &Stamp<'_>, size: usize) {
 
 /// Finds and decodes a payload inside `data`; `None` when there is none or it is malformed.
 pub fn decode(data: &[u8]) -> Option<Stamp<'_>> {
-    let at = memchr::memmem::find(data, MAGIC)?;
+    // The default body template is the payload alone: skip building a substring searcher.
+    let at = if data.starts_with(MAGIC) {
+        0
+    } else {
+        memchr::memmem::find(data, MAGIC)?
+    };
     let mut rest = &data[at + MAGIC.len()..];
     let run_hex = take_field(&mut rest)?;
     if run_hex.len() != 8 {

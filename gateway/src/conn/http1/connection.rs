@@ -215,6 +215,17 @@ impl Connection {
         self
     }
 
+    /// New deadlines from reloaded settings: they apply from the next deadline set (the
+    /// one running is kept). The sizes are start-up settings and must not change.
+    pub fn set_limits(&mut self, limits: Limits) {
+        debug_assert_eq!(
+            (limits.header_bytes_max, limits.body_bytes_max),
+            (self.limits.header_bytes_max, self.limits.body_bytes_max),
+            "sizes are fixed at start-up"
+        );
+        self.limits = limits;
+    }
+
     /// Where the connection is.
     pub fn state(&self) -> State {
         self.state

@@ -25,7 +25,7 @@ use ringcast_core::metrics::Exposition;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -525,10 +525,7 @@ pub fn expose(out: &mut Exposition, pool: &AuthPool) {
 
 /// The client address of a connection (`getpeername`), for the upstream.
 pub fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
-    // SAFETY: the caller's connection owns `fd` and keeps it open for this call; the
-    // borrow does not outlive it.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()
+    crate::uring::sys::peer_addr(fd)
 }
 
 fn upstream_thread(hub: &Hub, receiver: &Mutex<mpsc::Receiver<Job>>) {

@@ -27,12 +27,11 @@ struct Recorder {
 }
 
 impl WsSink for Recorder {
-    fn on_text(&mut self, text: &[u8]) {
-        let text = String::from_utf8_lossy(text);
+    fn on_text(&mut self, text: &str) {
         let shown = if text.len() > 40 {
             format!("{}…({})", &text[..10], text.len())
         } else {
-            text.into_owned()
+            text.to_string()
         };
         self.log.push(format!("text {shown}"));
     }
@@ -359,79 +358,74 @@ fn server_messages_are_read() {
         room: room.into(),
         data: data.into(),
     };
-    let table: &[(&[u8], Option<ServerMessage<'static>>)] = &[
+    let table: &[(&str, Option<ServerMessage<'static>>)] = &[
         (
-            br#"{"room":"r0","id":17,"data":"rl1|x"}"#,
+            r#"{"room":"r0","id":17,"data":"rl1|x"}"#,
             Some(message("r0", "rl1|x")),
         ),
         (
-            br#"{"room":"r0","id":"7-3","data":"d"}"#,
+            r#"{"room":"r0","id":"7-3","data":"d"}"#,
             Some(message("r0", "d")),
         ),
         (
-            br#"{"id":1,"data":"d","room":"r9"}"#,
+            r#"{"id":1,"data":"d","room":"r9"}"#,
             Some(message("r9", "d")),
         ),
         (
-            br#"{"room":"r0","id":1,"data":"a\"b"}"#,
+            r#"{"room":"r0","id":1,"data":"a\"b"}"#,
             Some(message("r0", "a\"b")),
         ),
         (
-            br#"{"room":"r0","id":1.5,"data":"d"}"#,
+            r#"{"room":"r0","id":1.5,"data":"d"}"#,
             Some(message("r0", "d")),
         ),
-        (br#"{"room":"r0","data":"d"}"#, Some(ServerMessage::Other)),
+        (r#"{"room":"r0","data":"d"}"#, Some(ServerMessage::Other)),
         (
-            br#"{"type":"ack","ref":5,"room":"r0","id":"1-2"}"#,
+            r#"{"type":"ack","ref":5,"room":"r0","id":"1-2"}"#,
             Some(ServerMessage::Ack { reference: Some(5) }),
         ),
         (
-            br#"{"type":"ack","ref":"6","id":3}"#,
+            r#"{"type":"ack","ref":"6","id":3}"#,
             Some(ServerMessage::Ack { reference: Some(6) }),
         ),
         (
-            br#"{"type":"error","ref":7,"status":429,"reason":"slow down"}"#,
+            r#"{"type":"error","ref":7,"status":429,"reason":"slow down"}"#,
             Some(ServerMessage::Error {
                 reference: Some(7),
                 status: 429,
             }),
         ),
         (
-            br#"{"type":"error","status":400,"reason":"bad frame"}"#,
+            r#"{"type":"error","status":400,"reason":"bad frame"}"#,
             Some(ServerMessage::Error {
                 reference: None,
                 status: 400,
             }),
         ),
         (
-            br#"{"type":"gap","room":"r0","from":"1","to":"4"}"#,
+            r#"{"type":"gap","room":"r0","from":"1","to":"4"}"#,
             Some(ServerMessage::Gap),
         ),
         (
-            br#"{"type":"subscribed","room":"r0"}"#,
+            r#"{"type":"subscribed","room":"r0"}"#,
             Some(ServerMessage::Subscription),
         ),
         (
-            br#"{"type":"lagged","room":"r0"}"#,
+            r#"{"type":"lagged","room":"r0"}"#,
             Some(ServerMessage::Other),
         ),
         (
-            br#"{"type":"reset","room":"r0","reason":"x"}"#,
+            r#"{"type":"reset","room":"r0","reason":"x"}"#,
             Some(ServerMessage::Other),
         ),
-        (b"not json", None),
-        (br#"{"room":"r0","id":1,"data":"d"} trailing"#, None),
+        ("not json", None),
+        (r#"{"room":"r0","id":1,"data":"d"} trailing"#, None),
     ];
     for (text, want) in table {
-        assert_eq!(
-            &parse_message(text),
-            want,
-            "{}",
-            String::from_utf8_lossy(text)
-        );
+        assert_eq!(&parse_message(text), want, "{text}");
     }
     // The agreed shape is read in place, without a copy.
-    match parse_message(br#"{"room":"r0","id":1,"data":"d"}"#) {
+    match parse_message(r#"{"room":"r0","id":1,"data":"d"}"#) {
         Some(ServerMessage::Message {
             room: Cow::Borrowed(_),
             data: Cow::Borrowed(_),

@@ -1,0 +1,85 @@
+//! What an operation is and what it gives back: [`OpKind`], the caller's `key`, the memory
+//! the op held for the kernel ([`Held`]) and the [`Completion`] that returns it. Plain
+//! data; the ring (ring/) is the only one that builds entries from it.
+
+use bytes::Bytes;
+use std::os::fd::OwnedFd;
+
+/// What an operation was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// Multishot (or single) accept on a listener.
+    Accept,
+    /// Receive into a buffer the op owns (or into the ring's discard buffer).
+    Recv,
+    /// A writev of frames, or a send of one byte buffer (TLS ciphertext).
+    Write,
+    /// Close of a descriptor.
+    Close,
+    /// Read of this shard's wake-up eventfd.
+    WakeRead,
+    /// Write to another shard's wake-up eventfd.
+    WakeWrite,
+    /// Cancel of another operation.
+    Cancel,
+}
+
+/// Names one operation in the ring until its (last) completion: the `user_data` the kernel
+/// carries, index and generation of the ring's slot for the op. A stale id (its op
+/// completed) names nothing: cancelling it is harmless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OpId(pub(super) u64);
+
+impl OpId {
+    pub(super) fn new(index: u32, generation: u32) -> Self {
+        Self(u64::from(generation) << 32 | u64::from(index))
+    }
+
+    pub(super) fn index(self) -> u32 {
+        self.0 as u32
+    }
+
+    pub(super) fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
+/// The memory an operation held while the kernel could use it, handed back whole in its
+/// completion (as tokio-uring's ops return their buffers): until then the caller has no
+/// way to touch, move or free it, whatever becomes of the connection.
+#[derive(Debug, Default)]
+pub enum Held {
+    /// The op pointed at no memory of the caller's (close, cancel, a discard receive).
+    #[default]
+    Nothing,
+    /// A receive's buffer: its length grew by the bytes received.
+    Recv(Vec<u8>),
+    /// A writev's frames, all of them (written or not): the result says how many bytes
+    /// went.
+    Frames(Vec<Bytes>),
+    /// A send of one buffer (TLS ciphertext), whole; the op sent from the offset given.
+    Bytes(Vec<u8>),
+    /// An eventfd read's word.
+    Word(Box<u64>),
+    /// An accepted connection's socket, owned from here (closed when dropped).
+    Accepted(OwnedFd),
+}
+
+/// One reaped completion.
+#[derive(Debug)]
+pub struct Completion {
+    /// The operation that completed.
+    pub op: OpId,
+    /// What it was.
+    pub kind: OpKind,
+    /// The caller's key given when the op was started (a connection key, a listener, a
+    /// target shard).
+    pub key: u64,
+    /// The kernel's result: ≥ 0 success value, < 0 `-errno`. For an accept that succeeded
+    /// the socket is in `held` instead.
+    pub result: i32,
+    /// More completions follow for this multishot operation (its id stays valid).
+    pub more: bool,
+    /// What the operation held, given back.
+    pub held: Held,
+}
