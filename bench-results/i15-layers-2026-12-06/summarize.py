@@ -26,27 +26,33 @@ for arg in sys.argv[1:]:
     cells, whole = {}, {}
     for scen in ("S1", "S2"):
         for proto in ("h1", "tls"):
-            for kind in ("common", "high"):
+            for kind in sorted({r["rate"] for r in rows if r["scenario"] == scen and r["proto"] == proto and r["kind"] != "sweep"}):
                 for b in BUILDS:
-                    xs = [r for r in rows if r["scenario"] == scen and r["proto"] == proto and r["kind"] == kind and r["build"] == b]
+                    xs = [r for r in rows if r["scenario"] == scen and r["proto"] == proto and r["rate"] == kind and r["kind"] != "sweep" and r["build"] == b]
                     if not xs:
                         continue
                     cl = [r for r in xs if r["clean"]]
                     cpu = med([r["server_cpu_us_per_delivery"] for r in xs])
                     win = med([r.get("window_server_cpu_us_per_delivery") for r in xs])
                     cells[(scen, proto, kind, b)], whole[(scen, proto, kind, b)] = win, cpu
-                    print(f"| {scen} | {proto} | fixed ({kind}) | {b} | {xs[0]['rate']:.0f} | {len(cl)}/{len(xs)} | {med([r['deliveries_per_s'] for r in xs]):,.0f} | "
+                    print(f"| {scen} | {proto} | fixed | {b} | {xs[0]['rate']:.0f} | {len(cl)}/{len(xs)} | {med([r['deliveries_per_s'] for r in xs]):,.0f} | "
                           f"{', '.join(str(r.get('window_server_cpu_us_per_delivery')) for r in xs)} | **{win}** | "
                           f"{', '.join(str(r['server_cpu_us_per_delivery']) for r in xs)} | {cpu} | {med([r.get('window_server_cpu_pct') for r in xs])} | "
                           f"{med([r['ringload_cpu_us_per_delivery'] for r in xs])} | {med([r['bytes_per_delivery'] for r in xs])} | {' '.join(r['loadavg_before_slot'][0] for r in xs)} |")
     print()
     for scen in ("S1", "S2"):
         for proto in ("h1", "tls"):
-            for kind in ("common", "high"):
+            for kind in sorted({k[2] for k in cells if k[:2] == (scen, proto)}):
                 b, a, n = (cells.get((scen, proto, kind, x)) for x in BUILDS)
                 wb, wa, wn = (whole.get((scen, proto, kind, x)) for x in BUILDS)
                 if b and a:
-                    line = f"- {scen} {proto} fixed {kind}: server CPU/delivery in the publish window after/before **{ratio(a, b)}**"
+                    pairs = []  # after/before of the two slots of one round (adjacent in time)
+                    for rnd in sorted({r["round"] for r in rows}):
+                        v = {x: [r.get("window_server_cpu_us_per_delivery") for r in rows if r["scenario"] == scen and r["proto"] == proto
+                                 and r["rate"] == kind and r["kind"] != "sweep" and r["build"] == x and r["round"] == rnd] for x in ("before", "after")}
+                        if v["before"] and v["after"] and v["before"][0] and v["after"][0]:
+                            pairs.append(v["after"][0] / v["before"][0])
+                    line = f"- {scen} {proto} {kind:.0f} msg/s: after/before within each round (publish window): median **{med(pairs)}** (n={len(pairs)}, {min(pairs):.3f}–{max(pairs):.3f}); ratio of medians: server CPU/delivery in the publish window after/before **{ratio(a, b)}**"
                     if n:
                         line += f", nchan/after {ratio(n, a)}, nchan/before {ratio(n, b)}"
                     line += f"; whole run after/before {ratio(wa, wb)}" + (f", nchan/after {ratio(wn, wa)}" if wn else "")
@@ -63,7 +69,7 @@ for arg in sys.argv[1:]:
                     ok = [r for r in xs if r["clean"]]
                     top = max(ok, key=lambda r: r["deliveries_per_s"]) if ok else None
                     swept = [r for r in xs if r["kind"] == "sweep"]
-                    capped = top is not None and all(r["clean"] for r in swept)
+                    capped = top is not None and bool(swept) and swept[-1]["clean"]  # the sweep ran out of steps
                     per.append((top["deliveries_per_s"] if top else 0, top["server_cpu_us_per_delivery"] if top else None, capped))
                 if per:
                     best[b] = per
@@ -74,3 +80,22 @@ for arg in sys.argv[1:]:
                 m = {b: med([d for d, _, _ in per]) for b, per in best.items()}
                 print(f"- ratios of medians: after/before **{ratio(m.get('after'), m.get('before'))}**" +
                       (f", after/nchan {ratio(m.get('after'), m.get('nchan'))}, before/nchan {ratio(m.get('before'), m.get('nchan'))}" if m.get("nchan") else ""))
+
+    # Every S1 run at each rate, pooled over slots: how often it was clean, per build. A sweep
+    # stops at unclean steps, so this counts only rates a slot reached; read it with the counts.
+    for proto in ("h1", "tls"):
+        xs = [r for r in rows if r["scenario"] == "S1" and r["proto"] == proto]
+        rates = sorted({r["rate"] for r in xs})
+        if not xs:
+            continue
+        print(f"\nS1 {proto}: clean runs / runs at each rate (all kinds, pooled):\n")
+        print("| rate msg/s | " + " | ".join(b for b in BUILDS if any(r["build"] == b for r in xs)) + " |")
+        print("|---:|" + "---:|" * len([b for b in BUILDS if any(r["build"] == b for r in xs)]))
+        for rate in rates:
+            cells = []
+            for b in BUILDS:
+                if not any(r["build"] == b for r in xs):
+                    continue
+                ys = [r for r in xs if r["build"] == b and r["rate"] == rate]
+                cells.append(f"{sum(r['clean'] for r in ys)}/{len(ys)}" if ys else "")
+            print(f"| {rate:.0f} | " + " | ".join(cells) + " |")
