@@ -227,6 +227,10 @@ impl Shard {
             self.recycle_frames(frames);
             return self.begin_close(slot);
         }
+        // A TLS write encrypted whole: its frames are back in the pool at once.
+        if let Some(frames) = conn.pipe.take_spent_frames() {
+            self.recycle_frames(frames);
+        }
         self.pending_write_bytes += len;
         Ok(())
     }

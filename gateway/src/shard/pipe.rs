@@ -35,8 +35,9 @@ enum Transport {
 
 /// The write in progress: one per connection.
 struct Write {
-    /// The frames; empty while a plain writev holds them (the ring's op) or the companion
-    /// took them (virtual).
+    /// The frames; empty while a plain writev holds them (the ring's op), once the
+    /// companion took them (virtual), or once rustls took a TLS write's plaintext whole
+    /// ([`Pipe::take_spent_frames`]).
     frames: Vec<Bytes>,
     /// Bytes of the whole write.
     len: usize,
@@ -152,6 +153,11 @@ pub struct Pipe {
     /// The ring write in flight (a plain writev, or a TLS send).
     send: Option<OpId>,
     write: Option<Write>,
+    /// The TLS session was fed (a ClientHello, records received, a `close_notify`) since
+    /// its last `fill`, so it may hold records to send (its first flight, tickets, an
+    /// alert). While false, a send that completes a write whole leaves nothing to flush,
+    /// and the session (rustls' state, cold by then) is not touched again.
+    tls_fed: bool,
 }
 
 impl Pipe {
@@ -178,6 +184,7 @@ impl Pipe {
             recv: None,
             send: None,
             write: None,
+            tls_fed: true,
         }
     }
 
@@ -289,6 +296,7 @@ impl Pipe {
             }
             Transport::Tls(tls) if tls.in_hello() => {
                 debug_assert!(buf.is_empty(), "the ring held the ClientHello");
+                self.tls_fed = true;
                 *buf = held;
                 let old = buf.len() - len;
                 let Some(config) = tls_config else {
@@ -304,16 +312,19 @@ impl Pipe {
                 }
                 Received::Hello(hello)
             }
-            Transport::Tls(tls) => match tls.receive(held, buf) {
-                Ok(TlsReceived {
-                    established,
-                    closed,
-                }) => Received::Data {
-                    established,
-                    closed,
-                },
-                Err(failure) => Received::TlsFailed(failure),
-            },
+            Transport::Tls(tls) => {
+                self.tls_fed = true;
+                match tls.receive(held, buf) {
+                    Ok(TlsReceived {
+                        established,
+                        closed,
+                    }) => Received::Data {
+                        established,
+                        closed,
+                    },
+                    Err(failure) => Received::TlsFailed(failure),
+                }
+            }
             Transport::Virtual(_) => unreachable!("a virtual pipe posts no receive"),
         }
     }
@@ -445,7 +456,18 @@ impl Pipe {
                         0
                     }
                 };
-                if self.flush(ring, key, tls_out_pool) {
+                let whole = self
+                    .write
+                    .as_ref()
+                    .is_none_or(|write| write.written == write.len);
+                if whole && !self.tls_fed {
+                    // The last fill drained the session and nothing fed it since: no
+                    // record waits, so the session is not asked (the usual end of a
+                    // stream's write: one send, one completion, no second fill).
+                    if let Some(buffer) = tls.take_idle_out() {
+                        recycle_tls_out(tls_out_pool, buffer);
+                    }
+                } else if self.flush(ring, key, tls_out_pool) {
                     return Wrote::Progress { credited };
                 }
                 match self.write.take() {
@@ -461,6 +483,22 @@ impl Pipe {
             }
             (_, held) => unreachable!("a write completion holding {held:?}"),
         }
+    }
+
+    /// The frames of the write in progress once the pipe no longer needs them: a TLS
+    /// write whose plaintext rustls took whole (what is left to send is ciphertext in the
+    /// send buffer). Usually right after [`Self::start_write`]: the frames go back to the
+    /// pool while they are hot, not at the completion. `None` otherwise (a plain writev's
+    /// frames are the ring's until it completes; a write of more than one chunk waits for
+    /// its last).
+    pub fn take_spent_frames(&mut self) -> Option<Vec<Bytes>> {
+        let (Transport::Tls(tls), Some(write)) = (&self.transport, self.write.as_mut()) else {
+            return None;
+        };
+        if write.frames.is_empty() || !tls.write_taken(write.len) {
+            return None;
+        }
+        Some(std::mem::take(&mut write.frames))
     }
 
     /// Gives up the write in progress (the connection closes): returns its bytes not
@@ -492,6 +530,8 @@ impl Pipe {
             Some(write) => (&write.frames[..], write.len),
             None => (&[][..], 0),
         };
+        // Whatever the session holds goes to the send buffer now (`fill` drains it).
+        self.tls_fed = false;
         if tls.fill(frames, len) {
             self.submit_send(ring, key, false);
             return true;
@@ -518,6 +558,7 @@ impl Pipe {
     fn close_notify(&mut self, ring: &mut Ring, key: u64, tls_out_pool: &mut Vec<Vec<u8>>) -> bool {
         if let Transport::Tls(tls) = &mut self.transport {
             tls.close_notify();
+            self.tls_fed = true;
         }
         self.flush(ring, key, tls_out_pool)
     }

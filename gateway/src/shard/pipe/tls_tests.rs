@@ -206,3 +206,185 @@ fn a_tls_pipe_hands_over_plaintext_writes_whole_and_says_close_notify() {
     assert_eq!(ring.in_flight(), 0);
     assert!(client.receive(&mut got), "the client read close_notify");
 }
+
+/// A TLS pipe and its client through the handshake (the tickets sent too): established,
+/// nothing queued on either side.
+fn established(
+    ring: &mut Ring,
+    pool: &mut Vec<Vec<u8>>,
+) -> (Pipe, Client, Arc<rustls::ServerConfig>) {
+    let (server_config, client_config) = configs();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    theirs.set_nonblocking(true).unwrap();
+    let mut client = Client {
+        tls: rustls::ClientConnection::new(
+            client_config,
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap(),
+        sock: theirs,
+    };
+    let mut pipe = Pipe::tls(OwnedFd::from(ours));
+    let (mut buf, mut got) = (Vec::new(), Vec::new());
+    client.send();
+    let received = receive(ring, &mut pipe, &mut buf, &server_config);
+    assert!(matches!(received, Received::Hello(Hello::Http1)));
+    flush_all(ring, &mut pipe, pool);
+    client.receive(&mut got);
+    client.send();
+    let received = receive(ring, &mut pipe, &mut buf, &server_config);
+    assert!(matches!(
+        received,
+        Received::Data {
+            established: true,
+            ..
+        }
+    ));
+    flush_all(ring, &mut pipe, pool);
+    client.receive(&mut got);
+    assert!(!client.tls.is_handshaking() && got.is_empty());
+    (pipe, client, server_config)
+}
+
+/// The S1-over-TLS regression guard (bench-results/i15-tls-2026-12-06): a stream's small
+/// write is one send and one completion, nothing more; its plaintext frames are spent as
+/// soon as they are encrypted (back to the shard's pool then, while hot, not at the
+/// completion); its send buffer goes back to the pool at the completion.
+#[test]
+fn a_small_tls_write_is_one_send_and_its_frames_are_spent_once_encrypted() {
+    let mut ring = Ring::with_entries(8).unwrap();
+    let mut pool = Vec::new();
+    let (mut pipe, mut client, _config) = established(&mut ring, &mut pool);
+    let mut got = Vec::new();
+    for round in 0..3 {
+        let message = Bytes::from(format!("id: {round}\ndata: x\n\n").into_bytes());
+        let frames = vec![message.clone(), Bytes::from_static(b": pad\n\n")];
+        let len: usize = frames.iter().map(Bytes::len).sum();
+        pipe.start_write(&mut ring, KEY, frames, len, &mut pool)
+            .unwrap();
+        assert_eq!(ring.in_flight(), 1, "one send per write");
+        let spent = pipe.take_spent_frames().expect("encrypted whole at once");
+        assert_eq!(spent.len(), 2);
+        drop(spent);
+        assert!(message.is_unique(), "the pipe keeps no frame of the write");
+        assert!(pipe.take_spent_frames().is_none(), "spent once");
+
+        let c = reap_n(&mut ring, 1).pop().unwrap();
+        let Wrote::Done { credited, frames } = pipe.on_write(&mut ring, c, &mut pool) else {
+            panic!("one send delivers a small write whole")
+        };
+        assert_eq!(credited, len);
+        assert!(frames.is_empty(), "the frames went back at the start");
+        assert_eq!(ring.in_flight(), 0, "nothing more is sent");
+        assert_eq!(pool.len(), 1, "the send buffer is back in the pool");
+        assert!(!pipe.writing());
+    }
+    ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+    let mut late = Vec::new();
+    ring.reap(&mut late);
+    assert!(late.is_empty(), "no completion beyond one per write");
+    assert!(!client.receive(&mut got));
+    assert_eq!(
+        got,
+        b"id: 0\ndata: x\n\n: pad\n\nid: 1\ndata: x\n\n: pad\n\nid: 2\ndata: x\n\n: pad\n\n"
+    );
+}
+
+/// A write larger than one chunk keeps its frames until rustls has taken the last of them
+/// (each chunk is encrypted when the previous send completes).
+#[test]
+fn a_tls_write_of_several_chunks_keeps_its_frames_until_the_last_chunk() {
+    let mut ring = Ring::with_entries(8).unwrap();
+    let mut pool = Vec::new();
+    let (mut pipe, mut client, _config) = established(&mut ring, &mut pool);
+    let frames: Vec<Bytes> = (0..40u8)
+        .map(|i| Bytes::from(vec![b'a' + i % 26; 1000]))
+        .collect();
+    let len: usize = frames.iter().map(Bytes::len).sum();
+    let want: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+    pipe.start_write(&mut ring, KEY, frames, len, &mut pool)
+        .unwrap();
+    assert!(pipe.take_spent_frames().is_none(), "more chunks to encrypt");
+    let (mut credited, mut got, mut sends) = (0, Vec::new(), 0);
+    loop {
+        sends += 1;
+        let c = reap_n(&mut ring, 1).pop().unwrap();
+        // The client reads as the sends go (the socket pair's buffer is small).
+        client.receive(&mut got);
+        match pipe.on_write(&mut ring, c, &mut pool) {
+            Wrote::Progress { credited: c } => credited += c,
+            Wrote::Done {
+                credited: c,
+                frames,
+            } => {
+                credited += c;
+                assert_eq!(frames.len(), 40, "the frames come back with the last send");
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(sends >= 3, "{sends} sends");
+    assert_eq!(credited, len);
+    client.receive(&mut got);
+    assert!(got == want, "{} bytes of {}", got.len(), want.len());
+}
+
+/// Records the session queues while a send is in flight (here the tickets that follow the
+/// client's Finished, received while the server's first flight is still being sent) go
+/// out after that send: its completion must flush, not end the sending.
+#[test]
+fn records_queued_while_a_tls_send_is_in_flight_go_after_it() {
+    let (server_config, client_config) = configs();
+    let mut ring = Ring::with_entries(8).unwrap();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    theirs.set_nonblocking(true).unwrap();
+    let mut client = Client {
+        tls: rustls::ClientConnection::new(
+            client_config,
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap(),
+        sock: theirs,
+    };
+    let mut pipe = Pipe::tls(OwnedFd::from(ours));
+    let (mut buf, mut pool, mut got) = (Vec::new(), Vec::new(), Vec::new());
+    client.send();
+    let received = receive(&mut ring, &mut pipe, &mut buf, &server_config);
+    assert!(matches!(received, Received::Hello(Hello::Http1)));
+    // The first flight's send completes; its completion is held back.
+    assert!(pipe.flush(&mut ring, KEY, &mut pool));
+    let flight = reap_n(&mut ring, 1).pop().unwrap();
+    assert_eq!(flight.kind, OpKind::Write);
+    // Meanwhile the client's Finished is received: the session queues its tickets.
+    client.receive(&mut got);
+    client.send();
+    let received = receive(&mut ring, &mut pipe, &mut buf, &server_config);
+    assert!(matches!(
+        received,
+        Received::Data {
+            established: true,
+            ..
+        }
+    ));
+    // The flight's completion sends them.
+    assert!(
+        matches!(
+            pipe.on_write(&mut ring, flight, &mut pool),
+            Wrote::Progress { credited: 0 }
+        ),
+        "the queued tickets go next"
+    );
+    let c = reap_n(&mut ring, 1).pop().unwrap();
+    assert!(matches!(
+        pipe.on_write(&mut ring, c, &mut pool),
+        Wrote::Idle
+    ));
+    assert!(
+        !pipe.flush(&mut ring, KEY, &mut pool),
+        "nothing left queued"
+    );
+    assert_eq!(ring.in_flight(), 0);
+    assert!(!client.receive(&mut got));
+    assert!(got.is_empty());
+}
