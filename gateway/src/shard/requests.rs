@@ -292,7 +292,7 @@ impl Shard {
         slot: u32,
         room: &str,
         start: Start,
-        replay: Vec<Bytes>,
+        replay: Vec<ringcast_core::frame::Frame>,
     ) -> std::io::Result<()> {
         let admitted = self.fanout.handle_subscribe_replayed(
             now,
