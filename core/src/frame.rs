@@ -10,7 +10,6 @@
 use crate::event_id::{EventId, ResetReason};
 use crate::{sse, ws};
 use bytes::Bytes;
-use std::io::Write as _;
 
 /// How a subscriber's connection carries frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,10 +34,10 @@ pub struct Frame {
 /// Longest text of an id: two `u64`s and a dash.
 const ID_TEXT_BYTES_MAX: usize = 41;
 
-/// `id` as clients see it (`E-S`), written on the stack.
+/// `id` as clients see it (`E-S`), written on the stack (as the SSE `id:` line's digits).
 fn id_text(id: EventId, buf: &mut [u8; ID_TEXT_BYTES_MAX]) -> &str {
     let mut cursor = &mut buf[..];
-    write!(cursor, "{}-{}", id.epoch, id.seq).expect("an id fits in 41 bytes");
+    sse::put_id(&mut cursor, id);
     let len = ID_TEXT_BYTES_MAX - cursor.len();
     std::str::from_utf8(&buf[..len]).expect("digits and a dash")
 }

@@ -26,9 +26,7 @@ pub fn message_len_max(data: &[u8]) -> usize {
 /// Appends the SSE event of [`encode_message`] to `out`.
 pub fn put_message(out: &mut impl BufMut, id: EventId, data: &[u8]) {
     out.put_slice(b"id: ");
-    put_u64(out, id.epoch);
-    out.put_u8(b'-');
-    put_u64(out, id.seq);
+    put_id(out, id);
     out.put_u8(b'\n');
     let mut rest = data;
     loop {
@@ -95,6 +93,13 @@ pub fn encode_lagged(last_id: EventId) -> Bytes {
 /// clients reconnect after that delay.
 pub fn encode_retry(retry_ms: u64) -> Bytes {
     Bytes::from(format!("retry: {retry_ms}\n\n"))
+}
+
+/// Appends `id` as clients see it, `E-S`.
+pub fn put_id(out: &mut impl BufMut, id: EventId) {
+    put_u64(out, id.epoch);
+    out.put_u8(b'-');
+    put_u64(out, id.seq);
 }
 
 fn put_u64(out: &mut impl BufMut, mut value: u64) {
