@@ -239,6 +239,10 @@ struct Subscriber {
     heartbeat: Option<TimerKey>,
 }
 
+// The transport's format rides in the padding after the flags: a subscriber costs what it
+// cost before WebSocket.
+const _: () = assert!(std::mem::size_of::<Subscriber>() <= 48);
+
 /// One shard's fan-out state. See the module doc.
 #[derive(Debug)]
 pub struct Fanout {
