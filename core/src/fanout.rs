@@ -11,6 +11,11 @@
 //! read in between ride in the same write. Under load (a long dirty queue) a subscriber
 //! waits up to [`FanoutConfig::coalesce_delay`] after becoming dirty, so that later events
 //! join its write.
+//!
+//! Each subscriber's connection carries one [`Format`] (SSE or WebSocket, given at
+//! subscribe). A message is encoded once, in both forms ([`Frame`]); a write carries the
+//! subscriber's slice of that shared buffer, and every notice (gap, reset, lagged), the
+//! heartbeat and the drain in its form. The per-delivery work is the same for both.
 
 use crate::event_id::{EventId, ResetReason, ResumeId};
 use crate::frame::{Format, Frame};
