@@ -180,6 +180,46 @@ mod tests {
         assert_eq!(frame.get(Format::Ws), frame.ws());
     }
 
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        /// Any data, any id: the SSE form is the SSE encoder's, and the WebSocket form is
+        /// one unmasked text frame whose payload is exactly the room message with the data
+        /// as text (bad UTF-8 replaced).
+        #[test]
+        fn both_forms_of_any_message(
+            epoch in proptest::num::u64::ANY,
+            seq in proptest::num::u64::ANY,
+            room in "[A-Za-z0-9_.:-]{1,128}",
+            data in proptest::prop_oneof![
+                proptest::collection::vec(proptest::num::u8::ANY, 0..400),
+                proptest::arbitrary::any::<String>().prop_map(String::into_bytes),
+            ],
+        ) {
+            let id = EventId { epoch, seq };
+            let frame = Frame::message(&room, id, &data);
+            proptest::prop_assert_eq!(frame.sse(), sse::encode_message(id, &data));
+            let ws = frame.ws();
+            proptest::prop_assert_eq!(ws[0], 0x81);
+            let (len, header) = match ws[1] {
+                126 => (usize::from(u16::from_be_bytes([ws[2], ws[3]])), 4),
+                127 => panic!("under 64 KiB"),
+                short => (usize::from(short), 2),
+            };
+            proptest::prop_assert_eq!(header, ws::server_header_len(len));
+            proptest::prop_assert_eq!(ws.len(), header + len);
+            let text = std::str::from_utf8(&ws[header..]).expect("UTF-8");
+            let json = |value: &str| serde_json::to_string(value).unwrap();
+            let want = format!(
+                "{{\"room\":{},\"id\":{},\"data\":{}}}",
+                json(&room),
+                json(&id.to_string()),
+                json(&String::from_utf8_lossy(&data)),
+            );
+            proptest::prop_assert_eq!(text, want);
+        }
+    }
+
     #[test]
     fn id_text_of_the_longest_id() {
         let mut buf = [0; ID_TEXT_BYTES_MAX];
