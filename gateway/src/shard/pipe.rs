@@ -15,7 +15,7 @@
 //! must not.
 
 use crate::conn::tls::{Hello, Received as TlsReceived, TlsConn, TlsFailure};
-use crate::mesh::virtual_conn::VirtualSink;
+use crate::mesh::virtual_conn::{Inbound, VirtualSink};
 use crate::uring::op::{Completion, Held, OpId};
 use crate::uring::ring::Ring;
 use crate::uring::sys::{self, Shutdown};
@@ -166,7 +166,7 @@ impl Pipe {
     }
 
     /// A virtual connection: writes go to `sink`; nothing is received (the request came
-    /// with the mail).
+    /// with the mail), except a tunnel's client bytes ([`Self::on_virtual_recv`]).
     pub fn virtual_conn(sink: Arc<VirtualSink>) -> Self {
         Self::new(None, Transport::Virtual(sink))
     }
@@ -191,6 +191,12 @@ impl Pipe {
         matches!(self.transport, Transport::Virtual(_))
     }
 
+    /// Whether this is a tunnel: a virtual connection whose client's bytes come in too (an
+    /// RFC 8441 WebSocket over HTTP/2, virtual_conn.rs).
+    pub fn is_tunnel(&self) -> bool {
+        matches!(&self.transport, Transport::Virtual(sink) if sink.is_tunnel())
+    }
+
     /// A TLS connection still in its handshake: no answer can be written yet.
     pub fn handshaking(&self) -> bool {
         matches!(&self.transport, Transport::Tls(tls) if !tls.established())
@@ -206,9 +212,10 @@ impl Pipe {
         self.fd.as_ref().map(AsRawFd::as_raw_fd)
     }
 
-    /// A receive is in flight.
+    /// A receive is in flight (on the ring, or a tunnel's in the companion).
     pub fn receiving(&self) -> bool {
         self.recv.is_some()
+            || matches!(&self.transport, Transport::Virtual(sink) if sink.receiving())
     }
 
     /// A write is in progress (started and not yet delivered whole, failed or forgotten).
@@ -222,6 +229,14 @@ impl Pipe {
     /// buffer.
     pub fn post_recv(&mut self, ring: &mut Ring, key: u64, buf: &mut Vec<u8>, into: RecvInto) {
         if self.recv.is_some() {
+            return;
+        }
+        if let Transport::Virtual(sink) = &self.transport {
+            // Only a tunnel receives (its client's bytes, from the companion); `buf` stays
+            // here and the bytes are appended to it ([`Self::on_virtual_recv`]).
+            if let RecvInto::Request { room } = into {
+                sink.post_recv(room);
+            }
             return;
         }
         let Some(fd) = self.raw_fd() else {
@@ -314,7 +329,7 @@ impl Pipe {
                 },
                 Err(failure) => Received::TlsFailed(failure),
             },
-            Transport::Virtual(_) => unreachable!("a virtual pipe posts no receive"),
+            Transport::Virtual(_) => unreachable!("a virtual pipe posts no ring receive"),
         }
     }
 
@@ -461,6 +476,32 @@ impl Pipe {
             }
             (_, held) => unreachable!("a write completion holding {held:?}"),
         }
+    }
+
+    /// The companion answered a tunnel's receive (`Mail::VirtualReceived`): its bytes are
+    /// appended to `buf` (the receive buffer, which stays with the connection); `None` if
+    /// no answer waits (a stale mail).
+    pub fn on_virtual_recv(&mut self, buf: &mut Vec<u8>) -> Option<Received> {
+        let Transport::Virtual(sink) = &self.transport else {
+            return None;
+        };
+        Some(match sink.take_received()? {
+            Inbound::Data(data) if buf.is_empty() => {
+                *buf = data;
+                Received::Data {
+                    established: false,
+                    closed: false,
+                }
+            }
+            Inbound::Data(data) => {
+                buf.extend_from_slice(&data);
+                Received::Data {
+                    established: false,
+                    closed: false,
+                }
+            }
+            Inbound::End => Received::Closed,
+        })
     }
 
     /// Gives up the write in progress (the connection closes): returns its bytes not

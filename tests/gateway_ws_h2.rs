@@ -1,0 +1,467 @@
+//! WebSocket over HTTP/2 (RFC 8441 extended CONNECT, issue 16) against the real binary, on
+//! the h2c and the TLS listeners: the SETTINGS announce ENABLE_CONNECT_PROTOCOL, a CONNECT
+//! with `:protocol websocket` on `/ws/echo` is answered `200` (no key, no accept) and its
+//! DATA frames carry RFC 6455 frames both ways through the shard's WebSocket driver (echo,
+//! ping/pong, a message larger than a receive, close 1000, then the stream's end); CONNECTs
+//! that are not for a WebSocket are refused with their status; a reset stream, a client's
+//! end of stream and a dropped connection release the shard's connection (WebSocket
+//! connections and tickers back to their baseline).
+//!
+//! The client is the `h2` crate (not the project's code), which can reset a stream and
+//! send any `:protocol`; frames are built and parsed by `ws_client/`.
+
+mod common;
+mod transports;
+mod ws_client;
+
+use bytes::Bytes;
+use common::Server;
+use std::net::SocketAddr;
+use std::time::Duration;
+use transports::TestCert;
+use ws_client::{close_frame, frame, parse_frame, Frame, BINARY, CLOSE, PING, PONG, TEXT};
+
+/// How long anything the server should do at once may take.
+const WAIT: Duration = Duration::from_secs(5);
+
+type Client = h2::client::SendRequest<Bytes>;
+
+/// An HTTP/2 connection over `io`; its driver runs on the test's runtime.
+async fn h2_client<IO>(io: IO) -> Client
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = h2::client::handshake(io).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+async fn h2c(addr: SocketAddr) -> Client {
+    h2_client(tokio::net::TcpStream::connect(addr).await.unwrap()).await
+}
+
+async fn h2_tls(addr: SocketAddr, cert: &TestCert) -> Client {
+    h2_client(transports::tls_connect(addr, cert, &[b"h2"]).await).await
+}
+
+/// Whether the server's SETTINGS carried ENABLE_CONNECT_PROTOCOL = 1 (waits for them).
+async fn extended_connect_enabled(client: &Client) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if client.is_extended_connect_protocol_enabled() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// One stream: its answer's status and headers, and its two halves.
+struct Tunnel {
+    status: u16,
+    headers: http::HeaderMap,
+    send: h2::SendStream<Bytes>,
+    recv: h2::RecvStream,
+    buf: Vec<u8>,
+}
+
+/// Sends a CONNECT for `path` (`protocol`: its `:protocol`, none for a classic CONNECT)
+/// with `headers`, and waits for the answer's head.
+async fn connect(
+    client: &mut Client,
+    path: &str,
+    protocol: Option<&'static str>,
+    headers: &[(&str, &str)],
+) -> Tunnel {
+    let mut builder = http::Request::builder().method(http::Method::CONNECT);
+    builder = match protocol {
+        Some(protocol) => builder
+            .uri(format!("http://localhost{path}"))
+            .extension(h2::ext::Protocol::from_static(protocol)),
+        None => builder.uri("localhost:443"),
+    };
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(()).unwrap();
+    *client = client.clone().ready().await.expect("connection ready");
+    let (response, send) = client.send_request(request, false).expect("request sent");
+    let response = tokio::time::timeout(WAIT, response)
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    Tunnel {
+        status,
+        headers,
+        send,
+        recv: response.into_body(),
+        buf: Vec::new(),
+    }
+}
+
+/// An extended CONNECT for a WebSocket on `path`.
+async fn open_ws(client: &mut Client, path: &str) -> Tunnel {
+    connect(
+        client,
+        path,
+        Some("websocket"),
+        &[("sec-websocket-version", "13")],
+    )
+    .await
+}
+
+impl Tunnel {
+    fn send(&mut self, bytes: Vec<u8>) {
+        self.send
+            .send_data(Bytes::from(bytes), false)
+            .expect("DATA sent");
+    }
+
+    /// The stream's next bytes; `None` at its end (or a reset).
+    async fn data(&mut self) -> Option<Bytes> {
+        match tokio::time::timeout(WAIT, self.recv.data())
+            .await
+            .expect("data or the end in time")
+        {
+            Some(Ok(data)) => {
+                let _ = self.recv.flow_control().release_capacity(data.len());
+                Some(data)
+            }
+            Some(Err(_)) | None => None,
+        }
+    }
+
+    /// The next WebSocket frame; `None` once the stream ended.
+    async fn next_frame(&mut self) -> Option<Frame> {
+        loop {
+            if let Some((frame, len)) = parse_frame(&self.buf) {
+                self.buf.drain(..len);
+                return Some(frame);
+            }
+            let data = self.data().await?;
+            self.buf.extend_from_slice(&data);
+        }
+    }
+
+    async fn expect_frame(&mut self) -> Frame {
+        self.next_frame().await.expect("a frame, not the end")
+    }
+
+    /// The refusal's body as text.
+    async fn body(&mut self) -> String {
+        let mut out = Vec::new();
+        while let Some(data) = self.data().await {
+            out.extend_from_slice(&data);
+        }
+        String::from_utf8(out).unwrap()
+    }
+}
+
+/// Open WebSockets over HTTP/2, summed over shards.
+fn h2_websockets(metrics: &common::Metrics) -> u64 {
+    transports::labelled(
+        metrics,
+        "ringcast_websocket_connections",
+        "transport=\"h2\"",
+    )
+}
+
+/// Waits until the server has `want` open WebSockets over HTTP/2 (the clients' tasks run
+/// meanwhile); returns how many it has.
+async fn wait_h2_websockets(server: &Server, want: u64) -> u64 {
+    let metrics = transports::wait_metrics(server, WAIT, |m| h2_websockets(m) == want).await;
+    h2_websockets(&metrics)
+}
+
+/// Echo, ping/pong, a large message and the close handshake on one tunnel.
+async fn echo_session(mut ws: Tunnel) {
+    assert_eq!(ws.status, 200);
+    assert!(
+        ws.headers.get("sec-websocket-accept").is_none(),
+        "no accept over HTTP/2 (RFC 8441 §5): {:?}",
+        ws.headers
+    );
+    assert!(ws.headers.get("content-length").is_none());
+
+    ws.send(frame(true, TEXT, "hello over h2".as_bytes(), true));
+    let echo = ws.expect_frame().await;
+    assert_eq!((echo.opcode, echo.text()), (TEXT, "hello over h2".into()));
+
+    ws.send(frame(true, PING, b"are you there", true));
+    let pong = ws.expect_frame().await;
+    assert_eq!(
+        (pong.opcode, &pong.payload[..]),
+        (PONG, &b"are you there"[..])
+    );
+
+    // Larger than any one receive (and than h2's 16 KiB frames): read in many steps.
+    let big: Vec<u8> = (0..200_000u32).map(|n| n as u8).collect();
+    ws.send(frame(true, BINARY, &big, true));
+    let echo = ws.expect_frame().await;
+    assert_eq!(echo.opcode, BINARY);
+    assert!(echo.payload == big, "the echo of 200,000 bytes differs");
+
+    ws.send(close_frame(1000, "bye"));
+    let close = ws.expect_frame().await;
+    assert_eq!(close.opcode, CLOSE);
+    assert_eq!(close.close_code(), Some(1000));
+    assert!(
+        ws.next_frame().await.is_none(),
+        "the stream ends after the close"
+    );
+}
+
+#[test]
+fn extended_connect_is_announced_and_echoes_over_h2c_and_tls() {
+    let cert = TestCert::new();
+    let mut args = cert.args();
+    args.extend(
+        [
+            "--shards",
+            "2",
+            "--ws-echo",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--h2c-listen",
+            "127.0.0.1:0",
+        ]
+        .map(String::from),
+    );
+    let server = transports::start(&args);
+    let tls = transports::addr_of(&server, "tls");
+    let h2c_addr = transports::addr_of(&server, "h2c");
+    transports::runtime().block_on(async {
+        let mut plain = h2c(h2c_addr).await;
+        assert!(
+            extended_connect_enabled(&plain).await,
+            "h2c SETTINGS carry ENABLE_CONNECT_PROTOCOL = 1"
+        );
+        let mut secure = h2_tls(tls, &cert).await;
+        assert!(
+            extended_connect_enabled(&secure).await,
+            "TLS h2 SETTINGS carry ENABLE_CONNECT_PROTOCOL = 1"
+        );
+
+        // Two at once on each connection: streams are independent WebSockets.
+        let first = open_ws(&mut plain, "/ws/echo").await;
+        let second = open_ws(&mut plain, "/ws/echo").await;
+        let third = open_ws(&mut secure, "/ws/echo").await;
+        assert_eq!(
+            wait_h2_websockets(&server, 3).await,
+            3,
+            "{}",
+            server.metrics().0
+        );
+        let upgrades = transports::labelled(
+            &server.metrics(),
+            "ringcast_websocket_upgrades_total",
+            "transport=\"h2\"",
+        );
+        assert_eq!(upgrades, 3);
+        tokio::join!(
+            echo_session(first),
+            echo_session(second),
+            echo_session(third)
+        );
+        // The connections stay usable for other requests.
+        let mut again = open_ws(&mut secure, "/ws/echo").await;
+        again.send(frame(true, TEXT, b"again", true));
+        assert_eq!(again.expect_frame().await.text(), "again");
+        drop(again);
+        drop((plain, secure));
+        assert_eq!(
+            wait_h2_websockets(&server, 0).await,
+            0,
+            "{}",
+            server.metrics().0
+        );
+    });
+}
+
+#[test]
+fn connects_that_open_no_websocket_are_refused() {
+    let server = Server::start(&["--ws-echo", "--h2c-listen", "127.0.0.1:0"]);
+    let h2c_addr = transports::addr_of(&server, "h2c");
+    let without_echo = Server::start(&["--h2c-listen", "127.0.0.1:0"]);
+    let without_echo = transports::addr_of(&without_echo, "h2c");
+    transports::runtime().block_on(async {
+        let mut client = h2c(h2c_addr).await;
+        // (what, path, :protocol, headers, status, the refusal's words)
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            Option<&'static str>,
+            &'a [(&'a str, &'a str)],
+            u16,
+            &'a str,
+        );
+        let version: &[(&str, &str)] = &[("sec-websocket-version", "13")];
+        let cases: &[Case] = &[
+            (
+                "a classic CONNECT",
+                "",
+                None,
+                &[],
+                501,
+                "only as an extended CONNECT",
+            ),
+            (
+                "another protocol",
+                "/ws/echo",
+                Some("webtransport"),
+                version,
+                501,
+                "unsupported :protocol",
+            ),
+            (
+                "no route",
+                "/nowhere",
+                Some("websocket"),
+                version,
+                404,
+                "not found",
+            ),
+            (
+                "a bad room name",
+                "/rooms/a%20b/ws",
+                Some("websocket"),
+                version,
+                400,
+                "bad room name",
+            ),
+            (
+                "an SSE route",
+                "/rooms/a/events",
+                Some("websocket"),
+                version,
+                405,
+                "no WebSocket at this path",
+            ),
+            (
+                "no version",
+                "/ws/echo",
+                Some("websocket"),
+                &[],
+                426,
+                "sec-websocket-version 13 required",
+            ),
+            (
+                "version 8",
+                "/ws/echo",
+                Some("websocket"),
+                &[("sec-websocket-version", "8")],
+                426,
+                "sec-websocket-version 13 required",
+            ),
+        ];
+        for (what, path, protocol, headers, status, words) in cases {
+            let mut answer = connect(&mut client, path, *protocol, headers).await;
+            assert_eq!(answer.status, *status, "{what}");
+            let body = answer.body().await;
+            assert!(body.contains(words), "{what}: {body:?}");
+        }
+        let mut answer = connect(&mut client, "/rooms/a/events", Some("websocket"), version).await;
+        assert_eq!(answer.status, 405);
+        assert_eq!(answer.headers["allow"], "GET");
+        answer.body().await;
+
+        // The echo route without --ws-echo: the shard's own 404.
+        let mut other = h2c(without_echo).await;
+        let mut answer = open_ws(&mut other, "/ws/echo").await;
+        assert_eq!(answer.status, 404);
+        answer.body().await;
+
+        // A GET on a WebSocket route over HTTP/2 is no upgrade.
+        let request = http::Request::get("http://localhost/ws/echo")
+            .body(())
+            .unwrap();
+        client = client.ready().await.unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 400);
+
+        // After all that the connection still opens WebSockets.
+        let mut ws = open_ws(&mut client, "/ws/echo").await;
+        assert_eq!(ws.status, 200);
+        ws.send(frame(true, TEXT, b"still here", true));
+        assert_eq!(ws.expect_frame().await.text(), "still here");
+    });
+    let refusals = transports::labelled(
+        &server.metrics(),
+        "ringcast_refusals_total",
+        "reason=\"method_not_allowed\"",
+    );
+    assert!(refusals >= 4, "{}", server.metrics().0);
+}
+
+#[test]
+fn resets_ends_and_dropped_connections_release_the_shard_s_connections() {
+    let server = Server::start(&[
+        "--shards",
+        "2",
+        "--ws-echo",
+        "--h2c-listen",
+        "127.0.0.1:0",
+        "--max-streams-per-conn",
+        "20",
+    ]);
+    let h2c_addr = transports::addr_of(&server, "h2c");
+    let tickers = server.metrics().sum("ringcast_tickers_live");
+    transports::runtime().block_on(async {
+        let mut client = h2c(h2c_addr).await;
+        let mut tunnels = Vec::new();
+        for _ in 0..20 {
+            let mut ws = open_ws(&mut client, "/ws/echo").await;
+            assert_eq!(ws.status, 200);
+            ws.send(frame(true, TEXT, b"up", true));
+            assert_eq!(ws.expect_frame().await.text(), "up");
+            tunnels.push(ws);
+        }
+        assert_eq!(wait_h2_websockets(&server, 20).await, 20);
+        // The 21st holds a stream like a subscription: past --max-streams-per-conn.
+        let mut over = open_ws(&mut client, "/ws/echo").await;
+        assert_eq!(over.status, 429);
+        over.body().await;
+
+        // Reset, mid-message for some (a frame's first half sent).
+        for (n, ws) in tunnels.iter_mut().enumerate().take(10) {
+            if n % 2 == 0 {
+                let half = frame(true, TEXT, &[b'x'; 300], true);
+                ws.send(half[..150].to_vec());
+            }
+            ws.send.send_reset(h2::Reason::CANCEL);
+        }
+        assert_eq!(wait_h2_websockets(&server, 10).await, 10, "resets release");
+        // The client's end of stream without a close: the shard closes too, and ends its
+        // side of the stream.
+        for ws in tunnels.iter_mut().skip(10).take(5) {
+            ws.send.send_data(Bytes::new(), true).unwrap();
+        }
+        for ws in tunnels.iter_mut().skip(10).take(5) {
+            assert!(ws.next_frame().await.is_none(), "the server's side ends");
+        }
+        assert_eq!(wait_h2_websockets(&server, 5).await, 5, "ends release");
+        // Places freed: the connection opens WebSockets again.
+        let mut ws = open_ws(&mut client, "/ws/echo").await;
+        assert_eq!(ws.status, 200);
+        ws.send(frame(true, TEXT, b"again", true));
+        assert_eq!(ws.expect_frame().await.text(), "again");
+        tunnels.push(ws);
+        assert_eq!(wait_h2_websockets(&server, 6).await, 6);
+    });
+    // The runtime is gone: the connection with the last six dropped without a word.
+    let gone = transports::runtime().block_on(wait_h2_websockets(&server, 0));
+    assert_eq!(gone, 0, "a dropped connection releases");
+    common::wait_until(WAIT, || {
+        server.metrics().sum("ringcast_tickers_live") == tickers
+    });
+    assert_eq!(
+        server.metrics().sum("ringcast_tickers_live"),
+        tickers,
+        "tickers back at their baseline"
+    );
+}
