@@ -13,7 +13,8 @@
 //! - shard → client: a write of the shard's is a batch in the sink; the pump takes it one
 //!   chunk at a time and writes each to the stream before it takes the next, so a client
 //!   that does not read (HTTP/2 flow control) keeps the shard's write in flight and the
-//!   fan-out cuts it as it cuts a slow socket. Held here: one chunk.
+//!   fan-out cuts it as it cuts a slow socket. Held: the chunk being written, and in
+//!   hyper's upgrade glue at most two more (its channel, and the one waiting for window).
 //! - client → shard: only while the shard has a receive posted, the pump reads at most that
 //!   receive's room from the stream and mails it; meanwhile nothing is read, so the
 //!   client's bytes wait in h2, which grants no more window than was read (at most the
@@ -165,7 +166,7 @@ pub async fn serve_connect(
 }
 
 /// Carries one tunnel's bytes both ways (see the module comment); resolves when the
-/// tunnel is over. Generic over the stream so tests can drive it over a pipe.
+/// tunnel is over. Generic over the client's stream (hyper's `Upgraded` today).
 pub struct Pump<IO> {
     stream: VirtualStream,
     io: IO,
@@ -293,5 +294,48 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Pump<IO> {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, protocol: Option<&'static str>) -> http::request::Parts {
+        let mut request = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(uri);
+        if let Some(protocol) = protocol {
+            request = request.extension(hyper::ext::Protocol::from_static(protocol));
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    /// Only `:protocol websocket` on a WebSocket route reaches a shard; every other CONNECT
+    /// gets its status here.
+    #[test]
+    fn connects_are_sorted_by_protocol_and_route() {
+        let table: &[(&str, Option<&'static str>, Result<(), u16>)] = &[
+            ("http://h/ws/echo", Some("websocket"), Ok(())),
+            ("http://h/ws/echo", Some("WebSocket"), Ok(())),
+            ("http://h/ws", Some("websocket"), Ok(())),
+            (
+                "http://h/rooms/a/ws?last_event_id=1-2",
+                Some("websocket"),
+                Ok(()),
+            ),
+            ("h:443", None, Err(501)),
+            ("http://h/ws/echo", None, Err(501)),
+            ("http://h/ws/echo", Some("webtransport"), Err(501)),
+            ("http://h/nowhere", Some("websocket"), Err(404)),
+            ("http://h/ws/echo/", Some("websocket"), Err(404)),
+            ("http://h/rooms/a%20b/ws", Some("websocket"), Err(400)),
+            ("http://h/rooms/a/events", Some("websocket"), Err(405)),
+            ("http://h/metrics", Some("websocket"), Err(405)),
+        ];
+        for (uri, protocol, want) in table {
+            let got = check_connect(&parts(uri, *protocol)).map_err(|refused| refused.status());
+            assert_eq!(got, *want, "{uri} {protocol:?}");
+        }
     }
 }

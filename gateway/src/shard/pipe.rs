@@ -797,6 +797,42 @@ mod tests {
         assert_eq!(ring.in_flight(), 0);
     }
 
+    /// A tunnel's receive: posted once (no ring op), answered by the companion, its bytes
+    /// appended to the receive buffer; the client's end is the receive's end.
+    #[test]
+    fn a_tunnel_receives_what_the_companion_read_one_receive_at_a_time() {
+        use crate::mesh::virtual_conn::Inbound;
+        let mut ring = Ring::with_entries(8).unwrap();
+        let sink = Arc::new(VirtualSink::tunnel(None));
+        let mut pipe = Pipe::virtual_conn(sink.clone());
+        assert!(pipe.is_tunnel());
+        let mut buf = b"ab".to_vec();
+        pipe.post_recv(&mut ring, 1, &mut buf, RecvInto::Request { room: 3 });
+        assert!(pipe.receiving());
+        assert_eq!(ring.in_flight(), 0, "no ring op for a tunnel");
+        assert_eq!(&buf[..], b"ab", "the buffer stays with the connection");
+        assert!(pipe.on_virtual_recv(&mut buf).is_none(), "not answered yet");
+        sink.deliver(Inbound::Data(b"cde".to_vec()));
+        let received = pipe.on_virtual_recv(&mut buf).unwrap();
+        assert!(matches!(received, Received::Data { closed: false, .. }));
+        assert_eq!(&buf[..], b"abcde");
+        assert!(!pipe.receiving());
+        // A discard receive asks nothing of a tunnel.
+        pipe.post_recv(&mut ring, 1, &mut buf, RecvInto::Discard);
+        assert!(!pipe.receiving());
+        pipe.post_recv(&mut ring, 1, &mut buf, RecvInto::Request { room: 8 });
+        sink.deliver(Inbound::End);
+        assert!(matches!(
+            pipe.on_virtual_recv(&mut buf),
+            Some(Received::Closed)
+        ));
+        // A virtual connection that is no tunnel never receives.
+        let mut plain = Pipe::virtual_conn(Arc::new(VirtualSink::new(None)));
+        plain.post_recv(&mut ring, 2, &mut buf, RecvInto::Request { room: 8 });
+        assert!(!plain.receiving());
+        assert!(!plain.is_tunnel());
+    }
+
     #[test]
     fn a_write_forgotten_at_the_close_gives_back_what_was_not_delivered() {
         let mut ring = Ring::with_entries(8).unwrap();
