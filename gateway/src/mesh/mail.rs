@@ -137,8 +137,8 @@ pub enum Mail {
         incarnation: u64,
         /// Its id.
         id: u64,
-        /// The encoded SSE frame, shared with every shard.
-        frame: Bytes,
+        /// The encoded frame in both forms (SSE, WebSocket), shared with every shard.
+        frame: ringcast_core::frame::Frame,
         /// Process-clock time of sequencing (Unix nanoseconds; 0 when not recorded).
         stamp_unix_nanos: u64,
     },
@@ -352,12 +352,12 @@ mod tests {
             room: room.clone(),
             incarnation: 5,
             id: 6,
-            frame: Bytes::from_static(b"f"),
+            frame: ringcast_core::frame::Frame::from_parts(b"f", b"w"),
             stamp_unix_nanos: 7,
         });
         assert!(matches!(
             mail,
-            Mail::Frame { incarnation: 5, id: 6, stamp_unix_nanos: 7, ref frame, .. } if frame == "f"
+            Mail::Frame { incarnation: 5, id: 6, stamp_unix_nanos: 7, ref frame, .. } if frame.sse() == "f" && frame.ws() == "w"
         ));
         let mail = Mail::from(Letter::RoomCount {
             reply,

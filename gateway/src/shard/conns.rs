@@ -92,11 +92,18 @@ impl Shard {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return;
         };
-        let want = if conn.closing {
-            None
-        } else {
-            conn.http.poll_timeout()
+        let want = match &conn.ws {
+            _ if conn.closing => None,
+            Some(ws) => ws.poll_timeout(),
+            None => conn.http.poll_timeout(),
         };
+        if let (Some(_), Some((_, at)), Some(want)) = (&conn.ws, &conn.timer, want) {
+            if *at <= want {
+                // A WebSocket's deadline moves with every byte received: the timer stays
+                // where it is, and a firing before the deadline only syncs it again.
+                return;
+            }
+        }
         if let Some((key, at)) = conn.timer.take() {
             match want {
                 Some(want) if at == want => {
@@ -145,7 +152,9 @@ impl Shard {
                 continue;
             };
             let handshaking = conn.pipe.handshaking();
-            let result = if handshaking {
+            let result = if conn.ws.is_some() {
+                self.ws_timeout(now.max(at), slot)
+            } else if handshaking {
                 // No TLS session to write a 408 in.
                 self.fail_tls(slot, RefusalReason::TlsHandshakeTimeout)
             } else {

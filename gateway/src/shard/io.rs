@@ -16,6 +16,9 @@ impl Shard {
         if conn.closing || conn.pipe.receiving() {
             return Ok(());
         }
+        if conn.ws.is_some() {
+            return self.ws_post_recv(slot);
+        }
         let into = match conn.http.read() {
             Read::Pause => return Ok(()),
             Read::Request { bytes_max } => {
@@ -61,10 +64,13 @@ impl Shard {
             self.recycle(held);
             return Ok(());
         }
-        match conn
+        let received = conn
             .pipe
-            .on_recv(c, &mut conn.recv, self.shared.tls_http1.as_ref())
-        {
+            .on_recv(c, &mut conn.recv, self.shared.tls_http1.as_ref());
+        if conn.ws.is_some() {
+            return self.ws_received(now, slot, received);
+        }
+        match received {
             Received::Closed => {
                 // The client closed (or the receive failed): the machine says what
                 // follows (a refusal being written still goes out).
@@ -308,6 +314,9 @@ impl Shard {
                 conn.stamps = Vec::new();
             }
         }
+        if conn.ws.is_some() {
+            return self.ws_written(now, slot);
+        }
         if conn.close_after_write {
             return self.begin_close(slot);
         }
@@ -440,6 +449,9 @@ impl Shard {
             if conn.pipe.is_tls() {
                 self.tls_live -= 1;
                 self.shared.figures[self.index].transport_closed(Transport::Tls);
+            }
+            if let Some(ws) = &conn.ws {
+                self.shared.figures[self.index].websocket_closed(ws.tls());
             }
             self.live -= 1;
             self.free.push(slot);

@@ -17,6 +17,7 @@ mod publish;
 mod requests;
 mod tls_io;
 mod upstreams;
+mod ws;
 
 use crate::app::admission::{RefusalReason, Rejection, REJECTIONS};
 use crate::app::batch::{self, BATCH_LINES_MAX};
@@ -117,6 +118,9 @@ struct Conn {
     peer: Option<IpAddr>,
     /// Sequencing stamps of the message frames the write in flight carries.
     stamps: Vec<u64>,
+    /// Once upgraded to a WebSocket: its driver, which takes every input of the connection
+    /// from then on (ws.rs; the HTTP machine only streams).
+    ws: Option<Box<ws::WsDriver>>,
 }
 
 impl Conn {
@@ -134,6 +138,7 @@ impl Conn {
             outstanding: 0,
             peer: None,
             stamps: Vec::new(),
+            ws: None,
         }
     }
 
@@ -448,6 +453,10 @@ impl Shard {
             let Some(conn) = self.conn(slot) else {
                 continue;
             };
+            if conn.ws.is_some() {
+                self.ws_drain(now, slot)?;
+                continue;
+            }
             // The machine closes idle and lingering connections, lets requests in progress
             // finish (then closes), and waits for the first request of one that has not
             // sent it (to answer it 503: closing it would be an accept and a close for a

@@ -48,6 +48,9 @@ impl Shard {
             if conn.closing {
                 return Ok(());
             }
+            if conn.ws.is_some() {
+                return self.ws_pump(now, slot);
+            }
             if let Some(event) = conn.http.poll_event(now) {
                 self.on_http_event(now, slot, event)?;
                 continue;
@@ -129,7 +132,8 @@ impl Shard {
         let auth_head =
             (auth_on && matches!(head.route, Route::Events(_))).then(|| bytes[..head.len].to_vec());
         // The body without a copy: the request's bytes are the machine's buffer, handed over.
-        let body = Bytes::from(bytes).slice(head.len..);
+        let bytes = Bytes::from(bytes);
+        let body = bytes.slice(head.len..);
         // Token checks (jwt.rs) come before anything else a route does, on every transport.
         let now_seconds = self.now_unix / 1_000_000_000;
         let jwt = self.shared.config.jwt.clone();
@@ -207,6 +211,13 @@ impl Shard {
                 ),
             ),
             Route::Demo => {
+                self.count_refusal(RefusalReason::NotFound);
+                self.refuse(slot, &http1::Refusal::not_found())
+            }
+            Route::WsEcho if self.shared.config.ws.echo => {
+                self.ws_open(now, slot, ws::WsRoute::Echo, &bytes[..head.len])
+            }
+            Route::WsEcho | Route::RoomWs(_) | Route::Ws => {
                 self.count_refusal(RefusalReason::NotFound);
                 self.refuse(slot, &http1::Refusal::not_found())
             }
@@ -292,7 +303,7 @@ impl Shard {
         slot: u32,
         room: &str,
         start: Start,
-        replay: Vec<Bytes>,
+        replay: Vec<ringcast_core::frame::Frame>,
     ) -> std::io::Result<()> {
         let admitted = self.fanout.handle_subscribe_replayed(
             now,
