@@ -4,9 +4,9 @@
 //! after the last id (no gap while the history covers it, a visible gap when it does not)
 //! and a server restart on the same port — over SSE + POST and over one WebSocket, side by
 //! side — and that a refused WebSocket falls back to SSE + POST. This file starts ringcast,
-//! asks it whether it serves `GET /rooms/{room}/ws` (the script runs the WebSocket checks
-//! only then), runs the script, and restarts ringcast when the script asks (SIGTERM, wait
-//! for the drain to finish, start again on the same port).
+//! checks that it serves `GET /rooms/{room}/ws` (so the WebSocket checks cannot be skipped),
+//! runs the script, and restarts ringcast when the script asks (SIGTERM, wait for the drain
+//! to finish, start again on the same port).
 //!
 //! Chromium (`/usr/bin/chromium`) and `tests/browser/node_modules` are installed by
 //! `.ci/run`; without them this test fails rather than skipping, so CI cannot go green
@@ -79,14 +79,14 @@ fn demo_page_fans_out_resumes_and_survives_a_restart() {
     require_tools();
     let mut server = Server::start(ARGS);
     let port = server.addr.port();
-    let ws = if serves_room_websocket(&server) {
-        "served"
-    } else {
-        "refused"
-    };
+    assert!(
+        serves_room_websocket(&server),
+        "ringcast should serve GET /rooms/{{room}}/ws (issue 16):\n{}",
+        server.log()
+    );
     let mut node = Command::new("node")
         .arg(browser_dir().join("demo.test.mjs"))
-        .args(["--port", &port.to_string(), "--ws", ws])
+        .args(["--port", &port.to_string(), "--ws", "served"])
         .arg("--artifacts")
         .arg(artifacts_dir())
         .stdin(Stdio::piped())
@@ -150,7 +150,7 @@ fn demo_page_fans_out_resumes_and_survives_a_restart() {
     );
     assert_eq!(restarts, 1, "the script restarts ringcast once:\n{log}");
     assert!(
-        log.contains(&format!("WebSocket {ws} by ringcast")),
+        log.contains("transports: sse, ws (WebSocket served by ringcast)"),
         "the script ran the transports the server offers:\n{log}"
     );
     assert!(

@@ -3,7 +3,8 @@
 //   node tests/browser/demo.test.mjs --port P --ws served|refused --artifacts DIR
 //
 // P is a running ringcast started with `--history 8`; `--ws` says whether it serves
-// `GET /rooms/{room}/ws` (the Rust test probes it). To restart ringcast, this script prints
+// `GET /rooms/{room}/ws` (the Rust test checks that it does: `refused` is for running this
+// script by hand against a server without WebSocket). To restart ringcast, this script prints
 // `RINGCAST-RESTART` on stdout and waits for a `restarted` line on stdin (the Rust test
 // sends SIGTERM, waits for the exit and starts ringcast again on the same port).
 //
