@@ -5,7 +5,9 @@
 //! ping/pong, a message larger than a receive, close 1000, then the stream's end); CONNECTs
 //! that are not for a WebSocket are refused with their status; a reset stream, a client's
 //! end of stream and a dropped connection release the shard's connection (WebSocket
-//! connections and tickers back to their baseline).
+//! connections and tickers back to their baseline). Room WebSockets (`/rooms/{room}/ws`)
+//! over HTTP/2 get a message published over HTTP/1.1, publish with an ack, resume, and
+//! are refused by the same token checks as over HTTP/1.1.
 //!
 //! The client is the `h2` crate (not the project's code), which can reset a stream and
 //! send any `:protocol`; frames are built and parsed by `ws_client/`.
@@ -16,6 +18,7 @@ mod ws_client;
 
 use bytes::Bytes;
 use common::Server;
+use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
 use transports::TestCert;
@@ -149,6 +152,22 @@ impl Tunnel {
 
     async fn expect_frame(&mut self) -> Frame {
         self.next_frame().await.expect("a frame, not the end")
+    }
+
+    /// The next text frame as JSON (pings answered).
+    async fn next_json(&mut self) -> serde_json::Value {
+        loop {
+            let frame = self.expect_frame().await;
+            match frame.opcode {
+                PING => self.send(ws_client::frame(true, PONG, &frame.payload, true)),
+                TEXT => return serde_json::from_str(&frame.text()).expect("JSON"),
+                other => panic!("opcode {other}: {frame:?}"),
+            }
+        }
+    }
+
+    fn send_json(&mut self, value: &serde_json::Value) {
+        self.send(frame(true, TEXT, value.to_string().as_bytes(), true));
     }
 
     /// The refusal's body as text.
@@ -456,12 +475,124 @@ fn resets_ends_and_dropped_connections_release_the_shard_s_connections() {
     // The runtime is gone: the connection with the last six dropped without a word.
     let gone = transports::runtime().block_on(wait_h2_websockets(&server, 0));
     assert_eq!(gone, 0, "a dropped connection releases");
-    common::wait_until(WAIT, || {
-        server.metrics().sum("ringcast_tickers_live") == tickers
-    });
-    assert_eq!(
-        server.metrics().sum("ringcast_tickers_live"),
-        tickers,
-        "tickers back at their baseline"
+    assert!(
+        common::wait_until(WAIT, || server.metrics().sum("ringcast_tickers_live")
+            == tickers),
+        "tickers back at their baseline: {}",
+        server.metrics().0
     );
+}
+
+#[test]
+fn room_websockets_over_h2_get_messages_publish_resume_and_are_authorized() {
+    let cert = TestCert::new();
+    let mut args = cert.args();
+    args.extend(
+        [
+            "--shards",
+            "2",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--h2c-listen",
+            "127.0.0.1:0",
+            "--subscribe-key",
+            "hs256:sub-secret",
+            "--private-rooms",
+            "private-*",
+        ]
+        .map(String::from),
+    );
+    let server = transports::start(&args);
+    let tls = transports::addr_of(&server, "tls");
+    let h2c_addr = transports::addr_of(&server, "h2c");
+    transports::runtime().block_on(async {
+        let mut plain = h2c(h2c_addr).await;
+        let mut secure = h2_tls(tls, &cert).await;
+        let mut viewers = vec![
+            open_ws(&mut plain, "/rooms/lobby/ws").await,
+            open_ws(&mut secure, "/rooms/lobby/ws").await,
+        ];
+        for viewer in &mut viewers {
+            assert_eq!(viewer.status, 200);
+            assert_eq!(
+                viewer.next_json().await,
+                json!({"type": "subscribed", "room": "lobby"})
+            );
+        }
+        assert_eq!(wait_h2_websockets(&server, 2).await, 2);
+
+        // Published over HTTP/1.1, received over HTTP/2 in exactly the agreed shape.
+        let id = server.publish("lobby", "hello over h2");
+        for viewer in &mut viewers {
+            let message = viewer.next_json().await;
+            assert_eq!(
+                message,
+                json!({"room": "lobby", "id": message["id"], "data": "hello over h2"})
+            );
+            assert_eq!(common::Id::of(&message["id"]), id);
+        }
+
+        // Published over the HTTP/2 WebSocket itself: the ack, and the message to both.
+        viewers[0]
+            .send_json(&json!({"type": "publish", "room": "lobby", "data": "from h2", "ref": 7}));
+        let mut ack = None;
+        let mut data = None;
+        while ack.is_none() || data.is_none() {
+            let value = viewers[0].next_json().await;
+            if value["type"] == "ack" {
+                ack = Some(value);
+            } else {
+                data = Some(value);
+            }
+        }
+        let (ack, data) = (ack.unwrap(), data.unwrap());
+        assert_eq!(ack["ref"], 7, "{ack}");
+        assert_eq!(ack["id"], data["id"], "{ack} {data}");
+        assert_eq!(data["data"], "from h2");
+        assert_eq!(viewers[1].next_json().await["data"], "from h2");
+
+        // Resume after the first message: the second comes again.
+        let mut resumed = open_ws(&mut plain, &format!("/rooms/lobby/ws?last_event_id={id}")).await;
+        assert_eq!(resumed.status, 200);
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            seen.push(resumed.next_json().await);
+        }
+        assert_eq!(seen[0]["type"], "subscribed", "{seen:?}");
+        assert_eq!(seen[1]["data"], "from h2", "{seen:?}");
+
+        // A private room: refused with the HTTP/1.1 statuses, before any WebSocket.
+        let mut anonymous = open_ws(&mut plain, "/rooms/private-a/ws").await;
+        assert_eq!(anonymous.status, 401);
+        assert!(anonymous.headers.get("www-authenticate").is_some());
+        anonymous.body().await;
+        let token = hs256_subscribe("private-a");
+        let mut member = open_ws(&mut secure, &format!("/rooms/private-a/ws?token={token}")).await;
+        assert_eq!(member.status, 200);
+        assert_eq!(member.next_json().await["type"], "subscribed");
+
+        drop((viewers, resumed, member));
+        assert_eq!(
+            wait_h2_websockets(&server, 0).await,
+            0,
+            "{}",
+            server.metrics().0
+        );
+    });
+}
+
+/// A subscribe token (HS256, `sub-secret`) for `room`, valid ten minutes.
+fn hs256_subscribe(room: &str) -> String {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"exp": exp, "rooms": [room]}),
+        &EncodingKey::from_secret(b"sub-secret").unwrap(),
+    )
+    .unwrap()
 }
