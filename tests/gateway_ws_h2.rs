@@ -42,7 +42,9 @@ where
 }
 
 async fn h2c(addr: SocketAddr) -> Client {
-    h2_client(tokio::net::TcpStream::connect(addr).await.unwrap()).await
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    h2_client(tcp).await
 }
 
 async fn h2_tls(addr: SocketAddr, cert: &TestCert) -> Client {
@@ -595,4 +597,111 @@ fn hs256_subscribe(room: &str) -> String {
         &EncodingKey::from_secret(b"sub-secret").unwrap(),
     )
     .unwrap()
+}
+
+#[test]
+fn an_h2_viewer_that_stops_reading_is_cut_like_a_socket_while_others_get_everything() {
+    let server = Server::start(&[
+        "--shards",
+        "1",
+        "--history",
+        "16",
+        "--h2c-listen",
+        "127.0.0.1:0",
+    ]);
+    let h2c_addr = transports::addr_of(&server, "h2c");
+    transports::runtime().block_on(async {
+        // Each on its own connection: the stuck one's window is its connection's too.
+        let mut stuck_client = h2c(h2c_addr).await;
+        let mut stuck = open_ws(&mut stuck_client, "/rooms/slow/ws").await;
+        assert_eq!(stuck.next_json().await["type"], "subscribed");
+        let mut reader_client = h2c(h2c_addr).await;
+        let mut reader = open_ws(&mut reader_client, "/rooms/slow/ws").await;
+        assert_eq!(reader.next_json().await["type"], "subscribed");
+        let data = "y".repeat(32 * 1024);
+        for _ in 0..200 {
+            let id = server.publish("slow", &data);
+            let message = reader.next_json().await;
+            assert_eq!(common::Id::of(&message["id"]), id);
+        }
+        let metrics = transports::wait_metrics(&server, WAIT, |m| {
+            m.sum("ringcast_slow_consumer_cuts_total") == 1 && h2_websockets(m) == 1
+        })
+        .await;
+        assert_eq!(
+            metrics.sum("ringcast_slow_consumer_cuts_total"),
+            1,
+            "{}",
+            metrics.0
+        );
+        assert_eq!(h2_websockets(&metrics), 1, "the stuck one is released");
+        // The stuck viewer reads now: what was sent before the cut, then the end (with
+        // `lagged` and 1013 if its last write could still go) — never all the messages.
+        let mut messages = 0;
+        while let Some(frame) = stuck.next_frame().await {
+            if frame.opcode == CLOSE {
+                assert_eq!(frame.close_code(), Some(1013));
+                break;
+            }
+            let value: serde_json::Value = serde_json::from_slice(&frame.payload).unwrap();
+            if value.get("type").is_none() {
+                messages += 1;
+            }
+        }
+        assert!(messages < 200, "the stuck viewer was never cut");
+        // The reader is unaffected.
+        let id = server.publish("slow", "after");
+        assert_eq!(common::Id::of(&reader.next_json().await["id"]), id);
+    });
+}
+
+#[test]
+fn descriptors_tickers_and_websockets_come_back_to_baseline_after_many_h2_cycles() {
+    const CYCLES: usize = 600;
+    let server = Server::start(&["--shards", "2", "--ws-echo", "--h2c-listen", "127.0.0.1:0"]);
+    let h2c_addr = transports::addr_of(&server, "h2c");
+    let before = server.metrics();
+    let (fds, tickers) = (
+        before.sum("ringcast_fds_used"),
+        before.sum("ringcast_tickers_live"),
+    );
+    transports::runtime().block_on(async {
+        let mut clients = vec![h2c(h2c_addr).await, h2c(h2c_addr).await];
+        for cycle in 0..CYCLES {
+            let client = &mut clients[cycle % 2];
+            let mut ws = open_ws(client, "/ws/echo").await;
+            assert_eq!(ws.status, 200, "cycle {cycle}");
+            ws.send(frame(true, TEXT, b"x", true));
+            assert_eq!(ws.expect_frame().await.text(), "x");
+            // Three ways to end: the close handshake, a reset, the client's end of stream.
+            match cycle % 3 {
+                0 => {
+                    ws.send(close_frame(1000, ""));
+                    assert_eq!(ws.expect_frame().await.close_code(), Some(1000));
+                    assert!(ws.next_frame().await.is_none());
+                }
+                1 => ws.send.send_reset(h2::Reason::CANCEL),
+                _ => {
+                    ws.send.send_data(Bytes::new(), true).unwrap();
+                    assert!(ws.next_frame().await.is_none());
+                }
+            }
+        }
+        assert_eq!(wait_h2_websockets(&server, 0).await, 0);
+        let upgrades = transports::labelled(
+            &server.metrics(),
+            "ringcast_websocket_upgrades_total",
+            "transport=\"h2\"",
+        );
+        assert_eq!(upgrades, CYCLES as u64);
+    });
+    assert!(
+        common::wait_until(WAIT, || {
+            let metrics = server.metrics();
+            metrics.sum("ringcast_fds_used") == fds
+                && metrics.sum("ringcast_tickers_live") == tickers
+        }),
+        "fds {fds} and tickers {tickers} at the start: {}",
+        server.metrics().0
+    );
 }
