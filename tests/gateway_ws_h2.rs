@@ -666,7 +666,7 @@ fn descriptors_tickers_and_websockets_come_back_to_baseline_after_many_h2_cycles
         before.sum("ringcast_tickers_live"),
     );
     transports::runtime().block_on(async {
-        let mut clients = vec![h2c(h2c_addr).await, h2c(h2c_addr).await];
+        let mut clients = [h2c(h2c_addr).await, h2c(h2c_addr).await];
         for cycle in 0..CYCLES {
             let client = &mut clients[cycle % 2];
             let mut ws = open_ws(client, "/ws/echo").await;
