@@ -53,6 +53,11 @@ pub const DRAIN_AFTER_CLOSE_MAX: Duration = Duration::from_secs(2);
 /// them. Small: each step is at most one chunk or one receive.
 const PUMP_STEPS_MAX: usize = 64;
 
+/// Largest read for one receive: hyper hands over at most one DATA frame per read, and a
+/// client's DATA frames are at most 16 KiB (hyper's default `SETTINGS_MAX_FRAME_SIZE`,
+/// which ringcast keeps), so a larger buffer would only be allocated, never filled.
+const READ_BYTES_MAX: usize = 16 * 1024;
+
 /// The `:protocol` served: RFC 8441's registry token for RFC 6455.
 const PROTOCOL_WEBSOCKET: &str = "websocket";
 
@@ -211,7 +216,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Pump<IO> {
             }
             Poll::Ready(Some(room)) => room,
         };
-        self.read_buf.resize(room, 0);
+        self.read_buf.resize(room.min(READ_BYTES_MAX), 0);
         let mut buf = ReadBuf::new(&mut self.read_buf);
         let received = match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
             Poll::Pending => return false,
