@@ -181,8 +181,6 @@ pub struct Pump<IO> {
     out_done: bool,
     /// The client's end was delivered, or the shard closed: nothing more is read.
     in_done: bool,
-    /// The buffer of the read waiting for the client (sized to the receive's room).
-    read_buf: Vec<u8>,
     /// Armed once the shard closed: past it the stream is dropped, written or not.
     drain_by: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -196,7 +194,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Pump<IO> {
             out: None,
             out_done: false,
             in_done: false,
-            read_buf: Vec::new(),
             drain_by: None,
         }
     }
@@ -211,25 +208,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Pump<IO> {
             Poll::Ready(None) => {
                 // The shard closed: it reads nothing more.
                 self.in_done = true;
-                self.read_buf = Vec::new();
                 return false;
             }
             Poll::Ready(Some(room)) => room,
         };
-        self.read_buf.resize(room.min(READ_BYTES_MAX), 0);
-        let mut buf = ReadBuf::new(&mut self.read_buf);
+        // On the stack: an idle tunnel waiting for its client holds no read buffer; what
+        // comes is copied out at its size.
+        let mut space = [0u8; READ_BYTES_MAX];
+        let mut buf = ReadBuf::new(&mut space[..room.min(READ_BYTES_MAX)]);
         let received = match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
             Poll::Pending => return false,
-            Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
-                let len = buf.filled().len();
-                let mut data = std::mem::take(&mut self.read_buf);
-                data.truncate(len);
-                Inbound::Data(data)
-            }
+            Poll::Ready(Ok(())) if !buf.filled().is_empty() => Inbound::Data(buf.filled().to_vec()),
             // End of stream, a reset, or the connection gone: the shard closes.
             Poll::Ready(_) => {
                 self.in_done = true;
-                self.read_buf = Vec::new();
                 Inbound::End
             }
         };
