@@ -479,3 +479,35 @@ fn a_multiplexed_connection_is_bounded_in_rooms_and_checked_per_room() {
             && metrics.sum("ringcast_websocket_connections") == 0
     }));
 }
+
+#[test]
+fn a_client_sending_commands_without_reading_the_answers_stalls_itself() {
+    let server = Server::start(&["--shards", "1"]);
+    let tcp = common::connect_with_recv_buffer(server.addr, 4096);
+    let mut flooder = WsClient::over(ws_client::Stream::Plain(tcp));
+    flooder.upgrade("/ws");
+    if let ws_client::Stream::Plain(tcp) = &flooder.stream {
+        tcp.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    }
+    // Each one is answered with an error object nobody reads.
+    let bad = frame(true, TEXT, &[b'?'; 100], true);
+    let burst: Vec<u8> = bad.iter().copied().cycle().take(bad.len() * 512).collect();
+    let mut sent = 0usize;
+    let blocked = loop {
+        if flooder.try_send(&burst).is_err() {
+            break true;
+        }
+        sent += burst.len();
+        if sent > 256 << 20 {
+            break false;
+        }
+    };
+    assert!(
+        blocked,
+        "the server read {sent} bytes of commands without its answers going"
+    );
+    // The shard serves others meanwhile.
+    let mut other = join(&server, "fine", "");
+    let id = server.publish("fine", "still");
+    assert_eq!(next_message(&mut other, "fine"), (id, "still".to_owned()));
+}

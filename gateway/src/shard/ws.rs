@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 
 /// Bytes a WebSocket's receive asks for while the client sends little (an idle viewer, a
 /// command): the buffer an idle connection holds while its receive is in flight.
-const WS_RECV_BYTES: usize = 1024;
+const WS_RECV_BYTES: usize = 256;
 /// Control objects (answers to commands) a connection holds before it stops reading
 /// commands: a client that sends commands and never reads the answers stalls itself.
 const WS_ANSWERS_MAX: usize = 64;
@@ -105,9 +105,10 @@ pub(super) struct WsDriver {
     /// frames; at most `WS_ANSWERS_MAX` (nothing more is fed meanwhile) plus one per
     /// publish in flight.
     pub(super) answers: VecDeque<Bytes>,
-    /// Publishes waiting for their owner shard's answer, by the reply index they carry.
-    pub(super) publishes:
-        [Option<super::ws_rooms::PublishWait>; super::ws_rooms::WS_PUBLISHES_IN_FLIGHT_MAX],
+    /// Publishes waiting for their owner shard's answer, by the reply index they carry
+    /// (grown on first use, at most `WS_PUBLISHES_IN_FLIGHT_MAX` places: a viewer that
+    /// never publishes holds none).
+    pub(super) publishes: Vec<Option<super::ws_rooms::PublishWait>>,
     /// Its fan-out subscriptions (room, subscriber id): the route's room, or the rooms a
     /// multiplexed connection joined (at most `WS_ROOMS_PER_CONN_MAX`).
     pub(super) rooms: Vec<(Arc<str>, ConnId)>,
@@ -145,7 +146,7 @@ impl WsDriver {
             preface: Some(response),
             held: None,
             answers: VecDeque::new(),
-            publishes: Default::default(),
+            publishes: Vec::new(),
             rooms: Vec::new(),
             fanout_frames: Vec::new(),
             fanout_pending: Vec::new(),

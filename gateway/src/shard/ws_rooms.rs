@@ -343,7 +343,14 @@ impl Shard {
         let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) else {
             return;
         };
-        let free = ws.publishes.iter().position(Option::is_none);
+        let free = match ws.publishes.iter().position(Option::is_none) {
+            Some(index) => Some(index),
+            None if ws.publishes.len() < WS_PUBLISHES_IN_FLIGHT_MAX => {
+                ws.publishes.push(None);
+                Some(ws.publishes.len() - 1)
+            }
+            None => None,
+        };
         if refusal.is_none() && free.is_none() {
             refusal = Some(refused(
                 429,
