@@ -441,3 +441,22 @@ fn connections_descriptors_tickers_and_subscribers_come_back_to_baseline_after_2
     assert!(server.metrics().sum("ringcast_websocket_upgrades_total") >= (CYCLES * 4 / 5) as u64);
     assert!(!server.log().contains("panicked"), "{}", server.log());
 }
+
+#[test]
+fn only_allowed_origins_open_a_websocket_when_a_list_is_set() {
+    let server = echo_server(&[
+        "--ws-allowed-origins",
+        "https://good.example,https://also.example:8443",
+    ]);
+    for (origin, status) in [
+        ("Origin: https://evil.example\r\n", 403),
+        ("Origin: https://good.example.evil\r\n", 403),
+        ("Origin: HTTPS://GOOD.example\r\n", 101),
+        ("Origin: https://also.example:8443\r\n", 101),
+        // Not a browser: the token is the auth, not the origin.
+        ("", 101),
+    ] {
+        let (client, got) = WsClient::try_open(server.addr, "/ws/echo", origin);
+        assert_eq!(got, status, "{origin:?}: {}", client.head);
+    }
+}

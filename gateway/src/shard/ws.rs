@@ -272,7 +272,7 @@ impl Shard {
         slot: u32,
         head: &[u8],
     ) -> std::io::Result<Option<Bytes>> {
-        let Some(conn) = self.conn(slot) else {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(None);
         };
         let response = if conn.pipe.is_virtual() {
@@ -280,7 +280,7 @@ impl Shard {
             // translation is not an upgrade.
             Err(HandshakeError::NotHttp11)
         } else {
-            upgrade_response(head, &OriginPolicy::Any)
+            upgrade_response(head, &self.shared.config.ws.origins)
         };
         let refusal = match response {
             Err(refused) => Refusal {
@@ -312,7 +312,7 @@ impl Shard {
         response: Bytes,
         room: Option<(Arc<str>, ConnId)>,
     ) -> std::io::Result<()> {
-        let ws = self.shared.config.ws;
+        let ws = &self.shared.config.ws;
         let message_bytes_max = match route {
             WsRoute::Echo => ECHO_MESSAGE_BYTES_MAX,
             WsRoute::Room { .. } | WsRoute::Mux { .. } => MESSAGE_BYTES_MAX,
