@@ -53,6 +53,9 @@ pub(super) enum WsRoute {
     Mux {
         /// The upgrade's token, for private rooms and publishes.
         token: Option<String>,
+        /// The upgrade's request head, forwarded to `--auth-url` with each subscribe (kept
+        /// only when it is set).
+        auth_head: Option<Vec<u8>>,
     },
 }
 
@@ -61,7 +64,7 @@ impl WsRoute {
     pub(super) fn token(&self) -> Option<&str> {
         match self {
             WsRoute::Echo => None,
-            WsRoute::Room { token, .. } | WsRoute::Mux { token } => token.as_deref(),
+            WsRoute::Room { token, .. } | WsRoute::Mux { token, .. } => token.as_deref(),
         }
     }
 }
@@ -110,8 +113,11 @@ pub(super) struct WsDriver {
     /// never publishes holds none).
     pub(super) publishes: Vec<Option<super::ws_rooms::PublishWait>>,
     /// Its fan-out subscriptions (room, subscriber id): the route's room, or the rooms a
-    /// multiplexed connection joined (at most `WS_ROOMS_PER_CONN_MAX`).
+    /// multiplexed connection joined (at most `WS_ROOMS_PER_CONN_MAX`, with
+    /// `authorizing`).
     pub(super) rooms: Vec<(Arc<str>, ConnId)>,
+    /// Rooms a multiplexed connection asked for that `--auth-url` has not decided yet.
+    pub(super) authorizing: Vec<Arc<str>>,
     /// Fan-out frames that came while a write was in flight: the next write carries them.
     fanout_frames: Vec<Bytes>,
     /// The subscriptions whose frames are in `fanout_frames`.
@@ -148,6 +154,7 @@ impl WsDriver {
             answers: VecDeque::new(),
             publishes: Vec::new(),
             rooms: Vec::new(),
+            authorizing: Vec::new(),
             fanout_frames: Vec::new(),
             fanout_pending: Vec::new(),
             write_subs: Vec::new(),

@@ -146,7 +146,9 @@ impl Shard {
         let Some(response) = self.ws_handshake(slot, raw_head)? else {
             return Ok(());
         };
-        self.ws_upgrade(now, slot, WsRoute::Mux { token }, response, None)?;
+        let auth_head = self.auth.is_some().then(|| raw_head.to_vec());
+        let route = WsRoute::Mux { token, auth_head };
+        self.ws_upgrade(now, slot, route, response, None)?;
         for room in rooms {
             self.ws_subscribe(now, slot, room, None);
         }
@@ -164,8 +166,9 @@ impl Shard {
             return;
         };
         let token = ws.route().token().map(str::to_owned);
-        let held = ws.rooms.iter().any(|(held, _)| **held == *room);
-        let full = ws.rooms.len() >= WS_ROOMS_PER_CONN_MAX;
+        let held = ws.rooms.iter().any(|(held, _)| **held == *room)
+            || ws.authorizing.iter().any(|held| **held == *room);
+        let full = ws.rooms.len() + ws.authorizing.len() >= WS_ROOMS_PER_CONN_MAX;
         let denied = self.shared.config.jwt.as_deref().and_then(|jwt| {
             jwt.check_subscribe(&room, token.as_deref(), now_seconds)
                 .err()
@@ -180,29 +183,116 @@ impl Shard {
         } else if let Some(denied) = denied {
             self.count_refusal(RefusalReason::of_token(denied));
             Some((denied.status(), denied.text().into()))
-        } else if self.auth.is_some() {
-            Some((
-                501,
-                "subscribe by message is not offered with --auth-url yet".into(),
-            ))
         } else if self.cluster.is_some() {
             Some((
                 501,
                 "subscribe by message is not offered in cluster mode yet".into(),
             ))
-        } else if self.stopping() {
-            self.count_rejection(Rejection::Draining);
-            Some((503, Rejection::Draining.text().into()))
-        } else if self.backlogged() {
-            self.count_rejection(Rejection::PendingWriteBytes);
-            Some((503, Rejection::PendingWriteBytes.text().into()))
+        } else if self.auth.is_some() {
+            self.ws_authorize(now, slot, room.clone(), since)
         } else {
-            self.ws_join(now, slot, &room, since)
+            self.ws_admit(now, slot, &room, since)
         };
         if let Some((status, reason)) = refusal {
             if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
                 ws.answer(&encode_error(None, Some(&room), status, &reason));
             }
+        }
+    }
+
+    /// Admission, then the fan-out subscription; the refusal's status and reason if any.
+    fn ws_admit(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        room: &str,
+        since: Option<ResumeId>,
+    ) -> Option<(u16, String)> {
+        if self.stopping() {
+            self.count_rejection(Rejection::Draining);
+            return Some((503, Rejection::Draining.text().into()));
+        }
+        if self.backlogged() {
+            self.count_rejection(Rejection::PendingWriteBytes);
+            return Some((503, Rejection::PendingWriteBytes.text().into()));
+        }
+        self.ws_join(now, slot, room, since)
+    }
+
+    /// A subscribe by message that `--auth-url` must approve first (the upgrade's head is
+    /// forwarded with the room): decided at once (breaker open, queue full) or later
+    /// ([`Self::ws_authorized`]); the room counts as held meanwhile.
+    fn ws_authorize(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        room: String,
+        since: Option<ResumeId>,
+    ) -> Option<(u16, String)> {
+        let key = self.key(slot);
+        let conn = self
+            .conns
+            .get_mut(slot as usize)
+            .and_then(|c| c.as_deref_mut())?;
+        let client = conn.pipe.raw_fd().and_then(crate::uring::sys::peer_addr);
+        let ws = conn.ws.as_deref_mut()?;
+        let WsRoute::Mux { auth_head, .. } = ws.route() else {
+            return None;
+        };
+        let head = auth_head.clone().unwrap_or_default();
+        ws.authorizing.push(Arc::from(room.as_str()));
+        let ticket = crate::upstream::auth::Ticket {
+            conn: key,
+            room,
+            last_event_id: since,
+        };
+        let auth = self.auth.as_mut()?;
+        if let crate::upstream::auth::Begin::Decided(ticket, decision) =
+            auth.begin(now, ticket, client, head)
+        {
+            self.ws_authorized(now, ticket, decision);
+        }
+        None
+    }
+
+    /// `--auth-url` decided a multiplexed connection's subscribe: the subscription, or an
+    /// error object with the callback's status (503 when it is unavailable).
+    pub(super) fn ws_authorized(
+        &mut self,
+        now: Instant,
+        ticket: crate::upstream::auth::Ticket,
+        decision: crate::upstream::auth::Decision,
+    ) {
+        let slot = ticket.conn.slot;
+        let Some(ws) = self
+            .conn_by_key(ticket.conn)
+            .filter(|c| !c.closing)
+            .and_then(|c| c.ws.as_deref_mut())
+        else {
+            return;
+        };
+        let Some(at) = ws.authorizing.iter().position(|r| **r == *ticket.room) else {
+            return;
+        };
+        ws.authorizing.swap_remove(at);
+        let refusal = match decision {
+            crate::upstream::auth::Decision::Admit => {
+                self.ws_admit(now, slot, &ticket.room, ticket.last_event_id)
+            }
+            crate::upstream::auth::Decision::Refuse { status, reason, .. } => {
+                if status == 503 {
+                    self.count_rejection(Rejection::AuthUnavailable);
+                }
+                Some((status, reason.to_owned()))
+            }
+        };
+        if let Some((status, reason)) = refusal {
+            if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+                ws.answer(&encode_error(None, Some(&ticket.room), status, &reason));
+            }
+        }
+        if let Err(err) = self.ws_pump(now, slot) {
+            tracing::warn!(shard = self.index, %err, "answering a WebSocket subscribe failed");
         }
     }
 
