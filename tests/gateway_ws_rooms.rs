@@ -614,3 +614,40 @@ fn the_auth_callback_decides_room_and_multiplexed_subscribes() {
         "the upgrade's headers go with every subscribe: {seen:?}"
     );
 }
+
+#[test]
+fn in_cluster_mode_a_room_websocket_on_one_node_gets_what_a_websocket_on_another_publishes() {
+    let redis = common::redis::Redis::start();
+    let url = redis.url();
+    let node = |_: usize| Server::start(&["--shards", "2", "--cluster-redis", url.as_str()]);
+    let (viewer_node, publisher_node) = (node(0), node(1));
+    let mut viewer = join(&viewer_node, "cl", "");
+    let mut publisher = join(&publisher_node, "cl", "");
+    publisher.send_json(
+        &json!({"type": "publish", "room": "cl", "data": "across", "ref": 1,
+        "idempotency_key": "k"}),
+    );
+    let ack = next_controls(&mut publisher, 1).remove(0);
+    assert_eq!(
+        (ack["type"].as_str(), ack["ref"].as_u64()),
+        (Some("ack"), Some(1)),
+        "{ack}"
+    );
+    let (id, data) = next_message(&mut viewer, "cl");
+    assert_eq!((id, data.as_str()), (Id::of(&ack["id"]), "across"));
+    // A retry with the same key: the first publish's id, nothing new.
+    publisher.send_json(
+        &json!({"type": "publish", "room": "cl", "data": "across", "ref": 2,
+        "idempotency_key": "k"}),
+    );
+    let again = next_controls(&mut publisher, 1).remove(0);
+    assert_eq!(again["id"], ack["id"], "{again}");
+    // Resume on the viewer's node from before the message.
+    let mut late = join(&viewer_node, "cl", "?last_event_id=0-0");
+    let first = late.next_data(WAIT);
+    let value: serde_json::Value = serde_json::from_slice(&first.payload).unwrap();
+    assert!(
+        value["type"] == "reset" || value["id"] == ack["id"],
+        "{value}"
+    );
+}

@@ -159,7 +159,7 @@ impl Shard {
     /// route's checks (private rooms with the upgrade's token, admission), then a fan-out
     /// subscription of its own, whose first frame is the `subscribed` object. Refusals
     /// are error objects: 409 already subscribed, 429 too many rooms, 401/403 token,
-    /// 501 with `--auth-url` or in cluster mode (not offered yet), 503 admission.
+    /// the auth callback's status, 501 in cluster mode (not offered yet), 503 admission.
     fn ws_subscribe(&mut self, now: Instant, slot: u32, room: String, since: Option<ResumeId>) {
         let now_seconds = self.now_unix / 1_000_000_000;
         let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref()) else {
@@ -424,12 +424,6 @@ impl Shard {
             self.count_rejection(Rejection::PendingWriteBytes);
             refusal = Some(refused(503, Rejection::PendingWriteBytes.text()));
         }
-        if refusal.is_none() && self.cluster.is_some() {
-            refusal = Some(refused(
-                501,
-                "publish over WebSocket is not offered in cluster mode yet",
-            ));
-        }
         let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) else {
             return;
         };
@@ -462,8 +456,16 @@ impl Shard {
             reference,
             room: room.clone(),
         });
-        let reply = self.reply_to(slot, index as u32);
         let data = Bytes::from(data.into_bytes());
+        if self.cluster.is_some() {
+            // Appended to the room's stream; the answer comes back as the HTTP route's.
+            let ticket = self.cluster_ticket(slot, index as u32);
+            if let Err(refusal) = self.cluster_append(now, ticket, room, data, idempotency_key) {
+                self.ws_published(slot, index as u32, Err(refusal));
+            }
+            return;
+        }
+        let reply = self.reply_to(slot, index as u32);
         if let Routed::Answered(result) =
             self.route_publish(now, &room, data, idempotency_key, reply)
         {
