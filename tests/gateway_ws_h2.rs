@@ -7,7 +7,9 @@
 //! end of stream and a dropped connection release the shard's connection (WebSocket
 //! connections and tickers back to their baseline). Room WebSockets (`/rooms/{room}/ws`)
 //! over HTTP/2 get a message published over HTTP/1.1, publish with an ack, resume, and
-//! are refused by the same token checks as over HTTP/1.1.
+//! are refused by the same token checks as over HTTP/1.1; multiplexed ones (`/ws`)
+//! subscribe by message, and the Origin allow-list applies; a viewer that stops reading is
+//! cut as a socket is; many cycles leave nothing behind.
 //!
 //! The client is the `h2` crate (not the project's code), which can reset a stream and
 //! send any `:protocol`; frames are built and parsed by `ws_client/`.
@@ -704,4 +706,72 @@ fn descriptors_tickers_and_websockets_come_back_to_baseline_after_many_h2_cycles
         "fds {fds} and tickers {tickers} at the start: {}",
         server.metrics().0
     );
+}
+
+#[test]
+fn multiplexed_websockets_over_h2_subscribe_by_message_and_origins_are_checked() {
+    let server = Server::start(&[
+        "--shards",
+        "2",
+        "--h2c-listen",
+        "127.0.0.1:0",
+        "--ws-allowed-origins",
+        "https://live.example",
+    ]);
+    let h2c_addr = transports::addr_of(&server, "h2c");
+    transports::runtime().block_on(async {
+        let mut client = h2c(h2c_addr).await;
+        // The Origin allow-list, as for the HTTP/1.1 handshake.
+        let mut foreign = connect(
+            &mut client,
+            "/ws",
+            Some("websocket"),
+            &[
+                ("sec-websocket-version", "13"),
+                ("origin", "https://evil.example"),
+            ],
+        )
+        .await;
+        assert_eq!(foreign.status, 403);
+        assert!(foreign.body().await.contains("origin not allowed"));
+        let mut ws = connect(
+            &mut client,
+            "/ws?rooms=a",
+            Some("websocket"),
+            &[
+                ("sec-websocket-version", "13"),
+                ("origin", "https://LIVE.example"),
+            ],
+        )
+        .await;
+        assert_eq!(ws.status, 200);
+        assert_eq!(
+            ws.next_json().await,
+            json!({"type": "subscribed", "room": "a"})
+        );
+        ws.send_json(&json!({"type": "subscribe", "room": "b"}));
+        assert_eq!(
+            ws.next_json().await,
+            json!({"type": "subscribed", "room": "b"})
+        );
+        for room in ["a", "b"] {
+            let data = format!("to {room}");
+            let id = server.publish(room, &data);
+            let message = ws.next_json().await;
+            assert_eq!(
+                message,
+                json!({"room": room, "id": message["id"], "data": data})
+            );
+            assert_eq!(common::Id::of(&message["id"]), id);
+        }
+        ws.send_json(&json!({"type": "unsubscribe", "room": "a"}));
+        assert_eq!(
+            ws.next_json().await,
+            json!({"type": "unsubscribed", "room": "a"})
+        );
+        ws.send(close_frame(1000, ""));
+        assert_eq!(ws.next_frame().await.unwrap().close_code(), Some(1000));
+        assert!(ws.next_frame().await.is_none());
+        assert_eq!(wait_h2_websockets(&server, 0).await, 0);
+    });
 }

@@ -346,3 +346,331 @@ fn a_drain_closes_viewers_with_1001() {
         "the gateway exits once the viewer left"
     );
 }
+
+/// The next `n` control objects (anything with a `type`), skipping room messages.
+fn next_controls(client: &mut WsClient, n: usize) -> Vec<serde_json::Value> {
+    let mut controls = Vec::new();
+    while controls.len() < n {
+        let value = client.next_json(WAIT);
+        if value.get("type").is_some() {
+            controls.push(value);
+        }
+    }
+    controls
+}
+
+#[test]
+fn a_multiplexed_connection_joins_and_leaves_rooms_by_message_and_by_query() {
+    let server = Server::start(&["--shards", "2"]);
+    let earlier: Vec<Id> = (1..=3)
+        .map(|n| server.publish("c", &format!("c{n}")))
+        .collect();
+    let mut client = WsClient::open(server.addr, "/ws?rooms=a,b");
+    let mut joined: Vec<String> = next_controls(&mut client, 2)
+        .iter()
+        .map(|v| {
+            assert_eq!(v["type"], "subscribed", "{v}");
+            v["room"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    joined.sort();
+    assert_eq!(joined, ["a", "b"]);
+    // By message, resuming after the first message of c.
+    client.send_json(&json!({"type": "subscribe", "room": "c", "since": earlier[0].to_string()}));
+    assert_eq!(
+        client.next_json(WAIT),
+        json!({"type": "subscribed", "room": "c"})
+    );
+    assert_eq!(
+        next_message(&mut client, "c"),
+        (earlier[1], "c2".to_owned())
+    );
+    assert_eq!(
+        next_message(&mut client, "c"),
+        (earlier[2], "c3".to_owned())
+    );
+    assert_eq!(server.metrics().sum("ringcast_subscribers"), 3);
+    let a = server.publish("a", "to a");
+    assert_eq!(next_message(&mut client, "a"), (a, "to a".to_owned()));
+    let b = server.publish("b", "to b");
+    assert_eq!(next_message(&mut client, "b"), (b, "to b".to_owned()));
+
+    // Refusals are error objects; the connection goes on.
+    client.send_json(&json!({"type": "subscribe", "room": "a"}));
+    assert_eq!(
+        client.next_json(WAIT),
+        json!({"type":"error","room":"a","status":409,"reason":"already subscribed"})
+    );
+    client.send_json(&json!({"type": "unsubscribe", "room": "zz"}));
+    assert_eq!(
+        client.next_json(WAIT),
+        json!({"type":"error","room":"zz","status":404,"reason":"not subscribed"})
+    );
+
+    // Leaving a: nothing more of it, b still flows.
+    client.send_json(&json!({"type": "unsubscribe", "room": "a"}));
+    assert_eq!(
+        client.next_json(WAIT),
+        json!({"type": "unsubscribed", "room": "a"})
+    );
+    server.publish("a", "not for you");
+    let b2 = server.publish("b", "b again");
+    assert_eq!(next_message(&mut client, "b"), (b2, "b again".to_owned()));
+    assert_eq!(server.metrics().sum("ringcast_subscribers"), 2);
+
+    // A publish over the multiplexed connection is acked too.
+    client.send_json(&json!({"type": "publish", "room": "b", "data": "mine", "ref": "r1"}));
+    let ack = next_controls(&mut client, 1).remove(0);
+    assert_eq!(
+        (ack["type"].as_str(), ack["ref"].as_str()),
+        (Some("ack"), Some("r1")),
+        "{ack}"
+    );
+    drop(client);
+    assert!(common::wait_until(WAIT, || {
+        server.metrics().sum("ringcast_subscribers") == 0
+    }));
+}
+
+#[test]
+fn a_multiplexed_connection_is_bounded_in_rooms_and_checked_per_room() {
+    let server = Server::start(&[
+        "--shards",
+        "1",
+        "--subscribe-key",
+        "hs256:sub-secret",
+        "--private-rooms",
+        "private-*",
+    ]);
+    // Before the upgrade: a bad name, a private room without a token.
+    let (client, status) = WsClient::try_open(server.addr, "/ws?rooms=a%20b", "");
+    assert_eq!(status, 400, "{}", client.head);
+    let (client, status) = WsClient::try_open(server.addr, "/ws?rooms=a,private-x", "");
+    assert_eq!(status, 401, "{}", client.head);
+    // After it: by message, as error objects.
+    let token = hs256("sub-secret", &["private-x"]);
+    let mut client = WsClient::open(server.addr, &format!("/ws?token={token}"));
+    client.send_json(&json!({"type": "subscribe", "room": "private-y"}));
+    let denied = client.next_json(WAIT);
+    assert_eq!(
+        (denied["status"].as_u64(), denied["room"].as_str()),
+        (Some(403), Some("private-y")),
+        "{denied}"
+    );
+    client.send_json(&json!({"type": "subscribe", "room": "private-x"}));
+    assert_eq!(
+        client.next_json(WAIT),
+        json!({"type": "subscribed", "room": "private-x"})
+    );
+    for n in 1..64 {
+        client.send_json(&json!({"type": "subscribe", "room": format!("r{n}")}));
+    }
+    let _ = next_controls(&mut client, 63);
+    client.send_json(&json!({"type": "subscribe", "room": "one-too-many"}));
+    assert_eq!(
+        client.next_json(WAIT),
+        json!({"type":"error","room":"one-too-many","status":429,"reason":"at most 64 rooms per connection"})
+    );
+    assert_eq!(server.metrics().sum("ringcast_subscribers"), 64);
+    drop(client);
+    assert!(common::wait_until(WAIT, || {
+        let metrics = server.metrics();
+        metrics.sum("ringcast_subscribers") == 0
+            && metrics.sum("ringcast_websocket_connections") == 0
+    }));
+}
+
+#[test]
+fn a_client_sending_commands_without_reading_the_answers_stalls_itself() {
+    let server = Server::start(&["--shards", "1"]);
+    let tcp = common::connect_with_recv_buffer(server.addr, 4096);
+    let mut flooder = WsClient::over(ws_client::Stream::Plain(tcp));
+    flooder.upgrade("/ws");
+    if let ws_client::Stream::Plain(tcp) = &flooder.stream {
+        tcp.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    }
+    // Each one is answered with an error object nobody reads.
+    let bad = frame(true, TEXT, &[b'?'; 100], true);
+    let burst: Vec<u8> = bad.iter().copied().cycle().take(bad.len() * 512).collect();
+    let mut sent = 0usize;
+    let blocked = loop {
+        if flooder.try_send(&burst).is_err() {
+            break true;
+        }
+        sent += burst.len();
+        if sent > 256 << 20 {
+            break false;
+        }
+    };
+    assert!(
+        blocked,
+        "the server read {sent} bytes of commands without its answers going"
+    );
+    // The shard serves others meanwhile.
+    let mut other = join(&server, "fine", "");
+    let id = server.publish("fine", "still");
+    assert_eq!(next_message(&mut other, "fine"), (id, "still".to_owned()));
+}
+
+/// An authorization upstream for `--auth-url`: admits rooms whose name starts with `ok`,
+/// refuses the others with 403, and remembers the `X-User` header each call forwarded.
+fn auth_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..at]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= at + 4 + length {
+                            let body: serde_json::Value =
+                                serde_json::from_slice(&buf[at + 4..at + 4 + length]).unwrap();
+                            let room = body["room"].as_str().unwrap_or_default().to_owned();
+                            log.lock()
+                                .unwrap()
+                                .push(format!("{room} {}", body["headers"]));
+                            let status = if room.starts_with("ok") { 204 } else { 403 };
+                            let _ = stream.write_all(
+                                format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                                    .as_bytes(),
+                            );
+                            return;
+                        }
+                    }
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn the_auth_callback_decides_room_and_multiplexed_subscribes() {
+    let (upstream, seen) = auth_upstream();
+    let url = format!("http://{upstream}/authorize");
+    let server = Server::start(&["--shards", "1", "--auth-url", &url]);
+    // The room route: decided before the upgrade.
+    let (refused, status) = WsClient::try_open(server.addr, "/rooms/no-a/ws", "X-User: u1\r\n");
+    assert_eq!(status, 403, "{}", refused.head);
+    let (mut room, status) = WsClient::try_open(server.addr, "/rooms/ok-a/ws", "X-User: u1\r\n");
+    assert_eq!(status, 101, "{}", room.head);
+    assert_eq!(
+        room.next_json(WAIT),
+        json!({"type": "subscribed", "room": "ok-a"})
+    );
+    // Multiplexed: each room asked for is decided, with the upgrade's headers forwarded.
+    let (mut mux, status) =
+        WsClient::try_open(server.addr, "/ws?rooms=ok-b,no-c", "X-User: u2\r\n");
+    assert_eq!(status, 101, "{}", mux.head);
+    mux.send_json(&json!({"type": "subscribe", "room": "ok-d"}));
+    mux.send_json(&json!({"type": "subscribe", "room": "no-e"}));
+    let mut answers: Vec<String> = next_controls(&mut mux, 4)
+        .iter()
+        .map(|v| {
+            format!(
+                "{} {} {}",
+                v["room"].as_str().unwrap(),
+                v["type"],
+                v["status"]
+            )
+        })
+        .collect();
+    answers.sort();
+    assert_eq!(
+        answers,
+        [
+            "no-c \"error\" 403",
+            "no-e \"error\" 403",
+            "ok-b \"subscribed\" null",
+            "ok-d \"subscribed\" null"
+        ]
+    );
+    let id = server.publish("ok-d", "allowed");
+    assert_eq!(next_message(&mut mux, "ok-d"), (id, "allowed".to_owned()));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert!(
+        seen.iter().filter(|call| call.contains("u2")).count() == 4,
+        "the upgrade's headers go with every subscribe: {seen:?}"
+    );
+}
+
+#[test]
+fn in_cluster_mode_a_room_websocket_on_one_node_gets_what_a_websocket_on_another_publishes() {
+    let redis = common::redis::Redis::start();
+    let url = redis.url();
+    let node = |_: usize| Server::start(&["--shards", "2", "--cluster-redis", url.as_str()]);
+    let (viewer_node, publisher_node) = (node(0), node(1));
+    let mut viewer = join(&viewer_node, "cl", "");
+    let mut publisher = join(&publisher_node, "cl", "");
+    publisher.send_json(
+        &json!({"type": "publish", "room": "cl", "data": "across", "ref": 1,
+        "idempotency_key": "k"}),
+    );
+    let ack = next_controls(&mut publisher, 1).remove(0);
+    assert_eq!(
+        (ack["type"].as_str(), ack["ref"].as_u64()),
+        (Some("ack"), Some(1)),
+        "{ack}"
+    );
+    let (id, data) = next_message(&mut viewer, "cl");
+    assert_eq!((id, data.as_str()), (Id::of(&ack["id"]), "across"));
+    // A retry with the same key: the first publish's id, nothing new.
+    publisher.send_json(
+        &json!({"type": "publish", "room": "cl", "data": "across", "ref": 2,
+        "idempotency_key": "k"}),
+    );
+    let again = next_controls(&mut publisher, 1).remove(0);
+    assert_eq!(again["id"], ack["id"], "{again}");
+    // Resume on the viewer's node from before the message.
+    let mut late = join(&viewer_node, "cl", "?last_event_id=0-0");
+    let first = late.next_data(WAIT);
+    let value: serde_json::Value = serde_json::from_slice(&first.payload).unwrap();
+    assert!(
+        value["type"] == "reset" || value["id"] == ack["id"],
+        "{value}"
+    );
+}
+
+#[test]
+fn a_thousand_publishes_in_one_write_are_all_acked_in_order() {
+    // Owner shard local (one shard): each is answered at once, inside the feed loop.
+    let server = Server::start(&["--shards", "1"]);
+    let mut client = WsClient::open(server.addr, "/ws");
+    let burst: Vec<u8> = (0..1000)
+        .flat_map(|n| {
+            let command = json!({"type": "publish", "room": "burst", "data": "x", "ref": n});
+            frame(true, TEXT, command.to_string().as_bytes(), true)
+        })
+        .collect();
+    client.send(&burst);
+    for n in 0..1000u64 {
+        let ack = client.next_json(WAIT);
+        assert_eq!(
+            (ack["type"].as_str(), ack["ref"].as_u64()),
+            (Some("ack"), Some(n)),
+            "{ack}"
+        );
+        assert_eq!(Id::of(&ack["id"]).seq, n + 1);
+    }
+}
