@@ -775,3 +775,60 @@ fn multiplexed_websockets_over_h2_subscribe_by_message_and_origins_are_checked()
         assert_eq!(wait_h2_websockets(&server, 0).await, 0);
     });
 }
+
+#[test]
+fn a_flood_of_connects_reset_before_their_answer_leaves_nothing_behind() {
+    let server = Server::start(&["--shards", "2", "--ws-echo", "--h2c-listen", "127.0.0.1:0"]);
+    let h2c_addr = transports::addr_of(&server, "h2c");
+    let before = server.metrics();
+    let (fds, tickers, connections) = (
+        before.sum("ringcast_fds_used"),
+        before.sum("ringcast_tickers_live"),
+        before.sum("ringcast_connections"),
+    );
+    transports::runtime().block_on(async {
+        // CVE-2023-44487's shape with extended CONNECTs: each reset at once, no answer
+        // awaited. hyper may end the connection for it (GOAWAY); either way the server
+        // keeps nothing of them.
+        let mut client = h2c(h2c_addr).await;
+        let mut sent = 0;
+        for _ in 0..2000 {
+            let Ok(ready) = client.clone().ready().await else {
+                break; // the server ended the connection
+            };
+            client = ready;
+            let request = http::Request::builder()
+                .method(http::Method::CONNECT)
+                .uri("http://localhost/ws/echo")
+                .header("sec-websocket-version", "13")
+                .extension(h2::ext::Protocol::from_static("websocket"))
+                .body(())
+                .unwrap();
+            let Ok((_, mut send)) = client.send_request(request, false) else {
+                break;
+            };
+            send.send_reset(h2::Reason::CANCEL);
+            sent += 1;
+        }
+        assert!(sent > 0);
+        drop(client);
+        assert_eq!(wait_h2_websockets(&server, 0).await, 0);
+        // A new connection is served as ever.
+        let mut fresh = h2c(h2c_addr).await;
+        let mut ws = open_ws(&mut fresh, "/ws/echo").await;
+        assert_eq!(ws.status, 200);
+        ws.send(frame(true, TEXT, b"after the flood", true));
+        assert_eq!(ws.expect_frame().await.text(), "after the flood");
+    });
+    assert!(
+        common::wait_until(WAIT, || {
+            let metrics = server.metrics();
+            metrics.sum("ringcast_fds_used") == fds
+                && metrics.sum("ringcast_tickers_live") == tickers
+                && h2_websockets(&metrics) == 0
+                && metrics.sum("ringcast_connections") == connections
+        }),
+        "fds {fds} and tickers {tickers} at the start: {}",
+        server.metrics().0
+    );
+}
