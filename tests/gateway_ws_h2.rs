@@ -658,15 +658,13 @@ fn an_h2_viewer_that_stops_reading_is_cut_like_a_socket_while_others_get_everyth
 }
 
 #[test]
-fn descriptors_tickers_and_websockets_come_back_to_baseline_after_many_h2_cycles() {
+fn tickers_connections_and_websockets_come_back_to_baseline_after_many_h2_cycles() {
     const CYCLES: usize = 600;
     let server = Server::start(&["--shards", "2", "--ws-echo", "--h2c-listen", "127.0.0.1:0"]);
     let h2c_addr = transports::addr_of(&server, "h2c");
-    let before = server.metrics();
-    let (fds, tickers) = (
-        before.sum("ringcast_fds_used"),
-        before.sum("ringcast_tickers_live"),
-    );
+    // Not descriptors: the companion's runtimes open theirs as they start, which may be
+    // after this; the two client connections are counted as h2 connections instead.
+    let tickers = server.metrics().sum("ringcast_tickers_live");
     transports::runtime().block_on(async {
         let mut clients = [h2c(h2c_addr).await, h2c(h2c_addr).await];
         for cycle in 0..CYCLES {
@@ -700,10 +698,11 @@ fn descriptors_tickers_and_websockets_come_back_to_baseline_after_many_h2_cycles
     assert!(
         common::wait_until(WAIT, || {
             let metrics = server.metrics();
-            metrics.sum("ringcast_fds_used") == fds
-                && metrics.sum("ringcast_tickers_live") == tickers
+            metrics.sum("ringcast_tickers_live") == tickers
+                && transports::connections(&metrics, "h2") == 0
+                && h2_websockets(&metrics) == 0
         }),
-        "fds {fds} and tickers {tickers} at the start: {}",
+        "tickers {tickers} at the start: {}",
         server.metrics().0
     );
 }
@@ -780,9 +779,10 @@ fn multiplexed_websockets_over_h2_subscribe_by_message_and_origins_are_checked()
 fn a_flood_of_connects_reset_before_their_answer_leaves_nothing_behind() {
     let server = Server::start(&["--shards", "2", "--ws-echo", "--h2c-listen", "127.0.0.1:0"]);
     let h2c_addr = transports::addr_of(&server, "h2c");
+    // Not descriptors: the companion's runtimes open theirs as they start, which may be
+    // after this; connections are counted by transport instead.
     let before = server.metrics();
-    let (fds, tickers, connections) = (
-        before.sum("ringcast_fds_used"),
+    let (tickers, connections) = (
         before.sum("ringcast_tickers_live"),
         before.sum("ringcast_connections"),
     );
@@ -823,12 +823,11 @@ fn a_flood_of_connects_reset_before_their_answer_leaves_nothing_behind() {
     assert!(
         common::wait_until(WAIT, || {
             let metrics = server.metrics();
-            metrics.sum("ringcast_fds_used") == fds
-                && metrics.sum("ringcast_tickers_live") == tickers
+            metrics.sum("ringcast_tickers_live") == tickers
                 && h2_websockets(&metrics) == 0
                 && metrics.sum("ringcast_connections") == connections
         }),
-        "fds {fds} and tickers {tickers} at the start: {}",
+        "tickers {tickers} and connections {connections} at the start: {}",
         server.metrics().0
     );
 }
