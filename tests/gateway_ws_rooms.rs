@@ -331,19 +331,35 @@ fn a_viewer_that_stops_reading_is_cut_with_lagged_and_1013_while_others_get_ever
 }
 
 #[test]
-fn a_drain_closes_viewers_with_1001() {
-    let mut server = Server::start(&["--shards", "1", "--drain-timeout", "2"]);
-    let mut viewer = join(&server, "bye", "");
-    let id = server.publish("bye", "last");
+fn a_drain_delivers_what_was_accepted_then_closes_viewers_with_1001() {
+    let mut server = Server::start(&["--shards", "2", "--drain-timeout", "3", "--ws-echo"]);
+    let mut viewers: Vec<WsClient> = (0..4).map(|_| join(&server, "bye", "")).collect();
+    let mut roomless = WsClient::open(server.addr, "/ws");
+    let mut echo = WsClient::open(server.addr, "/ws/echo");
+    let mut publisher = server.client();
+    let ids: Vec<Id> = (0..50)
+        .map(|n| publisher.publish("bye", &format!("m{n}")))
+        .collect();
     server.signal(libc::SIGTERM);
-    assert_eq!(next_message(&mut viewer, "bye").0, id);
-    let close = viewer.next_data(WAIT);
-    assert_eq!((close.opcode, close.close_code()), (CLOSE, Some(1001)));
-    let _ = viewer.try_send(&close_frame(1001, ""));
-    assert!(viewer.closed_within(WAIT));
+    for viewer in &mut viewers {
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(next_message(viewer, "bye"), (*id, format!("m{n}")));
+        }
+        let close = viewer.next_data(WAIT);
+        assert_eq!((close.opcode, close.close_code()), (CLOSE, Some(1001)));
+        // Closed once the fan-out's close frame is out, not at the drain timeout (3 s).
+        assert!(viewer.closed_within(Duration::from_secs(1)));
+    }
+    // Connections without rooms get the close handshake at once.
+    for other in [&mut roomless, &mut echo] {
+        let close = other.next_data(WAIT);
+        assert_eq!((close.opcode, close.close_code()), (CLOSE, Some(1001)));
+        other.send(&close_frame(1001, ""));
+        assert!(other.closed_within(WAIT));
+    }
     assert!(
         server.wait_exit(WAIT).is_some(),
-        "the gateway exits once the viewer left"
+        "the gateway exits once the viewers left"
     );
 }
 

@@ -647,9 +647,14 @@ impl Shard {
         self.ws_pump(now, slot)
     }
 
-    /// The shard stops: the close handshake with 1001, then the close.
+    /// The shard stops: a connection following rooms is left to the fan-out's drain
+    /// (everything accepted before the signal, then its close frame 1001); any other
+    /// starts the close handshake with 1001 now.
     pub(super) fn ws_drain(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
         if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
+            if !ws.rooms.is_empty() {
+                return Ok(());
+            }
             ws.machine
                 .send_close(now, CloseCode::GoingAway, "server shutting down");
         }
