@@ -1,0 +1,233 @@
+"""ringcast's WebSocket routes as the Python `websockets` library sees them (issue 16).
+
+Run by tests/gateway_ws_clients.rs against the real binary:
+
+    python3 python_websockets.py --port PORT --part echo   # ringcast --ws-echo, short ping timers
+    python3 python_websockets.py --port PORT --part room   # ringcast --history 8
+
+Prints `ok NAME` for each check that passed, in order, and exits 1 at the first that fails
+(the Rust test compares the list, so a check that is skipped fails the test too). Every
+wait is bounded by WAIT seconds.
+"""
+
+import argparse
+import asyncio
+import http.client
+import json
+import sys
+
+import websockets
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
+
+WAIT = 5.0
+
+
+def ok(name):
+    print(f"ok {name}", flush=True)
+
+
+def check(condition, what):
+    if not condition:
+        raise AssertionError(what)
+
+
+class Gateway:
+    def __init__(self, port):
+        self.port = port
+        self.base = f"ws://127.0.0.1:{port}"
+
+    def open(self, path, **kwargs):
+        # proxy=None: never go through a proxy from the environment; loopback only.
+        kwargs.setdefault("open_timeout", WAIT)
+        kwargs.setdefault("close_timeout", WAIT)
+        return connect(self.base + path, proxy=None, **kwargs)
+
+    def publish(self, room, data):
+        """POST /rooms/{room}/messages; the new message's id."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=WAIT)
+        conn.request("POST", f"/rooms/{room}/messages", body=data.encode())
+        response = conn.getresponse()
+        body = response.read()
+        conn.close()
+        check(response.status == 201, f"publish to {room}: {response.status} {body!r}")
+        return json.loads(body)["id"]
+
+
+async def recv(ws):
+    return await asyncio.wait_for(ws.recv(), WAIT)
+
+
+async def recv_json(ws):
+    text = await recv(ws)
+    check(isinstance(text, str), f"a text message, got {text!r}")
+    return text, json.loads(text, object_pairs_hook=list)
+
+
+async def next_message(ws, room):
+    """The next room message: exactly room, id, data (in that order); (id, data)."""
+    text, pairs = await recv_json(ws)
+    keys = [key for key, _ in pairs]
+    check(keys == ["room", "id", "data"], f"exactly room, id, data: {text}")
+    fields = dict(pairs)
+    check(fields["room"] == room, f"room {room}: {text}")
+    check(isinstance(fields["id"], str), f"id is ringcast's string id: {text}")
+    return fields["id"], fields["data"]
+
+
+async def next_control(ws):
+    text, pairs = await recv_json(ws)
+    fields = dict(pairs)
+    check("type" in fields, f"a control object: {text}")
+    return fields
+
+
+def seq(event_id):
+    return int(event_id.split("-")[1])
+
+
+async def echo_part(gateway):
+    # The handshake as this library does it: it checks Sec-WebSocket-Accept itself, offers
+    # permessage-deflate (refused: nothing negotiated) and a subprotocol (none chosen).
+    async with gateway.open(
+        "/ws/echo", subprotocols=["chat"], max_size=2 << 20
+    ) as ws:
+        check(ws.response.status_code == 101, f"101, got {ws.response.status_code}")
+        check(
+            "Sec-WebSocket-Extensions" not in ws.response.headers,
+            f"no extension negotiated: {ws.response.headers}",
+        )
+        check(ws.subprotocol is None, f"no subprotocol: {ws.subprotocol}")
+        ok("handshake")
+
+        for text in ["hello", "", "héllo wörld ✓", "x" * 70_000]:
+            await ws.send(text)
+            check(await recv(ws) == text, f"text of {len(text)} chars came back")
+        payload = bytes(range(256)) * 4096  # 1 MiB
+        await ws.send(payload)
+        check(await recv(ws) == payload, "1 MiB binary came back")
+        ok("messages")
+
+        # An iterable is sent as one fragmented message (a frame per item).
+        await ws.send(["frag", "men", "ted ✓"])
+        check(await recv(ws) == "fragmented ✓", "fragmented text came back whole")
+        await ws.send([b"\x00\x01", b"", b"\x02"])
+        check(await recv(ws) == b"\x00\x01\x02", "fragmented binary came back whole")
+        ok("fragmented")
+
+        pong = await ws.ping(b"are you there")
+        await asyncio.wait_for(pong, WAIT)
+        ok("ping")
+
+        # The server pings a quiet connection (--ws-ping-interval) and closes it with 1001 if
+        # no pong comes (--ws-pong-timeout): the library's automatic pongs keep it open.
+        await asyncio.sleep(1.5)
+        await ws.send("still here")
+        check(await recv(ws) == "still here", "alive after quiet spells")
+        ok("keepalive")
+
+        await ws.close(1000, "bye")
+        check(ws.close_code == 1000, f"the server answered 1000, got {ws.close_code}")
+        check(ws.protocol.close_rcvd_then_sent is False, "we closed first")
+        await asyncio.wait_for(ws.wait_closed(), WAIT)
+        ok("close_1000")
+
+    # Text that is not UTF-8 (text=True sends bytes as a text frame): closed with 1007.
+    async with gateway.open("/ws/echo") as ws:
+        await ws.send(b"a\xffb", text=True)
+        try:
+            got = await recv(ws)
+            raise AssertionError(f"expected a close, got {got!r}")
+        except ConnectionClosedError as closed:
+            check(closed.rcvd is not None, f"a close frame came: {closed}")
+            check(closed.rcvd.code == 1007, f"1007, got {closed.rcvd}")
+        ok("close_1007")
+
+    # A route that is not there: refused as HTTP, which the library reports as a status.
+    try:
+        async with gateway.open("/ws/nowhere"):
+            raise AssertionError("/ws/nowhere was upgraded")
+    except InvalidStatus as refused:
+        check(refused.response.status_code == 404, f"404, got {refused.response.status_code}")
+    ok("refused_404")
+
+
+async def room_part(gateway):
+    room = "py-room"
+    async with gateway.open(f"/rooms/{room}/ws") as ws:
+        check(await next_control(ws) == {"type": "subscribed", "room": room}, "subscribed")
+        ok("join")
+
+        posted = [gateway.publish(room, f"m{n} ✓ \"q\"") for n in range(3)]
+        for n, event_id in enumerate(posted):
+            check(await next_message(ws, room) == (event_id, f"m{n} ✓ \"q\""), f"message {n}")
+        ok("delivery")
+
+        await ws.send(json.dumps({"type": "publish", "room": room, "data": "over ws", "ref": 7}))
+        ack, message = None, None
+        for _ in range(2):
+            text, pairs = await recv_json(ws)
+            if pairs and pairs[0][0] == "type":
+                ack = dict(pairs)
+            else:
+                message = dict(pairs)
+        check(ack is not None and message is not None, "an ack and the message")
+        check(ack == {"type": "ack", "ref": 7, "room": room, "id": message["id"]}, f"{ack}")
+        check(message["data"] == "over ws", f"{message}")
+        ok("publish_ack")
+
+        for reference in ["a", "b"]:
+            await ws.send(json.dumps({
+                "type": "publish", "room": room, "data": "once",
+                "ref": reference, "idempotency_key": "py-k1",
+            }))
+        acks, messages = [], []
+        while len(acks) < 2 or not messages:
+            text, pairs = await recv_json(ws)
+            (acks if pairs[0][0] == "type" else messages).append(dict(pairs))
+        check([a["ref"] for a in acks] == ["a", "b"], f"both acked in order: {acks}")
+        check(acks[0]["id"] == acks[1]["id"] == messages[0]["id"], f"{acks} {messages}")
+        marker = gateway.publish(room, "marker")
+        last, data = await next_message(ws, room)
+        check((last, data) == (marker, "marker"), f"one delivery of the key, then {data}")
+        ok("idempotency")
+
+        await ws.close(1000)
+        check(ws.close_code == 1000, f"close 1000 answered, got {ws.close_code}")
+        ok("close_1000")
+
+    missed = [gateway.publish(room, f"missed {n}") for n in range(2)]
+    async with gateway.open(f"/rooms/{room}/ws?last_event_id={last}") as ws:
+        check(await next_control(ws) == {"type": "subscribed", "room": room}, "subscribed")
+        for n, event_id in enumerate(missed):
+            check(await next_message(ws, room) == (event_id, f"missed {n}"), f"replay {n}")
+        live = gateway.publish(room, "live")
+        check(await next_message(ws, room) == (live, "live"), "then live")
+        last = live
+        ok("resume")
+
+    # 12 published while away, 8 held (--history 8): a gap for the first 4, then the 8.
+    missed = [gateway.publish(room, f"away {n}") for n in range(12)]
+    async with gateway.open(f"/rooms/{room}/ws?last_event_id={last}") as ws:
+        check(await next_control(ws) == {"type": "subscribed", "room": room}, "subscribed")
+        gap = await next_control(ws)
+        check(gap == {"type": "gap", "room": room, "from": missed[0], "to": missed[3]}, f"{gap}")
+        for n in range(4, 12):
+            check(await next_message(ws, room) == (missed[n], f"away {n}"), f"held {n}")
+        check(seq(missed[11]) - seq(last) == 12, "ids are consecutive")
+        ok("gap")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--part", choices=["echo", "room"], required=True)
+    args = parser.parse_args()
+    print(f"websockets {websockets.version.version}", file=sys.stderr)
+    gateway = Gateway(args.port)
+    part = echo_part if args.part == "echo" else room_part
+    asyncio.run(part(gateway))
+
+
+if __name__ == "__main__":
+    main()
