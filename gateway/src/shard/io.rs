@@ -161,11 +161,25 @@ impl Shard {
                     self.scratch = frames;
                     break;
                 }
+                Some(Action::Write { conn }) if self.is_websocket(conn.0) => {
+                    if !self.ws_fanout_write(conn.0, &mut frames, false)? {
+                        // Waits behind the connection's own write: its latency samples
+                        // are not kept.
+                        self.stamp_scratch.clear();
+                    } else if !self.stamp_scratch.is_empty() {
+                        self.attach_stamps(conn.0);
+                    }
+                }
                 Some(Action::Write { conn }) => {
                     self.start_write(conn.0, &mut frames)?;
                     if !self.stamp_scratch.is_empty() {
                         self.attach_stamps(conn.0);
                     }
+                }
+                Some(Action::Close { conn, .. }) if self.is_websocket(conn.0) => {
+                    // The frames end with the close frame (1013 after `lagged`, 1001 on a
+                    // drain): the connection closes once they are written.
+                    self.ws_fanout_write(conn.0, &mut frames, true)?;
                 }
                 Some(Action::Close { conn, reason }) => {
                     tracing::debug!(

@@ -18,6 +18,7 @@ mod requests;
 mod tls_io;
 mod upstreams;
 mod ws;
+mod ws_rooms;
 
 use crate::app::admission::{RefusalReason, Rejection, REJECTIONS};
 use crate::app::batch::{self, BATCH_LINES_MAX};
@@ -121,6 +122,8 @@ struct Conn {
     /// Once upgraded to a WebSocket: its driver, which takes every input of the connection
     /// from then on (ws.rs; the HTTP machine only streams).
     ws: Option<Box<ws::WsDriver>>,
+    /// A room WebSocket's checked upgrade, waiting for auth and admission (ws_rooms.rs).
+    ws_upgrade: Option<Box<ws::WsUpgrade>>,
 }
 
 impl Conn {
@@ -139,6 +142,7 @@ impl Conn {
             peer: None,
             stamps: Vec::new(),
             ws: None,
+            ws_upgrade: None,
         }
     }
 

@@ -215,9 +215,13 @@ impl Shard {
                 self.refuse(slot, &http1::Refusal::not_found())
             }
             Route::WsEcho if self.shared.config.ws.echo => {
-                self.ws_open(now, slot, ws::WsRoute::Echo, &bytes[..head.len])
+                self.ws_open_echo(now, slot, &bytes[..head.len])
             }
-            Route::WsEcho | Route::RoomWs(_) | Route::Ws => {
+            Route::RoomWs(ref room) => {
+                let room = room.clone();
+                self.ws_open_room(now, slot, room, &head, &bytes[..head.len])
+            }
+            Route::WsEcho | Route::Ws => {
                 self.count_refusal(RefusalReason::NotFound);
                 self.refuse(slot, &http1::Refusal::not_found())
             }
@@ -288,9 +292,10 @@ impl Shard {
         if self.cluster.is_some() {
             return self.cluster_subscribe(now, slot, room, last_event_id);
         }
+        let (format, head) = self.stream_head(slot, room);
         let admitted =
             self.fanout
-                .handle_subscribe(now, ConnId(slot), room, last_event_id, http1::sse_head());
+                .handle_subscribe_in(now, ConnId(slot), room, last_event_id, format, head);
         self.admitted(slot, admitted)
     }
 
@@ -305,12 +310,14 @@ impl Shard {
         start: Start,
         replay: Vec<ringcast_core::frame::Frame>,
     ) -> std::io::Result<()> {
-        let admitted = self.fanout.handle_subscribe_replayed(
+        let (format, head) = self.stream_head(slot, room);
+        let admitted = self.fanout.handle_subscribe_replayed_in(
             now,
             ConnId(slot),
             room,
             start,
-            http1::sse_head(),
+            format,
+            head,
             replay,
         );
         self.admitted(slot, admitted)
@@ -323,6 +330,9 @@ impl Shard {
     ) -> std::io::Result<()> {
         match admitted {
             Ok(()) => {
+                if self.ws_admitted(self.now, slot)? {
+                    return Ok(());
+                }
                 if let Some(conn) = self.conn(slot) {
                     conn.http.stream();
                     conn.recv = Vec::new();
