@@ -162,14 +162,12 @@ fn node_ws_talks_to_the_echo_route() {
 }
 
 #[test]
-#[ignore = "GET /rooms/{room}/ws is not on main yet (branch ws-ring)"]
 fn python_websockets_joins_publishes_and_resumes_on_a_room() {
     let server = Server::start(ROOM_ARGS);
     Client::PythonWebsockets.run(&server, "room", ROOM_CHECKS);
 }
 
 #[test]
-#[ignore = "GET /rooms/{room}/ws is not on main yet (branch ws-ring)"]
 fn node_ws_joins_publishes_and_resumes_on_a_room() {
     let server = Server::start(ROOM_ARGS);
     Client::NodeWs.run(&server, "room", ROOM_CHECKS);
