@@ -7,7 +7,8 @@
 //! reports them, a refusal as an HTTP status. On `/rooms/{room}/ws`: joined at once,
 //! messages published over HTTP arrive in order in exactly `{"room","id","data"}`, a publish
 //! over the socket is acked with its id, an idempotency key twice is one message, a resume
-//! with `?last_event_id=` replays what was missed, a `gap` object when history lost some.
+//! with `?last_event_id=` replays what was missed, a `gap` object when history lost some; a
+//! private room refused as HTTP 401/403 and joined with a token in the query.
 //!
 //! Each script prints `ok NAME` per check and exits 1 at the first failure; this file
 //! compares the list, so a skipped check fails too. `python3` with `websockets` and
@@ -36,8 +37,18 @@ const ECHO_ARGS: &[&str] = &[
     "--ws-pong-timeout",
     "0.5",
 ];
-/// The scripts' gap check publishes 12 messages while away and expects 8 held.
-const ROOM_ARGS: &[&str] = &["--shards", "2", "--history", "8"];
+/// The scripts' gap check publishes 12 messages while away and expects 8 held; their token
+/// check signs with this key.
+const ROOM_ARGS: &[&str] = &[
+    "--shards",
+    "2",
+    "--history",
+    "8",
+    "--subscribe-key",
+    "hs256:interop-secret",
+    "--private-rooms",
+    "private-*",
+];
 
 /// What the scripts check, in order, per part.
 const ECHO_CHECKS: &[&str] = &[
@@ -58,6 +69,8 @@ const ROOM_CHECKS: &[&str] = &[
     "close_1000",
     "resume",
     "gap",
+    "refused_401_403",
+    "token_in_query",
 ];
 
 fn scripts_dir() -> PathBuf {

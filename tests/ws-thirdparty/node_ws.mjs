@@ -9,11 +9,14 @@
 // fails (the Rust test compares the list, so a skipped check fails the test too). Every
 // wait is bounded by WAIT_MS.
 
+import { createHmac } from 'node:crypto';
 import { once } from 'node:events';
 import { parseArgs } from 'node:util';
 import WebSocket from 'ws';
 
 const WAIT_MS = 5000;
+// The room part's server: --subscribe-key hs256:SUBSCRIBE_SECRET --private-rooms 'private-*'.
+const SUBSCRIBE_SECRET = 'interop-secret';
 
 const { values: args } = parseArgs({
   options: { port: { type: 'string' }, part: { type: 'string' } },
@@ -132,6 +135,15 @@ function same(a, b, what) {
 }
 
 const seq = (id) => Number(id.split('-')[1]);
+
+/// A subscribe token for `rooms` (HS256 JWT, ten minutes).
+function hs256(rooms) {
+  const b64 = (data) => Buffer.from(data).toString('base64url');
+  const header = b64(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
+  const claims = b64(JSON.stringify({ exp: Math.floor(Date.now() / 1000) + 600, rooms }));
+  const signature = createHmac('sha256', SUBSCRIBE_SECRET).update(`${header}.${claims}`).digest('base64url');
+  return `${header}.${claims}.${signature}`;
+}
 
 async function echoPart() {
   // The handshake as this library does it: it checks Sec-WebSocket-Accept itself, offers
@@ -263,6 +275,25 @@ async function roomPart() {
   check(seq(away[11]) - seq(last) === 12, 'ids are consecutive');
   await client.closeWith(1000);
   ok('gap');
+
+  // A private room: refused as HTTP without a token or with another room's; a token in
+  // the query (what a browser can send) is accepted.
+  const privateRoom = 'private-node';
+  for (const [query, status] of [['', 401], [`?token=${hs256(['private-other'])}`, 403]]) {
+    try {
+      await new Client(`/rooms/${privateRoom}/ws${query}`).open();
+      throw new Error(`upgraded without a valid token (${query})`);
+    } catch (error) {
+      check(error.status === status, `${status}, got ${error}`);
+    }
+  }
+  ok('refused_401_403');
+  client = await new Client(`/rooms/${privateRoom}/ws?token=${hs256([privateRoom])}`).open();
+  same(await client.control(), { type: 'subscribed', room: privateRoom }, 'subscribed');
+  const secret = await publish(privateRoom, 'members only');
+  same(await client.message(privateRoom), [secret, 'members only'], 'delivered');
+  await client.closeWith(1000);
+  ok('token_in_query');
 }
 
 try {

@@ -12,15 +12,21 @@ wait is bounded by WAIT seconds.
 
 import argparse
 import asyncio
+import base64
+import hashlib
+import hmac
 import http.client
 import json
 import sys
+import time
 
 import websockets
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 WAIT = 5.0
+# The room part's server: --subscribe-key hs256:SUBSCRIBE_SECRET --private-rooms 'private-*'.
+SUBSCRIBE_SECRET = b"interop-secret"
 
 
 def ok(name):
@@ -80,6 +86,17 @@ async def next_control(ws):
     fields = dict(pairs)
     check("type" in fields, f"a control object: {text}")
     return fields
+
+
+def hs256(rooms):
+    """A subscribe token for `rooms` (HS256 JWT, ten minutes)."""
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    claims = b64(json.dumps({"exp": int(time.time()) + 600, "rooms": rooms}).encode())
+    signature = hmac.new(SUBSCRIBE_SECRET, header + b"." + claims, hashlib.sha256).digest()
+    return (header + b"." + claims + b"." + b64(signature)).decode()
 
 
 def seq(event_id):
@@ -217,6 +234,23 @@ async def room_part(gateway):
             check(await next_message(ws, room) == (missed[n], f"away {n}"), f"held {n}")
         check(seq(missed[11]) - seq(last) == 12, "ids are consecutive")
         ok("gap")
+
+    # A private room: refused as HTTP without a token or with another room's; a token in
+    # the query (what a browser can send) is accepted.
+    private = "private-py"
+    for query, status in [("", 401), (f"?token={hs256(['private-other'])}", 403)]:
+        try:
+            async with gateway.open(f"/rooms/{private}/ws{query}"):
+                raise AssertionError(f"upgraded without a valid token ({query})")
+        except InvalidStatus as refused:
+            got = refused.response.status_code
+            check(got == status, f"{status}, got {got}")
+    ok("refused_401_403")
+    async with gateway.open(f"/rooms/{private}/ws?token={hs256([private])}") as ws:
+        check(await next_control(ws) == {"type": "subscribed", "room": private}, "subscribed")
+        event_id = gateway.publish(private, "members only")
+        check(await next_message(ws, private) == (event_id, "members only"), "delivered")
+    ok("token_in_query")
 
 
 def main():
