@@ -15,6 +15,7 @@ mod mail;
 pub mod pipe;
 mod publish;
 mod requests;
+mod subscriptions;
 mod tls_io;
 mod upstreams;
 mod ws;
@@ -124,6 +125,9 @@ struct Conn {
     ws: Option<Box<ws::WsDriver>>,
     /// A room WebSocket's checked upgrade, waiting for auth and admission (ws_rooms.rs).
     ws_upgrade: Option<Box<ws::WsUpgrade>>,
+    /// Its fan-out subscription, once it streams (SSE) or before its upgrade (a room
+    /// WebSocket; the driver holds it afterwards).
+    sub: Option<ConnId>,
 }
 
 impl Conn {
@@ -143,6 +147,7 @@ impl Conn {
             stamps: Vec::new(),
             ws: None,
             ws_upgrade: None,
+            sub: None,
         }
     }
 
@@ -182,6 +187,8 @@ pub struct Shard {
     /// Each listener's accept op while it is armed (to cancel it).
     accept_ops: [Option<OpId>; 2],
     fanout: Fanout,
+    /// Fan-out subscriber ids, one per (connection, room) subscription (subscriptions.rs).
+    subs: subscriptions::Subscriptions,
     conns: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
@@ -266,6 +273,7 @@ impl Shard {
             accept_pacers: Default::default(),
             accept_ops: [None; 2],
             fanout,
+            subs: subscriptions::Subscriptions::default(),
             conns: Vec::new(),
             free: Vec::new(),
             live: 0,

@@ -293,10 +293,11 @@ impl Shard {
             return self.cluster_subscribe(now, slot, room, last_event_id);
         }
         let (format, head) = self.stream_head(slot, room);
-        let admitted =
-            self.fanout
-                .handle_subscribe_in(now, ConnId(slot), room, last_event_id, format, head);
-        self.admitted(slot, admitted)
+        let sub = self.subs.insert(self.key(slot));
+        let admitted = self
+            .fanout
+            .handle_subscribe_in(now, sub, room, last_event_id, format, head);
+        self.admitted(slot, sub, admitted)
     }
 
     /// Adds a cluster subscriber to the fan-out: `replay` are frames from Redis to write
@@ -311,25 +312,26 @@ impl Shard {
         replay: Vec<ringcast_core::frame::Frame>,
     ) -> std::io::Result<()> {
         let (format, head) = self.stream_head(slot, room);
-        let admitted = self.fanout.handle_subscribe_replayed_in(
-            now,
-            ConnId(slot),
-            room,
-            start,
-            format,
-            head,
-            replay,
-        );
-        self.admitted(slot, admitted)
+        let sub = self.subs.insert(self.key(slot));
+        let admitted = self
+            .fanout
+            .handle_subscribe_replayed_in(now, sub, room, start, format, head, replay);
+        self.admitted(slot, sub, admitted)
     }
 
+    /// The fan-out's answer to subscription `sub` of the connection in `slot`.
     pub(super) fn admitted(
         &mut self,
         slot: u32,
+        sub: ConnId,
         admitted: Result<(), FanoutError>,
     ) -> std::io::Result<()> {
         match admitted {
             Ok(()) => {
+                if let Some(conn) = self.conn(slot) {
+                    debug_assert!(conn.sub.is_none(), "one subscription per request");
+                    conn.sub = Some(sub);
+                }
                 if self.ws_admitted(self.now, slot)? {
                     return Ok(());
                 }
@@ -340,6 +342,7 @@ impl Shard {
                 self.drive(self.now, slot)
             }
             Err(err) => {
+                self.subs.remove(sub);
                 let reason = match err {
                     FanoutError::RoomsFull => Rejection::RoomLimit,
                     FanoutError::SubscribersFull

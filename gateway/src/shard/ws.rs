@@ -92,14 +92,22 @@ pub(super) struct WsDriver {
     /// Publishes waiting for their owner shard's answer, by the reply index they carry.
     pub(super) publishes:
         [Option<super::ws_rooms::PublishWait>; super::ws_rooms::WS_PUBLISHES_IN_FLIGHT_MAX],
+    /// Its fan-out subscriptions (room, subscriber id): the route's room, or the rooms a
+    /// multiplexed connection joined (at most `WS_ROOMS_PER_CONN_MAX`).
+    pub(super) rooms: Vec<(Arc<str>, ConnId)>,
     /// Fan-out frames that came while a write was in flight: the next write carries them.
     fanout_frames: Vec<Bytes>,
-    /// The write in flight carries fan-out frames: their subscription's write is done
+    /// The subscriptions whose frames are in `fanout_frames`.
+    fanout_pending: Vec<ConnId>,
+    /// The subscriptions whose frames the write in flight carries: their writes are done
     /// when it completes.
-    write_carries_fanout: bool,
-    /// The fan-out cut the subscriber: its last frames (ending with a close frame) are in
-    /// `fanout_frames` or the write in flight; the connection closes once they are out.
+    write_subs: Vec<ConnId>,
+    /// The fan-out cut a subscription: its last frames (ending with a close frame) are in
+    /// `fanout_frames` or the write in flight, nothing of the fan-out's goes after them,
+    /// and the connection closes once they are out.
     fanout_cut: bool,
+    /// The write in flight carries the cut's close frame.
+    write_ends: bool,
     /// The machine is over: close once its last frames are written.
     closed: bool,
     /// The connection closes at this instant at the latest, written or not: set when the
@@ -122,9 +130,12 @@ impl WsDriver {
             held: None,
             answers: VecDeque::new(),
             publishes: Default::default(),
+            rooms: Vec::new(),
             fanout_frames: Vec::new(),
-            write_carries_fanout: false,
+            fanout_pending: Vec::new(),
+            write_subs: Vec::new(),
             fanout_cut: false,
+            write_ends: false,
             closed: false,
             end_by: None,
             tls,
@@ -230,7 +241,7 @@ impl Shard {
         head: &[u8],
     ) -> std::io::Result<()> {
         match self.ws_handshake(slot, head)? {
-            Some(response) => self.ws_upgrade(now, slot, WsRoute::Echo, response),
+            Some(response) => self.ws_upgrade(now, slot, WsRoute::Echo, response, None),
             None => Ok(()),
         }
     }
@@ -280,6 +291,7 @@ impl Shard {
         slot: u32,
         route: WsRoute,
         response: Bytes,
+        room: Option<(Arc<str>, ConnId)>,
     ) -> std::io::Result<()> {
         let ws = self.shared.config.ws;
         let message_bytes_max = match route {
@@ -299,7 +311,9 @@ impl Shard {
         conn.http.stream();
         conn.recv = Vec::new();
         let tls = conn.pipe.is_tls();
-        conn.ws = Some(Box::new(WsDriver::new(now, config, route, response, tls)));
+        let mut driver = Box::new(WsDriver::new(now, config, route, response, tls));
+        driver.rooms.extend(room);
+        conn.ws = Some(driver);
         self.shared.figures[self.index].websocket_opened(tls);
         tracing::trace!(shard = self.index, conn = slot, tls, "websocket open");
         self.ws_pump(now, slot)
@@ -405,14 +419,19 @@ impl Shard {
             };
             frames.push(frame);
         }
+        debug_assert!(ws.write_subs.is_empty(), "no write in flight");
         if ws.machine.is_open() {
             frames.extend(ws.answers.drain(..));
-            ws.write_carries_fanout = !ws.fanout_frames.is_empty();
-            frames.append(&mut ws.fanout_frames);
+            if !ws.fanout_frames.is_empty() {
+                frames.append(&mut ws.fanout_frames);
+                std::mem::swap(&mut ws.write_subs, &mut ws.fanout_pending);
+                ws.write_ends = ws.fanout_cut;
+            }
         } else {
-            // Nothing may follow the close frame.
+            // Nothing may follow the machine's close frame.
             ws.answers.clear();
             ws.fanout_frames.clear();
+            ws.fanout_pending.clear();
         }
         if frames.is_empty() {
             self.recycle_frames(frames);
@@ -451,6 +470,7 @@ impl Shard {
     pub(super) fn ws_fanout_write(
         &mut self,
         slot: u32,
+        sub: ConnId,
         frames: &mut Vec<Bytes>,
         cut: bool,
     ) -> std::io::Result<bool> {
@@ -462,11 +482,17 @@ impl Shard {
             frames.clear();
             return Ok(false);
         };
-        // A cut may come while the fan-out's write is in flight (then with no frames).
+        // A cut may come while the subscription's write is in flight (then with no frames).
         debug_assert!(
-            (cut && frames.is_empty()) || (ws.fanout_frames.is_empty() && !ws.write_carries_fanout),
-            "one fan-out write at a time per subscriber"
+            (cut && frames.is_empty())
+                || !(ws.fanout_pending.contains(&sub) || ws.write_subs.contains(&sub)),
+            "one fan-out write at a time per subscription"
         );
+        if ws.fanout_cut {
+            // Another subscription's close frame is on its way: nothing may follow it.
+            frames.clear();
+            return Ok(false);
+        }
         if cut {
             if frames.is_empty() {
                 // Its write is stuck: nothing more can be said.
@@ -474,6 +500,8 @@ impl Shard {
             }
             ws.fanout_cut = true;
             ws.end_soon(self.now);
+        } else {
+            ws.fanout_pending.push(sub);
         }
         ws.fanout_frames.append(frames);
         if conn.pipe.writing() {
@@ -555,12 +583,17 @@ impl Shard {
         let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) else {
             return Ok(());
         };
-        if std::mem::take(&mut ws.write_carries_fanout) {
-            if ws.fanout_cut {
-                // The fan-out's close frame is out: nothing more to say.
-                return self.begin_close(slot);
-            }
-            self.fanout.handle_write_done(now, ConnId(slot));
+        if std::mem::take(&mut ws.write_ends) {
+            // The fan-out's close frame is out: nothing more to say.
+            return self.begin_close(slot);
+        }
+        let mut done = std::mem::take(&mut ws.write_subs);
+        for sub in done.drain(..) {
+            self.fanout.handle_write_done(now, sub);
+        }
+        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
+            // The vector's capacity is kept for the next write.
+            ws.write_subs = done;
         }
         self.ws_pump(now, slot)
     }

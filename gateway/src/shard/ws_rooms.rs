@@ -96,7 +96,11 @@ impl Shard {
             room,
             token,
         } = *upgrade;
-        self.ws_upgrade(now, slot, WsRoute::Room { room, token }, response)?;
+        // The driver holds the subscription from now on.
+        let sub = self.conn(slot).and_then(|c| c.sub.take());
+        debug_assert!(sub.is_some(), "admitted with a subscription");
+        let rooms = sub.map(|sub| (room.clone(), sub));
+        self.ws_upgrade(now, slot, WsRoute::Room { room, token }, response, rooms)?;
         Ok(true)
     }
 
