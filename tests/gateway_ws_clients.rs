@@ -8,7 +8,9 @@
 //! messages published over HTTP arrive in order in exactly `{"room","id","data"}`, a publish
 //! over the socket is acked with its id, an idempotency key twice is one message, a resume
 //! with `?last_event_id=` replays what was missed, a `gap` object when history lost some; a
-//! private room refused as HTTP 401/403 and joined with a token in the query.
+//! private room refused as HTTP 401/403 and joined with a token in the query. On SIGTERM
+//! (the script asks the test for it): every message published before it, then a close
+//! 1001 the library reports and answers, so the gateway exits at once.
 //!
 //! Each script prints `ok NAME` per check and exits 1 at the first failure; this file
 //! compares the list, so a skipped check fails too. `python3` with `websockets` and
@@ -18,9 +20,10 @@
 mod common;
 
 use common::Server;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// A script's whole run; each takes about 2 s.
@@ -73,6 +76,9 @@ const ROOM_CHECKS: &[&str] = &[
     "token_in_query",
 ];
 
+/// The drain: long enough that only the clients' answers to the 1001 let it end soon.
+const DRAIN_ARGS: &[&str] = &["--shards", "2", "--drain-timeout", "10"];
+
 fn scripts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ws-thirdparty")
 }
@@ -120,17 +126,19 @@ impl Client {
         let mut child = self
             .command()
             .args(["--port", &server.addr.port().to_string(), "--part", part])
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start the client script");
-        let mut stdout = child.stdout.take().expect("piped");
+        let mut to_script = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
         let mut stderr = child.stderr.take().expect("piped");
-        let out = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stdout.read_to_string(&mut text);
-            text
+        let (lines_tx, lines) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
         });
         let err = std::thread::spawn(move || {
             let mut text = String::new();
@@ -138,18 +146,30 @@ impl Client {
             text
         });
         let started = Instant::now();
+        let mut out = String::new();
         let status = loop {
+            if let Ok(line) = lines.recv_timeout(Duration::from_millis(20)) {
+                // The script asks for the drain with a line, and goes on once told.
+                if line.trim() == "RINGCAST-SIGTERM" {
+                    server.signal(libc::SIGTERM);
+                    writeln!(to_script, "signalled").expect("answer the script");
+                }
+                out.push_str(&line);
+                out.push('\n');
+                continue;
+            }
             if let Some(status) = child.try_wait().expect("try_wait") {
                 break status;
             }
             if started.elapsed() > SCRIPT_TIMEOUT {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("the {part} script ran over {SCRIPT_TIMEOUT:?}");
+                panic!("the {part} script ran over {SCRIPT_TIMEOUT:?}:\n{out}");
             }
-            std::thread::sleep(Duration::from_millis(20));
         };
-        let (out, err) = (out.join().unwrap(), err.join().unwrap());
+        reader.join().unwrap();
+        out.extend(lines.try_iter().map(|line| line + "\n"));
+        let err = err.join().unwrap();
         let passed: Vec<&str> = out
             .lines()
             .filter_map(|line| line.strip_prefix("ok "))
@@ -184,4 +204,29 @@ fn python_websockets_joins_publishes_and_resumes_on_a_room() {
 fn node_ws_joins_publishes_and_resumes_on_a_room() {
     let server = Server::start(ROOM_ARGS);
     Client::NodeWs.run(&server, "room", ROOM_CHECKS);
+}
+
+/// After the drain script: the gateway exits 0 at once (both ends closed cleanly), not at
+/// the drain or close timeout.
+fn assert_drained(mut server: Server) {
+    let exit = server.wait_exit(Duration::from_secs(2));
+    assert!(
+        exit.is_some_and(|status| status.success()),
+        "exit {exit:?} after the client answered the close:\n{}",
+        server.log()
+    );
+}
+
+#[test]
+fn python_websockets_sees_a_drain_as_a_clean_1001_after_every_message() {
+    let server = Server::start(DRAIN_ARGS);
+    Client::PythonWebsockets.run(&server, "drain", &["close_1001"]);
+    assert_drained(server);
+}
+
+#[test]
+fn node_ws_sees_a_drain_as_a_clean_1001_after_every_message() {
+    let server = Server::start(DRAIN_ARGS);
+    Client::NodeWs.run(&server, "drain", &["close_1001"]);
+    assert_drained(server);
 }

@@ -4,6 +4,7 @@
 //
 //     node node_ws.mjs --port PORT --part echo   # ringcast --ws-echo, short ping timers
 //     node node_ws.mjs --port PORT --part room   # ringcast --history 8
+//     node node_ws.mjs --port PORT --part drain  # prints RINGCAST-SIGTERM, reads a line
 //
 // Prints `ok NAME` for each check that passed, in order, and exits 1 at the first that
 // fails (the Rust test compares the list, so a skipped check fails the test too). Every
@@ -11,6 +12,7 @@
 
 import { createHmac } from 'node:crypto';
 import { once } from 'node:events';
+import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import WebSocket from 'ws';
 
@@ -296,8 +298,30 @@ async function roomPart() {
   ok('token_in_query');
 }
 
+async function drainPart() {
+  const room = 'node-drain';
+  const client = await new Client(`/rooms/${room}/ws`).open();
+  same(await client.control(), { type: 'subscribed', room }, 'subscribed');
+  const posted = [];
+  for (let n = 0; n < 3; n++) posted.push(await publish(room, `before ${n}`));
+  // The drain is asked for; the test answers once SIGTERM is sent.
+  const input = createInterface({ input: process.stdin });
+  const answer = within(once(input, 'line'), "the test's answer");
+  console.log('RINGCAST-SIGTERM');
+  const [line] = await answer;
+  input.close();
+  check(line.trim() === 'signalled', `the test's answer: ${line}`);
+  // Everything published before the signal, then the close (1001), answered by the library.
+  for (let n = 0; n < 3; n++) same(await client.message(room), [posted[n], `before ${n}`], `message ${n}`);
+  const close = await client.next('close');
+  check(close.close && close.close.code === 1001, `1001, got ${JSON.stringify(close)}`);
+  console.error(`close reason: ${close.close.reason}`);
+  ok('close_1001');
+}
+
 try {
-  await (args.part === 'echo' ? echoPart() : roomPart());
+  const parts = { echo: echoPart, room: roomPart, drain: drainPart };
+  await parts[args.part]();
   process.exit(0);
 } catch (error) {
   console.error(error);

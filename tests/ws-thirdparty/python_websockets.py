@@ -4,6 +4,7 @@ Run by tests/gateway_ws_clients.rs against the real binary:
 
     python3 python_websockets.py --port PORT --part echo   # ringcast --ws-echo, short ping timers
     python3 python_websockets.py --port PORT --part room   # ringcast --history 8
+    python3 python_websockets.py --port PORT --part drain  # prints RINGCAST-SIGTERM, reads a line
 
 Prints `ok NAME` for each check that passed, in order, and exits 1 at the first that fails
 (the Rust test compares the list, so a check that is skipped fails the test too). Every
@@ -22,7 +23,7 @@ import time
 
 import websockets
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosedError, InvalidStatus
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
 WAIT = 5.0
 # The room part's server: --subscribe-key hs256:SUBSCRIBE_SECRET --private-rooms 'private-*'.
@@ -253,14 +254,39 @@ async def room_part(gateway):
     ok("token_in_query")
 
 
+async def drain_part(gateway):
+    room = "py-drain"
+    async with gateway.open(f"/rooms/{room}/ws") as ws:
+        check(await next_control(ws) == {"type": "subscribed", "room": room}, "subscribed")
+        posted = [gateway.publish(room, f"before {n}") for n in range(3)]
+        # The drain is asked for; the test answers once SIGTERM is sent.
+        print("RINGCAST-SIGTERM", flush=True)
+        answer = await asyncio.wait_for(
+            asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline), WAIT
+        )
+        check(answer.strip() == "signalled", f"the test's answer: {answer!r}")
+        # Everything published before the signal, then the close (1001): the library
+        # reports it as a clean close and answers it.
+        for n, event_id in enumerate(posted):
+            check(await next_message(ws, room) == (event_id, f"before {n}"), f"message {n}")
+        try:
+            got = await recv(ws)
+            raise AssertionError(f"expected the close, got {got!r}")
+        except ConnectionClosed as closed:
+            check(closed.rcvd is not None and closed.rcvd.code == 1001, f"1001: {closed!r}")
+            print(f"close reason: {closed.rcvd.reason!r}", file=sys.stderr)
+        check(ws.close_code == 1001, f"close code {ws.close_code}")
+        ok("close_1001")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--part", choices=["echo", "room"], required=True)
+    parser.add_argument("--part", choices=["echo", "room", "drain"], required=True)
     args = parser.parse_args()
     print(f"websockets {websockets.version.version}", file=sys.stderr)
     gateway = Gateway(args.port)
-    part = echo_part if args.part == "echo" else room_part
+    part = {"echo": echo_part, "room": room_part, "drain": drain_part}[args.part]
     asyncio.run(part(gateway))
 
 
