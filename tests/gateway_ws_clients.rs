@@ -10,7 +10,9 @@
 //! with `?last_event_id=` replays what was missed, a `gap` object when history lost some; a
 //! private room refused as HTTP 401/403 and joined with a token in the query. On SIGTERM
 //! (the script asks the test for it): every message published before it, then a close
-//! 1001 the library reports and answers, so the gateway exits at once.
+//! 1001 the library reports and answers, so the gateway exits at once. Over TLS (`wss://`,
+//! the library's own TLS verifying a test certificate): the echo with a 1 MiB message and
+//! a room with a delivery and a publish.
 //!
 //! Each script prints `ok NAME` per check and exits 1 at the first failure; this file
 //! compares the list, so a skipped check fails too. `python3` with `websockets` and
@@ -18,6 +20,7 @@
 //! by `.ci/run`; without them these tests fail rather than skip.
 
 mod common;
+mod transports;
 
 use common::Server;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -122,10 +125,16 @@ impl Client {
 
     /// Runs the script's `part` against `server`; asserts it passed every check in `checks`.
     fn run(&self, server: &Server, part: &str, checks: &[&str]) {
+        self.run_with(server, part, &[], checks);
+    }
+
+    /// As [`Self::run`], with more arguments for the script.
+    fn run_with(&self, server: &Server, part: &str, extra: &[String], checks: &[&str]) {
         self.require();
         let mut child = self
             .command()
             .args(["--port", &server.addr.port().to_string(), "--part", part])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -229,4 +238,33 @@ fn node_ws_sees_a_drain_as_a_clean_1001_after_every_message() {
     let server = Server::start(DRAIN_ARGS);
     Client::NodeWs.run(&server, "drain", &["close_1001"]);
     assert_drained(server);
+}
+
+/// A gateway with `--ws-echo` and a TLS listener, and the script's arguments to reach it
+/// (`--tls-port`, `--ca`); the certificate's files live as long as the returned value.
+fn tls_server() -> (Server, Vec<String>, transports::TestCert) {
+    let cert = transports::TestCert::new();
+    let mut args = cert.args();
+    args.extend(["--tls-listen", "127.0.0.1:0", "--shards", "2", "--ws-echo"].map(String::from));
+    let server = transports::start(&args);
+    let tls = transports::addr_of(&server, "tls");
+    let extra = vec![
+        "--tls-port".into(),
+        tls.port().to_string(),
+        "--ca".into(),
+        cert.cert.display().to_string(),
+    ];
+    (server, extra, cert)
+}
+
+#[test]
+fn python_websockets_over_tls_verifies_the_certificate_and_talks_to_echo_and_rooms() {
+    let (server, extra, _cert) = tls_server();
+    Client::PythonWebsockets.run_with(&server, "wss", &extra, &["echo_over_tls", "room_over_tls"]);
+}
+
+#[test]
+fn node_ws_over_tls_verifies_the_certificate_and_talks_to_echo_and_rooms() {
+    let (server, extra, _cert) = tls_server();
+    Client::NodeWs.run_with(&server, "wss", &extra, &["echo_over_tls", "room_over_tls"]);
 }

@@ -5,6 +5,7 @@
 //     node node_ws.mjs --port PORT --part echo   # ringcast --ws-echo, short ping timers
 //     node node_ws.mjs --port PORT --part room   # ringcast --history 8
 //     node node_ws.mjs --port PORT --part drain  # prints RINGCAST-SIGTERM, reads a line
+//     node node_ws.mjs --port PORT --part wss --tls-port TLS --ca CERT.pem  # --ws-echo
 //
 // Prints `ok NAME` for each check that passed, in order, and exits 1 at the first that
 // fails (the Rust test compares the list, so a skipped check fails the test too). Every
@@ -12,6 +13,7 @@
 
 import { createHmac } from 'node:crypto';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import WebSocket from 'ws';
@@ -21,7 +23,12 @@ const WAIT_MS = 5000;
 const SUBSCRIBE_SECRET = 'interop-secret';
 
 const { values: args } = parseArgs({
-  options: { port: { type: 'string' }, part: { type: 'string' } },
+  options: {
+    port: { type: 'string' },
+    part: { type: 'string' },
+    'tls-port': { type: 'string' },
+    ca: { type: 'string' },
+  },
 });
 const port = Number(args.port);
 const base = `ws://127.0.0.1:${port}`;
@@ -46,8 +53,8 @@ function within(promise, what) {
 
 /// A client whose messages, pings and close queue up so a check can wait for the next one.
 class Client {
-  constructor(path, options = {}) {
-    this.ws = new WebSocket(base + path, { handshakeTimeout: WAIT_MS, ...options });
+  constructor(path, options = {}, url = base) {
+    this.ws = new WebSocket(url + path, { handshakeTimeout: WAIT_MS, ...options });
     this.queue = [];
     this.waiters = [];
     this.pings = 0;
@@ -319,8 +326,41 @@ async function drainPart() {
   ok('close_1001');
 }
 
+async function wssPart() {
+  // Node's own TLS: the test certificate for localhost, verified.
+  const tls = { ca: readFileSync(args.ca), servername: 'localhost' };
+  const url = `wss://127.0.0.1:${args['tls-port']}`;
+  const echo = await new Client('/ws/echo', tls, url).open();
+  const payload = Buffer.alloc(1 << 20, 0).map((_, i) => i % 256);
+  echo.ws.send(payload);
+  const back = await echo.next();
+  check(back.isBinary && Buffer.compare(back.data, payload) === 0, '1 MiB binary came back over TLS');
+  echo.ws.send('over ', { fin: false });
+  echo.ws.send('TLS ✓', { fin: true });
+  check((await echo.text()) === 'over TLS ✓', 'fragmented text came back');
+  const pong = once(echo.ws, 'pong');
+  echo.ws.ping('tls');
+  await within(pong, 'pong');
+  const close = await echo.closeWith(1000);
+  check(close.code === 1000, `close 1000 answered, got ${JSON.stringify(close)}`);
+  ok('echo_over_tls');
+
+  const room = 'node-tls';
+  const client = await new Client(`/rooms/${room}/ws`, tls, url).open();
+  same(await client.control(), { type: 'subscribed', room }, 'subscribed');
+  const id = await publish(room, 'to a TLS viewer');
+  same(await client.message(room), [id, 'to a TLS viewer'], 'delivered');
+  client.ws.send(JSON.stringify({ type: 'publish', room, data: 'from TLS', ref: 1 }));
+  const answers = [(await client.json()).value, (await client.json()).value];
+  const ack = answers.find((a) => a.type === 'ack');
+  check(ack && ack.ref === 1 && ack.room === room, JSON.stringify(answers));
+  check(answers.some((a) => a.id === ack.id && a.type === undefined), JSON.stringify(answers));
+  await client.closeWith(1000);
+  ok('room_over_tls');
+}
+
 try {
-  const parts = { echo: echoPart, room: roomPart, drain: drainPart };
+  const parts = { echo: echoPart, room: roomPart, drain: drainPart, wss: wssPart };
   await parts[args.part]();
   process.exit(0);
 } catch (error) {

@@ -5,6 +5,7 @@ Run by tests/gateway_ws_clients.rs against the real binary:
     python3 python_websockets.py --port PORT --part echo   # ringcast --ws-echo, short ping timers
     python3 python_websockets.py --port PORT --part room   # ringcast --history 8
     python3 python_websockets.py --port PORT --part drain  # prints RINGCAST-SIGTERM, reads a line
+    python3 python_websockets.py --port PORT --part wss --tls-port TLS --ca CERT.pem  # --ws-echo
 
 Prints `ok NAME` for each check that passed, in order, and exits 1 at the first that fails
 (the Rust test compares the list, so a check that is skipped fails the test too). Every
@@ -18,6 +19,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import ssl
 import sys
 import time
 
@@ -279,13 +281,52 @@ async def drain_part(gateway):
         ok("close_1001")
 
 
+async def wss_part(gateway, tls_port, ca):
+    # The library's own TLS (Python's ssl): the test certificate for localhost, verified.
+    context = ssl.create_default_context(cafile=ca)
+    base = f"wss://127.0.0.1:{tls_port}"
+
+    def open_tls(path, **kwargs):
+        return connect(base + path, ssl=context, server_hostname="localhost", proxy=None,
+                       open_timeout=WAIT, close_timeout=WAIT, **kwargs)
+
+    async with open_tls("/ws/echo", max_size=2 << 20) as ws:
+        check(ws.response.status_code == 101, f"101, got {ws.response.status_code}")
+        payload = bytes(range(256)) * 4096  # 1 MiB: many TLS records each way
+        await ws.send(payload)
+        check(await recv(ws) == payload, "1 MiB binary came back over TLS")
+        await ws.send(["over ", "TLS ✓"])
+        check(await recv(ws) == "over TLS ✓", "fragmented text came back")
+        await asyncio.wait_for(await ws.ping(b"tls"), WAIT)
+        await ws.close(1000)
+        check(ws.close_code == 1000, f"close 1000 answered, got {ws.close_code}")
+    ok("echo_over_tls")
+
+    room = "py-tls"
+    async with open_tls(f"/rooms/{room}/ws") as ws:
+        check(await next_control(ws) == {"type": "subscribed", "room": room}, "subscribed")
+        event_id = gateway.publish(room, "to a TLS viewer")
+        check(await next_message(ws, room) == (event_id, "to a TLS viewer"), "delivered")
+        await ws.send(json.dumps({"type": "publish", "room": room, "data": "from TLS", "ref": 1}))
+        answers = [dict((await recv_json(ws))[1]) for _ in range(2)]
+        ack = next(a for a in answers if a.get("type") == "ack")
+        check(ack["ref"] == 1 and ack["room"] == room, f"{ack}")
+        check(any(a.get("id") == ack["id"] and "type" not in a for a in answers), f"{answers}")
+    ok("room_over_tls")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--part", choices=["echo", "room", "drain"], required=True)
+    parser.add_argument("--part", choices=["echo", "room", "drain", "wss"], required=True)
+    parser.add_argument("--tls-port", type=int)
+    parser.add_argument("--ca")
     args = parser.parse_args()
     print(f"websockets {websockets.version.version}", file=sys.stderr)
     gateway = Gateway(args.port)
+    if args.part == "wss":
+        asyncio.run(wss_part(gateway, args.tls_port, args.ca))
+        return
     part = {"echo": echo_part, "room": room_part, "drain": drain_part}[args.part]
     asyncio.run(part(gateway))
 
