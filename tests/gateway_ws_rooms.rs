@@ -346,3 +346,136 @@ fn a_drain_closes_viewers_with_1001() {
         "the gateway exits once the viewer left"
     );
 }
+
+/// The next `n` control objects (anything with a `type`), skipping room messages.
+fn next_controls(client: &mut WsClient, n: usize) -> Vec<serde_json::Value> {
+    let mut controls = Vec::new();
+    while controls.len() < n {
+        let value = client.next_json(WAIT);
+        if value.get("type").is_some() {
+            controls.push(value);
+        }
+    }
+    controls
+}
+
+#[test]
+fn a_multiplexed_connection_joins_and_leaves_rooms_by_message_and_by_query() {
+    let server = Server::start(&["--shards", "2"]);
+    let earlier: Vec<Id> = (1..=3)
+        .map(|n| server.publish("c", &format!("c{n}")))
+        .collect();
+    let mut client = WsClient::open(server.addr, "/ws?rooms=a,b");
+    let mut joined: Vec<String> = next_controls(&mut client, 2)
+        .iter()
+        .map(|v| {
+            assert_eq!(v["type"], "subscribed", "{v}");
+            v["room"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    joined.sort();
+    assert_eq!(joined, ["a", "b"]);
+    // By message, resuming after the first message of c.
+    client.send_json(&json!({"type": "subscribe", "room": "c", "since": earlier[0].to_string()}));
+    assert_eq!(
+        client.next_json(WAIT),
+        json!({"type": "subscribed", "room": "c"})
+    );
+    assert_eq!(
+        next_message(&mut client, "c"),
+        (earlier[1], "c2".to_owned())
+    );
+    assert_eq!(
+        next_message(&mut client, "c"),
+        (earlier[2], "c3".to_owned())
+    );
+    assert_eq!(server.metrics().sum("ringcast_subscribers"), 3);
+    let a = server.publish("a", "to a");
+    assert_eq!(next_message(&mut client, "a"), (a, "to a".to_owned()));
+    let b = server.publish("b", "to b");
+    assert_eq!(next_message(&mut client, "b"), (b, "to b".to_owned()));
+
+    // Refusals are error objects; the connection goes on.
+    client.send_json(&json!({"type": "subscribe", "room": "a"}));
+    assert_eq!(
+        client.next_json(WAIT),
+        json!({"type":"error","room":"a","status":409,"reason":"already subscribed"})
+    );
+    client.send_json(&json!({"type": "unsubscribe", "room": "zz"}));
+    assert_eq!(
+        client.next_json(WAIT),
+        json!({"type":"error","room":"zz","status":404,"reason":"not subscribed"})
+    );
+
+    // Leaving a: nothing more of it, b still flows.
+    client.send_json(&json!({"type": "unsubscribe", "room": "a"}));
+    assert_eq!(
+        client.next_json(WAIT),
+        json!({"type": "unsubscribed", "room": "a"})
+    );
+    server.publish("a", "not for you");
+    let b2 = server.publish("b", "b again");
+    assert_eq!(next_message(&mut client, "b"), (b2, "b again".to_owned()));
+    assert_eq!(server.metrics().sum("ringcast_subscribers"), 2);
+
+    // A publish over the multiplexed connection is acked too.
+    client.send_json(&json!({"type": "publish", "room": "b", "data": "mine", "ref": "r1"}));
+    let ack = next_controls(&mut client, 1).remove(0);
+    assert_eq!(
+        (ack["type"].as_str(), ack["ref"].as_str()),
+        (Some("ack"), Some("r1")),
+        "{ack}"
+    );
+    drop(client);
+    assert!(common::wait_until(WAIT, || {
+        server.metrics().sum("ringcast_subscribers") == 0
+    }));
+}
+
+#[test]
+fn a_multiplexed_connection_is_bounded_in_rooms_and_checked_per_room() {
+    let server = Server::start(&[
+        "--shards",
+        "1",
+        "--subscribe-key",
+        "hs256:sub-secret",
+        "--private-rooms",
+        "private-*",
+    ]);
+    // Before the upgrade: a bad name, a private room without a token.
+    let (client, status) = WsClient::try_open(server.addr, "/ws?rooms=a%20b", "");
+    assert_eq!(status, 400, "{}", client.head);
+    let (client, status) = WsClient::try_open(server.addr, "/ws?rooms=a,private-x", "");
+    assert_eq!(status, 401, "{}", client.head);
+    // After it: by message, as error objects.
+    let token = hs256("sub-secret", &["private-x"]);
+    let mut client = WsClient::open(server.addr, &format!("/ws?token={token}"));
+    client.send_json(&json!({"type": "subscribe", "room": "private-y"}));
+    let denied = client.next_json(WAIT);
+    assert_eq!(
+        (denied["status"].as_u64(), denied["room"].as_str()),
+        (Some(403), Some("private-y")),
+        "{denied}"
+    );
+    client.send_json(&json!({"type": "subscribe", "room": "private-x"}));
+    assert_eq!(
+        client.next_json(WAIT),
+        json!({"type": "subscribed", "room": "private-x"})
+    );
+    for n in 1..64 {
+        client.send_json(&json!({"type": "subscribe", "room": format!("r{n}")}));
+    }
+    let _ = next_controls(&mut client, 63);
+    client.send_json(&json!({"type": "subscribe", "room": "one-too-many"}));
+    assert_eq!(
+        client.next_json(WAIT),
+        json!({"type":"error","room":"one-too-many","status":429,"reason":"at most 64 rooms per connection"})
+    );
+    assert_eq!(server.metrics().sum("ringcast_subscribers"), 64);
+    drop(client);
+    assert!(common::wait_until(WAIT, || {
+        let metrics = server.metrics();
+        metrics.sum("ringcast_subscribers") == 0
+            && metrics.sum("ringcast_websocket_connections") == 0
+    }));
+}

@@ -221,7 +221,8 @@ impl Shard {
                 let room = room.clone();
                 self.ws_open_room(now, slot, room, &head, &bytes[..head.len])
             }
-            Route::WsEcho | Route::Ws => {
+            Route::Ws => self.ws_open_mux(now, slot, &head, &bytes[..head.len]),
+            Route::WsEcho => {
                 self.count_refusal(RefusalReason::NotFound);
                 self.refuse(slot, &http1::Refusal::not_found())
             }

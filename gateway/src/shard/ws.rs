@@ -48,6 +48,22 @@ pub(super) enum WsRoute {
         /// The upgrade's token (`Authorization: Bearer` or `?token=`), for publishes.
         token: Option<String>,
     },
+    /// `GET /ws`: rooms joined and left by message (or `?rooms=`); text messages are
+    /// commands (ws_rooms.rs).
+    Mux {
+        /// The upgrade's token, for private rooms and publishes.
+        token: Option<String>,
+    },
+}
+
+impl WsRoute {
+    /// The token the upgrade carried.
+    pub(super) fn token(&self) -> Option<&str> {
+        match self {
+            WsRoute::Echo => None,
+            WsRoute::Room { token, .. } | WsRoute::Mux { token } => token.as_deref(),
+        }
+    }
 }
 
 /// A room WebSocket's upgrade, checked and waiting for the auth callback and the fan-out's
@@ -197,8 +213,10 @@ impl WsDriver {
                 };
                 (sent, event)
             }
-            (WsRoute::Room { .. }, WsEvent::Text(text)) => return Outcome::Command(text),
-            (WsRoute::Room { .. }, WsEvent::Binary(_)) => {
+            (WsRoute::Room { .. } | WsRoute::Mux { .. }, WsEvent::Text(text)) => {
+                return Outcome::Command(text)
+            }
+            (WsRoute::Room { .. } | WsRoute::Mux { .. }, WsEvent::Binary(_)) => {
                 self.answer(&CommandRefusal::binary().to_json());
                 return Outcome::Done;
             }
@@ -296,7 +314,7 @@ impl Shard {
         let ws = self.shared.config.ws;
         let message_bytes_max = match route {
             WsRoute::Echo => ECHO_MESSAGE_BYTES_MAX,
-            WsRoute::Room { .. } => MESSAGE_BYTES_MAX,
+            WsRoute::Room { .. } | WsRoute::Mux { .. } => MESSAGE_BYTES_MAX,
         };
         let config = WsConfig {
             message_bytes_max,
@@ -453,6 +471,16 @@ impl Shard {
             }
         }
         Ok(())
+    }
+
+    /// Takes subscription `sub` out of the driver's books (it unsubscribed: the fan-out
+    /// forgot it, so no write of it is reported done); its frames already queued still go.
+    pub(super) fn ws_forget(&mut self, slot: u32, sub: ConnId) {
+        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
+            ws.rooms.retain(|(_, held)| *held != sub);
+            ws.fanout_pending.retain(|held| *held != sub);
+            ws.write_subs.retain(|held| *held != sub);
+        }
     }
 
     /// Whether the connection in `slot` is a WebSocket.

@@ -11,13 +11,17 @@
 
 use super::ws::{WsRoute, WsUpgrade};
 use super::*;
-use crate::conn::ws::protocol::{encode_ack, encode_error, encode_subscribed};
+use crate::conn::ws::protocol::{encode_ack, encode_error, encode_subscribed, encode_unsubscribed};
 use crate::conn::ws::{parse_command, Command, Ref};
 use ringcast_core::frame::Format;
 
 /// Publishes one WebSocket connection may have waiting for their owner shard at once;
 /// past it a publish gets 429. Bounds the acks a connection may be owed.
 pub(super) const WS_PUBLISHES_IN_FLIGHT_MAX: usize = 16;
+
+/// Rooms one multiplexed WebSocket may follow at once; past it a subscribe gets 429.
+/// Bounds what one connection holds in the fan-out (a subscriber and a ticker per room).
+pub(super) const WS_ROOMS_PER_CONN_MAX: usize = 64;
 
 /// A publish waiting for its owner shard: what its ack or error carries.
 #[derive(Debug)]
@@ -104,6 +108,163 @@ impl Shard {
         Ok(true)
     }
 
+    /// A request on `/ws`: the handshake, then the upgrade at once (no room yet); the
+    /// rooms of `?rooms=a,b` are joined right after it, live (each as a `subscribe`).
+    /// Names that break the room rules, more than [`WS_ROOMS_PER_CONN_MAX`] of them, or a
+    /// private one without a token allowing it are refused before the upgrade.
+    pub(super) fn ws_open_mux(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        head: &http1::Head,
+        raw_head: &[u8],
+    ) -> std::io::Result<()> {
+        let token = head.bearer.clone().or(head.query_token.clone());
+        let rooms = match rooms_query(raw_head) {
+            Ok(rooms) => rooms,
+            Err(reason) => {
+                let refusal = Refusal {
+                    status: 400,
+                    reason,
+                    extra: "",
+                };
+                self.count_refusal(RefusalReason::BadRequest);
+                return self.refuse(slot, &refusal);
+            }
+        };
+        if let Some(jwt) = self.shared.config.jwt.clone() {
+            let now_seconds = self.now_unix / 1_000_000_000;
+            for room in &rooms {
+                if let Err(denied) = jwt.check_subscribe(room, token.as_deref(), now_seconds) {
+                    return self.refuse_token(slot, denied);
+                }
+            }
+        }
+        if self.stopping() {
+            return self.refuse_unavailable(slot, Rejection::Draining);
+        }
+        let Some(response) = self.ws_handshake(slot, raw_head)? else {
+            return Ok(());
+        };
+        self.ws_upgrade(now, slot, WsRoute::Mux { token }, response, None)?;
+        for room in rooms {
+            self.ws_subscribe(now, slot, room, None);
+        }
+        self.ws_pump(now, slot)
+    }
+
+    /// `{"type":"subscribe","room":R,"since":ID?}` on a multiplexed connection: the SSE
+    /// route's checks (private rooms with the upgrade's token, admission), then a fan-out
+    /// subscription of its own, whose first frame is the `subscribed` object. Refusals
+    /// are error objects: 409 already subscribed, 429 too many rooms, 401/403 token,
+    /// 501 with `--auth-url` or in cluster mode (not offered yet), 503 admission.
+    fn ws_subscribe(&mut self, now: Instant, slot: u32, room: String, since: Option<ResumeId>) {
+        let now_seconds = self.now_unix / 1_000_000_000;
+        let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref()) else {
+            return;
+        };
+        let token = ws.route().token().map(str::to_owned);
+        let held = ws.rooms.iter().any(|(held, _)| **held == *room);
+        let full = ws.rooms.len() >= WS_ROOMS_PER_CONN_MAX;
+        let denied = self.shared.config.jwt.as_deref().and_then(|jwt| {
+            jwt.check_subscribe(&room, token.as_deref(), now_seconds)
+                .err()
+        });
+        let refusal: Option<(u16, String)> = if held {
+            Some((409, "already subscribed".into()))
+        } else if full {
+            Some((
+                429,
+                format!("at most {WS_ROOMS_PER_CONN_MAX} rooms per connection"),
+            ))
+        } else if let Some(denied) = denied {
+            self.count_refusal(RefusalReason::of_token(denied));
+            Some((denied.status(), denied.text().into()))
+        } else if self.auth.is_some() {
+            Some((
+                501,
+                "subscribe by message is not offered with --auth-url yet".into(),
+            ))
+        } else if self.cluster.is_some() {
+            Some((
+                501,
+                "subscribe by message is not offered in cluster mode yet".into(),
+            ))
+        } else if self.stopping() {
+            self.count_rejection(Rejection::Draining);
+            Some((503, Rejection::Draining.text().into()))
+        } else if self.backlogged() {
+            self.count_rejection(Rejection::PendingWriteBytes);
+            Some((503, Rejection::PendingWriteBytes.text().into()))
+        } else {
+            self.ws_join(now, slot, &room, since)
+        };
+        if let Some((status, reason)) = refusal {
+            if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+                ws.answer(&encode_error(None, Some(&room), status, &reason));
+            }
+        }
+    }
+
+    /// Subscribes a multiplexed connection to `room` in the fan-out (its first frame: the
+    /// `subscribed` object); the refusal's status and reason if the fan-out has no room.
+    fn ws_join(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        room: &str,
+        since: Option<ResumeId>,
+    ) -> Option<(u16, String)> {
+        let subscribed = crate::conn::ws::frame::encode_frame(
+            crate::conn::ws::Opcode::Text,
+            encode_subscribed(room).as_bytes(),
+        );
+        let sub = self.subs.insert(self.key(slot));
+        match self
+            .fanout
+            .handle_subscribe_in(now, sub, room, since, Format::Ws, subscribed)
+        {
+            Ok(()) => {
+                if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+                    ws.rooms.push((Arc::from(room), sub));
+                }
+                None
+            }
+            Err(err) => {
+                self.subs.remove(sub);
+                let reason = match err {
+                    FanoutError::RoomsFull => Rejection::RoomLimit,
+                    _ => Rejection::SubscriberLimit,
+                };
+                self.count_rejection(reason);
+                Some((503, reason.text().into()))
+            }
+        }
+    }
+
+    /// `{"type":"unsubscribe","room":R}`: the subscription leaves the fan-out (frames of it
+    /// already queued still go), then `unsubscribed`.
+    fn ws_unsubscribe(&mut self, slot: u32, room: &str) {
+        let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) else {
+            return;
+        };
+        let Some(sub) = ws
+            .rooms
+            .iter()
+            .find(|(held, _)| **held == *room)
+            .map(|(_, sub)| *sub)
+        else {
+            ws.answer(&encode_error(None, Some(room), 404, "not subscribed"));
+            return;
+        };
+        self.fanout.handle_disconnect(sub);
+        self.ws_forget(slot, sub);
+        self.subs.remove(sub);
+        if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+            ws.answer(&encode_unsubscribed(room));
+        }
+    }
+
     /// A text message on a room connection: a command, answered by an object.
     pub(super) fn ws_command(&mut self, now: Instant, slot: u32, text: &str) {
         let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) else {
@@ -117,7 +278,9 @@ impl Shard {
                 reference,
                 idempotency_key,
             }) => self.ws_publish(now, slot, room, data, reference, idempotency_key),
-            Ok(Command::Subscribe { room, .. } | Command::Unsubscribe { room }) => {
+            Ok(Command::Subscribe { room, .. } | Command::Unsubscribe { room })
+                if !matches!(ws.route(), WsRoute::Mux { .. }) =>
+            {
                 ws.answer(&encode_error(
                     None,
                     Some(&room),
@@ -125,6 +288,8 @@ impl Shard {
                     "this connection follows its route's room only",
                 ));
             }
+            Ok(Command::Subscribe { room, since }) => self.ws_subscribe(now, slot, room, since),
+            Ok(Command::Unsubscribe { room }) => self.ws_unsubscribe(slot, &room),
         }
     }
 
@@ -142,14 +307,10 @@ impl Shard {
     ) {
         let now_seconds = self.now_unix / 1_000_000_000;
         let refused = |status: u16, reason: &str| (status, reason.to_owned());
-        let token = match self
+        let token = self
             .conn(slot)
             .and_then(|c| c.ws.as_deref())
-            .map(|ws| ws.route())
-        {
-            Some(WsRoute::Room { token, .. }) => token.clone(),
-            _ => None,
-        };
+            .and_then(|ws| ws.route().token().map(str::to_owned));
         let mut refusal = None;
         if let Some(jwt) = self.shared.config.jwt.as_deref() {
             match jwt.publish_grant(token.as_deref(), now_seconds) {
@@ -240,5 +401,66 @@ impl Shard {
         if let Err(err) = self.ws_pump(self.now, slot) {
             tracing::warn!(shard = self.index, %err, "answering a WebSocket publish failed");
         }
+    }
+}
+
+/// The rooms of a `/ws?rooms=a,b` request head (none without the parameter), each checked
+/// against the room name rules; at most [`WS_ROOMS_PER_CONN_MAX`], no name twice.
+fn rooms_query(raw_head: &[u8]) -> Result<Vec<String>, String> {
+    let line = raw_head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let target = line.split(|&b| b == b' ').nth(1).unwrap_or_default();
+    let query = match target.iter().position(|&b| b == b'?') {
+        Some(at) => &target[at + 1..],
+        None => return Ok(Vec::new()),
+    };
+    let mut rooms: Vec<String> = Vec::new();
+    for pair in query.split(|&b| b == b'&') {
+        let Some(list) = pair.strip_prefix(b"rooms=") else {
+            continue;
+        };
+        for name in list.split(|&b| b == b',').filter(|name| !name.is_empty()) {
+            let name = ringcast_core::room::validate_room_name(name)
+                .map_err(|err| format!("bad room name: {err}"))?;
+            if rooms.iter().any(|held| held == name) {
+                continue;
+            }
+            if rooms.len() == WS_ROOMS_PER_CONN_MAX {
+                return Err(format!(
+                    "at most {WS_ROOMS_PER_CONN_MAX} rooms per connection"
+                ));
+            }
+            rooms.push(name.to_owned());
+        }
+    }
+    Ok(rooms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms_of_the_query_are_checked_deduplicated_and_bounded() {
+        let head = |target: &str| format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let rooms = |target: &str| rooms_query(head(target).as_bytes());
+        assert_eq!(rooms("/ws"), Ok(vec![]));
+        assert_eq!(rooms("/ws?token=t"), Ok(vec![]));
+        assert_eq!(
+            rooms("/ws?rooms=a,b&token=t"),
+            Ok(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(
+            rooms("/ws?rooms=a,,a&rooms=c"),
+            Ok(vec!["a".into(), "c".into()])
+        );
+        assert!(rooms("/ws?rooms=a%20b")
+            .unwrap_err()
+            .starts_with("bad room name"));
+        let many: Vec<String> = (0..=WS_ROOMS_PER_CONN_MAX)
+            .map(|n| format!("r{n}"))
+            .collect();
+        assert!(rooms(&format!("/ws?rooms={}", many.join(",")))
+            .unwrap_err()
+            .starts_with("at most"));
     }
 }
