@@ -303,6 +303,25 @@ async function roomPart() {
   same(await client.message(privateRoom), [secret, 'members only'], 'delivered');
   await client.closeWith(1000);
   ok('token_in_query');
+
+  // Multiplexed: two rooms in the query, a third by message, one left.
+  const rooms = ['node-mux-a', 'node-mux-b', 'node-mux-c'];
+  const mux = await new Client(`/ws?rooms=${rooms[0]},${rooms[1]}`).open();
+  const joined = [(await mux.control()).room, (await mux.control()).room].sort();
+  same(joined, rooms.slice(0, 2), 'both joined');
+  mux.ws.send(JSON.stringify({ type: 'subscribe', room: rooms[2] }));
+  same(await mux.control(), { type: 'subscribed', room: rooms[2] }, 'subscribed');
+  for (const room of [...rooms].reverse()) {
+    const id = await publish(room, `to ${room}`);
+    same(await mux.message(room), [id, `to ${room}`], `from ${room}`);
+  }
+  mux.ws.send(JSON.stringify({ type: 'unsubscribe', room: rooms[0] }));
+  same(await mux.control(), { type: 'unsubscribed', room: rooms[0] }, 'left');
+  await publish(rooms[0], 'not any more');
+  const still = await publish(rooms[1], 'still');
+  same(await mux.message(rooms[1]), [still, 'still'], 'nothing of the left room');
+  await mux.closeWith(1000);
+  ok('multiplexed');
 }
 
 async function drainPart() {

@@ -255,6 +255,23 @@ async def room_part(gateway):
         check(await next_message(ws, private) == (event_id, "members only"), "delivered")
     ok("token_in_query")
 
+    # Multiplexed: two rooms in the query, a third by message, one left.
+    rooms = ["py-mux-a", "py-mux-b", "py-mux-c"]
+    async with gateway.open(f"/ws?rooms={rooms[0]},{rooms[1]}") as ws:
+        joined = sorted([(await next_control(ws))["room"] for _ in range(2)])
+        check(joined == rooms[:2], f"both joined: {joined}")
+        await ws.send(json.dumps({"type": "subscribe", "room": rooms[2]}))
+        check(await next_control(ws) == {"type": "subscribed", "room": rooms[2]}, "subscribed")
+        for room in reversed(rooms):
+            event_id = gateway.publish(room, f"to {room}")
+            check(await next_message(ws, room) == (event_id, f"to {room}"), f"from {room}")
+        await ws.send(json.dumps({"type": "unsubscribe", "room": rooms[0]}))
+        check(await next_control(ws) == {"type": "unsubscribed", "room": rooms[0]}, "left")
+        gateway.publish(rooms[0], "not any more")
+        event_id = gateway.publish(rooms[1], "still")
+        check(await next_message(ws, rooms[1]) == (event_id, "still"), "nothing of the left room")
+    ok("multiplexed")
+
 
 async def drain_part(gateway):
     room = "py-drain"
