@@ -8,7 +8,8 @@
 //! messages published over HTTP arrive in order in exactly `{"room","id","data"}`, a publish
 //! over the socket is acked with its id, an idempotency key twice is one message, a resume
 //! with `?last_event_id=` replays what was missed, a `gap` object when history lost some; a
-//! private room refused as HTTP 401/403 and joined with a token in the query; `GET /ws`
+//! private room refused as HTTP 401/403 and joined with a token in the query; a message over
+//! the room limit closed with 1009; `GET /ws`
 //! with rooms in the query, one more by message, one left. On SIGTERM
 //! (the script asks the test for it): every message published before it, then a close
 //! 1001 the library reports and answers, so the gateway exits at once. Over TLS (`wss://`,
@@ -78,6 +79,7 @@ const ROOM_CHECKS: &[&str] = &[
     "gap",
     "refused_401_403",
     "token_in_query",
+    "close_1009",
     "multiplexed",
 ];
 

@@ -304,6 +304,20 @@ async function roomPart() {
   await client.closeWith(1000);
   ok('token_in_query');
 
+  // A message over a room connection's limit (64 KiB): closed with 1009.
+  const big = await new Client(`/rooms/${room}/ws`).open();
+  same((await big.control()).type, 'subscribed', 'subscribed');
+  big.ws.send('x'.repeat(100_000));
+  for (;;) {
+    const item = await big.next('close');
+    if (item.close) {
+      check(item.close.code === 1009, `1009, got ${JSON.stringify(item.close)}`);
+      break;
+    }
+    check(item.data !== undefined, `only messages before the close: ${JSON.stringify(item)}`);
+  }
+  ok('close_1009');
+
   // Multiplexed: two rooms in the query, a third by message, one left.
   const rooms = ['node-mux-a', 'node-mux-b', 'node-mux-c'];
   const mux = await new Client(`/ws?rooms=${rooms[0]},${rooms[1]}`).open();

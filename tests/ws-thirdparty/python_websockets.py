@@ -255,6 +255,18 @@ async def room_part(gateway):
         check(await next_message(ws, private) == (event_id, "members only"), "delivered")
     ok("token_in_query")
 
+    # A message over a room connection's limit (64 KiB): closed with 1009.
+    async with gateway.open(f"/rooms/{room}/ws") as ws:
+        check((await next_control(ws))["type"] == "subscribed", "subscribed")
+        await ws.send("x" * 100_000)
+        try:
+            while True:
+                text, pairs = await recv_json(ws)
+                check(pairs[0][0] != "type", f"only messages before the close: {text}")
+        except ConnectionClosedError as closed:
+            check(closed.rcvd is not None and closed.rcvd.code == 1009, f"1009: {closed!r}")
+    ok("close_1009")
+
     # Multiplexed: two rooms in the query, a third by message, one left.
     rooms = ["py-mux-a", "py-mux-b", "py-mux-c"]
     async with gateway.open(f"/ws?rooms={rooms[0]},{rooms[1]}") as ws:
