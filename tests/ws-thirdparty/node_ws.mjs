@@ -193,7 +193,7 @@ async function echoPart() {
   // The server pings a quiet connection (--ws-ping-interval) and closes it with 1001 if no
   // pong comes (--ws-pong-timeout): the library answers by itself and the connection stays.
   const pingsBefore = client.pings;
-  await new Promise((resolve) => setTimeout(resolve, 1500));
+  await new Promise((resolve) => setTimeout(resolve, 2000));
   check(client.pings > pingsBefore, 'the server pinged the quiet connection');
   ws.send('still here');
   check((await client.text()) === 'still here', 'alive after quiet spells');

@@ -141,7 +141,7 @@ async def echo_part(gateway):
 
         # The server pings a quiet connection (--ws-ping-interval) and closes it with 1001 if
         # no pong comes (--ws-pong-timeout): the library's automatic pongs keep it open.
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(2.0)
         await ws.send("still here")
         check(await recv(ws) == "still here", "alive after quiet spells")
         ok("keepalive")
