@@ -211,7 +211,7 @@ fn a_stuck_multiplexed_viewer_is_cut_and_the_server_stays_healthy() {
     assert!(common::wait_until(WAIT, || {
         server.metrics().sum("ringcast_subscribers") == 3
     }));
-    let data = "m".repeat(16 * 1024);
+    let data = "m".repeat(32 * 1024);
     for _ in 0..200 {
         let id = server.publish("stuck-busy", &data);
         assert_eq!(next_message(&mut reader).1, id);
