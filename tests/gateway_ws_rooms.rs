@@ -479,3 +479,175 @@ fn a_multiplexed_connection_is_bounded_in_rooms_and_checked_per_room() {
             && metrics.sum("ringcast_websocket_connections") == 0
     }));
 }
+
+#[test]
+fn a_client_sending_commands_without_reading_the_answers_stalls_itself() {
+    let server = Server::start(&["--shards", "1"]);
+    let tcp = common::connect_with_recv_buffer(server.addr, 4096);
+    let mut flooder = WsClient::over(ws_client::Stream::Plain(tcp));
+    flooder.upgrade("/ws");
+    if let ws_client::Stream::Plain(tcp) = &flooder.stream {
+        tcp.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    }
+    // Each one is answered with an error object nobody reads.
+    let bad = frame(true, TEXT, &[b'?'; 100], true);
+    let burst: Vec<u8> = bad.iter().copied().cycle().take(bad.len() * 512).collect();
+    let mut sent = 0usize;
+    let blocked = loop {
+        if flooder.try_send(&burst).is_err() {
+            break true;
+        }
+        sent += burst.len();
+        if sent > 256 << 20 {
+            break false;
+        }
+    };
+    assert!(
+        blocked,
+        "the server read {sent} bytes of commands without its answers going"
+    );
+    // The shard serves others meanwhile.
+    let mut other = join(&server, "fine", "");
+    let id = server.publish("fine", "still");
+    assert_eq!(next_message(&mut other, "fine"), (id, "still".to_owned()));
+}
+
+/// An authorization upstream for `--auth-url`: admits rooms whose name starts with `ok`,
+/// refuses the others with 403, and remembers the `X-User` header each call forwarded.
+fn auth_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..at]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= at + 4 + length {
+                            let body: serde_json::Value =
+                                serde_json::from_slice(&buf[at + 4..at + 4 + length]).unwrap();
+                            let room = body["room"].as_str().unwrap_or_default().to_owned();
+                            log.lock()
+                                .unwrap()
+                                .push(format!("{room} {}", body["headers"]));
+                            let status = if room.starts_with("ok") { 204 } else { 403 };
+                            let _ = stream.write_all(
+                                format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                                    .as_bytes(),
+                            );
+                            return;
+                        }
+                    }
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn the_auth_callback_decides_room_and_multiplexed_subscribes() {
+    let (upstream, seen) = auth_upstream();
+    let url = format!("http://{upstream}/authorize");
+    let server = Server::start(&["--shards", "1", "--auth-url", &url]);
+    // The room route: decided before the upgrade.
+    let (refused, status) = WsClient::try_open(server.addr, "/rooms/no-a/ws", "X-User: u1\r\n");
+    assert_eq!(status, 403, "{}", refused.head);
+    let (mut room, status) = WsClient::try_open(server.addr, "/rooms/ok-a/ws", "X-User: u1\r\n");
+    assert_eq!(status, 101, "{}", room.head);
+    assert_eq!(
+        room.next_json(WAIT),
+        json!({"type": "subscribed", "room": "ok-a"})
+    );
+    // Multiplexed: each room asked for is decided, with the upgrade's headers forwarded.
+    let (mut mux, status) =
+        WsClient::try_open(server.addr, "/ws?rooms=ok-b,no-c", "X-User: u2\r\n");
+    assert_eq!(status, 101, "{}", mux.head);
+    mux.send_json(&json!({"type": "subscribe", "room": "ok-d"}));
+    mux.send_json(&json!({"type": "subscribe", "room": "no-e"}));
+    let mut answers: Vec<String> = next_controls(&mut mux, 4)
+        .iter()
+        .map(|v| {
+            format!(
+                "{} {} {}",
+                v["room"].as_str().unwrap(),
+                v["type"],
+                v["status"]
+            )
+        })
+        .collect();
+    answers.sort();
+    assert_eq!(
+        answers,
+        [
+            "no-c \"error\" 403",
+            "no-e \"error\" 403",
+            "ok-b \"subscribed\" null",
+            "ok-d \"subscribed\" null"
+        ]
+    );
+    let id = server.publish("ok-d", "allowed");
+    assert_eq!(next_message(&mut mux, "ok-d"), (id, "allowed".to_owned()));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert!(
+        seen.iter().filter(|call| call.contains("u2")).count() == 4,
+        "the upgrade's headers go with every subscribe: {seen:?}"
+    );
+}
+
+#[test]
+fn in_cluster_mode_a_room_websocket_on_one_node_gets_what_a_websocket_on_another_publishes() {
+    let redis = common::redis::Redis::start();
+    let url = redis.url();
+    let node = |_: usize| Server::start(&["--shards", "2", "--cluster-redis", url.as_str()]);
+    let (viewer_node, publisher_node) = (node(0), node(1));
+    let mut viewer = join(&viewer_node, "cl", "");
+    let mut publisher = join(&publisher_node, "cl", "");
+    publisher.send_json(
+        &json!({"type": "publish", "room": "cl", "data": "across", "ref": 1,
+        "idempotency_key": "k"}),
+    );
+    let ack = next_controls(&mut publisher, 1).remove(0);
+    assert_eq!(
+        (ack["type"].as_str(), ack["ref"].as_u64()),
+        (Some("ack"), Some(1)),
+        "{ack}"
+    );
+    let (id, data) = next_message(&mut viewer, "cl");
+    assert_eq!((id, data.as_str()), (Id::of(&ack["id"]), "across"));
+    // A retry with the same key: the first publish's id, nothing new.
+    publisher.send_json(
+        &json!({"type": "publish", "room": "cl", "data": "across", "ref": 2,
+        "idempotency_key": "k"}),
+    );
+    let again = next_controls(&mut publisher, 1).remove(0);
+    assert_eq!(again["id"], ack["id"], "{again}");
+    // Resume on the viewer's node from before the message.
+    let mut late = join(&viewer_node, "cl", "?last_event_id=0-0");
+    let first = late.next_data(WAIT);
+    let value: serde_json::Value = serde_json::from_slice(&first.payload).unwrap();
+    assert!(
+        value["type"] == "reset" || value["id"] == ack["id"],
+        "{value}"
+    );
+}

@@ -187,6 +187,11 @@ pub struct Flags {
     /// 1001 [default: 15].
     #[arg(long, value_name = "SECS")]
     pub ws_pong_timeout: Option<f64>,
+    /// Origins allowed to open a WebSocket (`scheme://host[:port]`, compared without
+    /// regard to case); comma-separated or repeated. A browser request from another
+    /// origin gets 403; requests without `Origin` (not browsers) pass [default: any].
+    #[arg(long, value_name = "ORIGINS", value_delimiter = ',')]
+    pub ws_allowed_origins: Vec<String>,
     /// Join listening addresses another process already holds (SO_REUSEPORT), for a
     /// handover where the new gateway starts before the old one drains; without it a busy
     /// address is a startup error.

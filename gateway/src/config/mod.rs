@@ -87,6 +87,7 @@ pub struct FileConfig {
     ws_echo: Option<bool>,
     ws_ping_interval: Option<f64>,
     ws_pong_timeout: Option<f64>,
+    ws_allowed_origins: Option<Vec<String>>,
 }
 
 /// Why the configuration could not be used.
@@ -537,7 +538,17 @@ impl Config {
         )?;
         let demo = !flags.no_demo && file.demo.unwrap_or(true);
         let share_port = flags.share_port || file.share_port.unwrap_or(false);
+        let origins = if flags.ws_allowed_origins.is_empty() {
+            file.ws_allowed_origins.clone().unwrap_or_default()
+        } else {
+            flags.ws_allowed_origins.clone()
+        };
+        let origins = match origins.is_empty() {
+            true => crate::conn::ws::OriginPolicy::Any,
+            false => crate::conn::ws::OriginPolicy::AllowList(origins),
+        };
         let ws = WsSettings {
+            origins,
             echo: flags.ws_echo || file.ws_echo.unwrap_or(false),
             ping_interval: seconds(
                 "ws-ping-interval",

@@ -219,7 +219,7 @@ impl FixedConfig {
         );
         check(
             *ws != other.ws,
-            "ws-echo, ws-ping-interval, ws-pong-timeout",
+            "ws-echo, ws-ping-interval, ws-pong-timeout, ws-allowed-origins",
         );
         changed
     }
@@ -248,8 +248,10 @@ impl FixedConfig {
 }
 
 /// The WebSocket settings (docs/PROTOCOL.md), read once at start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WsSettings {
+    /// Which `Origin`s may open a WebSocket (`--ws-allowed-origins`).
+    pub origins: crate::conn::ws::OriginPolicy,
     /// Whether `GET /ws/echo` is served (`--ws-echo`).
     pub echo: bool,
     /// Silence before the server pings (`--ws-ping-interval`).
@@ -261,6 +263,7 @@ pub struct WsSettings {
 impl Default for WsSettings {
     fn default() -> Self {
         Self {
+            origins: crate::conn::ws::OriginPolicy::Any,
             echo: false,
             ping_interval: crate::conn::ws::machine::PING_INTERVAL_DEFAULT,
             pong_timeout: crate::conn::ws::machine::PONG_TIMEOUT_DEFAULT,

@@ -70,6 +70,14 @@ impl Shard {
         ticket: crate::upstream::auth::Ticket,
         decision: crate::upstream::auth::Decision,
     ) -> std::io::Result<()> {
+        if self
+            .conn_by_key(ticket.conn)
+            .is_some_and(|c| c.ws.is_some())
+        {
+            // A multiplexed WebSocket's subscribe by message (ws_rooms.rs).
+            self.ws_authorized(now, ticket, decision);
+            return Ok(());
+        }
         match decision.response() {
             None => self.subscribe(now, ticket.conn.slot, &ticket.room, ticket.last_event_id),
             Some(response) => {
@@ -335,6 +343,9 @@ impl Shard {
         self.conns
             .get(key.slot as usize)
             .and_then(|c| c.as_deref())
-            .is_some_and(|c| c.serial == key.serial && c.http.awaits_answer())
+            .is_some_and(|c| {
+                // A request waiting for its answer, or a WebSocket for its subscribes.
+                c.serial == key.serial && (c.http.awaits_answer() || c.ws.is_some())
+            })
     }
 }

@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 
 /// Bytes a WebSocket's receive asks for while the client sends little (an idle viewer, a
 /// command): the buffer an idle connection holds while its receive is in flight.
-const WS_RECV_BYTES: usize = 1024;
+const WS_RECV_BYTES: usize = 256;
 /// Control objects (answers to commands) a connection holds before it stops reading
 /// commands: a client that sends commands and never reads the answers stalls itself.
 const WS_ANSWERS_MAX: usize = 64;
@@ -53,6 +53,9 @@ pub(super) enum WsRoute {
     Mux {
         /// The upgrade's token, for private rooms and publishes.
         token: Option<String>,
+        /// The upgrade's request head, forwarded to `--auth-url` with each subscribe (kept
+        /// only when it is set).
+        auth_head: Option<Vec<u8>>,
     },
 }
 
@@ -61,7 +64,7 @@ impl WsRoute {
     pub(super) fn token(&self) -> Option<&str> {
         match self {
             WsRoute::Echo => None,
-            WsRoute::Room { token, .. } | WsRoute::Mux { token } => token.as_deref(),
+            WsRoute::Room { token, .. } | WsRoute::Mux { token, .. } => token.as_deref(),
         }
     }
 }
@@ -105,12 +108,16 @@ pub(super) struct WsDriver {
     /// frames; at most `WS_ANSWERS_MAX` (nothing more is fed meanwhile) plus one per
     /// publish in flight.
     pub(super) answers: VecDeque<Bytes>,
-    /// Publishes waiting for their owner shard's answer, by the reply index they carry.
-    pub(super) publishes:
-        [Option<super::ws_rooms::PublishWait>; super::ws_rooms::WS_PUBLISHES_IN_FLIGHT_MAX],
+    /// Publishes waiting for their owner shard's answer, by the reply index they carry
+    /// (grown on first use, at most `WS_PUBLISHES_IN_FLIGHT_MAX` places: a viewer that
+    /// never publishes holds none).
+    pub(super) publishes: Vec<Option<super::ws_rooms::PublishWait>>,
     /// Its fan-out subscriptions (room, subscriber id): the route's room, or the rooms a
-    /// multiplexed connection joined (at most `WS_ROOMS_PER_CONN_MAX`).
+    /// multiplexed connection joined (at most `WS_ROOMS_PER_CONN_MAX`, with
+    /// `authorizing`).
     pub(super) rooms: Vec<(Arc<str>, ConnId)>,
+    /// Rooms a multiplexed connection asked for that `--auth-url` has not decided yet.
+    pub(super) authorizing: Vec<Arc<str>>,
     /// Fan-out frames that came while a write was in flight: the next write carries them.
     fanout_frames: Vec<Bytes>,
     /// The subscriptions whose frames are in `fanout_frames`.
@@ -145,8 +152,9 @@ impl WsDriver {
             preface: Some(response),
             held: None,
             answers: VecDeque::new(),
-            publishes: Default::default(),
+            publishes: Vec::new(),
             rooms: Vec::new(),
+            authorizing: Vec::new(),
             fanout_frames: Vec::new(),
             fanout_pending: Vec::new(),
             write_subs: Vec::new(),
@@ -271,7 +279,7 @@ impl Shard {
         slot: u32,
         head: &[u8],
     ) -> std::io::Result<Option<Bytes>> {
-        let Some(conn) = self.conn(slot) else {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(None);
         };
         let response = if conn.pipe.is_virtual() {
@@ -279,7 +287,7 @@ impl Shard {
             // translation is not an upgrade.
             Err(HandshakeError::NotHttp11)
         } else {
-            upgrade_response(head, &OriginPolicy::Any)
+            upgrade_response(head, &self.shared.config.ws.origins)
         };
         let refusal = match response {
             Err(refused) => Refusal {
@@ -311,7 +319,7 @@ impl Shard {
         response: Bytes,
         room: Option<(Arc<str>, ConnId)>,
     ) -> std::io::Result<()> {
-        let ws = self.shared.config.ws;
+        let ws = &self.shared.config.ws;
         let message_bytes_max = match route {
             WsRoute::Echo => ECHO_MESSAGE_BYTES_MAX,
             WsRoute::Room { .. } | WsRoute::Mux { .. } => MESSAGE_BYTES_MAX,

@@ -146,7 +146,9 @@ impl Shard {
         let Some(response) = self.ws_handshake(slot, raw_head)? else {
             return Ok(());
         };
-        self.ws_upgrade(now, slot, WsRoute::Mux { token }, response, None)?;
+        let auth_head = self.auth.is_some().then(|| raw_head.to_vec());
+        let route = WsRoute::Mux { token, auth_head };
+        self.ws_upgrade(now, slot, route, response, None)?;
         for room in rooms {
             self.ws_subscribe(now, slot, room, None);
         }
@@ -157,15 +159,16 @@ impl Shard {
     /// route's checks (private rooms with the upgrade's token, admission), then a fan-out
     /// subscription of its own, whose first frame is the `subscribed` object. Refusals
     /// are error objects: 409 already subscribed, 429 too many rooms, 401/403 token,
-    /// 501 with `--auth-url` or in cluster mode (not offered yet), 503 admission.
+    /// the auth callback's status, 501 in cluster mode (not offered yet), 503 admission.
     fn ws_subscribe(&mut self, now: Instant, slot: u32, room: String, since: Option<ResumeId>) {
         let now_seconds = self.now_unix / 1_000_000_000;
         let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref()) else {
             return;
         };
         let token = ws.route().token().map(str::to_owned);
-        let held = ws.rooms.iter().any(|(held, _)| **held == *room);
-        let full = ws.rooms.len() >= WS_ROOMS_PER_CONN_MAX;
+        let held = ws.rooms.iter().any(|(held, _)| **held == *room)
+            || ws.authorizing.iter().any(|held| **held == *room);
+        let full = ws.rooms.len() + ws.authorizing.len() >= WS_ROOMS_PER_CONN_MAX;
         let denied = self.shared.config.jwt.as_deref().and_then(|jwt| {
             jwt.check_subscribe(&room, token.as_deref(), now_seconds)
                 .err()
@@ -180,29 +183,116 @@ impl Shard {
         } else if let Some(denied) = denied {
             self.count_refusal(RefusalReason::of_token(denied));
             Some((denied.status(), denied.text().into()))
-        } else if self.auth.is_some() {
-            Some((
-                501,
-                "subscribe by message is not offered with --auth-url yet".into(),
-            ))
         } else if self.cluster.is_some() {
             Some((
                 501,
                 "subscribe by message is not offered in cluster mode yet".into(),
             ))
-        } else if self.stopping() {
-            self.count_rejection(Rejection::Draining);
-            Some((503, Rejection::Draining.text().into()))
-        } else if self.backlogged() {
-            self.count_rejection(Rejection::PendingWriteBytes);
-            Some((503, Rejection::PendingWriteBytes.text().into()))
+        } else if self.auth.is_some() {
+            self.ws_authorize(now, slot, room.clone(), since)
         } else {
-            self.ws_join(now, slot, &room, since)
+            self.ws_admit(now, slot, &room, since)
         };
         if let Some((status, reason)) = refusal {
             if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
                 ws.answer(&encode_error(None, Some(&room), status, &reason));
             }
+        }
+    }
+
+    /// Admission, then the fan-out subscription; the refusal's status and reason if any.
+    fn ws_admit(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        room: &str,
+        since: Option<ResumeId>,
+    ) -> Option<(u16, String)> {
+        if self.stopping() {
+            self.count_rejection(Rejection::Draining);
+            return Some((503, Rejection::Draining.text().into()));
+        }
+        if self.backlogged() {
+            self.count_rejection(Rejection::PendingWriteBytes);
+            return Some((503, Rejection::PendingWriteBytes.text().into()));
+        }
+        self.ws_join(now, slot, room, since)
+    }
+
+    /// A subscribe by message that `--auth-url` must approve first (the upgrade's head is
+    /// forwarded with the room): decided at once (breaker open, queue full) or later
+    /// ([`Self::ws_authorized`]); the room counts as held meanwhile.
+    fn ws_authorize(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        room: String,
+        since: Option<ResumeId>,
+    ) -> Option<(u16, String)> {
+        let key = self.key(slot);
+        let conn = self
+            .conns
+            .get_mut(slot as usize)
+            .and_then(|c| c.as_deref_mut())?;
+        let client = conn.pipe.raw_fd().and_then(crate::uring::sys::peer_addr);
+        let ws = conn.ws.as_deref_mut()?;
+        let WsRoute::Mux { auth_head, .. } = ws.route() else {
+            return None;
+        };
+        let head = auth_head.clone().unwrap_or_default();
+        ws.authorizing.push(Arc::from(room.as_str()));
+        let ticket = crate::upstream::auth::Ticket {
+            conn: key,
+            room,
+            last_event_id: since,
+        };
+        let auth = self.auth.as_mut()?;
+        if let crate::upstream::auth::Begin::Decided(ticket, decision) =
+            auth.begin(now, ticket, client, head)
+        {
+            self.ws_authorized(now, ticket, decision);
+        }
+        None
+    }
+
+    /// `--auth-url` decided a multiplexed connection's subscribe: the subscription, or an
+    /// error object with the callback's status (503 when it is unavailable).
+    pub(super) fn ws_authorized(
+        &mut self,
+        now: Instant,
+        ticket: crate::upstream::auth::Ticket,
+        decision: crate::upstream::auth::Decision,
+    ) {
+        let slot = ticket.conn.slot;
+        let Some(ws) = self
+            .conn_by_key(ticket.conn)
+            .filter(|c| !c.closing)
+            .and_then(|c| c.ws.as_deref_mut())
+        else {
+            return;
+        };
+        let Some(at) = ws.authorizing.iter().position(|r| **r == *ticket.room) else {
+            return;
+        };
+        ws.authorizing.swap_remove(at);
+        let refusal = match decision {
+            crate::upstream::auth::Decision::Admit => {
+                self.ws_admit(now, slot, &ticket.room, ticket.last_event_id)
+            }
+            crate::upstream::auth::Decision::Refuse { status, reason, .. } => {
+                if status == 503 {
+                    self.count_rejection(Rejection::AuthUnavailable);
+                }
+                Some((status, reason.to_owned()))
+            }
+        };
+        if let Some((status, reason)) = refusal {
+            if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+                ws.answer(&encode_error(None, Some(&ticket.room), status, &reason));
+            }
+        }
+        if let Err(err) = self.ws_pump(now, slot) {
+            tracing::warn!(shard = self.index, %err, "answering a WebSocket subscribe failed");
         }
     }
 
@@ -334,16 +424,17 @@ impl Shard {
             self.count_rejection(Rejection::PendingWriteBytes);
             refusal = Some(refused(503, Rejection::PendingWriteBytes.text()));
         }
-        if refusal.is_none() && self.cluster.is_some() {
-            refusal = Some(refused(
-                501,
-                "publish over WebSocket is not offered in cluster mode yet",
-            ));
-        }
         let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) else {
             return;
         };
-        let free = ws.publishes.iter().position(Option::is_none);
+        let free = match ws.publishes.iter().position(Option::is_none) {
+            Some(index) => Some(index),
+            None if ws.publishes.len() < WS_PUBLISHES_IN_FLIGHT_MAX => {
+                ws.publishes.push(None);
+                Some(ws.publishes.len() - 1)
+            }
+            None => None,
+        };
         if refusal.is_none() && free.is_none() {
             refusal = Some(refused(
                 429,
@@ -365,8 +456,16 @@ impl Shard {
             reference,
             room: room.clone(),
         });
-        let reply = self.reply_to(slot, index as u32);
         let data = Bytes::from(data.into_bytes());
+        if self.cluster.is_some() {
+            // Appended to the room's stream; the answer comes back as the HTTP route's.
+            let ticket = self.cluster_ticket(slot, index as u32);
+            if let Err(refusal) = self.cluster_append(now, ticket, room, data, idempotency_key) {
+                self.ws_published(slot, index as u32, Err(refusal));
+            }
+            return;
+        }
+        let reply = self.reply_to(slot, index as u32);
         if let Routed::Answered(result) =
             self.route_publish(now, &room, data, idempotency_key, reply)
         {
