@@ -1,11 +1,12 @@
 //! Room WebSockets (`GET /rooms/{room}/ws`, issue 16) across their life, against the real
 //! binary: what `tests/gateway_ws_rooms.rs` leaves out. Admission refusals answered before
-//! the upgrade (connection limit, per-IP limit, draining: 503 + `Retry-After`), an auth
-//! callback that fails (503 closed, or admitted with `--auth-fail-open`), one idempotency
-//! key across transports and connections (one message, one id), a stuck WebSocket viewer
-//! cut beside a stuck SSE one with the server healthy after, a drain that delivers
-//! everything accepted before its 1001, and descriptors, tickers, subscribers and
-//! connections back at their baseline after 2,000 connect/disconnect cycles.
+//! the upgrade (connection limit, per-IP limit, room limit, draining: 503 + `Retry-After`),
+//! an auth callback that fails (503 closed, or admitted with `--auth-fail-open`), one
+//! idempotency key across transports and connections (one message, one id), a stuck
+//! WebSocket viewer cut beside a stuck SSE one with the server healthy after, a drain that
+//! delivers everything accepted before the signal to every viewer before its 1001, and
+//! descriptors, tickers, subscribers and connections back at their baseline after 2,000
+//! room connections ended eight ways.
 
 mod common;
 mod ws_client;
@@ -128,6 +129,27 @@ fn the_connection_limit_refuses_the_upgrade_with_503_and_retry_after() {
     let mut again = join(server.addr, "full", "");
     let id = server.publish("full", "room again");
     assert_eq!(next_message(&mut again), (id, "room again".into()));
+}
+
+#[test]
+fn the_room_limit_refuses_the_upgrade_with_503_while_every_room_has_a_viewer() {
+    let server = Server::start(&["--shards", "1", "--max-rooms", "2"]);
+    let first = join(server.addr, "limit-a", "");
+    let _second = join(server.addr, "limit-b", "");
+    let (status, retry_after, body) = refused(server.addr, "/rooms/limit-c/ws");
+    assert_eq!(
+        (status, retry_after.as_deref(), body.as_str()),
+        (503, Some("1"), "room limit reached")
+    );
+    assert_eq!(wait_for_rejection(&server, "room_limit"), 1);
+    // A room without viewers makes way: the next upgrade evicts it.
+    drop(first);
+    assert!(common::wait_until(WAIT, || {
+        server.metrics().sum("ringcast_subscribers") == 1
+    }));
+    let mut third = join(server.addr, "limit-c", "");
+    let id = server.publish("limit-c", "made way");
+    assert_eq!(next_message(&mut third), (id, "made way".into()));
 }
 
 #[test]
