@@ -651,3 +651,26 @@ fn in_cluster_mode_a_room_websocket_on_one_node_gets_what_a_websocket_on_another
         "{value}"
     );
 }
+
+#[test]
+fn a_thousand_publishes_in_one_write_are_all_acked_in_order() {
+    // Owner shard local (one shard): each is answered at once, inside the feed loop.
+    let server = Server::start(&["--shards", "1"]);
+    let mut client = WsClient::open(server.addr, "/ws");
+    let burst: Vec<u8> = (0..1000)
+        .flat_map(|n| {
+            let command = json!({"type": "publish", "room": "burst", "data": "x", "ref": n});
+            frame(true, TEXT, command.to_string().as_bytes(), true)
+        })
+        .collect();
+    client.send(&burst);
+    for n in 0..1000u64 {
+        let ack = client.next_json(WAIT);
+        assert_eq!(
+            (ack["type"].as_str(), ack["ref"].as_u64()),
+            (Some("ack"), Some(n)),
+            "{ack}"
+        );
+        assert_eq!(Id::of(&ack["id"]).seq, n + 1);
+    }
+}

@@ -115,7 +115,7 @@ impl Shard {
                 };
                 if conn.ws.is_some() {
                     self.ws_published(reply.conn.slot, reply.index, result);
-                    return Ok(());
+                    return self.ws_pump(now, reply.conn.slot);
                 }
                 match &mut conn.pending {
                     Some(Pending::Publish {

@@ -75,8 +75,9 @@ impl Shard {
             .is_some_and(|c| c.ws.is_some())
         {
             // A multiplexed WebSocket's subscribe by message (ws_rooms.rs).
+            let slot = ticket.conn.slot;
             self.ws_authorized(now, ticket, decision);
-            return Ok(());
+            return self.ws_pump(now, slot);
         }
         match decision.response() {
             None => self.subscribe(now, ticket.conn.slot, &ticket.room, ticket.last_event_id),

@@ -256,7 +256,8 @@ impl Shard {
     }
 
     /// `--auth-url` decided a multiplexed connection's subscribe: the subscription, or an
-    /// error object with the callback's status (503 when it is unavailable).
+    /// error object with the callback's status (503 when it is unavailable); the caller
+    /// pumps the connection.
     pub(super) fn ws_authorized(
         &mut self,
         now: Instant,
@@ -291,9 +292,8 @@ impl Shard {
                 ws.answer(&encode_error(None, Some(&ticket.room), status, &reason));
             }
         }
-        if let Err(err) = self.ws_pump(now, slot) {
-            tracing::warn!(shard = self.index, %err, "answering a WebSocket subscribe failed");
-        }
+        // Written by the caller's pump (this also runs inside the feed loop, for a
+        // decision made at once).
     }
 
     /// Subscribes a multiplexed connection to `room` in the fan-out (its first frame: the
@@ -473,7 +473,8 @@ impl Shard {
         }
     }
 
-    /// A publish of this connection was sequenced (or refused): its ack or error object.
+    /// A publish of this connection was sequenced (or refused): its ack or error object,
+    /// queued; the caller pumps the connection.
     pub(super) fn ws_published(
         &mut self,
         slot: u32,
@@ -496,10 +497,9 @@ impl Shard {
                 &refusal.to_string(),
             ),
         };
+        // Written by the caller's pump (never pumped from here: this also runs inside the
+        // feed loop, for a publish answered at once).
         ws.answer(&json);
-        if let Err(err) = self.ws_pump(self.now, slot) {
-            tracing::warn!(shard = self.index, %err, "answering a WebSocket publish failed");
-        }
     }
 }
 
