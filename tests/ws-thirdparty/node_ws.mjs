@@ -241,6 +241,7 @@ async function roomPart() {
   }
   check(ack && message, 'an ack and the message');
   same(ack, { type: 'ack', ref: 7, room, id: message.id }, 'ack');
+  same(Object.keys(message), ['room', 'id', 'data'], 'exactly room, id, data');
   check(message.data === 'over ws', JSON.stringify(message));
   ok('publish_ack');
 

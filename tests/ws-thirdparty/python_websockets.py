@@ -193,6 +193,7 @@ async def room_part(gateway):
                 message = dict(pairs)
         check(ack is not None and message is not None, "an ack and the message")
         check(ack == {"type": "ack", "ref": 7, "room": room, "id": message["id"]}, f"{ack}")
+        check(list(message) == ["room", "id", "data"], f"exactly room, id, data: {message}")
         check(message["data"] == "over ws", f"{message}")
         ok("publish_ack")
 
