@@ -1,20 +1,22 @@
 //! ringcast's WebSocket routes as third-party clients see them (issue 16): the Python
 //! `websockets` library and Node's `ws`, each driven by a script in `tests/ws-thirdparty/`
-//! against the real binary. On the echo route (`--ws-echo`): the library's own handshake
-//! (it checks the accept key; its permessage-deflate and subprotocol offers are declined),
-//! text, binary and 1 MiB messages, fragmented sends, ping/pong, the server's keep-alive
-//! pings answered by the library, the close handshake (1000) and close 1007 as the library
-//! reports them, a refusal as an HTTP status. On `/rooms/{room}/ws`: joined at once,
-//! messages published over HTTP arrive in order in exactly `{"room","id","data"}`, a publish
-//! over the socket is acked with its id, an idempotency key twice is one message, a resume
-//! with `?last_event_id=` replays what was missed, a `gap` object when history lost some; a
-//! private room refused as HTTP 401/403 and joined with a token in the query; a message over
-//! the room limit closed with 1009; `GET /ws`
-//! with rooms in the query, one more by message, one left. On SIGTERM
-//! (the script asks the test for it): every message published before it, then a close
-//! 1001 the library reports and answers, so the gateway exits at once. Over TLS (`wss://`,
-//! the library's own TLS verifying a test certificate): the echo with a 1 MiB message and
-//! a room with a delivery and a publish.
+//! against the real binary.
+//!
+//! - Echo route (`--ws-echo`): the library's own handshake (it checks the accept key; its
+//!   permessage-deflate and subprotocol offers are declined), text, binary and 1 MiB
+//!   messages, fragmented sends, ping/pong, the server's keep-alive pings answered by the
+//!   library, the close handshake (1000) and close 1007 as the library reports them, a
+//!   refusal as an HTTP status.
+//! - `/rooms/{room}/ws`: joined at once; messages published over HTTP arrive in order in
+//!   exactly `{"room","id","data"}`; a publish over the socket is acked with its id; an
+//!   idempotency key twice is one message; `?last_event_id=` replays what was missed, with
+//!   a `gap` object when history lost some; a private room refused as HTTP 401/403 and
+//!   joined with a token in the query; a message over the room limit closed with 1009.
+//! - `GET /ws`: rooms in the query, one more by message, one left.
+//! - SIGTERM (the script asks the test for it): every message published before it, then a
+//!   close 1001 the library reports and answers, so the gateway exits at once.
+//! - TLS (`wss://`, the library's own TLS verifying a test certificate): the echo with a
+//!   1 MiB message, a room's delivery and a publish.
 //!
 //! Each script prints `ok NAME` per check and exits 1 at the first failure; this file
 //! compares the list, so a skipped check fails too. `python3` with `websockets` and
@@ -31,7 +33,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// A script's whole run; each takes about 2 s.
+/// A script's whole run; each takes 2–4 s.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Echo server timers short enough that the scripts' 2 s quiet spell sees several
