@@ -17,6 +17,9 @@
 //!   close 1001 the library reports and answers, so the gateway exits at once.
 //! - TLS (`wss://`, the library's own TLS verifying a test certificate): the echo with a
 //!   1 MiB message, a room's delivery and a publish.
+//! - A viewer that stops reading (Python only: it sets the socket's receive buffer): cut
+//!   after fewer than all messages, in order up to the cut, reported by the library as a
+//!   close (1013 after `lagged`, or the connection's end); the server serves the next.
 //!
 //! Each script prints `ok NAME` per check and exits 1 at the first failure; this file
 //! compares the list, so a skipped check fails too. `python3` with `websockets` and
@@ -274,4 +277,11 @@ fn python_websockets_over_tls_verifies_the_certificate_and_talks_to_echo_and_roo
 fn node_ws_over_tls_verifies_the_certificate_and_talks_to_echo_and_rooms() {
     let (server, extra, _cert) = tls_server();
     Client::NodeWs.run_with(&server, "wss", &extra, &["echo_over_tls", "room_over_tls"]);
+}
+
+#[test]
+fn python_websockets_reader_that_stops_is_cut_and_the_server_goes_on() {
+    let server = Server::start(&["--shards", "1", "--history", "16"]);
+    Client::PythonWebsockets.run(&server, "slow", &["slow_reader_cut", "server_healthy"]);
+    assert_eq!(server.metrics().sum("ringcast_slow_consumer_cuts_total"), 1);
 }

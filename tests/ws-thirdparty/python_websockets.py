@@ -6,6 +6,7 @@ Run by tests/gateway_ws_clients.rs against the real binary:
     python3 python_websockets.py --port PORT --part room   # ringcast --history 8
     python3 python_websockets.py --port PORT --part drain  # prints RINGCAST-SIGTERM, reads a line
     python3 python_websockets.py --port PORT --part wss --tls-port TLS --ca CERT.pem  # --ws-echo
+    python3 python_websockets.py --port PORT --part slow   # ringcast --history 16
 
 Prints `ok NAME` for each check that passed, in order, and exits 1 at the first that fails
 (the Rust test compares the list, so a check that is skipped fails the test too). Every
@@ -19,6 +20,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import socket
 import ssl
 import sys
 import time
@@ -311,6 +313,50 @@ async def drain_part(gateway):
         ok("close_1001")
 
 
+async def slow_part(gateway):
+    # A viewer that stops reading: the library holds one message (max_queue=1) and stops
+    # reading the socket, whose receive buffer is 4 KiB. The history (16) laps it while
+    # 200 messages of 32 KiB are published.
+    room = "py-slow"
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", gateway.port))
+    async with connect(f"ws://127.0.0.1:{gateway.port}/rooms/{room}/ws", sock=sock,
+                       max_queue=1, proxy=None, open_timeout=WAIT, ping_interval=None) as ws:
+        check(await next_control(ws) == {"type": "subscribed", "room": room}, "subscribed")
+        data = "s" * (32 * 1024)
+        # Published from a thread: the library's loop must not run (and read) meanwhile.
+        posted = await asyncio.to_thread(lambda: [gateway.publish(room, data) for _ in range(200)])
+        # Reading again: what was written before the cut, in order from the first, then
+        # `lagged` and close 1013 if the server's last writes could still go, else the
+        # end of the connection; never all 200, and never a hang.
+        seen, lagged = [], None
+        try:
+            while True:
+                text, pairs = await recv_json(ws)
+                fields = dict(pairs)
+                if fields.get("type") == "lagged":
+                    lagged = fields
+                else:
+                    check("type" not in fields, f"only messages and lagged: {text[:80]}")
+                    check(lagged is None, "nothing after lagged")
+                    seen.append(fields["id"])
+        except ConnectionClosed as closed:
+            code = closed.rcvd.code if closed.rcvd else None
+            print(f"cut after {len(seen)} messages: {closed!r}", file=sys.stderr)
+            check(code in (1013, None), f"1013 or the end of the connection: {closed!r}")
+            check(code is None or lagged is not None, "lagged before 1013")
+        check(len(seen) < 200, "the viewer was cut")
+        check(seen == posted[: len(seen)], "what came before the cut came in order")
+    ok("slow_reader_cut")
+    # The server goes on: a new viewer gets a new message.
+    async with gateway.open(f"/rooms/{room}/ws") as ws:
+        check(await next_control(ws) == {"type": "subscribed", "room": room}, "subscribed")
+        event_id = gateway.publish(room, "after the cut")
+        check(await next_message(ws, room) == (event_id, "after the cut"), "served")
+    ok("server_healthy")
+
+
 async def wss_part(gateway, tls_port, ca):
     # The library's own TLS (Python's ssl): the test certificate for localhost, verified.
     context = ssl.create_default_context(cafile=ca)
@@ -348,7 +394,7 @@ async def wss_part(gateway, tls_port, ca):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--part", choices=["echo", "room", "drain", "wss"], required=True)
+    parser.add_argument("--part", choices=["echo", "room", "drain", "wss", "slow"], required=True)
     parser.add_argument("--tls-port", type=int)
     parser.add_argument("--ca")
     args = parser.parse_args()
@@ -357,7 +403,7 @@ def main():
     if args.part == "wss":
         asyncio.run(wss_part(gateway, args.tls_port, args.ca))
         return
-    part = {"echo": echo_part, "room": room_part, "drain": drain_part}[args.part]
+    part = {"echo": echo_part, "room": room_part, "drain": drain_part, "slow": slow_part}[args.part]
     asyncio.run(part(gateway))
 
 
