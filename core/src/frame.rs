@@ -91,7 +91,7 @@ impl Frame {
 
     /// The notice that a resume id could not be placed (or the room restarted): SSE
     /// `event: reset` (with `id: {resume_from}`) and
-    /// `{"type":"reset","room":R,"reason":"…","held_from":ID|null}`.
+    /// `{"type":"reset","room":R,"reason":"…","held_from":ID|null,"id":ID?}`.
     pub fn reset(
         room: &str,
         reason: ResetReason,
@@ -99,7 +99,8 @@ impl Frame {
         resume_from: Option<EventId>,
     ) -> Self {
         let held = held_from.map(|id| id.to_string());
-        let json = ws::encode_reset(room, reason.text(), held.as_deref());
+        let resume = resume_from.map(|id| id.to_string());
+        let json = ws::encode_reset(room, reason.text(), held.as_deref(), resume.as_deref());
         Self::from_parts(
             &sse::encode_reset(reason, held_from, resume_from),
             &ws::encode_text(&json),

@@ -239,14 +239,25 @@ impl JsonObject {
     }
 }
 
-/// `{"type":"reset","room":R,"reason":"…","held_from":ID|null}`: the resume id could not be
+/// `{"type":"reset","room":R,"reason":"…","held_from":ID|null,"id":ID?}`: the resume id could not be
 /// placed; what follows starts at `held_from` (SSE's `event: reset`).
-pub fn encode_reset(room: &str, reason: &str, held_from: Option<&str>) -> String {
-    JsonObject::new("reset")
+pub fn encode_reset(
+    room: &str,
+    reason: &str,
+    held_from: Option<&str>,
+    resume_from: Option<&str>,
+) -> String {
+    let object = JsonObject::new("reset")
         .string("room", room)
         .string("reason", reason)
-        .id_or_null("held_from", held_from)
-        .end()
+        .id_or_null("held_from", held_from);
+    // As SSE's `id:` line on `event: reset`: where a client that is cut before the next
+    // message resumes, so that it is not reset again (absent when the room's epoch is unknown).
+    match resume_from {
+        Some(id) => object.string("id", id),
+        None => object,
+    }
+    .end()
 }
 
 /// `{"type":"gap","room":R,"from":ID,"to":ID}`: these messages fell out of history (SSE's
@@ -365,11 +376,11 @@ mod tests {
     #[test]
     fn control_objects_are_exact() {
         assert_eq!(
-            encode_reset("a", "unknown epoch", Some("5-1")),
-            r#"{"type":"reset","room":"a","reason":"unknown epoch","held_from":"5-1"}"#
+            encode_reset("a", "unknown epoch", Some("5-1"), Some("5-0")),
+            r#"{"type":"reset","room":"a","reason":"unknown epoch","held_from":"5-1","id":"5-0"}"#
         );
         assert_eq!(
-            encode_reset("a", "bare number", None),
+            encode_reset("a", "bare number", None, None),
             r#"{"type":"reset","room":"a","reason":"bare number","held_from":null}"#
         );
         assert_eq!(

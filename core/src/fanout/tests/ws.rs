@@ -264,7 +264,7 @@ fn ws_resume_gets_gap_and_reset_objects() {
     );
     assert_eq!(
         ws_json(&sim.frames(2)[1]),
-        serde_json::json!({"type":"reset","room":"a","reason":"bare number","held_from":format!("{epoch}-7")})
+        serde_json::json!({"type":"reset","room":"a","reason":"bare number","held_from":format!("{epoch}-7"),"id":format!("{epoch}-6")})
     );
     for conn in [1, 2] {
         let seqs: Vec<String> = sim.frames(conn)[2..]
@@ -384,7 +384,7 @@ fn a_ws_viewer_of_a_replica_follows_a_room_restart() {
     );
     assert_eq!(
         ws_json(&frames[2]),
-        serde_json::json!({"type":"reset","room":"r","reason":"room restarted","held_from":null})
+        serde_json::json!({"type":"reset","room":"r","reason":"room restarted","held_from":null,"id":"41-0"})
     );
     assert_eq!(
         ws_message(&frames[3], "r", EventId { epoch: 41, seq: 1 }),

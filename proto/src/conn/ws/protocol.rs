@@ -419,11 +419,11 @@ mod tests {
                 r#"{"type":"error","room":"a","status":403,"reason":"forbidden"}"#,
             ),
             (
-                encode_reset("a", "unknown epoch", Some("5-1")),
-                r#"{"type":"reset","room":"a","reason":"unknown epoch","held_from":"5-1"}"#,
+                encode_reset("a", "unknown epoch", Some("5-1"), Some("5-0")),
+                r#"{"type":"reset","room":"a","reason":"unknown epoch","held_from":"5-1","id":"5-0"}"#,
             ),
             (
-                encode_reset("a", "bare number", None),
+                encode_reset("a", "bare number", None, None),
                 r#"{"type":"reset","room":"a","reason":"bare number","held_from":null}"#,
             ),
             (
