@@ -114,10 +114,11 @@ pub(super) struct WsDriver {
     pub(super) publishes: Vec<Option<super::ws_rooms::PublishWait>>,
     /// Its fan-out subscriptions (room, subscriber id): the route's room, or the rooms a
     /// multiplexed connection joined (at most `WS_ROOMS_PER_CONN_MAX`, with
-    /// `authorizing`).
+    /// `pending_rooms`).
     pub(super) rooms: Vec<(Arc<str>, ConnId)>,
-    /// Rooms a multiplexed connection asked for that `--auth-url` has not decided yet.
-    pub(super) authorizing: Vec<Arc<str>>,
+    /// Rooms a multiplexed connection asked for and has not joined yet: `--auth-url` has
+    /// not decided, or (cluster mode) the room's stream is being read in on this node.
+    pub(super) pending_rooms: Vec<Arc<str>>,
     /// Fan-out frames that came while a write was in flight: the next write carries them.
     fanout_frames: Vec<Bytes>,
     /// The subscriptions whose frames are in `fanout_frames`.
@@ -154,7 +155,7 @@ impl WsDriver {
             answers: VecDeque::new(),
             publishes: Vec::new(),
             rooms: Vec::new(),
-            authorizing: Vec::new(),
+            pending_rooms: Vec::new(),
             fanout_frames: Vec::new(),
             fanout_pending: Vec::new(),
             write_subs: Vec::new(),
