@@ -594,12 +594,15 @@ impl Shard {
                 }
                 // What rustls wants to send of its own (the write path sends it too).
                 self.tls_flush(slot)?;
-                self.ws_pump(now, slot)?;
                 if closed {
-                    // TLS close_notify: the client sends nothing more.
-                    return self.begin_close(slot);
+                    // TLS close_notify: the client sends nothing more. What it sent is
+                    // answered (its close echoed), then the connection closes.
+                    if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+                        ws.closed = true;
+                        ws.end_soon(now);
+                    }
                 }
-                Ok(())
+                self.ws_pump(now, slot)
             }
             // The client went without a close handshake (1006): nothing more to tell it.
             Received::Closed => self.begin_close(slot),
