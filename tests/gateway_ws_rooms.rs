@@ -331,19 +331,35 @@ fn a_viewer_that_stops_reading_is_cut_with_lagged_and_1013_while_others_get_ever
 }
 
 #[test]
-fn a_drain_closes_viewers_with_1001() {
-    let mut server = Server::start(&["--shards", "1", "--drain-timeout", "2"]);
-    let mut viewer = join(&server, "bye", "");
-    let id = server.publish("bye", "last");
+fn a_drain_delivers_what_was_accepted_then_closes_viewers_with_1001() {
+    let mut server = Server::start(&["--shards", "2", "--drain-timeout", "3", "--ws-echo"]);
+    let mut viewers: Vec<WsClient> = (0..4).map(|_| join(&server, "bye", "")).collect();
+    let mut roomless = WsClient::open(server.addr, "/ws");
+    let mut echo = WsClient::open(server.addr, "/ws/echo");
+    let mut publisher = server.client();
+    let ids: Vec<Id> = (0..50)
+        .map(|n| publisher.publish("bye", &format!("m{n}")))
+        .collect();
     server.signal(libc::SIGTERM);
-    assert_eq!(next_message(&mut viewer, "bye").0, id);
-    let close = viewer.next_data(WAIT);
-    assert_eq!((close.opcode, close.close_code()), (CLOSE, Some(1001)));
-    let _ = viewer.try_send(&close_frame(1001, ""));
-    assert!(viewer.closed_within(WAIT));
+    for viewer in &mut viewers {
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(next_message(viewer, "bye"), (*id, format!("m{n}")));
+        }
+        let close = viewer.next_data(WAIT);
+        assert_eq!((close.opcode, close.close_code()), (CLOSE, Some(1001)));
+        // Closed once the fan-out's close frame is out, not at the drain timeout (3 s).
+        assert!(viewer.closed_within(Duration::from_secs(1)));
+    }
+    // Connections without rooms get the close handshake at once.
+    for other in [&mut roomless, &mut echo] {
+        let close = other.next_data(WAIT);
+        assert_eq!((close.opcode, close.close_code()), (CLOSE, Some(1001)));
+        other.send(&close_frame(1001, ""));
+        assert!(other.closed_within(WAIT));
+    }
     assert!(
         server.wait_exit(WAIT).is_some(),
-        "the gateway exits once the viewer left"
+        "the gateway exits once the viewers left"
     );
 }
 
@@ -673,4 +689,37 @@ fn a_thousand_publishes_in_one_write_are_all_acked_in_order() {
         );
         assert_eq!(Id::of(&ack["id"]).seq, n + 1);
     }
+}
+
+#[test]
+fn in_cluster_mode_a_multiplexed_connection_joins_rooms_other_nodes_publish_to() {
+    let redis = common::redis::Redis::start();
+    let url = redis.url();
+    let node = || Server::start(&["--shards", "2", "--cluster-redis", url.as_str()]);
+    let (viewer_node, publisher_node) = (node(), node());
+    let early = publisher_node.publish("cm-b", "before");
+    let mut client = WsClient::open(viewer_node.addr, "/ws?rooms=cm-a");
+    assert_eq!(
+        client.next_json(WAIT),
+        json!({"type": "subscribed", "room": "cm-a"})
+    );
+    // Joined by message, from before the first message (a stream id a millisecond older:
+    // replayed from Redis, as for SSE).
+    let before = Id {
+        epoch: early.epoch - 1,
+        seq: 0,
+    };
+    client.send_json(&json!({"type": "subscribe", "room": "cm-b", "since": before.to_string()}));
+    assert_eq!(
+        client.next_json(WAIT),
+        json!({"type": "subscribed", "room": "cm-b"})
+    );
+    let first = next_message(&mut client, "cm-b");
+    assert_eq!(first, (early, "before".to_owned()));
+    let a = publisher_node.publish("cm-a", "to a");
+    assert_eq!(next_message(&mut client, "cm-a"), (a, "to a".to_owned()));
+    let b = publisher_node.publish("cm-b", "to b");
+    assert_eq!(next_message(&mut client, "cm-b"), (b, "to b".to_owned()));
+    client.send_json(&json!({"type": "subscribe", "room": "cm-a"}));
+    assert_eq!(client.next_json(WAIT)["status"], 409);
 }

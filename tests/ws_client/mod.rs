@@ -228,6 +228,19 @@ impl WsClient {
         self.stream.flush().expect("flush");
     }
 
+    /// Sends `bytes` and, over TLS, `close_notify` in the same TCP write (then FIN).
+    pub fn send_then_close_notify(&mut self, bytes: &[u8]) {
+        match &mut self.stream {
+            Stream::Tls(tls) => {
+                tls.conn.writer().write_all(bytes).expect("buffer");
+                tls.conn.send_close_notify();
+                tls.flush().expect("flush");
+            }
+            Stream::Plain(_) => self.send(bytes),
+        }
+        let _ = self.stream.tcp().shutdown(std::net::Shutdown::Write);
+    }
+
     /// Half-closes the sending side (TCP FIN; over TLS after `close_notify`).
     pub fn shutdown_write(&mut self) {
         if let Stream::Tls(tls) = &mut self.stream {

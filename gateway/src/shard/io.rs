@@ -479,6 +479,10 @@ impl Shard {
                 conn.timer.is_none(),
                 "a released connection holds no ticker"
             );
+            debug_assert!(
+                conn.sub.is_none() && conn.ws.as_ref().is_none_or(|ws| ws.rooms.is_empty()),
+                "a released connection holds no subscription id"
+            );
             if let Some(ip) = conn.peer {
                 self.shared.per_ip.release(ip);
             }

@@ -117,10 +117,11 @@ pub(super) struct WsDriver {
     pub(super) publishes: Vec<Option<super::ws_rooms::PublishWait>>,
     /// Its fan-out subscriptions (room, subscriber id): the route's room, or the rooms a
     /// multiplexed connection joined (at most `WS_ROOMS_PER_CONN_MAX`, with
-    /// `authorizing`).
+    /// `pending_rooms`).
     pub(super) rooms: Vec<(Arc<str>, ConnId)>,
-    /// Rooms a multiplexed connection asked for that `--auth-url` has not decided yet.
-    pub(super) authorizing: Vec<Arc<str>>,
+    /// Rooms a multiplexed connection asked for and has not joined yet: `--auth-url` has
+    /// not decided, or (cluster mode) the room's stream is being read in on this node.
+    pub(super) pending_rooms: Vec<Arc<str>>,
     /// Fan-out frames that came while a write was in flight: the next write carries them.
     fanout_frames: Vec<Bytes>,
     /// The subscriptions whose frames are in `fanout_frames`.
@@ -163,7 +164,7 @@ impl WsDriver {
             answers: VecDeque::new(),
             publishes: Vec::new(),
             rooms: Vec::new(),
-            authorizing: Vec::new(),
+            pending_rooms: Vec::new(),
             fanout_frames: Vec::new(),
             fanout_pending: Vec::new(),
             write_subs: Vec::new(),
@@ -624,12 +625,15 @@ impl Shard {
                 }
                 // What rustls wants to send of its own (the write path sends it too).
                 self.tls_flush(slot)?;
-                self.ws_pump(now, slot)?;
                 if closed {
-                    // TLS close_notify: the client sends nothing more.
-                    return self.begin_close(slot);
+                    // TLS close_notify: the client sends nothing more. What it sent is
+                    // answered (its close echoed), then the connection closes.
+                    if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+                        ws.closed = true;
+                        ws.end_soon(now);
+                    }
                 }
-                Ok(())
+                self.ws_pump(now, slot)
             }
             // The client went without a close handshake (1006): nothing more to tell it.
             Received::Closed => self.begin_close(slot),
@@ -678,9 +682,14 @@ impl Shard {
         self.ws_pump(now, slot)
     }
 
-    /// The shard stops: the close handshake with 1001, then the close.
+    /// The shard stops: a connection following rooms is left to the fan-out's drain
+    /// (everything accepted before the signal, then its close frame 1001); any other
+    /// starts the close handshake with 1001 now.
     pub(super) fn ws_drain(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
         if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
+            if !ws.rooms.is_empty() {
+                return Ok(());
+            }
             ws.machine
                 .send_close(now, CloseCode::GoingAway, "server shutting down");
         }

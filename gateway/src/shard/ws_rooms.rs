@@ -159,7 +159,7 @@ impl Shard {
     /// route's checks (private rooms with the upgrade's token, admission), then a fan-out
     /// subscription of its own, whose first frame is the `subscribed` object. Refusals
     /// are error objects: 409 already subscribed, 429 too many rooms, 401/403 token,
-    /// the auth callback's status, 501 in cluster mode (not offered yet), 503 admission.
+    /// the auth callback's status, 503 admission (or Redis unreachable in cluster mode).
     fn ws_subscribe(&mut self, now: Instant, slot: u32, room: String, since: Option<ResumeId>) {
         let now_seconds = self.now_unix / 1_000_000_000;
         let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref()) else {
@@ -167,8 +167,8 @@ impl Shard {
         };
         let token = ws.route().token().map(str::to_owned);
         let held = ws.rooms.iter().any(|(held, _)| **held == *room)
-            || ws.authorizing.iter().any(|held| **held == *room);
-        let full = ws.rooms.len() + ws.authorizing.len() >= WS_ROOMS_PER_CONN_MAX;
+            || ws.pending_rooms.iter().any(|held| **held == *room);
+        let full = ws.rooms.len() + ws.pending_rooms.len() >= WS_ROOMS_PER_CONN_MAX;
         let denied = self.shared.config.jwt.as_deref().and_then(|jwt| {
             jwt.check_subscribe(&room, token.as_deref(), now_seconds)
                 .err()
@@ -183,11 +183,6 @@ impl Shard {
         } else if let Some(denied) = denied {
             self.count_refusal(RefusalReason::of_token(denied));
             Some((denied.status(), denied.text().into()))
-        } else if self.cluster.is_some() {
-            Some((
-                501,
-                "subscribe by message is not offered in cluster mode yet".into(),
-            ))
         } else if self.auth.is_some() {
             self.ws_authorize(now, slot, room.clone(), since)
         } else {
@@ -216,7 +211,141 @@ impl Shard {
             self.count_rejection(Rejection::PendingWriteBytes);
             return Some((503, Rejection::PendingWriteBytes.text().into()));
         }
-        self.ws_join(now, slot, room, since)
+        if self.cluster.is_some() {
+            return self.ws_cluster_join(slot, room, since);
+        }
+        self.ws_join(now, slot, room, Err(since))
+    }
+
+    /// A subscribe by message in cluster mode: at once if this node follows the room's
+    /// stream already, else once it has read it in ([`Self::ws_primed`]; the room counts
+    /// as held meanwhile).
+    fn ws_cluster_join(
+        &mut self,
+        slot: u32,
+        room: &str,
+        since: Option<ResumeId>,
+    ) -> Option<(u16, String)> {
+        self.release_freed_rooms();
+        if !self.fanout.room_available(room) {
+            // Refused before the room is followed: followed rooms count against the cap.
+            self.count_rejection(Rejection::RoomLimit);
+            return Some((503, Rejection::RoomLimit.text().into()));
+        }
+        let key = self.key(slot);
+        let cluster = self.cluster.as_mut()?;
+        if cluster.is_primed(room) {
+            return self.ws_join_placed(slot, room, since);
+        }
+        let waiter = crate::upstream::cluster::Waiter {
+            conn: key,
+            last_event_id: since,
+        };
+        if !cluster.wait_primed(room, waiter) {
+            return Some((503, "redis unreachable".into()));
+        }
+        let ws = self.conn(slot).and_then(|c| c.ws.as_deref_mut())?;
+        ws.pending_rooms.push(Arc::from(room));
+        None
+    }
+
+    /// Joins a room this node follows (cluster mode) where its replica places `since`, as
+    /// an SSE subscribe does: a resume older than the replica is replayed from Redis, and
+    /// Redis says whether an id beyond its head exists ([`Self::ws_replayed`]; the room
+    /// counts as held meanwhile).
+    fn ws_join_placed(
+        &mut self,
+        slot: u32,
+        room: &str,
+        since: Option<ResumeId>,
+    ) -> Option<(u16, String)> {
+        let mut start = self.fanout.place(room, since);
+        if let Start::After(after) = start {
+            let beyond_head = after > self.fanout.head_id(room).unwrap_or(0);
+            let check = self.fanout.resume_check(room, after);
+            let gap = matches!(
+                check,
+                Some((ringcast_core::history::ResumeFrom::Gap { .. }, _))
+            );
+            if gap || beyond_head {
+                let ticket = crate::upstream::cluster::ReplayTicket {
+                    conn: self.key(slot),
+                    room: Arc::from(room),
+                    after,
+                    before: check.map_or(after.saturating_add(1), |(_, first)| first),
+                    beyond_head,
+                };
+                if self.cluster.as_mut()?.begin_replay(ticket) {
+                    let ws = self.conn(slot).and_then(|c| c.ws.as_deref_mut())?;
+                    ws.pending_rooms.push(Arc::from(room));
+                    return None;
+                }
+                if beyond_head {
+                    // Redis cannot tell now: a reset rather than a cursor no message reaches.
+                    start = Start::Reset(ResetReason::BeyondHead);
+                }
+            }
+        }
+        self.ws_join(self.now, slot, room, Ok((start, Vec::new())))
+    }
+
+    /// Redis answered a multiplexed connection's replay (cluster mode): it joins the room
+    /// from `start`, the replayed frames first; the caller pumps it.
+    pub(super) fn ws_replayed(
+        &mut self,
+        conn: ConnKey,
+        room: &str,
+        start: Start,
+        replay: Vec<ringcast_core::frame::Frame>,
+    ) {
+        let Some(ws) = self
+            .conn_by_key(conn)
+            .filter(|c| !c.closing)
+            .and_then(|c| c.ws.as_deref_mut())
+        else {
+            return;
+        };
+        let Some(at) = ws.pending_rooms.iter().position(|r| **r == *room) else {
+            return;
+        };
+        ws.pending_rooms.swap_remove(at);
+        if let Some((status, reason)) = self.ws_join(self.now, conn.slot, room, Ok((start, replay)))
+        {
+            if let Some(ws) = self.conn(conn.slot).and_then(|c| c.ws.as_deref_mut()) {
+                ws.answer(&encode_error(None, Some(room), status, &reason));
+            }
+        }
+    }
+
+    /// This node read in `room`'s stream (`primed`) or could not: the multiplexed
+    /// connection waiting for it joins it or gets an error object; the caller pumps it.
+    pub(super) fn ws_primed(
+        &mut self,
+        waiter: crate::upstream::cluster::Waiter,
+        room: &str,
+        primed: bool,
+    ) {
+        let slot = waiter.conn.slot;
+        let Some(ws) = self
+            .conn_by_key(waiter.conn)
+            .filter(|c| !c.closing)
+            .and_then(|c| c.ws.as_deref_mut())
+        else {
+            return;
+        };
+        let Some(at) = ws.pending_rooms.iter().position(|r| **r == *room) else {
+            return;
+        };
+        ws.pending_rooms.swap_remove(at);
+        let refusal = match primed {
+            true => self.ws_join_placed(slot, room, waiter.last_event_id),
+            false => Some((503, "redis unreachable".into())),
+        };
+        if let Some((status, reason)) = refusal {
+            if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+                ws.answer(&encode_error(None, Some(room), status, &reason));
+            }
+        }
     }
 
     /// A subscribe by message that `--auth-url` must approve first (the upgrade's head is
@@ -240,7 +369,7 @@ impl Shard {
             return None;
         };
         let head = auth_head.clone().unwrap_or_default();
-        ws.authorizing.push(Arc::from(room.as_str()));
+        ws.pending_rooms.push(Arc::from(room.as_str()));
         let ticket = crate::upstream::auth::Ticket {
             conn: key,
             room,
@@ -272,10 +401,10 @@ impl Shard {
         else {
             return;
         };
-        let Some(at) = ws.authorizing.iter().position(|r| **r == *ticket.room) else {
+        let Some(at) = ws.pending_rooms.iter().position(|r| **r == *ticket.room) else {
             return;
         };
-        ws.authorizing.swap_remove(at);
+        ws.pending_rooms.swap_remove(at);
         let refusal = match decision {
             crate::upstream::auth::Decision::Admit => {
                 self.ws_admit(now, slot, &ticket.room, ticket.last_event_id)
@@ -298,22 +427,36 @@ impl Shard {
 
     /// Subscribes a multiplexed connection to `room` in the fan-out (its first frame: the
     /// `subscribed` object); the refusal's status and reason if the fan-out has no room.
+    /// `place`: where to start, the client's resume id (single node) or a start the
+    /// replica placed and frames Redis replayed (cluster mode).
     fn ws_join(
         &mut self,
         now: Instant,
         slot: u32,
         room: &str,
-        since: Option<ResumeId>,
+        place: Result<(Start, Vec<ringcast_core::frame::Frame>), Option<ResumeId>>,
     ) -> Option<(u16, String)> {
         let subscribed = crate::conn::ws::frame::encode_frame(
             crate::conn::ws::Opcode::Text,
             encode_subscribed(room).as_bytes(),
         );
         let sub = self.subs.insert(self.key(slot));
-        match self
-            .fanout
-            .handle_subscribe_in(now, sub, room, since, Format::Ws, subscribed)
-        {
+        let admitted = match place {
+            Err(since) => {
+                self.fanout
+                    .handle_subscribe_in(now, sub, room, since, Format::Ws, subscribed)
+            }
+            Ok((start, replay)) => self.fanout.handle_subscribe_replayed_in(
+                now,
+                sub,
+                room,
+                start,
+                Format::Ws,
+                subscribed,
+                replay,
+            ),
+        };
+        match admitted {
             Ok(()) => {
                 if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
                     ws.rooms.push((Arc::from(room), sub));
