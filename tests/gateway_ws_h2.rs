@@ -831,3 +831,45 @@ fn a_flood_of_connects_reset_before_their_answer_leaves_nothing_behind() {
         server.metrics().0
     );
 }
+
+#[test]
+fn a_drain_closes_h2_websockets_with_1001_and_ends_their_streams() {
+    let mut server = Server::start(&[
+        "--shards",
+        "2",
+        "--drain-timeout",
+        "3",
+        "--ws-echo",
+        "--h2c-listen",
+        "127.0.0.1:0",
+    ]);
+    let h2c_addr = transports::addr_of(&server, "h2c");
+    let runtime = transports::runtime();
+    runtime.block_on(async {
+        let mut client = h2c(h2c_addr).await;
+        let mut viewer = open_ws(&mut client, "/rooms/bye/ws").await;
+        assert_eq!(viewer.next_json().await["type"], "subscribed");
+        let mut echo = open_ws(&mut client, "/ws/echo").await;
+        assert_eq!(echo.status, 200);
+        let id = server.publish("bye", "last words");
+        server.signal(libc::SIGTERM);
+        // What was accepted before the drain is delivered, then the close, then the end.
+        let message = viewer.next_json().await;
+        assert_eq!(common::Id::of(&message["id"]), id);
+        let close = viewer.expect_frame().await;
+        assert_eq!((close.opcode, close.close_code()), (CLOSE, Some(1001)));
+        assert!(viewer.next_frame().await.is_none(), "the stream ends");
+        let close = echo.expect_frame().await;
+        assert_eq!((close.opcode, close.close_code()), (CLOSE, Some(1001)));
+        echo.send(close_frame(1001, ""));
+        assert!(echo.next_frame().await.is_none(), "the stream ends");
+    });
+    drop(runtime);
+    assert!(
+        server
+            .wait_exit(WAIT)
+            .is_some_and(|status| status.success()),
+        "the gateway exits once its WebSockets left:\n{}",
+        server.log()
+    );
+}
