@@ -156,12 +156,13 @@ pub async fn serve_connect(
         // Refused by the shard (route, token, handshake, admission): its answer as is.
         return http::Response::from_parts(head, VirtualBody::Stream(stream, Some(place)));
     }
+    let index = companion.index;
     tokio::spawn(async move {
         let _place = place;
         match upgrade.await {
             Ok(upgraded) => Pump::new(stream, TokioIo::new(upgraded)).await,
             // The stream went before the answer did: dropping `stream` tells the shard.
-            Err(err) => tracing::debug!(%err, "extended CONNECT not taken over"),
+            Err(err) => tracing::debug!(shard = index, %err, "extended CONNECT not taken over"),
         }
     });
     // No body and no length: hyper sends the head alone and hands the stream over.
@@ -235,6 +236,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Pump<IO> {
         if self.out.is_none() && !self.out_done {
             match self.stream.poll_frame(cx) {
                 Poll::Pending => return Ok(false),
+                // An empty chunk has nothing to write (a write of nothing would read as
+                // the client gone).
+                Poll::Ready(Some(chunk)) if chunk.is_empty() => return Ok(true),
                 Poll::Ready(Some(chunk)) => self.out = Some(chunk),
                 Poll::Ready(None) => {
                     self.out_done = true;
