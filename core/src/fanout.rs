@@ -11,13 +11,19 @@
 //! read in between ride in the same write. Under load (a long dirty queue) a subscriber
 //! waits up to [`FanoutConfig::coalesce_delay`] after becoming dirty, so that later events
 //! join its write.
+//!
+//! Each subscriber's connection carries one [`Format`] (SSE or WebSocket, given at
+//! subscribe). A message is encoded once, in both forms ([`Frame`]); a write carries the
+//! subscriber's slice of that shared buffer, and every notice (gap, reset, lagged), the
+//! heartbeat and the drain in its form. The per-delivery work is the same for both.
 
 use crate::event_id::{EventId, ResetReason, ResumeId};
+use crate::frame::{Format, Frame};
 use crate::history::ResumeFrom;
 use crate::room::Room;
 use crate::room_lru::RoomLru;
-use crate::sse;
 use crate::timer_wheel::{TimerKey, TimerWheel};
+use crate::{sse, ws};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -155,7 +161,10 @@ pub enum Action {
         conn: ConnId,
     },
     /// The subscriber is gone from the fan-out: write the frames appended to `out` if the
-    /// connection is writable (none if a write is stuck), then close it.
+    /// connection is writable (none if a write is stuck), then close it. For a
+    /// [`Format::Ws`] subscriber the frames end with the WebSocket close frame (1013 after
+    /// `lagged`, 1001 on drain): the driver must not send another, only wait for the
+    /// peer's close (or not) and close the connection.
     Close {
         /// Target connection.
         conn: ConnId,
@@ -224,6 +233,8 @@ struct Subscriber {
     heartbeat_due: bool,
     /// A write was handed out (so the stream head is on its way).
     started: bool,
+    /// The form its connection carries (fits in the padding after the flags).
+    format: Format,
     /// What goes out before history frames, in order: the stream head, frames replayed
     /// from the cluster broker, a gap notice. Boxed: held only until written, so streaming
     /// subscribers stay small.
@@ -232,6 +243,10 @@ struct Subscriber {
     preamble: Option<Box<VecDeque<Bytes>>>,
     heartbeat: Option<TimerKey>,
 }
+
+// The transport's format rides in the padding after the flags: a subscriber costs what it
+// cost before WebSocket.
+const _: () = assert!(std::mem::size_of::<Subscriber>() <= 48);
 
 /// One shard's fan-out state. See the module doc.
 #[derive(Debug)]
@@ -262,8 +277,9 @@ pub struct Fanout {
     dirty: VecDeque<(ConnId, u32, Instant)>,
     /// Subscribers lapped while a write was stuck: cut before any write.
     cuts: VecDeque<ConnId>,
-    /// Set by [`Fanout::handle_drain`]: caught-up subscribers are closed with a retry hint.
-    drain_retry: Option<Bytes>,
+    /// Set by [`Fanout::handle_drain`]: caught-up subscribers are closed with a retry hint
+    /// (SSE) or a close frame 1001 (WebSocket).
+    drain_retry: Option<Frame>,
     heartbeats: TimerWheel<(ConnId, u32)>,
     stats: FanoutStats,
 }
@@ -573,8 +589,24 @@ impl Fanout {
         resume: Option<ResumeId>,
         head: Bytes,
     ) -> Result<(), FanoutError> {
+        self.handle_subscribe_in(now, conn, room, resume, Format::Sse, head)
+    }
+
+    /// As [`Fanout::handle_subscribe`], for a connection that carries `format`: every frame
+    /// it is sent (messages, notices, heartbeats, the drain) is in that form; `head` goes
+    /// out first as it is (for WebSocket: the 101 response, or a `subscribed` frame on a
+    /// multiplexed connection).
+    pub fn handle_subscribe_in(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        room: &str,
+        resume: Option<ResumeId>,
+        format: Format,
+        head: Bytes,
+    ) -> Result<(), FanoutError> {
         let start = self.place(room, resume);
-        self.subscribe(now, conn, room, start, head, Vec::new())
+        self.handle_subscribe_replayed_in(now, conn, room, start, format, head, Vec::new())
     }
 
     /// Where a subscriber of `room` resuming with `resume` starts. Single node: `E-S`
@@ -616,43 +648,23 @@ impl Fanout {
         room: &str,
         start: Start,
         head: Bytes,
-        replay: Vec<Bytes>,
+        replay: Vec<Frame>,
     ) -> Result<(), FanoutError> {
-        self.subscribe(now, conn, room, start, head, replay)
+        self.handle_subscribe_replayed_in(now, conn, room, start, Format::Sse, head, replay)
     }
 
-    /// The highest id `room` holds on this shard (`None` when the shard holds no such room).
-    pub fn head_id(&self, room: &str) -> Option<u64> {
-        Some(self.room_at(*self.room_index.get(room)?).history.last_id())
-    }
-
-    /// Where resuming `room` after `last_event_id` stands in this shard's replica (`None`
-    /// when the shard holds no such room).
-    pub fn resume_check(&self, room: &str, last_event_id: u64) -> Option<(ResumeFrom, u64)> {
-        let room = self.room_at(*self.room_index.get(room)?);
-        let first = room
-            .history
-            .first_id()
-            .unwrap_or(room.history.last_id() + 1);
-        Some((room.history.resume_from(last_event_id), first))
-    }
-
-    /// Says that this replica of `room` starts at `first_id` (cluster mode: filled from the
-    /// middle of the broker's log), so older resume points count as lapped.
-    pub fn handle_history_start(&mut self, room: &str, first_id: u64) {
-        if let Ok(index) = self.room_for(room, true) {
-            self.room_at_mut(index).history.mark_held_from(first_id);
-        }
-    }
-
-    fn subscribe(
+    /// As [`Fanout::handle_subscribe_replayed`], for a connection that carries `format`
+    /// (see [`Fanout::handle_subscribe_in`]).
+    #[allow(clippy::too_many_arguments)] // one subscribe's parts
+    pub fn handle_subscribe_replayed_in(
         &mut self,
         now: Instant,
         conn: ConnId,
         room: &str,
         start: Start,
+        format: Format,
         head: Bytes,
-        replay: Vec<Bytes>,
+        replay: Vec<Frame>,
     ) -> Result<(), FanoutError> {
         let index = conn.0 as usize;
         if self.subscribers.get(index).is_some_and(Option::is_some) {
@@ -684,21 +696,27 @@ impl Fanout {
                 let held_from = room_ref.history.first_id();
                 let cursor = held_from.map_or(head_id, |first| first - 1);
                 let known = stream_ids || room_ref.incarnation != 0;
-                let notice = sse::encode_reset(
+                let notice = Frame::reset(
+                    room,
                     reason,
                     held_from.map(|first| shown(stream_ids, room_ref, first)),
                     known.then(|| shown(stream_ids, room_ref, cursor)),
-                );
+                )
+                .get(format);
                 self.stats.resets_total += 1;
                 (cursor, Some(notice))
             }
         };
         let mut gap = None;
         if let ResumeFrom::Gap { from, to } = room_ref.history.resume_from(cursor) {
-            gap = Some(sse::encode_gap(
-                shown(stream_ids, room_ref, from),
-                shown(stream_ids, room_ref, to),
-            ));
+            gap = Some(
+                Frame::gap(
+                    room,
+                    shown(stream_ids, room_ref, from),
+                    shown(stream_ids, room_ref, to),
+                )
+                .get(format),
+            );
             cursor = to;
             self.stats.gaps_total += 1;
         }
@@ -716,9 +734,10 @@ impl Fanout {
             queued: true,
             heartbeat_due: false,
             started: false,
+            format,
             preamble: Some(Box::new(
                 std::iter::once(head)
-                    .chain(replay)
+                    .chain(replay.iter().map(|frame| frame.get(format)))
                     .chain(reset)
                     .chain(gap)
                     .collect(),
@@ -730,16 +749,41 @@ impl Fanout {
         Ok(())
     }
 
+    /// The highest id `room` holds on this shard (`None` when the shard holds no such room).
+    pub fn head_id(&self, room: &str) -> Option<u64> {
+        Some(self.room_at(*self.room_index.get(room)?).history.last_id())
+    }
+
+    /// Where resuming `room` after `last_event_id` stands in this shard's replica (`None`
+    /// when the shard holds no such room).
+    pub fn resume_check(&self, room: &str, last_event_id: u64) -> Option<(ResumeFrom, u64)> {
+        let room = self.room_at(*self.room_index.get(room)?);
+        let first = room
+            .history
+            .first_id()
+            .unwrap_or(room.history.last_id() + 1);
+        Some((room.history.resume_from(last_event_id), first))
+    }
+
+    /// Says that this replica of `room` starts at `first_id` (cluster mode: filled from the
+    /// middle of the broker's log), so older resume points count as lapped.
+    pub fn handle_history_start(&mut self, room: &str, first_id: u64) {
+        if let Ok(index) = self.room_for(room, true) {
+            self.room_at_mut(index).history.mark_held_from(first_id);
+        }
+    }
+
     /// Sequences a message in a room this shard owns: assigns the next id, encodes the
-    /// frame once, stores it and marks the room's subscribers dirty. Returns the id and the
-    /// frame, which the driver hands to the other shards ([`Fanout::handle_frame`]). The
-    /// room's first message gives it its incarnation, the epoch of its ids.
+    /// frame once in both forms (SSE and WebSocket, one buffer: [`Frame`]), stores it and
+    /// marks the room's subscribers dirty. Returns the id and the frame, which the driver
+    /// hands to the other shards ([`Fanout::handle_frame`]). The room's first message gives
+    /// it its incarnation, the epoch of its ids.
     pub fn handle_publish(
         &mut self,
         now: Instant,
         room: &str,
         data: &[u8],
-    ) -> Result<(EventId, Bytes), FanoutError> {
+    ) -> Result<(EventId, Frame), FanoutError> {
         self.handle_publish_stamped(now, 0, room, data)
     }
 
@@ -752,7 +796,7 @@ impl Fanout {
         stamp_unix_nanos: u64,
         room: &str,
         data: &[u8],
-    ) -> Result<(EventId, Bytes), FanoutError> {
+    ) -> Result<(EventId, Frame), FanoutError> {
         self.now = now;
         let room_index = self.room_for(room, false)?;
         if self.room_at(room_index).incarnation == 0 {
@@ -763,7 +807,7 @@ impl Fanout {
         let room_ref = self.room_at(room_index);
         let id = room_ref.history.last_id() + 1;
         let shown_id = shown(self.config.stream_ids, room_ref, id);
-        let frame = sse::encode_message(shown_id, data);
+        let frame = Frame::message(room, shown_id, data);
         self.append(now, room_index, id, frame.clone(), stamp_unix_nanos);
         self.stats.publishes_total += 1;
         Ok((shown_id, frame))
@@ -772,7 +816,7 @@ impl Fanout {
     /// Stores a frame sequenced by the room's owner shard (or by the cluster broker) and
     /// marks this shard's subscribers dirty. Frames at or below the room's head are
     /// duplicates and ignored; returns whether it was new.
-    pub fn handle_frame(&mut self, now: Instant, room: &str, id: u64, frame: Bytes) -> bool {
+    pub fn handle_frame(&mut self, now: Instant, room: &str, id: u64, frame: Frame) -> bool {
         self.handle_frame_stamped(now, 0, room, id, frame)
     }
 
@@ -783,7 +827,7 @@ impl Fanout {
         stamp_unix_nanos: u64,
         room: &str,
         id: u64,
-        frame: Bytes,
+        frame: Frame,
     ) -> bool {
         self.handle_frame_replica(now, stamp_unix_nanos, room, 0, id, frame)
     }
@@ -801,7 +845,7 @@ impl Fanout {
         room: &str,
         incarnation: u64,
         id: u64,
-        frame: Bytes,
+        frame: Frame,
     ) -> bool {
         self.now = now;
         let Ok(room_index) = self.room_for(room, true) else {
@@ -837,7 +881,8 @@ impl Fanout {
                 // Its subscribers get what they had not yet received of the old room, then
                 // are told (ids start again under a new epoch) and follow the new room from
                 // its start.
-                let notice = sse::encode_reset(
+                let notice = Frame::reset(
+                    room,
                     ResetReason::RoomRestarted,
                     None,
                     Some(EventId {
@@ -850,7 +895,7 @@ impl Fanout {
                     if let Some(sub) = self.subscribers[conn.0 as usize].as_mut() {
                         sub.preamble
                             .get_or_insert_with(Default::default)
-                            .push_back(notice.clone());
+                            .push_back(notice.get(sub.format));
                         self.stats.resets_total += 1;
                     }
                 }
@@ -879,7 +924,7 @@ impl Fanout {
         let mut cursor = sub.cursor;
         loop {
             let before = rest.len();
-            cursor = old.collect_after(cursor, self.config.write_frames_max, &mut rest);
+            cursor = old.collect_after(cursor, self.config.write_frames_max, sub.format, &mut rest);
             if rest.len() == before {
                 break;
             }
@@ -892,7 +937,7 @@ impl Fanout {
         sub.cursor = 0;
     }
 
-    fn append(&mut self, now: Instant, room_index: u32, id: u64, frame: Bytes, stamp: u64) {
+    fn append(&mut self, now: Instant, room_index: u32, id: u64, frame: Frame, stamp: u64) {
         self.room_touched(room_index, now);
         let room = self.rooms[room_index as usize]
             .as_mut()
@@ -968,10 +1013,10 @@ impl Fanout {
     /// Starts draining: from now on, every subscriber whose cursor has reached its room's
     /// head (and whose writes are done) is handed out as [`Action::Close`] with
     /// [`CloseReason::Drained`], carrying an SSE `retry:` hint of `retry_ms` so the client
-    /// reconnects (elsewhere) after that delay. Subscribers still behind are written to
+    /// reconnects (elsewhere) after that delay (a WebSocket subscriber: a close frame 1001). Subscribers still behind are written to
     /// first, so every message sequenced before the drain reaches them.
     pub fn handle_drain(&mut self, now: Instant, retry_ms: u64) {
-        self.drain_retry = Some(sse::encode_retry(retry_ms));
+        self.drain_retry = Some(Frame::drain(retry_ms));
         for (index, sub) in self.subscribers.iter_mut().enumerate() {
             if let Some(sub) = sub {
                 if !sub.in_flight && !sub.queued {
@@ -1103,11 +1148,8 @@ impl Fanout {
                         out.push(head);
                     }
                 }
-                out.push(sse::encode_lagged(shown(
-                    self.config.stream_ids,
-                    room,
-                    sub.cursor,
-                )));
+                let last_id = shown(self.config.stream_ids, room, sub.cursor);
+                out.push(Frame::lagged(&room.name, last_id).get(sub.format));
                 self.handle_disconnect(conn);
                 self.stats.slow_cuts_total += 1;
                 return Some(Action::Close {
@@ -1131,12 +1173,16 @@ impl Fanout {
                 Some(stamps) => room.history.collect_after_stamped(
                     sub.cursor,
                     self.config.write_frames_max,
+                    sub.format,
                     out,
                     stamps,
                 ),
-                None => room
-                    .history
-                    .collect_after(sub.cursor, self.config.write_frames_max, out),
+                None => room.history.collect_after(
+                    sub.cursor,
+                    self.config.write_frames_max,
+                    sub.format,
+                    out,
+                ),
             };
             let delivered = out.len() - start - extra;
             debug_assert!(cursor >= sub.cursor, "a cursor never moves back");
@@ -1144,13 +1190,16 @@ impl Fanout {
             if sub.heartbeat_due {
                 sub.heartbeat_due = false;
                 if out.len() == start {
-                    out.push(Bytes::from_static(sse::HEARTBEAT));
+                    out.push(Bytes::from_static(match sub.format {
+                        Format::Sse => sse::HEARTBEAT,
+                        Format::Ws => ws::PING_EMPTY,
+                    }));
                     self.stats.heartbeats_total += 1;
                 }
             }
             if out.len() == start {
                 if let Some(retry) = &self.drain_retry {
-                    out.push(retry.clone());
+                    out.push(retry.get(sub.format));
                     self.handle_disconnect(conn);
                     return Some(Action::Close {
                         conn,

@@ -1,9 +1,11 @@
-//! A room's history: a bounded ring of already-encoded SSE frames with increasing ids.
+//! A room's history: a bounded ring of already-encoded frames (each in its SSE and
+//! WebSocket forms, one buffer: [`Frame`]) with increasing ids.
 //!
-//! Bounded both by message count and by bytes. Frames are `Bytes`, so a frame that is
+//! Bounded both by message count and by bytes (both forms count). Frames are `Bytes`, so a frame that is
 //! evicted while a write still carries it stays alive until that write completes. Ids are
 //! increasing but need not be contiguous (cluster mode maps broker ids onto them).
 
+use crate::frame::{Format, Frame};
 use bytes::Bytes;
 use std::collections::VecDeque;
 
@@ -26,7 +28,7 @@ pub enum ResumeFrom {
 /// write so the publish→write latency can be measured.
 #[derive(Debug)]
 pub struct History {
-    frames: VecDeque<(u64, Bytes, u64)>,
+    frames: VecDeque<(u64, Frame, u64)>,
     bytes: usize,
     messages_max: usize,
     bytes_max: usize,
@@ -54,12 +56,12 @@ impl History {
 
     /// Appends a frame; `id` must be above every id pushed before. Returns how many frames
     /// were evicted to stay within bounds.
-    pub fn push(&mut self, id: u64, frame: Bytes) -> usize {
+    pub fn push(&mut self, id: u64, frame: Frame) -> usize {
         self.push_stamped(id, frame, 0)
     }
 
     /// As [`Self::push`], with the frame's sequencing stamp (Unix nanoseconds).
-    pub fn push_stamped(&mut self, id: u64, frame: Bytes, stamp_unix_nanos: u64) -> usize {
+    pub fn push_stamped(&mut self, id: u64, frame: Frame, stamp_unix_nanos: u64) -> usize {
         assert!(
             id > self.last_id,
             "history ids must increase ({id} after {})",
@@ -131,10 +133,16 @@ impl History {
         }
     }
 
-    /// Appends to `out` up to `frames_max` frames with ids above `cursor`, oldest first, and
-    /// returns the id of the last one appended (or `cursor` when none was).
-    pub fn collect_after(&self, cursor: u64, frames_max: usize, out: &mut Vec<Bytes>) -> u64 {
-        self.collect(cursor, frames_max, out, None)
+    /// Appends to `out` up to `frames_max` frames with ids above `cursor`, oldest first, in
+    /// `format`, and returns the id of the last one appended (or `cursor` when none was).
+    pub fn collect_after(
+        &self,
+        cursor: u64,
+        frames_max: usize,
+        format: Format,
+        out: &mut Vec<Bytes>,
+    ) -> u64 {
+        self.collect(cursor, frames_max, format, out, None)
     }
 
     /// As [`Self::collect_after`], also appending each frame's stamp to `stamps`.
@@ -142,23 +150,25 @@ impl History {
         &self,
         cursor: u64,
         frames_max: usize,
+        format: Format,
         out: &mut Vec<Bytes>,
         stamps: &mut Vec<u64>,
     ) -> u64 {
-        self.collect(cursor, frames_max, out, Some(stamps))
+        self.collect(cursor, frames_max, format, out, Some(stamps))
     }
 
     fn collect(
         &self,
         cursor: u64,
         frames_max: usize,
+        format: Format,
         out: &mut Vec<Bytes>,
         mut stamps: Option<&mut Vec<u64>>,
     ) -> u64 {
         let start = self.frames.partition_point(|(id, _, _)| *id <= cursor);
         let mut last = cursor;
         for (id, frame, stamp) in self.frames.range(start..).take(frames_max) {
-            out.push(frame.clone());
+            out.push(frame.get(format));
             if let Some(stamps) = stamps.as_deref_mut() {
                 stamps.push(*stamp);
             }
@@ -173,8 +183,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn frame(n: usize) -> Bytes {
-        Bytes::from(vec![b'x'; n])
+    fn frame(n: usize) -> Frame {
+        Frame::from_parts(&vec![b'x'; n], b"")
+    }
+
+    fn text(text: &str) -> Frame {
+        Frame::from_parts(text.as_bytes(), format!("ws{text}").as_bytes())
     }
 
     #[test]
@@ -215,15 +229,21 @@ mod tests {
     fn stamps_travel_with_their_frames() {
         let mut h = History::new(2, usize::MAX);
         for id in 1..=3u64 {
-            h.push_stamped(id, Bytes::from(id.to_string()), 100 * id);
+            h.push_stamped(id, text(&id.to_string()), 100 * id);
         }
         let (mut out, mut stamps) = (Vec::new(), Vec::new());
-        assert_eq!(h.collect_after_stamped(0, 10, &mut out, &mut stamps), 3);
+        assert_eq!(
+            h.collect_after_stamped(0, 10, Format::Sse, &mut out, &mut stamps),
+            3
+        );
         assert_eq!(out, vec![Bytes::from("2"), Bytes::from("3")]);
         assert_eq!(stamps, vec![200, 300]);
-        h.push(4, Bytes::from("4"));
+        h.push(4, text("4"));
         stamps.clear();
-        assert_eq!(h.collect_after_stamped(3, 10, &mut out, &mut stamps), 4);
+        assert_eq!(
+            h.collect_after_stamped(3, 10, Format::Sse, &mut out, &mut stamps),
+            4
+        );
         assert_eq!(stamps, vec![0], "unstamped frames carry 0");
     }
 
@@ -231,13 +251,16 @@ mod tests {
     fn collect_after_respects_cursor_and_max() {
         let mut h = History::new(10, usize::MAX);
         for id in [2, 4, 6, 8] {
-            h.push(id, Bytes::from(id.to_string()));
+            h.push(id, text(&id.to_string()));
         }
         let mut out = Vec::new();
-        assert_eq!(h.collect_after(3, 2, &mut out), 6);
+        assert_eq!(h.collect_after(3, 2, Format::Sse, &mut out), 6);
         assert_eq!(out, vec![Bytes::from("4"), Bytes::from("6")]);
         out.clear();
-        assert_eq!(h.collect_after(8, 5, &mut out), 8);
+        assert_eq!(h.collect_after(3, 2, Format::Ws, &mut out), 6);
+        assert_eq!(out, vec![Bytes::from("ws4"), Bytes::from("ws6")]);
+        out.clear();
+        assert_eq!(h.collect_after(8, 5, Format::Sse, &mut out), 8);
         assert!(out.is_empty());
     }
 
@@ -288,7 +311,7 @@ mod tests {
                 prop_assert!(h.len() <= cap);
             }
             let mut out = Vec::new();
-            let last = h.collect_after(cursor, usize::MAX, &mut out);
+            let last = h.collect_after(cursor, usize::MAX, Format::Sse, &mut out);
             let want: Vec<_> = model.iter().filter(|m| m.0 > cursor).collect();
             prop_assert_eq!(out.len(), want.len());
             prop_assert_eq!(last, want.last().map_or(cursor, |m| m.0));

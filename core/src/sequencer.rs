@@ -16,6 +16,7 @@
 
 use crate::event_id::EventId;
 use crate::fanout::{Fanout, RoomInfo};
+use crate::frame::Frame;
 use crate::idempotency::{KeyTable, MailKey};
 use crate::room::owner_shard;
 use bytes::Bytes;
@@ -69,8 +70,8 @@ pub enum Letter<R> {
         incarnation: u64,
         /// The message's id in that incarnation.
         id: u64,
-        /// The encoded SSE frame, shared by every shard.
-        frame: Bytes,
+        /// The encoded frame in both forms (SSE and WebSocket), shared by every shard.
+        frame: Frame,
         /// Process-clock time of sequencing (Unix nanoseconds; 0 when not recorded).
         stamp_unix_nanos: u64,
     },
@@ -310,7 +311,7 @@ impl<R, M: From<Letter<R>>> Sequencer<R, M> {
         room: &str,
         incarnation: u64,
         id: u64,
-        frame: Bytes,
+        frame: Frame,
         stamp_unix_nanos: u64,
     ) -> bool {
         fanout.handle_frame_replica(now, stamp_unix_nanos, room, incarnation, id, frame)

@@ -11,12 +11,22 @@ pub const HEARTBEAT: &[u8] = b":\n\n";
 /// Encodes one message as an SSE event: `id: E-S`, one `data:` line per line of `data`
 /// (`\r\n`, `\r` and `\n` all end a line, as the SSE grammar says), then a blank line.
 pub fn encode_message(id: EventId, data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(message_len_max(data));
+    put_message(&mut out, id, data);
+    out.freeze()
+}
+
+/// At least the length of [`encode_message`]'s frame for `data` (exact but for the
+/// digits of the id, counted at their longest).
+pub fn message_len_max(data: &[u8]) -> usize {
     let lines = 1 + data.iter().filter(|&&b| b == b'\n' || b == b'\r').count();
-    let mut out = BytesMut::with_capacity(data.len() + 48 + lines * 7);
+    data.len() + 48 + lines * 7
+}
+
+/// Appends the SSE event of [`encode_message`] to `out`.
+pub fn put_message(out: &mut impl BufMut, id: EventId, data: &[u8]) {
     out.put_slice(b"id: ");
-    put_u64(&mut out, id.epoch);
-    out.put_u8(b'-');
-    put_u64(&mut out, id.seq);
+    put_id(out, id);
     out.put_u8(b'\n');
     let mut rest = data;
     loop {
@@ -41,7 +51,6 @@ pub fn encode_message(id: EventId, data: &[u8]) -> Bytes {
         }
     }
     out.put_u8(b'\n');
-    out.freeze()
 }
 
 /// Encodes the notice sent before a resumed stream when ids `from..=to` are no longer in
@@ -86,7 +95,14 @@ pub fn encode_retry(retry_ms: u64) -> Bytes {
     Bytes::from(format!("retry: {retry_ms}\n\n"))
 }
 
-fn put_u64(out: &mut BytesMut, mut value: u64) {
+/// Appends `id` as clients see it, `E-S`.
+pub fn put_id(out: &mut impl BufMut, id: EventId) {
+    put_u64(out, id.epoch);
+    out.put_u8(b'-');
+    put_u64(out, id.seq);
+}
+
+fn put_u64(out: &mut impl BufMut, mut value: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {

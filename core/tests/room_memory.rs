@@ -3,7 +3,9 @@
 //! Its own test binary, so no other test allocates meanwhile.
 
 use bytes::Bytes;
+use ringcast_core::event_id::EventId;
 use ringcast_core::fanout::{ConnId, Fanout, FanoutConfig};
+use ringcast_core::frame::Frame;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
@@ -44,7 +46,7 @@ fn an_empty_room_costs_under_a_kibibyte_and_freeing_returns_it() {
     };
     let mut fanout = Fanout::new(config, now);
     // The frame is shared by every replica (encoded once), so it is not the room's cost.
-    let frame = Bytes::from_static(b"id: 1\ndata: x\n\n");
+    let frame = Frame::message("room", EventId { epoch: 1, seq: 1 }, b"x");
     let before = LIVE_BYTES.load(Ordering::Relaxed);
     for room in 0..ROOMS {
         let name = format!("room-{room:05}");

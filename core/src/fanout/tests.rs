@@ -5,6 +5,8 @@ use super::*;
 use crate::event_id::{EventId, ResetReason, ResumeId};
 use proptest::prelude::*;
 
+mod ws;
+
 /// The resume id a client holding message `seq` of `room`'s current incarnation sends.
 fn resume_at(fanout: &Fanout, room: &str, seq: Option<u64>) -> Option<ResumeId> {
     let epoch = fanout
@@ -436,7 +438,7 @@ fn limits_are_enforced() {
         Err(FanoutError::RoomsFull)
     );
     // Replicated frames of rooms owned elsewhere are never refused.
-    let frame = sse::encode_message(EventId { epoch: 9, seq: 1 }, b"x");
+    let frame = Frame::message("c", EventId { epoch: 9, seq: 1 }, b"x");
     assert!(sim.fanout.handle_frame(now, "c", 1, frame.clone()));
     assert!(
         !sim.fanout.handle_frame(now, "c", 1, frame),
@@ -685,7 +687,7 @@ fn a_replica_follows_the_owners_epoch_and_restarts_with_it() {
     let mut sim = Sim::new(FanoutConfig::default());
     sim.subscribe(1, "r", None);
     sim.run_idle();
-    let frame = |epoch, seq| sse::encode_message(EventId { epoch, seq }, b"x");
+    let frame = |epoch, seq| Frame::message("r", EventId { epoch, seq }, b"x");
     for seq in 1..=3 {
         assert!(sim
             .fanout
@@ -723,7 +725,7 @@ fn stream_ids_show_as_stream_ids() {
     });
     let packed = |ms: u64, seq: u64| ms << 20 | seq;
     let id = packed(1_700_000_000_000, 3);
-    let frame = sse::encode_message(EventId::from_stream_packed(id), b"x");
+    let frame = Frame::message("s", EventId::from_stream_packed(id), b"x");
     assert!(sim.fanout.handle_frame(sim.now, "s", id, frame));
     assert_eq!(
         sim.fanout
@@ -910,7 +912,8 @@ fn replicate(owner: &Sim, replica: &mut Sim, room: &str, id: u64, data: &str) ->
         room,
         incarnation,
         id,
-        sse::encode_message(
+        Frame::message(
+            room,
             EventId {
                 epoch: incarnation,
                 seq: id,
@@ -954,7 +957,7 @@ fn a_replica_follows_its_owner_when_a_room_is_freed_and_created_again() {
         "r",
         old,
         4,
-        sse::encode_message(EventId { epoch: old, seq: 4 }, b"stale")
+        Frame::message("r", EventId { epoch: old, seq: 4 }, b"stale")
     ));
 }
 
@@ -1067,7 +1070,7 @@ proptest! {
         let mut owner = Sim::new(config.clone());
         let mut replica = Sim::new(config);
         replica.now = owner.now;
-        let mut frames: VecDeque<(String, u64, u64, Bytes)> = VecDeque::new();
+        let mut frames: VecDeque<(String, u64, u64, Frame)> = VecDeque::new();
         let mut presences: VecDeque<Presence> = VecDeque::new();
         // Subscriber → (room, messages published since it subscribed).
         let mut live: HashMap<u32, (String, Vec<(u64, u64)>)> = HashMap::new();
@@ -1104,7 +1107,7 @@ proptest! {
                     let incarnation = owner.fanout.room_incarnation(&room).unwrap();
                     // The probe was sequenced; the real frame replaces it for the replica.
                     let frame =
-                        sse::encode_message(id, format!("{incarnation}:{}", id.seq).as_bytes());
+                        Frame::message(&room, id, format!("{incarnation}:{}", id.seq).as_bytes());
                     frames.push_back((room.clone(), incarnation, id.seq, frame));
                     for (room_of, expected) in live.values_mut() {
                         if *room_of == room {

@@ -633,3 +633,46 @@ proptest! {
         sim.check(ROOMS);
     }
 }
+
+/// Issue 16: the frame that crosses shards carries both forms in one buffer, so a WebSocket
+/// viewer on another shard gets the owner's encoding, not a copy.
+#[test]
+fn a_ws_viewer_on_another_shard_gets_the_owners_encoding() {
+    let mut sim = Sim::new(2, 16, 16);
+    let room = (0..)
+        .map(Sim::room)
+        .find(|r| owner_shard(r, 2) == 0)
+        .unwrap();
+    let s = &mut sim.shards[1];
+    s.fanout
+        .handle_subscribe_in(
+            sim.now,
+            ConnId(7),
+            &room,
+            None,
+            crate::frame::Format::Ws,
+            Bytes::new(),
+        )
+        .unwrap();
+    s.seq.forward_presence(&mut s.fanout);
+    sim.settle();
+    let number = sim.publish(0, &room, None);
+    let letters = sim.outbox(0, 1);
+    let [Letter::Frame { frame, .. }] = &letters[..] else {
+        panic!("one frame for shard 1: {letters:?}");
+    };
+    let frame = frame.clone();
+    sim.settle();
+    let id = sim.answers[&number].unwrap();
+    let got = &sim.shards[1].received[&ConnId(7)];
+    let ws = got.last().unwrap();
+    assert_eq!(ws, &frame.ws());
+    assert_eq!(
+        ws.as_ptr(),
+        frame.ws().as_ptr(),
+        "the owner's buffer, not a copy"
+    );
+    let text = format!(r#"{{"room":"{room}","id":"{id}","data":"p{number}"}}"#);
+    assert_eq!(&ws[2..], text.as_bytes());
+    assert_eq!(ws[..2], [0x81, text.len() as u8]);
+}

@@ -174,6 +174,24 @@ pub struct Flags {
     /// Do not serve the demo page (`GET /demo` answers 404).
     #[arg(long)]
     pub no_demo: bool,
+    /// Serve `GET /ws/echo`: a WebSocket that echoes every text and binary message, for the
+    /// Autobahn conformance suite. It takes messages up to 16 MiB (ECHO_MESSAGE_BYTES_MAX,
+    /// Autobahn 9.* sends that much); room WebSockets take 64 KiB [default: off].
+    #[arg(long)]
+    pub ws_echo: bool,
+    /// Seconds a WebSocket may stay silent (no byte received) before the server pings it
+    /// [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub ws_ping_interval: Option<f64>,
+    /// Seconds after that ping, still silent, before the server closes the WebSocket with
+    /// 1001 [default: 15].
+    #[arg(long, value_name = "SECS")]
+    pub ws_pong_timeout: Option<f64>,
+    /// Origins allowed to open a WebSocket (`scheme://host[:port]`, compared without
+    /// regard to case); comma-separated or repeated. A browser request from another
+    /// origin gets 403; requests without `Origin` (not browsers) pass [default: any].
+    #[arg(long, value_name = "ORIGINS", value_delimiter = ',')]
+    pub ws_allowed_origins: Vec<String>,
     /// Join listening addresses another process already holds (SO_REUSEPORT), for a
     /// handover where the new gateway starts before the old one drains; without it a busy
     /// address is a startup error.

@@ -7,7 +7,7 @@ mod settings;
 pub mod tls;
 
 pub use flags::{Command, Flags};
-pub use settings::{FixedConfig, LiveSettings, Transports};
+pub use settings::{FixedConfig, LiveSettings, Transports, WsSettings};
 
 use clap::Parser;
 use serde::Deserialize;
@@ -84,6 +84,10 @@ pub struct FileConfig {
     idempotency_keys_max: Option<usize>,
     demo: Option<bool>,
     share_port: Option<bool>,
+    ws_echo: Option<bool>,
+    ws_ping_interval: Option<f64>,
+    ws_pong_timeout: Option<f64>,
+    ws_allowed_origins: Option<Vec<String>>,
 }
 
 /// Why the configuration could not be used.
@@ -534,6 +538,33 @@ impl Config {
         )?;
         let demo = !flags.no_demo && file.demo.unwrap_or(true);
         let share_port = flags.share_port || file.share_port.unwrap_or(false);
+        let origins = if flags.ws_allowed_origins.is_empty() {
+            file.ws_allowed_origins.clone().unwrap_or_default()
+        } else {
+            flags.ws_allowed_origins.clone()
+        };
+        let origins = match origins.is_empty() {
+            true => crate::conn::ws::OriginPolicy::Any,
+            false => crate::conn::ws::OriginPolicy::AllowList(origins),
+        };
+        let ws = WsSettings {
+            origins,
+            echo: flags.ws_echo || file.ws_echo.unwrap_or(false),
+            ping_interval: seconds(
+                "ws-ping-interval",
+                flags
+                    .ws_ping_interval
+                    .or(file.ws_ping_interval)
+                    .unwrap_or(crate::conn::ws::machine::PING_INTERVAL_DEFAULT.as_secs_f64()),
+            )?,
+            pong_timeout: seconds(
+                "ws-pong-timeout",
+                flags
+                    .ws_pong_timeout
+                    .or(file.ws_pong_timeout)
+                    .unwrap_or(crate::conn::ws::machine::PONG_TIMEOUT_DEFAULT.as_secs_f64()),
+            )?,
+        };
         let config_path = flags.config;
         let max_connections_cap = max_connections;
         Ok(Self {
@@ -555,6 +586,7 @@ impl Config {
                 idempotency_keys_max,
                 demo,
                 share_port,
+                ws,
                 config_path,
                 max_connections_cap,
             },

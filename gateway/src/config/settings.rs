@@ -43,6 +43,8 @@ pub struct FixedConfig {
     pub demo: bool,
     /// Whether the listeners may join addresses another process already listens on.
     pub share_port: bool,
+    /// WebSocket settings (`--ws-*`).
+    pub ws: WsSettings,
     /// `max-connections` at start: the most a reload may raise it to (each shard sized its
     /// timer wheel for it).
     pub max_connections_cap: usize,
@@ -174,6 +176,7 @@ impl FixedConfig {
             idempotency_keys_max,
             demo: _,
             share_port: _,
+            ws,
             max_connections_cap: _,
         } = self;
         let mut changed = Vec::new();
@@ -214,6 +217,10 @@ impl FixedConfig {
             *idempotency_keys_max != other.idempotency_keys_max,
             "idempotency-keys-max",
         );
+        check(
+            *ws != other.ws,
+            "ws-echo, ws-ping-interval, ws-pong-timeout, ws-allowed-origins",
+        );
         changed
     }
 
@@ -236,6 +243,30 @@ impl FixedConfig {
             epoch_anchor_unix_micros,
             room_idle_timeout: live.room_idle_timeout,
             ..ringcast_core::fanout::FanoutConfig::default()
+        }
+    }
+}
+
+/// The WebSocket settings (docs/PROTOCOL.md), read once at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsSettings {
+    /// Which `Origin`s may open a WebSocket (`--ws-allowed-origins`).
+    pub origins: crate::conn::ws::OriginPolicy,
+    /// Whether `GET /ws/echo` is served (`--ws-echo`).
+    pub echo: bool,
+    /// Silence before the server pings (`--ws-ping-interval`).
+    pub ping_interval: Duration,
+    /// Silence after the ping before closing with 1001 (`--ws-pong-timeout`).
+    pub pong_timeout: Duration,
+}
+
+impl Default for WsSettings {
+    fn default() -> Self {
+        Self {
+            origins: crate::conn::ws::OriginPolicy::Any,
+            echo: false,
+            ping_interval: crate::conn::ws::machine::PING_INTERVAL_DEFAULT,
+            pong_timeout: crate::conn::ws::machine::PONG_TIMEOUT_DEFAULT,
         }
     }
 }

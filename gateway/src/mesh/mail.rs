@@ -137,8 +137,8 @@ pub enum Mail {
         incarnation: u64,
         /// Its id.
         id: u64,
-        /// The encoded SSE frame, shared with every shard.
-        frame: Bytes,
+        /// The encoded frame in both forms (SSE, WebSocket), shared with every shard.
+        frame: ringcast_core::frame::Frame,
         /// Process-clock time of sequencing (Unix nanoseconds; 0 when not recorded).
         stamp_unix_nanos: u64,
     },
@@ -182,6 +182,12 @@ pub enum Mail {
     /// From the companion: every frame of the batch taken from `sink` went to hyper/h3.
     VirtualWriteDone {
         /// The connection's sink (it holds the slot and serial).
+        sink: Arc<VirtualSink>,
+    },
+    /// From the companion: a tunnel's posted receive is answered (its bytes, or the end,
+    /// wait in `sink`: `VirtualSink::take_received`).
+    VirtualReceived {
+        /// The connection's sink.
         sink: Arc<VirtualSink>,
     },
     /// From the companion: the peer is gone (stream reset or connection closed).
@@ -352,12 +358,12 @@ mod tests {
             room: room.clone(),
             incarnation: 5,
             id: 6,
-            frame: Bytes::from_static(b"f"),
+            frame: ringcast_core::frame::Frame::from_parts(b"f", b"w"),
             stamp_unix_nanos: 7,
         });
         assert!(matches!(
             mail,
-            Mail::Frame { incarnation: 5, id: 6, stamp_unix_nanos: 7, ref frame, .. } if frame == "f"
+            Mail::Frame { incarnation: 5, id: 6, stamp_unix_nanos: 7, ref frame, .. } if frame.sse() == "f" && frame.ws() == "w"
         ));
         let mail = Mail::from(Letter::RoomCount {
             reply,

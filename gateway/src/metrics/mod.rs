@@ -182,6 +182,23 @@ impl TlsHandshake {
     }
 }
 
+/// Transports a WebSocket runs over on the shard's ring, in label order
+/// (`ringcast_websocket_connections{transport}`): upgraded from plain HTTP/1.1, or from
+/// HTTP/1.1 over TLS, or opened by an HTTP/2 extended CONNECT (RFC 8441, the companion's).
+pub const WEBSOCKET_TRANSPORTS: [&str; 3] = ["http1", "tls", "h2"];
+
+/// What a WebSocket runs over, as labelled in [`WEBSOCKET_TRANSPORTS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum WsTransport {
+    /// Upgraded from plain HTTP/1.1.
+    Http1,
+    /// Upgraded from HTTP/1.1 over TLS.
+    Tls,
+    /// An HTTP/2 stream (RFC 8441 extended CONNECT), h2c or over TLS.
+    H2,
+}
+
 /// Rooms are counted by how many subscribers they have on a shard: 0, 1, 2–10, 11–100,
 /// 101–1000, more.
 pub const ROOM_SIZE_LABELS: [&str; 6] = ["0", "1", "2-10", "11-100", "101-1000", "1001+"];
@@ -227,6 +244,10 @@ pub struct ShardFigures {
     transports: [AtomicU64; Transport::ALL.len()],
     /// TLS connections by handshake outcome ([`TlsHandshake`], added by the shard).
     tls_handshakes: [AtomicU64; TlsHandshake::ALL.len()],
+    /// Open WebSockets by [`WEBSOCKET_TRANSPORTS`].
+    websockets: [AtomicU64; WEBSOCKET_TRANSPORTS.len()],
+    /// WebSockets opened (upgrades answered `101`) by [`WEBSOCKET_TRANSPORTS`].
+    websockets_total: [AtomicU64; WEBSOCKET_TRANSPORTS.len()],
     /// Idempotency keys held and replays (idempotency.rs).
     pub idempotency: crate::app::idempotency::Figures,
     /// Failed accepts by errno ([`AcceptErrno`], added by the shard).
@@ -252,6 +273,8 @@ impl Default for ShardFigures {
             rooms_freed: Default::default(),
             transports: Default::default(),
             tls_handshakes: Default::default(),
+            websockets: Default::default(),
+            websockets_total: Default::default(),
             idempotency: Default::default(),
             accept_errors: Default::default(),
             accept_pauses: AtomicU64::new(0),
@@ -321,6 +344,17 @@ impl ShardFigures {
     /// Counts one TLS connection's handshake outcome.
     pub fn add_tls_handshake(&self, outcome: TlsHandshake) {
         self.tls_handshakes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One more open WebSocket over `transport`, counted in the total too.
+    pub fn websocket_opened(&self, transport: WsTransport) {
+        self.websockets[transport as usize].fetch_add(1, Ordering::Relaxed);
+        self.websockets_total[transport as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One fewer open WebSocket over `transport`.
+    pub fn websocket_closed(&self, transport: WsTransport) {
+        self.websockets[transport as usize].fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Counts one failed accept; `paused` when it paused accepting.
@@ -414,6 +448,28 @@ pub fn expose_shards(out: &mut Exposition, shards: &[ShardFigures], now_unix_nan
                 "TLS connections accepted on the shard's ring, by handshake outcome (http1: served on the ring; h2: handed to the companion thread; failed).",
                 &[("shard", &labels[0]), ("result", outcome.label())],
                 figures.tls_handshakes[outcome as usize].load(Ordering::Relaxed) as f64,
+            );
+        }
+    }
+    for (shard, figures) in shards.iter().enumerate() {
+        labels[0] = shard.to_string();
+        for (index, transport) in WEBSOCKET_TRANSPORTS.iter().enumerate() {
+            out.gauge(
+                "ringcast_websocket_connections",
+                "Open WebSocket connections on the shard's ring, by the transport they were upgraded from.",
+                &[("shard", labels[0].as_str()), ("transport", transport)],
+                figures.websockets[index].load(Ordering::Relaxed) as f64,
+            );
+        }
+    }
+    for (shard, figures) in shards.iter().enumerate() {
+        labels[0] = shard.to_string();
+        for (index, transport) in WEBSOCKET_TRANSPORTS.iter().enumerate() {
+            out.counter(
+                "ringcast_websocket_upgrades_total",
+                "WebSocket upgrades answered 101 (HTTP/2: 200) on the shard's ring, by transport.",
+                &[("shard", labels[0].as_str()), ("transport", transport)],
+                figures.websockets_total[index].load(Ordering::Relaxed) as f64,
             );
         }
     }

@@ -42,6 +42,33 @@ impl Shard {
         self.drive(now, slot)
     }
 
+    /// A tunnel's receive was answered by the companion (virtual_conn.rs): its bytes go to
+    /// the connection's WebSocket driver as a socket's would; the end closes it.
+    pub(super) fn on_virtual_recv(
+        &mut self,
+        now: Instant,
+        sink: &VirtualSink,
+    ) -> std::io::Result<()> {
+        let Some(key) = sink.key() else {
+            return Ok(());
+        };
+        let Some(conn) = self.conn_by_key(key).filter(|conn| !conn.closing) else {
+            return Ok(());
+        };
+        let Some(received) = conn.pipe.on_virtual_recv(&mut conn.recv) else {
+            return Ok(());
+        };
+        if conn.ws.is_some() {
+            return self.ws_received(now, key.slot, received);
+        }
+        // Only a WebSocket posts a tunnel's receive.
+        debug_assert!(
+            false,
+            "a tunnel's bytes for a connection that is no WebSocket"
+        );
+        self.begin_close(key.slot)
+    }
+
     /// Puts a connection in a free slot and returns it.
     pub(super) fn insert_conn(&mut self, conn: Conn) -> u32 {
         let conn = Box::new(conn);
@@ -92,11 +119,18 @@ impl Shard {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return;
         };
-        let want = if conn.closing {
-            None
-        } else {
-            conn.http.poll_timeout()
+        let want = match &conn.ws {
+            _ if conn.closing => None,
+            Some(ws) => ws.poll_timeout(),
+            None => conn.http.poll_timeout(),
         };
+        if let (Some(_), Some((_, at)), Some(want)) = (&conn.ws, &conn.timer, want) {
+            if *at <= want {
+                // A WebSocket's deadline moves with every byte received: the timer stays
+                // where it is, and a firing before the deadline only syncs it again.
+                return;
+            }
+        }
         if let Some((key, at)) = conn.timer.take() {
             match want {
                 Some(want) if at == want => {
@@ -145,7 +179,9 @@ impl Shard {
                 continue;
             };
             let handshaking = conn.pipe.handshaking();
-            let result = if handshaking {
+            let result = if conn.ws.is_some() {
+                self.ws_timeout(now.max(at), slot)
+            } else if handshaking {
                 // No TLS session to write a 408 in.
                 self.fail_tls(slot, RefusalReason::TlsHandshakeTimeout)
             } else {

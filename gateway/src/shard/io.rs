@@ -16,6 +16,9 @@ impl Shard {
         if conn.closing || conn.pipe.receiving() {
             return Ok(());
         }
+        if conn.ws.is_some() {
+            return self.ws_post_recv(slot);
+        }
         let into = match conn.http.read() {
             Read::Pause => return Ok(()),
             Read::Request { bytes_max } => {
@@ -61,10 +64,13 @@ impl Shard {
             self.recycle(held);
             return Ok(());
         }
-        match conn
+        let received = conn
             .pipe
-            .on_recv(c, &mut conn.recv, self.shared.tls_http1.as_ref())
-        {
+            .on_recv(c, &mut conn.recv, self.shared.tls_http1.as_ref());
+        if conn.ws.is_some() {
+            return self.ws_received(now, slot, received);
+        }
+        match received {
             Received::Closed => {
                 // The client closed (or the receive failed): the machine says what
                 // follows (a refusal being written still goes out).
@@ -155,36 +161,62 @@ impl Shard {
                     self.scratch = frames;
                     break;
                 }
-                Some(Action::Write { conn }) => {
-                    self.start_write(conn.0, &mut frames)?;
-                    if !self.stamp_scratch.is_empty() {
-                        self.attach_stamps(conn.0);
-                    }
-                }
-                Some(Action::Close { conn, reason }) => {
-                    tracing::debug!(
-                        shard = self.index,
-                        conn = conn.0,
-                        ?reason,
-                        "closing subscriber"
-                    );
-                    let writable = self.conn(conn.0).is_some_and(|c| {
-                        !c.pipe.writing() && c.http.state() == HttpState::Streaming
-                    });
-                    if writable && !frames.is_empty() {
-                        if let Some(c) = self.conn(conn.0) {
-                            c.close_after_write = true;
+                Some(Action::Write { conn: sub }) => match self.subscriber_slot(sub) {
+                    None => frames.clear(),
+                    Some(slot) if self.is_websocket(slot) => {
+                        if !self.ws_fanout_write(slot, sub, &mut frames, false)? {
+                            // Waits behind the connection's own write: its latency samples
+                            // are not kept.
+                            self.stamp_scratch.clear();
+                        } else if !self.stamp_scratch.is_empty() {
+                            self.attach_stamps(slot);
                         }
-                        self.start_write(conn.0, &mut frames)?;
-                    } else {
-                        self.begin_close(conn.0)?;
                     }
-                }
+                    Some(slot) => {
+                        self.start_write(slot, &mut frames)?;
+                        if !self.stamp_scratch.is_empty() {
+                            self.attach_stamps(slot);
+                        }
+                    }
+                },
+                Some(Action::Close { conn: sub, reason }) => match self.subscriber_slot(sub) {
+                    None => frames.clear(),
+                    // The frames end with the close frame (1013 after `lagged`, 1001 on a
+                    // drain): the connection closes once they are written.
+                    Some(slot) if self.is_websocket(slot) => {
+                        self.ws_fanout_write(slot, sub, &mut frames, true)?;
+                    }
+                    Some(slot) => {
+                        tracing::debug!(
+                            shard = self.index,
+                            conn = slot,
+                            ?reason,
+                            "closing subscriber"
+                        );
+                        let writable = self.conn(slot).is_some_and(|c| {
+                            !c.pipe.writing() && c.http.state() == HttpState::Streaming
+                        });
+                        if writable && !frames.is_empty() {
+                            if let Some(c) = self.conn(slot) {
+                                c.close_after_write = true;
+                            }
+                            self.start_write(slot, &mut frames)?;
+                        } else {
+                            self.begin_close(slot)?;
+                        }
+                    }
+                },
             }
             self.scratch = frames;
             used += 1;
         }
         Ok(used)
+    }
+
+    /// The slot of the connection holding fan-out subscription `sub`, while it is open.
+    pub(super) fn subscriber_slot(&mut self, sub: ConnId) -> Option<u32> {
+        let key = self.subs.owner(sub)?;
+        self.conn_by_key(key).map(|_| key.slot)
     }
 
     /// Hands the stamps of the write just started on `slot` to the connection, which
@@ -312,12 +344,17 @@ impl Shard {
                 conn.stamps = Vec::new();
             }
         }
+        if conn.ws.is_some() {
+            return self.ws_written(now, slot);
+        }
         if conn.close_after_write {
             return self.begin_close(slot);
         }
         if conn.http.state() == HttpState::Streaming {
             // The fan-out's write: its next one may go.
-            self.fanout.handle_write_done(now, ConnId(slot));
+            if let Some(sub) = conn.sub {
+                self.fanout.handle_write_done(now, sub);
+            }
             return Ok(());
         }
         // The machine's write (an answer, `100 Continue`, a refusal): it goes on with the
@@ -407,13 +444,21 @@ impl Shard {
         }
         let closing = conn.pipe.close(&mut self.ring, key);
         let virtual_conn = conn.pipe.is_virtual();
+        // Its subscriptions leave the fan-out (a no-op for one the fan-out already let go)
+        // and their ids are free.
+        let ws_rooms = conn
+            .ws
+            .as_deref_mut()
+            .map(|ws| std::mem::take(&mut ws.rooms));
+        let subs = conn.sub.take().into_iter();
+        for sub in subs.chain(ws_rooms.into_iter().flatten().map(|(_, sub)| sub)) {
+            self.fanout.handle_disconnect(sub);
+            self.subs.remove(sub);
+        }
         if let Some((remaining, frames)) = forgotten {
             self.pending_write_bytes -= remaining;
             self.recycle_frames(frames);
         }
-        // A subscriber leaves the fan-out (a no-op for a connection that never streamed:
-        // its slot's id names no one else).
-        self.fanout.handle_disconnect(ConnId(slot));
         if closing == Closing::Done {
             if virtual_conn {
                 self.virtual_live -= 1;
@@ -438,12 +483,19 @@ impl Shard {
                 conn.timer.is_none(),
                 "a released connection holds no ticker"
             );
+            debug_assert!(
+                conn.sub.is_none() && conn.ws.as_ref().is_none_or(|ws| ws.rooms.is_empty()),
+                "a released connection holds no subscription id"
+            );
             if let Some(ip) = conn.peer {
                 self.shared.per_ip.release(ip);
             }
             if conn.pipe.is_tls() {
                 self.tls_live -= 1;
                 self.shared.figures[self.index].transport_closed(Transport::Tls);
+            }
+            if let Some(ws) = &conn.ws {
+                self.shared.figures[self.index].websocket_closed(ws.transport());
             }
             self.live -= 1;
             self.free.push(slot);

@@ -46,6 +46,7 @@ impl Shard {
                 };
                 return self.after_write(now, key.slot, wrote);
             }
+            Mail::VirtualReceived { sink } => return self.on_virtual_recv(now, &sink),
             Mail::VirtualClose { sink } => {
                 let Some(key) = sink.key() else {
                     return Ok(());
@@ -113,6 +114,10 @@ impl Shard {
                 let Some(conn) = self.conn_by_key(reply.conn) else {
                     return Ok(());
                 };
+                if conn.ws.is_some() {
+                    self.ws_published(reply.conn.slot, reply.index, result);
+                    return self.ws_pump(now, reply.conn.slot);
+                }
                 match &mut conn.pending {
                     Some(Pending::Publish {
                         result: slot_result,

@@ -48,6 +48,9 @@ impl Shard {
             if conn.closing {
                 return Ok(());
             }
+            if conn.ws.is_some() {
+                return self.ws_pump(now, slot);
+            }
             if let Some(event) = conn.http.poll_event(now) {
                 self.on_http_event(now, slot, event)?;
                 continue;
@@ -129,7 +132,8 @@ impl Shard {
         let auth_head =
             (auth_on && matches!(head.route, Route::Events(_))).then(|| bytes[..head.len].to_vec());
         // The body without a copy: the request's bytes are the machine's buffer, handed over.
-        let body = Bytes::from(bytes).slice(head.len..);
+        let bytes = Bytes::from(bytes);
+        let body = bytes.slice(head.len..);
         // Token checks (jwt.rs) come before anything else a route does, on every transport.
         let now_seconds = self.now_unix / 1_000_000_000;
         let jwt = self.shared.config.jwt.clone();
@@ -210,6 +214,18 @@ impl Shard {
                 self.count_refusal(RefusalReason::NotFound);
                 self.refuse(slot, &http1::Refusal::not_found())
             }
+            Route::WsEcho if self.shared.config.ws.echo => {
+                self.ws_open_echo(now, slot, &bytes[..head.len])
+            }
+            Route::RoomWs(ref room) => {
+                let room = room.clone();
+                self.ws_open_room(now, slot, room, &head, &bytes[..head.len])
+            }
+            Route::Ws => self.ws_open_mux(now, slot, &head, &bytes[..head.len]),
+            Route::WsEcho => {
+                self.count_refusal(RefusalReason::NotFound);
+                self.refuse(slot, &http1::Refusal::not_found())
+            }
             Route::Readyz => {
                 if self.shared.stop.load(Ordering::Relaxed) {
                     self.respond(
@@ -277,10 +293,12 @@ impl Shard {
         if self.cluster.is_some() {
             return self.cluster_subscribe(now, slot, room, last_event_id);
         }
-        let admitted =
-            self.fanout
-                .handle_subscribe(now, ConnId(slot), room, last_event_id, http1::sse_head());
-        self.admitted(slot, admitted)
+        let (format, head) = self.stream_head(slot, room);
+        let sub = self.subs.insert(self.key(slot));
+        let admitted = self
+            .fanout
+            .handle_subscribe_in(now, sub, room, last_event_id, format, head);
+        self.admitted(slot, sub, admitted)
     }
 
     /// Adds a cluster subscriber to the fan-out: `replay` are frames from Redis to write
@@ -292,26 +310,32 @@ impl Shard {
         slot: u32,
         room: &str,
         start: Start,
-        replay: Vec<Bytes>,
+        replay: Vec<ringcast_core::frame::Frame>,
     ) -> std::io::Result<()> {
-        let admitted = self.fanout.handle_subscribe_replayed(
-            now,
-            ConnId(slot),
-            room,
-            start,
-            http1::sse_head(),
-            replay,
-        );
-        self.admitted(slot, admitted)
+        let (format, head) = self.stream_head(slot, room);
+        let sub = self.subs.insert(self.key(slot));
+        let admitted = self
+            .fanout
+            .handle_subscribe_replayed_in(now, sub, room, start, format, head, replay);
+        self.admitted(slot, sub, admitted)
     }
 
+    /// The fan-out's answer to subscription `sub` of the connection in `slot`.
     pub(super) fn admitted(
         &mut self,
         slot: u32,
+        sub: ConnId,
         admitted: Result<(), FanoutError>,
     ) -> std::io::Result<()> {
         match admitted {
             Ok(()) => {
+                if let Some(conn) = self.conn(slot) {
+                    debug_assert!(conn.sub.is_none(), "one subscription per request");
+                    conn.sub = Some(sub);
+                }
+                if self.ws_admitted(self.now, slot)? {
+                    return Ok(());
+                }
                 if let Some(conn) = self.conn(slot) {
                     conn.http.stream();
                     conn.recv = Vec::new();
@@ -319,6 +343,7 @@ impl Shard {
                 self.drive(self.now, slot)
             }
             Err(err) => {
+                self.subs.remove(sub);
                 let reason = match err {
                     FanoutError::RoomsFull => Rejection::RoomLimit,
                     FanoutError::SubscribersFull

@@ -70,6 +70,15 @@ impl Shard {
         ticket: crate::upstream::auth::Ticket,
         decision: crate::upstream::auth::Decision,
     ) -> std::io::Result<()> {
+        if self
+            .conn_by_key(ticket.conn)
+            .is_some_and(|c| c.ws.is_some())
+        {
+            // A multiplexed WebSocket's subscribe by message (ws_rooms.rs).
+            let slot = ticket.conn.slot;
+            self.ws_authorized(now, ticket, decision);
+            return self.ws_pump(now, slot);
+        }
         match decision.response() {
             None => self.subscribe(now, ticket.conn.slot, &ticket.room, ticket.last_event_id),
             Some(response) => {
@@ -272,7 +281,15 @@ impl Shard {
                     .map(|c| c.take_waiters(&room))
                     .unwrap_or_default();
                 for waiter in waiters {
-                    if self.is_waiting(waiter.conn) {
+                    if self
+                        .conn_by_key(waiter.conn)
+                        .is_some_and(|c| c.ws.is_some())
+                    {
+                        // A multiplexed WebSocket's subscribe by message (ws_rooms.rs).
+                        let slot = waiter.conn.slot;
+                        self.ws_primed(waiter, &room, true);
+                        self.ws_pump(now, slot)?;
+                    } else if self.is_waiting(waiter.conn) {
                         self.cluster_subscribe(now, waiter.conn.slot, &room, waiter.last_event_id)?;
                     }
                 }
@@ -284,7 +301,14 @@ impl Shard {
                     .map(|c| c.take_waiters(&room))
                     .unwrap_or_default();
                 for waiter in waiters {
-                    if self.is_waiting(waiter.conn) {
+                    if self
+                        .conn_by_key(waiter.conn)
+                        .is_some_and(|c| c.ws.is_some())
+                    {
+                        let slot = waiter.conn.slot;
+                        self.ws_primed(waiter, &room, false);
+                        self.ws_pump(now, slot)?;
+                    } else if self.is_waiting(waiter.conn) {
                         self.refuse_redis(waiter.conn.slot)?;
                     }
                 }
@@ -310,7 +334,10 @@ impl Shard {
                 return self.on_mail(now, Mail::Sequenced { reply, result });
             }
             Event::Replayed { ticket, replay } => {
-                if !self.is_waiting(ticket.conn) {
+                let websocket = self
+                    .conn_by_key(ticket.conn)
+                    .is_some_and(|c| c.ws.is_some());
+                if !websocket && !self.is_waiting(ticket.conn) {
                     return Ok(());
                 }
                 let (start, frames) = match replay {
@@ -325,6 +352,11 @@ impl Shard {
                     // Redis could not say: the replica's own gap notice tells the client.
                     None => (Start::After(ticket.after), Vec::new()),
                 };
+                if websocket {
+                    // A multiplexed WebSocket's subscribe by message (ws_rooms.rs).
+                    self.ws_replayed(ticket.conn, &ticket.room, start, frames);
+                    return self.ws_pump(now, ticket.conn.slot);
+                }
                 return self.admit_replayed(now, ticket.conn.slot, &ticket.room, start, frames);
             }
         }
@@ -335,6 +367,9 @@ impl Shard {
         self.conns
             .get(key.slot as usize)
             .and_then(|c| c.as_deref())
-            .is_some_and(|c| c.serial == key.serial && c.http.awaits_answer())
+            .is_some_and(|c| {
+                // A request waiting for its answer, or a WebSocket for its subscribes.
+                c.serial == key.serial && (c.http.awaits_answer() || c.ws.is_some())
+            })
     }
 }

@@ -302,6 +302,7 @@ fn status_text(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Content Too Large",
         417 => "Expectation Failed",
+        426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
@@ -409,8 +410,9 @@ pub fn header_fields(head: &[u8]) -> Vec<(String, String)> {
 }
 
 /// The demo page served at `GET /demo`: one self-contained HTML file (inline CSS and JS, no
-/// external resources) that subscribes to a room with `EventSource` and flies each message
-/// across a stage. Compiled in so the binary alone is a working demo.
+/// external resources) that watches a room and sends comments over one WebSocket (or over
+/// `EventSource` + POST where the WebSocket is refused) and flies each message across a
+/// stage. Compiled in so the binary alone is a working demo.
 pub const DEMO_HTML: &str = include_str!("demo.html");
 
 /// The head of an SSE stream; the body runs until the connection closes.

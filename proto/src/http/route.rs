@@ -57,6 +57,13 @@ pub enum Route<R = String> {
     Readyz,
     /// `/demo`: the danmaku demo page (`http1::DEMO_HTML`), unless `--no-demo`.
     Demo,
+    /// `/rooms/{room}/ws`: a WebSocket that joins the room at once (docs/PROTOCOL.md).
+    RoomWs(R),
+    /// `/ws`: a multiplexed WebSocket (rooms joined by message, or `?rooms=a,b`).
+    Ws,
+    /// `/ws/echo`: a WebSocket that echoes every message, only with `--ws-echo`
+    /// (the conformance suite's endpoint).
+    WsEcho,
 }
 
 /// Why a path names no route.
@@ -91,6 +98,8 @@ impl<'a> Route<&'a str> {
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
             "/demo" => Route::Demo,
+            "/ws" => Route::Ws,
+            "/ws/echo" => Route::WsEcho,
             _ => {
                 let Some(rest) = path.strip_prefix("/rooms/") else {
                     return Err(RouteError::NotFound);
@@ -99,6 +108,7 @@ impl<'a> Route<&'a str> {
                     None => Route::Room(room(rest)?),
                     Some((name, "events")) => Route::Events(room(name)?),
                     Some((name, "messages")) => Route::Messages(room(name)?),
+                    Some((name, "ws")) => Route::RoomWs(room(name)?),
                     Some(_) => return Err(RouteError::NotFound),
                 }
             }
@@ -116,6 +126,9 @@ impl<'a> Route<&'a str> {
             Route::Healthz => Route::Healthz,
             Route::Readyz => Route::Readyz,
             Route::Demo => Route::Demo,
+            Route::RoomWs(room) => Route::RoomWs(room.to_owned()),
+            Route::Ws => Route::Ws,
+            Route::WsEcho => Route::WsEcho,
         }
     }
 }
@@ -148,6 +161,13 @@ impl<R> Route<R> {
     /// stays open (`GET /rooms/{room}/events`). `HEAD` gets the stream's head and the end.
     pub fn subscribes(&self, method: Method) -> bool {
         matches!(self, Route::Events(_)) && method == Method::Get
+    }
+
+    /// Whether the route is a WebSocket endpoint: a `GET` there must be an upgrade
+    /// (conn/ws/handshake.rs), answered `101` or refused; over HTTP/2 an extended CONNECT
+    /// (RFC 8441) opens one, answered `200`; HTTP/3 does not carry them (no RFC 9220).
+    pub fn is_websocket(&self) -> bool {
+        matches!(self, Route::RoomWs(_) | Route::Ws | Route::WsEcho)
     }
 }
 
@@ -184,6 +204,9 @@ mod tests {
             ("/healthz", Route::Healthz, Get, false, false),
             ("/readyz", Route::Readyz, Get, false, false),
             ("/demo", Route::Demo, Get, false, false),
+            ("/rooms/a/ws", Route::RoomWs("a"), Get, false, false),
+            ("/ws", Route::Ws, Get, false, false),
+            ("/ws/echo", Route::WsEcho, Get, false, false),
         ];
         for (path, want, method, body, subscribes) in routes {
             let route = Route::parse(path);
@@ -194,6 +217,8 @@ mod tests {
             assert_eq!(route.subscribes(Get), *subscribes, "{path}");
             assert_eq!(is_subscription(Get, path), *subscribes, "{path}");
             assert_eq!(route.clone().into_owned().allowed(), *method, "{path}");
+            let websocket = path.ends_with("/ws") || path.starts_with("/ws");
+            assert_eq!(route.is_websocket(), websocket, "{path}");
         }
     }
 
@@ -211,6 +236,10 @@ mod tests {
             ("/rooms/a/events/", 404),
             ("/rooms/a/b/events", 404),
             ("/rooms/a/b/messages", 404),
+            ("/rooms/a/ws/", 404),
+            ("/ws/", 404),
+            ("/ws/echo/x", 404),
+            ("/rooms//ws", 400),
             ("/ROOMS/a/events", 404),
             ("/rooms/", 400),
             ("/rooms//events", 400),
@@ -243,6 +272,8 @@ mod tests {
             ("/healthz", [true, true, false, false]),
             ("/readyz", [true, true, false, false]),
             ("/demo", [true, true, false, false]),
+            ("/rooms/a/ws", [true, true, false, false]),
+            ("/ws", [true, true, false, false]),
         ];
         for (path, answers) in table {
             let route = Route::parse(path).unwrap();

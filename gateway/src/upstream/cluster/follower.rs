@@ -180,8 +180,7 @@ impl Follower {
             let frames: Vec<_> = entries
                 .into_iter()
                 .map(|(id, data, stamp)| {
-                    let frame =
-                        ringcast_core::sse::encode_message(EventId::from_stream_packed(id), &data);
+                    let frame = Frame::message(&room, EventId::from_stream_packed(id), &data);
                     (id, frame, stamp)
                 })
                 .collect();
@@ -282,7 +281,8 @@ impl Follower {
     fn deliver_gap(&self, room: &Arc<str>, from: u64, to: u64) {
         tracing::warn!(%room, from, to, "fell behind the stream cap: entries trimmed unread");
         self.hub.follow_gaps.fetch_add(1, Ordering::Relaxed);
-        let frame = ringcast_core::sse::encode_gap(
+        let frame = Frame::gap(
+            room,
             EventId::from_stream_packed(from),
             EventId::from_stream_packed(to),
         );
@@ -295,7 +295,7 @@ impl Follower {
     }
 
     fn deliver(&self, room: &Arc<str>, id: u64, data: &[u8], stamp: u64) {
-        let frame = ringcast_core::sse::encode_message(EventId::from_stream_packed(id), data);
+        let frame = Frame::message(room, EventId::from_stream_packed(id), data);
         self.hub.entries_read.fetch_add(1, Ordering::Relaxed);
         self.send_holders(room, || Event::Frame {
             room: room.clone(),

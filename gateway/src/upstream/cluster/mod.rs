@@ -47,6 +47,7 @@ use redis::Value;
 use resp::*;
 use ringcast_core::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome, Permit};
 use ringcast_core::event_id::EventId;
+use ringcast_core::frame::Frame;
 use ringcast_core::metrics::Exposition;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -165,7 +166,7 @@ pub struct ReplayTicket {
 #[derive(Debug)]
 pub struct Replay {
     /// A gap notice (first), then frames, to write right after the response head.
-    pub frames: Vec<Bytes>,
+    pub frames: Vec<Frame>,
     /// The cursor after them.
     pub after: u64,
     /// The resume id is beyond the stream's last id: it cannot be placed.
@@ -226,8 +227,8 @@ pub enum Event {
         room: Arc<str>,
         /// SSE id.
         id: u64,
-        /// Encoded SSE frame, shared by every shard.
-        frame: Bytes,
+        /// Encoded frame in both forms (SSE, WebSocket), shared by every shard.
+        frame: Frame,
         /// The publishing node's process-clock time at publish (Unix ns).
         stamp_unix_nanos: u64,
     },
@@ -239,7 +240,7 @@ pub enum Event {
         /// Oldest entry primed.
         first_id: Option<u64>,
         /// The tail: `(id, frame, stamp)`, oldest first.
-        frames: Vec<(u64, Bytes, u64)>,
+        frames: Vec<(u64, Frame, u64)>,
     },
     /// The room could not be followed (Redis unreachable).
     PrimeFailed {

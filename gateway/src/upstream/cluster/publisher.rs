@@ -269,7 +269,8 @@ pub(super) fn replay(
     let mut cursor = ticket.after;
     if deleted > ticket.after {
         let to = deleted.min(ticket.before.saturating_sub(1));
-        frames.push(ringcast_core::sse::encode_gap(
+        frames.push(Frame::gap(
+            &ticket.room,
             EventId::from_stream_packed(ticket.after + 1),
             EventId::from_stream_packed(to),
         ));
@@ -293,7 +294,8 @@ pub(super) fn replay(
     let complete = list.len() < REPLAY_MAX;
     for value in list {
         if let Some((id, data, _)) = entry(value) {
-            frames.push(ringcast_core::sse::encode_message(
+            frames.push(Frame::message(
+                &ticket.room,
                 EventId::from_stream_packed(id),
                 &data,
             ));

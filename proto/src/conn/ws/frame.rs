@@ -3,64 +3,18 @@
 //!
 //! Owns byte layouts only; the rules that span frames (fragmentation, limits, the close
 //! handshake) live in `machine.rs`. A server frame carries no mask, so a room message's frame
-//! is the same bytes for every viewer: [`encode_room_message`] builds it once as `Bytes`.
+//! is the same bytes for every viewer: the fan-out core encodes it once
+//! (`ringcast_core::frame::Frame`). The server-side encoders (header, text, ping, close, JSON
+//! strings) are the core's (`ringcast_core::ws`), re-exported here.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
+pub use ringcast_core::ws::{
+    encode_close, encode_frame, server_header_len, Opcode, CLOSE_REASON_BYTES_MAX,
+    CONTROL_PAYLOAD_BYTES_MAX,
+};
 
-/// Longest control frame payload (ping, pong, close), in bytes (§5.5).
-pub const CONTROL_PAYLOAD_BYTES_MAX: usize = 125;
 /// Longest frame header: 2 bytes, a 64-bit length, a 4-byte mask (§5.2).
 pub const FRAME_HEADER_BYTES_MAX: usize = 14;
-/// Longest close reason: a control payload less the 2-byte code.
-pub const CLOSE_REASON_BYTES_MAX: usize = CONTROL_PAYLOAD_BYTES_MAX - 2;
-
-/// A frame's opcode (§5.2); the others are reserved and fail the connection (1002).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Opcode {
-    /// Continues a fragmented message.
-    Continuation,
-    /// Starts a text message (UTF-8).
-    Text,
-    /// Starts a binary message.
-    Binary,
-    /// Starts or answers the close handshake.
-    Close,
-    /// Asks for a pong.
-    Ping,
-    /// Answers a ping (or is unsolicited: a heartbeat).
-    Pong,
-}
-
-impl Opcode {
-    fn from_bits(bits: u8) -> Option<Self> {
-        Some(match bits {
-            0x0 => Self::Continuation,
-            0x1 => Self::Text,
-            0x2 => Self::Binary,
-            0x8 => Self::Close,
-            0x9 => Self::Ping,
-            0xA => Self::Pong,
-            _ => return None,
-        })
-    }
-
-    fn bits(self) -> u8 {
-        match self {
-            Self::Continuation => 0x0,
-            Self::Text => 0x1,
-            Self::Binary => 0x2,
-            Self::Close => 0x8,
-            Self::Ping => 0x9,
-            Self::Pong => 0xA,
-        }
-    }
-
-    /// Close, ping and pong: at most 125 bytes, never fragmented, allowed between the
-    /// fragments of a message.
-    pub fn is_control(self) -> bool {
-        matches!(self, Self::Close | Self::Ping | Self::Pong)
-    }
-}
 
 /// Close status codes ringcast sends (§7.4.1, IANA registry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,93 +231,15 @@ pub fn parse_close_payload(payload: &[u8]) -> Result<ClosePayload, ClosePayloadE
     }
 }
 
-fn put_header(out: &mut BytesMut, opcode: Opcode, len: usize) {
-    out.put_u8(0x80 | opcode.bits());
-    if len < 126 {
-        out.put_u8(len as u8);
-    } else if len <= usize::from(u16::MAX) {
-        out.put_u8(126);
-        out.put_u16(len as u16);
-    } else {
-        out.put_u8(127);
-        out.put_u64(len as u64);
-    }
-}
-
-/// Bytes of a server (unmasked) header for a payload of `len` bytes.
-pub fn server_header_len(len: usize) -> usize {
-    if len < 126 {
-        2
-    } else if len <= usize::from(u16::MAX) {
-        4
-    } else {
-        10
-    }
-}
-
-/// One complete, unfragmented, unmasked server frame.
-pub fn encode_frame(opcode: Opcode, payload: &[u8]) -> Bytes {
-    assert!(
-        !opcode.is_control() || payload.len() <= CONTROL_PAYLOAD_BYTES_MAX,
-        "control payload over 125 bytes"
-    );
-    assert!(
-        opcode != Opcode::Continuation,
-        "server frames are never fragmented"
-    );
-    let mut out = BytesMut::with_capacity(server_header_len(payload.len()) + payload.len());
-    put_header(&mut out, opcode, payload.len());
-    out.put_slice(payload);
-    out.freeze()
-}
-
-/// A server close frame: `code` and `reason`, the reason cut at a character boundary to
-/// fit 123 bytes.
-pub fn encode_close(code: u16, reason: &str) -> Bytes {
-    let mut cut = reason.len().min(CLOSE_REASON_BYTES_MAX);
-    while !reason.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let mut payload = Vec::with_capacity(2 + cut);
-    payload.extend_from_slice(&code.to_be_bytes());
-    payload.extend_from_slice(&reason.as_bytes()[..cut]);
-    encode_frame(Opcode::Close, &payload)
-}
-
 /// A close frame without a payload (the answer to a client close that carried no code).
 pub fn encode_close_empty() -> Bytes {
     encode_frame(Opcode::Close, &[])
 }
 
-/// The complete text frame of a room message, `{"room":R,"id":ID,"data":"…"}`, encoded
-/// once and shared by every viewer (server frames are unmasked, so the bytes do not depend
-/// on the connection). JSON string escaping is serde_json's.
+/// The complete text frame of a room message, `{"room":R,"id":ID,"data":"…"}` (the fan-out
+/// core encodes it once per message, beside the SSE form: `ringcast_core::frame::Frame`).
 pub fn encode_room_message(room: &str, id: &str, data: &str) -> Bytes {
-    // Worst case JSON escaping is 6 bytes per input byte (`\u00XX`); reserve for the
-    // common case and let the Vec grow otherwise.
-    let json_guess = 28 + room.len() + id.len() + data.len();
-    let mut buf = Vec::with_capacity(FRAME_HEADER_BYTES_MAX + json_guess);
-    buf.resize(10, 0); // room for the longest server header, filled in below
-    buf.extend_from_slice(b"{\"room\":");
-    write_json_string(&mut buf, room);
-    buf.extend_from_slice(b",\"id\":");
-    write_json_string(&mut buf, id);
-    buf.extend_from_slice(b",\"data\":");
-    write_json_string(&mut buf, data);
-    buf.push(b'}');
-    let len = buf.len() - 10;
-    let header_len = server_header_len(len);
-    let start = 10 - header_len;
-    let mut header = BytesMut::with_capacity(header_len);
-    put_header(&mut header, Opcode::Text, len);
-    buf[start..10].copy_from_slice(&header);
-    Bytes::from(buf).slice(start..)
-}
-
-/// Appends `value` as a JSON string (quotes and escapes).
-pub(crate) fn write_json_string(out: &mut Vec<u8>, value: &str) {
-    // Writing a &str into a Vec cannot fail (no IO, no non-string keys).
-    serde_json::to_writer(&mut *out, value).expect("a str serializes into a Vec");
+    ringcast_core::ws::encode_room_message(room, id, data.as_bytes())
 }
 
 #[cfg(test)]
@@ -465,30 +341,12 @@ mod tests {
     }
 
     #[test]
-    fn server_frames_unmasked_with_minimal_lengths() {
-        assert_eq!(&encode_frame(Opcode::Text, b"hi")[..], b"\x81\x02hi");
-        let mid = encode_frame(Opcode::Binary, &[0; 126]);
-        assert_eq!(&mid[..4], &[0x82, 126, 0, 126]);
-        let big = encode_frame(Opcode::Binary, &[0; 65_536]);
-        assert_eq!(&big[..10], &[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
-        assert_eq!(&encode_close(1000, "")[..], b"\x88\x02\x03\xe8");
-        // A long multi-byte reason is cut at a character boundary within 123 bytes.
-        let close = encode_close(1001, &"é".repeat(100));
-        assert_eq!(close[1] as usize, close.len() - 2);
-        assert!(close.len() - 2 <= CONTROL_PAYLOAD_BYTES_MAX);
-        std::str::from_utf8(&close[4..]).unwrap();
-    }
-
-    #[test]
     fn room_message_frame_is_exact_json() {
+        // The core's encoding (core/src/ws.rs tests the bytes), decoded by a JSON parser.
         let frame = encode_room_message("lobby", "17-3", "a \"quoted\"\n\u{1}é");
         assert_eq!(frame[0], 0x81);
         let json = &frame[2..];
         assert_eq!(frame[1] as usize, json.len());
-        assert_eq!(
-            std::str::from_utf8(json).unwrap(),
-            r#"{"room":"lobby","id":"17-3","data":"a \"quoted\"\n\u0001é"}"#
-        );
         let value: serde_json::Value = serde_json::from_slice(json).unwrap();
         assert_eq!(value["data"], "a \"quoted\"\n\u{1}é");
         // 16- and 64-bit lengths.

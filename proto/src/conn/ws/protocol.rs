@@ -5,12 +5,15 @@
 //! Owns: the wire shapes and their checks (room names as `ringcast_core::room`, resume ids
 //! as `ringcast_core::event_id`, idempotency keys as `idempotency.rs`: the same rules as the
 //! HTTP routes). Must not touch rooms, subscriptions or publishing: the shard acts on a
-//! `Command`. A room message's own frame is `frame::encode_room_message`.
+//! `Command`. A room message's own frame, and the reset, gap and lagged objects the fan-out
+//! sends, are the core's (`ringcast_core::ws`, re-exported here); this module builds the rest
+//! with the same JSON writer (`ringcast_core::ws::JsonObject`).
 
-use super::frame::write_json_string;
 use crate::idempotency::{validate_key, KeyError};
 use ringcast_core::event_id::{parse_resume_id, ResumeId, ResumeIdError};
 use ringcast_core::room::{validate_room_name, RoomNameError};
+use ringcast_core::ws::JsonObject;
+pub use ringcast_core::ws::{encode_gap, encode_lagged, encode_reset};
 use serde_json::{Map, Number, Value};
 
 /// Longest string `ref`, in bytes (it is echoed back, so it is bounded like a room name).
@@ -219,71 +222,29 @@ pub fn parse_command(text: &str) -> Result<Command, CommandRefusal> {
     }
 }
 
-/// Builds `{"type":TYPE` … `}` with the given string fields appended in order.
-struct Object(Vec<u8>);
-
-impl Object {
-    fn new(kind: &str) -> Self {
-        let mut out = Vec::with_capacity(64);
-        out.extend_from_slice(b"{\"type\":");
-        write_json_string(&mut out, kind);
-        Self(out)
-    }
-
-    fn key(&mut self, key: &str) -> &mut Vec<u8> {
-        self.0.push(b',');
-        write_json_string(&mut self.0, key);
-        self.0.push(b':');
-        &mut self.0
-    }
-
-    fn string(mut self, key: &str, value: &str) -> Self {
-        write_json_string(self.key(key), value);
-        self
-    }
-
-    fn raw(mut self, key: &str, json: &str) -> Self {
-        self.key(key).extend_from_slice(json.as_bytes());
-        self
-    }
-
-    fn reference(self, reference: Option<&Ref>) -> Self {
-        match reference {
-            None => self,
-            Some(Ref::Number(number)) => self.raw("ref", &number.to_string()),
-            Some(Ref::Text(text)) => self.string("ref", text),
-        }
-    }
-
-    fn id_or_null(self, key: &str, id: Option<&str>) -> Self {
-        match id {
-            Some(id) => self.string(key, id),
-            None => self.raw(key, "null"),
-        }
-    }
-
-    fn end(mut self) -> String {
-        self.0.push(b'}');
-        // Only str pieces and serde_json output were written.
-        String::from_utf8(self.0).expect("JSON text is UTF-8")
+/// Appends the client's `ref` (as it sent it) to a control object, if it had one.
+fn with_reference(object: JsonObject, reference: Option<&Ref>) -> JsonObject {
+    match reference {
+        None => object,
+        Some(Ref::Number(number)) => object.raw("ref", &number.to_string()),
+        Some(Ref::Text(text)) => object.string("ref", text),
     }
 }
 
 /// `{"type":"subscribed","room":R}`: the subscription is live.
 pub fn encode_subscribed(room: &str) -> String {
-    Object::new("subscribed").string("room", room).end()
+    JsonObject::new("subscribed").string("room", room).end()
 }
 
 /// `{"type":"unsubscribed","room":R}`.
 pub fn encode_unsubscribed(room: &str) -> String {
-    Object::new("unsubscribed").string("room", room).end()
+    JsonObject::new("unsubscribed").string("room", room).end()
 }
 
 /// `{"type":"ack","ref":REF,"room":R,"id":ID}`: a publish was sequenced as `id`
 /// (`ref` omitted when the publish had none).
 pub fn encode_ack(reference: Option<&Ref>, room: &str, id: &str) -> String {
-    Object::new("ack")
-        .reference(reference)
+    with_reference(JsonObject::new("ack"), reference)
         .string("room", room)
         .string("id", id)
         .end()
@@ -301,7 +262,7 @@ pub fn encode_error(
         (400..=599).contains(&status),
         "error status {status} is not 4xx/5xx"
     );
-    let object = Object::new("error").reference(reference);
+    let object = with_reference(JsonObject::new("error"), reference);
     let object = match room {
         Some(room) => object.string("room", room),
         None => object,
@@ -309,36 +270,6 @@ pub fn encode_error(
     object
         .raw("status", &status.to_string())
         .string("reason", reason)
-        .end()
-}
-
-/// `{"type":"reset","room":R,"reason":"…","held_from":ID|null}`: the resume id could not be
-/// placed; what follows starts at `held_from` (SSE's `event: reset`).
-pub fn encode_reset(room: &str, reason: &str, held_from: Option<&str>) -> String {
-    Object::new("reset")
-        .string("room", room)
-        .string("reason", reason)
-        .id_or_null("held_from", held_from)
-        .end()
-}
-
-/// `{"type":"gap","room":R,"from":ID,"to":ID}`: these messages fell out of history (SSE's
-/// `event: gap`).
-pub fn encode_gap(room: &str, from: &str, to: &str) -> String {
-    Object::new("gap")
-        .string("room", room)
-        .string("from", from)
-        .string("to", to)
-        .end()
-}
-
-/// `{"type":"lagged","room":R,"reason":"slow consumer","last_id":ID|null}`: the client fell
-/// too far behind; the server closes (1013) after it (SSE's `event: lagged`).
-pub fn encode_lagged(room: &str, last_id: Option<&str>) -> String {
-    Object::new("lagged")
-        .string("room", room)
-        .string("reason", "slow consumer")
-        .id_or_null("last_id", last_id)
         .end()
 }
 
@@ -488,11 +419,11 @@ mod tests {
                 r#"{"type":"error","room":"a","status":403,"reason":"forbidden"}"#,
             ),
             (
-                encode_reset("a", "unknown epoch", Some("5-1")),
-                r#"{"type":"reset","room":"a","reason":"unknown epoch","held_from":"5-1"}"#,
+                encode_reset("a", "unknown epoch", Some("5-1"), Some("5-0")),
+                r#"{"type":"reset","room":"a","reason":"unknown epoch","held_from":"5-1","id":"5-0"}"#,
             ),
             (
-                encode_reset("a", "bare number", None),
+                encode_reset("a", "bare number", None, None),
                 r#"{"type":"reset","room":"a","reason":"bare number","held_from":null}"#,
             ),
             (

@@ -1,0 +1,698 @@
+//! WebSocket connections on the shard's ring (issue 16, docs/PROTOCOL.md): the upgrade of
+//! an HTTP/1.1 request on a WebSocket route, and the driver of its sans-IO [`WsConn`]
+//! afterwards — plaintext from the pipe (plain or TLS) in, the machine's frames (and the
+//! fan-out's, for a room) out through the pipe in one write, its deadline on the shard's
+//! timer wheel, the close once its last frames are written. Over HTTP/2 (RFC 8441) the
+//! pipe is a companion's tunnel (mesh/virtual_conn.rs): the same driver, a `200` instead
+//! of the `101`, the stream's DATA in place of the socket.
+//!
+//! The HTTP/1.1 machine hands over with what it already offers a stream: once the request
+//! is checked, `Connection::stream` (the SSE path's call) puts it in `Streaming` — no
+//! deadline, no buffer, nothing to write, what it would read dropped — and from then on
+//! every input of the connection goes to the [`WsDriver`] instead (`conn.ws` is set, and
+//! the loop's entry points — receive, write done, timer, drive — ask it first). The `101`
+//! is the driver's first write.
+//!
+//! Owns: the driver state of each WebSocket connection (its machine, what it was not yet
+//! fed, an echo waiting for room, fan-out frames waiting for the write in flight). Must not
+//! touch: frame parsing, close codes, keep-alive rules (the machine's), HTTP states (the
+//! HTTP machine's), the pipe's ops and buffers (pipe.rs).
+
+use super::*;
+use crate::conn::ws::machine::{ECHO_MESSAGE_BYTES_MAX, MESSAGE_BYTES_MAX};
+use crate::conn::ws::{
+    accept, accept_extended_connect, CloseCode, CommandRefusal, HandshakeError, HeaderField,
+    Opcode, OriginPolicy, SendError, UpgradeRequest, WsConfig, WsConn, WsEvent,
+};
+use crate::metrics::WsTransport;
+use std::collections::VecDeque;
+
+/// Bytes a WebSocket's receive asks for while the client sends little (an idle viewer, a
+/// command): the buffer an idle connection holds while its receive is in flight.
+const WS_RECV_BYTES: usize = 256;
+/// Control objects (answers to commands) a connection holds before it stops reading
+/// commands: a client that sends commands and never reads the answers stalls itself.
+const WS_ANSWERS_MAX: usize = 64;
+/// Frames of the machine's taken into one write (its queue holds at most
+/// `TRANSMIT_BYTES_MAX` plus a frame; a ping flood's pongs are many small ones): the rest
+/// goes in the next write.
+const WS_WRITE_FRAMES_MAX: usize = ringcast_core::fanout::WRITE_FRAMES_MAX;
+
+/// What a WebSocket connection serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum WsRoute {
+    /// `GET /ws/echo` (`--ws-echo`): every message comes back.
+    Echo,
+    /// `GET /rooms/{room}/ws`: the room's messages from the fan-out; text messages are
+    /// commands (ws_rooms.rs).
+    Room {
+        /// The room it follows.
+        room: Arc<str>,
+        /// The upgrade's token (`Authorization: Bearer` or `?token=`), for publishes.
+        token: Option<String>,
+    },
+    /// `GET /ws`: rooms joined and left by message (or `?rooms=`); text messages are
+    /// commands (ws_rooms.rs).
+    Mux {
+        /// The upgrade's token, for private rooms and publishes.
+        token: Option<String>,
+        /// The upgrade's request head, forwarded to `--auth-url` with each subscribe (kept
+        /// only when it is set).
+        auth_head: Option<Vec<u8>>,
+    },
+}
+
+impl WsRoute {
+    /// The token the upgrade carried.
+    pub(super) fn token(&self) -> Option<&str> {
+        match self {
+            WsRoute::Echo => None,
+            WsRoute::Room { token, .. } | WsRoute::Mux { token, .. } => token.as_deref(),
+        }
+    }
+}
+
+/// A room WebSocket's upgrade, checked and waiting for the auth callback and the fan-out's
+/// admission (the HTTP machine is still answering its request meanwhile).
+pub(super) struct WsUpgrade {
+    /// The `101` to write first.
+    pub(super) response: Bytes,
+    /// The room it joins.
+    pub(super) room: Arc<str>,
+    /// The token it came with, for publishes.
+    pub(super) token: Option<String>,
+}
+
+/// What the driver makes of one of its machine's events.
+#[must_use]
+enum Outcome {
+    /// Answered (or nothing to answer).
+    Done,
+    /// The write queue has no room for the answer: the event waits for a write.
+    Hold(WsEvent),
+    /// A command for the shard (a room connection's text message).
+    Command(String),
+}
+
+/// One WebSocket connection's driver state (boxed in its `Conn`).
+pub(super) struct WsDriver {
+    machine: WsConn,
+    route: WsRoute,
+    /// Bytes at the front of the connection's receive buffer already fed to the machine;
+    /// the rest waits for it (no receive is posted while any waits).
+    fed: usize,
+    /// The `101` (and, for a room, nothing else: the fan-out writes its `subscribed`), the
+    /// head of the first write.
+    preface: Option<Bytes>,
+    /// An echo the machine's write queue had no room for: sent once a write took the
+    /// queue; nothing more is fed meanwhile.
+    held: Option<WsEvent>,
+    /// Control objects to send (answers to commands, acks): written after the machine's
+    /// frames; at most `WS_ANSWERS_MAX` (nothing more is fed meanwhile) plus one per
+    /// publish in flight.
+    pub(super) answers: VecDeque<Bytes>,
+    /// Publishes waiting for their owner shard's answer, by the reply index they carry
+    /// (grown on first use, at most `WS_PUBLISHES_IN_FLIGHT_MAX` places: a viewer that
+    /// never publishes holds none).
+    pub(super) publishes: Vec<Option<super::ws_rooms::PublishWait>>,
+    /// Its fan-out subscriptions (room, subscriber id): the route's room, or the rooms a
+    /// multiplexed connection joined (at most `WS_ROOMS_PER_CONN_MAX`, with
+    /// `pending_rooms`).
+    pub(super) rooms: Vec<(Arc<str>, ConnId)>,
+    /// Rooms a multiplexed connection asked for and has not joined yet: `--auth-url` has
+    /// not decided, or (cluster mode) the room's stream is being read in on this node.
+    pub(super) pending_rooms: Vec<Arc<str>>,
+    /// Fan-out frames that came while a write was in flight: the next write carries them.
+    fanout_frames: Vec<Bytes>,
+    /// The subscriptions whose frames are in `fanout_frames`.
+    fanout_pending: Vec<ConnId>,
+    /// The subscriptions whose frames the write in flight carries: their writes are done
+    /// when it completes.
+    write_subs: Vec<ConnId>,
+    /// The fan-out cut a subscription: its last frames (ending with a close frame) are in
+    /// `fanout_frames` or the write in flight, nothing of the fan-out's goes after them,
+    /// and the connection closes once they are out.
+    fanout_cut: bool,
+    /// The write in flight carries the cut's close frame.
+    write_ends: bool,
+    /// The machine is over: close once its last frames are written.
+    closed: bool,
+    /// The connection closes at this instant at the latest, written or not: set when the
+    /// machine is over or the fan-out cut it, so a last write a client never reads cannot
+    /// hold the connection (`close_timeout` after).
+    end_by: Option<Instant>,
+    /// What it runs over (the metrics' transport label).
+    transport: WsTransport,
+    /// What the next receive asks for: more after a receive that filled its room.
+    recv_room: usize,
+}
+
+impl WsDriver {
+    fn new(
+        now: Instant,
+        config: WsConfig,
+        route: WsRoute,
+        response: Bytes,
+        transport: WsTransport,
+    ) -> Self {
+        Self {
+            machine: WsConn::new(now, config),
+            route,
+            fed: 0,
+            preface: Some(response),
+            held: None,
+            answers: VecDeque::new(),
+            publishes: Vec::new(),
+            rooms: Vec::new(),
+            pending_rooms: Vec::new(),
+            fanout_frames: Vec::new(),
+            fanout_pending: Vec::new(),
+            write_subs: Vec::new(),
+            fanout_cut: false,
+            write_ends: false,
+            closed: false,
+            end_by: None,
+            transport,
+            recv_room: WS_RECV_BYTES,
+        }
+    }
+
+    /// The deadline the connection's timer must be at.
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed {
+            return self.end_by;
+        }
+        match (self.machine.poll_timeout(), self.end_by) {
+            (Some(machine), Some(end)) => Some(machine.min(end)),
+            (machine, end) => machine.or(end),
+        }
+    }
+
+    /// The connection must close by `now` plus the close timeout at the latest.
+    fn end_soon(&mut self, now: Instant) {
+        let end = now + self.machine.config().close_timeout;
+        self.end_by = Some(self.end_by.map_or(end, |at| at.min(end)));
+    }
+
+    /// What the connection runs over.
+    pub(super) fn transport(&self) -> WsTransport {
+        self.transport
+    }
+
+    /// The route it serves.
+    pub(super) fn route(&self) -> &WsRoute {
+        &self.route
+    }
+
+    /// Queues a control object (a text frame) after the machine's frames.
+    pub(super) fn answer(&mut self, json: &str) {
+        if self.machine.is_open() {
+            self.answers.push_back(crate::conn::ws::frame::encode_frame(
+                Opcode::Text,
+                json.as_bytes(),
+            ));
+        }
+    }
+
+    /// Handles one event of the machine's.
+    fn on_event(&mut self, now: Instant, event: WsEvent) -> Outcome {
+        let sent = match (&self.route, event) {
+            (_, WsEvent::Closed { .. }) => {
+                self.closed = true;
+                self.end_soon(now);
+                return Outcome::Done;
+            }
+            (WsRoute::Echo, event @ WsEvent::Text(_))
+            | (WsRoute::Echo, event @ WsEvent::Binary(_)) => {
+                let sent = match &event {
+                    WsEvent::Text(text) => self.machine.send_text(text),
+                    WsEvent::Binary(data) => self.machine.send_binary(data),
+                    WsEvent::Closed { .. } => unreachable!("matched above"),
+                };
+                (sent, event)
+            }
+            (WsRoute::Room { .. } | WsRoute::Mux { .. }, WsEvent::Text(text)) => {
+                return Outcome::Command(text)
+            }
+            (WsRoute::Room { .. } | WsRoute::Mux { .. }, WsEvent::Binary(_)) => {
+                self.answer(&CommandRefusal::binary().to_json());
+                return Outcome::Done;
+            }
+        };
+        match sent {
+            (Err(SendError::Full), event) => Outcome::Hold(event),
+            // Closing: nothing more may be sent, and nothing is owed.
+            (Err(SendError::Closing) | Ok(()), _) => Outcome::Done,
+        }
+    }
+
+    /// Whether commands must wait: answers are piling up (the client does not read).
+    fn answers_full(&self) -> bool {
+        self.answers.len() >= WS_ANSWERS_MAX
+    }
+}
+
+/// The `101` for an upgrade request's head (its bytes as received; the HTTP machine parsed
+/// it already), or why it is refused.
+fn upgrade_response(head: &[u8], origins: &OriginPolicy) -> Result<Bytes, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; crate::http::h1::HEADERS_MAX];
+    let mut request = httparse::Request::new(&mut headers);
+    let parsed = matches!(request.parse(head), Ok(httparse::Status::Complete(_)));
+    debug_assert!(parsed, "the HTTP machine handed out a complete head");
+    let fields: Vec<HeaderField<'_>> = request.headers.iter().map(HeaderField::from).collect();
+    let upgrade = UpgradeRequest {
+        method: request.method.unwrap_or(""),
+        version: request.version.unwrap_or(0),
+        headers: &fields,
+    };
+    accept(&upgrade, origins)
+}
+
+/// The `200` for an RFC 8441 extended CONNECT, as the companion translated it to HTTP/1.1
+/// bytes (the head as received), or why it is refused.
+fn extended_connect_response(head: &[u8], origins: &OriginPolicy) -> Result<Bytes, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; crate::http::h1::HEADERS_MAX];
+    let mut request = httparse::Request::new(&mut headers);
+    let parsed = matches!(request.parse(head), Ok(httparse::Status::Complete(_)));
+    debug_assert!(parsed, "the HTTP machine handed out a complete head");
+    let fields: Vec<HeaderField<'_>> = request.headers.iter().map(HeaderField::from).collect();
+    accept_extended_connect(&fields, origins)
+}
+
+impl Shard {
+    /// A request on the echo route: checks the handshake and upgrades, or refuses.
+    pub(super) fn ws_open_echo(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        head: &[u8],
+    ) -> std::io::Result<()> {
+        match self.ws_handshake(slot, head)? {
+            Some(response) => self.ws_upgrade(now, slot, WsRoute::Echo, response, None),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks a request on a WebSocket route: the `101` to write, or `None` when it was
+    /// refused (with the handshake's status, reason and headers).
+    pub(super) fn ws_handshake(
+        &mut self,
+        slot: u32,
+        head: &[u8],
+    ) -> std::io::Result<Option<Bytes>> {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return Ok(None);
+        };
+        let response = if conn.pipe.is_tunnel() {
+            // An HTTP/2 extended CONNECT (RFC 8441), answered `200` (companion/ws_tunnel.rs).
+            extended_connect_response(head, &self.shared.config.ws.origins)
+        } else if conn.pipe.is_virtual() {
+            // A GET over HTTP/2 or HTTP/3 is no upgrade (HTTP/3's RFC 9220: not yet).
+            Err(HandshakeError::NotHttp11)
+        } else {
+            upgrade_response(head, &self.shared.config.ws.origins)
+        };
+        let refusal = match response {
+            Err(refused) => Refusal {
+                status: refused.status(),
+                reason: refused.to_string(),
+                extra: refused.extra_headers(),
+            },
+            // RFC 6455 §4.1: the client waits for the 101 before it sends a frame.
+            Ok(_) if conn.http.buffered() != 0 => Refusal {
+                status: 400,
+                reason: "data sent before the handshake's answer".into(),
+                extra: "",
+            },
+            Ok(response) => return Ok(Some(response)),
+        };
+        self.count_refusal(RefusalReason::of_parse(&refusal));
+        self.refuse(slot, &refusal)?;
+        Ok(None)
+    }
+
+    /// Takes the connection out of the HTTP machine's hands (it streams: no deadline, no
+    /// buffer, nothing to write) and gives it to a [`WsDriver`], whose first write is the
+    /// `101`.
+    pub(super) fn ws_upgrade(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        route: WsRoute,
+        response: Bytes,
+        room: Option<(Arc<str>, ConnId)>,
+    ) -> std::io::Result<()> {
+        let ws = &self.shared.config.ws;
+        let message_bytes_max = match route {
+            WsRoute::Echo => ECHO_MESSAGE_BYTES_MAX,
+            WsRoute::Room { .. } | WsRoute::Mux { .. } => MESSAGE_BYTES_MAX,
+        };
+        let config = WsConfig {
+            message_bytes_max,
+            ping_interval: ws.ping_interval,
+            pong_timeout: ws.pong_timeout,
+            ..WsConfig::default()
+        };
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return Ok(());
+        };
+        debug_assert!(conn.http.awaits_answer(), "upgraded in answer to a request");
+        conn.http.stream();
+        conn.recv = Vec::new();
+        let transport = match (conn.pipe.is_tls(), conn.pipe.is_virtual()) {
+            (true, _) => WsTransport::Tls,
+            (false, true) => WsTransport::H2,
+            (false, false) => WsTransport::Http1,
+        };
+        let mut driver = Box::new(WsDriver::new(now, config, route, response, transport));
+        driver.rooms.extend(room);
+        conn.ws = Some(driver);
+        self.shared.figures[self.index].websocket_opened(transport);
+        tracing::trace!(
+            shard = self.index,
+            conn = slot,
+            ?transport,
+            "websocket open"
+        );
+        self.ws_pump(now, slot)
+    }
+
+    /// Moves a WebSocket connection on after any input: feeds the machine what waits,
+    /// answers its events, starts the next write, closes once the machine is over and its
+    /// last frames are out, then puts the timer on the machine's deadline and posts the
+    /// receive it wants.
+    pub(super) fn ws_pump(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
+        self.ws_feed(now, slot);
+        self.ws_flush(slot)?;
+        let Some(conn) = self.conn(slot) else {
+            return Ok(());
+        };
+        if conn.closing {
+            return Ok(());
+        }
+        let Some(ws) = conn.ws.as_deref_mut() else {
+            return Ok(());
+        };
+        if ws.closed && !conn.pipe.writing() && ws.machine.transmit_bytes() == 0 {
+            // RFC 6455 §7.1.1: the server closes the TCP connection first.
+            return self.begin_close(slot);
+        }
+        self.sync_timer(slot);
+        self.ws_post_recv(slot)
+    }
+
+    /// Feeds the machine the received bytes it has not taken, answering its events, until
+    /// everything is taken or it stops taking (an event waits for room, its write queue is
+    /// over its bound, or answers pile up: the rest waits for a write).
+    fn ws_feed(&mut self, now: Instant, slot: u32) {
+        loop {
+            let Some(conn) = slot_mut(&mut self.conns, slot).filter(|c| !c.closing) else {
+                return;
+            };
+            let Some(ws) = conn.ws.as_deref_mut() else {
+                return;
+            };
+            let event = match ws.held.take().or_else(|| ws.machine.poll_event()) {
+                Some(event) => event,
+                None => {
+                    if ws.fed == conn.recv.len() || ws.answers_full() {
+                        break;
+                    }
+                    let taken = ws.machine.handle_bytes(now, &conn.recv[ws.fed..]);
+                    ws.fed += taken;
+                    if taken != 0 {
+                        continue;
+                    }
+                    // An event waits, or the write queue is over its bound: a write must
+                    // take it first.
+                    match ws.machine.poll_event() {
+                        Some(event) => event,
+                        None => break,
+                    }
+                }
+            };
+            match ws.on_event(now, event) {
+                Outcome::Done => {}
+                Outcome::Hold(event) => {
+                    ws.held = Some(event);
+                    break;
+                }
+                Outcome::Command(text) => self.ws_command(now, slot, &text),
+            }
+        }
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return;
+        };
+        let Some(ws) = conn.ws.as_deref_mut() else {
+            return;
+        };
+        if ws.fed == conn.recv.len() {
+            ws.fed = 0;
+            conn.recv.clear();
+            if conn.recv.capacity() > 4 * ws.recv_room {
+                // A burst's buffer is not kept by an idle connection.
+                conn.recv = Vec::new();
+            }
+        }
+    }
+
+    /// Starts the next write of a WebSocket connection unless one is in flight: the
+    /// `101` first, then the machine's frames, then fan-out frames that waited (dropped
+    /// once the machine sent its close: nothing may follow it).
+    fn ws_flush(&mut self, slot: u32) -> std::io::Result<()> {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return Ok(());
+        };
+        if conn.closing || conn.pipe.writing() {
+            return Ok(());
+        }
+        let Some(ws) = conn.ws.as_deref_mut() else {
+            return Ok(());
+        };
+        let mut frames = self.frame_vecs.pop().unwrap_or_default();
+        frames.extend(ws.preface.take());
+        while frames.len() < WS_WRITE_FRAMES_MAX {
+            let Some(frame) = ws.machine.poll_transmit() else {
+                break;
+            };
+            frames.push(frame);
+        }
+        debug_assert!(ws.write_subs.is_empty(), "no write in flight");
+        if ws.machine.is_open() {
+            frames.extend(ws.answers.drain(..));
+            if !ws.fanout_frames.is_empty() {
+                frames.append(&mut ws.fanout_frames);
+                std::mem::swap(&mut ws.write_subs, &mut ws.fanout_pending);
+                ws.write_ends = ws.fanout_cut;
+            }
+        } else {
+            // Nothing may follow the machine's close frame.
+            ws.answers.clear();
+            ws.fanout_frames.clear();
+            ws.fanout_pending.clear();
+        }
+        if frames.is_empty() {
+            self.recycle_frames(frames);
+            return Ok(());
+        }
+        // Hand a consumed echo its room now that the queue is taken.
+        let retry = ws.held.is_some();
+        self.start_write(slot, &mut frames)?;
+        self.recycle_frames(frames);
+        if retry {
+            if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
+                if let Some(event) = ws.held.take() {
+                    match ws.on_event(self.now, event) {
+                        Outcome::Hold(event) => ws.held = Some(event),
+                        Outcome::Done => {}
+                        Outcome::Command(_) => unreachable!("only an echo is held"),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes subscription `sub` out of the driver's books (it unsubscribed: the fan-out
+    /// forgot it, so no write of it is reported done); its frames already queued still go.
+    pub(super) fn ws_forget(&mut self, slot: u32, sub: ConnId) {
+        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
+            ws.rooms.retain(|(_, held)| *held != sub);
+            ws.fanout_pending.retain(|held| *held != sub);
+            ws.write_subs.retain(|held| *held != sub);
+        }
+    }
+
+    /// Whether the connection in `slot` is a WebSocket.
+    pub(super) fn is_websocket(&self, slot: u32) -> bool {
+        self.conns
+            .get(slot as usize)
+            .and_then(|c| c.as_deref())
+            .is_some_and(|c| c.ws.is_some())
+    }
+
+    /// Frames the fan-out has for a WebSocket subscriber (taken from `frames`): written
+    /// now, after the connection's own frames, or after the write in flight. `cut`: the
+    /// fan-out let the subscriber go and these end with a close frame. Returns whether a
+    /// write carrying them started.
+    pub(super) fn ws_fanout_write(
+        &mut self,
+        slot: u32,
+        sub: ConnId,
+        frames: &mut Vec<Bytes>,
+        cut: bool,
+    ) -> std::io::Result<bool> {
+        let Some(conn) = slot_mut(&mut self.conns, slot).filter(|c| !c.closing) else {
+            frames.clear();
+            return Ok(false);
+        };
+        let Some(ws) = conn.ws.as_deref_mut() else {
+            frames.clear();
+            return Ok(false);
+        };
+        // A cut may come while the subscription's write is in flight (then with no frames).
+        debug_assert!(
+            (cut && frames.is_empty())
+                || !(ws.fanout_pending.contains(&sub) || ws.write_subs.contains(&sub)),
+            "one fan-out write at a time per subscription"
+        );
+        if ws.fanout_cut {
+            // Another subscription's close frame is on its way: nothing may follow it.
+            frames.clear();
+            return Ok(false);
+        }
+        if cut {
+            if frames.is_empty() {
+                // Its write is stuck: nothing more can be said.
+                return self.begin_close(slot).map(|()| false);
+            }
+            ws.fanout_cut = true;
+            ws.end_soon(self.now);
+        } else {
+            ws.fanout_pending.push(sub);
+        }
+        ws.fanout_frames.append(frames);
+        if conn.pipe.writing() {
+            self.sync_timer(slot);
+            return Ok(false);
+        }
+        self.ws_flush(slot)?;
+        Ok(true)
+    }
+
+    /// Posts the receive a WebSocket connection wants: none while the machine has bytes
+    /// it has not taken, an echo waits, or the machine is over.
+    pub(super) fn ws_post_recv(&mut self, slot: u32) -> std::io::Result<()> {
+        let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            return Ok(());
+        };
+        let Some(ws) = conn.ws.as_deref() else {
+            return Ok(());
+        };
+        if conn.closing
+            || conn.pipe.receiving()
+            || ws.closed
+            || ws.held.is_some()
+            || !conn.recv.is_empty()
+        {
+            return Ok(());
+        }
+        let into = RecvInto::Request { room: ws.recv_room };
+        let key = conn.key(slot).to_word();
+        conn.pipe
+            .post_recv(&mut self.ring, key, &mut conn.recv, into);
+        Ok(())
+    }
+
+    /// What a WebSocket connection's receive brought (the pipe already decrypted it).
+    pub(super) fn ws_received(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        received: Received,
+    ) -> std::io::Result<()> {
+        match received {
+            Received::Data { closed, .. } => {
+                if let Some(conn) = self.conn(slot) {
+                    if let Some(ws) = conn.ws.as_deref_mut() {
+                        // A receive that filled its room: the client sends a lot, ask more.
+                        ws.recv_room = if conn.recv.len() >= ws.recv_room {
+                            RECV_CHUNK
+                        } else {
+                            WS_RECV_BYTES
+                        };
+                    }
+                }
+                // What rustls wants to send of its own (the write path sends it too).
+                self.tls_flush(slot)?;
+                if closed {
+                    // TLS close_notify: the client sends nothing more. What it sent is
+                    // answered (its close echoed), then the connection closes.
+                    if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+                        ws.closed = true;
+                        ws.end_soon(now);
+                    }
+                }
+                self.ws_pump(now, slot)
+            }
+            // The client went without a close handshake (1006): nothing more to tell it.
+            Received::Closed => self.begin_close(slot),
+            Received::TlsFailed(err) => {
+                tracing::debug!(shard = self.index, conn = slot, %err, "TLS receive failed");
+                self.fail_tls(slot, RefusalReason::TlsError)
+            }
+            Received::Discarded { .. } | Received::Hello(_) | Received::HelloTooLarge => {
+                debug_assert!(false, "a WebSocket receives plaintext after its handshake");
+                self.begin_close(slot)
+            }
+        }
+    }
+
+    /// A write of a WebSocket connection went whole: the fan-out's frames in it are done,
+    /// and the connection moves on.
+    pub(super) fn ws_written(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
+        let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) else {
+            return Ok(());
+        };
+        if std::mem::take(&mut ws.write_ends) {
+            // The fan-out's close frame is out: nothing more to say.
+            return self.begin_close(slot);
+        }
+        let mut done = std::mem::take(&mut ws.write_subs);
+        for sub in done.drain(..) {
+            self.fanout.handle_write_done(now, sub);
+        }
+        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
+            // The vector's capacity is kept for the next write.
+            ws.write_subs = done;
+        }
+        self.ws_pump(now, slot)
+    }
+
+    /// The connection's timer fired: the machine's keep-alive ping, pong timeout or close
+    /// timeout.
+    pub(super) fn ws_timeout(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
+        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
+            if ws.end_by.is_some_and(|end| now >= end) {
+                // Its last frames were not taken in time (a client that does not read).
+                return self.begin_close(slot);
+            }
+            ws.machine.handle_timeout(now);
+        }
+        self.ws_pump(now, slot)
+    }
+
+    /// The shard stops: a connection following rooms is left to the fan-out's drain
+    /// (everything accepted before the signal, then its close frame 1001); any other
+    /// starts the close handshake with 1001 now.
+    pub(super) fn ws_drain(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
+        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
+            if !ws.rooms.is_empty() {
+                return Ok(());
+            }
+            ws.machine
+                .send_close(now, CloseCode::GoingAway, "server shutting down");
+        }
+        self.ws_pump(now, slot)
+    }
+}
