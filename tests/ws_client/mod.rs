@@ -387,7 +387,7 @@ impl WsClient {
 }
 
 /// A server frame at the front of `buf` and its length, once whole.
-fn parse_frame(buf: &[u8]) -> Option<(Frame, usize)> {
+pub fn parse_frame(buf: &[u8]) -> Option<(Frame, usize)> {
     if buf.len() < 2 {
         return None;
     }

@@ -76,6 +76,12 @@ impl Drop for StreamPlace {
     }
 }
 
+/// Whether `path` is a WebSocket route (`/ws/echo`, `/rooms/{room}/ws`, `/ws`), where an
+/// HTTP/2 extended CONNECT (RFC 8441) may open a WebSocket: asked of the route table.
+pub fn is_websocket_path(path: &str) -> Result<bool, crate::http::route::RouteError> {
+    crate::http::route::Route::parse(path).map(|route| route.is_websocket())
+}
+
 /// Whether a request is a subscription (`GET /rooms/{room}/events`), which counts against
 /// `--max-streams-per-conn`: asked of the route table HTTP/1.1 routes with (route.rs).
 pub fn is_subscribe(parts: &http::request::Parts) -> bool {
@@ -323,6 +329,29 @@ impl Companion {
     ) -> (http::response::Parts, VirtualStream) {
         let sink = Arc::new(VirtualSink::new(Some(self.doorbell.clone())));
         let request = http1_request(parts, body, body_len);
+        self.open_sink(request, sink, transport).await
+    }
+
+    /// Opens an RFC 8441 WebSocket (an extended CONNECT the caller checked) as a tunnel:
+    /// the shard gets it as a `GET` of its path (route, auth and admission as for an
+    /// HTTP/1.1 upgrade) on a sink the client's bytes come in through too
+    /// (virtual_conn.rs). A `200` head means the shard's WebSocket driver has it.
+    pub async fn open_tunnel(
+        self: &Arc<Self>,
+        parts: &http::request::Parts,
+        transport: Transport,
+    ) -> (http::response::Parts, VirtualStream) {
+        let sink = Arc::new(VirtualSink::tunnel(Some(self.doorbell.clone())));
+        let request = http1_request_as("GET", parts, b"", 0);
+        self.open_sink(request, sink, transport).await
+    }
+
+    async fn open_sink(
+        self: &Arc<Self>,
+        request: Vec<u8>,
+        sink: Arc<VirtualSink>,
+        transport: Transport,
+    ) -> (http::response::Parts, VirtualStream) {
         self.post(Mail::VirtualOpen {
             request,
             sink: sink.clone(),
@@ -429,6 +458,18 @@ impl VirtualStream {
         self.sink.closed().await
     }
 
+    /// The connection's sink (a tunnel's receives go through it).
+    pub fn sink(&self) -> &Arc<VirtualSink> {
+        &self.sink
+    }
+
+    /// Mails the shard that a tunnel's receive was answered ([`VirtualSink::deliver`]).
+    pub fn received(&self) {
+        self.companion.post(Mail::VirtualReceived {
+            sink: self.sink.clone(),
+        });
+    }
+
     fn write_done(&mut self) {
         if std::mem::take(&mut self.done_owed) {
             self.companion.post(Mail::VirtualWriteDone {
@@ -503,9 +544,19 @@ fn hop_by_hop(name: &str) -> bool {
 /// The request as HTTP/1.1 bytes. `body_len` may exceed `body.len()` when the body was over
 /// the limit: the head then declares it and the shard answers 413 from the head alone.
 pub fn http1_request(parts: &http::request::Parts, body: &[u8], body_len: usize) -> Vec<u8> {
+    http1_request_as(parts.method.as_str(), parts, body, body_len)
+}
+
+/// [`http1_request`] with another method (an extended CONNECT becomes a `GET`).
+fn http1_request_as(
+    method: &str,
+    parts: &http::request::Parts,
+    body: &[u8],
+    body_len: usize,
+) -> Vec<u8> {
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut out = Vec::with_capacity(256 + body.len());
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nconnection: close\r\n");

@@ -1,8 +1,9 @@
 //! HTTP/2 with hyper on a shard's companion thread: TLS connections the shard's ring handed
 //! over after reading a ClientHello that offers ALPN `h2` (the ClientHello is replayed to
 //! tokio-rustls, which finishes the handshake), and the h2c listener (prior knowledge).
-//! Every request becomes a virtual connection of the shard (companion.rs). HTTP/1.1 over
-//! TLS is served on the ring itself (tls_conn.rs).
+//! Every request becomes a virtual connection of the shard (companion.rs); an extended
+//! CONNECT (RFC 8441, announced in SETTINGS) opens a WebSocket through a tunnel
+//! (ws_tunnel.rs). HTTP/1.1 over TLS is served on the ring itself (tls_conn.rs).
 //!
 //! Flow control: hyper polls a response body only when the HTTP/2 stream has send
 //! capacity (HTTP/1.1: when its write buffer has room), so a stream whose reader stopped
@@ -91,6 +92,13 @@ async fn handle(
 ) -> Result<http::Response<VirtualBody>, Infallible> {
     let (parts, body) = request.into_parts();
     requested.store(true, Ordering::Release);
+    if parts.method == http::Method::CONNECT {
+        // RFC 8441: a WebSocket, or refused (ws_tunnel.rs). hyper gives it no body.
+        drop(body);
+        let response =
+            crate::companion::ws_tunnel::serve_connect(companion, parts, transport, streams).await;
+        return Ok(response);
+    }
     let place = if crate::companion::bridge::is_subscribe(&parts) {
         match streams.try_open(companion.streams_max().0) {
             Some(place) => Some(place),
@@ -160,6 +168,8 @@ where
             let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(hyper_util::rt::TokioTimer::new())
                 .max_concurrent_streams(companion.streams_max().1)
+                // SETTINGS_ENABLE_CONNECT_PROTOCOL = 1: WebSockets over HTTP/2 (RFC 8441).
+                .enable_connect_protocol()
                 .max_header_list_size(header_list_bytes_max(
                     companion.shared.config.max_header_bytes,
                 ))

@@ -191,6 +191,12 @@ pub enum Mail {
         /// The connection's sink (it holds the slot and serial).
         sink: Arc<VirtualSink>,
     },
+    /// From the companion: a tunnel's posted receive is answered (its bytes, or the end,
+    /// wait in `sink`: `VirtualSink::take_received`).
+    VirtualReceived {
+        /// The connection's sink.
+        sink: Arc<VirtualSink>,
+    },
     /// From the companion: the peer is gone (stream reset or connection closed).
     VirtualClose {
         /// The connection's sink.

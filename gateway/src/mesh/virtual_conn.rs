@@ -8,18 +8,46 @@
 //! the companion has handed every frame to hyper/h3 and mails
 //! `Mail::VirtualWriteDone` (mailbox.rs). A stream whose peer stops reading keeps its
 //! write in flight, so the fan-out laps and cuts it exactly as an HTTP/1.1 socket.
+//!
+//! A *tunnel* (an RFC 8441 WebSocket over HTTP/2, [`VirtualSink::tunnel`]) also carries the
+//! client's bytes in, as a socket's receive would: the shard posts one receive at a time
+//! ([`VirtualSink::post_recv`], with the room it has), the companion reads at most that
+//! many bytes from the stream, leaves them in the sink ([`VirtualSink::deliver`]) and mails
+//! `Mail::VirtualReceived`; the shard takes them ([`VirtualSink::take_received`]). Nothing
+//! is read from the client while no receive is posted, so HTTP/2 flow control holds it
+//! back: a tunnel holds at most one receive's bytes here, plus the stream's window in h2.
 
 use crate::conn::key::ConnKey;
 use bytes::Bytes;
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use futures_util::task::AtomicWaker;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// Batches a sink holds. The shard has one write in flight per connection, so one batch
 /// waits at most; the second place is slack, never used in steady state.
 pub const SINK_BATCHES_MAX: usize = 2;
+
+/// What the companion read from a tunnel's client for the shard's posted receive.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inbound {
+    /// Bytes (at most the receive's room, at least one).
+    Data(Vec<u8>),
+    /// The client sent no more: its stream ended, was reset, or its connection is gone.
+    End,
+}
+
+/// A tunnel's inbound half (see the module comment).
+struct InboundSlot {
+    /// Bytes the shard's posted receive has room for; 0 while none waits for the
+    /// companion (not posted, or already answered).
+    room: AtomicUsize,
+    /// A receive is posted and the shard has not taken its answer (shard side only).
+    posted: AtomicBool,
+    /// The answer to the posted receive: at most one.
+    received: ArrayQueue<Inbound>,
+}
 
 /// The transports a companion thread serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +141,8 @@ pub struct VirtualSink {
     /// Set by the companion once the answer is known to be a stream (SSE): the
     /// dispatcher wakes such sinks after the short answers.
     streaming: AtomicBool,
+    /// A tunnel's inbound half (`None`: the request came whole with the mail).
+    inbound: Option<Box<InboundSlot>>,
 }
 
 impl std::fmt::Debug for VirtualSink {
@@ -141,7 +171,25 @@ impl VirtualSink {
             doorbell,
             queued: AtomicBool::new(false),
             streaming: AtomicBool::new(false),
+            inbound: None,
         }
+    }
+
+    /// A tunnel's sink (an RFC 8441 WebSocket): the client's bytes come in through it too.
+    pub fn tunnel(doorbell: Option<Arc<Doorbell>>) -> Self {
+        Self {
+            inbound: Some(Box::new(InboundSlot {
+                room: AtomicUsize::new(0),
+                posted: AtomicBool::new(false),
+                received: ArrayQueue::new(1),
+            })),
+            ..Self::new(doorbell)
+        }
+    }
+
+    /// Whether this is a tunnel's sink.
+    pub fn is_tunnel(&self) -> bool {
+        self.inbound.is_some()
     }
 
     /// The doorbell the shard rings at the end of its turn.
@@ -166,6 +214,47 @@ impl VirtualSink {
     /// is woken when the shard rings it, at the end of the turn.
     pub fn push(self: &Arc<Self>, frames: Vec<Bytes>) -> Result<(), Vec<Bytes>> {
         self.batches.push(frames)?;
+        self.announce();
+        Ok(())
+    }
+
+    /// Posts a tunnel's receive of at most `room` bytes (at least 1), unless one is posted
+    /// or this is no tunnel; the companion's task is woken like a push's (at the end of the
+    /// shard's turn with a doorbell).
+    pub fn post_recv(self: &Arc<Self>, room: usize) {
+        let Some(inbound) = &self.inbound else {
+            return;
+        };
+        if inbound.posted.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        assert!(
+            inbound.received.is_empty(),
+            "an answer is taken before the next receive"
+        );
+        inbound.room.store(room.max(1), Ordering::Release);
+        self.announce();
+    }
+
+    /// Whether a tunnel's receive is posted and its answer not taken yet.
+    pub fn receiving(&self) -> bool {
+        self.inbound
+            .as_ref()
+            .is_some_and(|inbound| inbound.posted.load(Ordering::Acquire))
+    }
+
+    /// The answer to the posted receive, once the companion delivered it (the receive is
+    /// then over); `None` before, and for a sink that is no tunnel.
+    pub fn take_received(&self) -> Option<Inbound> {
+        let inbound = self.inbound.as_ref()?;
+        let received = inbound.received.pop()?;
+        inbound.posted.store(false, Ordering::Release);
+        Some(received)
+    }
+
+    /// Wakes the companion's task: directly, or through the doorbell at the end of the
+    /// shard's turn.
+    fn announce(self: &Arc<Self>) {
         match &self.doorbell {
             Some(doorbell) => {
                 if !self.queued.swap(true, Ordering::AcqRel) {
@@ -175,7 +264,6 @@ impl VirtualSink {
             }
             None => self.waker.wake(),
         }
-        Ok(())
     }
 
     /// No more batches: the companion ends the stream once it has sent what it holds.
@@ -211,6 +299,47 @@ impl VirtualSink {
             return Poll::Ready(self.batches.pop());
         }
         Poll::Pending
+    }
+
+    /// The room of a tunnel's posted receive, once the shard posted one the companion has
+    /// not answered; `Ready(None)` once the shard closed the connection (or for a sink that
+    /// is no tunnel: nothing will ever be asked).
+    pub fn poll_recv_room(&self, cx: &mut Context<'_>) -> Poll<Option<usize>> {
+        let Some(inbound) = &self.inbound else {
+            return Poll::Ready(None);
+        };
+        for attempt in 0..2 {
+            if self.closed.load(Ordering::Acquire) {
+                return Poll::Ready(None);
+            }
+            let room = inbound.room.load(Ordering::Acquire);
+            if room != 0 {
+                return Poll::Ready(Some(room));
+            }
+            if attempt == 0 {
+                self.waker.register(cx.waker());
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Answers the posted receive (companion side, after [`Self::poll_recv_room`] gave its
+    /// room): `Data` holds at most that room. The caller then mails `VirtualReceived`.
+    pub fn deliver(&self, received: Inbound) {
+        let inbound = self.inbound.as_ref().expect("only a tunnel receives");
+        let room = inbound.room.swap(0, Ordering::AcqRel);
+        assert_ne!(room, 0, "delivered to a posted receive");
+        if let Inbound::Data(data) = &received {
+            assert!(
+                !data.is_empty() && data.len() <= room,
+                "{} bytes for a receive of {room}",
+                data.len()
+            );
+        }
+        assert!(
+            inbound.received.push(received).is_ok(),
+            "one answer per receive"
+        );
     }
 
     /// The next batch (see [`Self::poll_batch`]).
@@ -308,5 +437,41 @@ mod tests {
             .poll_ready(&mut cx, &mut urgent, &mut streams)
             .is_ready());
         assert_eq!(streams.len(), 1);
+    }
+
+    /// One receive at a time, its answer bounded by its room; nothing is asked of a sink
+    /// that is no tunnel, and a closed tunnel asks nothing more.
+    #[test]
+    fn a_tunnel_receives_one_posted_receive_at_a_time() {
+        let count = Arc::new(Count(Default::default()));
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+
+        let plain = Arc::new(VirtualSink::default());
+        plain.post_recv(64);
+        assert!(!plain.receiving());
+        assert!(matches!(plain.poll_recv_room(&mut cx), Poll::Ready(None)));
+
+        let sink = Arc::new(VirtualSink::tunnel(None));
+        assert!(sink.is_tunnel());
+        assert!(sink.poll_recv_room(&mut cx).is_pending(), "nothing posted");
+        sink.post_recv(4);
+        assert_eq!(count.0.load(Ordering::Relaxed), 1, "a post wakes the task");
+        assert!(sink.receiving());
+        sink.post_recv(99); // one in flight: a no-op
+        assert!(matches!(sink.poll_recv_room(&mut cx), Poll::Ready(Some(4))));
+        assert_eq!(sink.take_received(), None, "not answered yet");
+        sink.deliver(Inbound::Data(b"abcd".to_vec()));
+        assert!(sink.poll_recv_room(&mut cx).is_pending(), "answered");
+        assert!(sink.receiving(), "until the shard takes the answer");
+        assert_eq!(sink.take_received(), Some(Inbound::Data(b"abcd".to_vec())));
+        assert!(!sink.receiving());
+        sink.post_recv(0);
+        assert!(matches!(sink.poll_recv_room(&mut cx), Poll::Ready(Some(1))));
+        sink.deliver(Inbound::End);
+        assert_eq!(sink.take_received(), Some(Inbound::End));
+        sink.post_recv(8);
+        sink.close();
+        assert!(matches!(sink.poll_recv_room(&mut cx), Poll::Ready(None)));
     }
 }

@@ -184,8 +184,20 @@ impl TlsHandshake {
 
 /// Transports a WebSocket runs over on the shard's ring, in label order
 /// (`ringcast_websocket_connections{transport}`): upgraded from plain HTTP/1.1, or from
-/// HTTP/1.1 over TLS.
-pub const WEBSOCKET_TRANSPORTS: [&str; 2] = ["http1", "tls"];
+/// HTTP/1.1 over TLS, or opened by an HTTP/2 extended CONNECT (RFC 8441, the companion's).
+pub const WEBSOCKET_TRANSPORTS: [&str; 3] = ["http1", "tls", "h2"];
+
+/// What a WebSocket runs over, as labelled in [`WEBSOCKET_TRANSPORTS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum WsTransport {
+    /// Upgraded from plain HTTP/1.1.
+    Http1,
+    /// Upgraded from HTTP/1.1 over TLS.
+    Tls,
+    /// An HTTP/2 stream (RFC 8441 extended CONNECT), h2c or over TLS.
+    H2,
+}
 
 /// Rooms are counted by how many subscribers they have on a shard: 0, 1, 2–10, 11–100,
 /// 101–1000, more.
@@ -334,15 +346,15 @@ impl ShardFigures {
         self.tls_handshakes[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// One more open WebSocket (`tls`: over TLS), counted in the total too.
-    pub fn websocket_opened(&self, tls: bool) {
-        self.websockets[usize::from(tls)].fetch_add(1, Ordering::Relaxed);
-        self.websockets_total[usize::from(tls)].fetch_add(1, Ordering::Relaxed);
+    /// One more open WebSocket over `transport`, counted in the total too.
+    pub fn websocket_opened(&self, transport: WsTransport) {
+        self.websockets[transport as usize].fetch_add(1, Ordering::Relaxed);
+        self.websockets_total[transport as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// One fewer open WebSocket.
-    pub fn websocket_closed(&self, tls: bool) {
-        self.websockets[usize::from(tls)].fetch_sub(1, Ordering::Relaxed);
+    /// One fewer open WebSocket over `transport`.
+    pub fn websocket_closed(&self, transport: WsTransport) {
+        self.websockets[transport as usize].fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Counts one failed accept; `paused` when it paused accepting.
@@ -455,7 +467,7 @@ pub fn expose_shards(out: &mut Exposition, shards: &[ShardFigures], now_unix_nan
         for (index, transport) in WEBSOCKET_TRANSPORTS.iter().enumerate() {
             out.counter(
                 "ringcast_websocket_upgrades_total",
-                "WebSocket upgrades answered 101 on the shard's ring, by transport.",
+                "WebSocket upgrades answered 101 (HTTP/2: 200) on the shard's ring, by transport.",
                 &[("shard", labels[0].as_str()), ("transport", transport)],
                 figures.websockets_total[index].load(Ordering::Relaxed) as f64,
             );

@@ -42,6 +42,33 @@ impl Shard {
         self.drive(now, slot)
     }
 
+    /// A tunnel's receive was answered by the companion (virtual_conn.rs): its bytes go to
+    /// the connection's WebSocket driver as a socket's would; the end closes it.
+    pub(super) fn on_virtual_recv(
+        &mut self,
+        now: Instant,
+        sink: &VirtualSink,
+    ) -> std::io::Result<()> {
+        let Some(key) = sink.key() else {
+            return Ok(());
+        };
+        let Some(conn) = self.conn_by_key(key).filter(|conn| !conn.closing) else {
+            return Ok(());
+        };
+        let Some(received) = conn.pipe.on_virtual_recv(&mut conn.recv) else {
+            return Ok(());
+        };
+        if conn.ws.is_some() {
+            return self.ws_received(now, key.slot, received);
+        }
+        // Only a WebSocket posts a tunnel's receive.
+        debug_assert!(
+            false,
+            "a tunnel's bytes for a connection that is no WebSocket"
+        );
+        self.begin_close(key.slot)
+    }
+
     /// Puts a connection in a free slot and returns it.
     pub(super) fn insert_conn(&mut self, conn: Conn) -> u32 {
         let conn = Box::new(conn);

@@ -491,7 +491,7 @@ impl Shard {
                 self.shared.figures[self.index].transport_closed(Transport::Tls);
             }
             if let Some(ws) = &conn.ws {
-                self.shared.figures[self.index].websocket_closed(ws.tls());
+                self.shared.figures[self.index].websocket_closed(ws.transport());
             }
             self.live -= 1;
             self.free.push(slot);

@@ -46,6 +46,7 @@ impl Shard {
                 };
                 return self.after_write(now, key.slot, wrote);
             }
+            Mail::VirtualReceived { sink } => return self.on_virtual_recv(now, &sink),
             Mail::VirtualClose { sink } => {
                 let Some(key) = sink.key() else {
                     return Ok(());

@@ -15,7 +15,7 @@
 //! must not.
 
 use crate::conn::tls::{Hello, Received as TlsReceived, TlsConn, TlsFailure};
-use crate::mesh::virtual_conn::VirtualSink;
+use crate::mesh::virtual_conn::{Inbound, VirtualSink};
 use crate::uring::op::{Completion, Held, OpId};
 use crate::uring::ring::Ring;
 use crate::uring::sys::{self, Shutdown};
@@ -166,7 +166,7 @@ impl Pipe {
     }
 
     /// A virtual connection: writes go to `sink`; nothing is received (the request came
-    /// with the mail).
+    /// with the mail), except a tunnel's client bytes ([`Self::on_virtual_recv`]).
     pub fn virtual_conn(sink: Arc<VirtualSink>) -> Self {
         Self::new(None, Transport::Virtual(sink))
     }
@@ -191,6 +191,12 @@ impl Pipe {
         matches!(self.transport, Transport::Virtual(_))
     }
 
+    /// Whether this is a tunnel: a virtual connection whose client's bytes come in too (an
+    /// RFC 8441 WebSocket over HTTP/2, virtual_conn.rs).
+    pub fn is_tunnel(&self) -> bool {
+        matches!(&self.transport, Transport::Virtual(sink) if sink.is_tunnel())
+    }
+
     /// A TLS connection still in its handshake: no answer can be written yet.
     pub fn handshaking(&self) -> bool {
         matches!(&self.transport, Transport::Tls(tls) if !tls.established())
@@ -206,9 +212,10 @@ impl Pipe {
         self.fd.as_ref().map(AsRawFd::as_raw_fd)
     }
 
-    /// A receive is in flight.
+    /// A receive is in flight (on the ring, or a tunnel's in the companion).
     pub fn receiving(&self) -> bool {
         self.recv.is_some()
+            || matches!(&self.transport, Transport::Virtual(sink) if sink.receiving())
     }
 
     /// A write is in progress (started and not yet delivered whole, failed or forgotten).
@@ -222,6 +229,14 @@ impl Pipe {
     /// buffer.
     pub fn post_recv(&mut self, ring: &mut Ring, key: u64, buf: &mut Vec<u8>, into: RecvInto) {
         if self.recv.is_some() {
+            return;
+        }
+        if let Transport::Virtual(sink) = &self.transport {
+            // Only a tunnel receives (its client's bytes, from the companion); `buf` stays
+            // here and the bytes are appended to it ([`Self::on_virtual_recv`]).
+            if let RecvInto::Request { room } = into {
+                sink.post_recv(room);
+            }
             return;
         }
         let Some(fd) = self.raw_fd() else {
@@ -314,7 +329,7 @@ impl Pipe {
                 },
                 Err(failure) => Received::TlsFailed(failure),
             },
-            Transport::Virtual(_) => unreachable!("a virtual pipe posts no receive"),
+            Transport::Virtual(_) => unreachable!("a virtual pipe posts no ring receive"),
         }
     }
 
@@ -461,6 +476,32 @@ impl Pipe {
             }
             (_, held) => unreachable!("a write completion holding {held:?}"),
         }
+    }
+
+    /// The companion answered a tunnel's receive (`Mail::VirtualReceived`): its bytes are
+    /// appended to `buf` (the receive buffer, which stays with the connection); `None` if
+    /// no answer waits (a stale mail).
+    pub fn on_virtual_recv(&mut self, buf: &mut Vec<u8>) -> Option<Received> {
+        let Transport::Virtual(sink) = &self.transport else {
+            return None;
+        };
+        Some(match sink.take_received()? {
+            Inbound::Data(data) if buf.is_empty() => {
+                *buf = data;
+                Received::Data {
+                    established: false,
+                    closed: false,
+                }
+            }
+            Inbound::Data(data) => {
+                buf.extend_from_slice(&data);
+                Received::Data {
+                    established: false,
+                    closed: false,
+                }
+            }
+            Inbound::End => Received::Closed,
+        })
     }
 
     /// Gives up the write in progress (the connection closes): returns its bytes not
@@ -754,6 +795,42 @@ mod tests {
         assert!(matches!(pipe.settle(recv), Held::Recv(_)));
         assert!(!pipe.receiving());
         assert_eq!(ring.in_flight(), 0);
+    }
+
+    /// A tunnel's receive: posted once (no ring op), answered by the companion, its bytes
+    /// appended to the receive buffer; the client's end is the receive's end.
+    #[test]
+    fn a_tunnel_receives_what_the_companion_read_one_receive_at_a_time() {
+        use crate::mesh::virtual_conn::Inbound;
+        let mut ring = Ring::with_entries(8).unwrap();
+        let sink = Arc::new(VirtualSink::tunnel(None));
+        let mut pipe = Pipe::virtual_conn(sink.clone());
+        assert!(pipe.is_tunnel());
+        let mut buf = b"ab".to_vec();
+        pipe.post_recv(&mut ring, 1, &mut buf, RecvInto::Request { room: 3 });
+        assert!(pipe.receiving());
+        assert_eq!(ring.in_flight(), 0, "no ring op for a tunnel");
+        assert_eq!(&buf[..], b"ab", "the buffer stays with the connection");
+        assert!(pipe.on_virtual_recv(&mut buf).is_none(), "not answered yet");
+        sink.deliver(Inbound::Data(b"cde".to_vec()));
+        let received = pipe.on_virtual_recv(&mut buf).unwrap();
+        assert!(matches!(received, Received::Data { closed: false, .. }));
+        assert_eq!(&buf[..], b"abcde");
+        assert!(!pipe.receiving());
+        // A discard receive asks nothing of a tunnel.
+        pipe.post_recv(&mut ring, 1, &mut buf, RecvInto::Discard);
+        assert!(!pipe.receiving());
+        pipe.post_recv(&mut ring, 1, &mut buf, RecvInto::Request { room: 8 });
+        sink.deliver(Inbound::End);
+        assert!(matches!(
+            pipe.on_virtual_recv(&mut buf),
+            Some(Received::Closed)
+        ));
+        // A virtual connection that is no tunnel never receives.
+        let mut plain = Pipe::virtual_conn(Arc::new(VirtualSink::new(None)));
+        plain.post_recv(&mut ring, 2, &mut buf, RecvInto::Request { room: 8 });
+        assert!(!plain.receiving());
+        assert!(!plain.is_tunnel());
     }
 
     #[test]

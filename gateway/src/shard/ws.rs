@@ -2,7 +2,9 @@
 //! an HTTP/1.1 request on a WebSocket route, and the driver of its sans-IO [`WsConn`]
 //! afterwards — plaintext from the pipe (plain or TLS) in, the machine's frames (and the
 //! fan-out's, for a room) out through the pipe in one write, its deadline on the shard's
-//! timer wheel, the close once its last frames are written.
+//! timer wheel, the close once its last frames are written. Over HTTP/2 (RFC 8441) the
+//! pipe is a companion's tunnel (mesh/virtual_conn.rs): the same driver, a `200` instead
+//! of the `101`, the stream's DATA in place of the socket.
 //!
 //! The HTTP/1.1 machine hands over with what it already offers a stream: once the request
 //! is checked, `Connection::stream` (the SSE path's call) puts it in `Streaming` — no
@@ -19,9 +21,10 @@
 use super::*;
 use crate::conn::ws::machine::{ECHO_MESSAGE_BYTES_MAX, MESSAGE_BYTES_MAX};
 use crate::conn::ws::{
-    accept, CloseCode, CommandRefusal, HandshakeError, HeaderField, Opcode, OriginPolicy,
-    SendError, UpgradeRequest, WsConfig, WsConn, WsEvent,
+    accept, accept_extended_connect, CloseCode, CommandRefusal, HandshakeError, HeaderField,
+    Opcode, OriginPolicy, SendError, UpgradeRequest, WsConfig, WsConn, WsEvent,
 };
+use crate::metrics::WsTransport;
 use std::collections::VecDeque;
 
 /// Bytes a WebSocket's receive asks for while the client sends little (an idle viewer, a
@@ -138,14 +141,20 @@ pub(super) struct WsDriver {
     /// machine is over or the fan-out cut it, so a last write a client never reads cannot
     /// hold the connection (`close_timeout` after).
     end_by: Option<Instant>,
-    /// Upgraded from TLS (the metrics' transport label).
-    tls: bool,
+    /// What it runs over (the metrics' transport label).
+    transport: WsTransport,
     /// What the next receive asks for: more after a receive that filled its room.
     recv_room: usize,
 }
 
 impl WsDriver {
-    fn new(now: Instant, config: WsConfig, route: WsRoute, response: Bytes, tls: bool) -> Self {
+    fn new(
+        now: Instant,
+        config: WsConfig,
+        route: WsRoute,
+        response: Bytes,
+        transport: WsTransport,
+    ) -> Self {
         Self {
             machine: WsConn::new(now, config),
             route,
@@ -163,7 +172,7 @@ impl WsDriver {
             write_ends: false,
             closed: false,
             end_by: None,
-            tls,
+            transport,
             recv_room: WS_RECV_BYTES,
         }
     }
@@ -185,9 +194,9 @@ impl WsDriver {
         self.end_by = Some(self.end_by.map_or(end, |at| at.min(end)));
     }
 
-    /// Whether the connection was upgraded from TLS.
-    pub(super) fn tls(&self) -> bool {
-        self.tls
+    /// What the connection runs over.
+    pub(super) fn transport(&self) -> WsTransport {
+        self.transport
     }
 
     /// The route it serves.
@@ -259,6 +268,17 @@ fn upgrade_response(head: &[u8], origins: &OriginPolicy) -> Result<Bytes, Handsh
     accept(&upgrade, origins)
 }
 
+/// The `200` for an RFC 8441 extended CONNECT, as the companion translated it to HTTP/1.1
+/// bytes (the head as received), or why it is refused.
+fn extended_connect_response(head: &[u8], origins: &OriginPolicy) -> Result<Bytes, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; crate::http::h1::HEADERS_MAX];
+    let mut request = httparse::Request::new(&mut headers);
+    let parsed = matches!(request.parse(head), Ok(httparse::Status::Complete(_)));
+    debug_assert!(parsed, "the HTTP machine handed out a complete head");
+    let fields: Vec<HeaderField<'_>> = request.headers.iter().map(HeaderField::from).collect();
+    accept_extended_connect(&fields, origins)
+}
+
 impl Shard {
     /// A request on the echo route: checks the handshake and upgrades, or refuses.
     pub(super) fn ws_open_echo(
@@ -283,9 +303,11 @@ impl Shard {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(None);
         };
-        let response = if conn.pipe.is_virtual() {
-            // HTTP/2 and HTTP/3 would need RFC 8441 / 9220 (not yet): the companion's
-            // translation is not an upgrade.
+        let response = if conn.pipe.is_tunnel() {
+            // An HTTP/2 extended CONNECT (RFC 8441), answered `200` (companion/ws_tunnel.rs).
+            extended_connect_response(head, &self.shared.config.ws.origins)
+        } else if conn.pipe.is_virtual() {
+            // A GET over HTTP/2 or HTTP/3 is no upgrade (HTTP/3's RFC 9220: not yet).
             Err(HandshakeError::NotHttp11)
         } else {
             upgrade_response(head, &self.shared.config.ws.origins)
@@ -337,12 +359,21 @@ impl Shard {
         debug_assert!(conn.http.awaits_answer(), "upgraded in answer to a request");
         conn.http.stream();
         conn.recv = Vec::new();
-        let tls = conn.pipe.is_tls();
-        let mut driver = Box::new(WsDriver::new(now, config, route, response, tls));
+        let transport = match (conn.pipe.is_tls(), conn.pipe.is_virtual()) {
+            (true, _) => WsTransport::Tls,
+            (false, true) => WsTransport::H2,
+            (false, false) => WsTransport::Http1,
+        };
+        let mut driver = Box::new(WsDriver::new(now, config, route, response, transport));
         driver.rooms.extend(room);
         conn.ws = Some(driver);
-        self.shared.figures[self.index].websocket_opened(tls);
-        tracing::trace!(shard = self.index, conn = slot, tls, "websocket open");
+        self.shared.figures[self.index].websocket_opened(transport);
+        tracing::trace!(
+            shard = self.index,
+            conn = slot,
+            ?transport,
+            "websocket open"
+        );
         self.ws_pump(now, slot)
     }
 

@@ -164,8 +164,8 @@ impl<R> Route<R> {
     }
 
     /// Whether the route is a WebSocket endpoint: a `GET` there must be an upgrade
-    /// (conn/ws/handshake.rs), answered `101` or refused; HTTP/2 and HTTP/3 do not carry
-    /// them (no RFC 8441 / 9220 yet).
+    /// (conn/ws/handshake.rs), answered `101` or refused; over HTTP/2 an extended CONNECT
+    /// (RFC 8441) opens one, answered `200`; HTTP/3 does not carry them (no RFC 9220).
     pub fn is_websocket(&self) -> bool {
         matches!(self, Route::RoomWs(_) | Route::Ws | Route::WsEcho)
     }

@@ -6,6 +6,11 @@
 //! header converts with `HeaderField::from`. Routing, auth and admission happen before it,
 //! in the HTTP layer. No extension or subprotocol is negotiated (no permessage-deflate):
 //! the client's offers are ignored, as §4.2.2 allows.
+//!
+//! Over HTTP/2 (RFC 8441 extended CONNECT, [`accept_extended_connect`]) the stream is
+//! opened by `:method CONNECT` with `:protocol websocket` (the caller checked both): there
+//! is no `Upgrade`/`Connection` token, no key and no accept (§5), and the answer is `200`;
+//! `Sec-WebSocket-Version` and `Origin` are checked as over HTTP/1.1.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -168,6 +173,17 @@ pub fn accept(
     if key.len() != 24 || BASE64.decode(key).map(|raw| raw.len()) != Ok(16) {
         return Err(HandshakeError::BadKey);
     }
+    check_origin(origins, origin)?;
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        accept_key(key)
+    );
+    Ok(Bytes::from(response))
+}
+
+/// Refuses an `Origin` that is not on the allow-list (none is let through).
+fn check_origin(origins: &OriginPolicy, origin: Option<&[u8]>) -> Result<(), HandshakeError> {
     if let (OriginPolicy::AllowList(allowed), Some(origin)) = (origins, origin) {
         let origin = origin.trim_ascii();
         if !allowed
@@ -177,12 +193,39 @@ pub fn accept(
             return Err(HandshakeError::OriginRefused);
         }
     }
-    let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {}\r\n\r\n",
-        accept_key(key)
-    );
-    Ok(Bytes::from(response))
+    Ok(())
+}
+
+/// The answer head to an RFC 8441 extended CONNECT that opens a WebSocket: a `200` with no
+/// field (the stream's DATA then carries RFC 6455 frames both ways).
+pub const EXTENDED_CONNECT_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\n\r\n";
+
+/// Checks the header fields of an RFC 8441 extended CONNECT (`:protocol websocket`, which
+/// the HTTP/2 layer checked, as the method) and returns the `200` head to answer with
+/// ([`EXTENDED_CONNECT_RESPONSE`], written as HTTP/1.1 bytes for the layer that translates
+/// it). `Sec-WebSocket-Version` must be 13 and `Origin` allowed, as over HTTP/1.1 (RFC 8441
+/// §5); `Sec-WebSocket-Key` is not used and `Upgrade`/`Connection` cannot appear (HTTP/2
+/// forbids connection-specific fields).
+pub fn accept_extended_connect(
+    headers: &[HeaderField<'_>],
+    origins: &OriginPolicy,
+) -> Result<Bytes, HandshakeError> {
+    let (mut version, mut origin) = (None, None);
+    for field in headers {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("sec-websocket-version") {
+            if version.replace(field.value).is_some() {
+                return Err(HandshakeError::Repeated("sec-websocket-version"));
+            }
+        } else if name.eq_ignore_ascii_case("origin") && origin.replace(field.value).is_some() {
+            return Err(HandshakeError::Repeated("origin"));
+        }
+    }
+    if version.map(<[u8]>::trim_ascii) != Some(b"13") {
+        return Err(HandshakeError::BadVersion);
+    }
+    check_origin(origins, origin)?;
+    Ok(Bytes::from_static(EXTENDED_CONNECT_RESPONSE))
 }
 
 #[cfg(test)]
@@ -365,5 +408,62 @@ mod tests {
             run("GET", 1, &fields, &policy),
             Err(HandshakeError::Repeated("origin"))
         );
+    }
+
+    /// RFC 8441 §5: no key, no upgrade tokens; version 13 and the origin as over HTTP/1.1.
+    #[test]
+    fn extended_connect_checks_version_and_origin_only() {
+        let fields = |list: &[(&'static str, &'static [u8])]| -> Vec<HeaderField<'static>> {
+            list.iter()
+                .map(|&(name, value)| HeaderField { name, value })
+                .collect()
+        };
+        let any = OriginPolicy::Any;
+        let ok = fields(&[("host", b"example"), ("sec-websocket-version", b"13")]);
+        assert_eq!(
+            &accept_extended_connect(&ok, &any).unwrap()[..],
+            b"HTTP/1.1 200 OK\r\n\r\n"
+        );
+        type Fields<'a> = &'a [(&'a str, &'a [u8])];
+        let table: &[(Fields, HandshakeError)] = &[
+            (&[], HandshakeError::BadVersion),
+            (
+                &[("sec-websocket-version", b"8")],
+                HandshakeError::BadVersion,
+            ),
+            (
+                &[
+                    ("sec-websocket-version", b"13"),
+                    ("Sec-WebSocket-Version", b"13"),
+                ],
+                HandshakeError::Repeated("sec-websocket-version"),
+            ),
+            (
+                &[
+                    ("sec-websocket-version", b"13"),
+                    ("origin", b"https://a.example"),
+                    ("origin", b"https://a.example"),
+                ],
+                HandshakeError::Repeated("origin"),
+            ),
+        ];
+        for (list, want) in table {
+            assert_eq!(
+                accept_extended_connect(&fields(list), &any),
+                Err(*want),
+                "{list:?}"
+            );
+        }
+        let policy = OriginPolicy::AllowList(vec!["https://live.example".into()]);
+        let mut with_origin = ok.clone();
+        with_origin.push(HeaderField {
+            name: "origin",
+            value: b"https://evil.example",
+        });
+        assert_eq!(
+            accept_extended_connect(&with_origin, &policy),
+            Err(HandshakeError::OriginRefused)
+        );
+        accept_extended_connect(&ok, &policy).unwrap();
     }
 }

@@ -14,7 +14,9 @@ pub mod protocol;
 pub mod utf8;
 
 pub use frame::{encode_room_message, CloseCode, Opcode};
-pub use handshake::{accept, HandshakeError, HeaderField, OriginPolicy, UpgradeRequest};
+pub use handshake::{
+    accept, accept_extended_connect, HandshakeError, HeaderField, OriginPolicy, UpgradeRequest,
+};
 pub use machine::{SendError, WsConfig, WsConn, WsEvent};
 pub use protocol::{parse_command, Command, CommandError, CommandRefusal, Ref};
 
