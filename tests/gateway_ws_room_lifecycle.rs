@@ -449,6 +449,16 @@ fn a_drain_delivers_everything_accepted_before_the_signal_then_closes_with_1001(
 
     while publisher.read(&mut viewers[0]) {}
     assert!(publisher.acked.len() + publisher.refused <= 6);
+    // An ack, even one after the signal, means the publisher itself got the message before
+    // its 1001.
+    for id in &publisher.acked {
+        assert!(
+            publisher.seen.contains(id),
+            "acked {id:?} reached its publisher before the 1001: acked {:?}, seen {:?}",
+            publisher.acked,
+            publisher.seen
+        );
+    }
     let mut seen_by = vec![publisher.seen.clone()];
     for viewer in &mut viewers[1..] {
         let mut view = PublisherView::default();

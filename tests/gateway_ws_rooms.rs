@@ -346,14 +346,20 @@ fn a_drain_delivers_what_was_accepted_then_closes_viewers_with_1001() {
             assert_eq!(next_message(viewer, "bye"), (*id, format!("m{n}")));
         }
         let close = viewer.next_data(WAIT);
-        assert_eq!((close.opcode, close.close_code()), (CLOSE, Some(1001)));
+        assert_eq!(
+            (close.opcode, close.close_code(), &close.payload[2..]),
+            (CLOSE, Some(1001), &b"server draining"[..])
+        );
         // Closed once the fan-out's close frame is out, not at the drain timeout (3 s).
         assert!(viewer.closed_within(Duration::from_secs(1)));
     }
-    // Connections without rooms get the close handshake at once.
+    // Connections without rooms get the close handshake at once, with the same reason.
     for other in [&mut roomless, &mut echo] {
         let close = other.next_data(WAIT);
-        assert_eq!((close.opcode, close.close_code()), (CLOSE, Some(1001)));
+        assert_eq!(
+            (close.opcode, close.close_code(), &close.payload[2..]),
+            (CLOSE, Some(1001), &b"server draining"[..])
+        );
         other.send(&close_frame(1001, ""));
         assert!(other.closed_within(WAIT));
     }

@@ -4,8 +4,9 @@
 //! ones close; the others close after their current request; one that has not sent its
 //! first request yet gets [`REQUEST_WAIT`] to send it and be answered 503). It keeps
 //! taking mail for [`SETTLE`], so messages other shards accepted before the signal still
-//! arrive, then drains its subscribers (each closes once it has everything, with an SSE
-//! `retry:` of [`RETRY_MS`]). It keeps accepting, answering 503 `draining`, until every
+//! arrive, and until every other shard has stopped sequencing ([`Figures::peers_stopped`]:
+//! no publish acked anywhere can still add a frame here), then drains its subscribers
+//! (each closes once it has everything, with an SSE `retry:` of [`RETRY_MS`]). It keeps accepting, answering 503 `draining`, until every
 //! shard is drained (has no connection left): were one shard to close its listener while
 //! clients still arrive at the others' addresses in the same `SO_REUSEPORT` group, the
 //! kernel would complete their handshakes on it and reset them at exit. Then it stops
@@ -41,6 +42,10 @@ pub struct Figures {
     pub accepts_armed: bool,
     /// Whether every shard (this one included) reports itself drained ([`Drain::drained`]).
     pub all_drained: bool,
+    /// Whether every other shard has stopped sequencing and this one has taken in all
+    /// they sequenced (`Sequencer::peers_stopped`): subscribers are drained only then, so
+    /// a publish acked anywhere reaches this shard's subscribers before their close.
+    pub peers_stopped: bool,
 }
 
 /// What the shard must do next.
@@ -53,7 +58,8 @@ pub enum DrainAction {
         /// How long a connection still waiting for its first request is waited for.
         request_wait: Duration,
     },
-    /// Start draining the fan-out's subscribers (`Fanout::handle_drain`).
+    /// Start draining the fan-out's subscribers (`Fanout::handle_drain`): [`SETTLE`] after
+    /// the signal, once every other shard stopped sequencing ([`Figures::peers_stopped`]).
     DrainSubscribers {
         /// The SSE `retry:` hint, in milliseconds.
         retry_ms: u64,
@@ -87,6 +93,8 @@ struct Stopping {
     deadline: Instant,
     /// When subscribers are drained; `None` once they were.
     drain_at: Option<Instant>,
+    /// `drain_at` passed and the drain waits for the other shards' stop (mail, not time).
+    awaiting_peers: bool,
     /// The connections were not told yet.
     hurry_due: bool,
     /// Accepts still run.
@@ -136,6 +144,7 @@ impl Drain {
         self.stopping = Some(Stopping {
             deadline: now + drain_timeout,
             drain_at: Some(now + SETTLE),
+            awaiting_peers: false,
             hurry_due: true,
             accepting: true,
             forced: false,
@@ -158,8 +167,11 @@ impl Drain {
             });
         }
         if stopping.drain_at.is_some_and(|at| now >= at) {
-            stopping.drain_at = None;
-            return Some(DrainAction::DrainSubscribers { retry_ms: RETRY_MS });
+            stopping.awaiting_peers = !figures.peers_stopped;
+            if figures.peers_stopped {
+                stopping.drain_at = None;
+                return Some(DrainAction::DrainSubscribers { retry_ms: RETRY_MS });
+            }
         }
         if stopping.accepting && (figures.all_drained || stopping.forced) {
             // Clients that connected during the drain were answered (or the time is up).
@@ -191,7 +203,7 @@ impl Drain {
     /// sooner: poll every turn.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let stopping = self.stopping.as_ref()?;
-        if let Some(at) = stopping.drain_at {
+        if let Some(at) = stopping.drain_at.filter(|_| !stopping.awaiting_peers) {
             return Some(at);
         }
         if !stopping.forced {
@@ -212,6 +224,7 @@ mod tests {
             open: 3,
             accepts_armed: true,
             all_drained: false,
+            peers_stopped: true,
         }
     }
 
@@ -233,6 +246,7 @@ mod tests {
             open: 0,
             accepts_armed: false,
             all_drained: true,
+            peers_stopped: true,
         };
         assert_eq!(actions(&mut drain, now, idle), []);
         assert_eq!(drain.phase(), Phase::Running);
@@ -266,6 +280,37 @@ mod tests {
     }
 
     #[test]
+    fn subscribers_drain_only_once_every_other_shard_stopped_sequencing() {
+        let start = Instant::now();
+        let mut drain = Drain::new();
+        drain.handle_stop(start, TIMEOUT);
+        let _ = actions(&mut drain, start, busy());
+        let sequencing = Figures {
+            peers_stopped: false,
+            ..busy()
+        };
+        // The settle is over, but another shard may still ack a publish whose frame has
+        // not reached this shard: no drain, and no wake-up by time for it (the peer's
+        // mail wakes the shard).
+        let late = start + SETTLE + Duration::from_secs(1);
+        assert_eq!(actions(&mut drain, late, sequencing), []);
+        assert_eq!(drain.poll_timeout(), Some(start + TIMEOUT));
+        assert_eq!(
+            actions(&mut drain, late, busy()),
+            [DrainAction::DrainSubscribers { retry_ms: RETRY_MS }]
+        );
+        assert_eq!(actions(&mut drain, late, busy()), []);
+        // A peer that never stops is cut by the deadline.
+        let mut stuck = Drain::new();
+        stuck.handle_stop(start, TIMEOUT);
+        let _ = actions(&mut stuck, start + SETTLE, sequencing);
+        assert_eq!(
+            actions(&mut stuck, start + TIMEOUT, sequencing),
+            [DrainAction::CloseAll, DrainAction::StopAccepting]
+        );
+    }
+
+    #[test]
     fn a_second_signal_keeps_the_first_deadline() {
         let start = Instant::now();
         let mut drain = Drain::new();
@@ -288,12 +333,14 @@ mod tests {
             open: 0,
             accepts_armed: true,
             all_drained: false,
+            peers_stopped: true,
         };
         assert!(drain.drained(alone.open));
         assert_eq!(actions(&mut drain, at, alone), []);
         assert!(drain.accepting());
         let all = Figures {
             all_drained: true,
+            peers_stopped: true,
             ..alone
         };
         assert_eq!(actions(&mut drain, at, all), [DrainAction::StopAccepting]);
@@ -321,6 +368,7 @@ mod tests {
             open: 1,
             accepts_armed: false,
             all_drained: false,
+            peers_stopped: true,
         };
         let _ = actions(&mut drain, start + SETTLE, open);
         assert_eq!(
@@ -374,6 +422,7 @@ mod tests {
             open: 0,
             accepts_armed: false,
             all_drained: false,
+            peers_stopped: true,
         };
         assert_eq!(
             actions(&mut drain, deadline + Duration::from_millis(10), closed),
@@ -392,6 +441,7 @@ mod tests {
             open: 0,
             accepts_armed: true,
             all_drained: true,
+            peers_stopped: true,
         };
         assert_eq!(
             actions(&mut drain, start, empty),

@@ -121,11 +121,11 @@ impl Frame {
     }
 
     /// What a drained subscriber gets last: SSE `retry: {retry_ms}` (reconnect after that
-    /// delay), WebSocket a close frame 1001 "server draining".
+    /// delay), WebSocket a close frame 1001 [`ws::CLOSE_REASON_DRAINING`].
     pub fn drain(retry_ms: u64) -> Self {
         Self::from_parts(
             &sse::encode_retry(retry_ms),
-            &ws::encode_close(ws::CLOSE_GOING_AWAY, "server draining"),
+            &ws::encode_close(ws::CLOSE_GOING_AWAY, ws::CLOSE_REASON_DRAINING),
         )
     }
 

@@ -98,6 +98,14 @@ pub enum Letter<R> {
         /// The answering shard's figures of the room (zero and `None` if it holds none).
         info: RoomInfo,
     },
+    /// To every other shard, once, when the sender stops: it sequences nothing more, and
+    /// every frame it sequenced was posted before this letter (mail between two shards
+    /// keeps its order), so once the receiver has it, its replicas hold everything the
+    /// sender acked ([`Sequencer::peers_stopped`]).
+    Stopped {
+        /// The shard that stopped.
+        shard: usize,
+    },
 }
 
 /// Where a publish read on this shard went.
@@ -124,6 +132,8 @@ pub struct Sequencer<R, M> {
     outbox_max: usize,
     /// Set once the shard stops: it sequences nothing new.
     stopping: bool,
+    /// Which shards' [`Letter::Stopped`] arrived (this shard's own place stays false).
+    peer_stopped: Vec<bool>,
     keys: KeyTable,
     /// The reply token type the letters carry.
     reply: PhantomData<fn(R)>,
@@ -142,6 +152,7 @@ impl<R, M: From<Letter<R>>> Sequencer<R, M> {
             outboxes: (0..shards).map(|_| VecDeque::new()).collect(),
             outbox_max,
             stopping: false,
+            peer_stopped: vec![false; shards],
             keys: KeyTable::new(keys_max),
             reply: PhantomData,
         }
@@ -174,9 +185,39 @@ impl<R, M: From<Letter<R>>> Sequencer<R, M> {
 
     /// The shard stops: from now on every publish it would sequence is refused
     /// ([`Refusal::Draining`]); forwarding and replicas go on, so what other shards
-    /// accepted before their own stop still arrives.
+    /// accepted before their own stop still arrives. Every other shard is told
+    /// ([`Letter::Stopped`], after every frame this shard sequenced); later calls change
+    /// nothing.
     pub fn handle_stop(&mut self) {
-        self.stopping = true;
+        if std::mem::replace(&mut self.stopping, true) {
+            return;
+        }
+        let shard = self.shard;
+        for target in (0..self.shards).filter(|&target| target != shard) {
+            self.post(target, Letter::Stopped { shard });
+        }
+    }
+
+    /// A [`Letter::Stopped`] from `shard`: everything it will ever sequence is in this
+    /// shard's fan-out now.
+    pub fn handle_peer_stopped(&mut self, shard: usize) {
+        debug_assert_ne!(shard, self.shard, "a shard's own stop comes by mail");
+        if let Some(stopped) = self.peer_stopped.get_mut(shard) {
+            *stopped = true;
+        }
+    }
+
+    /// Whether every other shard has stopped sequencing and this shard has taken in all it
+    /// sequenced: no publish acked anywhere in the process can add a frame to this shard's
+    /// replicas any more, so its subscribers may be drained (`drain::Figures`). Draining
+    /// sooner (on time alone) could close a caught-up subscriber, the publisher itself
+    /// included, before the frame of a publish the owner sequences, and acks, later.
+    pub fn peers_stopped(&self) -> bool {
+        let shard = self.shard;
+        self.peer_stopped
+            .iter()
+            .enumerate()
+            .all(|(index, &stopped)| stopped || index == shard)
     }
 
     /// Forgets idempotency keys recorded `window` or longer before `now`.

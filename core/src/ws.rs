@@ -20,6 +20,10 @@ pub const SERVER_HEADER_BYTES_MAX: usize = 10;
 pub const PING_EMPTY: &[u8] = &[0x89, 0x00];
 /// Close code 1001, "going away": the server drains or shuts down (§7.4.1).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// The reason of every 1001 a drain sends, whoever closes: the fan-out's drain of a
+/// subscriber ([`crate::frame::Frame::drain`]) or the shard, for a connection that follows
+/// no room (docs/PROTOCOL.md).
+pub const CLOSE_REASON_DRAINING: &str = "server draining";
 /// Close code 1013, "try again later": a slow consumer cut (after `lagged`).
 pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 

@@ -197,6 +197,10 @@ impl Sim {
                     merge_room_info(total, &info);
                     *waiting -= 1;
                 }
+                Letter::Stopped { shard } => {
+                    assert_eq!(shard, from);
+                    s.seq.handle_peer_stopped(shard);
+                }
             }
         }
         handled
@@ -432,6 +436,101 @@ fn a_stopping_owner_refuses_with_draining_but_still_forwards_and_replicates() {
         sim.answers[&forwarded].ok(),
         "the stopping shard's replica still follows"
     );
+}
+
+#[test]
+fn a_stopping_shard_tells_every_other_after_the_frames_it_sequenced_once() {
+    let mut sim = Sim::new(3, 16, 16);
+    let mine = (0..)
+        .map(Sim::room)
+        .find(|r| owner_shard(r, 3) == 0)
+        .unwrap();
+    let number = sim.publish(0, &mine, None);
+    sim.shards[0].seq.handle_stop();
+    sim.shards[0].seq.handle_stop();
+    for target in [1, 2] {
+        let outbox = sim.outbox(0, target);
+        assert!(
+            matches!(
+                outbox[..],
+                [Letter::Frame { id: 1, .. }, Letter::Stopped { shard: 0 }]
+            ),
+            "{outbox:?}"
+        );
+    }
+    assert!(!sim.shards[1].seq.peers_stopped());
+    sim.settle();
+    assert_eq!(sim.answers[&number].map(|id| id.seq), Ok(1));
+    assert!(!sim.shards[1].seq.peers_stopped(), "shard 2 still runs");
+    assert!(!sim.shards[0].seq.peers_stopped());
+    sim.shards[2].seq.handle_stop();
+    sim.settle();
+    assert!(sim.shards[1].seq.peers_stopped());
+    assert!(!sim.shards[0].seq.peers_stopped(), "shard 1 still runs");
+}
+
+/// Issue 16: a publish read by a draining shard, acked by an owner that had not stopped
+/// yet, reaches the publisher's own subscription (caught up, on the draining shard) before
+/// its drain close, however late the owner's mail.
+#[test]
+fn an_ack_during_a_drain_means_the_frame_reaches_the_publishers_own_subscription_first() {
+    use crate::drain::{Drain, DrainAction, Figures, RETRY_MS, SETTLE};
+    use crate::fanout::CloseReason;
+    let mut sim = Sim::new(2, 16, 16);
+    let theirs = (0..)
+        .map(Sim::room)
+        .find(|r| owner_shard(r, 2) == 1)
+        .unwrap();
+    sim.subscribe(0, 7, &theirs);
+    sim.settle();
+    let start = sim.now;
+    let mut drain = Drain::new();
+    // One turn of shard 0's stop choreography, as the driver runs it; a drain close's
+    // frame is recorded as the subscription's last.
+    let turn = |sim: &mut Sim, drain: &mut Drain| {
+        let figures = Figures {
+            open: 1,
+            accepts_armed: true,
+            all_drained: false,
+            peers_stopped: sim.shards[0].seq.peers_stopped(),
+        };
+        while let Some(action) = drain.poll_action(sim.now, figures) {
+            if let DrainAction::DrainSubscribers { retry_ms } = action {
+                sim.shards[0].fanout.handle_drain(sim.now, retry_ms);
+            }
+        }
+        let s = &mut sim.shards[0];
+        let mut out = Vec::new();
+        while let Some(action) = s.fanout.poll_action(sim.now, &mut out) {
+            s.received.entry(ConnId(7)).or_default().append(&mut out);
+            match action {
+                Action::Write { conn } => s.fanout.handle_write_done(sim.now, conn),
+                Action::Close { reason, .. } => assert_eq!(reason, CloseReason::Drained),
+            }
+        }
+    };
+    sim.shards[0].seq.handle_stop();
+    drain.handle_stop(start, Duration::from_secs(10));
+    turn(&mut sim, &mut drain);
+    // Read right after the signal and forwarded; the owner (still running) sequences it,
+    // but its mail to shard 0 is slow.
+    let number = sim.publish(0, &theirs, None);
+    sim.flush(0);
+    sim.deliver(0, 1, usize::MAX);
+    sim.now = start + SETTLE * 3;
+    turn(&mut sim, &mut drain);
+    assert!(
+        sim.stream(0, 7).is_empty(),
+        "nothing to deliver yet, and the subscription is still open"
+    );
+    // The owner stops: its frame, the ack, then its stop reach shard 0.
+    sim.shards[1].seq.handle_stop();
+    sim.settle();
+    turn(&mut sim, &mut drain);
+    let id = sim.answers[&number].expect("acked by the running owner");
+    assert_eq!(sim.stream(0, 7), [(id.seq, format!("p{number}"))]);
+    let last = sim.shards[0].received[&ConnId(7)].last().unwrap().clone();
+    assert_eq!(last, Frame::drain(RETRY_MS).sse(), "then the drain's close");
 }
 
 #[test]

@@ -103,6 +103,7 @@ impl From<Letter<ReplyTo>> for Mail {
                 last_id: info.last_id,
                 history_len: info.history_len,
             },
+            Letter::Stopped { shard } => Mail::Stopped { shard },
         }
     }
 }
@@ -168,6 +169,12 @@ pub enum Mail {
         last_id: Option<ringcast_core::event_id::EventId>,
         /// Messages the answering shard's replica holds.
         history_len: usize,
+    },
+    /// The sender stopped: it sequences nothing more, and its frames came before this
+    /// (`ringcast_core::sequencer::Letter::Stopped`).
+    Stopped {
+        /// The shard that stopped.
+        shard: usize,
     },
     /// From the shard's companion thread: serve this request (complete HTTP/1.1 bytes,
     /// translated from TLS, HTTP/2 or HTTP/3) as a virtual connection writing to `sink`.

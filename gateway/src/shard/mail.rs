@@ -102,6 +102,7 @@ impl Shard {
                     stamp_unix_nanos,
                 );
             }
+            Mail::Stopped { shard } => self.sequencer.handle_peer_stopped(shard),
             Mail::Presence { room, subscribed } => {
                 self.fanout.handle_presence(now, &room, subscribed);
             }

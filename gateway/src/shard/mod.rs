@@ -406,6 +406,7 @@ impl Shard {
                 .drained
                 .iter()
                 .all(|d| d.load(Ordering::Relaxed)),
+            peers_stopped: self.sequencer.peers_stopped(),
         };
         while let Some(action) = self.drain.poll_action(now, figures) {
             match action {

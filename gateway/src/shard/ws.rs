@@ -690,8 +690,8 @@ impl Shard {
             if !ws.rooms.is_empty() {
                 return Ok(());
             }
-            ws.machine
-                .send_close(now, CloseCode::GoingAway, "server shutting down");
+            let reason = ringcast_core::ws::CLOSE_REASON_DRAINING;
+            ws.machine.send_close(now, CloseCode::GoingAway, reason);
         }
         self.ws_pump(now, slot)
     }
