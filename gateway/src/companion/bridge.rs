@@ -618,6 +618,34 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(http::response::Parts, usize, Opti
     Ok(Some((parts, len, content_length)))
 }
 
+/// A response body: fed by a virtual connection, or one piece the companion made itself.
+pub enum VirtualBody {
+    /// The shard's answer; a subscription holds its place on the connection until the
+    /// body is dropped.
+    Stream(VirtualStream, Option<StreamPlace>),
+    /// A short answer (the 429 for too many streams).
+    Fixed(Option<Bytes>),
+}
+
+impl http_body::Body for VirtualBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::convert::Infallible>>> {
+        match self.get_mut() {
+            VirtualBody::Stream(stream, _) => stream
+                .poll_frame(cx)
+                .map(|frame| frame.map(|data| Ok(http_body::Frame::data(data)))),
+            VirtualBody::Fixed(data) => {
+                Poll::Ready(data.take().map(|data| Ok(http_body::Frame::data(data))))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

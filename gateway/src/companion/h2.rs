@@ -11,13 +11,9 @@
 //! cuts it as a slow consumer. Memory held for it: one batch.
 
 use crate::app::admission::RefusalReason;
-use crate::companion::bridge::{
-    Companion, ConnectionPlace, StreamCount, StreamPlace, VirtualStream,
-};
+use crate::companion::bridge::{Companion, ConnectionPlace, StreamCount, VirtualBody};
 use crate::mesh::mail::TlsHandOff;
 use crate::mesh::virtual_conn::Transport;
-use bytes::Bytes;
-use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -38,32 +34,6 @@ const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 /// the connection).
 fn header_list_bytes_max(max_header_bytes: usize) -> u32 {
     u32::try_from(max_header_bytes).unwrap_or(u32::MAX)
-}
-
-/// A response body: fed by a virtual connection, or one piece the companion made itself.
-pub enum VirtualBody {
-    /// The shard's answer; a subscription holds its place on the connection until the
-    /// body is dropped.
-    Stream(VirtualStream, Option<StreamPlace>),
-    /// A short answer (the 429 for too many streams).
-    Fixed(Option<Bytes>),
-}
-
-impl http_body::Body for VirtualBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.get_mut() {
-            VirtualBody::Stream(stream, _) => stream
-                .poll_frame(cx)
-                .map(|frame| frame.map(|data| Ok(Frame::data(data)))),
-            VirtualBody::Fixed(data) => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
-        }
-    }
 }
 
 /// Reads a request body up to `limit` bytes; returns what was read and the length to

@@ -30,9 +30,8 @@
 //! handshake's header checks (conn/ws), what the shard does with the bytes.
 
 use crate::companion::bridge::{
-    is_websocket_path, plain_parts, Companion, StreamCount, VirtualStream,
+    is_websocket_path, plain_parts, Companion, StreamCount, VirtualBody, VirtualStream,
 };
-use crate::companion::h2::VirtualBody;
 use crate::mesh::virtual_conn::{Inbound, Transport};
 use bytes::{Buf, Bytes};
 use hyper_util::rt::TokioIo;
