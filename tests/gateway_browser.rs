@@ -1,9 +1,12 @@
-//! The demo page in a real browser (issue 9): headless Chromium, driven by
+//! The demo page in a real browser (issues 9 and 16): headless Chromium, driven by
 //! `tests/browser/demo.test.mjs` through playwright-core, opens `/demo` twice on one room and
-//! checks fan-out, resume with `Last-Event-ID` (no gap while the history covers it, a
-//! visible gap when it does not) and a server restart on the same port. This file starts
-//! ringcast, runs the script, and restarts ringcast when the script asks (SIGTERM, wait for
-//! the drain to finish, start again on the same port).
+//! checks fan-out, comments sent and acknowledged, a comment typed while cut off, resume
+//! after the last id (no gap while the history covers it, a visible gap when it does not)
+//! and a server restart on the same port — over SSE + POST and over one WebSocket, side by
+//! side — and that a refused WebSocket falls back to SSE + POST. This file starts ringcast,
+//! checks that it serves `GET /rooms/{room}/ws` (so the WebSocket checks cannot be skipped),
+//! runs the script, and restarts ringcast when the script asks (SIGTERM, wait for the drain
+//! to finish, start again on the same port).
 //!
 //! Chromium (`/usr/bin/chromium`) and `tests/browser/node_modules` are installed by
 //! `.ci/run`; without them this test fails rather than skipping, so CI cannot go green
@@ -11,7 +14,7 @@
 
 mod common;
 
-use common::Server;
+use common::{Client, Server};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,7 +22,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-/// The whole browser run, restart included, normally takes 15–25 s.
+/// The whole browser run, restart included, normally takes 15–30 s.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Server settings the script relies on: 8 messages of history (its gap check publishes
 /// 12 while a page is away) and a short drain.
@@ -57,14 +60,33 @@ fn require_tools() {
     );
 }
 
+/// Whether ringcast answers a WebSocket handshake on a room with `101 Switching Protocols`.
+fn serves_room_websocket(server: &Server) -> bool {
+    let mut client = Client::connect(server.addr);
+    client
+        .send(
+            b"GET /rooms/browser-probe/ws HTTP/1.1\r\nHost: ringcast\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .expect("send the probe");
+    let head = client.read_head().expect("probe answered");
+    head.status == 101
+}
+
 #[test]
 fn demo_page_fans_out_resumes_and_survives_a_restart() {
     require_tools();
     let mut server = Server::start(ARGS);
     let port = server.addr.port();
+    assert!(
+        serves_room_websocket(&server),
+        "ringcast should serve GET /rooms/{{room}}/ws (issue 16):\n{}",
+        server.log()
+    );
     let mut node = Command::new("node")
         .arg(browser_dir().join("demo.test.mjs"))
-        .args(["--port", &port.to_string()])
+        .args(["--port", &port.to_string(), "--ws", "served"])
         .arg("--artifacts")
         .arg(artifacts_dir())
         .stdin(Stdio::piped())
@@ -127,6 +149,10 @@ fn demo_page_fans_out_resumes_and_survives_a_restart() {
         artifacts_dir().display()
     );
     assert_eq!(restarts, 1, "the script restarts ringcast once:\n{log}");
+    assert!(
+        log.contains("transports: sse, ws (WebSocket served by ringcast)"),
+        "the script ran the transports the server offers:\n{log}"
+    );
     assert!(
         artifacts_dir().join("demo.png").exists(),
         "screenshot saved:\n{log}"

@@ -185,6 +185,28 @@ impl WsClient {
         client
     }
 
+    /// Connects and sends the upgrade request for `path` with `extra` header lines;
+    /// returns the client and the answer's status (the head is in [`Self::head`]).
+    pub fn try_open(addr: SocketAddr, path: &str, extra: &str) -> (WsClient, u16) {
+        let mut client = WsClient::connect_raw(addr);
+        client.send(&upgrade_request(path, extra, None));
+        let status = client.read_head(Duration::from_secs(10));
+        (client, status)
+    }
+
+    /// The next text message (pings answered), parsed as JSON.
+    pub fn next_json(&mut self, timeout: Duration) -> serde_json::Value {
+        let frame = self.next_data(timeout);
+        assert_eq!(frame.opcode, TEXT, "{frame:?}");
+        serde_json::from_slice(&frame.payload)
+            .unwrap_or_else(|err| panic!("{err}: {:?}", String::from_utf8_lossy(&frame.payload)))
+    }
+
+    /// Sends `value` as a text message.
+    pub fn send_json(&mut self, value: &serde_json::Value) {
+        self.send(&frame(true, TEXT, value.to_string().as_bytes(), true));
+    }
+
     /// Sends the upgrade request for `path` and asserts the `101`.
     pub fn upgrade(&mut self, path: &str) {
         self.send(&upgrade_request(path, "", None));

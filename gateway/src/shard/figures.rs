@@ -52,6 +52,10 @@ impl Shard {
             Figure::Connections,
             (self.live - self.virtual_live - self.tls_live) as u64,
         );
+        debug_assert!(
+            self.subs.len() >= self.fanout.subscribers_live(),
+            "every fan-out subscriber has an id (cut ones keep theirs until their close)"
+        );
         figures.set(Figure::Subscribers, self.fanout.subscribers_live() as u64);
         figures.set(
             Figure::Tickers,

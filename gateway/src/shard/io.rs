@@ -161,36 +161,62 @@ impl Shard {
                     self.scratch = frames;
                     break;
                 }
-                Some(Action::Write { conn }) => {
-                    self.start_write(conn.0, &mut frames)?;
-                    if !self.stamp_scratch.is_empty() {
-                        self.attach_stamps(conn.0);
-                    }
-                }
-                Some(Action::Close { conn, reason }) => {
-                    tracing::debug!(
-                        shard = self.index,
-                        conn = conn.0,
-                        ?reason,
-                        "closing subscriber"
-                    );
-                    let writable = self.conn(conn.0).is_some_and(|c| {
-                        !c.pipe.writing() && c.http.state() == HttpState::Streaming
-                    });
-                    if writable && !frames.is_empty() {
-                        if let Some(c) = self.conn(conn.0) {
-                            c.close_after_write = true;
+                Some(Action::Write { conn: sub }) => match self.subscriber_slot(sub) {
+                    None => frames.clear(),
+                    Some(slot) if self.is_websocket(slot) => {
+                        if !self.ws_fanout_write(slot, sub, &mut frames, false)? {
+                            // Waits behind the connection's own write: its latency samples
+                            // are not kept.
+                            self.stamp_scratch.clear();
+                        } else if !self.stamp_scratch.is_empty() {
+                            self.attach_stamps(slot);
                         }
-                        self.start_write(conn.0, &mut frames)?;
-                    } else {
-                        self.begin_close(conn.0)?;
                     }
-                }
+                    Some(slot) => {
+                        self.start_write(slot, &mut frames)?;
+                        if !self.stamp_scratch.is_empty() {
+                            self.attach_stamps(slot);
+                        }
+                    }
+                },
+                Some(Action::Close { conn: sub, reason }) => match self.subscriber_slot(sub) {
+                    None => frames.clear(),
+                    // The frames end with the close frame (1013 after `lagged`, 1001 on a
+                    // drain): the connection closes once they are written.
+                    Some(slot) if self.is_websocket(slot) => {
+                        self.ws_fanout_write(slot, sub, &mut frames, true)?;
+                    }
+                    Some(slot) => {
+                        tracing::debug!(
+                            shard = self.index,
+                            conn = slot,
+                            ?reason,
+                            "closing subscriber"
+                        );
+                        let writable = self.conn(slot).is_some_and(|c| {
+                            !c.pipe.writing() && c.http.state() == HttpState::Streaming
+                        });
+                        if writable && !frames.is_empty() {
+                            if let Some(c) = self.conn(slot) {
+                                c.close_after_write = true;
+                            }
+                            self.start_write(slot, &mut frames)?;
+                        } else {
+                            self.begin_close(slot)?;
+                        }
+                    }
+                },
             }
             self.scratch = frames;
             used += 1;
         }
         Ok(used)
+    }
+
+    /// The slot of the connection holding fan-out subscription `sub`, while it is open.
+    pub(super) fn subscriber_slot(&mut self, sub: ConnId) -> Option<u32> {
+        let key = self.subs.owner(sub)?;
+        self.conn_by_key(key).map(|_| key.slot)
     }
 
     /// Hands the stamps of the write just started on `slot` to the connection, which
@@ -322,7 +348,9 @@ impl Shard {
         }
         if conn.http.state() == HttpState::Streaming {
             // The fan-out's write: its next one may go.
-            self.fanout.handle_write_done(now, ConnId(slot));
+            if let Some(sub) = conn.sub {
+                self.fanout.handle_write_done(now, sub);
+            }
             return Ok(());
         }
         // The machine's write (an answer, `100 Continue`, a refusal): it goes on with the
@@ -412,13 +440,21 @@ impl Shard {
         }
         let closing = conn.pipe.close(&mut self.ring, key);
         let virtual_conn = conn.pipe.is_virtual();
+        // Its subscriptions leave the fan-out (a no-op for one the fan-out already let go)
+        // and their ids are free.
+        let ws_rooms = conn
+            .ws
+            .as_deref_mut()
+            .map(|ws| std::mem::take(&mut ws.rooms));
+        let subs = conn.sub.take().into_iter();
+        for sub in subs.chain(ws_rooms.into_iter().flatten().map(|(_, sub)| sub)) {
+            self.fanout.handle_disconnect(sub);
+            self.subs.remove(sub);
+        }
         if let Some((remaining, frames)) = forgotten {
             self.pending_write_bytes -= remaining;
             self.recycle_frames(frames);
         }
-        // A subscriber leaves the fan-out (a no-op for a connection that never streamed:
-        // its slot's id names no one else).
-        self.fanout.handle_disconnect(ConnId(slot));
         if closing == Closing::Done {
             if virtual_conn {
                 self.virtual_live -= 1;

@@ -113,6 +113,10 @@ impl Shard {
                 let Some(conn) = self.conn_by_key(reply.conn) else {
                     return Ok(());
                 };
+                if conn.ws.is_some() {
+                    self.ws_published(reply.conn.slot, reply.index, result);
+                    return Ok(());
+                }
                 match &mut conn.pending {
                     Some(Pending::Publish {
                         result: slot_result,

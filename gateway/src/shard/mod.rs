@@ -15,9 +15,11 @@ mod mail;
 pub mod pipe;
 mod publish;
 mod requests;
+mod subscriptions;
 mod tls_io;
 mod upstreams;
 mod ws;
+mod ws_rooms;
 
 use crate::app::admission::{RefusalReason, Rejection, REJECTIONS};
 use crate::app::batch::{self, BATCH_LINES_MAX};
@@ -121,6 +123,11 @@ struct Conn {
     /// Once upgraded to a WebSocket: its driver, which takes every input of the connection
     /// from then on (ws.rs; the HTTP machine only streams).
     ws: Option<Box<ws::WsDriver>>,
+    /// A room WebSocket's checked upgrade, waiting for auth and admission (ws_rooms.rs).
+    ws_upgrade: Option<Box<ws::WsUpgrade>>,
+    /// Its fan-out subscription, once it streams (SSE) or before its upgrade (a room
+    /// WebSocket; the driver holds it afterwards).
+    sub: Option<ConnId>,
 }
 
 impl Conn {
@@ -139,6 +146,8 @@ impl Conn {
             peer: None,
             stamps: Vec::new(),
             ws: None,
+            ws_upgrade: None,
+            sub: None,
         }
     }
 
@@ -178,6 +187,8 @@ pub struct Shard {
     /// Each listener's accept op while it is armed (to cancel it).
     accept_ops: [Option<OpId>; 2],
     fanout: Fanout,
+    /// Fan-out subscriber ids, one per (connection, room) subscription (subscriptions.rs).
+    subs: subscriptions::Subscriptions,
     conns: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
@@ -262,6 +273,7 @@ impl Shard {
             accept_pacers: Default::default(),
             accept_ops: [None; 2],
             fanout,
+            subs: subscriptions::Subscriptions::default(),
             conns: Vec::new(),
             free: Vec::new(),
             live: 0,

@@ -215,9 +215,13 @@ impl Shard {
                 self.refuse(slot, &http1::Refusal::not_found())
             }
             Route::WsEcho if self.shared.config.ws.echo => {
-                self.ws_open(now, slot, ws::WsRoute::Echo, &bytes[..head.len])
+                self.ws_open_echo(now, slot, &bytes[..head.len])
             }
-            Route::WsEcho | Route::RoomWs(_) | Route::Ws => {
+            Route::RoomWs(ref room) => {
+                let room = room.clone();
+                self.ws_open_room(now, slot, room, &head, &bytes[..head.len])
+            }
+            Route::WsEcho | Route::Ws => {
                 self.count_refusal(RefusalReason::NotFound);
                 self.refuse(slot, &http1::Refusal::not_found())
             }
@@ -288,10 +292,12 @@ impl Shard {
         if self.cluster.is_some() {
             return self.cluster_subscribe(now, slot, room, last_event_id);
         }
-        let admitted =
-            self.fanout
-                .handle_subscribe(now, ConnId(slot), room, last_event_id, http1::sse_head());
-        self.admitted(slot, admitted)
+        let (format, head) = self.stream_head(slot, room);
+        let sub = self.subs.insert(self.key(slot));
+        let admitted = self
+            .fanout
+            .handle_subscribe_in(now, sub, room, last_event_id, format, head);
+        self.admitted(slot, sub, admitted)
     }
 
     /// Adds a cluster subscriber to the fan-out: `replay` are frames from Redis to write
@@ -305,24 +311,30 @@ impl Shard {
         start: Start,
         replay: Vec<ringcast_core::frame::Frame>,
     ) -> std::io::Result<()> {
-        let admitted = self.fanout.handle_subscribe_replayed(
-            now,
-            ConnId(slot),
-            room,
-            start,
-            http1::sse_head(),
-            replay,
-        );
-        self.admitted(slot, admitted)
+        let (format, head) = self.stream_head(slot, room);
+        let sub = self.subs.insert(self.key(slot));
+        let admitted = self
+            .fanout
+            .handle_subscribe_replayed_in(now, sub, room, start, format, head, replay);
+        self.admitted(slot, sub, admitted)
     }
 
+    /// The fan-out's answer to subscription `sub` of the connection in `slot`.
     pub(super) fn admitted(
         &mut self,
         slot: u32,
+        sub: ConnId,
         admitted: Result<(), FanoutError>,
     ) -> std::io::Result<()> {
         match admitted {
             Ok(()) => {
+                if let Some(conn) = self.conn(slot) {
+                    debug_assert!(conn.sub.is_none(), "one subscription per request");
+                    conn.sub = Some(sub);
+                }
+                if self.ws_admitted(self.now, slot)? {
+                    return Ok(());
+                }
                 if let Some(conn) = self.conn(slot) {
                     conn.http.stream();
                     conn.recv = Vec::new();
@@ -330,6 +342,7 @@ impl Shard {
                 self.drive(self.now, slot)
             }
             Err(err) => {
+                self.subs.remove(sub);
                 let reason = match err {
                     FanoutError::RoomsFull => Rejection::RoomLimit,
                     FanoutError::SubscribersFull

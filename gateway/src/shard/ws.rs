@@ -19,13 +19,17 @@
 use super::*;
 use crate::conn::ws::machine::{ECHO_MESSAGE_BYTES_MAX, MESSAGE_BYTES_MAX};
 use crate::conn::ws::{
-    accept, CloseCode, HandshakeError, HeaderField, OriginPolicy, SendError, UpgradeRequest,
-    WsConfig, WsConn, WsEvent,
+    accept, CloseCode, CommandRefusal, HandshakeError, HeaderField, Opcode, OriginPolicy,
+    SendError, UpgradeRequest, WsConfig, WsConn, WsEvent,
 };
+use std::collections::VecDeque;
 
 /// Bytes a WebSocket's receive asks for while the client sends little (an idle viewer, a
 /// command): the buffer an idle connection holds while its receive is in flight.
 const WS_RECV_BYTES: usize = 1024;
+/// Control objects (answers to commands) a connection holds before it stops reading
+/// commands: a client that sends commands and never reads the answers stalls itself.
+const WS_ANSWERS_MAX: usize = 64;
 /// Frames of the machine's taken into one write (its queue holds at most
 /// `TRANSMIT_BYTES_MAX` plus a frame; a ping flood's pongs are many small ones): the rest
 /// goes in the next write.
@@ -36,6 +40,36 @@ const WS_WRITE_FRAMES_MAX: usize = ringcast_core::fanout::WRITE_FRAMES_MAX;
 pub(super) enum WsRoute {
     /// `GET /ws/echo` (`--ws-echo`): every message comes back.
     Echo,
+    /// `GET /rooms/{room}/ws`: the room's messages from the fan-out; text messages are
+    /// commands (ws_rooms.rs).
+    Room {
+        /// The room it follows.
+        room: Arc<str>,
+        /// The upgrade's token (`Authorization: Bearer` or `?token=`), for publishes.
+        token: Option<String>,
+    },
+}
+
+/// A room WebSocket's upgrade, checked and waiting for the auth callback and the fan-out's
+/// admission (the HTTP machine is still answering its request meanwhile).
+pub(super) struct WsUpgrade {
+    /// The `101` to write first.
+    pub(super) response: Bytes,
+    /// The room it joins.
+    pub(super) room: Arc<str>,
+    /// The token it came with, for publishes.
+    pub(super) token: Option<String>,
+}
+
+/// What the driver makes of one of its machine's events.
+#[must_use]
+enum Outcome {
+    /// Answered (or nothing to answer).
+    Done,
+    /// The write queue has no room for the answer: the event waits for a write.
+    Hold(WsEvent),
+    /// A command for the shard (a room connection's text message).
+    Command(String),
 }
 
 /// One WebSocket connection's driver state (boxed in its `Conn`).
@@ -51,13 +85,35 @@ pub(super) struct WsDriver {
     /// An echo the machine's write queue had no room for: sent once a write took the
     /// queue; nothing more is fed meanwhile.
     held: Option<WsEvent>,
+    /// Control objects to send (answers to commands, acks): written after the machine's
+    /// frames; at most `WS_ANSWERS_MAX` (nothing more is fed meanwhile) plus one per
+    /// publish in flight.
+    pub(super) answers: VecDeque<Bytes>,
+    /// Publishes waiting for their owner shard's answer, by the reply index they carry.
+    pub(super) publishes:
+        [Option<super::ws_rooms::PublishWait>; super::ws_rooms::WS_PUBLISHES_IN_FLIGHT_MAX],
+    /// Its fan-out subscriptions (room, subscriber id): the route's room, or the rooms a
+    /// multiplexed connection joined (at most `WS_ROOMS_PER_CONN_MAX`).
+    pub(super) rooms: Vec<(Arc<str>, ConnId)>,
     /// Fan-out frames that came while a write was in flight: the next write carries them.
     fanout_frames: Vec<Bytes>,
-    /// The write in flight carries fan-out frames: their subscription's write is done
+    /// The subscriptions whose frames are in `fanout_frames`.
+    fanout_pending: Vec<ConnId>,
+    /// The subscriptions whose frames the write in flight carries: their writes are done
     /// when it completes.
-    write_carries_fanout: bool,
+    write_subs: Vec<ConnId>,
+    /// The fan-out cut a subscription: its last frames (ending with a close frame) are in
+    /// `fanout_frames` or the write in flight, nothing of the fan-out's goes after them,
+    /// and the connection closes once they are out.
+    fanout_cut: bool,
+    /// The write in flight carries the cut's close frame.
+    write_ends: bool,
     /// The machine is over: close once its last frames are written.
     closed: bool,
+    /// The connection closes at this instant at the latest, written or not: set when the
+    /// machine is over or the fan-out cut it, so a last write a client never reads cannot
+    /// hold the connection (`close_timeout` after).
+    end_by: Option<Instant>,
     /// Upgraded from TLS (the metrics' transport label).
     tls: bool,
     /// What the next receive asks for: more after a receive that filled its room.
@@ -72,9 +128,16 @@ impl WsDriver {
             fed: 0,
             preface: Some(response),
             held: None,
+            answers: VecDeque::new(),
+            publishes: Default::default(),
+            rooms: Vec::new(),
             fanout_frames: Vec::new(),
-            write_carries_fanout: false,
+            fanout_pending: Vec::new(),
+            write_subs: Vec::new(),
+            fanout_cut: false,
+            write_ends: false,
             closed: false,
+            end_by: None,
             tls,
             recv_room: WS_RECV_BYTES,
         }
@@ -83,9 +146,18 @@ impl WsDriver {
     /// The deadline the connection's timer must be at.
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
         if self.closed {
-            return None;
+            return self.end_by;
         }
-        self.machine.poll_timeout()
+        match (self.machine.poll_timeout(), self.end_by) {
+            (Some(machine), Some(end)) => Some(machine.min(end)),
+            (machine, end) => machine.or(end),
+        }
+    }
+
+    /// The connection must close by `now` plus the close timeout at the latest.
+    fn end_soon(&mut self, now: Instant) {
+        let end = now + self.machine.config().close_timeout;
+        self.end_by = Some(self.end_by.map_or(end, |at| at.min(end)));
     }
 
     /// Whether the connection was upgraded from TLS.
@@ -93,22 +165,54 @@ impl WsDriver {
         self.tls
     }
 
-    /// Answers one event of the machine's; returns it back if it must wait for room in
-    /// the write queue.
-    fn on_event(&mut self, event: WsEvent) -> Option<WsEvent> {
-        let sent = match (&self.route, &event) {
+    /// The route it serves.
+    pub(super) fn route(&self) -> &WsRoute {
+        &self.route
+    }
+
+    /// Queues a control object (a text frame) after the machine's frames.
+    pub(super) fn answer(&mut self, json: &str) {
+        if self.machine.is_open() {
+            self.answers.push_back(crate::conn::ws::frame::encode_frame(
+                Opcode::Text,
+                json.as_bytes(),
+            ));
+        }
+    }
+
+    /// Handles one event of the machine's.
+    fn on_event(&mut self, now: Instant, event: WsEvent) -> Outcome {
+        let sent = match (&self.route, event) {
             (_, WsEvent::Closed { .. }) => {
                 self.closed = true;
-                return None;
+                self.end_soon(now);
+                return Outcome::Done;
             }
-            (WsRoute::Echo, WsEvent::Text(text)) => self.machine.send_text(text),
-            (WsRoute::Echo, WsEvent::Binary(data)) => self.machine.send_binary(data),
+            (WsRoute::Echo, event @ WsEvent::Text(_))
+            | (WsRoute::Echo, event @ WsEvent::Binary(_)) => {
+                let sent = match &event {
+                    WsEvent::Text(text) => self.machine.send_text(text),
+                    WsEvent::Binary(data) => self.machine.send_binary(data),
+                    WsEvent::Closed { .. } => unreachable!("matched above"),
+                };
+                (sent, event)
+            }
+            (WsRoute::Room { .. }, WsEvent::Text(text)) => return Outcome::Command(text),
+            (WsRoute::Room { .. }, WsEvent::Binary(_)) => {
+                self.answer(&CommandRefusal::binary().to_json());
+                return Outcome::Done;
+            }
         };
         match sent {
-            Err(SendError::Full) => Some(event),
+            (Err(SendError::Full), event) => Outcome::Hold(event),
             // Closing: nothing more may be sent, and nothing is owed.
-            Err(SendError::Closing) | Ok(()) => None,
+            (Err(SendError::Closing) | Ok(()), _) => Outcome::Done,
         }
+    }
+
+    /// Whether commands must wait: answers are piling up (the client does not read).
+    fn answers_full(&self) -> bool {
+        self.answers.len() >= WS_ANSWERS_MAX
     }
 }
 
@@ -129,17 +233,28 @@ fn upgrade_response(head: &[u8], origins: &OriginPolicy) -> Result<Bytes, Handsh
 }
 
 impl Shard {
-    /// A request on a WebSocket route, routed and authorized: checks the handshake and
-    /// upgrades, or refuses with the handshake's status and reason.
-    pub(super) fn ws_open(
+    /// A request on the echo route: checks the handshake and upgrades, or refuses.
+    pub(super) fn ws_open_echo(
         &mut self,
         now: Instant,
         slot: u32,
-        route: WsRoute,
         head: &[u8],
     ) -> std::io::Result<()> {
+        match self.ws_handshake(slot, head)? {
+            Some(response) => self.ws_upgrade(now, slot, WsRoute::Echo, response, None),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks a request on a WebSocket route: the `101` to write, or `None` when it was
+    /// refused (with the handshake's status, reason and headers).
+    pub(super) fn ws_handshake(
+        &mut self,
+        slot: u32,
+        head: &[u8],
+    ) -> std::io::Result<Option<Bytes>> {
         let Some(conn) = self.conn(slot) else {
-            return Ok(());
+            return Ok(None);
         };
         let response = if conn.pipe.is_virtual() {
             // HTTP/2 and HTTP/3 would need RFC 8441 / 9220 (not yet): the companion's
@@ -148,47 +263,40 @@ impl Shard {
         } else {
             upgrade_response(head, &OriginPolicy::Any)
         };
-        let response = match response {
-            Ok(response) => response,
-            Err(refused) => {
-                let refusal = Refusal {
-                    status: refused.status(),
-                    reason: refused.to_string(),
-                    extra: refused.extra_headers(),
-                };
-                self.count_refusal(RefusalReason::of_parse(&refusal));
-                return self.refuse(slot, &refusal);
-            }
-        };
-        let Some(conn) = self.conn(slot) else {
-            return Ok(());
-        };
-        if conn.http.buffered() != 0 {
+        let refusal = match response {
+            Err(refused) => Refusal {
+                status: refused.status(),
+                reason: refused.to_string(),
+                extra: refused.extra_headers(),
+            },
             // RFC 6455 §4.1: the client waits for the 101 before it sends a frame.
-            let refusal = Refusal {
+            Ok(_) if conn.http.buffered() != 0 => Refusal {
                 status: 400,
                 reason: "data sent before the handshake's answer".into(),
                 extra: "",
-            };
-            self.count_refusal(RefusalReason::BadRequest);
-            return self.refuse(slot, &refusal);
-        }
-        self.ws_upgrade(now, slot, route, response)
+            },
+            Ok(response) => return Ok(Some(response)),
+        };
+        self.count_refusal(RefusalReason::of_parse(&refusal));
+        self.refuse(slot, &refusal)?;
+        Ok(None)
     }
 
     /// Takes the connection out of the HTTP machine's hands (it streams: no deadline, no
     /// buffer, nothing to write) and gives it to a [`WsDriver`], whose first write is the
     /// `101`.
-    fn ws_upgrade(
+    pub(super) fn ws_upgrade(
         &mut self,
         now: Instant,
         slot: u32,
         route: WsRoute,
         response: Bytes,
+        room: Option<(Arc<str>, ConnId)>,
     ) -> std::io::Result<()> {
         let ws = self.shared.config.ws;
         let message_bytes_max = match route {
             WsRoute::Echo => ECHO_MESSAGE_BYTES_MAX,
+            WsRoute::Room { .. } => MESSAGE_BYTES_MAX,
         };
         let config = WsConfig {
             message_bytes_max,
@@ -203,7 +311,9 @@ impl Shard {
         conn.http.stream();
         conn.recv = Vec::new();
         let tls = conn.pipe.is_tls();
-        conn.ws = Some(Box::new(WsDriver::new(now, config, route, response, tls)));
+        let mut driver = Box::new(WsDriver::new(now, config, route, response, tls));
+        driver.rooms.extend(room);
+        conn.ws = Some(driver);
         self.shared.figures[self.index].websocket_opened(tls);
         tracing::trace!(shard = self.index, conn = slot, tls, "websocket open");
         self.ws_pump(now, slot)
@@ -234,40 +344,50 @@ impl Shard {
     }
 
     /// Feeds the machine the received bytes it has not taken, answering its events, until
-    /// everything is taken or it stops taking (an event waits for room, or its write queue
-    /// is over its bound: the rest waits for a write).
+    /// everything is taken or it stops taking (an event waits for room, its write queue is
+    /// over its bound, or answers pile up: the rest waits for a write).
     fn ws_feed(&mut self, now: Instant, slot: u32) {
+        loop {
+            let Some(conn) = slot_mut(&mut self.conns, slot).filter(|c| !c.closing) else {
+                return;
+            };
+            let Some(ws) = conn.ws.as_deref_mut() else {
+                return;
+            };
+            let event = match ws.held.take().or_else(|| ws.machine.poll_event()) {
+                Some(event) => event,
+                None => {
+                    if ws.fed == conn.recv.len() || ws.answers_full() {
+                        break;
+                    }
+                    let taken = ws.machine.handle_bytes(now, &conn.recv[ws.fed..]);
+                    ws.fed += taken;
+                    if taken != 0 {
+                        continue;
+                    }
+                    // An event waits, or the write queue is over its bound: a write must
+                    // take it first.
+                    match ws.machine.poll_event() {
+                        Some(event) => event,
+                        None => break,
+                    }
+                }
+            };
+            match ws.on_event(now, event) {
+                Outcome::Done => {}
+                Outcome::Hold(event) => {
+                    ws.held = Some(event);
+                    break;
+                }
+                Outcome::Command(text) => self.ws_command(now, slot, &text),
+            }
+        }
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return;
         };
         let Some(ws) = conn.ws.as_deref_mut() else {
             return;
         };
-        loop {
-            if let Some(event) = ws.held.take().or_else(|| ws.machine.poll_event()) {
-                ws.held = ws.on_event(event);
-                if ws.held.is_some() {
-                    break;
-                }
-                continue;
-            }
-            if ws.fed == conn.recv.len() {
-                break;
-            }
-            let taken = ws.machine.handle_bytes(now, &conn.recv[ws.fed..]);
-            ws.fed += taken;
-            if taken == 0 {
-                // An event waits (answered next round), or the write queue is over its
-                // bound: a write must take it first.
-                let Some(event) = ws.machine.poll_event() else {
-                    break;
-                };
-                ws.held = ws.on_event(event);
-                if ws.held.is_some() {
-                    break;
-                }
-            }
-        }
         if ws.fed == conn.recv.len() {
             ws.fed = 0;
             conn.recv.clear();
@@ -299,11 +419,19 @@ impl Shard {
             };
             frames.push(frame);
         }
+        debug_assert!(ws.write_subs.is_empty(), "no write in flight");
         if ws.machine.is_open() {
-            ws.write_carries_fanout = !ws.fanout_frames.is_empty();
-            frames.append(&mut ws.fanout_frames);
+            frames.extend(ws.answers.drain(..));
+            if !ws.fanout_frames.is_empty() {
+                frames.append(&mut ws.fanout_frames);
+                std::mem::swap(&mut ws.write_subs, &mut ws.fanout_pending);
+                ws.write_ends = ws.fanout_cut;
+            }
         } else {
+            // Nothing may follow the machine's close frame.
+            ws.answers.clear();
             ws.fanout_frames.clear();
+            ws.fanout_pending.clear();
         }
         if frames.is_empty() {
             self.recycle_frames(frames);
@@ -316,11 +444,72 @@ impl Shard {
         if retry {
             if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
                 if let Some(event) = ws.held.take() {
-                    ws.held = ws.on_event(event);
+                    match ws.on_event(self.now, event) {
+                        Outcome::Hold(event) => ws.held = Some(event),
+                        Outcome::Done => {}
+                        Outcome::Command(_) => unreachable!("only an echo is held"),
+                    }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Whether the connection in `slot` is a WebSocket.
+    pub(super) fn is_websocket(&self, slot: u32) -> bool {
+        self.conns
+            .get(slot as usize)
+            .and_then(|c| c.as_deref())
+            .is_some_and(|c| c.ws.is_some())
+    }
+
+    /// Frames the fan-out has for a WebSocket subscriber (taken from `frames`): written
+    /// now, after the connection's own frames, or after the write in flight. `cut`: the
+    /// fan-out let the subscriber go and these end with a close frame. Returns whether a
+    /// write carrying them started.
+    pub(super) fn ws_fanout_write(
+        &mut self,
+        slot: u32,
+        sub: ConnId,
+        frames: &mut Vec<Bytes>,
+        cut: bool,
+    ) -> std::io::Result<bool> {
+        let Some(conn) = slot_mut(&mut self.conns, slot).filter(|c| !c.closing) else {
+            frames.clear();
+            return Ok(false);
+        };
+        let Some(ws) = conn.ws.as_deref_mut() else {
+            frames.clear();
+            return Ok(false);
+        };
+        // A cut may come while the subscription's write is in flight (then with no frames).
+        debug_assert!(
+            (cut && frames.is_empty())
+                || !(ws.fanout_pending.contains(&sub) || ws.write_subs.contains(&sub)),
+            "one fan-out write at a time per subscription"
+        );
+        if ws.fanout_cut {
+            // Another subscription's close frame is on its way: nothing may follow it.
+            frames.clear();
+            return Ok(false);
+        }
+        if cut {
+            if frames.is_empty() {
+                // Its write is stuck: nothing more can be said.
+                return self.begin_close(slot).map(|()| false);
+            }
+            ws.fanout_cut = true;
+            ws.end_soon(self.now);
+        } else {
+            ws.fanout_pending.push(sub);
+        }
+        ws.fanout_frames.append(frames);
+        if conn.pipe.writing() {
+            self.sync_timer(slot);
+            return Ok(false);
+        }
+        self.ws_flush(slot)?;
+        Ok(true)
     }
 
     /// Posts the receive a WebSocket connection wants: none while the machine has bytes
@@ -394,8 +583,17 @@ impl Shard {
         let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) else {
             return Ok(());
         };
-        if std::mem::take(&mut ws.write_carries_fanout) {
-            self.fanout.handle_write_done(now, ConnId(slot));
+        if std::mem::take(&mut ws.write_ends) {
+            // The fan-out's close frame is out: nothing more to say.
+            return self.begin_close(slot);
+        }
+        let mut done = std::mem::take(&mut ws.write_subs);
+        for sub in done.drain(..) {
+            self.fanout.handle_write_done(now, sub);
+        }
+        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
+            // The vector's capacity is kept for the next write.
+            ws.write_subs = done;
         }
         self.ws_pump(now, slot)
     }
@@ -404,6 +602,10 @@ impl Shard {
     /// timeout.
     pub(super) fn ws_timeout(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
         if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
+            if ws.end_by.is_some_and(|end| now >= end) {
+                // Its last frames were not taken in time (a client that does not read).
+                return self.begin_close(slot);
+            }
             ws.machine.handle_timeout(now);
         }
         self.ws_pump(now, slot)
@@ -418,6 +620,3 @@ impl Shard {
         self.ws_pump(now, slot)
     }
 }
-
-/// Room WebSockets take at most this much per message (commands, publishes).
-const _: () = assert!(MESSAGE_BYTES_MAX <= ECHO_MESSAGE_BYTES_MAX);

@@ -410,8 +410,9 @@ pub fn header_fields(head: &[u8]) -> Vec<(String, String)> {
 }
 
 /// The demo page served at `GET /demo`: one self-contained HTML file (inline CSS and JS, no
-/// external resources) that subscribes to a room with `EventSource` and flies each message
-/// across a stage. Compiled in so the binary alone is a working demo.
+/// external resources) that watches a room and sends comments over one WebSocket (or over
+/// `EventSource` + POST where the WebSocket is refused) and flies each message across a
+/// stage. Compiled in so the binary alone is a working demo.
 pub const DEMO_HTML: &str = include_str!("demo.html");
 
 /// The head of an SSE stream; the body runs until the connection closes.
