@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import fanout_bench as fb  # noqa: E402
 
-PEERS = os.environ.get("PEERS", "/work/shared/peers")
+PEERS = fb.PEERS = os.environ.get("PEERS", "/work/shared/peers")
 # The uWS peer keeps its pid file in UWS_HOME: a private one (node_modules linked from the
 # shared install) so that another engineer's `uws.sh stop` cannot end this run's server.
 UWS_HOME = os.environ.get("UWS_HOME", "/tmp/ws-bench-uws")
@@ -112,7 +112,7 @@ def ringload(server, args, log, publish=True):
         while not done.is_set():
             samples.append((time.monotonic(), fb.cpu_seconds(server.pids), fb.rss_kb(server.pids)))
             time.sleep(0.05)
-    sampler = threading.Thread(target=sample)
+    sampler = threading.Thread(target=sample, daemon=True)
     cpu0, rss0 = fb.cpu_seconds(server.pids), fb.rss_kb(server.pids)
     t0, m0 = time.time(), time.monotonic()
     sampler.start()
