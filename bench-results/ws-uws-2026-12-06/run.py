@@ -151,7 +151,10 @@ def ringload(server, args, log, publish=True):
 def load_snapshot():
     up = open("/proc/loadavg").read().split()[:3]
     ps = subprocess.run(["ps", "-eo", "pid,ni,stat,pcpu,comm", "--sort=-pcpu"], capture_output=True, text=True).stdout.splitlines()[:8]
-    return {"loadavg": up, "top": ps, "utc": time.strftime("%H:%M:%S", time.gmtime())}
+    # Another engineer's benchmark on the same CPUs (their run.py or ringload) spoils both runs: recorded.
+    others = [l for l in subprocess.run(["pgrep", "-af", r"bench-results/.*run\.py|ringload fanout"], capture_output=True, text=True).stdout.splitlines()
+              if str(os.getpid()) not in l.split()[:1] and "ws-uws-2026-12-06" not in l and "/tmp/ws-bench-bin/" not in l]
+    return {"loadavg": up, "top": ps, "other_benchmarks": [l[:200] for l in others], "utc": time.strftime("%H:%M:%S", time.gmtime())}
 
 
 def machine(a):
@@ -214,6 +217,7 @@ def main():
                     for r in rows:
                         r.setdefault("server_command", srv.command)
                     log[-1]["top_before_slot"] = snap["top"]
+                    log[-1]["other_benchmarks_before_slot"] = snap["other_benchmarks"]
                     save()
     finally:
         save()
@@ -222,7 +226,7 @@ def main():
 def row_of(scen, srv, rnd, kind, snap, r, extra=None):
     s = fb.summary(r)
     return {"scenario": scen, "server": srv.name, "transport": srv.transport, "round": rnd, "kind": kind,
-            "loadavg_before_slot": snap["loadavg"], "utc_slot": snap["utc"],
+            "loadavg_before_slot": snap["loadavg"], "utc_slot": snap["utc"], "other_benchmarks_before_slot": len(snap["other_benchmarks"]),
             "loadavg_after_run": open("/proc/loadavg").read().split()[:3], **s,
             "window_server_cpu_us_per_delivery": round(r["window_server_cpu_us_per_delivery"], 3) if "window_server_cpu_us_per_delivery" in r else None,
             "window_server_cpu_pct": round(100 * r["window_server_cpu_s"] / r["window_s"], 1) if "window_s" in r else None,
