@@ -82,10 +82,6 @@ impl Shard {
                 // follows (a refusal being written still goes out).
                 conn.http.handle_eof();
             }
-            Received::Ready => {
-                debug_assert!(false, "only a WebSocket waits for readiness");
-                return self.begin_close(slot);
-            }
             Received::Discarded { len } => {
                 // Counted only: a flood is cut. A machine that reads a request never gets
                 // these zeros: a discard receive is posted only once it stops reading one,

@@ -552,7 +552,7 @@ impl Shard {
                     }
                 }
             }
-            OpKind::Recv | OpKind::Poll => self.on_recv(now, c)?,
+            OpKind::Recv => self.on_recv(now, c)?,
             OpKind::Write => {
                 if c.result > 0 {
                     self.bytes_written += c.result as u64;

@@ -16,7 +16,7 @@
 
 use crate::conn::tls::{Hello, Received as TlsReceived, TlsConn, TlsFailure};
 use crate::mesh::virtual_conn::VirtualSink;
-use crate::uring::op::{Completion, Held, OpId, OpKind};
+use crate::uring::op::{Completion, Held, OpId};
 use crate::uring::ring::Ring;
 use crate::uring::sys::{self, Shutdown};
 use bytes::Bytes;
@@ -73,9 +73,6 @@ pub enum RecvInto {
 /// What a receive brought.
 #[derive(Debug)]
 pub enum Received {
-    /// The socket has bytes to read (a readiness poll completed): the receive posted next
-    /// takes them.
-    Ready,
     /// Plaintext was appended to the receive buffer (perhaps none: a handshake record).
     Data {
         /// This receive completed the TLS handshake.
@@ -259,23 +256,6 @@ impl Pipe {
         self.recv = Some(op);
     }
 
-    /// Waits for a plain socket to be readable holding no buffer (an idle WebSocket's):
-    /// [`Self::on_recv`] then says [`Received::Ready`]. Returns whether a poll was posted
-    /// (not over TLS, whose records go to the session's own buffer, nor on a virtual
-    /// connection, nor where the kernel has no poll).
-    pub fn post_poll(&mut self, ring: &mut Ring, key: u64) -> bool {
-        if self.recv.is_some() {
-            return true;
-        }
-        let (Transport::Plain, Some(fd), true) =
-            (&self.transport, self.raw_fd(), ring.poll_readable)
-        else {
-            return false;
-        };
-        self.recv = Some(ring.poll_readable(key, fd));
-        true
-    }
-
     /// A receive completed: plaintext is appended to `buf` (the receive buffer, empty
     /// while a plain receive or a ClientHello receive holds it: it comes back here).
     pub fn on_recv(
@@ -292,9 +272,6 @@ impl Pipe {
         let result = completion.result;
         if result <= 0 {
             return Received::Closed;
-        }
-        if completion.kind == OpKind::Poll {
-            return Received::Ready;
         }
         let len = result as usize;
         let held = match completion.held {

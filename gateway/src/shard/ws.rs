@@ -606,13 +606,6 @@ impl Shard {
     /// Posts the receive a WebSocket connection wants: none while the machine has bytes
     /// it has not taken, an echo waits, or the machine is over.
     pub(super) fn ws_post_recv(&mut self, slot: u32) -> std::io::Result<()> {
-        self.ws_post_receive(slot, true)
-    }
-
-    /// [`Self::ws_post_recv`]; `poll_first`: a plain connection that is not sending much
-    /// waits for readiness holding no buffer (its receive buffer is freed), and receives
-    /// once bytes came.
-    fn ws_post_receive(&mut self, slot: u32, poll_first: bool) -> std::io::Result<()> {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
@@ -627,17 +620,10 @@ impl Shard {
         {
             return Ok(());
         }
-        let key = conn.key(slot).to_word();
-        if poll_first && ws.recv_room as usize == WS_RECV_BYTES {
-            // An idle viewer holds no receive buffer (issue 16's idle-memory bar).
-            conn.recv = Vec::new();
-            if conn.pipe.post_poll(&mut self.ring, key) {
-                return Ok(());
-            }
-        }
         let into = RecvInto::Request {
             room: ws.recv_room as usize,
         };
+        let key = conn.key(slot).to_word();
         conn.pipe
             .post_recv(&mut self.ring, key, &mut conn.recv, into);
         Ok(())
@@ -674,8 +660,6 @@ impl Shard {
                 }
                 self.ws_pump(now, slot)
             }
-            // Bytes came: the receive that takes them.
-            Received::Ready => self.ws_post_receive(slot, false),
             // The client went without a close handshake (1006): nothing more to tell it.
             Received::Closed => self.begin_close(slot),
             Received::TlsFailed(err) => {

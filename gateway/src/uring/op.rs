@@ -12,8 +12,6 @@ pub enum OpKind {
     Accept,
     /// Receive into a buffer the op owns (or into the ring's discard buffer).
     Recv,
-    /// A readiness poll of a socket (no memory held): its bytes wait to be received.
-    Poll,
     /// A writev of frames, or a send of one byte buffer (TLS ciphertext).
     Write,
     /// Close of a descriptor.

@@ -101,9 +101,6 @@ pub struct Ring {
     refuse_submits: usize,
     /// Whether the kernel knows multishot accept (5.19+).
     pub multishot_accept: bool,
-    /// Whether the kernel knows the readiness poll ([`Ring::poll_readable`]): without it,
-    /// idle sockets wait in a receive holding a buffer.
-    pub poll_readable: bool,
 }
 
 impl Ring {
@@ -124,7 +121,6 @@ impl Ring {
         let mut probe = io_uring::Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         let multishot_accept = super::multishot_accept(&probe);
-        let poll_readable = probe.is_supported(opcode::PollAdd::CODE);
         Ok(Self {
             ring,
             slots: Vec::new(),
@@ -139,7 +135,6 @@ impl Ring {
             #[cfg(test)]
             refuse_submits: 0,
             multishot_accept,
-            poll_readable,
         })
     }
 
@@ -201,16 +196,6 @@ impl Ring {
                 op.recv_room as u32,
             )
             .build()
-        })
-    }
-
-    /// Waits until `fd` has bytes to read (or was hung up or shut down), holding no
-    /// memory: the completion's result is the poll mask (`-errno` on failure). An idle
-    /// socket waits this way, and takes a receive buffer only once its bytes came.
-    pub fn poll_readable(&mut self, key: u64, fd: RawFd) -> OpId {
-        debug_assert!(self.poll_readable, "probed before use");
-        self.start(OpKind::Poll, key, Held::Nothing, |_| {
-            opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build()
         })
     }
 

@@ -48,56 +48,6 @@ fn a_receive_gives_its_buffer_back_grown_by_the_bytes_received() {
 }
 
 #[test]
-fn a_readiness_poll_holds_nothing_and_leaves_the_bytes_for_the_receive() {
-    let mut ring = Ring::with_entries(8).unwrap();
-    if !ring.poll_readable {
-        eprintln!("skipped: this kernel has no io_uring poll");
-        return;
-    }
-    let (ours, mut theirs) = UnixStream::pair().unwrap();
-    let id = ring.poll_readable(4, ours.as_raw_fd());
-    // Nothing to read yet: the poll waits.
-    assert!(reap_n(&mut ring, 1).is_empty());
-    assert_eq!(ring.in_flight(), 1);
-    theirs.write_all(b"hi").unwrap();
-    let done = reap_n(&mut ring, 1);
-    assert_eq!(done.len(), 1);
-    let c = &done[0];
-    assert_eq!((c.op, c.kind, c.key), (id, OpKind::Poll, 4));
-    assert!(
-        c.result & libc::POLLIN as i32 != 0,
-        "readable: {}",
-        c.result
-    );
-    assert!(matches!(c.held, Held::Nothing));
-    // The bytes are still in the socket for the receive that follows.
-    ring.recv(4, ours.as_raw_fd(), Vec::new(), 8);
-    let done = reap_n(&mut ring, 1);
-    let Held::Recv(buf) = &done[0].held else {
-        panic!("a receive gives its buffer back")
-    };
-    assert_eq!(&buf[..], b"hi");
-}
-
-#[test]
-fn a_readiness_poll_ends_when_the_socket_is_shut_down() {
-    let mut ring = Ring::with_entries(8).unwrap();
-    if !ring.poll_readable {
-        eprintln!("skipped: this kernel has no io_uring poll");
-        return;
-    }
-    let (ours, _theirs) = UnixStream::pair().unwrap();
-    ring.poll_readable(5, ours.as_raw_fd());
-    assert!(reap_n(&mut ring, 1).is_empty());
-    // The close path shuts a socket down so that ops in flight on it end.
-    sys::shutdown(ours.as_raw_fd(), Shutdown::Both);
-    let done = reap_n(&mut ring, 1);
-    assert_eq!(done.len(), 1);
-    assert!(done[0].result > 0, "ready (hung up): {}", done[0].result);
-    assert_eq!(ring.in_flight(), 0);
-}
-
-#[test]
 fn a_writev_sends_from_skip_and_gives_its_frames_back() {
     let mut ring = Ring::with_entries(8).unwrap();
     let (ours, mut theirs) = UnixStream::pair().unwrap();
