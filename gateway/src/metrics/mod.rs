@@ -189,7 +189,7 @@ pub const WEBSOCKET_TRANSPORTS: [&str; 3] = ["http1", "tls", "h2"];
 
 /// What a WebSocket runs over, as labelled in [`WEBSOCKET_TRANSPORTS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
+#[repr(u8)]
 pub enum WsTransport {
     /// Upgraded from plain HTTP/1.1.
     Http1,

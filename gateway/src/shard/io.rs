@@ -19,6 +19,12 @@ impl Shard {
         if conn.ws.is_some() {
             return self.ws_post_recv(slot);
         }
+        if conn.ws_upgrade.is_some() && conn.http.awaits_answer() {
+            // A room WebSocket waiting for auth and admission: its client sends nothing
+            // before the `101` (RFC 6455 §4.1), and a receive posted now would hold a
+            // request-sized buffer for as long as the idle viewer stays.
+            return Ok(());
+        }
         let into = match conn.http.read() {
             Read::Pause => return Ok(()),
             Read::Request { bytes_max } => {

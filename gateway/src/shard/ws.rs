@@ -29,7 +29,7 @@ use std::collections::VecDeque;
 
 /// Bytes a WebSocket's receive asks for while the client sends little (an idle viewer, a
 /// command): the buffer an idle connection holds while its receive is in flight.
-const WS_RECV_BYTES: usize = 256;
+const WS_RECV_BYTES: usize = 128;
 /// Control objects (answers to commands) a connection holds before it stops reading
 /// commands: a client that sends commands and never reads the answers stalls itself.
 const WS_ANSWERS_MAX: usize = 64;
@@ -99,29 +99,16 @@ pub(super) struct WsDriver {
     machine: WsConn,
     route: WsRoute,
     /// Bytes at the front of the connection's receive buffer already fed to the machine;
-    /// the rest waits for it (no receive is posted while any waits).
-    fed: usize,
-    /// The `101` (and, for a room, nothing else: the fan-out writes its `subscribed`), the
-    /// head of the first write.
-    preface: Option<Bytes>,
-    /// An echo the machine's write queue had no room for: sent once a write took the
-    /// queue; nothing more is fed meanwhile.
-    held: Option<WsEvent>,
-    /// Control objects to send (answers to commands, acks): written after the machine's
-    /// frames; at most `WS_ANSWERS_MAX` (nothing more is fed meanwhile) plus one per
-    /// publish in flight.
-    pub(super) answers: VecDeque<Bytes>,
-    /// Publishes waiting for their owner shard's answer, by the reply index they carry
-    /// (grown on first use, at most `WS_PUBLISHES_IN_FLIGHT_MAX` places: a viewer that
-    /// never publishes holds none).
-    pub(super) publishes: Vec<Option<super::ws_rooms::PublishWait>>,
+    /// the rest waits for it (no receive is posted while any waits). A receive takes at
+    /// most `RECV_CHUNK`, so this fits a `u32`.
+    fed: u32,
+    /// What a connection that sends commands or messages holds, made on its first
+    /// command or echo: an idle viewer holds none.
+    talk: Option<Box<WsTalk>>,
     /// Its fan-out subscriptions (room, subscriber id): the route's room, or the rooms a
-    /// multiplexed connection joined (at most `WS_ROOMS_PER_CONN_MAX`, with
-    /// `pending_rooms`).
+    /// multiplexed connection joined (at most `WS_ROOMS_PER_CONN_MAX`, with the pending
+    /// ones).
     pub(super) rooms: Vec<(Arc<str>, ConnId)>,
-    /// Rooms a multiplexed connection asked for and has not joined yet: `--auth-url` has
-    /// not decided, or (cluster mode) the room's stream is being read in on this node.
-    pub(super) pending_rooms: Vec<Arc<str>>,
     /// Fan-out frames that came while a write was in flight: the next write carries them.
     fanout_frames: Vec<Bytes>,
     /// The subscriptions whose frames are in `fanout_frames`.
@@ -144,27 +131,69 @@ pub(super) struct WsDriver {
     /// What it runs over (the metrics' transport label).
     transport: WsTransport,
     /// What the next receive asks for: more after a receive that filled its room.
-    recv_room: usize,
+    recv_room: u32,
+}
+
+/// The part of a WebSocket's driver state only a talking client uses (boxed apart, made
+/// on first use, so an idle viewer's driver stays small).
+#[derive(Default)]
+pub(super) struct WsTalk {
+    /// An echo the machine's write queue had no room for: sent once a write took the
+    /// queue; nothing more is fed meanwhile.
+    held: Option<WsEvent>,
+    /// Control objects to send (answers to commands, acks): written after the machine's
+    /// frames; at most `WS_ANSWERS_MAX` (nothing more is fed meanwhile) plus one per
+    /// publish in flight.
+    answers: VecDeque<Bytes>,
+    /// Publishes waiting for their owner shard's answer, by the reply index they carry
+    /// (grown on first use, at most `WS_PUBLISHES_IN_FLIGHT_MAX` places).
+    pub(super) publishes: Vec<Option<super::ws_rooms::PublishWait>>,
+    /// Rooms a multiplexed connection asked for and has not joined yet: `--auth-url` has
+    /// not decided, or (cluster mode) the room's stream is being read in on this node.
+    pub(super) pending_rooms: Vec<Arc<str>>,
 }
 
 impl WsDriver {
-    fn new(
-        now: Instant,
-        config: WsConfig,
-        route: WsRoute,
-        response: Bytes,
-        transport: WsTransport,
-    ) -> Self {
+    /// Its talking part, made now if it has none yet.
+    pub(super) fn talk(&mut self) -> &mut WsTalk {
+        self.talk.get_or_insert_with(Box::default)
+    }
+
+    /// Rooms a multiplexed connection asked for and has not joined yet.
+    pub(super) fn pending_rooms(&self) -> &[Arc<str>] {
+        self.talk.as_ref().map_or(&[], |talk| &talk.pending_rooms)
+    }
+
+    /// Whether an echo waits for room in the write queue.
+    fn holds_event(&self) -> bool {
+        self.talk.as_ref().is_some_and(|talk| talk.held.is_some())
+    }
+
+    /// Drops the talking part once it holds nothing (a multiplexed viewer after its
+    /// subscribes were answered goes back to idle size).
+    fn release_talk(&mut self) {
+        if self.talk.as_deref().is_some_and(|talk| {
+            talk.held.is_none()
+                && talk.answers.is_empty()
+                && talk.pending_rooms.is_empty()
+                && talk.publishes.iter().all(Option::is_none)
+        }) {
+            self.talk = None;
+        }
+    }
+
+    /// The echo that waited for room, taken.
+    fn take_held(&mut self) -> Option<WsEvent> {
+        self.talk.as_mut().and_then(|talk| talk.held.take())
+    }
+
+    fn new(now: Instant, config: WsConfig, route: WsRoute, transport: WsTransport) -> Self {
         Self {
             machine: WsConn::new(now, config),
             route,
             fed: 0,
-            preface: Some(response),
-            held: None,
-            answers: VecDeque::new(),
-            publishes: Vec::new(),
+            talk: None,
             rooms: Vec::new(),
-            pending_rooms: Vec::new(),
             fanout_frames: Vec::new(),
             fanout_pending: Vec::new(),
             write_subs: Vec::new(),
@@ -173,7 +202,7 @@ impl WsDriver {
             closed: false,
             end_by: None,
             transport,
-            recv_room: WS_RECV_BYTES,
+            recv_room: WS_RECV_BYTES as u32,
         }
     }
 
@@ -207,10 +236,12 @@ impl WsDriver {
     /// Queues a control object (a text frame) after the machine's frames.
     pub(super) fn answer(&mut self, json: &str) {
         if self.machine.is_open() {
-            self.answers.push_back(crate::conn::ws::frame::encode_frame(
-                Opcode::Text,
-                json.as_bytes(),
-            ));
+            self.talk()
+                .answers
+                .push_back(crate::conn::ws::frame::encode_frame(
+                    Opcode::Text,
+                    json.as_bytes(),
+                ));
         }
     }
 
@@ -248,7 +279,9 @@ impl WsDriver {
 
     /// Whether commands must wait: answers are piling up (the client does not read).
     fn answers_full(&self) -> bool {
-        self.answers.len() >= WS_ANSWERS_MAX
+        self.talk
+            .as_ref()
+            .is_some_and(|talk| talk.answers.len() >= WS_ANSWERS_MAX)
     }
 }
 
@@ -364,7 +397,8 @@ impl Shard {
             (false, true) => WsTransport::H2,
             (false, false) => WsTransport::Http1,
         };
-        let mut driver = Box::new(WsDriver::new(now, config, route, response, transport));
+        debug_assert!(!conn.pipe.writing(), "nothing written before the 101");
+        let mut driver = Box::new(WsDriver::new(now, config, route, transport));
         driver.rooms.extend(room);
         conn.ws = Some(driver);
         self.shared.figures[self.index].websocket_opened(transport);
@@ -374,6 +408,10 @@ impl Shard {
             ?transport,
             "websocket open"
         );
+        // The `101` (the `200` of an HTTP/2 extended CONNECT; for a room, nothing else: the
+        // fan-out writes its `subscribed`) is the first write, started now: the driver keeps
+        // no place for it.
+        self.ws_flush_with(slot, Some(response))?;
         self.ws_pump(now, slot)
     }
 
@@ -412,14 +450,15 @@ impl Shard {
             let Some(ws) = conn.ws.as_deref_mut() else {
                 return;
             };
-            let event = match ws.held.take().or_else(|| ws.machine.poll_event()) {
+            let event = match ws.take_held().or_else(|| ws.machine.poll_event()) {
                 Some(event) => event,
                 None => {
-                    if ws.fed == conn.recv.len() || ws.answers_full() {
+                    let fed = ws.fed as usize;
+                    if fed == conn.recv.len() || ws.answers_full() {
                         break;
                     }
-                    let taken = ws.machine.handle_bytes(now, &conn.recv[ws.fed..]);
-                    ws.fed += taken;
+                    let taken = ws.machine.handle_bytes(now, &conn.recv[fed..]);
+                    ws.fed = u32::try_from(fed + taken).expect("a receive buffer under 4 GiB");
                     if taken != 0 {
                         continue;
                     }
@@ -434,7 +473,7 @@ impl Shard {
             match ws.on_event(now, event) {
                 Outcome::Done => {}
                 Outcome::Hold(event) => {
-                    ws.held = Some(event);
+                    ws.talk().held = Some(event);
                     break;
                 }
                 Outcome::Command(text) => self.ws_command(now, slot, &text),
@@ -446,10 +485,10 @@ impl Shard {
         let Some(ws) = conn.ws.as_deref_mut() else {
             return;
         };
-        if ws.fed == conn.recv.len() {
+        if ws.fed as usize == conn.recv.len() {
             ws.fed = 0;
             conn.recv.clear();
-            if conn.recv.capacity() > 4 * ws.recv_room {
+            if conn.recv.capacity() > 4 * ws.recv_room as usize {
                 // A burst's buffer is not kept by an idle connection.
                 conn.recv = Vec::new();
             }
@@ -460,6 +499,11 @@ impl Shard {
     /// `101` first, then the machine's frames, then fan-out frames that waited (dropped
     /// once the machine sent its close: nothing may follow it).
     fn ws_flush(&mut self, slot: u32) -> std::io::Result<()> {
+        self.ws_flush_with(slot, None)
+    }
+
+    /// [`Self::ws_flush`], with `preface` (the `101`) at the head of the write.
+    fn ws_flush_with(&mut self, slot: u32, preface: Option<Bytes>) -> std::io::Result<()> {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
@@ -470,7 +514,7 @@ impl Shard {
             return Ok(());
         };
         let mut frames = self.frame_vecs.pop().unwrap_or_default();
-        frames.extend(ws.preface.take());
+        frames.extend(preface);
         while frames.len() < WS_WRITE_FRAMES_MAX {
             let Some(frame) = ws.machine.poll_transmit() else {
                 break;
@@ -479,7 +523,10 @@ impl Shard {
         }
         debug_assert!(ws.write_subs.is_empty(), "no write in flight");
         if ws.machine.is_open() {
-            frames.extend(ws.answers.drain(..));
+            if let Some(talk) = ws.talk.as_deref_mut() {
+                frames.extend(talk.answers.drain(..));
+            }
+            ws.release_talk();
             if !ws.fanout_frames.is_empty() {
                 frames.append(&mut ws.fanout_frames);
                 std::mem::swap(&mut ws.write_subs, &mut ws.fanout_pending);
@@ -487,7 +534,9 @@ impl Shard {
             }
         } else {
             // Nothing may follow the machine's close frame.
-            ws.answers.clear();
+            if let Some(talk) = ws.talk.as_deref_mut() {
+                talk.answers.clear();
+            }
             ws.fanout_frames.clear();
             ws.fanout_pending.clear();
         }
@@ -496,14 +545,14 @@ impl Shard {
             return Ok(());
         }
         // Hand a consumed echo its room now that the queue is taken.
-        let retry = ws.held.is_some();
+        let retry = ws.holds_event();
         self.start_write(slot, &mut frames)?;
         self.recycle_frames(frames);
         if retry {
             if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
-                if let Some(event) = ws.held.take() {
+                if let Some(event) = ws.take_held() {
                     match ws.on_event(self.now, event) {
-                        Outcome::Hold(event) => ws.held = Some(event),
+                        Outcome::Hold(event) => ws.talk().held = Some(event),
                         Outcome::Done => {}
                         Outcome::Command(_) => unreachable!("only an echo is held"),
                     }
@@ -592,12 +641,14 @@ impl Shard {
         if conn.closing
             || conn.pipe.receiving()
             || ws.closed
-            || ws.held.is_some()
+            || ws.holds_event()
             || !conn.recv.is_empty()
         {
             return Ok(());
         }
-        let into = RecvInto::Request { room: ws.recv_room };
+        let into = RecvInto::Request {
+            room: ws.recv_room as usize,
+        };
         let key = conn.key(slot).to_word();
         conn.pipe
             .post_recv(&mut self.ring, key, &mut conn.recv, into);
@@ -616,10 +667,10 @@ impl Shard {
                 if let Some(conn) = self.conn(slot) {
                     if let Some(ws) = conn.ws.as_deref_mut() {
                         // A receive that filled its room: the client sends a lot, ask more.
-                        ws.recv_room = if conn.recv.len() >= ws.recv_room {
-                            RECV_CHUNK
+                        ws.recv_room = if conn.recv.len() >= ws.recv_room as usize {
+                            RECV_CHUNK as u32
                         } else {
-                            WS_RECV_BYTES
+                            WS_RECV_BYTES as u32
                         };
                     }
                 }
@@ -696,3 +747,7 @@ impl Shard {
         self.ws_pump(now, slot)
     }
 }
+
+// An idle viewer's driver fits mimalloc's 512-byte size class (issue 16's idle-memory
+// bar): what only a talking client uses is in `WsTalk`, made on first use.
+const _: () = assert!(std::mem::size_of::<WsDriver>() <= 512);

@@ -167,8 +167,8 @@ impl Shard {
         };
         let token = ws.route().token().map(str::to_owned);
         let held = ws.rooms.iter().any(|(held, _)| **held == *room)
-            || ws.pending_rooms.iter().any(|held| **held == *room);
-        let full = ws.rooms.len() + ws.pending_rooms.len() >= WS_ROOMS_PER_CONN_MAX;
+            || ws.pending_rooms().iter().any(|held| **held == *room);
+        let full = ws.rooms.len() + ws.pending_rooms().len() >= WS_ROOMS_PER_CONN_MAX;
         let denied = self.shared.config.jwt.as_deref().and_then(|jwt| {
             jwt.check_subscribe(&room, token.as_deref(), now_seconds)
                 .err()
@@ -245,7 +245,7 @@ impl Shard {
             return Some((503, "redis unreachable".into()));
         }
         let ws = self.conn(slot).and_then(|c| c.ws.as_deref_mut())?;
-        ws.pending_rooms.push(Arc::from(room));
+        ws.talk().pending_rooms.push(Arc::from(room));
         None
     }
 
@@ -277,7 +277,7 @@ impl Shard {
                 };
                 if self.cluster.as_mut()?.begin_replay(ticket) {
                     let ws = self.conn(slot).and_then(|c| c.ws.as_deref_mut())?;
-                    ws.pending_rooms.push(Arc::from(room));
+                    ws.talk().pending_rooms.push(Arc::from(room));
                     return None;
                 }
                 if beyond_head {
@@ -305,10 +305,10 @@ impl Shard {
         else {
             return;
         };
-        let Some(at) = ws.pending_rooms.iter().position(|r| **r == *room) else {
+        let Some(at) = ws.pending_rooms().iter().position(|r| **r == *room) else {
             return;
         };
-        ws.pending_rooms.swap_remove(at);
+        ws.talk().pending_rooms.swap_remove(at);
         if let Some((status, reason)) = self.ws_join(self.now, conn.slot, room, Ok((start, replay)))
         {
             if let Some(ws) = self.conn(conn.slot).and_then(|c| c.ws.as_deref_mut()) {
@@ -333,10 +333,10 @@ impl Shard {
         else {
             return;
         };
-        let Some(at) = ws.pending_rooms.iter().position(|r| **r == *room) else {
+        let Some(at) = ws.pending_rooms().iter().position(|r| **r == *room) else {
             return;
         };
-        ws.pending_rooms.swap_remove(at);
+        ws.talk().pending_rooms.swap_remove(at);
         let refusal = match primed {
             true => self.ws_join_placed(slot, room, waiter.last_event_id),
             false => Some((503, "redis unreachable".into())),
@@ -369,7 +369,7 @@ impl Shard {
             return None;
         };
         let head = auth_head.clone().unwrap_or_default();
-        ws.pending_rooms.push(Arc::from(room.as_str()));
+        ws.talk().pending_rooms.push(Arc::from(room.as_str()));
         let ticket = crate::upstream::auth::Ticket {
             conn: key,
             room,
@@ -401,10 +401,10 @@ impl Shard {
         else {
             return;
         };
-        let Some(at) = ws.pending_rooms.iter().position(|r| **r == *ticket.room) else {
+        let Some(at) = ws.pending_rooms().iter().position(|r| **r == *ticket.room) else {
             return;
         };
-        ws.pending_rooms.swap_remove(at);
+        ws.talk().pending_rooms.swap_remove(at);
         let refusal = match decision {
             crate::upstream::auth::Decision::Admit => {
                 self.ws_admit(now, slot, &ticket.room, ticket.last_event_id)
@@ -570,11 +570,12 @@ impl Shard {
         let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) else {
             return;
         };
-        let free = match ws.publishes.iter().position(Option::is_none) {
+        let publishes = &mut ws.talk().publishes;
+        let free = match publishes.iter().position(Option::is_none) {
             Some(index) => Some(index),
-            None if ws.publishes.len() < WS_PUBLISHES_IN_FLIGHT_MAX => {
-                ws.publishes.push(None);
-                Some(ws.publishes.len() - 1)
+            None if publishes.len() < WS_PUBLISHES_IN_FLIGHT_MAX => {
+                publishes.push(None);
+                Some(publishes.len() - 1)
             }
             None => None,
         };
@@ -595,7 +596,7 @@ impl Shard {
             return;
         };
         let room: Arc<str> = Arc::from(room);
-        ws.publishes[index] = Some(PublishWait {
+        ws.talk().publishes[index] = Some(PublishWait {
             reference,
             room: room.clone(),
         });
@@ -627,7 +628,12 @@ impl Shard {
         let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) else {
             return;
         };
-        let Some(wait) = ws.publishes.get_mut(index as usize).and_then(Option::take) else {
+        let Some(wait) = ws
+            .talk()
+            .publishes
+            .get_mut(index as usize)
+            .and_then(Option::take)
+        else {
             debug_assert!(false, "an answer for a publish nobody waits for");
             return;
         };
