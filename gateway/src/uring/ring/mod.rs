@@ -116,6 +116,12 @@ impl Ring {
             .setup_cqsize(entries * 2)
             .setup_single_issuer()
             .setup_defer_taskrun()
+            // The kernel flags `IORING_SQ_TASKRUN` while deferred task work (a receive's
+            // data, a write's room) waits for this thread; the crate's `submit()` then
+            // enters with GETEVENTS, which runs it. Without it, a turn that does not wait
+            // (write budget used, completions already reaped) never runs that work, and
+            // its completions wait for the next turn that sleeps.
+            .setup_taskrun_flag()
             .build(entries)
             .or_else(|_| IoUring::builder().setup_cqsize(entries * 2).build(entries))?;
         let mut probe = io_uring::Probe::new();

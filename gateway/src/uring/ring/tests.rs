@@ -210,3 +210,28 @@ fn a_completion_for_an_ended_op_is_caught() {
     reap_n(&mut ring, 1);
     let _ = ring.complete(id, 8, false);
 }
+
+/// A turn that does not wait (`Duration::ZERO`) still runs the task work deferred to this
+/// thread: data that arrived for a receive already waiting in the kernel is reaped at once,
+/// not at the next turn that sleeps.
+#[test]
+fn a_turn_that_does_not_wait_still_runs_deferred_task_work() {
+    let mut ring = Ring::with_entries(8).unwrap();
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    let id = ring.recv(9, ours.as_raw_fd(), Vec::with_capacity(64), 16);
+    // Submitted with no data: the receive waits in the kernel for the socket.
+    ring.submit_and_wait(Duration::ZERO).unwrap();
+    let mut out = Vec::new();
+    ring.reap(&mut out);
+    assert!(out.is_empty(), "no data yet: {out:?}");
+    // The data arrives: the kernel queues the receive as task work for this thread.
+    theirs.write_all(b"late").unwrap();
+    ring.submit_and_wait(Duration::ZERO).unwrap();
+    ring.reap(&mut out);
+    assert_eq!(
+        out.len(),
+        1,
+        "the receive completed without a waiting enter"
+    );
+    assert_eq!((out[0].op, out[0].result), (id, 4));
+}
