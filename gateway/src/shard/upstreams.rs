@@ -4,6 +4,15 @@
 
 use super::*;
 
+/// Where a cluster-mode subscriber starts ([`Shard::cluster_start`]).
+pub(super) enum ClusterStart {
+    /// Redis is asked first (a replay or a check of an id above the replica's head); its
+    /// answer joins the subscriber.
+    Replaying,
+    /// At once, from here.
+    At(Start),
+}
+
 impl Shard {
     /// A subscribe that `--auth-url` must approve first: decided at once (breaker open,
     /// queue full) or the connection waits for [`Self::drain_auth`].
@@ -186,10 +195,25 @@ impl Shard {
             }
             return Ok(());
         }
-        let mut start = self.fanout.place(room, last_event_id);
+        match self.cluster_start(conn_key, room, last_event_id) {
+            ClusterStart::Replaying => Ok(()),
+            ClusterStart::At(start) => self.admit_replayed(now, slot, room, start, Vec::new()),
+        }
+    }
+
+    /// Where a subscriber `conn` of `room`, a room this node follows (cluster mode), starts
+    /// for its resume id (SSE and WebSocket alike): older than the replica is replayed from
+    /// Redis; above the replica's head, Redis says whether it is a real id this node has not
+    /// read yet, or cannot be placed. [`ClusterStart::Replaying`]: a replay was begun and
+    /// its answer joins the subscriber.
+    pub(super) fn cluster_start(
+        &mut self,
+        conn: ConnKey,
+        room: &str,
+        since: Option<ResumeId>,
+    ) -> ClusterStart {
+        let mut start = self.fanout.place(room, since);
         if let Start::After(after) = start {
-            // Older than the replica: replayed from Redis. Above the replica's head: Redis
-            // says whether it is a real id this node has not read yet, or cannot be placed.
             let beyond_head = after > self.fanout.head_id(room).unwrap_or(0);
             let check = self.fanout.resume_check(room, after);
             let gap = matches!(
@@ -198,14 +222,18 @@ impl Shard {
             );
             if gap || beyond_head {
                 let ticket = crate::upstream::cluster::ReplayTicket {
-                    conn: conn_key,
+                    conn,
                     room: Arc::from(room),
                     after,
                     before: check.map_or(after.saturating_add(1), |(_, first)| first),
                     beyond_head,
                 };
-                if cluster.begin_replay(ticket) {
-                    return Ok(());
+                if self
+                    .cluster
+                    .as_mut()
+                    .is_some_and(|cluster| cluster.begin_replay(ticket))
+                {
+                    return ClusterStart::Replaying;
                 }
                 if beyond_head {
                     // Redis cannot tell now: a reset rather than a cursor no message reaches.
@@ -213,7 +241,7 @@ impl Shard {
                 }
             }
         }
-        self.admit_replayed(now, slot, room, start, Vec::new())
+        ClusterStart::At(start)
     }
 
     /// Takes what the cluster threads sent: publish outcomes, followed frames, rooms primed.

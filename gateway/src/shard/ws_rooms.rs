@@ -9,6 +9,7 @@
 //! Owns: the upgrade waiting for auth and admission, command handling, publishes in
 //! flight. Must not touch: frames and the machine (ws.rs), the fan-out's own state.
 
+use super::upstreams::ClusterStart;
 use super::ws::{WsRoute, WsUpgrade};
 use super::*;
 use crate::conn::ws::protocol::{encode_ack, encode_error, encode_subscribed, encode_unsubscribed};
@@ -259,34 +260,14 @@ impl Shard {
         room: &str,
         since: Option<ResumeId>,
     ) -> Option<(u16, String)> {
-        let mut start = self.fanout.place(room, since);
-        if let Start::After(after) = start {
-            let beyond_head = after > self.fanout.head_id(room).unwrap_or(0);
-            let check = self.fanout.resume_check(room, after);
-            let gap = matches!(
-                check,
-                Some((ringcast_core::history::ResumeFrom::Gap { .. }, _))
-            );
-            if gap || beyond_head {
-                let ticket = crate::upstream::cluster::ReplayTicket {
-                    conn: self.key(slot),
-                    room: Arc::from(room),
-                    after,
-                    before: check.map_or(after.saturating_add(1), |(_, first)| first),
-                    beyond_head,
-                };
-                if self.cluster.as_mut()?.begin_replay(ticket) {
-                    let ws = self.conn(slot).and_then(|c| c.ws.as_deref_mut())?;
-                    ws.talk().pending_rooms.push(Arc::from(room));
-                    return None;
-                }
-                if beyond_head {
-                    // Redis cannot tell now: a reset rather than a cursor no message reaches.
-                    start = Start::Reset(ResetReason::BeyondHead);
-                }
+        match self.cluster_start(self.key(slot), room, since) {
+            ClusterStart::Replaying => {
+                let ws = self.conn(slot).and_then(|c| c.ws.as_deref_mut())?;
+                ws.talk().pending_rooms.push(Arc::from(room));
+                None
             }
+            ClusterStart::At(start) => self.ws_join(self.now, slot, room, Ok((start, Vec::new()))),
         }
-        self.ws_join(self.now, slot, room, Ok((start, Vec::new())))
     }
 
     /// Redis answered a multiplexed connection's replay (cluster mode): it joins the room
