@@ -17,7 +17,7 @@ pub mod probe;
 pub mod ring;
 pub mod sys;
 
-pub use op::{Completion, Held, OpId, OpKind};
+pub use op::{Completion, Held, Lease, OpId, OpKind};
 pub use ring::{Ring, RingStats, RING_ENTRIES};
 
 use io_uring::opcode;
