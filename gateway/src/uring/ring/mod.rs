@@ -214,6 +214,20 @@ impl Ring {
         self.pool.is_some()
     }
 
+    /// Bytes of owned receive buffers held by receives in flight (tests: an idle
+    /// connection's receive from the pool holds none).
+    #[cfg(test)]
+    pub(crate) fn recv_bytes_held(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|slot| slot.kind.is_some())
+            .map(|slot| match &slot.memory {
+                Memory::Recv { buf, .. } => buf.capacity(),
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// Operations submitted (or parked) whose last completion has not been reaped.
     pub fn in_flight(&self) -> usize {
         self.in_flight
