@@ -610,7 +610,7 @@ impl Ring {
         let buffer = cqueue::buffer_select(flags);
         if let (Memory::Provided { fd }, true) = (&slot.memory, result == -libc::ENOBUFS) {
             // The pool had no buffer free: not a byte was read. The same op goes on into
-            // a buffer of its own, posted at the next submit (after what waits before it).
+            // a buffer of its own, submitted with the next entries.
             debug_assert!(buffer.is_none());
             let fd = *fd;
             slot.memory = Memory::Recv {
@@ -619,7 +619,11 @@ impl Ring {
             };
             let entry = recv_entry(fd, &mut slot.memory).user_data(id.0);
             self.stats.pool_exhausted_total += 1;
-            self.unqueued.push_back(entry);
+            // Into the queue if it has room (no kernel entry here: this runs inside a
+            // reap), else parked, in order.
+            if !(self.unqueued.is_empty() && self.try_push(&entry)) {
+                self.unqueued.push_back(entry);
+            }
             return None;
         }
         slot.kind = None;
