@@ -33,7 +33,7 @@ use std::collections::VecDeque;
 /// command). A plain connection's such receive takes a buffer of the ring's pool once data
 /// comes (`RecvInto::Pooled`: it holds none while it waits); over TLS, a tunnel, or a ring
 /// without a pool, it is the buffer an idle connection holds while its receive is in flight.
-const WS_RECV_BYTES: usize = 128;
+pub(super) const WS_RECV_BYTES: usize = 128;
 /// Control objects (answers to commands) a connection holds before it stops reading
 /// commands: a client that sends commands and never reads the answers stalls itself.
 const WS_ANSWERS_MAX: usize = 64;
@@ -791,9 +791,6 @@ impl Shard {
         self.ws_pump(now, slot)
     }
 }
-
-#[cfg(test)]
-mod tests;
 
 // An idle viewer's driver fits mimalloc's 512-byte size class (issue 16's idle-memory
 // bar): what only a talking client uses is in `WsTalk`, made on first use.

@@ -1,6 +1,7 @@
 //! A shard on a real ring and loopback socket, turned by hand: what an idle plain WebSocket
-//! holds for its receive, before and after it talks.
+//! holds for its receive (ws.rs, `RecvInto::Pooled`), before and after it talks.
 
+use super::ws::WS_RECV_BYTES;
 use super::*;
 use crate::app::admission::PerIpConnections;
 use crate::config::{Config, Flags};
