@@ -192,6 +192,7 @@ fn doctor_on_this_machine_names_io_uring_available_and_lists_the_ops() {
         "kernel                ",
         "io_uring              available\n",
         "  multishot accept      ",
+        "  provided buffers      supported (5.19+)\n",
         "  setup SINGLE_ISSUER   ",
         "  setup DEFER_TASKRUN   ",
         "  setup COOP_TASKRUN    ",

@@ -52,6 +52,8 @@ pub enum Figure {
     SqFull,
     /// Completion queue overflow events.
     CqOverflow,
+    /// Receives that found the ring's pool of provided buffers empty.
+    PoolExhausted,
     /// Subscribers waiting for a write.
     DirtyQueue,
     /// Bytes submitted to writes and not yet written.
@@ -136,6 +138,11 @@ const META: [(&str, Kind, &str); FIGURES] = [
         "ringcast_uring_cq_overflow_total",
         Kind::Counter,
         "io_uring completion queue overflows.",
+    ),
+    (
+        "ringcast_uring_pool_exhausted_total",
+        Kind::Counter,
+        "Receives that found no provided buffer free (received into their own buffer instead).",
     ),
     (
         "ringcast_write_queue_subscribers",

@@ -76,6 +76,7 @@ impl Shard {
         figures.set(Figure::Heartbeats, stats.heartbeats_total);
         figures.set(Figure::SqFull, ring.sq_full_total);
         figures.set(Figure::CqOverflow, ring.cq_overflow_total);
+        figures.set(Figure::PoolExhausted, ring.pool_exhausted_total);
         figures.set(Figure::DirtyQueue, self.fanout.dirty_len() as u64);
         figures.idempotency.publish(self.sequencer.keys());
     }

@@ -63,6 +63,7 @@ impl Shard {
         let Some(conn) = slot_mut(&mut self.conns, slot).filter(|conn| conn.serial == key.serial)
         else {
             // The connection went first: the ring kept the buffer until now.
+            self.recycle(c.held);
             return Ok(());
         };
         if conn.closing {
@@ -91,6 +92,12 @@ impl Shard {
                     "discarded bytes a request wanted"
                 );
                 conn.http.handle_received(now, &DISCARDED[..len]);
+            }
+            Received::Pooled(lease) => {
+                // Straight from the pool's buffer (a WebSocket's receive; not posted for
+                // requests today).
+                conn.http.handle_received(now, self.ring.provided(&lease));
+                self.ring.give_back(lease);
             }
             Received::Data {
                 established,
@@ -132,6 +139,7 @@ impl Shard {
         match held {
             Held::Frames(frames) => self.recycle_frames(frames),
             Held::Bytes(out) => recycle_tls_out(&mut self.tls_out_pool, out),
+            Held::Provided(lease) => self.ring.give_back(lease),
             _ => {}
         }
     }

@@ -19,6 +19,8 @@ mod subscriptions;
 mod tls_io;
 mod upstreams;
 mod ws;
+#[cfg(test)]
+mod ws_pool_tests;
 mod ws_rooms;
 
 use crate::app::admission::{RefusalReason, Rejection, REJECTIONS};

@@ -16,7 +16,7 @@
 
 use crate::conn::tls::{Hello, Received as TlsReceived, TlsConn, TlsFailure};
 use crate::mesh::virtual_conn::{Inbound, VirtualSink};
-use crate::uring::op::{Completion, Held, OpId};
+use crate::uring::op::{Completion, Held, Lease, OpId};
 use crate::uring::ring::Ring;
 use crate::uring::sys::{self, Shutdown};
 use bytes::Bytes;
@@ -69,11 +69,22 @@ pub enum RecvInto {
     /// Nothing anyone reads (a subscriber's or a refused client's input): the ring's
     /// discard buffer.
     Discard,
+    /// A small receive that may wait long (an idle WebSocket's): a plain pipe takes a
+    /// buffer of the ring's pool once data comes, and the connection holds none meanwhile
+    /// (its receive buffer is let go); where the ring has no pool, and for TLS and tunnels,
+    /// as `Request { room }`.
+    Pooled {
+        /// Plaintext bytes wanted when no pool buffer is used (at least 1).
+        room: usize,
+    },
 }
 
 /// What a receive brought.
 #[derive(Debug)]
 pub enum Received {
+    /// Plaintext is in a buffer the ring's pool lent (a plain pipe's `RecvInto::Pooled`):
+    /// read it with `Ring::provided`, then hand the lease back (`Ring::give_back`).
+    Pooled(Lease),
     /// Plaintext was appended to the receive buffer (perhaps none: a handshake record).
     Data {
         /// This receive completed the TLS handshake.
@@ -241,7 +252,7 @@ impl Pipe {
         if let Transport::Virtual(sink) = &self.transport {
             // Only a tunnel receives (its client's bytes, from the companion); `buf` stays
             // here and the bytes are appended to it ([`Self::on_virtual_recv`]).
-            if let RecvInto::Request { room } = into {
+            if let RecvInto::Request { room } | RecvInto::Pooled { room } = into {
                 sink.post_recv(room);
             }
             return;
@@ -251,10 +262,18 @@ impl Pipe {
         };
         let op = match (&mut self.transport, into) {
             (Transport::Virtual(_), _) => return,
-            (Transport::Plain, RecvInto::Request { room }) => {
+            (Transport::Plain, RecvInto::Pooled { .. }) if ring.provides_buffers() => {
+                debug_assert!(buf.is_empty(), "bytes wait in the receive buffer");
+                // Nothing held while the receive waits: the pool lends a buffer for the data.
+                *buf = Vec::new();
+                ring.recv_provided(key, fd)
+            }
+            (Transport::Plain, RecvInto::Request { room } | RecvInto::Pooled { room }) => {
                 ring.recv(key, fd, std::mem::take(buf), room)
             }
-            (Transport::Tls(tls), RecvInto::Request { .. }) if tls.in_hello() => {
+            (Transport::Tls(tls), RecvInto::Request { .. } | RecvInto::Pooled { .. })
+                if tls.in_hello() =>
+            {
                 // The raw ClientHello stays in `buf` (an `h2` client is handed on with it).
                 let room = crate::conn::tls::CLIENT_HELLO_BYTES_MAX
                     .checked_sub(buf.len())
@@ -262,7 +281,7 @@ impl Pipe {
                     .clamp(1, HELLO_RECV_BYTES);
                 ring.recv(key, fd, std::mem::take(buf), room)
             }
-            (Transport::Tls(tls), RecvInto::Request { .. }) => {
+            (Transport::Tls(tls), RecvInto::Request { .. } | RecvInto::Pooled { .. }) => {
                 let recv = tls.take_recv_buffer();
                 let room = recv.capacity();
                 ring.recv(key, fd, recv, room)
@@ -298,6 +317,10 @@ impl Pipe {
         let len = result as usize;
         let held = match completion.held {
             Held::Recv(held) => held,
+            Held::Provided(lease) => {
+                debug_assert!(matches!(self.transport, Transport::Plain));
+                return Received::Pooled(lease);
+            }
             _ => return Received::Discarded { len },
         };
         match &mut self.transport {

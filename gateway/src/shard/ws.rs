@@ -25,11 +25,15 @@ use crate::conn::ws::{
     Opcode, OriginPolicy, SendError, UpgradeRequest, WsConfig, WsConn, WsEvent,
 };
 use crate::metrics::WsTransport;
+use crate::uring::ring::POOL_BUFFER_BYTES;
+use crate::uring::Lease;
 use std::collections::VecDeque;
 
 /// Bytes a WebSocket's receive asks for while the client sends little (an idle viewer, a
-/// command): the buffer an idle connection holds while its receive is in flight.
-const WS_RECV_BYTES: usize = 128;
+/// command). A plain connection's such receive takes a buffer of the ring's pool once data
+/// comes (`RecvInto::Pooled`: it holds none while it waits); over TLS, a tunnel, or a ring
+/// without a pool, it is the buffer an idle connection holds while its receive is in flight.
+pub(super) const WS_RECV_BYTES: usize = 128;
 /// Control objects (answers to commands) a connection holds before it stops reading
 /// commands: a client that sends commands and never reads the answers stalls itself.
 const WS_ANSWERS_MAX: usize = 64;
@@ -646,8 +650,12 @@ impl Shard {
         {
             return Ok(());
         }
-        let into = RecvInto::Request {
-            room: ws.recv_room as usize,
+        let room = ws.recv_room as usize;
+        let into = if room == WS_RECV_BYTES {
+            // The idle receive: from the ring's pool, holding nothing while it waits.
+            RecvInto::Pooled { room }
+        } else {
+            RecvInto::Request { room }
         };
         let key = conn.key(slot).to_word();
         conn.pipe
@@ -686,6 +694,19 @@ impl Shard {
                 }
                 self.ws_pump(now, slot)
             }
+            Received::Pooled(lease) => {
+                if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+                    // A receive that filled the pool's buffer: the client sends a lot, ask
+                    // more, into the connection's own buffer.
+                    ws.recv_room = if lease.len() >= POOL_BUFFER_BYTES {
+                        RECV_CHUNK as u32
+                    } else {
+                        WS_RECV_BYTES as u32
+                    };
+                }
+                self.ws_take_lease(now, slot, lease);
+                self.ws_pump(now, slot)
+            }
             // The client went without a close handshake (1006): nothing more to tell it.
             Received::Closed => self.begin_close(slot),
             Received::TlsFailed(err) => {
@@ -697,6 +718,29 @@ impl Shard {
                 self.begin_close(slot)
             }
         }
+    }
+
+    /// The bytes of a receive into a pool buffer: the machine takes what it can straight
+    /// from it; only the rest (it stopped at an event, or its write queue is full) is copied
+    /// into the connection's own buffer, fed as the machine takes more. The buffer goes back
+    /// to the pool before any event is answered.
+    fn ws_take_lease(&mut self, now: Instant, slot: u32, lease: Lease) {
+        if let Some(conn) = slot_mut(&mut self.conns, slot).filter(|c| !c.closing) {
+            if let Some(ws) = conn.ws.as_deref_mut() {
+                let bytes = self.ring.provided(&lease);
+                debug_assert!(
+                    conn.recv.is_empty() && ws.fed == 0,
+                    "no receive is posted while bytes wait"
+                );
+                let taken = if ws.holds_event() || ws.answers_full() {
+                    0
+                } else {
+                    ws.machine.handle_bytes(now, bytes)
+                };
+                conn.recv.extend_from_slice(&bytes[taken..]);
+            }
+        }
+        self.ring.give_back(lease);
     }
 
     /// A write of a WebSocket connection went whole: the fan-out's frames in it are done,

@@ -176,6 +176,15 @@ impl fmt::Display for Report {
                         "no (one accept per connection)"
                     )
                 )?;
+                writeln!(
+                    f,
+                    "  provided buffers      {}",
+                    yes(
+                        support.provided_buffers,
+                        "supported (5.19+)",
+                        "no (idle WebSocket receives hold their own buffer)"
+                    )
+                )?;
                 for (name, accepted) in [
                     ("SINGLE_ISSUER", support.single_issuer),
                     ("DEFER_TASKRUN", support.defer_taskrun),
@@ -335,6 +344,7 @@ mod tests {
             single_issuer: true,
             defer_taskrun: true,
             coop_taskrun: false,
+            provided_buffers: true,
         }
     }
 

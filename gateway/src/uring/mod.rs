@@ -6,7 +6,10 @@
 //! buffer, iovec array and the frames it points to, TLS ciphertext, eventfd word) from its
 //! submission until its last completion, which hands it back (tokio-uring's rule). Callers
 //! never see a pointer; a caller that goes away first loses nothing (the ring keeps the
-//! memory until the completion comes).
+//! memory until the completion comes). The one exception holds no memory while in flight: a
+//! receive from the ring's pool of provided buffers (ring/pool.rs) takes a buffer only when
+//! its data comes, and its completion lends it ([`Lease`]) until the caller hands it back or
+//! the ring next waits.
 //!
 //! Must not touch: connections, HTTP, timers or anything of the shard beyond the
 //! descriptors and buffers it is handed.
@@ -17,7 +20,7 @@ pub mod probe;
 pub mod ring;
 pub mod sys;
 
-pub use op::{Completion, Held, OpId, OpKind};
+pub use op::{Completion, Held, Lease, OpId, OpKind};
 pub use ring::{Ring, RingStats, RING_ENTRIES};
 
 use io_uring::opcode;

@@ -1,6 +1,7 @@
 //! What an operation is and what it gives back: [`OpKind`], the caller's `key`, the memory
-//! the op held for the kernel ([`Held`]) and the [`Completion`] that returns it. Plain
-//! data; the ring (ring/) is the only one that builds entries from it.
+//! the op held for the kernel ([`Held`]) and the [`Completion`] that returns it, and the
+//! [`Lease`] of a provided buffer. Plain data; the ring (ring/) is the only one that builds
+//! entries from it.
 
 use bytes::Bytes;
 use std::os::fd::OwnedFd;
@@ -10,7 +11,8 @@ use std::os::fd::OwnedFd;
 pub enum OpKind {
     /// Multishot (or single) accept on a listener.
     Accept,
-    /// Receive into a buffer the op owns (or into the ring's discard buffer).
+    /// Receive into a buffer the op owns, one of the ring's provided buffers, or the ring's
+    /// discard buffer.
     Recv,
     /// A writev of frames, or a send of one byte buffer (TLS ciphertext).
     Write,
@@ -63,6 +65,33 @@ pub enum Held {
     Word(Box<u64>),
     /// An accepted connection's socket, owned from here (closed when dropped).
     Accepted(OwnedFd),
+    /// A receive's bytes, in one of the ring's provided buffers (`Ring::recv_provided`):
+    /// read them with `Ring::provided`, then hand the lease back (`Ring::give_back`).
+    Provided(Lease),
+}
+
+/// One of the ring's provided buffers, lent to the caller with the bytes a receive put in
+/// it (ring/pool.rs). Not `Clone`: handing it back (`Ring::give_back`) consumes it. A lease
+/// not handed back is taken back when the ring next waits (`Ring::submit_and_wait`); reading
+/// it after that is a programmer error, caught (the kernel may be writing the buffer again).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub(super) buffer: u16,
+    pub(super) len: u32,
+    /// The ring's lending round it belongs to (changes at each wait).
+    pub(super) round: u32,
+}
+
+impl Lease {
+    /// Bytes received into the buffer (at least 1).
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Never true: a receive that brought nothing lends no buffer.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// One reaped completion.

@@ -88,6 +88,9 @@ pub struct UringSupport {
     pub defer_taskrun: bool,
     /// `IORING_SETUP_COOP_TASKRUN` (5.19+) accepted.
     pub coop_taskrun: bool,
+    /// A buffer ring of provided buffers (`IORING_REGISTER_PBUF_RING`, 5.19+) accepted:
+    /// idle WebSocket receives hold no buffer of their own (ring/pool.rs).
+    pub provided_buffers: bool,
 }
 
 impl UringSupport {
@@ -396,6 +399,8 @@ pub fn probe() -> Result<UringSupport, Unavailable> {
                 .setup_defer_taskrun(),
         ),
         coop_taskrun: accepts(IoUring::builder().setup_coop_taskrun()),
+        provided_buffers: crate::uring::Ring::with_pool(PROBE_RING_ENTRIES, 1)
+            .is_ok_and(|ring| ring.provides_buffers()),
     })
 }
 

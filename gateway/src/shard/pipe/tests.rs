@@ -145,3 +145,36 @@ fn a_write_forgotten_at_the_close_gives_back_what_was_not_delivered() {
     assert!(sink.is_closed());
     assert_eq!(ring.in_flight(), 0, "a virtual pipe uses no ring op");
 }
+
+/// An idle receive of a plain pipe holds no buffer: the connection's receive buffer is let
+/// go, and the bytes come in a buffer the ring's pool lends; where the ring has no pool,
+/// the receive buffer is used as for a request.
+#[test]
+fn a_pooled_receive_holds_no_buffer_and_lends_the_pools() {
+    let mut ring = Ring::with_pool(8, 2).unwrap();
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    let mut pipe = Pipe::plain(OwnedFd::from(ours));
+    let mut buf = Vec::with_capacity(128);
+    pipe.post_recv(&mut ring, 1, &mut buf, RecvInto::Pooled { room: 128 });
+    assert!(pipe.receiving());
+    assert_eq!(buf.capacity(), 0, "nothing held while the receive waits");
+    theirs.write_all(b"ping").unwrap();
+    let c = reap_one(&mut ring);
+    let Received::Pooled(lease) = pipe.on_recv(c, &mut buf, None) else {
+        panic!("the bytes are in a pool buffer")
+    };
+    assert_eq!(ring.provided(&lease), b"ping");
+    ring.give_back(lease);
+    assert_eq!(buf.capacity(), 0);
+    assert!(!pipe.receiving());
+
+    let mut ring = Ring::with_pool(8, 0).unwrap();
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    let mut pipe = Pipe::plain(OwnedFd::from(ours));
+    pipe.post_recv(&mut ring, 1, &mut buf, RecvInto::Pooled { room: 16 });
+    theirs.write_all(b"pong").unwrap();
+    let c = reap_one(&mut ring);
+    let received = pipe.on_recv(c, &mut buf, None);
+    assert!(matches!(received, Received::Data { closed: false, .. }));
+    assert_eq!(&buf[..], b"pong");
+}

@@ -66,7 +66,7 @@ fn a_writev_sends_from_skip_and_gives_its_frames_back() {
     theirs.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"bcd");
     // The iovec array went back to the pool: the next write allocates none.
-    assert_eq!(ring.iov_pool.len(), 1);
+    assert_eq!(ring.iovs_free.len(), 1);
 }
 
 #[test]
@@ -208,7 +208,7 @@ fn a_completion_for_an_ended_op_is_caught() {
     let event = sys::eventfd().unwrap();
     let id = ring.write_eventfd(0, event.as_raw_fd());
     reap_n(&mut ring, 1);
-    let _ = ring.complete(id, 8, false);
+    let _ = ring.complete(id, 8, 0);
 }
 
 /// A turn that does not wait (`Duration::ZERO`) still runs the task work deferred to this
@@ -234,4 +234,263 @@ fn a_turn_that_does_not_wait_still_runs_deferred_task_work() {
         "the receive completed without a waiting enter"
     );
     assert_eq!((out[0].op, out[0].result), (id, 4));
+}
+
+/// Submits and reaps until a completion comes (or a second passed); the completion's lease,
+/// if any, is good until the next wait.
+fn reap_one(ring: &mut Ring) -> Completion {
+    let mut done = reap_n(ring, 1);
+    assert_eq!(done.len(), 1, "one completion: {done:?}");
+    done.pop().unwrap()
+}
+
+/// A provided receive's bytes, read from its lease (given back at once) or from the owned
+/// buffer it fell back to.
+fn bytes_of(ring: &mut Ring, c: Completion) -> Vec<u8> {
+    match c.held {
+        Held::Provided(lease) => {
+            assert_eq!(lease.len(), c.result as usize);
+            let bytes = ring.provided(&lease).to_vec();
+            ring.give_back(lease);
+            bytes
+        }
+        Held::Recv(buf) => buf,
+        held => panic!("a receive's bytes: {held:?} ({})", c.result),
+    }
+}
+
+fn lent(ring: &Ring) -> usize {
+    ring.pool.as_ref().expect("a pool").lent_len()
+}
+
+#[test]
+fn a_provided_receive_lends_a_pool_buffer_holding_the_bytes() {
+    let mut ring = Ring::with_pool(8, 4).unwrap();
+    assert!(ring.provides_buffers(), "kernel 5.19+ takes a buffer ring");
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    let id = ring.recv_provided(5, ours.as_raw_fd());
+    // Waiting for data, the op holds no buffer: nothing is lent, nothing owned.
+    ring.submit_and_wait(Duration::ZERO).unwrap();
+    assert!(matches!(
+        ring.slots[id.index() as usize].memory,
+        Memory::Provided { .. }
+    ));
+    assert_eq!(lent(&ring), 0);
+    theirs.write_all(b"hello").unwrap();
+    let c = reap_one(&mut ring);
+    assert_eq!((c.op, c.kind, c.key, c.result), (id, OpKind::Recv, 5, 5));
+    let Held::Provided(lease) = c.held else {
+        panic!("a pool buffer is lent: {:?}", c.held)
+    };
+    assert_eq!(ring.provided(&lease), b"hello");
+    assert_eq!(lent(&ring), 1);
+    ring.give_back(lease);
+    assert_eq!(lent(&ring), 0);
+    assert_eq!(ring.in_flight(), 0);
+}
+
+#[test]
+fn thousands_of_provided_receives_cycle_through_a_pool_of_four() {
+    let mut ring = Ring::with_pool(64, 4).unwrap();
+    let pairs: Vec<(UnixStream, UnixStream)> =
+        (0..8).map(|_| UnixStream::pair().unwrap()).collect();
+    for round in 0..500u32 {
+        // Eight sockets, four buffers: at most four receives have data at a time here
+        // (the others wait for the next round), so every one is lent a pool buffer.
+        for (index, (ours, theirs)) in pairs.iter().enumerate().take(4) {
+            let mut theirs = theirs;
+            theirs
+                .write_all(format!("{round}:{index}").as_bytes())
+                .unwrap();
+            ring.recv_provided(index as u64, ours.as_raw_fd());
+        }
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while got.len() < 4 && Instant::now() < deadline {
+            ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+            let mut out = Vec::new();
+            ring.reap(&mut out);
+            for c in out {
+                assert!(matches!(c.held, Held::Provided(_)), "round {round}: {c:?}");
+                let key = c.key;
+                got.push((key, bytes_of(&mut ring, c)));
+            }
+        }
+        got.sort();
+        let want: Vec<(u64, Vec<u8>)> = (0..4)
+            .map(|index| (index, format!("{round}:{index}").into_bytes()))
+            .collect();
+        assert_eq!(got, want, "round {round}");
+    }
+    assert_eq!(ring.stats().pool_exhausted_total, 0);
+    assert_eq!(lent(&ring), 0);
+    assert_eq!(ring.in_flight(), 0);
+}
+
+#[test]
+fn receives_past_the_pool_fall_back_to_owned_buffers_and_lose_nothing() {
+    receives_past_the_pool(64);
+    // A submission queue of two: the receives posted again wait in the FIFO, in order.
+    receives_past_the_pool(2);
+}
+
+fn receives_past_the_pool(entries: u32) {
+    let mut ring = Ring::with_pool(entries, 2).unwrap();
+    let pairs: Vec<(UnixStream, UnixStream)> =
+        (0..8).map(|_| UnixStream::pair().unwrap()).collect();
+    let mut ids = Vec::new();
+    for (index, (ours, theirs)) in pairs.iter().enumerate() {
+        let mut theirs = theirs;
+        theirs
+            .write_all(format!("data {index}").as_bytes())
+            .unwrap();
+        ids.push(ring.recv_provided(index as u64, ours.as_raw_fd()));
+    }
+    // All eight have data when submitted: two take the pool's buffers, six find none
+    // (`-ENOBUFS`, not a byte read) and go on into owned buffers, under the same ids.
+    let mut got = Vec::new();
+    let mut provided = 0;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while got.len() < 8 && Instant::now() < deadline {
+        ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+        let mut out = Vec::new();
+        ring.reap(&mut out);
+        for c in out {
+            assert!(c.result > 0, "never -ENOBUFS: {c:?}");
+            assert_eq!(c.op, ids[c.key as usize], "the same op completes");
+            provided += usize::from(matches!(c.held, Held::Provided(_)));
+            let key = c.key;
+            got.push((key, bytes_of(&mut ring, c)));
+        }
+    }
+    got.sort();
+    let want: Vec<(u64, Vec<u8>)> = (0..8)
+        .map(|index| (index, format!("data {index}").into_bytes()))
+        .collect();
+    assert_eq!(got, want, "every byte, once");
+    assert_eq!(provided, 2, "the pool's two buffers");
+    assert_eq!(ring.stats().pool_exhausted_total, 6);
+    assert_eq!((lent(&ring), ring.in_flight()), (0, 0));
+    // The pool is whole again: the next receives take its buffers.
+    let (ours, theirs) = &pairs[0];
+    let mut theirs = theirs;
+    theirs.write_all(b"again").unwrap();
+    ring.recv_provided(0, ours.as_raw_fd());
+    let c = reap_one(&mut ring);
+    assert!(matches!(c.held, Held::Provided(_)));
+    assert_eq!(bytes_of(&mut ring, c), b"again");
+}
+
+#[test]
+fn a_message_larger_than_a_pool_buffer_comes_whole_over_several_receives() {
+    let mut ring = Ring::with_pool(8, 2).unwrap();
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    let message: Vec<u8> = (0..3 * POOL_BUFFER_BYTES + 7).map(|i| i as u8).collect();
+    theirs.write_all(&message).unwrap();
+    let mut got = Vec::new();
+    while got.len() < message.len() {
+        ring.recv_provided(0, ours.as_raw_fd());
+        let c = reap_one(&mut ring);
+        assert!(c.result as usize <= POOL_BUFFER_BYTES);
+        got.extend(bytes_of(&mut ring, c));
+    }
+    assert_eq!(got, message);
+}
+
+#[test]
+fn a_lease_not_handed_back_is_taken_back_at_the_next_wait() {
+    let mut ring = Ring::with_pool(8, 1).unwrap();
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    theirs.write_all(b"one").unwrap();
+    ring.recv_provided(0, ours.as_raw_fd());
+    let c = reap_one(&mut ring);
+    assert!(matches!(c.held, Held::Provided(_)));
+    drop(c); // forgotten
+    assert_eq!(lent(&ring), 1);
+    ring.submit_and_wait(Duration::ZERO).unwrap();
+    assert_eq!(lent(&ring), 0, "taken back at the wait");
+    // The pool's one buffer serves the next receive.
+    theirs.write_all(b"two").unwrap();
+    ring.recv_provided(0, ours.as_raw_fd());
+    let c = reap_one(&mut ring);
+    assert!(matches!(c.held, Held::Provided(_)));
+    assert_eq!(bytes_of(&mut ring, c), b"two");
+}
+
+#[test]
+#[should_panic(expected = "held past a wait")]
+fn a_lease_read_after_the_ring_took_it_back_is_caught() {
+    let mut ring = Ring::with_pool(8, 1).unwrap();
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    theirs.write_all(b"one").unwrap();
+    ring.recv_provided(0, ours.as_raw_fd());
+    let c = reap_one(&mut ring);
+    let Held::Provided(lease) = c.held else {
+        panic!("lent")
+    };
+    ring.submit_and_wait(Duration::ZERO).unwrap();
+    let _ = ring.provided(&lease);
+}
+
+#[test]
+fn a_provided_receive_cancelled_or_shut_down_keeps_no_buffer() {
+    let mut ring = Ring::with_pool(8, 2).unwrap();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let id = ring.recv_provided(1, ours.as_raw_fd());
+    ring.submit_and_wait(Duration::ZERO).unwrap();
+    ring.cancel(2, id);
+    let done = reap_n(&mut ring, 2);
+    let recv = done.iter().find(|c| c.kind == OpKind::Recv).unwrap();
+    assert_eq!(recv.result, -libc::ECANCELED);
+    assert!(matches!(recv.held, Held::Nothing));
+    // Closed with a provided receive in flight: shut down, closed on the ring.
+    let fd = ours.as_raw_fd();
+    ring.recv_provided(3, fd);
+    ring.submit_and_wait(Duration::ZERO).unwrap();
+    sys::shutdown(fd, Shutdown::Both);
+    ring.close(4, OwnedFd::from(ours));
+    drop(theirs);
+    let done = reap_n(&mut ring, 2);
+    let recv = done.iter().find(|c| c.kind == OpKind::Recv).unwrap();
+    assert_eq!(recv.result, 0);
+    assert!(matches!(recv.held, Held::Nothing));
+    assert_eq!((lent(&ring), ring.in_flight()), (0, 0));
+    // Both buffers are still the pool's: two receives with data at once take them.
+    let pairs: Vec<(UnixStream, UnixStream)> =
+        (0..2).map(|_| UnixStream::pair().unwrap()).collect();
+    for (key, (ours, theirs)) in pairs.iter().enumerate() {
+        let mut theirs = theirs;
+        theirs.write_all(b"x").unwrap();
+        ring.recv_provided(key as u64, ours.as_raw_fd());
+    }
+    ring.submit_and_wait(Duration::ZERO).unwrap();
+    let done = reap_n(&mut ring, 2);
+    assert!(done.iter().all(|c| matches!(c.held, Held::Provided(_))));
+    assert_eq!(ring.stats().pool_exhausted_total, 0);
+}
+
+#[test]
+fn a_ring_dropped_with_a_provided_receive_in_flight_cancels_it() {
+    let mut ring = Ring::with_pool(4, 2).unwrap();
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    ring.recv_provided(0, ours.as_raw_fd());
+    ring.submit_and_wait(Duration::ZERO).unwrap();
+    let started = Instant::now();
+    drop(ring);
+    assert!(started.elapsed() < DROP_WAIT, "the cancel completed");
+}
+
+#[test]
+fn without_a_pool_a_provided_receive_uses_an_owned_buffer() {
+    let mut ring = Ring::with_pool(8, 0).unwrap();
+    assert!(!ring.provides_buffers());
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    theirs.write_all(b"plain").unwrap();
+    ring.recv_provided(0, ours.as_raw_fd());
+    let c = reap_one(&mut ring);
+    let Held::Recv(buf) = &c.held else {
+        panic!("an owned buffer: {:?}", c.held)
+    };
+    assert_eq!(&buf[..], b"plain");
+    assert!(buf.capacity() <= POOL_BUFFER_BYTES);
 }
