@@ -114,7 +114,9 @@ struct Conn {
     close_after_write: bool,
     /// The timer-wheel entry for `http`'s deadline, at this instant.
     timer: Option<(TimerKey, Instant)>,
-    pending: Option<Pending>,
+    /// An answer waiting for other shards (a publish, a batch, a room's figures): rare, so
+    /// boxed (an idle connection holds one word for it).
+    pending: Option<Box<Pending>>,
     outstanding: u32,
     /// The client's address while it counts against the per-address limit.
     peer: Option<IpAddr>,

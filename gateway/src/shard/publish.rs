@@ -70,7 +70,7 @@ impl Shard {
         }
         if let Some(conn) = self.conn(slot) {
             conn.outstanding = 1;
-            conn.pending = Some(Pending::Publish { room, result: None });
+            conn.pending = Some(Box::new(Pending::Publish { room, result: None }));
         }
         Ok(())
     }
@@ -169,7 +169,7 @@ impl Shard {
             }
         }
         if let Some(conn) = self.conn(slot) {
-            conn.pending = Some(Pending::Batch { results });
+            conn.pending = Some(Box::new(Pending::Batch { results }));
             conn.outstanding = outstanding;
         }
         if outstanding == 0 {

@@ -363,12 +363,12 @@ impl Shard {
         let reply = self.reply_to(slot, 0);
         let outstanding = self.sequencer.query_room(&room, reply);
         if let Some(conn) = self.conn(slot) {
-            conn.pending = Some(Pending::RoomInfo {
+            conn.pending = Some(Box::new(Pending::RoomInfo {
                 room,
                 subscribers,
                 last_id,
                 history_len,
-            });
+            }));
             conn.outstanding = u32::try_from(outstanding).expect("at most 1024 shards");
         }
         if outstanding == 0 {
@@ -385,7 +385,7 @@ impl Shard {
         let Some(pending) = conn.pending.take() else {
             return Ok(());
         };
-        let response = match pending {
+        let response = match *pending {
             Pending::Publish { room, result } => {
                 return self.finish_publish(
                     slot,

@@ -153,7 +153,7 @@ impl Shard {
         }
         if let Some(conn) = self.conn(slot) {
             conn.outstanding = 1;
-            conn.pending = Some(Pending::Publish { room, result: None });
+            conn.pending = Some(Box::new(Pending::Publish { room, result: None }));
         }
         Ok(())
     }
