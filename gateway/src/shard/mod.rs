@@ -236,6 +236,8 @@ pub struct Shard {
     /// Bytes submitted to writes and not yet written (the admission bound).
     pending_write_bytes: usize,
     room_sizes_at: Instant,
+    /// The WebSocket machines' limits, shared by this shard's connections.
+    ws_configs: ws::WsConfigs,
     /// This shard's authorization breaker and calls, when `--auth-url` is set.
     auth: Option<crate::upstream::auth::AuthShard>,
     /// This shard's Redis breaker, calls and primed rooms, when `--cluster-redis` is set.
@@ -309,6 +311,7 @@ impl Shard {
             stamp_vecs: Vec::new(),
             pending_write_bytes: 0,
             room_sizes_at: now,
+            ws_configs: ws::WsConfigs::new(&shared.config.ws),
             auth: shared.auth.as_ref().map(|pool| pool.shard(index)),
             cluster: shared.cluster.as_ref().map(|pool| pool.shard(index)),
             shared,

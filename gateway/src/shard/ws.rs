@@ -38,6 +38,41 @@ const WS_ANSWERS_MAX: usize = 64;
 /// goes in the next write.
 const WS_WRITE_FRAMES_MAX: usize = ringcast_core::fanout::WRITE_FRAMES_MAX;
 
+/// The machine limits of a shard's WebSocket connections, one shared copy per route kind
+/// (made once per shard from the fixed settings): each connection holds a reference.
+pub(super) struct WsConfigs {
+    /// For room and multiplexed connections (`MESSAGE_BYTES_MAX`).
+    rooms: Arc<WsConfig>,
+    /// For the echo route (`ECHO_MESSAGE_BYTES_MAX`).
+    echo: Arc<WsConfig>,
+}
+
+impl WsConfigs {
+    /// The configs `--ws-ping-interval` and `--ws-pong-timeout` make.
+    pub(super) fn new(ws: &crate::config::WsSettings) -> Self {
+        let config = |message_bytes_max| {
+            Arc::new(WsConfig {
+                message_bytes_max,
+                ping_interval: ws.ping_interval,
+                pong_timeout: ws.pong_timeout,
+                ..WsConfig::default()
+            })
+        };
+        Self {
+            rooms: config(MESSAGE_BYTES_MAX),
+            echo: config(ECHO_MESSAGE_BYTES_MAX),
+        }
+    }
+
+    /// The config of a connection on `route`.
+    fn of(&self, route: &WsRoute) -> Arc<WsConfig> {
+        match route {
+            WsRoute::Echo => self.echo.clone(),
+            WsRoute::Room { .. } | WsRoute::Mux { .. } => self.rooms.clone(),
+        }
+    }
+}
+
 /// What a WebSocket connection serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum WsRoute {
@@ -187,7 +222,7 @@ impl WsDriver {
         self.talk.as_mut().and_then(|talk| talk.held.take())
     }
 
-    fn new(now: Instant, config: WsConfig, route: WsRoute, transport: WsTransport) -> Self {
+    fn new(now: Instant, config: Arc<WsConfig>, route: WsRoute, transport: WsTransport) -> Self {
         Self {
             machine: WsConn::new(now, config),
             route,
@@ -375,17 +410,7 @@ impl Shard {
         response: Bytes,
         room: Option<(Arc<str>, ConnId)>,
     ) -> std::io::Result<()> {
-        let ws = &self.shared.config.ws;
-        let message_bytes_max = match route {
-            WsRoute::Echo => ECHO_MESSAGE_BYTES_MAX,
-            WsRoute::Room { .. } | WsRoute::Mux { .. } => MESSAGE_BYTES_MAX,
-        };
-        let config = WsConfig {
-            message_bytes_max,
-            ping_interval: ws.ping_interval,
-            pong_timeout: ws.pong_timeout,
-            ..WsConfig::default()
-        };
+        let config = self.ws_configs.of(&route);
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };

@@ -22,6 +22,7 @@ use super::frame::{
 use super::utf8::Utf8Progress;
 use bytes::Bytes;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Largest message a room connection takes, in bytes (commands and publishes are small).
@@ -140,7 +141,9 @@ enum Message {
 /// One WebSocket connection, server side, after the `101` was written.
 #[derive(Debug)]
 pub struct WsConn {
-    config: WsConfig,
+    /// Shared by the connections of one kind (a driver makes one per route and hands each
+    /// connection a reference): 8 bytes a connection instead of the whole config.
+    config: Arc<WsConfig>,
     state: State,
     frame: Frame,
     head: [u8; FRAME_HEADER_BYTES_MAX],
@@ -161,8 +164,10 @@ pub struct WsConn {
 }
 
 impl WsConn {
-    /// A connection whose handshake completed at `now`.
-    pub fn new(now: Instant, config: WsConfig) -> Self {
+    /// A connection whose handshake completed at `now`; `config` is a [`WsConfig`] or a
+    /// shared `Arc<WsConfig>`.
+    pub fn new(now: Instant, config: impl Into<Arc<WsConfig>>) -> Self {
+        let config = config.into();
         assert!(
             config.message_bytes_max > 0,
             "a message limit of 0 takes nothing"
