@@ -457,7 +457,7 @@ impl Shard {
             .as_deref_mut()
             .map(|ws| std::mem::take(&mut ws.rooms));
         let subs = conn.sub.take().into_iter();
-        for sub in subs.chain(ws_rooms.into_iter().flatten().map(|(_, sub)| sub)) {
+        for sub in subs.chain(ws_rooms.into_iter().flatten().map(|held| held.sub)) {
             self.fanout.handle_disconnect(sub);
             self.subs.remove(sub);
         }

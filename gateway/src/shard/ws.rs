@@ -129,6 +129,40 @@ enum Outcome {
     Command(String),
 }
 
+/// One fan-out subscription of a WebSocket connection.
+pub(super) struct WsRoom {
+    /// The room it follows.
+    pub(super) room: Arc<str>,
+    /// Its fan-out subscriber id.
+    pub(super) sub: ConnId,
+    /// Where the fan-out's latest frames for it are (the fan-out gives a subscription one
+    /// write at a time, and is told when it is done).
+    write: RoomWrite,
+}
+
+impl WsRoom {
+    /// A subscription with no frames on their way.
+    pub(super) fn new(room: Arc<str>, sub: ConnId) -> Self {
+        Self {
+            room,
+            sub,
+            write: RoomWrite::Idle,
+        }
+    }
+}
+
+/// Where a subscription's frames from the fan-out are: kept in the subscription itself
+/// (its padding), so that a connection holds no vector of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RoomWrite {
+    /// None on their way: the fan-out may hand it more.
+    Idle,
+    /// In the driver's `fanout_frames`, behind the write in flight.
+    Waiting,
+    /// In the write in flight: done when it completes.
+    Writing,
+}
+
 /// One WebSocket connection's driver state (boxed in its `Conn`).
 pub(super) struct WsDriver {
     machine: WsConn,
@@ -140,17 +174,13 @@ pub(super) struct WsDriver {
     /// What a connection that sends commands or messages holds, made on its first
     /// command or echo: an idle viewer holds none.
     talk: Option<Box<WsTalk>>,
-    /// Its fan-out subscriptions (room, subscriber id): the route's room, or the rooms a
-    /// multiplexed connection joined (at most `WS_ROOMS_PER_CONN_MAX`, with the pending
-    /// ones).
-    pub(super) rooms: Vec<(Arc<str>, ConnId)>,
+    /// Its fan-out subscriptions: the route's room, or the rooms a multiplexed connection
+    /// joined (at most `WS_ROOMS_PER_CONN_MAX`, with the pending ones).
+    pub(super) rooms: Vec<WsRoom>,
     /// Fan-out frames that came while a write was in flight: the next write carries them.
+    /// A vector of the shard's pool while any wait, none (no capacity) otherwise: frames
+    /// that find no write in flight go straight into one.
     fanout_frames: Vec<Bytes>,
-    /// The subscriptions whose frames are in `fanout_frames`.
-    fanout_pending: Vec<ConnId>,
-    /// The subscriptions whose frames the write in flight carries: their writes are done
-    /// when it completes.
-    write_subs: Vec<ConnId>,
     /// The fan-out cut a subscription: its last frames (ending with a close frame) are in
     /// `fanout_frames` or the write in flight, nothing of the fan-out's goes after them,
     /// and the connection closes once they are out.
@@ -230,8 +260,6 @@ impl WsDriver {
             talk: None,
             rooms: Vec::new(),
             fanout_frames: Vec::new(),
-            fanout_pending: Vec::new(),
-            write_subs: Vec::new(),
             fanout_cut: false,
             write_ends: false,
             closed: false,
@@ -408,7 +436,7 @@ impl Shard {
         slot: u32,
         route: WsRoute,
         response: Bytes,
-        room: Option<(Arc<str>, ConnId)>,
+        room: Option<WsRoom>,
     ) -> std::io::Result<()> {
         let config = self.ws_configs.of(&route);
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
@@ -436,7 +464,7 @@ impl Shard {
         // The `101` (the `200` of an HTTP/2 extended CONNECT; for a room, nothing else: the
         // fan-out writes its `subscribed`) is the first write, started now: the driver keeps
         // no place for it.
-        self.ws_flush_with(slot, Some(response))?;
+        self.ws_flush_with(slot, Some(response), &mut Vec::new())?;
         self.ws_pump(now, slot)
     }
 
@@ -524,18 +552,31 @@ impl Shard {
     /// `101` first, then the machine's frames, then fan-out frames that waited (dropped
     /// once the machine sent its close: nothing may follow it).
     fn ws_flush(&mut self, slot: u32) -> std::io::Result<()> {
-        self.ws_flush_with(slot, None)
+        self.ws_flush_with(slot, None, &mut Vec::new())
     }
 
-    /// [`Self::ws_flush`], with `preface` (the `101`) at the head of the write.
-    fn ws_flush_with(&mut self, slot: u32, preface: Option<Bytes>) -> std::io::Result<()> {
+    /// [`Self::ws_flush`], with `preface` (the `101`) at the head of the write and
+    /// `fanout` (frames the fan-out just handed over, taken) at its end.
+    fn ws_flush_with(
+        &mut self,
+        slot: u32,
+        preface: Option<Bytes>,
+        fanout: &mut Vec<Bytes>,
+    ) -> std::io::Result<()> {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            fanout.clear();
             return Ok(());
         };
         if conn.closing || conn.pipe.writing() {
+            debug_assert!(
+                conn.closing || fanout.is_empty(),
+                "fan-out frames wait in the driver while a write is in flight"
+            );
+            fanout.clear();
             return Ok(());
         }
         let Some(ws) = conn.ws.as_deref_mut() else {
+            fanout.clear();
             return Ok(());
         };
         let mut frames = self.frame_vecs.pop().unwrap_or_default();
@@ -546,15 +587,28 @@ impl Shard {
             };
             frames.push(frame);
         }
-        debug_assert!(ws.write_subs.is_empty(), "no write in flight");
+        debug_assert!(
+            ws.rooms.iter().all(|room| room.write != RoomWrite::Writing),
+            "no write in flight"
+        );
         if ws.machine.is_open() {
             if let Some(talk) = ws.talk.as_deref_mut() {
                 frames.extend(talk.answers.drain(..));
             }
             ws.release_talk();
-            if !ws.fanout_frames.is_empty() {
-                frames.append(&mut ws.fanout_frames);
-                std::mem::swap(&mut ws.write_subs, &mut ws.fanout_pending);
+            if !ws.fanout_frames.is_empty() || !fanout.is_empty() {
+                if frames.is_empty() {
+                    // The waiting frames' vector is the write's.
+                    std::mem::swap(&mut frames, &mut ws.fanout_frames);
+                } else {
+                    frames.append(&mut ws.fanout_frames);
+                }
+                frames.append(fanout);
+                for room in &mut ws.rooms {
+                    if room.write == RoomWrite::Waiting {
+                        room.write = RoomWrite::Writing;
+                    }
+                }
                 ws.write_ends = ws.fanout_cut;
             }
         } else {
@@ -563,14 +617,21 @@ impl Shard {
                 talk.answers.clear();
             }
             ws.fanout_frames.clear();
-            ws.fanout_pending.clear();
+            fanout.clear();
+            for room in &mut ws.rooms {
+                room.write = RoomWrite::Idle;
+            }
         }
+        // Nothing waits any more: the vector goes back to the shard's pool.
+        let spare = std::mem::take(&mut ws.fanout_frames);
         if frames.is_empty() {
+            self.recycle_frames(spare);
             self.recycle_frames(frames);
             return Ok(());
         }
         // Hand a consumed echo its room now that the queue is taken.
         let retry = ws.holds_event();
+        self.recycle_frames(spare);
         self.start_write(slot, &mut frames)?;
         self.recycle_frames(frames);
         if retry {
@@ -591,9 +652,7 @@ impl Shard {
     /// forgot it, so no write of it is reported done); its frames already queued still go.
     pub(super) fn ws_forget(&mut self, slot: u32, sub: ConnId) {
         if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
-            ws.rooms.retain(|(_, held)| *held != sub);
-            ws.fanout_pending.retain(|held| *held != sub);
-            ws.write_subs.retain(|held| *held != sub);
+            ws.rooms.retain(|room| room.sub != sub);
         }
     }
 
@@ -624,17 +683,20 @@ impl Shard {
             frames.clear();
             return Ok(false);
         };
-        // A cut may come while the subscription's write is in flight (then with no frames).
-        debug_assert!(
-            (cut && frames.is_empty())
-                || !(ws.fanout_pending.contains(&sub) || ws.write_subs.contains(&sub)),
-            "one fan-out write at a time per subscription"
-        );
         if ws.fanout_cut {
             // Another subscription's close frame is on its way: nothing may follow it.
             frames.clear();
             return Ok(false);
         }
+        let room = ws.rooms.iter_mut().find(|room| room.sub == sub);
+        // A cut may come while the subscription's write is in flight (then with no frames).
+        debug_assert!(
+            (cut && frames.is_empty())
+                || room
+                    .as_ref()
+                    .is_some_and(|room| room.write == RoomWrite::Idle),
+            "one fan-out write at a time per subscription"
+        );
         if cut {
             if frames.is_empty() {
                 // Its write is stuck: nothing more can be said.
@@ -642,15 +704,19 @@ impl Shard {
             }
             ws.fanout_cut = true;
             ws.end_soon(self.now);
-        } else {
-            ws.fanout_pending.push(sub);
+        } else if let Some(room) = room {
+            room.write = RoomWrite::Waiting;
         }
-        ws.fanout_frames.append(frames);
         if conn.pipe.writing() {
+            if ws.fanout_frames.capacity() == 0 {
+                ws.fanout_frames = self.frame_vecs.pop().unwrap_or_default();
+            }
+            ws.fanout_frames.append(frames);
             self.sync_timer(slot);
             return Ok(false);
         }
-        self.ws_flush(slot)?;
+        // No write in flight: the frames go straight into one.
+        self.ws_flush_with(slot, None, frames)?;
         Ok(true)
     }
 
@@ -734,13 +800,11 @@ impl Shard {
             // The fan-out's close frame is out: nothing more to say.
             return self.begin_close(slot);
         }
-        let mut done = std::mem::take(&mut ws.write_subs);
-        for sub in done.drain(..) {
-            self.fanout.handle_write_done(now, sub);
-        }
-        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
-            // The vector's capacity is kept for the next write.
-            ws.write_subs = done;
+        for room in &mut ws.rooms {
+            if room.write == RoomWrite::Writing {
+                room.write = RoomWrite::Idle;
+                self.fanout.handle_write_done(now, room.sub);
+            }
         }
         self.ws_pump(now, slot)
     }

@@ -10,7 +10,7 @@
 //! flight. Must not touch: frames and the machine (ws.rs), the fan-out's own state.
 
 use super::upstreams::ClusterStart;
-use super::ws::{WsRoute, WsUpgrade};
+use super::ws::{WsRoom, WsRoute, WsUpgrade};
 use super::*;
 use crate::conn::ws::protocol::{encode_ack, encode_error, encode_subscribed, encode_unsubscribed};
 use crate::conn::ws::{parse_command, Command, Ref};
@@ -104,7 +104,7 @@ impl Shard {
         // The driver holds the subscription from now on.
         let sub = self.conn(slot).and_then(|c| c.sub.take());
         debug_assert!(sub.is_some(), "admitted with a subscription");
-        let rooms = sub.map(|sub| (room.clone(), sub));
+        let rooms = sub.map(|sub| WsRoom::new(room.clone(), sub));
         self.ws_upgrade(now, slot, WsRoute::Room { room, token }, response, rooms)?;
         Ok(true)
     }
@@ -167,7 +167,7 @@ impl Shard {
             return;
         };
         let token = ws.route().token().map(str::to_owned);
-        let held = ws.rooms.iter().any(|(held, _)| **held == *room)
+        let held = ws.rooms.iter().any(|held| *held.room == *room)
             || ws.pending_rooms().iter().any(|held| **held == *room);
         let full = ws.rooms.len() + ws.pending_rooms().len() >= WS_ROOMS_PER_CONN_MAX;
         let denied = self.shared.config.jwt.as_deref().and_then(|jwt| {
@@ -440,7 +440,7 @@ impl Shard {
         match admitted {
             Ok(()) => {
                 if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
-                    ws.rooms.push((Arc::from(room), sub));
+                    ws.rooms.push(WsRoom::new(Arc::from(room), sub));
                 }
                 None
             }
@@ -465,8 +465,8 @@ impl Shard {
         let Some(sub) = ws
             .rooms
             .iter()
-            .find(|(held, _)| **held == *room)
-            .map(|(_, sub)| *sub)
+            .find(|held| *held.room == *room)
+            .map(|held| held.sub)
         else {
             ws.answer(&encode_error(None, Some(room), 404, "not subscribed"));
             return;
