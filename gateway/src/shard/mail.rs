@@ -115,7 +115,7 @@ impl Shard {
                 let Some(conn) = self.conn_by_key(reply.conn) else {
                     return Ok(());
                 };
-                if conn.ws.is_some() {
+                if conn.is_websocket() {
                     self.ws_published(reply.conn.slot, reply.index, result);
                     return self.ws_pump(now, reply.conn.slot);
                 }

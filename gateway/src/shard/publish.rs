@@ -81,7 +81,9 @@ impl Shard {
         room: &str,
         result: Result<EventId, PublishRefusal>,
     ) -> std::io::Result<()> {
-        let close = self.conn(slot).is_none_or(|c| !c.http.keep_alive());
+        let close = self
+            .conn(slot)
+            .is_none_or(|c| c.http().is_none_or(|http| !http.keep_alive()));
         let response = match result {
             Ok(id) => http1::response(
                 201,

@@ -6,12 +6,11 @@
 //! pipe is a companion's tunnel (mesh/virtual_conn.rs): the same driver, a `200` instead
 //! of the `101`, the stream's DATA in place of the socket.
 //!
-//! The HTTP/1.1 machine hands over with what it already offers a stream: once the request
-//! is checked, `Connection::stream` (the SSE path's call) puts it in `Streaming` — no
-//! deadline, no buffer, nothing to write, what it would read dropped — and from then on
-//! every input of the connection goes to the [`WsDriver`] instead (`conn.ws` is set, and
-//! the loop's entry points — receive, write done, timer, drive — ask it first). The `101`
-//! is the driver's first write.
+//! The HTTP/1.1 machine hands over once the request is checked (nothing written, nothing
+//! buffered after it): the [`WsDriver`] takes its place in the connection
+//! (`Machine::Http` becomes `Machine::Ws`, in the same memory), and from then on every
+//! input of the connection goes to the driver (the loop's entry points — receive, write
+//! done, timer, drive — ask `Conn::ws` first). The `101` is the driver's first write.
 //!
 //! Owns: the driver state of each WebSocket connection (its machine, what it was not yet
 //! fed, an echo waiting for room, fan-out frames waiting for the write in flight). Must not
@@ -163,7 +162,7 @@ enum RoomWrite {
     Writing,
 }
 
-/// One WebSocket connection's driver state (boxed in its `Conn`).
+/// One WebSocket connection's driver state (in its `Conn`, in the HTTP machine's place).
 pub(super) struct WsDriver {
     machine: WsConn,
     route: WsRoute,
@@ -415,7 +414,7 @@ impl Shard {
                 extra: refused.extra_headers(),
             },
             // RFC 6455 §4.1: the client waits for the 101 before it sends a frame.
-            Ok(_) if conn.http.buffered() != 0 => Refusal {
+            Ok(_) if conn.http().is_some_and(|http| http.buffered() != 0) => Refusal {
                 status: 400,
                 reason: "data sent before the handshake's answer".into(),
                 extra: "",
@@ -442,8 +441,10 @@ impl Shard {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
-        debug_assert!(conn.http.awaits_answer(), "upgraded in answer to a request");
-        conn.http.stream();
+        debug_assert!(
+            conn.http().is_some_and(Connection::awaits_answer),
+            "upgraded in answer to a request"
+        );
         conn.recv = Vec::new();
         let transport = match (conn.pipe.is_tls(), conn.pipe.is_virtual()) {
             (true, _) => WsTransport::Tls,
@@ -451,9 +452,11 @@ impl Shard {
             (false, false) => WsTransport::Http1,
         };
         debug_assert!(!conn.pipe.writing(), "nothing written before the 101");
-        let mut driver = Box::new(WsDriver::new(now, config, route, transport));
+        let mut driver = WsDriver::new(now, config, route, transport);
         driver.rooms.extend(room);
-        conn.ws = Some(driver);
+        // The HTTP machine's place is the driver's (it had nothing left to say: the request
+        // was checked, nothing was written or buffered after it).
+        conn.machine = Machine::Ws(driver);
         self.shared.figures[self.index].websocket_opened(transport);
         tracing::trace!(
             shard = self.index,
@@ -481,7 +484,7 @@ impl Shard {
         if conn.closing {
             return Ok(());
         }
-        let Some(ws) = conn.ws.as_deref_mut() else {
+        let Machine::Ws(ws) = &mut conn.machine else {
             return Ok(());
         };
         if ws.closed && !conn.pipe.writing() && ws.machine.transmit_bytes() == 0 {
@@ -500,7 +503,7 @@ impl Shard {
             let Some(conn) = slot_mut(&mut self.conns, slot).filter(|c| !c.closing) else {
                 return;
             };
-            let Some(ws) = conn.ws.as_deref_mut() else {
+            let Machine::Ws(ws) = &mut conn.machine else {
                 return;
             };
             let event = match ws.take_held().or_else(|| ws.machine.poll_event()) {
@@ -535,7 +538,7 @@ impl Shard {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return;
         };
-        let Some(ws) = conn.ws.as_deref_mut() else {
+        let Machine::Ws(ws) = &mut conn.machine else {
             return;
         };
         if ws.fed as usize == conn.recv.len() {
@@ -575,7 +578,7 @@ impl Shard {
             fanout.clear();
             return Ok(());
         }
-        let Some(ws) = conn.ws.as_deref_mut() else {
+        let Machine::Ws(ws) = &mut conn.machine else {
             fanout.clear();
             return Ok(());
         };
@@ -635,7 +638,7 @@ impl Shard {
         self.start_write(slot, &mut frames)?;
         self.recycle_frames(frames);
         if retry {
-            if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
+            if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws_mut()) {
                 if let Some(event) = ws.take_held() {
                     match ws.on_event(self.now, event) {
                         Outcome::Hold(event) => ws.talk().held = Some(event),
@@ -651,7 +654,7 @@ impl Shard {
     /// Takes subscription `sub` out of the driver's books (it unsubscribed: the fan-out
     /// forgot it, so no write of it is reported done); its frames already queued still go.
     pub(super) fn ws_forget(&mut self, slot: u32, sub: ConnId) {
-        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
+        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws_mut()) {
             ws.rooms.retain(|room| room.sub != sub);
         }
     }
@@ -661,7 +664,7 @@ impl Shard {
         self.conns
             .get(slot as usize)
             .and_then(|c| c.as_deref())
-            .is_some_and(|c| c.ws.is_some())
+            .is_some_and(|c| c.is_websocket())
     }
 
     /// Frames the fan-out has for a WebSocket subscriber (taken from `frames`): written
@@ -679,7 +682,7 @@ impl Shard {
             frames.clear();
             return Ok(false);
         };
-        let Some(ws) = conn.ws.as_deref_mut() else {
+        let Machine::Ws(ws) = &mut conn.machine else {
             frames.clear();
             return Ok(false);
         };
@@ -726,7 +729,7 @@ impl Shard {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
-        let Some(ws) = conn.ws.as_deref() else {
+        let Machine::Ws(ws) = &conn.machine else {
             return Ok(());
         };
         if conn.closing
@@ -756,7 +759,7 @@ impl Shard {
         match received {
             Received::Data { closed, .. } => {
                 if let Some(conn) = self.conn(slot) {
-                    if let Some(ws) = conn.ws.as_deref_mut() {
+                    if let Machine::Ws(ws) = &mut conn.machine {
                         // A receive that filled its room: the client sends a lot, ask more.
                         ws.recv_room = if conn.recv.len() >= ws.recv_room as usize {
                             RECV_CHUNK as u32
@@ -770,7 +773,7 @@ impl Shard {
                 if closed {
                     // TLS close_notify: the client sends nothing more. What it sent is
                     // answered (its close echoed), then the connection closes.
-                    if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+                    if let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) {
                         ws.closed = true;
                         ws.end_soon(now);
                     }
@@ -793,7 +796,7 @@ impl Shard {
     /// A write of a WebSocket connection went whole: the fan-out's frames in it are done,
     /// and the connection moves on.
     pub(super) fn ws_written(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
-        let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) else {
+        let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws_mut()) else {
             return Ok(());
         };
         if std::mem::take(&mut ws.write_ends) {
@@ -812,7 +815,7 @@ impl Shard {
     /// The connection's timer fired: the machine's keep-alive ping, pong timeout or close
     /// timeout.
     pub(super) fn ws_timeout(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
-        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
+        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws_mut()) {
             if ws.end_by.is_some_and(|end| now >= end) {
                 // Its last frames were not taken in time (a client that does not read).
                 return self.begin_close(slot);
@@ -826,7 +829,7 @@ impl Shard {
     /// (everything accepted before the signal, then its close frame 1001); any other
     /// starts the close handshake with 1001 now.
     pub(super) fn ws_drain(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
-        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
+        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws_mut()) {
             if !ws.rooms.is_empty() {
                 return Ok(());
             }
@@ -836,7 +839,3 @@ impl Shard {
         self.ws_pump(now, slot)
     }
 }
-
-// An idle viewer's driver fits mimalloc's 512-byte size class (issue 16's idle-memory
-// bar): what only a talking client uses is in `WsTalk`, made on first use.
-const _: () = assert!(std::mem::size_of::<WsDriver>() <= 512);

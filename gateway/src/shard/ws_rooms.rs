@@ -163,7 +163,7 @@ impl Shard {
     /// the auth callback's status, 503 admission (or Redis unreachable in cluster mode).
     fn ws_subscribe(&mut self, now: Instant, slot: u32, room: String, since: Option<ResumeId>) {
         let now_seconds = self.now_unix / 1_000_000_000;
-        let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref()) else {
+        let Some(ws) = self.conn(slot).and_then(|c| c.ws()) else {
             return;
         };
         let token = ws.route().token().map(str::to_owned);
@@ -190,7 +190,7 @@ impl Shard {
             self.ws_admit(now, slot, &room, since)
         };
         if let Some((status, reason)) = refusal {
-            if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+            if let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) {
                 ws.answer(&encode_error(None, Some(&room), status, &reason));
             }
         }
@@ -245,7 +245,7 @@ impl Shard {
         if !cluster.wait_primed(room, waiter) {
             return Some((503, "redis unreachable".into()));
         }
-        let ws = self.conn(slot).and_then(|c| c.ws.as_deref_mut())?;
+        let ws = self.conn(slot).and_then(|c| c.ws_mut())?;
         ws.talk().pending_rooms.push(Arc::from(room));
         None
     }
@@ -262,7 +262,7 @@ impl Shard {
     ) -> Option<(u16, String)> {
         match self.cluster_start(self.key(slot), room, since) {
             ClusterStart::Replaying => {
-                let ws = self.conn(slot).and_then(|c| c.ws.as_deref_mut())?;
+                let ws = self.conn(slot).and_then(|c| c.ws_mut())?;
                 ws.talk().pending_rooms.push(Arc::from(room));
                 None
             }
@@ -282,7 +282,7 @@ impl Shard {
         let Some(ws) = self
             .conn_by_key(conn)
             .filter(|c| !c.closing)
-            .and_then(|c| c.ws.as_deref_mut())
+            .and_then(|c| c.ws_mut())
         else {
             return;
         };
@@ -292,7 +292,7 @@ impl Shard {
         ws.talk().pending_rooms.swap_remove(at);
         if let Some((status, reason)) = self.ws_join(self.now, conn.slot, room, Ok((start, replay)))
         {
-            if let Some(ws) = self.conn(conn.slot).and_then(|c| c.ws.as_deref_mut()) {
+            if let Some(ws) = self.conn(conn.slot).and_then(|c| c.ws_mut()) {
                 ws.answer(&encode_error(None, Some(room), status, &reason));
             }
         }
@@ -310,7 +310,7 @@ impl Shard {
         let Some(ws) = self
             .conn_by_key(waiter.conn)
             .filter(|c| !c.closing)
-            .and_then(|c| c.ws.as_deref_mut())
+            .and_then(|c| c.ws_mut())
         else {
             return;
         };
@@ -323,7 +323,7 @@ impl Shard {
             false => Some((503, "redis unreachable".into())),
         };
         if let Some((status, reason)) = refusal {
-            if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+            if let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) {
                 ws.answer(&encode_error(None, Some(room), status, &reason));
             }
         }
@@ -345,7 +345,7 @@ impl Shard {
             .get_mut(slot as usize)
             .and_then(|c| c.as_deref_mut())?;
         let client = conn.pipe.raw_fd().and_then(crate::uring::sys::peer_addr);
-        let ws = conn.ws.as_deref_mut()?;
+        let ws = conn.ws_mut()?;
         let WsRoute::Mux { auth_head, .. } = ws.route() else {
             return None;
         };
@@ -378,7 +378,7 @@ impl Shard {
         let Some(ws) = self
             .conn_by_key(ticket.conn)
             .filter(|c| !c.closing)
-            .and_then(|c| c.ws.as_deref_mut())
+            .and_then(|c| c.ws_mut())
         else {
             return;
         };
@@ -398,7 +398,7 @@ impl Shard {
             }
         };
         if let Some((status, reason)) = refusal {
-            if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+            if let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) {
                 ws.answer(&encode_error(None, Some(&ticket.room), status, &reason));
             }
         }
@@ -439,7 +439,7 @@ impl Shard {
         };
         match admitted {
             Ok(()) => {
-                if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+                if let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) {
                     ws.rooms.push(WsRoom::new(Arc::from(room), sub));
                 }
                 None
@@ -459,7 +459,7 @@ impl Shard {
     /// `{"type":"unsubscribe","room":R}`: the subscription leaves the fan-out (frames of it
     /// already queued still go), then `unsubscribed`.
     fn ws_unsubscribe(&mut self, slot: u32, room: &str) {
-        let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) else {
+        let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) else {
             return;
         };
         let Some(sub) = ws
@@ -474,14 +474,14 @@ impl Shard {
         self.fanout.handle_disconnect(sub);
         self.ws_forget(slot, sub);
         self.subs.remove(sub);
-        if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+        if let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) {
             ws.answer(&encode_unsubscribed(room));
         }
     }
 
     /// A text message on a room connection: a command, answered by an object.
     pub(super) fn ws_command(&mut self, now: Instant, slot: u32, text: &str) {
-        let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) else {
+        let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) else {
             return;
         };
         match parse_command(text) {
@@ -523,7 +523,7 @@ impl Shard {
         let refused = |status: u16, reason: &str| (status, reason.to_owned());
         let token = self
             .conn(slot)
-            .and_then(|c| c.ws.as_deref())
+            .and_then(|c| c.ws())
             .and_then(|ws| ws.route().token().map(str::to_owned));
         let mut refusal = None;
         if let Some(jwt) = self.shared.config.jwt.as_deref() {
@@ -548,7 +548,7 @@ impl Shard {
             self.count_rejection(Rejection::PendingWriteBytes);
             refusal = Some(refused(503, Rejection::PendingWriteBytes.text()));
         }
-        let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) else {
+        let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) else {
             return;
         };
         let publishes = &mut ws.talk().publishes;
@@ -606,7 +606,7 @@ impl Shard {
         index: u32,
         result: Result<EventId, PublishRefusal>,
     ) {
-        let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) else {
+        let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) else {
             return;
         };
         let Some(wait) = ws
