@@ -839,3 +839,6 @@ impl Shard {
         self.ws_pump(now, slot)
     }
 }
+
+#[cfg(test)]
+mod tests;
