@@ -101,7 +101,9 @@ impl Shard {
             room,
             token,
         } = *upgrade;
-        // The driver holds the subscription from now on.
+        // The driver holds the subscription from now on, with the fan-out's copy of the
+        // room's name (the upgrade's own is freed).
+        let room = self.fanout.room_name(&room).unwrap_or(room);
         let sub = self.conn(slot).and_then(|c| c.sub.take());
         debug_assert!(sub.is_some(), "admitted with a subscription");
         let rooms = sub.map(|sub| WsRoom::new(room.clone(), sub));
@@ -439,8 +441,13 @@ impl Shard {
         };
         match admitted {
             Ok(()) => {
+                // The fan-out's copy of the room's name, shared.
+                let name = self
+                    .fanout
+                    .room_name(room)
+                    .unwrap_or_else(|| Arc::from(room));
                 if let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) {
-                    ws.rooms.push(WsRoom::new(Arc::from(room), sub));
+                    ws.rooms.push(WsRoom::new(name, sub));
                 }
                 None
             }

@@ -1,6 +1,7 @@
 //! A shard on a real ring, turned by hand (the loop's steps, without its wait): WebSockets
 //! that took fan-out frames — some of them behind a write in flight — hold no staging
-//! vector once they are idle again (issue 16's idle-memory bar).
+//! vector once they are idle again, and share the fan-out's copy of their rooms' names
+//! (issue 16's idle-memory bar).
 
 use super::*;
 use std::io::{Read, Write};
@@ -168,4 +169,13 @@ fn an_idle_websocket_holds_no_staging_vectors_after_fan_out_messages() {
         assert!(conn.pending.is_none() && conn.ws_upgrade.is_none());
     }
     assert_eq!(driver(&shard, 1).1.rooms.len(), 2);
+    // The subscriptions share the fan-out's copy of their room's name.
+    for (slot, room) in [(0, "r"), (1, "a"), (1, "b")] {
+        let held = shard.fanout.room_name(room).unwrap();
+        let (_, ws) = driver(&shard, slot);
+        assert!(
+            ws.rooms.iter().any(|sub| Arc::ptr_eq(&sub.room, &held)),
+            "{room}"
+        );
+    }
 }
