@@ -453,7 +453,11 @@ impl Shard {
         };
         debug_assert!(!conn.pipe.writing(), "nothing written before the 101");
         let mut driver = WsDriver::new(now, config, route, transport);
-        driver.rooms.extend(room);
+        if let Some(room) = room {
+            // Exactly one place (`extend` would make four): a room WebSocket follows its
+            // route's room only.
+            driver.rooms = vec![room];
+        }
         // The HTTP machine's place is the driver's (it had nothing left to say: the request
         // was checked, nothing was written or buffered after it).
         conn.machine = Machine::Ws(driver);

@@ -168,6 +168,11 @@ fn an_idle_websocket_holds_no_staging_vectors_after_fan_out_messages() {
         assert!(ws.talk.is_none(), "slot {slot}: no talking part");
         assert!(conn.pending.is_none() && conn.ws_upgrade.is_none());
     }
+    assert_eq!(
+        driver(&shard, 0).1.rooms.capacity(),
+        1,
+        "one room, one place"
+    );
     assert_eq!(driver(&shard, 1).1.rooms.len(), 2);
     // The subscriptions share the fan-out's copy of their room's name.
     for (slot, room) in [(0, "r"), (1, "a"), (1, "b")] {
