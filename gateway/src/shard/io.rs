@@ -462,7 +462,11 @@ impl Shard {
         // and their ids are free.
         let ws_rooms = conn.ws_mut().map(|ws| std::mem::take(&mut ws.rooms));
         let subs = conn.sub.take().into_iter();
-        for sub in subs.chain(ws_rooms.into_iter().flatten().map(|held| held.sub)) {
+        let ws_subs = ws_rooms
+            .iter()
+            .flat_map(|rooms| rooms.iter())
+            .map(|held| held.sub);
+        for sub in subs.chain(ws_subs) {
             self.fanout.handle_disconnect(sub);
             self.subs.remove(sub);
         }

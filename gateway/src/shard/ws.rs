@@ -77,11 +77,9 @@ impl WsConfigs {
 pub(super) enum WsRoute {
     /// `GET /ws/echo` (`--ws-echo`): every message comes back.
     Echo,
-    /// `GET /rooms/{room}/ws`: the room's messages from the fan-out; text messages are
-    /// commands (ws_rooms.rs).
+    /// `GET /rooms/{room}/ws`: the room's messages from the fan-out (the room is its one
+    /// subscription's); text messages are commands (ws_rooms.rs).
     Room {
-        /// The room it follows.
-        room: Arc<str>,
         /// The upgrade's token (`Authorization: Bearer` or `?token=`), for publishes.
         token: Option<String>,
     },
@@ -91,8 +89,8 @@ pub(super) enum WsRoute {
         /// The upgrade's token, for private rooms and publishes.
         token: Option<String>,
         /// The upgrade's request head, forwarded to `--auth-url` with each subscribe (kept
-        /// only when it is set).
-        auth_head: Option<Vec<u8>>,
+        /// only when it is set; boxed, so the route takes no more than a room's).
+        auth_head: Option<Box<[u8]>>,
     },
 }
 
@@ -150,6 +148,67 @@ impl WsRoom {
     }
 }
 
+/// A WebSocket's fan-out subscriptions: a room WebSocket's one in place (no allocation of
+/// its own: an idle room WebSocket is its `Conn` alone), a multiplexed connection's in a
+/// vector. Reads as a slice.
+pub(super) enum WsRooms {
+    /// One subscription (a room WebSocket's, or a multiplexed one's first).
+    One(WsRoom),
+    /// Any number (none at first, for a multiplexed connection).
+    Many(Vec<WsRoom>),
+}
+
+impl Default for WsRooms {
+    fn default() -> Self {
+        WsRooms::Many(Vec::new())
+    }
+}
+
+impl std::ops::Deref for WsRooms {
+    type Target = [WsRoom];
+
+    fn deref(&self) -> &[WsRoom] {
+        match self {
+            WsRooms::One(room) => std::slice::from_ref(room),
+            WsRooms::Many(rooms) => rooms,
+        }
+    }
+}
+
+impl std::ops::DerefMut for WsRooms {
+    fn deref_mut(&mut self) -> &mut [WsRoom] {
+        match self {
+            WsRooms::One(room) => std::slice::from_mut(room),
+            WsRooms::Many(rooms) => rooms,
+        }
+    }
+}
+
+impl WsRooms {
+    /// Adds a subscription: in place if it is the only one.
+    pub(super) fn push(&mut self, room: WsRoom) {
+        match self {
+            WsRooms::Many(rooms) if rooms.capacity() == 0 => *self = WsRooms::One(room),
+            WsRooms::Many(rooms) => rooms.push(room),
+            WsRooms::One(_) => {
+                let WsRooms::One(first) = std::mem::take(self) else {
+                    unreachable!("matched One")
+                };
+                *self = WsRooms::Many(vec![first, room]);
+            }
+        }
+    }
+
+    /// Keeps the subscriptions `keep` says yes to.
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&WsRoom) -> bool) {
+        match self {
+            WsRooms::One(room) if !keep(room) => *self = WsRooms::default(),
+            WsRooms::One(_) => {}
+            WsRooms::Many(rooms) => rooms.retain(keep),
+        }
+    }
+}
+
 /// Where a subscription's frames from the fan-out are: kept in the subscription itself
 /// (its padding), so that a connection holds no vector of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,7 +234,7 @@ pub(super) struct WsDriver {
     talk: Option<Box<WsTalk>>,
     /// Its fan-out subscriptions: the route's room, or the rooms a multiplexed connection
     /// joined (at most `WS_ROOMS_PER_CONN_MAX`, with the pending ones).
-    pub(super) rooms: Vec<WsRoom>,
+    pub(super) rooms: WsRooms,
     /// Fan-out frames that came while a write was in flight: the next write carries them.
     /// A vector of the shard's pool while any wait, none (no capacity) otherwise: frames
     /// that find no write in flight go straight into one.
@@ -257,7 +316,7 @@ impl WsDriver {
             route,
             fed: 0,
             talk: None,
-            rooms: Vec::new(),
+            rooms: WsRooms::default(),
             fanout_frames: Vec::new(),
             fanout_cut: false,
             write_ends: false,
@@ -454,9 +513,8 @@ impl Shard {
         debug_assert!(!conn.pipe.writing(), "nothing written before the 101");
         let mut driver = WsDriver::new(now, config, route, transport);
         if let Some(room) = room {
-            // Exactly one place (`extend` would make four): a room WebSocket follows its
-            // route's room only.
-            driver.rooms = vec![room];
+            // In place: a room WebSocket follows its route's room only.
+            driver.rooms = WsRooms::One(room);
         }
         // The HTTP machine's place is the driver's (it had nothing left to say: the request
         // was checked, nothing was written or buffered after it).
@@ -611,7 +669,7 @@ impl Shard {
                     frames.append(&mut ws.fanout_frames);
                 }
                 frames.append(fanout);
-                for room in &mut ws.rooms {
+                for room in ws.rooms.iter_mut() {
                     if room.write == RoomWrite::Waiting {
                         room.write = RoomWrite::Writing;
                     }
@@ -625,7 +683,7 @@ impl Shard {
             }
             ws.fanout_frames.clear();
             fanout.clear();
-            for room in &mut ws.rooms {
+            for room in ws.rooms.iter_mut() {
                 room.write = RoomWrite::Idle;
             }
         }
@@ -807,7 +865,7 @@ impl Shard {
             // The fan-out's close frame is out: nothing more to say.
             return self.begin_close(slot);
         }
-        for room in &mut ws.rooms {
+        for room in ws.rooms.iter_mut() {
             if room.write == RoomWrite::Writing {
                 room.write = RoomWrite::Idle;
                 self.fanout.handle_write_done(now, room.sub);

@@ -107,7 +107,7 @@ impl Shard {
         let sub = self.conn(slot).and_then(|c| c.sub.take());
         debug_assert!(sub.is_some(), "admitted with a subscription");
         let rooms = sub.map(|sub| WsRoom::new(room.clone(), sub));
-        self.ws_upgrade(now, slot, WsRoute::Room { room, token }, response, rooms)?;
+        self.ws_upgrade(now, slot, WsRoute::Room { token }, response, rooms)?;
         Ok(true)
     }
 
@@ -149,7 +149,7 @@ impl Shard {
         let Some(response) = self.ws_handshake(slot, raw_head)? else {
             return Ok(());
         };
-        let auth_head = self.auth.is_some().then(|| raw_head.to_vec());
+        let auth_head = self.auth.is_some().then(|| Box::from(raw_head));
         let route = WsRoute::Mux { token, auth_head };
         self.ws_upgrade(now, slot, route, response, None)?;
         for room in rooms {
@@ -351,7 +351,7 @@ impl Shard {
         let WsRoute::Mux { auth_head, .. } = ws.route() else {
             return None;
         };
-        let head = auth_head.clone().unwrap_or_default();
+        let head = auth_head.as_deref().map(<[u8]>::to_vec).unwrap_or_default();
         ws.talk().pending_rooms.push(Arc::from(room.as_str()));
         let ticket = crate::upstream::auth::Ticket {
             conn: key,

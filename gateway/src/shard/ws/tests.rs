@@ -168,10 +168,9 @@ fn an_idle_websocket_holds_no_staging_vectors_after_fan_out_messages() {
         assert!(ws.talk.is_none(), "slot {slot}: no talking part");
         assert!(conn.pending.is_none() && conn.ws_upgrade.is_none());
     }
-    assert_eq!(
-        driver(&shard, 0).1.rooms.capacity(),
-        1,
-        "one room, one place"
+    assert!(
+        matches!(driver(&shard, 0).1.rooms, WsRooms::One(_)),
+        "a room WebSocket's subscription in place"
     );
     assert_eq!(driver(&shard, 1).1.rooms.len(), 2);
     // The subscriptions share the fan-out's copy of their room's name.
@@ -183,4 +182,28 @@ fn an_idle_websocket_holds_no_staging_vectors_after_fan_out_messages() {
             "{room}"
         );
     }
+}
+
+#[test]
+fn rooms_keep_one_subscription_in_place_and_more_in_a_vector() {
+    let room = |n: u32| WsRoom::new(Arc::from(format!("r{n}")), ConnId(n));
+    let subs = |rooms: &WsRooms| rooms.iter().map(|room| room.sub.0).collect::<Vec<_>>();
+    let mut rooms = WsRooms::default();
+    assert!(rooms.is_empty());
+    rooms.push(room(1));
+    assert!(matches!(rooms, WsRooms::One(_)));
+    rooms.push(room(2));
+    rooms.push(room(3));
+    assert_eq!(subs(&rooms), [1, 2, 3]);
+    rooms.retain(|room| room.sub != ConnId(2));
+    assert_eq!(subs(&rooms), [1, 3]);
+    rooms
+        .iter_mut()
+        .for_each(|room| room.write = RoomWrite::Waiting);
+    assert!(rooms.iter().all(|room| room.write == RoomWrite::Waiting));
+    let mut one = WsRooms::One(room(7));
+    one.retain(|room| room.sub != ConnId(7));
+    assert!(one.is_empty());
+    one.push(room(8));
+    assert_eq!(subs(&one), [8]);
 }
