@@ -285,3 +285,29 @@ fn after_every_hostile_case_the_server_still_serves_and_gives_its_memory_back() 
     let rooms = server.metrics().sum("ringcast_rooms");
     assert!(rooms <= 4, "rooms left: {rooms}");
 }
+
+/// `THP_enabled` of a process's `/proc/PID/status`: 0 once it set `PR_SET_THP_DISABLE`.
+fn thp_enabled(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("THP_enabled:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A huge page keeps the memory a burst used and freed resident (uring/sys.rs): the server
+/// turns transparent huge pages off for itself, unless mimalloc is asked for them.
+#[test]
+fn transparent_huge_pages_are_off_unless_mimalloc_is_asked_for_them() {
+    let server = Server::start(&["--shards", "1"]);
+    let Some(enabled) = thp_enabled(server.pid()) else {
+        eprintln!("skipped: this kernel's /proc/PID/status has no THP_enabled");
+        return;
+    };
+    assert_eq!(enabled, 0, "the server runs with THP off");
+    drop(server);
+    let allowed = Server::start_with_env(&[("MIMALLOC_ALLOW_THP", "1")], &["--shards", "1"]);
+    assert_eq!(
+        thp_enabled(allowed.pid()),
+        Some(1),
+        "MIMALLOC_ALLOW_THP leaves THP to mimalloc"
+    );
+}

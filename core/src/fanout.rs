@@ -407,6 +407,14 @@ impl Fanout {
         self.dirty.len()
     }
 
+    /// The room's name as the fan-out holds it, if this shard holds the room: a driver
+    /// that keeps the name with each subscription shares it instead of making a copy.
+    pub fn room_name(&self, name: &str) -> Option<Arc<str>> {
+        self.room_index
+            .get_key_value(name)
+            .map(|(held, _)| held.clone())
+    }
+
     /// Facts about a room, if this shard holds it.
     pub fn room_info(&self, name: &str) -> Option<RoomInfo> {
         let room = self.room_at(*self.room_index.get(name)?);

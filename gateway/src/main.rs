@@ -8,6 +8,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let flags = Flags::parse();
+    // Before anything allocates much: a huge page keeps freed memory resident (sys.rs).
+    let thp_error = gateway::uring::sys::disable_transparent_huge_pages().err();
     if let Some(path) = &flags.check_config {
         let report = gateway::config::check::check_file(path, &flags);
         if report.problems.is_empty() {
@@ -43,6 +45,9 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_timer(gateway::runtime::clock::LogTime)
         .init();
+    if let Some(err) = thp_error {
+        tracing::warn!(%err, "could not turn transparent huge pages off: idle memory may stay higher");
+    }
     match gateway::runtime::run(config, flags) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

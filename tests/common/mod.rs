@@ -76,6 +76,13 @@ impl Server {
         Self::start_with(Command::new(RINGCAST), listen, args)
     }
 
+    /// As [`Self::start`], with `env` added to the server's environment.
+    pub fn start_with_env(env: &[(&str, &str)], args: &[&str]) -> Server {
+        let mut command = Command::new(RINGCAST);
+        command.envs(env.iter().copied());
+        Self::start_with(command, "127.0.0.1:0", args)
+    }
+
     /// As [`Self::start`], with the soft and hard `RLIMIT_NOFILE` of the process set to
     /// `fds` (set in the child before exec, so only the server runs short of descriptors).
     pub fn start_with_fd_limit(fds: u64, args: &[&str]) -> Server {

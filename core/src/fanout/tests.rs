@@ -150,6 +150,17 @@ fn every_subscriber_gets_every_message_in_order_once() {
 }
 
 #[test]
+fn a_held_room_lends_its_name_and_an_unknown_one_none() {
+    let mut sim = Sim::new(FanoutConfig::default());
+    sim.subscribe(0, "a", None);
+    let first = sim.fanout.room_name("a").expect("held");
+    let second = sim.fanout.room_name("a").expect("held");
+    assert_eq!(&*first, "a");
+    assert!(Arc::ptr_eq(&first, &second), "one copy, shared");
+    assert_eq!(sim.fanout.room_name("b"), None);
+}
+
+#[test]
 fn writes_hand_back_the_sequencing_stamps_of_their_frames() {
     let now = Instant::now();
     let mut fanout = Fanout::new(FanoutConfig::default(), now);

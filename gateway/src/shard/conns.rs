@@ -37,7 +37,9 @@ impl Shard {
         }
         // The companion hands the request whole.
         if let Some(conn) = self.conn(slot) {
-            conn.http.handle_received(now, &request);
+            if let Some(http) = conn.http_mut() {
+                http.handle_received(now, &request);
+            }
         }
         self.drive(now, slot)
     }
@@ -58,7 +60,7 @@ impl Shard {
         let Some(received) = conn.pipe.on_virtual_recv(&mut conn.recv) else {
             return Ok(());
         };
-        if conn.ws.is_some() {
+        if conn.is_websocket() {
             return self.ws_received(now, key.slot, received);
         }
         // Only a WebSocket posts a tunnel's receive.
@@ -119,12 +121,12 @@ impl Shard {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return;
         };
-        let want = match &conn.ws {
+        let want = match &conn.machine {
             _ if conn.closing => None,
-            Some(ws) => ws.poll_timeout(),
-            None => conn.http.poll_timeout(),
+            Machine::Ws(ws) => ws.poll_timeout(),
+            Machine::Http(http) => http.poll_timeout(),
         };
-        if let (Some(_), Some((_, at)), Some(want)) = (&conn.ws, &conn.timer, want) {
+        if let (true, Some((_, at)), Some(want)) = (conn.is_websocket(), &conn.timer, want) {
             if *at <= want {
                 // A WebSocket's deadline moves with every byte received: the timer stays
                 // where it is, and a firing before the deadline only syncs it again.
@@ -179,14 +181,16 @@ impl Shard {
                 continue;
             };
             let handshaking = conn.pipe.handshaking();
-            let result = if conn.ws.is_some() {
+            let result = if conn.is_websocket() {
                 self.ws_timeout(now.max(at), slot)
             } else if handshaking {
                 // No TLS session to write a 408 in.
                 self.fail_tls(slot, RefusalReason::TlsHandshakeTimeout)
             } else {
                 // The wheel fires within a tick of the deadline: it counts as reached.
-                conn.http.handle_timeout(now.max(at));
+                if let Some(http) = conn.http_mut() {
+                    http.handle_timeout(now.max(at));
+                }
                 self.drive(now, slot)
             };
             if let Err(err) = result {

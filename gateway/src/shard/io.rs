@@ -16,20 +16,20 @@ impl Shard {
         if conn.closing || conn.pipe.receiving() {
             return Ok(());
         }
-        if conn.ws.is_some() {
+        let Machine::Http(http) = &conn.machine else {
             return self.ws_post_recv(slot);
-        }
-        if conn.ws_upgrade.is_some() && conn.http.awaits_answer() {
+        };
+        if conn.ws_upgrade.is_some() && http.awaits_answer() {
             // A room WebSocket waiting for auth and admission: its client sends nothing
             // before the `101` (RFC 6455 §4.1), and a receive posted now would hold a
             // request-sized buffer for as long as the idle viewer stays.
             return Ok(());
         }
-        let into = match conn.http.read() {
+        let into = match http.read() {
             Read::Pause => return Ok(()),
             Read::Request { bytes_max } => {
                 // Small first; larger as a request grows (a body at its limit).
-                let buffered = conn.http.buffered();
+                let buffered = http.buffered();
                 let want = if buffered == 0 {
                     RECV_FIRST
                 } else {
@@ -74,29 +74,29 @@ impl Shard {
         let received = conn
             .pipe
             .on_recv(c, &mut conn.recv, self.shared.tls_http1.as_ref());
-        if conn.ws.is_some() {
+        let Machine::Http(http) = &mut conn.machine else {
             return self.ws_received(now, slot, received);
-        }
+        };
         match received {
             Received::Closed => {
                 // The client closed (or the receive failed): the machine says what
                 // follows (a refusal being written still goes out).
-                conn.http.handle_eof();
+                http.handle_eof();
             }
             Received::Discarded { len } => {
                 // Counted only: a flood is cut. A machine that reads a request never gets
                 // these zeros: a discard receive is posted only once it stops reading one,
                 // and it never reads one again.
                 debug_assert!(
-                    matches!(conn.http.read(), Read::Discard | Read::Pause),
+                    matches!(http.read(), Read::Discard | Read::Pause),
                     "discarded bytes a request wanted"
                 );
-                conn.http.handle_received(now, &DISCARDED[..len]);
+                http.handle_received(now, &DISCARDED[..len]);
             }
             Received::Pooled(lease) => {
                 // Straight from the pool's buffer (a WebSocket's receive; not posted for
                 // requests today).
-                conn.http.handle_received(now, self.ring.provided(&lease));
+                http.handle_received(now, self.ring.provided(&lease));
                 self.ring.give_back(lease);
             }
             Received::Data {
@@ -104,10 +104,10 @@ impl Shard {
                 closed,
             } => {
                 // The plaintext goes to the machine at once (`recv` is only a scratch).
-                conn.http.handle_received(now, &conn.recv);
+                http.handle_received(now, &conn.recv);
                 conn.recv.clear();
                 if closed {
-                    conn.http.handle_eof();
+                    http.handle_eof();
                 }
                 if established {
                     self.count_tls_handshake(TlsHandshake::Http1);
@@ -208,7 +208,9 @@ impl Shard {
                             "closing subscriber"
                         );
                         let writable = self.conn(slot).is_some_and(|c| {
-                            !c.pipe.writing() && c.http.state() == HttpState::Streaming
+                            !c.pipe.writing()
+                                && c.http()
+                                    .is_some_and(|http| http.state() == HttpState::Streaming)
                         });
                         if writable && !frames.is_empty() {
                             if let Some(c) = self.conn(slot) {
@@ -358,13 +360,13 @@ impl Shard {
                 conn.stamps = Vec::new();
             }
         }
-        if conn.ws.is_some() {
+        let Machine::Http(http) = &mut conn.machine else {
             return self.ws_written(now, slot);
-        }
+        };
         if conn.close_after_write {
             return self.begin_close(slot);
         }
-        if conn.http.state() == HttpState::Streaming {
+        if http.state() == HttpState::Streaming {
             // The fan-out's write: its next one may go.
             if let Some(sub) = conn.sub {
                 self.fanout.handle_write_done(now, sub);
@@ -373,7 +375,7 @@ impl Shard {
         }
         // The machine's write (an answer, `100 Continue`, a refusal): it goes on with the
         // next request, the body, a linger or a close.
-        conn.http.on_written(now);
+        http.on_written(now);
         self.drive(now, slot)
     }
 
@@ -411,7 +413,9 @@ impl Shard {
         let Some(conn) = self.conn(slot) else {
             return Ok(());
         };
-        conn.http.respond(response);
+        if let Some(http) = conn.http_mut() {
+            http.respond(response);
+        }
         self.drive(self.now, slot)
     }
 
@@ -432,7 +436,9 @@ impl Shard {
             // No TLS session to write the answer in: close (the caller counted why).
             return self.begin_close(slot);
         }
-        conn.http.refuse(now, response);
+        if let Some(http) = conn.http_mut() {
+            http.refuse(now, response);
+        }
         self.drive(now, slot)
     }
 
@@ -449,7 +455,9 @@ impl Shard {
             return Ok(());
         }
         conn.closing = true;
-        conn.http.close();
+        if let Some(http) = conn.http_mut() {
+            http.close();
+        }
         let key = conn.key(slot).to_word();
         let forgotten = conn.pipe.forget_write();
         if forgotten.is_some() {
@@ -460,12 +468,13 @@ impl Shard {
         let virtual_conn = conn.pipe.is_virtual();
         // Its subscriptions leave the fan-out (a no-op for one the fan-out already let go)
         // and their ids are free.
-        let ws_rooms = conn
-            .ws
-            .as_deref_mut()
-            .map(|ws| std::mem::take(&mut ws.rooms));
+        let ws_rooms = conn.ws_mut().map(|ws| std::mem::take(&mut ws.rooms));
         let subs = conn.sub.take().into_iter();
-        for sub in subs.chain(ws_rooms.into_iter().flatten().map(|(_, sub)| sub)) {
+        let ws_subs = ws_rooms
+            .iter()
+            .flat_map(|rooms| rooms.iter())
+            .map(|held| held.sub);
+        for sub in subs.chain(ws_subs) {
             self.fanout.handle_disconnect(sub);
             self.subs.remove(sub);
         }
@@ -498,7 +507,7 @@ impl Shard {
                 "a released connection holds no ticker"
             );
             debug_assert!(
-                conn.sub.is_none() && conn.ws.as_ref().is_none_or(|ws| ws.rooms.is_empty()),
+                conn.sub.is_none() && conn.ws().is_none_or(|ws| ws.rooms.is_empty()),
                 "a released connection holds no subscription id"
             );
             if let Some(ip) = conn.peer {
@@ -508,7 +517,7 @@ impl Shard {
                 self.tls_live -= 1;
                 self.shared.figures[self.index].transport_closed(Transport::Tls);
             }
-            if let Some(ws) = &conn.ws {
+            if let Some(ws) = conn.ws() {
                 self.shared.figures[self.index].websocket_closed(ws.transport());
             }
             self.live -= 1;

@@ -115,11 +115,11 @@ impl Shard {
                 let Some(conn) = self.conn_by_key(reply.conn) else {
                     return Ok(());
                 };
-                if conn.ws.is_some() {
+                if conn.is_websocket() {
                     self.ws_published(reply.conn.slot, reply.index, result);
                     return self.ws_pump(now, reply.conn.slot);
                 }
-                match &mut conn.pending {
+                match conn.pending.as_deref_mut() {
                     Some(Pending::Publish {
                         result: slot_result,
                         ..
@@ -151,7 +151,7 @@ impl Shard {
                     last_id: last_max,
                     history_len: history_max,
                     ..
-                }) = &mut conn.pending
+                }) = conn.pending.as_deref_mut()
                 {
                     *total += subscribers;
                     *last_max = (*last_max).max(last_id);

@@ -96,12 +96,24 @@ enum BatchLine {
     Done(Result<EventId, String>),
 }
 
-struct Conn {
-    serial: u32,
+/// What speaks on a connection: the HTTP/1.1 machine, until a WebSocket upgrade puts the
+/// WebSocket driver in its place (in the same memory: an upgraded connection holds no HTTP
+/// state, and an idle WebSocket is one allocation, its `Conn`).
+enum Machine {
     /// The HTTP/1.1 connection machine (conn/http1): request states, deadlines,
     /// keep-alive, `100 Continue`, HEAD, linger, drain, the stream after its head. The shard
     /// only moves its bytes and timer.
-    http: Connection,
+    Http(Connection),
+    /// Upgraded to a WebSocket: its driver, which takes every input of the connection
+    /// (ws.rs).
+    Ws(ws::WsDriver),
+}
+
+struct Conn {
+    serial: u32,
+    /// The HTTP/1.1 machine, or the WebSocket driver after an upgrade ([`Conn::http`],
+    /// [`Conn::ws`]).
+    machine: Machine,
     /// The receive buffer of a plain connection reading a request (its bytes go to `http`
     /// at once), of a TLS connection's ClientHello (kept whole: an `h2` client is handed on
     /// with it), and a TLS connection's decrypted plaintext. While a receive into it is in
@@ -116,15 +128,14 @@ struct Conn {
     close_after_write: bool,
     /// The timer-wheel entry for `http`'s deadline, at this instant.
     timer: Option<(TimerKey, Instant)>,
-    pending: Option<Pending>,
+    /// An answer waiting for other shards (a publish, a batch, a room's figures): rare, so
+    /// boxed (an idle connection holds one word for it).
+    pending: Option<Box<Pending>>,
     outstanding: u32,
     /// The client's address while it counts against the per-address limit.
     peer: Option<IpAddr>,
     /// Sequencing stamps of the message frames the write in flight carries.
     stamps: Vec<u64>,
-    /// Once upgraded to a WebSocket: its driver, which takes every input of the connection
-    /// from then on (ws.rs; the HTTP machine only streams).
-    ws: Option<Box<ws::WsDriver>>,
     /// A room WebSocket's checked upgrade, waiting for auth and admission (ws_rooms.rs).
     ws_upgrade: Option<Box<ws::WsUpgrade>>,
     /// Its fan-out subscription, once it streams (SSE) or before its upgrade (a room
@@ -137,7 +148,7 @@ impl Conn {
     fn new(serial: u32, pipe: Pipe, http: Connection) -> Self {
         Self {
             serial,
-            http,
+            machine: Machine::Http(http),
             recv: Vec::new(),
             pipe,
             closing: false,
@@ -147,10 +158,46 @@ impl Conn {
             outstanding: 0,
             peer: None,
             stamps: Vec::new(),
-            ws: None,
             ws_upgrade: None,
             sub: None,
         }
+    }
+
+    /// Its HTTP/1.1 machine, unless it was upgraded to a WebSocket.
+    fn http(&self) -> Option<&Connection> {
+        match &self.machine {
+            Machine::Http(http) => Some(http),
+            Machine::Ws(_) => None,
+        }
+    }
+
+    /// Its HTTP/1.1 machine, unless it was upgraded to a WebSocket.
+    fn http_mut(&mut self) -> Option<&mut Connection> {
+        match &mut self.machine {
+            Machine::Http(http) => Some(http),
+            Machine::Ws(_) => None,
+        }
+    }
+
+    /// Its WebSocket driver, once it was upgraded.
+    fn ws(&self) -> Option<&ws::WsDriver> {
+        match &self.machine {
+            Machine::Ws(ws) => Some(ws),
+            Machine::Http(_) => None,
+        }
+    }
+
+    /// Its WebSocket driver, once it was upgraded.
+    fn ws_mut(&mut self) -> Option<&mut ws::WsDriver> {
+        match &mut self.machine {
+            Machine::Ws(ws) => Some(ws),
+            Machine::Http(_) => None,
+        }
+    }
+
+    /// Whether it was upgraded to a WebSocket.
+    fn is_websocket(&self) -> bool {
+        matches!(self.machine, Machine::Ws(_))
     }
 
     /// The key naming this connection in `slot` (its ring ops carry it as one word).
@@ -165,6 +212,12 @@ impl Conn {
 /// A connection slot (boxed: the table of a shard is mostly empty slots, and a `Conn` is
 /// large). Nothing the kernel uses lives in it: ops own their memory (uring/ring/).
 type Slot = Option<Box<Conn>>;
+
+// An idle WebSocket's state is its `Conn` alone, in mimalloc's 640-byte size class (issue
+// 16's idle-memory bar): the driver shares the HTTP machine's place, what only a talking
+// client uses is in `WsTalk` (made on first use), frames waiting behind a write borrow a
+// vector of the shard's, and rare answers are boxed (`Pending`).
+const _: () = assert!(std::mem::size_of::<Conn>() <= 640);
 
 /// The connection in `slot`, borrowing only the slot table (so other fields of the shard
 /// stay usable while it is held).
@@ -236,6 +289,8 @@ pub struct Shard {
     /// Bytes submitted to writes and not yet written (the admission bound).
     pending_write_bytes: usize,
     room_sizes_at: Instant,
+    /// The WebSocket machines' limits, shared by this shard's connections.
+    ws_configs: ws::WsConfigs,
     /// This shard's authorization breaker and calls, when `--auth-url` is set.
     auth: Option<crate::upstream::auth::AuthShard>,
     /// This shard's Redis breaker, calls and primed rooms, when `--cluster-redis` is set.
@@ -309,6 +364,7 @@ impl Shard {
             stamp_vecs: Vec::new(),
             pending_write_bytes: 0,
             room_sizes_at: now,
+            ws_configs: ws::WsConfigs::new(&shared.config.ws),
             auth: shared.auth.as_ref().map(|pool| pool.shard(index)),
             cluster: shared.cluster.as_ref().map(|pool| pool.shard(index)),
             shared,
@@ -390,8 +446,8 @@ impl Shard {
         self.config = config;
         // Reloaded timeouts hold for open connections too, from their next deadline.
         let limits = self.limits();
-        for conn in self.conns.iter_mut().flatten() {
-            conn.http.set_limits(limits);
+        for http in self.conns.iter_mut().flatten().filter_map(|c| c.http_mut()) {
+            http.set_limits(limits);
         }
     }
 
@@ -468,15 +524,15 @@ impl Shard {
             let Some(conn) = self.conn(slot) else {
                 continue;
             };
-            if conn.ws.is_some() {
+            let Some(http) = conn.http_mut() else {
                 self.ws_drain(now, slot)?;
                 continue;
-            }
+            };
             // The machine closes idle and lingering connections, lets requests in progress
             // finish (then closes), and waits for the first request of one that has not
             // sent it (to answer it 503: closing it would be an accept and a close for a
             // client that never got a word) at most `request_wait`.
-            conn.http.handle_drain(now, request_wait);
+            http.handle_drain(now, request_wait);
             self.drive(now, slot)?;
         }
         Ok(())

@@ -70,7 +70,7 @@ impl Shard {
         }
         if let Some(conn) = self.conn(slot) {
             conn.outstanding = 1;
-            conn.pending = Some(Pending::Publish { room, result: None });
+            conn.pending = Some(Box::new(Pending::Publish { room, result: None }));
         }
         Ok(())
     }
@@ -81,7 +81,9 @@ impl Shard {
         room: &str,
         result: Result<EventId, PublishRefusal>,
     ) -> std::io::Result<()> {
-        let close = self.conn(slot).is_none_or(|c| !c.http.keep_alive());
+        let close = self
+            .conn(slot)
+            .is_none_or(|c| c.http().is_none_or(|http| !http.keep_alive()));
         let response = match result {
             Ok(id) => http1::response(
                 201,
@@ -169,7 +171,7 @@ impl Shard {
             }
         }
         if let Some(conn) = self.conn(slot) {
-            conn.pending = Some(Pending::Batch { results });
+            conn.pending = Some(Box::new(Pending::Batch { results }));
             conn.outstanding = outstanding;
         }
         if outstanding == 0 {

@@ -48,17 +48,17 @@ impl Shard {
             if conn.closing {
                 return Ok(());
             }
-            if conn.ws.is_some() {
+            let Machine::Http(http) = &mut conn.machine else {
                 return self.ws_pump(now, slot);
-            }
-            if let Some(event) = conn.http.poll_event(now) {
+            };
+            if let Some(event) = http.poll_event(now) {
                 self.on_http_event(now, slot, event)?;
                 continue;
             }
             if conn.pipe.writing() {
                 break;
             }
-            let Some(bytes) = conn.http.poll_transmit() else {
+            let Some(bytes) = http.poll_transmit() else {
                 break;
             };
             let mut frames = std::mem::take(&mut self.scratch);
@@ -82,15 +82,19 @@ impl Shard {
         match event {
             Event::Request(request) => self.on_request(now, slot, request),
             Event::Continue(head) => {
-                if self.conn(slot).is_some_and(|conn| conn.http.draining()) {
+                if self
+                    .conn(slot)
+                    .and_then(|conn| conn.http())
+                    .is_some_and(Connection::draining)
+                {
                     return self.refuse_unavailable(slot, Rejection::Draining);
                 }
                 // Tokens are the last check before the body is asked for.
                 if let Err(denied) = self.check_publish_token(&head) {
                     return self.refuse_token(slot, denied);
                 }
-                if let Some(conn) = self.conn(slot) {
-                    conn.http.accept_continue();
+                if let Some(http) = self.conn(slot).and_then(|conn| conn.http_mut()) {
+                    http.accept_continue();
                 }
                 Ok(())
             }
@@ -119,13 +123,13 @@ impl Shard {
         request: http1_conn::Request,
     ) -> std::io::Result<()> {
         let auth_on = self.auth.is_some();
-        let Some(conn) = self.conn(slot) else {
+        let Some(http) = self.conn(slot).and_then(|conn| conn.http()) else {
             return Ok(());
         };
-        if conn.http.draining() {
+        if http.draining() {
             return self.refuse_unavailable(slot, Rejection::Draining);
         }
-        let close = !conn.http.keep_alive();
+        let close = !http.keep_alive();
         let http1_conn::Request { head, bytes } = request;
         // The authorization call forwards the subscriber's headers: keep its raw head
         // (subscribes only, and only with --auth-url; publishes never pay for this).
@@ -147,8 +151,8 @@ impl Shard {
                 }
                 if head.method == Method::Head {
                     // The stream's head, then the end: no subscription (RFC 9110 §9.3.2).
-                    if let Some(conn) = self.conn(slot) {
-                        conn.http.respond_and_close(http1::sse_head_then_close());
+                    if let Some(http) = self.conn(slot).and_then(|conn| conn.http_mut()) {
+                        http.respond_and_close(http1::sse_head_then_close());
                     }
                     return self.drive(now, slot);
                 }
@@ -337,7 +341,9 @@ impl Shard {
                     return Ok(());
                 }
                 if let Some(conn) = self.conn(slot) {
-                    conn.http.stream();
+                    if let Some(http) = conn.http_mut() {
+                        http.stream();
+                    }
                     conn.recv = Vec::new();
                 }
                 self.drive(self.now, slot)
@@ -363,12 +369,12 @@ impl Shard {
         let reply = self.reply_to(slot, 0);
         let outstanding = self.sequencer.query_room(&room, reply);
         if let Some(conn) = self.conn(slot) {
-            conn.pending = Some(Pending::RoomInfo {
+            conn.pending = Some(Box::new(Pending::RoomInfo {
                 room,
                 subscribers,
                 last_id,
                 history_len,
-            });
+            }));
             conn.outstanding = u32::try_from(outstanding).expect("at most 1024 shards");
         }
         if outstanding == 0 {
@@ -381,11 +387,11 @@ impl Shard {
         let Some(conn) = self.conn(slot) else {
             return Ok(());
         };
-        let close = !conn.http.keep_alive();
+        let close = conn.http().is_none_or(|http| !http.keep_alive());
         let Some(pending) = conn.pending.take() else {
             return Ok(());
         };
-        let response = match pending {
+        let response = match *pending {
             Pending::Publish { room, result } => {
                 return self.finish_publish(
                     slot,

@@ -81,7 +81,7 @@ impl Shard {
     ) -> std::io::Result<()> {
         if self
             .conn_by_key(ticket.conn)
-            .is_some_and(|c| c.ws.is_some())
+            .is_some_and(|c| c.is_websocket())
         {
             // A multiplexed WebSocket's subscribe by message (ws_rooms.rs).
             let slot = ticket.conn.slot;
@@ -153,7 +153,7 @@ impl Shard {
         }
         if let Some(conn) = self.conn(slot) {
             conn.outstanding = 1;
-            conn.pending = Some(Pending::Publish { room, result: None });
+            conn.pending = Some(Box::new(Pending::Publish { room, result: None }));
         }
         Ok(())
     }
@@ -311,7 +311,7 @@ impl Shard {
                 for waiter in waiters {
                     if self
                         .conn_by_key(waiter.conn)
-                        .is_some_and(|c| c.ws.is_some())
+                        .is_some_and(|c| c.is_websocket())
                     {
                         // A multiplexed WebSocket's subscribe by message (ws_rooms.rs).
                         let slot = waiter.conn.slot;
@@ -331,7 +331,7 @@ impl Shard {
                 for waiter in waiters {
                     if self
                         .conn_by_key(waiter.conn)
-                        .is_some_and(|c| c.ws.is_some())
+                        .is_some_and(|c| c.is_websocket())
                     {
                         let slot = waiter.conn.slot;
                         self.ws_primed(waiter, &room, false);
@@ -364,7 +364,7 @@ impl Shard {
             Event::Replayed { ticket, replay } => {
                 let websocket = self
                     .conn_by_key(ticket.conn)
-                    .is_some_and(|c| c.ws.is_some());
+                    .is_some_and(|c| c.is_websocket());
                 if !websocket && !self.is_waiting(ticket.conn) {
                     return Ok(());
                 }
@@ -397,7 +397,8 @@ impl Shard {
             .and_then(|c| c.as_deref())
             .is_some_and(|c| {
                 // A request waiting for its answer, or a WebSocket for its subscribes.
-                c.serial == key.serial && (c.http.awaits_answer() || c.ws.is_some())
+                c.serial == key.serial
+                    && (c.is_websocket() || c.http().is_some_and(Connection::awaits_answer))
             })
     }
 }

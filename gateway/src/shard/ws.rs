@@ -6,12 +6,11 @@
 //! pipe is a companion's tunnel (mesh/virtual_conn.rs): the same driver, a `200` instead
 //! of the `101`, the stream's DATA in place of the socket.
 //!
-//! The HTTP/1.1 machine hands over with what it already offers a stream: once the request
-//! is checked, `Connection::stream` (the SSE path's call) puts it in `Streaming` — no
-//! deadline, no buffer, nothing to write, what it would read dropped — and from then on
-//! every input of the connection goes to the [`WsDriver`] instead (`conn.ws` is set, and
-//! the loop's entry points — receive, write done, timer, drive — ask it first). The `101`
-//! is the driver's first write.
+//! The HTTP/1.1 machine hands over once the request is checked (nothing written, nothing
+//! buffered after it): the [`WsDriver`] takes its place in the connection
+//! (`Machine::Http` becomes `Machine::Ws`, in the same memory), and from then on every
+//! input of the connection goes to the driver (the loop's entry points — receive, write
+//! done, timer, drive — ask `Conn::ws` first). The `101` is the driver's first write.
 //!
 //! Owns: the driver state of each WebSocket connection (its machine, what it was not yet
 //! fed, an echo waiting for room, fan-out frames waiting for the write in flight). Must not
@@ -42,16 +41,49 @@ const WS_ANSWERS_MAX: usize = 64;
 /// goes in the next write.
 const WS_WRITE_FRAMES_MAX: usize = ringcast_core::fanout::WRITE_FRAMES_MAX;
 
+/// The machine limits of a shard's WebSocket connections, one shared copy per route kind
+/// (made once per shard from the fixed settings): each connection holds a reference.
+pub(super) struct WsConfigs {
+    /// For room and multiplexed connections (`MESSAGE_BYTES_MAX`).
+    rooms: Arc<WsConfig>,
+    /// For the echo route (`ECHO_MESSAGE_BYTES_MAX`).
+    echo: Arc<WsConfig>,
+}
+
+impl WsConfigs {
+    /// The configs `--ws-ping-interval` and `--ws-pong-timeout` make.
+    pub(super) fn new(ws: &crate::config::WsSettings) -> Self {
+        let config = |message_bytes_max| {
+            Arc::new(WsConfig {
+                message_bytes_max,
+                ping_interval: ws.ping_interval,
+                pong_timeout: ws.pong_timeout,
+                ..WsConfig::default()
+            })
+        };
+        Self {
+            rooms: config(MESSAGE_BYTES_MAX),
+            echo: config(ECHO_MESSAGE_BYTES_MAX),
+        }
+    }
+
+    /// The config of a connection on `route`.
+    fn of(&self, route: &WsRoute) -> Arc<WsConfig> {
+        match route {
+            WsRoute::Echo => self.echo.clone(),
+            WsRoute::Room { .. } | WsRoute::Mux { .. } => self.rooms.clone(),
+        }
+    }
+}
+
 /// What a WebSocket connection serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum WsRoute {
     /// `GET /ws/echo` (`--ws-echo`): every message comes back.
     Echo,
-    /// `GET /rooms/{room}/ws`: the room's messages from the fan-out; text messages are
-    /// commands (ws_rooms.rs).
+    /// `GET /rooms/{room}/ws`: the room's messages from the fan-out (the room is its one
+    /// subscription's); text messages are commands (ws_rooms.rs).
     Room {
-        /// The room it follows.
-        room: Arc<str>,
         /// The upgrade's token (`Authorization: Bearer` or `?token=`), for publishes.
         token: Option<String>,
     },
@@ -61,8 +93,8 @@ pub(super) enum WsRoute {
         /// The upgrade's token, for private rooms and publishes.
         token: Option<String>,
         /// The upgrade's request head, forwarded to `--auth-url` with each subscribe (kept
-        /// only when it is set).
-        auth_head: Option<Vec<u8>>,
+        /// only when it is set; boxed, so the route takes no more than a room's).
+        auth_head: Option<Box<[u8]>>,
     },
 }
 
@@ -98,7 +130,102 @@ enum Outcome {
     Command(String),
 }
 
-/// One WebSocket connection's driver state (boxed in its `Conn`).
+/// One fan-out subscription of a WebSocket connection.
+pub(super) struct WsRoom {
+    /// The room it follows.
+    pub(super) room: Arc<str>,
+    /// Its fan-out subscriber id.
+    pub(super) sub: ConnId,
+    /// Where the fan-out's latest frames for it are (the fan-out gives a subscription one
+    /// write at a time, and is told when it is done).
+    write: RoomWrite,
+}
+
+impl WsRoom {
+    /// A subscription with no frames on their way.
+    pub(super) fn new(room: Arc<str>, sub: ConnId) -> Self {
+        Self {
+            room,
+            sub,
+            write: RoomWrite::Idle,
+        }
+    }
+}
+
+/// A WebSocket's fan-out subscriptions: a room WebSocket's one in place (no allocation of
+/// its own: an idle room WebSocket is its `Conn` alone), a multiplexed connection's in a
+/// vector. Reads as a slice.
+pub(super) enum WsRooms {
+    /// One subscription (a room WebSocket's, or a multiplexed one's first).
+    One(WsRoom),
+    /// Any number (none at first, for a multiplexed connection).
+    Many(Vec<WsRoom>),
+}
+
+impl Default for WsRooms {
+    fn default() -> Self {
+        WsRooms::Many(Vec::new())
+    }
+}
+
+impl std::ops::Deref for WsRooms {
+    type Target = [WsRoom];
+
+    fn deref(&self) -> &[WsRoom] {
+        match self {
+            WsRooms::One(room) => std::slice::from_ref(room),
+            WsRooms::Many(rooms) => rooms,
+        }
+    }
+}
+
+impl std::ops::DerefMut for WsRooms {
+    fn deref_mut(&mut self) -> &mut [WsRoom] {
+        match self {
+            WsRooms::One(room) => std::slice::from_mut(room),
+            WsRooms::Many(rooms) => rooms,
+        }
+    }
+}
+
+impl WsRooms {
+    /// Adds a subscription: in place if it is the only one.
+    pub(super) fn push(&mut self, room: WsRoom) {
+        match self {
+            WsRooms::Many(rooms) if rooms.capacity() == 0 => *self = WsRooms::One(room),
+            WsRooms::Many(rooms) => rooms.push(room),
+            WsRooms::One(_) => {
+                let WsRooms::One(first) = std::mem::take(self) else {
+                    unreachable!("matched One")
+                };
+                *self = WsRooms::Many(vec![first, room]);
+            }
+        }
+    }
+
+    /// Keeps the subscriptions `keep` says yes to.
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&WsRoom) -> bool) {
+        match self {
+            WsRooms::One(room) if !keep(room) => *self = WsRooms::default(),
+            WsRooms::One(_) => {}
+            WsRooms::Many(rooms) => rooms.retain(keep),
+        }
+    }
+}
+
+/// Where a subscription's frames from the fan-out are: kept in the subscription itself
+/// (its padding), so that a connection holds no vector of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RoomWrite {
+    /// None on their way: the fan-out may hand it more.
+    Idle,
+    /// In the driver's `fanout_frames`, behind the write in flight.
+    Waiting,
+    /// In the write in flight: done when it completes.
+    Writing,
+}
+
+/// One WebSocket connection's driver state (in its `Conn`, in the HTTP machine's place).
 pub(super) struct WsDriver {
     machine: WsConn,
     route: WsRoute,
@@ -109,17 +236,13 @@ pub(super) struct WsDriver {
     /// What a connection that sends commands or messages holds, made on its first
     /// command or echo: an idle viewer holds none.
     talk: Option<Box<WsTalk>>,
-    /// Its fan-out subscriptions (room, subscriber id): the route's room, or the rooms a
-    /// multiplexed connection joined (at most `WS_ROOMS_PER_CONN_MAX`, with the pending
-    /// ones).
-    pub(super) rooms: Vec<(Arc<str>, ConnId)>,
+    /// Its fan-out subscriptions: the route's room, or the rooms a multiplexed connection
+    /// joined (at most `WS_ROOMS_PER_CONN_MAX`, with the pending ones).
+    pub(super) rooms: WsRooms,
     /// Fan-out frames that came while a write was in flight: the next write carries them.
+    /// A vector of the shard's pool while any wait, none (no capacity) otherwise: frames
+    /// that find no write in flight go straight into one.
     fanout_frames: Vec<Bytes>,
-    /// The subscriptions whose frames are in `fanout_frames`.
-    fanout_pending: Vec<ConnId>,
-    /// The subscriptions whose frames the write in flight carries: their writes are done
-    /// when it completes.
-    write_subs: Vec<ConnId>,
     /// The fan-out cut a subscription: its last frames (ending with a close frame) are in
     /// `fanout_frames` or the write in flight, nothing of the fan-out's goes after them,
     /// and the connection closes once they are out.
@@ -191,16 +314,14 @@ impl WsDriver {
         self.talk.as_mut().and_then(|talk| talk.held.take())
     }
 
-    fn new(now: Instant, config: WsConfig, route: WsRoute, transport: WsTransport) -> Self {
+    fn new(now: Instant, config: Arc<WsConfig>, route: WsRoute, transport: WsTransport) -> Self {
         Self {
             machine: WsConn::new(now, config),
             route,
             fed: 0,
             talk: None,
-            rooms: Vec::new(),
+            rooms: WsRooms::default(),
             fanout_frames: Vec::new(),
-            fanout_pending: Vec::new(),
-            write_subs: Vec::new(),
             fanout_cut: false,
             write_ends: false,
             closed: false,
@@ -356,7 +477,7 @@ impl Shard {
                 extra: refused.extra_headers(),
             },
             // RFC 6455 §4.1: the client waits for the 101 before it sends a frame.
-            Ok(_) if conn.http.buffered() != 0 => Refusal {
+            Ok(_) if conn.http().is_some_and(|http| http.buffered() != 0) => Refusal {
                 status: 400,
                 reason: "data sent before the handshake's answer".into(),
                 extra: "",
@@ -377,24 +498,16 @@ impl Shard {
         slot: u32,
         route: WsRoute,
         response: Bytes,
-        room: Option<(Arc<str>, ConnId)>,
+        room: Option<WsRoom>,
     ) -> std::io::Result<()> {
-        let ws = &self.shared.config.ws;
-        let message_bytes_max = match route {
-            WsRoute::Echo => ECHO_MESSAGE_BYTES_MAX,
-            WsRoute::Room { .. } | WsRoute::Mux { .. } => MESSAGE_BYTES_MAX,
-        };
-        let config = WsConfig {
-            message_bytes_max,
-            ping_interval: ws.ping_interval,
-            pong_timeout: ws.pong_timeout,
-            ..WsConfig::default()
-        };
+        let config = self.ws_configs.of(&route);
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
-        debug_assert!(conn.http.awaits_answer(), "upgraded in answer to a request");
-        conn.http.stream();
+        debug_assert!(
+            conn.http().is_some_and(Connection::awaits_answer),
+            "upgraded in answer to a request"
+        );
         conn.recv = Vec::new();
         let transport = match (conn.pipe.is_tls(), conn.pipe.is_virtual()) {
             (true, _) => WsTransport::Tls,
@@ -402,9 +515,14 @@ impl Shard {
             (false, false) => WsTransport::Http1,
         };
         debug_assert!(!conn.pipe.writing(), "nothing written before the 101");
-        let mut driver = Box::new(WsDriver::new(now, config, route, transport));
-        driver.rooms.extend(room);
-        conn.ws = Some(driver);
+        let mut driver = WsDriver::new(now, config, route, transport);
+        if let Some(room) = room {
+            // In place: a room WebSocket follows its route's room only.
+            driver.rooms = WsRooms::One(room);
+        }
+        // The HTTP machine's place is the driver's (it had nothing left to say: the request
+        // was checked, nothing was written or buffered after it).
+        conn.machine = Machine::Ws(driver);
         self.shared.figures[self.index].websocket_opened(transport);
         tracing::trace!(
             shard = self.index,
@@ -415,7 +533,7 @@ impl Shard {
         // The `101` (the `200` of an HTTP/2 extended CONNECT; for a room, nothing else: the
         // fan-out writes its `subscribed`) is the first write, started now: the driver keeps
         // no place for it.
-        self.ws_flush_with(slot, Some(response))?;
+        self.ws_flush_with(slot, Some(response), &mut Vec::new())?;
         self.ws_pump(now, slot)
     }
 
@@ -432,7 +550,7 @@ impl Shard {
         if conn.closing {
             return Ok(());
         }
-        let Some(ws) = conn.ws.as_deref_mut() else {
+        let Machine::Ws(ws) = &mut conn.machine else {
             return Ok(());
         };
         if ws.closed && !conn.pipe.writing() && ws.machine.transmit_bytes() == 0 {
@@ -451,7 +569,7 @@ impl Shard {
             let Some(conn) = slot_mut(&mut self.conns, slot).filter(|c| !c.closing) else {
                 return;
             };
-            let Some(ws) = conn.ws.as_deref_mut() else {
+            let Machine::Ws(ws) = &mut conn.machine else {
                 return;
             };
             let event = match ws.take_held().or_else(|| ws.machine.poll_event()) {
@@ -486,7 +604,7 @@ impl Shard {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return;
         };
-        let Some(ws) = conn.ws.as_deref_mut() else {
+        let Machine::Ws(ws) = &mut conn.machine else {
             return;
         };
         if ws.fed as usize == conn.recv.len() {
@@ -503,18 +621,31 @@ impl Shard {
     /// `101` first, then the machine's frames, then fan-out frames that waited (dropped
     /// once the machine sent its close: nothing may follow it).
     fn ws_flush(&mut self, slot: u32) -> std::io::Result<()> {
-        self.ws_flush_with(slot, None)
+        self.ws_flush_with(slot, None, &mut Vec::new())
     }
 
-    /// [`Self::ws_flush`], with `preface` (the `101`) at the head of the write.
-    fn ws_flush_with(&mut self, slot: u32, preface: Option<Bytes>) -> std::io::Result<()> {
+    /// [`Self::ws_flush`], with `preface` (the `101`) at the head of the write and
+    /// `fanout` (frames the fan-out just handed over, taken) at its end.
+    fn ws_flush_with(
+        &mut self,
+        slot: u32,
+        preface: Option<Bytes>,
+        fanout: &mut Vec<Bytes>,
+    ) -> std::io::Result<()> {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
+            fanout.clear();
             return Ok(());
         };
         if conn.closing || conn.pipe.writing() {
+            debug_assert!(
+                conn.closing || fanout.is_empty(),
+                "fan-out frames wait in the driver while a write is in flight"
+            );
+            fanout.clear();
             return Ok(());
         }
-        let Some(ws) = conn.ws.as_deref_mut() else {
+        let Machine::Ws(ws) = &mut conn.machine else {
+            fanout.clear();
             return Ok(());
         };
         let mut frames = self.frame_vecs.pop().unwrap_or_default();
@@ -525,15 +656,28 @@ impl Shard {
             };
             frames.push(frame);
         }
-        debug_assert!(ws.write_subs.is_empty(), "no write in flight");
+        debug_assert!(
+            ws.rooms.iter().all(|room| room.write != RoomWrite::Writing),
+            "no write in flight"
+        );
         if ws.machine.is_open() {
             if let Some(talk) = ws.talk.as_deref_mut() {
                 frames.extend(talk.answers.drain(..));
             }
             ws.release_talk();
-            if !ws.fanout_frames.is_empty() {
-                frames.append(&mut ws.fanout_frames);
-                std::mem::swap(&mut ws.write_subs, &mut ws.fanout_pending);
+            if !ws.fanout_frames.is_empty() || !fanout.is_empty() {
+                if frames.is_empty() {
+                    // The waiting frames' vector is the write's.
+                    std::mem::swap(&mut frames, &mut ws.fanout_frames);
+                } else {
+                    frames.append(&mut ws.fanout_frames);
+                }
+                frames.append(fanout);
+                for room in ws.rooms.iter_mut() {
+                    if room.write == RoomWrite::Waiting {
+                        room.write = RoomWrite::Writing;
+                    }
+                }
                 ws.write_ends = ws.fanout_cut;
             }
         } else {
@@ -542,18 +686,25 @@ impl Shard {
                 talk.answers.clear();
             }
             ws.fanout_frames.clear();
-            ws.fanout_pending.clear();
+            fanout.clear();
+            for room in ws.rooms.iter_mut() {
+                room.write = RoomWrite::Idle;
+            }
         }
+        // Nothing waits any more: the vector goes back to the shard's pool.
+        let spare = std::mem::take(&mut ws.fanout_frames);
         if frames.is_empty() {
+            self.recycle_frames(spare);
             self.recycle_frames(frames);
             return Ok(());
         }
         // Hand a consumed echo its room now that the queue is taken.
         let retry = ws.holds_event();
+        self.recycle_frames(spare);
         self.start_write(slot, &mut frames)?;
         self.recycle_frames(frames);
         if retry {
-            if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
+            if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws_mut()) {
                 if let Some(event) = ws.take_held() {
                     match ws.on_event(self.now, event) {
                         Outcome::Hold(event) => ws.talk().held = Some(event),
@@ -569,10 +720,8 @@ impl Shard {
     /// Takes subscription `sub` out of the driver's books (it unsubscribed: the fan-out
     /// forgot it, so no write of it is reported done); its frames already queued still go.
     pub(super) fn ws_forget(&mut self, slot: u32, sub: ConnId) {
-        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
-            ws.rooms.retain(|(_, held)| *held != sub);
-            ws.fanout_pending.retain(|held| *held != sub);
-            ws.write_subs.retain(|held| *held != sub);
+        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws_mut()) {
+            ws.rooms.retain(|room| room.sub != sub);
         }
     }
 
@@ -581,7 +730,7 @@ impl Shard {
         self.conns
             .get(slot as usize)
             .and_then(|c| c.as_deref())
-            .is_some_and(|c| c.ws.is_some())
+            .is_some_and(|c| c.is_websocket())
     }
 
     /// Frames the fan-out has for a WebSocket subscriber (taken from `frames`): written
@@ -599,21 +748,24 @@ impl Shard {
             frames.clear();
             return Ok(false);
         };
-        let Some(ws) = conn.ws.as_deref_mut() else {
+        let Machine::Ws(ws) = &mut conn.machine else {
             frames.clear();
             return Ok(false);
         };
-        // A cut may come while the subscription's write is in flight (then with no frames).
-        debug_assert!(
-            (cut && frames.is_empty())
-                || !(ws.fanout_pending.contains(&sub) || ws.write_subs.contains(&sub)),
-            "one fan-out write at a time per subscription"
-        );
         if ws.fanout_cut {
             // Another subscription's close frame is on its way: nothing may follow it.
             frames.clear();
             return Ok(false);
         }
+        let room = ws.rooms.iter_mut().find(|room| room.sub == sub);
+        // A cut may come while the subscription's write is in flight (then with no frames).
+        debug_assert!(
+            (cut && frames.is_empty())
+                || room
+                    .as_ref()
+                    .is_some_and(|room| room.write == RoomWrite::Idle),
+            "one fan-out write at a time per subscription"
+        );
         if cut {
             if frames.is_empty() {
                 // Its write is stuck: nothing more can be said.
@@ -621,15 +773,19 @@ impl Shard {
             }
             ws.fanout_cut = true;
             ws.end_soon(self.now);
-        } else {
-            ws.fanout_pending.push(sub);
+        } else if let Some(room) = room {
+            room.write = RoomWrite::Waiting;
         }
-        ws.fanout_frames.append(frames);
         if conn.pipe.writing() {
+            if ws.fanout_frames.capacity() == 0 {
+                ws.fanout_frames = self.frame_vecs.pop().unwrap_or_default();
+            }
+            ws.fanout_frames.append(frames);
             self.sync_timer(slot);
             return Ok(false);
         }
-        self.ws_flush(slot)?;
+        // No write in flight: the frames go straight into one.
+        self.ws_flush_with(slot, None, frames)?;
         Ok(true)
     }
 
@@ -639,7 +795,7 @@ impl Shard {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
-        let Some(ws) = conn.ws.as_deref() else {
+        let Machine::Ws(ws) = &conn.machine else {
             return Ok(());
         };
         if conn.closing
@@ -673,7 +829,7 @@ impl Shard {
         match received {
             Received::Data { closed, .. } => {
                 if let Some(conn) = self.conn(slot) {
-                    if let Some(ws) = conn.ws.as_deref_mut() {
+                    if let Machine::Ws(ws) = &mut conn.machine {
                         // A receive that filled its room: the client sends a lot, ask more.
                         ws.recv_room = if conn.recv.len() >= ws.recv_room as usize {
                             RECV_CHUNK as u32
@@ -687,7 +843,7 @@ impl Shard {
                 if closed {
                     // TLS close_notify: the client sends nothing more. What it sent is
                     // answered (its close echoed), then the connection closes.
-                    if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+                    if let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) {
                         ws.closed = true;
                         ws.end_soon(now);
                     }
@@ -695,7 +851,7 @@ impl Shard {
                 self.ws_pump(now, slot)
             }
             Received::Pooled(lease) => {
-                if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+                if let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) {
                     // A receive that filled the pool's buffer: the client sends a lot, ask
                     // more, into the connection's own buffer.
                     ws.recv_room = if lease.len() >= POOL_BUFFER_BYTES {
@@ -726,7 +882,7 @@ impl Shard {
     /// to the pool before any event is answered.
     fn ws_take_lease(&mut self, now: Instant, slot: u32, lease: Lease) {
         if let Some(conn) = slot_mut(&mut self.conns, slot).filter(|c| !c.closing) {
-            if let Some(ws) = conn.ws.as_deref_mut() {
+            if let Machine::Ws(ws) = &mut conn.machine {
                 let bytes = self.ring.provided(&lease);
                 debug_assert!(
                     conn.recv.is_empty() && ws.fed == 0,
@@ -746,20 +902,18 @@ impl Shard {
     /// A write of a WebSocket connection went whole: the fan-out's frames in it are done,
     /// and the connection moves on.
     pub(super) fn ws_written(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
-        let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) else {
+        let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws_mut()) else {
             return Ok(());
         };
         if std::mem::take(&mut ws.write_ends) {
             // The fan-out's close frame is out: nothing more to say.
             return self.begin_close(slot);
         }
-        let mut done = std::mem::take(&mut ws.write_subs);
-        for sub in done.drain(..) {
-            self.fanout.handle_write_done(now, sub);
-        }
-        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
-            // The vector's capacity is kept for the next write.
-            ws.write_subs = done;
+        for room in ws.rooms.iter_mut() {
+            if room.write == RoomWrite::Writing {
+                room.write = RoomWrite::Idle;
+                self.fanout.handle_write_done(now, room.sub);
+            }
         }
         self.ws_pump(now, slot)
     }
@@ -767,7 +921,7 @@ impl Shard {
     /// The connection's timer fired: the machine's keep-alive ping, pong timeout or close
     /// timeout.
     pub(super) fn ws_timeout(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
-        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
+        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws_mut()) {
             if ws.end_by.is_some_and(|end| now >= end) {
                 // Its last frames were not taken in time (a client that does not read).
                 return self.begin_close(slot);
@@ -781,7 +935,7 @@ impl Shard {
     /// (everything accepted before the signal, then its close frame 1001); any other
     /// starts the close handshake with 1001 now.
     pub(super) fn ws_drain(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
-        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws.as_deref_mut()) {
+        if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws_mut()) {
             if !ws.rooms.is_empty() {
                 return Ok(());
             }
@@ -792,6 +946,5 @@ impl Shard {
     }
 }
 
-// An idle viewer's driver fits mimalloc's 512-byte size class (issue 16's idle-memory
-// bar): what only a talking client uses is in `WsTalk`, made on first use.
-const _: () = assert!(std::mem::size_of::<WsDriver>() <= 512);
+#[cfg(test)]
+mod tests;

@@ -10,7 +10,7 @@
 //! flight. Must not touch: frames and the machine (ws.rs), the fan-out's own state.
 
 use super::upstreams::ClusterStart;
-use super::ws::{WsRoute, WsUpgrade};
+use super::ws::{WsRoom, WsRoute, WsUpgrade};
 use super::*;
 use crate::conn::ws::protocol::{encode_ack, encode_error, encode_subscribed, encode_unsubscribed};
 use crate::conn::ws::{parse_command, Command, Ref};
@@ -101,11 +101,13 @@ impl Shard {
             room,
             token,
         } = *upgrade;
-        // The driver holds the subscription from now on.
+        // The driver holds the subscription from now on, with the fan-out's copy of the
+        // room's name (the upgrade's own is freed).
+        let room = self.fanout.room_name(&room).unwrap_or(room);
         let sub = self.conn(slot).and_then(|c| c.sub.take());
         debug_assert!(sub.is_some(), "admitted with a subscription");
-        let rooms = sub.map(|sub| (room.clone(), sub));
-        self.ws_upgrade(now, slot, WsRoute::Room { room, token }, response, rooms)?;
+        let rooms = sub.map(|sub| WsRoom::new(room.clone(), sub));
+        self.ws_upgrade(now, slot, WsRoute::Room { token }, response, rooms)?;
         Ok(true)
     }
 
@@ -147,7 +149,7 @@ impl Shard {
         let Some(response) = self.ws_handshake(slot, raw_head)? else {
             return Ok(());
         };
-        let auth_head = self.auth.is_some().then(|| raw_head.to_vec());
+        let auth_head = self.auth.is_some().then(|| Box::from(raw_head));
         let route = WsRoute::Mux { token, auth_head };
         self.ws_upgrade(now, slot, route, response, None)?;
         for room in rooms {
@@ -163,11 +165,11 @@ impl Shard {
     /// the auth callback's status, 503 admission (or Redis unreachable in cluster mode).
     fn ws_subscribe(&mut self, now: Instant, slot: u32, room: String, since: Option<ResumeId>) {
         let now_seconds = self.now_unix / 1_000_000_000;
-        let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref()) else {
+        let Some(ws) = self.conn(slot).and_then(|c| c.ws()) else {
             return;
         };
         let token = ws.route().token().map(str::to_owned);
-        let held = ws.rooms.iter().any(|(held, _)| **held == *room)
+        let held = ws.rooms.iter().any(|held| *held.room == *room)
             || ws.pending_rooms().iter().any(|held| **held == *room);
         let full = ws.rooms.len() + ws.pending_rooms().len() >= WS_ROOMS_PER_CONN_MAX;
         let denied = self.shared.config.jwt.as_deref().and_then(|jwt| {
@@ -190,7 +192,7 @@ impl Shard {
             self.ws_admit(now, slot, &room, since)
         };
         if let Some((status, reason)) = refusal {
-            if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+            if let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) {
                 ws.answer(&encode_error(None, Some(&room), status, &reason));
             }
         }
@@ -245,7 +247,7 @@ impl Shard {
         if !cluster.wait_primed(room, waiter) {
             return Some((503, "redis unreachable".into()));
         }
-        let ws = self.conn(slot).and_then(|c| c.ws.as_deref_mut())?;
+        let ws = self.conn(slot).and_then(|c| c.ws_mut())?;
         ws.talk().pending_rooms.push(Arc::from(room));
         None
     }
@@ -262,7 +264,7 @@ impl Shard {
     ) -> Option<(u16, String)> {
         match self.cluster_start(self.key(slot), room, since) {
             ClusterStart::Replaying => {
-                let ws = self.conn(slot).and_then(|c| c.ws.as_deref_mut())?;
+                let ws = self.conn(slot).and_then(|c| c.ws_mut())?;
                 ws.talk().pending_rooms.push(Arc::from(room));
                 None
             }
@@ -282,7 +284,7 @@ impl Shard {
         let Some(ws) = self
             .conn_by_key(conn)
             .filter(|c| !c.closing)
-            .and_then(|c| c.ws.as_deref_mut())
+            .and_then(|c| c.ws_mut())
         else {
             return;
         };
@@ -292,7 +294,7 @@ impl Shard {
         ws.talk().pending_rooms.swap_remove(at);
         if let Some((status, reason)) = self.ws_join(self.now, conn.slot, room, Ok((start, replay)))
         {
-            if let Some(ws) = self.conn(conn.slot).and_then(|c| c.ws.as_deref_mut()) {
+            if let Some(ws) = self.conn(conn.slot).and_then(|c| c.ws_mut()) {
                 ws.answer(&encode_error(None, Some(room), status, &reason));
             }
         }
@@ -310,7 +312,7 @@ impl Shard {
         let Some(ws) = self
             .conn_by_key(waiter.conn)
             .filter(|c| !c.closing)
-            .and_then(|c| c.ws.as_deref_mut())
+            .and_then(|c| c.ws_mut())
         else {
             return;
         };
@@ -323,7 +325,7 @@ impl Shard {
             false => Some((503, "redis unreachable".into())),
         };
         if let Some((status, reason)) = refusal {
-            if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+            if let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) {
                 ws.answer(&encode_error(None, Some(room), status, &reason));
             }
         }
@@ -345,11 +347,11 @@ impl Shard {
             .get_mut(slot as usize)
             .and_then(|c| c.as_deref_mut())?;
         let client = conn.pipe.raw_fd().and_then(crate::uring::sys::peer_addr);
-        let ws = conn.ws.as_deref_mut()?;
+        let ws = conn.ws_mut()?;
         let WsRoute::Mux { auth_head, .. } = ws.route() else {
             return None;
         };
-        let head = auth_head.clone().unwrap_or_default();
+        let head = auth_head.as_deref().map(<[u8]>::to_vec).unwrap_or_default();
         ws.talk().pending_rooms.push(Arc::from(room.as_str()));
         let ticket = crate::upstream::auth::Ticket {
             conn: key,
@@ -378,7 +380,7 @@ impl Shard {
         let Some(ws) = self
             .conn_by_key(ticket.conn)
             .filter(|c| !c.closing)
-            .and_then(|c| c.ws.as_deref_mut())
+            .and_then(|c| c.ws_mut())
         else {
             return;
         };
@@ -398,7 +400,7 @@ impl Shard {
             }
         };
         if let Some((status, reason)) = refusal {
-            if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+            if let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) {
                 ws.answer(&encode_error(None, Some(&ticket.room), status, &reason));
             }
         }
@@ -439,8 +441,13 @@ impl Shard {
         };
         match admitted {
             Ok(()) => {
-                if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
-                    ws.rooms.push((Arc::from(room), sub));
+                // The fan-out's copy of the room's name, shared.
+                let name = self
+                    .fanout
+                    .room_name(room)
+                    .unwrap_or_else(|| Arc::from(room));
+                if let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) {
+                    ws.rooms.push(WsRoom::new(name, sub));
                 }
                 None
             }
@@ -459,14 +466,14 @@ impl Shard {
     /// `{"type":"unsubscribe","room":R}`: the subscription leaves the fan-out (frames of it
     /// already queued still go), then `unsubscribed`.
     fn ws_unsubscribe(&mut self, slot: u32, room: &str) {
-        let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) else {
+        let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) else {
             return;
         };
         let Some(sub) = ws
             .rooms
             .iter()
-            .find(|(held, _)| **held == *room)
-            .map(|(_, sub)| *sub)
+            .find(|held| *held.room == *room)
+            .map(|held| held.sub)
         else {
             ws.answer(&encode_error(None, Some(room), 404, "not subscribed"));
             return;
@@ -474,14 +481,14 @@ impl Shard {
         self.fanout.handle_disconnect(sub);
         self.ws_forget(slot, sub);
         self.subs.remove(sub);
-        if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+        if let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) {
             ws.answer(&encode_unsubscribed(room));
         }
     }
 
     /// A text message on a room connection: a command, answered by an object.
     pub(super) fn ws_command(&mut self, now: Instant, slot: u32, text: &str) {
-        let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) else {
+        let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) else {
             return;
         };
         match parse_command(text) {
@@ -523,7 +530,7 @@ impl Shard {
         let refused = |status: u16, reason: &str| (status, reason.to_owned());
         let token = self
             .conn(slot)
-            .and_then(|c| c.ws.as_deref())
+            .and_then(|c| c.ws())
             .and_then(|ws| ws.route().token().map(str::to_owned));
         let mut refusal = None;
         if let Some(jwt) = self.shared.config.jwt.as_deref() {
@@ -548,7 +555,7 @@ impl Shard {
             self.count_rejection(Rejection::PendingWriteBytes);
             refusal = Some(refused(503, Rejection::PendingWriteBytes.text()));
         }
-        let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) else {
+        let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) else {
             return;
         };
         let publishes = &mut ws.talk().publishes;
@@ -606,7 +613,7 @@ impl Shard {
         index: u32,
         result: Result<EventId, PublishRefusal>,
     ) {
-        let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) else {
+        let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) else {
             return;
         };
         let Some(wait) = ws

@@ -1,6 +1,6 @@
 //! Safe wrappers of the few system calls the gateway makes outside the ring: descriptors
-//! (eventfd, shutdown, `TCP_NODELAY`, the peer's address), resource limits, and the
-//! allocator's collect. Every one is a plain call whose arguments are values or memory it
+//! (eventfd, shutdown, `TCP_NODELAY`, the peer's address), resource limits, the
+//! allocator's collect, and the process's transparent-huge-page switch. Every one is a plain call whose arguments are values or memory it
 //! owns for the duration of the call; the reasoning is written once, here, so the rest of
 //! `gateway/src` holds no `unsafe` (the ring's own is in `ring/`).
 //!
@@ -102,4 +102,38 @@ pub fn mimalloc_collect() {
     // SAFETY: `mi_collect` takes no pointers and acts on the calling thread's own heap;
     // mimalloc is the global allocator of every binary that links this crate (main.rs).
     unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
+/// The environment variable that, when set, leaves transparent huge pages to mimalloc (it
+/// reads it itself: `MIMALLOC_ALLOW_THP=1` asks it to back its arenas with huge pages).
+pub const ALLOW_THP_ENV: &str = "MIMALLOC_ALLOW_THP";
+
+/// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`), unless
+/// [`ALLOW_THP_ENV`] is set. Returns whether they are now off.
+///
+/// Why: mimalloc (v3) reserves its arenas eagerly committed and, on a kernel whose THP mode
+/// is `madvise` or `always`, asks for huge pages there. A 2-MiB page stays resident while
+/// any of its bytes is in use and is never purged in smaller parts, so the memory a burst
+/// of connections used and freed (request buffers, grown tables) stays in RSS: an idle
+/// connection then costs ~600 B more RSS than its live allocations (measured:
+/// bench-results/ws-idle-thp-2026-12-06/). Called first thing in `main`, before the
+/// shards allocate; the kernel applies it to every later fault of the process.
+pub fn disable_transparent_huge_pages() -> io::Result<bool> {
+    if std::env::var_os(ALLOW_THP_ENV).is_some() {
+        return Ok(false);
+    }
+    // SAFETY: `prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)` takes plain integers and only sets a
+    // flag on this process's memory descriptor; no memory of ours is read or written.
+    let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(true)
+}
+
+/// Whether transparent huge pages are off for this process (`PR_GET_THP_DISABLE`).
+pub fn transparent_huge_pages_disabled() -> bool {
+    // SAFETY: `prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0)` takes plain integers and returns the
+    // flag; no memory of ours is read or written.
+    unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) == 1 }
 }

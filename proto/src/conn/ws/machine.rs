@@ -22,6 +22,7 @@ use super::frame::{
 use super::utf8::Utf8Progress;
 use bytes::Bytes;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Largest message a room connection takes, in bytes (commands and publishes are small).
@@ -140,7 +141,9 @@ enum Message {
 /// One WebSocket connection, server side, after the `101` was written.
 #[derive(Debug)]
 pub struct WsConn {
-    config: WsConfig,
+    /// Shared by the connections of one kind (a driver makes one per route and hands each
+    /// connection a reference): 8 bytes a connection instead of the whole config.
+    config: Arc<WsConfig>,
     state: State,
     frame: Frame,
     head: [u8; FRAME_HEADER_BYTES_MAX],
@@ -161,8 +164,10 @@ pub struct WsConn {
 }
 
 impl WsConn {
-    /// A connection whose handshake completed at `now`.
-    pub fn new(now: Instant, config: WsConfig) -> Self {
+    /// A connection whose handshake completed at `now`; `config` is a [`WsConfig`] or a
+    /// shared `Arc<WsConfig>`.
+    pub fn new(now: Instant, config: impl Into<Arc<WsConfig>>) -> Self {
+        let config = config.into();
         assert!(
             config.message_bytes_max > 0,
             "a message limit of 0 takes nothing"
@@ -359,7 +364,8 @@ impl WsConn {
                     self.queue(encode_frame(Opcode::Pong, &payload));
                 }
             }
-            Opcode::Pong => self.control_buf.clear(),
+            // Freed, not cleared: an idle connection's keep-alive leaves no buffer behind.
+            Opcode::Pong => self.control_buf = Vec::new(),
             Opcode::Close => {
                 let payload = std::mem::take(&mut self.control_buf);
                 self.on_close(&payload);
@@ -470,7 +476,12 @@ impl WsConn {
 
     /// The next event, if any. Poll until `None` after each `handle_*` call.
     pub fn poll_event(&mut self) -> Option<WsEvent> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if self.events.is_empty() {
+            // An empty queue holds no memory (an idle connection holds none).
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// The next frame to write, if any (a close frame is the last one ever).
@@ -478,6 +489,10 @@ impl WsConn {
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         let frame = self.transmit.pop_front()?;
         self.transmit_bytes -= frame.len();
+        if self.transmit.is_empty() {
+            // An empty queue holds no memory (an idle connection's keep-alive leaves none).
+            self.transmit = VecDeque::new();
+        }
         Some(frame)
     }
 
@@ -568,5 +583,43 @@ impl WsConn {
         if !self.closing() {
             self.fail(now, code, reason, false);
         }
+    }
+}
+
+#[cfg(test)]
+mod memory_tests {
+    //! What an idle connection keeps of its queues and buffers (private fields: checked here,
+    //! beside them).
+
+    use super::*;
+
+    /// A client frame (masked with a zero key) of `opcode` carrying `payload`.
+    fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        assert!(payload.len() < 126);
+        let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    #[test]
+    fn an_idle_connection_keeps_no_queue_or_buffer_after_a_keep_alive_and_a_message() {
+        let now = Instant::now();
+        let mut conn = WsConn::new(now, WsConfig::default());
+        let later = now + PING_INTERVAL_DEFAULT;
+        conn.handle_timeout(later);
+        let ping = conn.poll_transmit().expect("the keep-alive ping");
+        assert_eq!(ping[0], 0x89);
+        assert_eq!(conn.poll_transmit(), None);
+        let pong = client_frame(0xA, b"ringcast");
+        assert_eq!(conn.handle_bytes(later, &pong), pong.len());
+        let text = client_frame(0x1, b"hi");
+        assert_eq!(conn.handle_bytes(later, &text), text.len());
+        assert_eq!(conn.poll_event(), Some(WsEvent::Text("hi".into())));
+        assert_eq!(conn.poll_event(), None);
+        assert!(conn.is_open());
+        assert_eq!(conn.transmit.capacity(), 0, "write queue");
+        assert_eq!(conn.events.capacity(), 0, "event queue");
+        assert_eq!(conn.control_buf.capacity(), 0, "control payload");
+        assert_eq!(conn.message_buf.capacity(), 0, "message");
     }
 }
