@@ -27,17 +27,20 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 /// Provided buffers per ring. More receives with data than this in one kernel entry
-/// complete with `-ENOBUFS` (the ring posts them again into owned buffers: ring/mod.rs).
-/// A loop turn reaps at most `2 * RING_ENTRIES` completions, but receives of data that came
-/// together are a small part of them: idle viewers' pongs come back spread as their ping
-/// timers are (connections that came in one burst of a second answer ~100 per 10 ms timer
-/// tick at 10k, ~1,000 at 100k), commands come one per client. 1024 covers such a turn;
-/// a larger burst is not lost, only received into owned buffers.
-pub const POOL_BUFFERS: u16 = 1024;
+/// complete with `-ENOBUFS` (the ring posts them again into owned buffers: ring/mod.rs,
+/// counted by `ringcast_uring_pool_exhausted_total`). A loop turn reaps at most
+/// `2 * RING_ENTRIES` completions, but receives of data that came together are a small part
+/// of them: idle viewers' pongs come back spread as their ping timers are (connections that
+/// came in one burst of a second answer ~100 per 10 ms timer tick at 10k per shard), and
+/// commands come one per client; 256 covers such a turn, and a larger burst is not lost,
+/// only received into owned buffers for that turn. Not more, because the kernel takes the
+/// buffers in ring order, so pongs alone make the whole pool resident within seconds: 256 ×
+/// 512 B is 128 KiB per shard, 13 B per idle connection at 10k (1024 would be 52 B, a
+/// twentieth of issue 16's 1 KiB bar).
+pub const POOL_BUFFERS: u16 = 256;
 /// Bytes of each provided buffer: a pong, a subscribe or a short publish fits; a receive
 /// that fills it means the client sends a lot, and its next receives are the connection's
-/// own, larger ones. The pool is 512 KiB per shard once every buffer was used (as large as
-/// the one receive buffer of a uWebSockets loop, `LIBUS_RECV_BUFFER_LENGTH`).
+/// own, larger ones.
 pub const POOL_BUFFER_BYTES: usize = 512;
 /// The buffer group of the pool (one per ring).
 pub const POOL_GROUP: u16 = 0;
