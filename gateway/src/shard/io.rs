@@ -96,7 +96,7 @@ impl Shard {
             Received::Pooled(lease) => {
                 // Straight from the pool's buffer (a WebSocket's receive; not posted for
                 // requests today).
-                conn.http.handle_received(now, self.ring.provided(&lease));
+                http.handle_received(now, self.ring.provided(&lease));
                 self.ring.give_back(lease);
             }
             Received::Data {

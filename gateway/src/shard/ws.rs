@@ -851,7 +851,7 @@ impl Shard {
                 self.ws_pump(now, slot)
             }
             Received::Pooled(lease) => {
-                if let Some(ws) = self.conn(slot).and_then(|c| c.ws.as_deref_mut()) {
+                if let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) {
                     // A receive that filled the pool's buffer: the client sends a lot, ask
                     // more, into the connection's own buffer.
                     ws.recv_room = if lease.len() >= POOL_BUFFER_BYTES {
@@ -882,7 +882,7 @@ impl Shard {
     /// to the pool before any event is answered.
     fn ws_take_lease(&mut self, now: Instant, slot: u32, lease: Lease) {
         if let Some(conn) = slot_mut(&mut self.conns, slot).filter(|c| !c.closing) {
-            if let Some(ws) = conn.ws.as_deref_mut() {
+            if let Machine::Ws(ws) = &mut conn.machine {
                 let bytes = self.ring.provided(&lease);
                 debug_assert!(
                     conn.recv.is_empty() && ws.fed == 0,

@@ -105,7 +105,7 @@ fn idle_state(shard: &mut Shard) -> (usize, bool) {
         .conns
         .iter()
         .flatten()
-        .find(|conn| conn.ws.is_some())
+        .find(|conn| conn.is_websocket())
         .expect("the WebSocket connection");
     (conn.recv.capacity(), conn.pipe.receiving())
 }
