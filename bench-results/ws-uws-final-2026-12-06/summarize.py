@@ -86,15 +86,15 @@ def main():
             print("\n" + "\n".join(lines))
         idle = [r for r in rows if r["scenario"] == "S3"]
         if idle:
-            print("\n**S3/S4: 10,000 idle connections** (RSS of the server's processes: peak while held minus before the connects)\n")
-            print("| server | round | connected | S4 connect time s | RSS before kB | RSS held kB | **B per connection** | load |")
-            print("|---|---|---:|---:|---:|---:|---:|---|")
+            print("\n**S3/S4: 10,000 idle connections** (RSS of the server's processes after a 4-s settle, then peak while held and plateau = median of the last 3 s held)\n")
+            print("| server | round | connected | S4 connect time s | RSS before kB | RSS held peak kB | **B per connection, peak** | **B per connection, plateau** | load |")
+            print("|---|---|---:|---:|---:|---:|---:|---:|---|")
             for s in servers:
                 xs = [r for r in idle if r["server"] == s]
                 for r in xs:
-                    print(f"| {s} | {r['round']} | {r['connected']} | {r['connect_time_s']:.2f} | {r['rss_before_kb']} | {r['rss_held_peak_kb']} | {r['rss_per_connection_bytes']} | {r['loadavg_before_slot'][0]} |")
+                    print(f"| {s} | {r['round']} | {r['connected']} | {r['connect_time_s']:.2f} | {r['rss_before_kb']} | {r['rss_held_peak_kb']} | {r['rss_per_connection_bytes']} | {r.get('rss_plateau_per_connection_bytes')} | {r['loadavg_before_slot'][0]} |")
                 if xs:
-                    print(f"| {s} | **median** | | **{med([r['connect_time_s'] for r in xs]):.2f}** | | | **{med([r['rss_per_connection_bytes'] for r in xs])}** | |")
+                    print(f"| {s} | **median** | | **{med([r['connect_time_s'] for r in xs]):.2f}** | | | **{med([r['rss_per_connection_bytes'] for r in xs])}** | **{med([r.get('rss_plateau_per_connection_bytes') or 0 for r in xs])}** | |")
 
 
 if __name__ == "__main__":
