@@ -15,6 +15,7 @@ Slots (`--servers`):
   nchan   ../../../shared/peers/nchan.sh start (SSE)
   base-sse  (with --sse-baseline BIN) an older ringcast build over SSE, the same-run baseline
   base-ws   (with --ws-baseline BIN) an older ringcast build over WebSocket, likewise
+  rc-ws-ping  the same build with --ws-ping-interval 1 (idle viewers pinged every second)
   rc-ws-thp / rc-sse-thp  the same build with MIMALLOC_ALLOW_THP=1 (transparent huge pages
             left to mimalloc, as before 104a84f)
 S3 here: the baseline RSS after the fresh server settled 4 s, held 8 s; peak and plateau
@@ -63,8 +64,8 @@ IDLE_SETTLE_S = 4.0
 
 
 class RingcastSrv(fb.Ringcast):
-    def __init__(self, name, binary, transport, env=None):
-        super().__init__([])
+    def __init__(self, name, binary, transport, env=None, extra=None):
+        super().__init__(extra or [])
         self.name, self.binary, self.transport, self.env = name, binary, transport, env or {}
 
     def start(self):
@@ -218,6 +219,9 @@ def main():
                 # The same binary with transparent huge pages left to mimalloc (as before
                 # 104a84f): the hot-path check of turning them off.
                 "rc-ws-thp": lambda: RingcastSrv("rc-ws-thp", a.ringcast, "ws", {"MIMALLOC_ALLOW_THP": "1"}),
+                # Keep-alive pings every second (the default is 30 s, past S3's hold): the
+                # pongs' receives use the ring's pool of provided buffers.
+                "rc-ws-ping": lambda: RingcastSrv("rc-ws-ping", a.ringcast, "ws", extra=["--ws-ping-interval", "1"]),
                 "rc-sse-thp": lambda: RingcastSrv("rc-sse-thp", a.ringcast, "sse", {"MIMALLOC_ALLOW_THP": "1"}),
                 "base-sse": lambda: RingcastSrv("base-sse", a.sse_baseline, "sse"),
                 "base-ws": lambda: RingcastSrv("base-ws", a.ws_baseline, "ws")}[name]()
