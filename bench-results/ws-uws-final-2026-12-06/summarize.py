@@ -4,7 +4,7 @@
 import json, os, statistics as st, sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORDER = ("rc-ws", "uws", "rc-sse", "base-sse", "nchan")
+ORDER = ("rc-ws", "base-ws", "rc-ws-ping", "rc-ws-thp", "uws", "rc-sse", "base-sse", "rc-sse-thp", "nchan")
 
 
 def med(xs):
@@ -69,7 +69,8 @@ def main():
                               f"{med([r['window_server_cpu_pct'] for r in xs])} | {med([r['schedule_p99_ms'] for r in xs])} | "
                               f"{med([r['ringload_cpu_us_per_delivery'] for r in xs])} | {' '.join(r['loadavg_before_slot'][0] for r in xs)} |")
         # Same-round CPU ratios at the fixed rates
-        pairs = (("uws", "rc-ws"), ("nchan", "rc-sse"), ("rc-sse", "base-sse"))
+        pairs = (("uws", "rc-ws"), ("nchan", "rc-sse"), ("rc-sse", "base-sse"), ("rc-ws", "base-ws"),
+                 ("rc-ws", "rc-ws-thp"), ("rc-sse", "rc-sse-thp"))
         lines = []
         for scen in ("S1", "S2"):
             for rate in sorted({r["rate"] for r in rows if r["scenario"] == scen and r["kind"] == "fixed"}):
