@@ -44,3 +44,31 @@ pub struct Shared {
     /// offers ALPN `h2` (empty without `--tls-listen`).
     pub tls_handoff: Vec<tokio::sync::mpsc::Sender<crate::mesh::mail::TlsHandOff>>,
 }
+
+#[cfg(test)]
+impl Shared {
+    /// What one shard shares in a unit test that builds a `Shard` by hand: `config`'s
+    /// settings, no upstream, no TLS, a clock started now.
+    pub(crate) fn for_one_shard(config: crate::config::Config) -> Arc<Self> {
+        let crate::config::Config { fixed, live } = config;
+        let clock = ringcast_core::clock::ProcessClock::new(
+            std::time::Instant::now(),
+            std::time::SystemTime::now(),
+        );
+        Arc::new(Self {
+            mesh: Mesh::new(1).expect("a mesh of one shard"),
+            auth: None,
+            cluster: None,
+            figures: vec![ShardFigures::default()],
+            stop: Arc::new(AtomicBool::new(false)),
+            drained: vec![AtomicBool::new(false)],
+            clock: Arc::new(SharedClock::new(&clock)),
+            live: LiveConfig::new(live),
+            per_ip: PerIpConnections::default(),
+            new_connections: PerIpRate::default(),
+            tls_http1: None,
+            tls_handoff: Vec::new(),
+            config: fixed,
+        })
+    }
+}

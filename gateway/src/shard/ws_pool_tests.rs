@@ -3,40 +3,16 @@
 
 use super::ws::WS_RECV_BYTES;
 use super::*;
-use crate::app::admission::PerIpConnections;
 use crate::config::{Config, Flags};
-use crate::mesh::mail::Mesh;
-use crate::metrics::ShardFigures;
-use crate::runtime::clock::SharedClock;
-use crate::runtime::reload::LiveConfig;
 use clap::Parser;
-use ringcast_core::clock::ProcessClock;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::AtomicBool;
-use std::time::SystemTime;
 
 /// A one-shard gateway serving `/ws/echo` on `listener`; `pool_buffers` 0: a ring without
 /// provided buffers (as on a kernel that refuses them).
 fn echo_shard(listener: &TcpListener, pool_buffers: u16) -> Shard {
     let flags = Flags::try_parse_from(["ringcast", "--shards", "1", "--ws-echo"]).unwrap();
-    let Config { fixed, live } = Config::load(flags).unwrap();
-    let clock = ProcessClock::new(Instant::now(), SystemTime::now());
-    let shared = Arc::new(Shared {
-        mesh: Mesh::new(1).unwrap(),
-        auth: None,
-        cluster: None,
-        figures: vec![ShardFigures::default()],
-        stop: Arc::new(AtomicBool::new(false)),
-        drained: vec![AtomicBool::new(false)],
-        clock: Arc::new(SharedClock::new(&clock)),
-        live: LiveConfig::new(live),
-        per_ip: PerIpConnections::default(),
-        new_connections: crate::app::admission::PerIpRate::default(),
-        tls_http1: None,
-        tls_handoff: Vec::new(),
-        config: fixed,
-    });
+    let shared = Shared::for_one_shard(Config::load(flags).unwrap());
     let mut shard = Shard::new(0, shared, listener.as_raw_fd(), None).unwrap();
     shard.ring = Ring::with_pool(crate::uring::RING_ENTRIES, pool_buffers).unwrap();
     shard

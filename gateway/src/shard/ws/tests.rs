@@ -17,25 +17,8 @@ fn shard() -> (Shard, TcpListener) {
         listen: Some(listener.local_addr().unwrap()),
         ..Default::default()
     };
-    let crate::config::Config { fixed, live } =
-        crate::config::Config::merge(flags, Default::default()).unwrap();
-    let clock =
-        ringcast_core::clock::ProcessClock::new(Instant::now(), std::time::SystemTime::now());
-    let shared = Arc::new(Shared {
-        mesh: crate::mesh::mail::Mesh::new(1).unwrap(),
-        auth: None,
-        cluster: None,
-        figures: vec![crate::metrics::ShardFigures::default()],
-        stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        drained: vec![std::sync::atomic::AtomicBool::new(false)],
-        clock: Arc::new(crate::runtime::clock::SharedClock::new(&clock)),
-        live: crate::runtime::reload::LiveConfig::new(live),
-        per_ip: Default::default(),
-        new_connections: Default::default(),
-        tls_http1: None,
-        tls_handoff: Vec::new(),
-        config: fixed,
-    });
+    let config = crate::config::Config::merge(flags, Default::default()).unwrap();
+    let shared = Shared::for_one_shard(config);
     let shard = Shard::new(0, shared, listener.as_raw_fd(), None).unwrap();
     (shard, listener)
 }
