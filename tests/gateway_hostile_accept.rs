@@ -128,7 +128,9 @@ fn knock_during_drain(addr: SocketAddr) -> DrainAnswer {
 /// exited. It must get a 503 with `Retry-After` and `Connection: close`, or be refused.
 #[test]
 fn a_client_connecting_during_the_drain_is_answered_or_refused_never_reset() {
-    let mut server = Server::start(&["--shards", "2", "--drain-timeout", "2"]);
+    // Knocks go on for 1.5 s; the deadline (3 s) closes whatever is left, a knock caught
+    // by it included, so it stays well past the last knock on a loaded machine.
+    let mut server = Server::start(&["--shards", "2", "--drain-timeout", "3"]);
     let _subscriber = server.subscribe("drain", None);
     // A request head in progress keeps the drain going until the drain timeout.
     let mut slow = server.client();

@@ -518,13 +518,15 @@ impl Connection {
     }
 
     /// The shard is draining (or this connection was accepted during a drain): no request
-    /// after the current one. A connection idle between requests, or refusing, closes now;
-    /// one that has not sent its first request is waited for at most `wait` (to answer it
-    /// 503 `draining`, never a bare reset).
+    /// after the current one. A connection idle between requests, or lingering after its
+    /// refusal was written, closes now; one still writing its refusal (a 503 `draining`
+    /// among them) finishes it first and lingers as any refusal does; one that has not
+    /// sent its first request is waited for at most `wait` (to answer it 503 `draining`,
+    /// never a bare reset).
     pub fn handle_drain(&mut self, now: Instant, wait: Duration) {
         self.keep_alive = false;
         match self.state {
-            State::Idle | State::Refusing | State::Lingering => self.close_with(Close::Drain),
+            State::Idle | State::Lingering => self.close_with(Close::Drain),
             State::Head if self.buf.is_empty() && !self.writing() => {
                 self.draining = true;
                 let hurried = now + wait;

@@ -170,6 +170,23 @@ fn a_drain_closes_a_lingering_connection() {
 }
 
 #[test]
+fn a_drain_lets_a_refusal_being_written_go_out_then_linger() {
+    // The stop signal can land while a connection accepted during the drain has its
+    // 503 `draining` in flight: closing it then sent the client a bare FIN.
+    let mut pair = Pair::new().manual_writes();
+    pair.send(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(pair.conn.state(), State::Refusing);
+    pair.conn.handle_drain(pair.now, secs(1));
+    pair.drive();
+    assert_eq!(pair.closed, None, "not while the refusal is being written");
+    pair.write_done();
+    assert_eq!((pair.conn.state(), pair.closed), (State::Lingering, None));
+    assert_eq!(pair.statuses(), [404]);
+    pair.eof();
+    assert_eq!(pair.closed, Some(Close::Lingered));
+}
+
+#[test]
 fn a_drain_leaves_a_stream_to_the_fan_out() {
     let mut pair = Pair::new();
     pair.send(SUBSCRIBE);
