@@ -165,8 +165,8 @@ impl Shard {
     /// route's checks (private rooms with the upgrade's token, admission), then a fan-out
     /// subscription of its own, whose first frame is the `subscribed` object. Refusals
     /// are error objects: 409 already subscribed, 429 too many rooms, 429 with
-    /// `retry_after_ms` past the connection's subscribe pace (ws/subscribe_rate.rs; checked
-    /// before any costly step: each subscribe that gets past it takes from the pace,
+    /// `retry_after_ms` past the connection's subscribe pace (ws/subscribe_rate.rs: a
+    /// subscribe not refused 409 or for its room count takes one before any costly step,
     /// whether it is then admitted or refused), 401/403 token, the auth callback's status,
     /// 503 admission (or Redis unreachable in cluster mode).
     fn ws_subscribe(&mut self, now: Instant, slot: u32, room: String, since: Option<ResumeId>) {
