@@ -18,6 +18,7 @@ pub mod frame;
 pub mod history;
 pub mod idempotency;
 pub mod metrics;
+pub mod pace;
 pub mod room;
 pub mod room_lru;
 pub mod sequencer;

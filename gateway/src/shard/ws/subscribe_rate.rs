@@ -6,26 +6,27 @@
 //! subscribe and unsubscribe in a tight loop on one connection, which SSE can only do by
 //! opening connections (bounded by `--max-new-connections-per-ip-per-sec`).
 //!
-//! The state is one `u32` in the driver's padding (an idle viewer's `Conn` does not grow,
-//! and nothing is allocated): the bucket's theoretical arrival time in ticks of
-//! [`SUBSCRIBE_TICK_MS`] on the process clock, wrapping after 13.6 years. Sans-IO: time
-//! comes in as the time elapsed since the process clock's anchor.
+//! The arithmetic is the gateway's pace (`ringcast_core::pace`, a GCRA shared with the
+//! HTTP/2 and HTTP/3 stream pace); its state is one `u32` in the driver's padding (an idle
+//! viewer's `Conn` does not grow, and nothing is allocated).
 //!
-//! Owns: the arithmetic of the pace. Must not touch: what a refused subscribe gets
+//! Owns: the WebSocket's pace. Must not touch: what a refused subscribe gets
 //! (ws_rooms.rs), the driver's other state (ws.rs).
 
 use crate::shard::ws_rooms::WS_ROOMS_PER_CONN_MAX;
+use ringcast_core::pace::{Bucket, Pace};
 use std::time::Duration;
 
 /// Subscribes one WebSocket connection may make per second, sustained (one earned every
-/// [`SUBSCRIBE_TICK_MS`]): well above a person switching rooms, well below a loop.
+/// tick of the pace, 100 ms): well above a person switching rooms, well below a loop.
 pub(in crate::shard) const WS_SUBSCRIBES_PER_SEC: u32 = 10;
 /// Subscribes one WebSocket connection may make at once, after a quiet while: twice its
 /// rooms, so a client joining all of them (`?rooms=` counts too) and then replacing every
 /// one is never refused.
 pub(in crate::shard) const WS_SUBSCRIBE_BURST: u32 = 2 * WS_ROOMS_PER_CONN_MAX as u32;
-/// The pace's tick: one subscribe is earned per tick.
-pub(in crate::shard) const SUBSCRIBE_TICK_MS: u32 = 1000 / WS_SUBSCRIBES_PER_SEC;
+
+/// The pace as the GCRA takes it.
+const WS_SUBSCRIBE_PACE: Pace = Pace::per_sec(WS_SUBSCRIBE_BURST, WS_SUBSCRIBES_PER_SEC);
 
 const _: () = assert!(1000 % WS_SUBSCRIBES_PER_SEC == 0, "a whole tick");
 // A connection's `?rooms=` (at most WS_ROOMS_PER_CONN_MAX, joined right after the upgrade
@@ -36,15 +37,12 @@ const _: () = assert!(WS_SUBSCRIBE_BURST as usize >= WS_ROOMS_PER_CONN_MAX);
 // without it); an `Instant` (16 B) would not.
 const _: () = assert!(std::mem::size_of::<SubscribeRate>() == 4);
 
-/// One connection's subscribe pace: the tick (wrapping) at which its bucket is full
-/// again, `WS_SUBSCRIBE_BURST` ticks ahead of now at most. A value behind now is a full
-/// bucket: the default, 0, is one at every tick but the last `WS_SUBSCRIBE_BURST` before
-/// the count wraps (13.6 years after the process started), where it reads as a debt of
-/// at most the burst (the same for a value left untouched for 13.6 years): it errs
-/// towards refusing, for a few seconds, and only then.
+/// One connection's subscribe pace: its bucket (`ringcast_core::pace::Bucket`, where a
+/// default is a full bucket at every tick but the last `WS_SUBSCRIBE_BURST` before the tick
+/// count wraps, 13.6 years after the process started).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(in crate::shard) struct SubscribeRate {
-    full_at_tick: u32,
+    bucket: Bucket,
 }
 
 impl SubscribeRate {
@@ -52,24 +50,7 @@ impl SubscribeRate {
     /// with the wait until one is earned (at most one tick). A refusal changes nothing.
     #[must_use = "a refused subscribe must be answered with its wait"]
     pub(in crate::shard) fn handle_subscribe(&mut self, elapsed: Duration) -> Result<(), Duration> {
-        let elapsed_ms = elapsed.as_millis();
-        let tick_ms = u128::from(SUBSCRIBE_TICK_MS);
-        // Wraps after 2^32 ticks (13.6 years): `ahead` below is read modulo that.
-        let now = (elapsed_ms / tick_ms) as u32;
-        let ahead = match self.full_at_tick.wrapping_sub(now) {
-            // Behind now: full (a wrapped difference is far past the burst).
-            ahead if ahead > WS_SUBSCRIBE_BURST => 0,
-            ahead => ahead,
-        };
-        if ahead == WS_SUBSCRIBE_BURST {
-            // Empty: the next subscribe is earned at the next tick.
-            let into_tick = (elapsed_ms % tick_ms) as u64;
-            return Err(Duration::from_millis(
-                u64::from(SUBSCRIBE_TICK_MS) - into_tick,
-            ));
-        }
-        self.full_at_tick = now.wrapping_add(ahead + 1);
-        Ok(())
+        self.bucket.handle_take(elapsed, WS_SUBSCRIBE_PACE)
     }
 }
 
@@ -77,7 +58,7 @@ impl SubscribeRate {
 mod tests {
     use super::*;
 
-    const TICK: Duration = Duration::from_millis(SUBSCRIBE_TICK_MS as u64);
+    const TICK: Duration = WS_SUBSCRIBE_PACE.tick();
 
     /// How many of `n` subscribes at `at` are taken.
     fn take(rate: &mut SubscribeRate, at: Duration, n: u32) -> u32 {
