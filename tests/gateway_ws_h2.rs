@@ -663,12 +663,20 @@ fn tickers_connections_and_websockets_come_back_to_baseline_after_many_h2_cycles
     let server = Server::start(&["--shards", "2", "--ws-echo", "--h2c-listen", "127.0.0.1:0"]);
     let h2c_addr = transports::addr_of(&server, "h2c");
     // Not descriptors: the companion's runtimes open theirs as they start, which may be
-    // after this; the two client connections are counted as h2 connections instead.
+    // after this; the client connections are counted as h2 connections instead.
     let tickers = server.metrics().sum("ringcast_tickers_live");
     transports::runtime().block_on(async {
-        let mut clients = [h2c(h2c_addr).await, h2c(h2c_addr).await];
+        // Four connections, 150 WebSockets each: within a connection's stream pace (a
+        // burst of 232 sessions by default, companion/bridge.rs), which refuses a client
+        // opening WebSockets on one connection faster than that.
+        let mut clients = [
+            h2c(h2c_addr).await,
+            h2c(h2c_addr).await,
+            h2c(h2c_addr).await,
+            h2c(h2c_addr).await,
+        ];
         for cycle in 0..CYCLES {
-            let client = &mut clients[cycle % 2];
+            let client = &mut clients[cycle % clients.len()];
             let mut ws = open_ws(client, "/ws/echo").await;
             assert_eq!(ws.status, 200, "cycle {cycle}");
             ws.send(frame(true, TEXT, b"x", true));

@@ -165,10 +165,14 @@ pub enum RefusalReason {
     /// 429: a `subscribe` on a multiplexed WebSocket past its connection's subscribe pace
     /// (`WS_SUBSCRIBE_BURST` at once, `WS_SUBSCRIBES_PER_SEC` sustained).
     WsSubscribeRate,
+    /// 429: a new stream on an HTTP/2 or HTTP/3 connection past its stream pace
+    /// (companion/bridge.rs: streams the client reset or that hold a subscription, a burst
+    /// of twice the connection's streams and `STREAMS_PACED_PER_SEC` sustained).
+    StreamRate,
 }
 
 /// How many refusal reasons there are.
-pub const REFUSAL_REASONS: usize = RefusalReason::WsSubscribeRate as usize + 1;
+pub const REFUSAL_REASONS: usize = RefusalReason::StreamRate as usize + 1;
 
 impl RefusalReason {
     /// Every reason, in label order.
@@ -191,6 +195,7 @@ impl RefusalReason {
         RefusalReason::TlsHandshakeTimeout,
         RefusalReason::TlsError,
         RefusalReason::WsSubscribeRate,
+        RefusalReason::StreamRate,
     ];
 
     /// The `reason` label value.
@@ -214,6 +219,7 @@ impl RefusalReason {
             RefusalReason::TlsHandshakeTimeout => "tls_handshake_timeout",
             RefusalReason::TlsError => "tls_error",
             RefusalReason::WsSubscribeRate => "ws_subscribe_rate",
+            RefusalReason::StreamRate => "stream_rate",
         }
     }
 

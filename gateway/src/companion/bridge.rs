@@ -7,12 +7,13 @@ use crate::mesh::mail::{Mail, TlsHandOff};
 use crate::mesh::virtual_conn::{Doorbell, Transport, VirtualSink};
 use crate::runtime::shared::Shared;
 use bytes::{Bytes, BytesMut};
+use ringcast_core::pace::{Bucket, Pace};
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long the flusher waits before retrying mail that found the shard's queue full.
 const OUTBOX_RETRY: Duration = Duration::from_millis(1);
@@ -25,6 +26,15 @@ const RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
 pub const SHORT_STREAMS_SLACK: usize = 16;
 /// The body of the 429 for a subscription past `--max-streams-per-conn`.
 const STREAMS_REFUSAL: &str = "too many streams on this connection\n";
+
+/// Paced streams (see [`StreamPace`]) an HTTP/2 or HTTP/3 connection may open per second,
+/// sustained: well above a page switching rooms, well below a reset loop (each paced
+/// stream costs a subscribe: admission, a history replay, an `--auth-url` call, a Redis
+/// read in cluster mode; or shard work nobody waits for). The WebSocket subscribe pace's
+/// figure (`WS_SUBSCRIBES_PER_SEC`).
+pub const STREAMS_PACED_PER_SEC: u32 = 10;
+/// The body of the 429 for a stream past its connection's pace.
+const STREAM_RATE_REFUSAL: &str = "too many new streams on this connection\n";
 
 /// The body of the 408 for a request body not complete within `--body-timeout` (the
 /// shard's words on HTTP/1.1).
@@ -73,6 +83,77 @@ impl StreamCount {
 impl Drop for StreamPlace {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The stream pace of a connection that may hold `streams_max` streams at once (the
+/// protocol's limit, `--max-streams-per-conn` + [`SHORT_STREAMS_SLACK`]): a burst of twice
+/// that, so a client that fills its connection and then replaces every stream once is never
+/// refused, and [`STREAMS_PACED_PER_SEC`] sustained.
+pub fn stream_pace(streams_max: u32) -> Pace {
+    Pace::per_sec(streams_max.saturating_mul(2), STREAMS_PACED_PER_SEC)
+}
+
+// The largest `--max-streams-per-conn` gives a burst the pace can hold.
+const _: () =
+    assert!(2 * (crate::config::MAX_STREAMS_PER_CONN_LIMIT + SHORT_STREAMS_SLACK) < 1 << 31);
+
+/// One HTTP/2 or HTTP/3 connection's stream pace, against "rapid reset" (CVE-2023-44487):
+/// the protocol bounds the streams open at once, but a stream the client resets frees its
+/// place at once while the work it started (a virtual connection on the shard) goes on, so
+/// a reset loop on one connection would make work without bound. Every new stream takes
+/// one action of the pace ([`stream_pace`]); past it the stream is refused with 429 before
+/// any work. A request whose answer ended (the work it started is done) gives its action
+/// back ([`PaceToken::give_back`]): such requests hold their stream until then, so the
+/// protocol's concurrency bounds them (a load generator's request loop is never refused).
+/// What counts is streams that hold a subscription or WebSocket (a session, which HTTP/1.1
+/// pays a new connection for, bounded by `--max-new-connections-per-ip-per-sec`) and
+/// streams abandoned (reset, stopped) before their answer ended.
+#[derive(Clone)]
+pub struct StreamPace {
+    pace: Pace,
+    /// Shared by the connection's stream tasks; only this thread touches it, the lock is
+    /// never contended.
+    bucket: Arc<Mutex<Bucket>>,
+    anchor: Instant,
+}
+
+impl StreamPace {
+    /// A new connection's pace, full: `anchor` is the process clock's.
+    pub fn new(pace: Pace, anchor: Instant) -> Self {
+        Self {
+            pace,
+            bucket: Arc::default(),
+            anchor,
+        }
+    }
+
+    /// Takes one action for a new stream at `now`, or refuses it with the wait until one
+    /// is earned (at most a tick of the pace).
+    pub fn try_open(&self, now: Instant) -> Result<PaceToken, Duration> {
+        let elapsed = now.saturating_duration_since(self.anchor);
+        self.bucket
+            .lock()
+            .expect("stream pace")
+            .handle_take(elapsed, self.pace)?;
+        Ok(PaceToken(self.clone()))
+    }
+}
+
+/// One stream's action of its connection's pace: kept when dropped (a session, or a stream
+/// abandoned), given back by [`Self::give_back`] once the answer ended.
+#[must_use = "dropped, the stream's action is kept"]
+pub struct PaceToken(StreamPace);
+
+impl PaceToken {
+    /// The stream's answer ended: its action is given back.
+    pub fn give_back(self) {
+        let pace = self.0;
+        let elapsed = Instant::now().saturating_duration_since(pace.anchor);
+        pace.bucket
+            .lock()
+            .expect("stream pace")
+            .handle_give_back(elapsed, pace.pace);
     }
 }
 
@@ -193,6 +274,28 @@ impl Companion {
             plain_parts(429, STREAMS_REFUSAL),
             Bytes::from_static(STREAMS_REFUSAL.as_bytes()),
         )
+    }
+
+    /// A new HTTP/2 or HTTP/3 connection's stream pace.
+    pub fn stream_pace(&self) -> StreamPace {
+        StreamPace::new(
+            stream_pace(self.streams_max().1),
+            self.shared.clock.anchor(),
+        )
+    }
+
+    /// The 429 answer (head and body, `Retry-After` in whole seconds) to a stream past its
+    /// connection's pace, refused after `wait`; counted.
+    pub fn refuse_stream_rate(&self, wait: Duration) -> (http::response::Parts, Bytes) {
+        self.shared.figures[self.index]
+            .add_refusal(crate::app::admission::RefusalReason::StreamRate);
+        let mut parts = plain_parts(429, STREAM_RATE_REFUSAL);
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        parts.headers.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(seconds.max(1)),
+        );
+        (parts, Bytes::from_static(STREAM_RATE_REFUSAL.as_bytes()))
     }
 
     /// `--header-timeout` and `--body-timeout` as in force now (they reload).
@@ -682,6 +785,42 @@ mod tests {
         let joined: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
         let expected: Vec<u8> = [&half[..], &half[..], &big[..], b"z"].concat();
         assert_eq!(joined, expected);
+    }
+
+    /// A connection's pace: a full burst of twice its streams at once, then one a tick;
+    /// a stream given back (answered) is one more, a kept one (a session, or abandoned)
+    /// is not.
+    #[test]
+    fn a_connection_s_stream_pace_counts_kept_streams_only() {
+        let streams_max = 20;
+        let pace = stream_pace(streams_max);
+        assert_eq!(pace.burst(), 40);
+        assert_eq!(pace.tick(), Duration::from_millis(100));
+        let anchor = Instant::now();
+        let now = anchor + Duration::from_secs(3);
+        let connection = StreamPace::new(pace, anchor);
+        // Requests answered one after another never run out.
+        for _ in 0..1000 {
+            connection
+                .try_open(now)
+                .expect("an answered request")
+                .give_back();
+        }
+        // Sessions and abandoned streams do: the burst, then refused with the wait to
+        // the next tick.
+        for _ in 0..40 {
+            drop(connection.try_open(now).expect("within the burst"));
+        }
+        let Err(wait) = connection.try_open(now) else {
+            panic!("past the burst");
+        };
+        assert_eq!(wait, pace.tick());
+        // Another connection has its own.
+        assert!(StreamPace::new(pace, anchor).try_open(now).is_ok());
+        // A tick later, one more.
+        let later = now + pace.tick();
+        drop(connection.try_open(later).expect("earned"));
+        assert!(connection.try_open(later).is_err());
     }
 
     #[test]

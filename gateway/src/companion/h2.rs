@@ -11,7 +11,9 @@
 //! cuts it as a slow consumer. Memory held for it: one batch.
 
 use crate::app::admission::RefusalReason;
-use crate::companion::bridge::{Companion, ConnectionPlace, StreamCount, VirtualBody};
+use crate::companion::bridge::{
+    Companion, ConnectionPlace, PaceToken, StreamCount, StreamPace, VirtualBody,
+};
 use crate::mesh::mail::TlsHandOff;
 use crate::mesh::virtual_conn::Transport;
 use http_body_util::BodyExt;
@@ -53,35 +55,81 @@ pub async fn read_body(mut body: Incoming, limit: usize) -> Result<(Vec<u8>, usi
     Ok((out, len))
 }
 
+/// A response body that gives its stream's pace action back once it ended (see
+/// `StreamPace`): hyper drops a body unfinished when the client resets its stream, and the
+/// action stays taken.
+pub struct PacedBody {
+    body: VirtualBody,
+    token: Option<PaceToken>,
+}
+
+impl PacedBody {
+    fn new(body: VirtualBody, token: Option<PaceToken>) -> Self {
+        Self { body, token }
+    }
+
+    fn fixed(body: bytes::Bytes) -> Self {
+        Self::new(VirtualBody::Fixed(Some(body)), None)
+    }
+}
+
+impl http_body::Body for PacedBody {
+    type Data = bytes::Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+        if frame.is_none() {
+            if let Some(token) = this.token.take() {
+                token.give_back();
+            }
+        }
+        Poll::Ready(frame)
+    }
+}
+
 async fn handle(
     companion: Arc<Companion>,
     request: http::Request<Incoming>,
     transport: Transport,
     streams: StreamCount,
+    pace: StreamPace,
     requested: Arc<AtomicBool>,
-) -> Result<http::Response<VirtualBody>, Infallible> {
+) -> Result<http::Response<PacedBody>, Infallible> {
     let (parts, body) = request.into_parts();
     requested.store(true, Ordering::Release);
+    // Before any work: a stream past the connection's pace gets 429 (a reset loop).
+    let token = match pace.try_open(std::time::Instant::now()) {
+        Ok(token) => token,
+        Err(wait) => {
+            let (head, body) = companion.refuse_stream_rate(wait);
+            return Ok(http::Response::from_parts(head, PacedBody::fixed(body)));
+        }
+    };
     if parts.method == http::Method::CONNECT {
-        // RFC 8441: a WebSocket, or refused (ws_tunnel.rs). hyper gives it no body.
+        // RFC 8441: a WebSocket, or refused (ws_tunnel.rs). hyper gives it no body. A
+        // session: its pace action is kept.
         drop(body);
         let response =
             crate::companion::ws_tunnel::serve_connect(companion, parts, transport, streams).await;
-        return Ok(response);
+        return Ok(response.map(|body| PacedBody::new(body, None)));
     }
-    let place = if crate::companion::bridge::is_subscribe(&parts) {
-        match streams.try_open(companion.streams_max().0) {
+    // A subscription is a session: its pace action is kept, whatever its answer.
+    let (place, token) = if crate::companion::bridge::is_subscribe(&parts) {
+        let place = match streams.try_open(companion.streams_max().0) {
             Some(place) => Some(place),
             None => {
                 let (head, body) = companion.refuse_stream();
-                return Ok(http::Response::from_parts(
-                    head,
-                    VirtualBody::Fixed(Some(body)),
-                ));
+                return Ok(http::Response::from_parts(head, PacedBody::fixed(body)));
             }
-        }
+        };
+        (place, None)
     } else {
-        None
+        (None, Some(token))
     };
     let limit = companion.shared.config.max_message_bytes;
     let (body, body_len) = match crate::companion::bridge::declared_over_limit(&parts, limit) {
@@ -93,10 +141,8 @@ async fn handle(
                 Ok(read) => read.unwrap_or_default(),
                 Err(_) => {
                     let (head, body) = companion.refuse_body_timeout();
-                    return Ok(http::Response::from_parts(
-                        head,
-                        VirtualBody::Fixed(Some(body)),
-                    ));
+                    let body = PacedBody::new(VirtualBody::Fixed(Some(body)), token);
+                    return Ok(http::Response::from_parts(head, body));
                 }
             }
         }
@@ -104,7 +150,7 @@ async fn handle(
     let (head, stream) = companion.open(&parts, &body, body_len, transport).await;
     Ok(http::Response::from_parts(
         head,
-        VirtualBody::Stream(stream, place),
+        PacedBody::new(VirtualBody::Stream(stream, place), token),
     ))
 }
 
@@ -119,6 +165,7 @@ where
     let service = {
         let companion = companion.clone();
         let streams = StreamCount::default();
+        let pace = companion.stream_pace();
         let requested = requested.clone();
         hyper::service::service_fn(move |request| {
             handle(
@@ -126,6 +173,7 @@ where
                 request,
                 transport,
                 streams.clone(),
+                pace.clone(),
                 requested.clone(),
             )
         })

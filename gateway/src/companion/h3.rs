@@ -14,7 +14,7 @@
 //! batch in the sink and the fan-out cuts it as a slow consumer.
 
 use crate::app::admission::RefusalReason;
-use crate::companion::bridge::{Companion, StreamCount};
+use crate::companion::bridge::{Companion, StreamCount, StreamPace};
 use crate::companion::quic_streams::{Stopped, Stops};
 use crate::mesh::virtual_conn::Transport;
 use bytes::{Buf, Bytes};
@@ -114,6 +114,7 @@ async fn connection(
     let figures = &companion.shared.figures[companion.index];
     figures.transport_opened(Transport::H3);
     let streams = StreamCount::default();
+    let pace = companion.stream_pace();
     let stops = Stops::default();
     let setup = h3::server::builder()
         .max_field_section_size(companion.shared.config.max_header_bytes as u64)
@@ -144,6 +145,7 @@ async fn connection(
                     Ok(Some(resolver)) => {
                         let companion = companion.clone();
                         let streams = streams.clone();
+                        let pace = pace.clone();
                         let quic = quic.clone();
                         let stops = stops.clone();
                         tokio::spawn(async move {
@@ -153,10 +155,14 @@ async fn connection(
                             {
                                 Ok(Ok((request, stream))) => {
                                     let stopped = stops.take(stream.id());
-                                    request_stream(
-                                        companion, request, stream, streams, quic, stopped,
-                                    )
-                                    .await;
+                                    let stream = Request {
+                                        stream,
+                                        streams,
+                                        pace,
+                                        quic,
+                                        stopped,
+                                    };
+                                    request_stream(companion, request, stream).await;
                                 }
                                 Ok(Err(_)) => {}
                                 // The head did not arrive within --header-timeout: the stream
@@ -179,35 +185,68 @@ async fn connection(
     companion.shared.figures[companion.index].transport_closed(Transport::H3);
 }
 
-async fn request_stream(
-    companion: Arc<Companion>,
-    request: http::Request<()>,
-    mut stream: RequestStream,
+/// One request stream and what its connection shares with it.
+struct Request {
+    stream: RequestStream,
+    /// The connection's subscriptions.
     streams: StreamCount,
+    /// The connection's stream pace.
+    pace: StreamPace,
     quic: quinn::Connection,
+    /// Resolves when the peer stops the stream (STOP_SENDING).
     stopped: Option<Stopped>,
-) {
+}
+
+/// Sends a short answer the companion made (a refusal) and ends the stream; whether it
+/// went out whole.
+async fn answer_short(
+    stream: &mut RequestStream,
+    head: http::response::Parts,
+    body: Bytes,
+) -> bool {
+    stream
+        .send_response(http::Response::from_parts(head, ()))
+        .await
+        .is_ok()
+        && stream.send_data(body).await.is_ok()
+        && stream.finish().await.is_ok()
+}
+
+async fn request_stream(companion: Arc<Companion>, request: http::Request<()>, stream: Request) {
+    let Request {
+        mut stream,
+        streams,
+        pace,
+        quic,
+        stopped,
+    } = stream;
     let mut stopped = stopped.unwrap_or_else(|| Box::pin(std::future::pending()));
     let (parts, ()) = request.into_parts();
-    // Held until this function returns, i.e. until the stream ends.
-    let _place = if crate::companion::bridge::is_subscribe(&parts) {
-        match streams.try_open(companion.streams_max().0) {
+    // Before any work: a stream past the connection's pace gets 429 (a reset loop; the
+    // stream credit QUIC gives back as streams close does not bound it).
+    let token = match pace.try_open(std::time::Instant::now()) {
+        Ok(token) => token,
+        Err(wait) => {
+            let (head, body) = companion.refuse_stream_rate(wait);
+            answer_short(&mut stream, head, body).await;
+            return;
+        }
+    };
+    // Held until this function returns, i.e. until the stream ends. A subscription is a
+    // session: its pace action is kept, whatever its answer.
+    let (_place, token) = if crate::companion::bridge::is_subscribe(&parts) {
+        let place = match streams.try_open(companion.streams_max().0) {
             Some(place) => Some(place),
             None => {
                 let (head, body) = companion.refuse_stream();
-                if stream
-                    .send_response(http::Response::from_parts(head, ()))
-                    .await
-                    .is_ok()
-                    && stream.send_data(body).await.is_ok()
-                {
-                    let _ = stream.finish().await;
-                }
+                answer_short(&mut stream, head, body).await;
                 return;
             }
-        }
+        };
+        drop(token);
+        (place, None)
     } else {
-        None
+        (None, Some(token))
     };
     let limit = companion.shared.config.max_message_bytes;
     let (body, body_len) = match crate::companion::bridge::declared_over_limit(&parts, limit) {
@@ -222,13 +261,10 @@ async fn request_stream(
                     // No stop_sending here: the cancelled read still holds the receive
                     // side (h3-quinn panics on it); dropping the stream stops it.
                     let (head, body) = companion.refuse_body_timeout();
-                    if stream
-                        .send_response(http::Response::from_parts(head, ()))
-                        .await
-                        .is_ok()
-                        && stream.send_data(body).await.is_ok()
+                    if let (true, Some(token)) =
+                        (answer_short(&mut stream, head, body).await, token)
                     {
-                        let _ = stream.finish().await;
+                        token.give_back();
                     }
                     return;
                 }
@@ -272,7 +308,13 @@ async fn request_stream(
             return;
         }
     }
-    let _ = stream.finish().await;
+    // Answered whole (a stopped or reset stream returned above): the work the request
+    // started is done, and its pace action is given back.
+    if stream.finish().await.is_ok() {
+        if let Some(token) = token {
+            token.give_back();
+        }
+    }
 }
 
 /// Reads a request body up to `limit` bytes; returns what was read and the length to
