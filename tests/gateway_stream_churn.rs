@@ -108,6 +108,20 @@ async fn h2_expect_event(body: &mut h2::RecvStream, want: &str) {
     }
 }
 
+/// Sends a bodiless `GET path`; its response, or why there is none (the connection went
+/// away, or refused the stream).
+async fn h2_try_get(
+    client: &mut H2,
+    path: &str,
+) -> Result<http::Response<h2::RecvStream>, h2::Error> {
+    let mut ready = client.clone().ready().await?;
+    let (response, _) = ready.send_request(h2_request("GET", path), true)?;
+    *client = ready;
+    tokio::time::timeout(WAIT, response)
+        .await
+        .expect("an answer in time")
+}
+
 fn h2_server() -> (Server, SocketAddr) {
     let server = Server::start(&[
         "--shards",
@@ -232,6 +246,55 @@ fn h2_requests_answered_are_never_refused_but_requests_reset_before_their_answer
     });
 }
 
+/// A client that goes on opening streams as fast as they are refused: once its refusals
+/// ran out too (a burst's worth, paced alike) the connection gets GOAWAY; the streams it
+/// holds finish as usual (the subscription still gets its messages).
+#[test]
+fn an_h2_client_going_on_far_past_the_pace_gets_goaway_and_its_open_stream_stays() {
+    let (server, h2c_addr) = h2_server();
+    transports::runtime().block_on(async {
+        let mut client = h2c(h2c_addr).await;
+        let witness = h2_get(&mut client, "/rooms/kept/events").await;
+        assert_eq!(witness.status(), 200);
+        let mut witness = witness.into_body();
+        let started = Instant::now();
+        let (mut served, mut refused, mut gone) = (0, 0, None);
+        for _ in 0..10 * ATTEMPTS_MAX {
+            match h2_try_get(&mut client, "/rooms/churn/events").await {
+                Ok(response) if response.status() == 200 => served += 1,
+                Ok(response) => {
+                    assert_eq!(response.status(), 429);
+                    refused += 1;
+                }
+                Err(err) => {
+                    gone = Some(err);
+                    break;
+                }
+            }
+        }
+        let elapsed = started.elapsed();
+        let gone = gone.unwrap_or_else(|| {
+            panic!("{served} served and {refused} refused in {elapsed:?}, the connection stays")
+        });
+        assert!(
+            gone.is_go_away() || gone.is_reset(),
+            "GOAWAY (or a stream refused after it): {gone:?}"
+        );
+        assert!(
+            served >= BURST - 1 && served <= BURST - 1 + earned(elapsed),
+            "{served} served in {elapsed:?}"
+        );
+        // The refusals' own burst, then the one that ran them out.
+        assert!(
+            refused > BURST && refused <= BURST + 1 + 2 * earned(elapsed),
+            "{refused} refused in {elapsed:?}"
+        );
+        assert_eq!(stream_rate_refusals(&server), refused as u64);
+        server.publish("kept", "after the GOAWAY");
+        h2_expect_event(&mut witness, "after the GOAWAY").await;
+    });
+}
+
 // --- HTTP/3 ---
 
 type H3Stream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
@@ -267,6 +330,11 @@ impl H3 {
 
     /// Sends `GET path`; its status, `Retry-After` and stream (body unread).
     async fn get(&mut self, path: &str) -> (u16, Option<String>, H3Stream) {
+        self.try_get(path).await.expect("an h3 answer")
+    }
+
+    /// [`Self::get`], or what ended the stream or connection instead.
+    async fn try_get(&mut self, path: &str) -> Result<(u16, Option<String>, H3Stream), String> {
         let request = http::Request::builder()
             .uri(format!("https://localhost{path}"))
             .body(())
@@ -274,17 +342,17 @@ impl H3 {
         let mut stream = tokio::time::timeout(WAIT, self.send.send_request(request))
             .await
             .expect("a stream in time")
-            .expect("h3 request");
-        stream.finish().await.expect("h3 finish");
+            .map_err(|err| format!("{err:?}"))?;
+        stream.finish().await.map_err(|err| format!("{err:?}"))?;
         let response = tokio::time::timeout(WAIT, stream.recv_response())
             .await
             .expect("an answer in time")
-            .expect("h3 response");
+            .map_err(|err| format!("{err:?}"))?;
         let retry_after = response
             .headers()
             .get("retry-after")
             .map(|v| v.to_str().unwrap().to_owned());
-        (response.status().as_u16(), retry_after, stream)
+        Ok((response.status().as_u16(), retry_after, stream))
     }
 }
 
@@ -308,12 +376,7 @@ async fn h3_body(stream: &mut H3Stream, until: Option<&str>) -> String {
     }
 }
 
-/// The HTTP/2 reset loop over HTTP/3: subscribe, read the head, stop the stream
-/// (STOP_SENDING) and drop it; QUIC gives the stream credit back as streams close, so only
-/// the pace holds it.
-#[test]
-fn an_h3_subscribe_and_stop_loop_is_refused_past_the_burst_and_the_connection_stays() {
-    let cert = TestCert::new();
+fn h3_server(cert: &TestCert) -> (Server, SocketAddr) {
     let mut args = cert.args();
     args.extend(
         [
@@ -327,7 +390,17 @@ fn an_h3_subscribe_and_stop_loop_is_refused_past_the_burst_and_the_connection_st
         .map(String::from),
     );
     let server = transports::start(&args);
-    let h3_addr = transports::addr_of(&server, "h3");
+    let h3 = transports::addr_of(&server, "h3");
+    (server, h3)
+}
+
+/// The HTTP/2 reset loop over HTTP/3: subscribe, read the head, stop the stream
+/// (STOP_SENDING) and drop it; QUIC gives the stream credit back as streams close, so only
+/// the pace holds it.
+#[test]
+fn an_h3_subscribe_and_stop_loop_is_refused_past_the_burst_and_the_connection_stays() {
+    let cert = TestCert::new();
+    let (server, h3_addr) = h3_server(&cert);
     transports::runtime().block_on(async {
         let mut client = H3::connect(h3_addr, &cert).await;
         let (status, _, mut witness) = client.get("/rooms/kept/events").await;
@@ -364,5 +437,50 @@ fn an_h3_subscribe_and_stop_loop_is_refused_past_the_burst_and_the_connection_st
         tokio::time::sleep(TICK + TICK / 2).await;
         let (status, _, _again) = client.get("/rooms/churn/events").await;
         assert_eq!(status, 200);
+    });
+}
+
+/// A client that goes on opening streams as fast as they are refused: once its refusals
+/// ran out too, the connection is closed with H3_EXCESSIVE_LOAD (quinn offers the
+/// companion no GOAWAY from a stream's task).
+#[test]
+fn an_h3_client_going_on_far_past_the_pace_is_closed_with_excessive_load() {
+    let cert = TestCert::new();
+    let (server, h3_addr) = h3_server(&cert);
+    transports::runtime().block_on(async {
+        let mut client = H3::connect(h3_addr, &cert).await;
+        let started = Instant::now();
+        let (mut served, mut refused, mut gone) = (0, 0, None);
+        for _ in 0..10 * ATTEMPTS_MAX {
+            match client.try_get("/rooms/churn/events").await {
+                Ok((200, _, mut stream)) => {
+                    served += 1;
+                    stream.stop_sending(h3::error::Code::H3_REQUEST_CANCELLED);
+                }
+                Ok((status, _, _)) => {
+                    assert_eq!(status, 429);
+                    refused += 1;
+                }
+                Err(err) => {
+                    gone = Some(err);
+                    break;
+                }
+            }
+        }
+        let elapsed = started.elapsed();
+        let gone = gone.unwrap_or_else(|| {
+            panic!("{served} served and {refused} refused in {elapsed:?}, the connection stays")
+        });
+        assert!(gone.contains("EXCESSIVE_LOAD"), "{gone}");
+        assert!(
+            served >= BURST && served <= BURST + earned(elapsed),
+            "{served} served in {elapsed:?}"
+        );
+        // The refusals' own burst; the one that ran them out closed the connection instead.
+        assert!(
+            refused >= BURST && refused <= BURST + 2 * earned(elapsed),
+            "{refused} refused in {elapsed:?}"
+        );
+        assert_eq!(stream_rate_refusals(&server), refused as u64 + 1);
     });
 }

@@ -109,13 +109,36 @@ const _: () =
 /// What counts is streams that hold a subscription or WebSocket (a session, which HTTP/1.1
 /// pays a new connection for, bounded by `--max-new-connections-per-ip-per-sec`) and
 /// streams abandoned (reset, stopped) before their answer ended.
+///
+/// A refused stream still costs a little (its head decoded, a task, the 429): a client that
+/// goes on past its pace as fast as it is refused (its refusals, paced alike, run out: a
+/// burst's worth faster than a tick each) is told to stop ([`StreamRefusal::close`]).
 #[derive(Clone)]
 pub struct StreamPace {
     pace: Pace,
     /// Shared by the connection's stream tasks; only this thread touches it, the lock is
     /// never contended.
-    bucket: Arc<Mutex<Bucket>>,
+    buckets: Arc<Mutex<Buckets>>,
     anchor: Instant,
+    /// Woken once the refusals ran out (the HTTP/2 connection's task sends GOAWAY).
+    excess: Arc<tokio::sync::Notify>,
+}
+
+/// A connection's buckets: its streams', and its refusals'.
+#[derive(Default)]
+struct Buckets {
+    streams: Bucket,
+    refusals: Bucket,
+}
+
+/// A new stream refused by its connection's pace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamRefusal {
+    /// Until one more stream is earned (at most a tick of the pace).
+    pub wait: Duration,
+    /// The connection's refusals ran out too: it gets no more streams (HTTP/2 GOAWAY, its
+    /// open streams finish; HTTP/3 closed with H3_EXCESSIVE_LOAD).
+    pub close: bool,
 }
 
 impl StreamPace {
@@ -123,20 +146,31 @@ impl StreamPace {
     pub fn new(pace: Pace, anchor: Instant) -> Self {
         Self {
             pace,
-            bucket: Arc::default(),
+            buckets: Arc::default(),
             anchor,
+            excess: Arc::default(),
         }
     }
 
-    /// Takes one action for a new stream at `now`, or refuses it with the wait until one
-    /// is earned (at most a tick of the pace).
-    pub fn try_open(&self, now: Instant) -> Result<PaceToken, Duration> {
+    /// Takes one action for a new stream at `now`, or refuses it (and takes one refusal).
+    pub fn try_open(&self, now: Instant) -> Result<PaceToken, StreamRefusal> {
         let elapsed = now.saturating_duration_since(self.anchor);
-        self.bucket
-            .lock()
-            .expect("stream pace")
-            .handle_take(elapsed, self.pace)?;
-        Ok(PaceToken(self.clone()))
+        let mut buckets = self.buckets.lock().expect("stream pace");
+        match buckets.streams.handle_take(elapsed, self.pace) {
+            Ok(()) => Ok(PaceToken(self.clone())),
+            Err(wait) => {
+                let close = buckets.refusals.handle_take(elapsed, self.pace).is_err();
+                if close {
+                    self.excess.notify_one();
+                }
+                Err(StreamRefusal { wait, close })
+            }
+        }
+    }
+
+    /// Resolves once the connection's refusals ran out ([`StreamRefusal::close`]).
+    pub async fn excess(&self) {
+        self.excess.notified().await
     }
 }
 
@@ -150,9 +184,10 @@ impl PaceToken {
     pub fn give_back(self) {
         let pace = self.0;
         let elapsed = Instant::now().saturating_duration_since(pace.anchor);
-        pace.bucket
+        pace.buckets
             .lock()
             .expect("stream pace")
+            .streams
             .handle_give_back(elapsed, pace.pace);
     }
 }
@@ -285,10 +320,14 @@ impl Companion {
     }
 
     /// The 429 answer (head and body, `Retry-After` in whole seconds) to a stream past its
-    /// connection's pace, refused after `wait`; counted.
-    pub fn refuse_stream_rate(&self, wait: Duration) -> (http::response::Parts, Bytes) {
+    /// connection's pace; counted.
+    pub fn refuse_stream_rate(&self, refusal: StreamRefusal) -> (http::response::Parts, Bytes) {
         self.shared.figures[self.index]
             .add_refusal(crate::app::admission::RefusalReason::StreamRate);
+        if refusal.close {
+            tracing::debug!(shard = self.index, "new streams far past the pace: closing");
+        }
+        let wait = refusal.wait;
         let mut parts = plain_parts(429, STREAM_RATE_REFUSAL);
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         parts.headers.insert(
@@ -811,16 +850,46 @@ mod tests {
         for _ in 0..40 {
             drop(connection.try_open(now).expect("within the burst"));
         }
-        let Err(wait) = connection.try_open(now) else {
-            panic!("past the burst");
-        };
-        assert_eq!(wait, pace.tick());
+        let refused = |at| connection.try_open(at).err().expect("past the burst");
+        assert_eq!(
+            refused(now),
+            StreamRefusal {
+                wait: pace.tick(),
+                close: false
+            }
+        );
         // Another connection has its own.
         assert!(StreamPace::new(pace, anchor).try_open(now).is_ok());
         // A tick later, one more.
         let later = now + pace.tick();
         drop(connection.try_open(later).expect("earned"));
-        assert!(connection.try_open(later).is_err());
+        // Refusals are paced alike: a burst's worth at once (the one at `now` was earned
+        // back by the tick), then the connection is to be closed, and its task is woken.
+        for _ in 0..40 {
+            assert!(!refused(later).close);
+        }
+        assert!(refused(later).close);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(1), connection.excess())
+                .await
+                .expect("woken");
+        });
+        // A client refused once a tick (it tries again when told) is never closed.
+        let quiet = later + Duration::from_secs(3600);
+        let other = StreamPace::new(pace, anchor);
+        for _ in 0..40 {
+            drop(other.try_open(quiet).expect("within the burst"));
+        }
+        for tick in 1..1000 {
+            let at = quiet + pace.tick() * tick;
+            drop(other.try_open(at).expect("earned"));
+            let refusal = other.try_open(at).err().expect("one a tick");
+            assert!(!refusal.close, "tick {tick}");
+        }
     }
 
     #[test]

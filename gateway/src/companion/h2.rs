@@ -105,8 +105,9 @@ async fn handle(
     // Before any work: a stream past the connection's pace gets 429 (a reset loop).
     let token = match pace.try_open(std::time::Instant::now()) {
         Ok(token) => token,
-        Err(wait) => {
-            let (head, body) = companion.refuse_stream_rate(wait);
+        Err(refusal) => {
+            // Past its refusals too: the connection's task sends GOAWAY (StreamPace::excess).
+            let (head, body) = companion.refuse_stream_rate(refusal);
             return Ok(http::Response::from_parts(head, PacedBody::fixed(body)));
         }
     };
@@ -162,10 +163,11 @@ where
     let figures = &companion.shared.figures[companion.index];
     figures.transport_opened(transport);
     let requested = Arc::new(AtomicBool::new(false));
+    let pace = companion.stream_pace();
     let service = {
         let companion = companion.clone();
         let streams = StreamCount::default();
-        let pace = companion.stream_pace();
+        let pace = pace.clone();
         let requested = requested.clone();
         hyper::service::service_fn(move |request| {
             handle(
@@ -199,6 +201,12 @@ where
             tokio::pin!(connection);
             tokio::select! {
                 result = connection.as_mut() => result,
+                // New streams far past the connection's pace (StreamPace): GOAWAY (hyper
+                // offers NO_ERROR only), its open streams finish, no more are taken.
+                () = pace.excess() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
                 () = tokio::time::sleep(header_timeout), if !requested.load(Ordering::Acquire) => {
                     if requested.load(Ordering::Acquire) {
                         connection.await

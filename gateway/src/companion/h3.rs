@@ -36,6 +36,9 @@ const INCOMING_MAX: usize = 1024;
 
 /// HTTP/3's error code for a connection closed with nothing wrong (RFC 9114 §8.1).
 const H3_NO_ERROR: quinn::VarInt = quinn::VarInt::from_u32(0x100);
+/// HTTP/3's error code for a peer "exhibiting a behavior that might be generating
+/// excessive load" (RFC 9114 §8.1): new streams far past the connection's pace.
+const H3_EXCESSIVE_LOAD: quinn::VarInt = quinn::VarInt::from_u32(0x107);
 
 type RequestStream =
     h3::server::RequestStream<crate::companion::quic_streams::RequestStream<Bytes>, Bytes>;
@@ -226,9 +229,15 @@ async fn request_stream(companion: Arc<Companion>, request: http::Request<()>, s
     // stream credit QUIC gives back as streams close does not bound it).
     let token = match pace.try_open(std::time::Instant::now()) {
         Ok(token) => token,
-        Err(wait) => {
-            let (head, body) = companion.refuse_stream_rate(wait);
-            answer_short(&mut stream, head, body).await;
+        Err(refusal) => {
+            let (head, body) = companion.refuse_stream_rate(refusal);
+            if refusal.close {
+                // Past its refusals too: closed, with every stream (quinn offers no
+                // GOAWAY from here).
+                quic.close(H3_EXCESSIVE_LOAD, b"too many new streams");
+            } else {
+                answer_short(&mut stream, head, body).await;
+            }
             return;
         }
     };
