@@ -295,6 +295,30 @@ fn an_h2_client_going_on_far_past_the_pace_gets_goaway_and_its_open_stream_stays
     });
 }
 
+/// A POST whose stream the client reset before its body was whole was published with an
+/// empty body (a body read error was taken for an empty body). Nothing reaches the shard.
+#[test]
+fn an_h2_post_reset_before_its_body_is_whole_is_not_published() {
+    let (server, h2c_addr) = h2_server();
+    transports::runtime().block_on(async {
+        let mut client = h2c(h2c_addr).await;
+        let mut request = h2_request("POST", "/rooms/a/messages");
+        request
+            .headers_mut()
+            .insert("content-length", http::HeaderValue::from_static("10"));
+        let mut ready = client.clone().ready().await.expect("h2 connection ready");
+        let (_response, mut send) = ready.send_request(request, false).expect("h2 request");
+        client = ready;
+        send.send_data(Bytes::from_static(b"abc"), false).unwrap();
+        // Answered once the POST was accepted (streams are accepted in order).
+        assert_eq!(h2_get(&mut client, "/healthz").await.status(), 200);
+        send.send_reset(h2::Reason::CANCEL);
+        tokio::time::sleep(TICK).await;
+        assert_eq!(h2_get(&mut client, "/healthz").await.status(), 200);
+    });
+    assert_eq!(server.publish("a", "the first").seq, 1);
+}
+
 // --- HTTP/3 ---
 
 type H3Stream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;

@@ -31,6 +31,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// socket is dropped.
 const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
+/// The body of the 400 for a request whose stream ended in error before its body was whole.
+const BODY_INCOMPLETE: &str = "request body incomplete\n";
+
 /// The HPACK-decoded header list an HTTP/2 request may carry: `--max-header-bytes`, as the
 /// head of an HTTP/1.1 request (hyper answers 431 past it, and a CONTINUATION flood ends
 /// the connection).
@@ -139,7 +142,18 @@ async fn handle(
         None => {
             let (_, body_timeout) = companion.request_timeouts();
             match tokio::time::timeout(body_timeout, read_body(body, limit)).await {
-                Ok(read) => read.unwrap_or_default(),
+                Ok(Ok(read)) => read,
+                Ok(Err(err)) => {
+                    // The stream was reset (or broke the protocol, e.g. more DATA than its
+                    // Content-Length) before its body was whole: nothing reaches the shard
+                    // (the request was taken for one with an empty body: an abandoned
+                    // publish was published empty). hyper sends this answer only if the
+                    // stream is still open; the pace action is kept (abandoned).
+                    tracing::debug!(shard = companion.index, %err, "request body incomplete");
+                    let body = bytes::Bytes::from_static(BODY_INCOMPLETE.as_bytes());
+                    let head = crate::companion::bridge::plain_parts(400, BODY_INCOMPLETE);
+                    return Ok(http::Response::from_parts(head, PacedBody::fixed(body)));
+                }
                 Err(_) => {
                     let (head, body) = companion.refuse_body_timeout();
                     let body = PacedBody::new(VirtualBody::Fixed(Some(body)), token);
