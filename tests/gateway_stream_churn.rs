@@ -508,3 +508,20 @@ fn an_h3_client_going_on_far_past_the_pace_is_closed_with_excessive_load() {
         assert_eq!(stream_rate_refusals(&server), refused as u64 + 1);
     });
 }
+
+/// Requests whose answer ended give their place in the pace back over HTTP/3 too: 3 × the
+/// burst of them on one connection are all served.
+#[test]
+fn h3_requests_answered_are_never_refused() {
+    let cert = TestCert::new();
+    let (server, h3_addr) = h3_server(&cert);
+    transports::runtime().block_on(async {
+        let mut client = H3::connect(h3_addr, &cert).await;
+        for n in 0..3 * BURST {
+            let (status, _, mut stream) = client.get("/healthz").await;
+            assert_eq!(status, 200, "request {n}");
+            h3_body(&mut stream, None).await;
+        }
+    });
+    assert_eq!(stream_rate_refusals(&server), 0);
+}
