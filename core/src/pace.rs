@@ -7,33 +7,32 @@
 //! The state, [`Bucket`], is one `u32` (it fits a connection's padding, nothing is
 //! allocated): the bucket's theoretical arrival time in ticks of the pace (one action
 //! earned per tick) since the process clock's anchor, wrapping after 2^32 ticks (13.6 years
-//! at 10 a second). Sans-IO: time comes in as the time elapsed since that anchor.
+//! at 10 a second, 49 days at 1000). Sans-IO: time comes in as the time elapsed since that
+//! anchor.
 //!
 //! Owns: the arithmetic. Must not touch: what a refused action gets, or when an action is
 //! given back (the callers').
 
 use std::time::Duration;
 
-/// A limit: `burst` actions at once (after a quiet while), one more every `tick_ms`.
+/// A limit: `burst` actions at once (after a quiet while), one more every `tick_us`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pace {
     burst: u32,
-    tick_ms: u32,
+    tick_us: u32,
 }
 
 impl Pace {
-    /// `burst` at once and `per_sec` a second sustained; `per_sec` divides 1000 (a whole
-    /// tick in milliseconds) and `burst` is at least 1 and below 2^31 (a bucket's debt is
-    /// read modulo 2^32 ticks).
+    /// `burst` at once and `per_sec` a second sustained (a tick of 10^6 / `per_sec` µs,
+    /// rounded down: exact when `per_sec` divides 10^6, else a hair faster); `per_sec` is 1
+    /// to 10^6 and `burst` at least 1 and below 2^31 (a bucket's debt is read modulo 2^32
+    /// ticks).
     pub const fn per_sec(burst: u32, per_sec: u32) -> Pace {
-        assert!(
-            per_sec > 0 && per_sec <= 1000 && 1000 % per_sec == 0,
-            "a whole tick"
-        );
+        assert!(per_sec > 0 && per_sec <= 1_000_000, "a tick of 1 µs to 1 s");
         assert!(burst > 0 && burst < 1 << 31, "a burst read modulo 2^32");
         Pace {
             burst,
-            tick_ms: 1000 / per_sec,
+            tick_us: 1_000_000 / per_sec,
         }
     }
 
@@ -44,15 +43,15 @@ impl Pace {
 
     /// The time one action is earned in.
     pub const fn tick(self) -> Duration {
-        Duration::from_millis(self.tick_ms as u64)
+        Duration::from_micros(self.tick_us as u64)
     }
 
-    /// The tick (wrapping) `elapsed` falls in, and how far into it.
+    /// The tick (wrapping) `elapsed` falls in, and how far into it (µs).
     fn now(self, elapsed: Duration) -> (u32, u64) {
-        let elapsed_ms = elapsed.as_millis();
-        let tick_ms = u128::from(self.tick_ms);
+        let elapsed_us = elapsed.as_micros();
+        let tick_us = u128::from(self.tick_us);
         // Wraps after 2^32 ticks: `Bucket::ahead` reads differences modulo that.
-        ((elapsed_ms / tick_ms) as u32, (elapsed_ms % tick_ms) as u64)
+        ((elapsed_us / tick_us) as u32, (elapsed_us % tick_us) as u64)
     }
 }
 
@@ -82,12 +81,12 @@ impl Bucket {
     /// the wait until one is earned (at most one tick). A refusal changes nothing.
     #[must_use = "a refused action must be answered with its wait"]
     pub fn handle_take(&mut self, elapsed: Duration, pace: Pace) -> Result<(), Duration> {
-        let (now, into_tick_ms) = pace.now(elapsed);
+        let (now, into_tick_us) = pace.now(elapsed);
         let ahead = self.ahead(now, pace);
         if ahead == pace.burst {
             // Empty: the next action is earned at the next tick.
-            return Err(Duration::from_millis(
-                u64::from(pace.tick_ms) - into_tick_ms,
+            return Err(Duration::from_micros(
+                u64::from(pace.tick_us) - into_tick_us,
             ));
         }
         self.full_at_tick = now.wrapping_add(ahead + 1);
@@ -191,6 +190,29 @@ mod tests {
         assert_eq!(take(&mut bucket, wrap, 1000), 3);
         assert!(bucket.handle_take(wrap, PACE).is_err());
         assert_eq!(take(&mut bucket, wrap + TICK * BURST, 1000), BURST);
+    }
+
+    /// Any rate: its tick, and that many earned in a second.
+    #[test]
+    fn any_rate_earns_its_count_in_a_second() {
+        for per_sec in [1, 3, 7, 10, 13, 100, 333, 999, 1000] {
+            let pace = Pace::per_sec(1, per_sec);
+            assert_eq!(
+                pace.tick(),
+                Duration::from_micros(1_000_000 / u64::from(per_sec))
+            );
+            let mut bucket = Bucket::default();
+            let start = Duration::from_secs(9);
+            assert_eq!(bucket.handle_take(start, pace), Ok(()));
+            // Trying every 100 µs for a second: one a tick, `per_sec` in all.
+            let taken = (1..=10_000u64)
+                .filter(|n| {
+                    let at = start + Duration::from_micros(100 * n);
+                    bucket.handle_take(at, pace).is_ok()
+                })
+                .count() as u32;
+            assert_eq!(taken, per_sec, "{per_sec} a second");
+        }
     }
 
     #[test]

@@ -167,7 +167,7 @@ pub enum RefusalReason {
     WsSubscribeRate,
     /// 429: a new stream on an HTTP/2 or HTTP/3 connection past its stream pace
     /// (companion/bridge.rs: streams the client reset or that hold a subscription, a burst
-    /// of twice the connection's streams and `STREAMS_PACED_PER_SEC` sustained).
+    /// of twice the connection's streams and `--new-streams-per-conn-per-sec` sustained).
     StreamRate,
 }
 

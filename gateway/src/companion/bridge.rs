@@ -27,12 +27,6 @@ pub const SHORT_STREAMS_SLACK: usize = 16;
 /// The body of the 429 for a subscription past `--max-streams-per-conn`.
 const STREAMS_REFUSAL: &str = "too many streams on this connection\n";
 
-/// Paced streams (see [`StreamPace`]) an HTTP/2 or HTTP/3 connection may open per second,
-/// sustained: well above a page switching rooms, well below a reset loop (each paced
-/// stream costs a subscribe: admission, a history replay, an `--auth-url` call, a Redis
-/// read in cluster mode; or shard work nobody waits for). The WebSocket subscribe pace's
-/// figure (`WS_SUBSCRIBES_PER_SEC`).
-pub const STREAMS_PACED_PER_SEC: u32 = 10;
 /// The body of the 429 for a stream past its connection's pace.
 const STREAM_RATE_REFUSAL: &str = "too many new streams on this connection\n";
 
@@ -89,9 +83,11 @@ impl Drop for StreamPlace {
 /// The stream pace of a connection that may hold `streams_max` streams at once (the
 /// protocol's limit, `--max-streams-per-conn` + [`SHORT_STREAMS_SLACK`]): a burst of twice
 /// that, so a client that fills its connection and then replaces every stream once is never
-/// refused, and [`STREAMS_PACED_PER_SEC`] sustained.
-pub fn stream_pace(streams_max: u32) -> Pace {
-    Pace::per_sec(streams_max.saturating_mul(2), STREAMS_PACED_PER_SEC)
+/// refused, and `per_sec` (`--new-streams-per-conn-per-sec`) sustained. Each paced stream
+/// costs a subscribe (admission, a history replay, an `--auth-url` call, a Redis read in
+/// cluster mode) or shard work nobody waits for.
+pub fn stream_pace(streams_max: u32, per_sec: u32) -> Pace {
+    Pace::per_sec(streams_max.saturating_mul(2), per_sec)
 }
 
 // The largest `--max-streams-per-conn` gives a burst the pace can hold.
@@ -314,7 +310,10 @@ impl Companion {
     /// A new HTTP/2 or HTTP/3 connection's stream pace.
     pub fn stream_pace(&self) -> StreamPace {
         StreamPace::new(
-            stream_pace(self.streams_max().1),
+            stream_pace(
+                self.streams_max().1,
+                self.shared.config.new_streams_per_conn_per_sec,
+            ),
             self.shared.clock.anchor(),
         )
     }
@@ -832,7 +831,7 @@ mod tests {
     #[test]
     fn a_connection_s_stream_pace_counts_kept_streams_only() {
         let streams_max = 20;
-        let pace = stream_pace(streams_max);
+        let pace = stream_pace(streams_max, 10);
         assert_eq!(pace.burst(), 40);
         assert_eq!(pace.tick(), Duration::from_millis(100));
         let anchor = Instant::now();

@@ -93,6 +93,12 @@ pub struct Flags {
     /// [default: 100].
     #[arg(long, value_name = "N")]
     pub max_streams_per_conn: Option<usize>,
+    /// New streams per second one HTTP/2 or HTTP/3 connection may open sustained, counting
+    /// subscriptions, WebSockets and streams reset before their answer ("rapid reset");
+    /// burst: twice the connection's stream limit; past it 429 + Retry-After (1–1000)
+    /// [default: 10].
+    #[arg(long, value_name = "N")]
+    pub new_streams_per_conn_per_sec: Option<u32>,
     /// Bytes handed to socket writes and not yet written, per shard; past it new
     /// subscribes and publishes get 503 [default: 1073741824].
     #[arg(long, value_name = "BYTES")]

@@ -35,6 +35,11 @@ pub const REQUEST_TIMEOUT_SECONDS_DEFAULT: f64 = 10.0;
 pub const MAX_STREAMS_PER_CONN_DEFAULT: usize = 100;
 /// Largest accepted `--max-streams-per-conn`.
 pub const MAX_STREAMS_PER_CONN_LIMIT: usize = 10_000;
+/// Default of `--new-streams-per-conn-per-sec`: well above a page switching rooms, well
+/// below a reset loop (the WebSocket subscribe pace's figure, `WS_SUBSCRIBES_PER_SEC`).
+pub const NEW_STREAMS_PER_CONN_PER_SEC_DEFAULT: u32 = 10;
+/// Largest `--new-streams-per-conn-per-sec`: the pace's tick is then 1 ms.
+pub const NEW_STREAMS_PER_CONN_PER_SEC_LIMIT: u32 = 1000;
 
 /// The same settings as read from a TOML file; every key optional.
 #[derive(Debug, Default, Deserialize)]
@@ -61,6 +66,7 @@ pub struct FileConfig {
     max_connections_per_ip: Option<usize>,
     max_new_connections_per_ip_per_sec: Option<u32>,
     max_streams_per_conn: Option<usize>,
+    new_streams_per_conn_per_sec: Option<u32>,
     max_pending_write_bytes: Option<usize>,
     latency_metrics: Option<bool>,
     auth_url: Option<String>,
@@ -510,6 +516,15 @@ impl Config {
             1,
             MAX_STREAMS_PER_CONN_LIMIT,
         )?;
+        let new_streams_per_conn_per_sec = in_range(
+            "new-streams-per-conn-per-sec",
+            flags
+                .new_streams_per_conn_per_sec
+                .or(file.new_streams_per_conn_per_sec)
+                .unwrap_or(NEW_STREAMS_PER_CONN_PER_SEC_DEFAULT) as usize,
+            1,
+            NEW_STREAMS_PER_CONN_PER_SEC_LIMIT as usize,
+        )? as u32;
         let max_pending_write_bytes = in_range(
             "max-pending-write-bytes",
             flags
@@ -579,6 +594,7 @@ impl Config {
                 max_rooms,
                 log,
                 max_streams_per_conn,
+                new_streams_per_conn_per_sec,
                 latency_metrics,
                 auth,
                 jwt,

@@ -25,6 +25,9 @@ pub struct FixedConfig {
     pub log: String,
     /// Subscriptions one HTTP/2 or HTTP/3 connection may hold.
     pub max_streams_per_conn: usize,
+    /// New streams one HTTP/2 or HTTP/3 connection may open per second, sustained (its
+    /// stream pace, companion/bridge.rs).
+    pub new_streams_per_conn_per_sec: u32,
     /// Whether the publish→write latency histogram is recorded.
     pub latency_metrics: bool,
     /// Subscribe authorization, when `--auth-url` is set.
@@ -167,6 +170,7 @@ impl FixedConfig {
             max_rooms,
             log,
             max_streams_per_conn,
+            new_streams_per_conn_per_sec,
             latency_metrics,
             auth,
             jwt,
@@ -208,6 +212,10 @@ impl FixedConfig {
         check(
             *max_streams_per_conn != other.max_streams_per_conn,
             "max-streams-per-conn",
+        );
+        check(
+            *new_streams_per_conn_per_sec != other.new_streams_per_conn_per_sec,
+            "new-streams-per-conn-per-sec",
         );
         check(
             *cluster != other.cluster,

@@ -84,3 +84,32 @@ fn the_fanout_config_joins_fixed_bounds_and_live_timings() {
         (42, false)
     );
 }
+
+/// `--new-streams-per-conn-per-sec` (the HTTP/2 and HTTP/3 stream pace): 10 by default,
+/// from the file or the flag, 1 to 1000.
+#[test]
+fn the_stream_pace_is_10_a_second_unless_set_within_1_to_1000() {
+    let merged = |flag: Option<u32>, file: &str| {
+        let flags = Flags {
+            new_streams_per_conn_per_sec: flag,
+            ..Flags::default()
+        };
+        Config::merge(flags, toml::from_str(file).unwrap())
+            .map(|config| config.fixed.new_streams_per_conn_per_sec)
+            .map_err(|err| err.to_string())
+    };
+    assert_eq!(merged(None, ""), Ok(NEW_STREAMS_PER_CONN_PER_SEC_DEFAULT));
+    assert_eq!(NEW_STREAMS_PER_CONN_PER_SEC_DEFAULT, 10);
+    assert_eq!(merged(None, "new-streams-per-conn-per-sec = 250"), Ok(250));
+    assert_eq!(
+        merged(Some(1000), "new-streams-per-conn-per-sec = 250"),
+        Ok(1000)
+    );
+    for bad in [0, 1001, u32::MAX] {
+        let err = merged(Some(bad), "").unwrap_err();
+        assert!(
+            err.starts_with("--new-streams-per-conn-per-sec:"),
+            "{bad}: {err}"
+        );
+    }
+}

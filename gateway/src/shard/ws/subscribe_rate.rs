@@ -28,7 +28,6 @@ pub(in crate::shard) const WS_SUBSCRIBE_BURST: u32 = 2 * WS_ROOMS_PER_CONN_MAX a
 /// The pace as the GCRA takes it.
 const WS_SUBSCRIBE_PACE: Pace = Pace::per_sec(WS_SUBSCRIBE_BURST, WS_SUBSCRIBES_PER_SEC);
 
-const _: () = assert!(1000 % WS_SUBSCRIBES_PER_SEC == 0, "a whole tick");
 // A connection's `?rooms=` (at most WS_ROOMS_PER_CONN_MAX, joined right after the upgrade
 // while its bucket is full) is never refused by the pace.
 const _: () = assert!(WS_SUBSCRIBE_BURST as usize >= WS_ROOMS_PER_CONN_MAX);
