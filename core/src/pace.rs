@@ -68,6 +68,14 @@ pub struct Bucket {
 const _: () = assert!(std::mem::size_of::<Bucket>() == 4);
 
 impl Bucket {
+    /// A bucket full at `elapsed`: unlike the default, full whatever the time (the default
+    /// reads as a debt in the last `burst` ticks before the tick count wraps).
+    pub fn full_at(elapsed: Duration, pace: Pace) -> Bucket {
+        Bucket {
+            full_at_tick: pace.now(elapsed).0,
+        }
+    }
+
     /// Ticks the bucket is behind full at tick `now` (0: full; `burst`: empty).
     fn ahead(self, now: u32, pace: Pace) -> u32 {
         match self.full_at_tick.wrapping_sub(now) {
@@ -190,6 +198,11 @@ mod tests {
         assert_eq!(take(&mut bucket, wrap, 1000), 3);
         assert!(bucket.handle_take(wrap, PACE).is_err());
         assert_eq!(take(&mut bucket, wrap + TICK * BURST, 1000), BURST);
+        // A default bucket just before the wrap reads as a debt; one made full does not.
+        let just_before = wrap - 2 * TICK;
+        assert_eq!(take(&mut Bucket::default(), just_before, 1000), BURST - 2);
+        let mut full = Bucket::full_at(just_before, PACE);
+        assert_eq!(take(&mut full, just_before, 1000), BURST);
     }
 
     /// Any rate: its tick, and that many earned in a second.
@@ -224,7 +237,7 @@ mod tests {
             assert_eq!(bucket.handle_take(start, PACE), Ok(()));
             bucket.handle_give_back(start, PACE);
         }
-        assert_eq!(bucket, Bucket::default().max_at(start));
+        assert_eq!(bucket, Bucket::full_at(start, PACE));
         // Emptied, one given back is one more taken.
         assert_eq!(take(&mut bucket, start, 1000), BURST);
         bucket.handle_give_back(start, PACE);
@@ -235,14 +248,5 @@ mod tests {
             bucket.handle_give_back(later, PACE);
         }
         assert_eq!(take(&mut bucket, later, 1000), BURST);
-    }
-
-    impl Bucket {
-        /// A full bucket as taking and giving back at `at` leaves it.
-        fn max_at(self, at: Duration) -> Bucket {
-            Bucket {
-                full_at_tick: PACE.now(at).0,
-            }
-        }
     }
 }

@@ -121,7 +121,6 @@ pub struct StreamPace {
 }
 
 /// A connection's buckets: its streams', and its refusals'.
-#[derive(Default)]
 struct Buckets {
     streams: Bucket,
     refusals: Bucket,
@@ -138,11 +137,15 @@ pub struct StreamRefusal {
 }
 
 impl StreamPace {
-    /// A new connection's pace, full: `anchor` is the process clock's.
-    pub fn new(pace: Pace, anchor: Instant) -> Self {
+    /// A new connection's pace, full at `now`: `anchor` is the process clock's.
+    pub fn new(pace: Pace, anchor: Instant, now: Instant) -> Self {
+        let full = Bucket::full_at(now.saturating_duration_since(anchor), pace);
         Self {
             pace,
-            buckets: Arc::default(),
+            buckets: Arc::new(Mutex::new(Buckets {
+                streams: full,
+                refusals: full,
+            })),
             anchor,
             excess: Arc::default(),
         }
@@ -315,6 +318,7 @@ impl Companion {
                 self.shared.config.new_streams_per_conn_per_sec,
             ),
             self.shared.clock.anchor(),
+            Instant::now(),
         )
     }
 
@@ -836,7 +840,7 @@ mod tests {
         assert_eq!(pace.tick(), Duration::from_millis(100));
         let anchor = Instant::now();
         let now = anchor + Duration::from_secs(3);
-        let connection = StreamPace::new(pace, anchor);
+        let connection = StreamPace::new(pace, anchor, now);
         // Requests answered one after another never run out.
         for _ in 0..1000 {
             connection
@@ -858,7 +862,7 @@ mod tests {
             }
         );
         // Another connection has its own.
-        assert!(StreamPace::new(pace, anchor).try_open(now).is_ok());
+        assert!(StreamPace::new(pace, anchor, now).try_open(now).is_ok());
         // A tick later, one more.
         let later = now + pace.tick();
         drop(connection.try_open(later).expect("earned"));
@@ -879,7 +883,7 @@ mod tests {
         });
         // A client refused once a tick (it tries again when told) is never closed.
         let quiet = later + Duration::from_secs(3600);
-        let other = StreamPace::new(pace, anchor);
+        let other = StreamPace::new(pace, anchor, quiet);
         for _ in 0..40 {
             drop(other.try_open(quiet).expect("within the burst"));
         }
