@@ -46,10 +46,18 @@ pub(in crate::shard) struct SubscribeRate {
 
 impl SubscribeRate {
     /// Takes one subscribe at `elapsed` (since the process clock's anchor), or refuses it
-    /// with the wait until one is earned (at most one tick). A refusal changes nothing.
+    /// with the wait until one is earned (at most one tick), in whole milliseconds rounded
+    /// up: it is sent as `retry_after_ms`, and a client waiting that long must be taken. A
+    /// refusal changes nothing.
     #[must_use = "a refused subscribe must be answered with its wait"]
     pub(in crate::shard) fn handle_subscribe(&mut self, elapsed: Duration) -> Result<(), Duration> {
-        self.bucket.handle_take(elapsed, WS_SUBSCRIBE_PACE)
+        self.bucket
+            .handle_take(elapsed, WS_SUBSCRIBE_PACE)
+            .map_err(|wait| {
+                Duration::from_millis(
+                    u64::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(u64::MAX),
+                )
+            })
     }
 }
 
@@ -104,6 +112,17 @@ mod tests {
             .handle_subscribe(start + wait - Duration::from_millis(1))
             .is_err());
         assert_eq!(rate.handle_subscribe(start + wait), Ok(()));
+        // Between two milliseconds (34.5 ms into a tick): the wait is sent in whole
+        // milliseconds, rounded up, and waiting that long is enough.
+        let mut rate = SubscribeRate::default();
+        let between = start + Duration::from_micros(500);
+        assert_eq!(
+            take(&mut rate, between, WS_SUBSCRIBE_BURST),
+            WS_SUBSCRIBE_BURST
+        );
+        let wait = rate.handle_subscribe(between).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(66));
+        assert_eq!(rate.handle_subscribe(between + wait), Ok(()));
     }
 
     #[test]
