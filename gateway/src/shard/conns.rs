@@ -90,6 +90,11 @@ impl Shard {
         slot_mut(&mut self.conns, slot)
     }
 
+    /// The HTTP/1.1 state of the connection in `slot`, unless it was upgraded.
+    pub(super) fn http_driver(&mut self, slot: u32) -> Option<&mut HttpDriver> {
+        slot_mut(&mut self.conns, slot).and_then(Conn::http_driver_mut)
+    }
+
     /// The connection `key` names while it is open; `None` once its slot holds another
     /// connection (the serial differs): a stale key never reaches it (conn_key.rs).
     pub(super) fn conn_by_key(&mut self, key: ConnKey) -> Option<&mut Conn> {
@@ -124,7 +129,7 @@ impl Shard {
         let want = match &conn.machine {
             _ if conn.closing => None,
             Machine::Ws(ws) => ws.poll_timeout(),
-            Machine::Http(http) => http.poll_timeout(),
+            Machine::Http(driver) => driver.http.poll_timeout(),
         };
         if let (true, Some((_, at)), Some(want)) = (conn.is_websocket(), &conn.timer, want) {
             if *at <= want {

@@ -100,19 +100,54 @@ enum BatchLine {
 /// WebSocket driver in its place (in the same memory: an upgraded connection holds no HTTP
 /// state, and an idle WebSocket is one allocation, its `Conn`).
 enum Machine {
-    /// The HTTP/1.1 connection machine (conn/http1): request states, deadlines,
-    /// keep-alive, `100 Continue`, HEAD, linger, drain, the stream after its head. The shard
-    /// only moves its bytes and timer.
-    Http(Connection),
+    /// The HTTP/1.1 connection machine and what only HTTP/1.1 uses (`HttpDriver`).
+    Http(HttpDriver),
     /// Upgraded to a WebSocket: its driver, which takes every input of the connection
     /// (ws.rs).
     Ws(ws::WsDriver),
 }
 
+/// An HTTP/1.1 connection's state: its machine and what only a connection answering
+/// HTTP/1.1 requests (an SSE stream among them) uses. It shares its place with the
+/// (larger) WebSocket driver, so what lives here costs a connection nothing; a WebSocket
+/// holds none of it (the upgrade drops it).
+struct HttpDriver {
+    /// The HTTP/1.1 connection machine (conn/http1): request states, deadlines,
+    /// keep-alive, `100 Continue`, HEAD, linger, drain, the stream after its head. The shard
+    /// only moves its bytes and timer.
+    http: Connection,
+    /// An answer waiting for other shards (a publish, a batch, a room's figures): rare, so
+    /// boxed.
+    pending: Option<Box<Pending>>,
+    /// Replies `pending` still waits for.
+    outstanding: u32,
+    /// The fan-out's last frames for a subscriber it cut: close once they are written.
+    close_after_write: bool,
+    /// A room WebSocket's checked upgrade, waiting for auth and admission (ws_rooms.rs).
+    ws_upgrade: Option<Box<ws::WsUpgrade>>,
+    /// Its fan-out subscription, once it streams (SSE) or before its upgrade (a room
+    /// WebSocket; the driver holds it afterwards).
+    sub: Option<ConnId>,
+}
+
+impl HttpDriver {
+    /// A connection about to read its first request.
+    fn new(http: Connection) -> Self {
+        Self {
+            http,
+            pending: None,
+            outstanding: 0,
+            close_after_write: false,
+            ws_upgrade: None,
+            sub: None,
+        }
+    }
+}
+
 struct Conn {
     serial: u32,
-    /// The HTTP/1.1 machine, or the WebSocket driver after an upgrade ([`Conn::http`],
-    /// [`Conn::ws`]).
+    /// The HTTP/1.1 machine (with what only HTTP uses), or the WebSocket driver after an
+    /// upgrade ([`Conn::http`], [`Conn::http_driver`], [`Conn::ws`]).
     machine: Machine,
     /// The receive buffer of a plain connection reading a request (its bytes go to `http`
     /// at once), of a TLS connection's ClientHello (kept whole: an `h2` client is handed on
@@ -124,23 +159,12 @@ struct Conn {
     pipe: Pipe,
     /// Closing: the close is on the ring (or done); completions still due only settle.
     closing: bool,
-    /// The fan-out's last frames for a subscriber it cut: close once they are written.
-    close_after_write: bool,
     /// The timer-wheel entry for `http`'s deadline, at this instant.
     timer: Option<(TimerKey, Instant)>,
-    /// An answer waiting for other shards (a publish, a batch, a room's figures): rare, so
-    /// boxed (an idle connection holds one word for it).
-    pending: Option<Box<Pending>>,
-    outstanding: u32,
     /// The client's address while it counts against the per-address limit.
     peer: Option<IpAddr>,
     /// Sequencing stamps of the message frames the write in flight carries.
     stamps: Vec<u64>,
-    /// A room WebSocket's checked upgrade, waiting for auth and admission (ws_rooms.rs).
-    ws_upgrade: Option<Box<ws::WsUpgrade>>,
-    /// Its fan-out subscription, once it streams (SSE) or before its upgrade (a room
-    /// WebSocket; the driver holds it afterwards).
-    sub: Option<ConnId>,
 }
 
 impl Conn {
@@ -148,25 +172,36 @@ impl Conn {
     fn new(serial: u32, pipe: Pipe, http: Connection) -> Self {
         Self {
             serial,
-            machine: Machine::Http(http),
+            machine: Machine::Http(HttpDriver::new(http)),
             recv: Vec::new(),
             pipe,
             closing: false,
-            close_after_write: false,
             timer: None,
-            pending: None,
-            outstanding: 0,
             peer: None,
             stamps: Vec::new(),
-            ws_upgrade: None,
-            sub: None,
+        }
+    }
+
+    /// Its HTTP/1.1 state, unless it was upgraded to a WebSocket.
+    fn http_driver(&self) -> Option<&HttpDriver> {
+        match &self.machine {
+            Machine::Http(driver) => Some(driver),
+            Machine::Ws(_) => None,
+        }
+    }
+
+    /// Its HTTP/1.1 state, unless it was upgraded to a WebSocket.
+    fn http_driver_mut(&mut self) -> Option<&mut HttpDriver> {
+        match &mut self.machine {
+            Machine::Http(driver) => Some(driver),
+            Machine::Ws(_) => None,
         }
     }
 
     /// Its HTTP/1.1 machine, unless it was upgraded to a WebSocket.
     fn http(&self) -> Option<&Connection> {
         match &self.machine {
-            Machine::Http(http) => Some(http),
+            Machine::Http(driver) => Some(&driver.http),
             Machine::Ws(_) => None,
         }
     }
@@ -174,7 +209,7 @@ impl Conn {
     /// Its HTTP/1.1 machine, unless it was upgraded to a WebSocket.
     fn http_mut(&mut self) -> Option<&mut Connection> {
         match &mut self.machine {
-            Machine::Http(http) => Some(http),
+            Machine::Http(driver) => Some(&mut driver.http),
             Machine::Ws(_) => None,
         }
     }
@@ -700,3 +735,4 @@ impl Shard {
     // and sends ciphertext; rustls turns it into the request buffer's plaintext and the
     // writes' frames into one send buffer per connection.
 }
+
