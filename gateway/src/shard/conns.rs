@@ -131,6 +131,7 @@ impl Shard {
             Machine::Ws(ws) => ws.poll_timeout(),
             Machine::Http(driver) => driver.http.poll_timeout(),
         };
+        let want = want.map(|at| Deadline::new(self.origin, at));
         if let (true, Some((_, at)), Some(want)) = (conn.is_websocket(), &conn.timer, want) {
             if *at <= want {
                 // A WebSocket's deadline moves with every byte received: the timer stays
@@ -144,7 +145,7 @@ impl Shard {
                     conn.timer = Some((key, at));
                     return;
                 }
-                Some(want) if self.timers.reset(&key, want) => {
+                Some(want) if self.timers.reset(&key, want.at(self.origin)) => {
                     conn.timer = Some((key, want));
                     return;
                 }
@@ -157,7 +158,7 @@ impl Shard {
             let key = self
                 .timers
                 .insert(
-                    at,
+                    at.at(self.origin),
                     ConnKey {
                         slot,
                         serial: conn.serial,
@@ -179,12 +180,14 @@ impl Shard {
     pub(super) fn expire_timers(&mut self, now: Instant) {
         while let Some(key) = self.timers.poll_expired(now) {
             let slot = key.slot;
+            let origin = self.origin;
             let Some(conn) = self.conn_by_key(key) else {
                 continue;
             };
             let Some((_, at)) = conn.timer.take() else {
                 continue;
             };
+            let at = at.at(origin);
             let handshaking = conn.pipe.handshaking();
             let result = if conn.is_websocket() {
                 self.ws_timeout(now.max(at), slot)

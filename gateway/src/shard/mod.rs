@@ -159,8 +159,8 @@ struct Conn {
     pipe: Pipe,
     /// Closing: the close is on the ring (or done); completions still due only settle.
     closing: bool,
-    /// The timer-wheel entry for `http`'s deadline, at this instant.
-    timer: Option<(TimerKey, Instant)>,
+    /// The timer-wheel entry for the machine's deadline, at this instant.
+    timer: Option<(TimerKey, Deadline)>,
     /// The client's address while it counts against the per-address limit.
     peer: Option<IpAddr>,
     /// Sequencing stamps of the message frames the write in flight carries.
@@ -244,6 +244,28 @@ impl Conn {
     }
 }
 
+/// A connection's timer deadline: nanoseconds since its shard's `origin`, plus one. Exact
+/// (it converts back to the same `Instant`), in 8 bytes where an `Instant` takes 16, and
+/// never 0, so the `Option` of a timer needs no tag of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Deadline(std::num::NonZeroU64);
+
+impl Deadline {
+    /// `at`, as its shard (started at `origin`) keeps it.
+    fn new(origin: Instant, at: Instant) -> Self {
+        debug_assert!(at >= origin, "a deadline before its shard started");
+        // Past u64 nanoseconds is 584 years after the start.
+        let nanos =
+            u64::try_from(at.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX - 1);
+        Self(std::num::NonZeroU64::MIN.saturating_add(nanos))
+    }
+
+    /// The instant it stands for.
+    fn at(self, origin: Instant) -> Instant {
+        origin + Duration::from_nanos(self.0.get() - 1)
+    }
+}
+
 /// A connection slot (boxed: the table of a shard is mostly empty slots, and a `Conn` is
 /// large). Nothing the kernel uses lives in it: ops own their memory (uring/ring/).
 type Slot = Option<Box<Conn>>;
@@ -324,6 +346,8 @@ pub struct Shard {
     /// Bytes submitted to writes and not yet written (the admission bound).
     pending_write_bytes: usize,
     room_sizes_at: Instant,
+    /// When the shard started: connections' timer deadlines count from it ([`Deadline`]).
+    origin: Instant,
     /// The WebSocket machines' limits, shared by this shard's connections.
     ws_configs: ws::WsConfigs,
     /// This shard's authorization breaker and calls, when `--auth-url` is set.
@@ -399,6 +423,7 @@ impl Shard {
             stamp_vecs: Vec::new(),
             pending_write_bytes: 0,
             room_sizes_at: now,
+            origin: now,
             ws_configs: ws::WsConfigs::new(&shared.config.ws),
             auth: shared.auth.as_ref().map(|pool| pool.shard(index)),
             cluster: shared.cluster.as_ref().map(|pool| pool.shard(index)),
@@ -736,3 +761,32 @@ impl Shard {
     // writes' frames into one send buffer per connection.
 }
 
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+
+    /// A timer's deadline is kept in 8 bytes: it must come back as the very instant (the
+    /// machine is told its deadline was reached at it) and keep the order of instants
+    /// (a WebSocket's timer stays put while its deadline moves later).
+    #[test]
+    fn deadline_comes_back_exactly_and_keeps_order() {
+        let origin = Instant::now();
+        let ats = [
+            origin,
+            origin + Duration::from_nanos(1),
+            origin + Duration::from_millis(10),
+            origin + Duration::from_secs(86_400 * 365 * 100) + Duration::from_nanos(7),
+        ];
+        for at in ats {
+            assert_eq!(Deadline::new(origin, at).at(origin), at);
+        }
+        for pair in ats.windows(2) {
+            assert!(Deadline::new(origin, pair[0]) < Deadline::new(origin, pair[1]));
+        }
+        assert_eq!(
+            std::mem::size_of::<Option<(TimerKey, Deadline)>>(),
+            16,
+            "a timer takes no tag"
+        );
+    }
+}
