@@ -52,8 +52,9 @@ pub struct Figures {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub enum DrainAction {
-    /// Close idle connections; make the others close after their current request; give a
-    /// connection that has not sent its first request `request_wait` to send it.
+    /// Close idle connections; make the others close after their current request (a
+    /// refusal being written goes out first); give a connection that has not sent its
+    /// first request `request_wait` to send it.
     HurryConnections {
         /// How long a connection still waiting for its first request is waited for.
         request_wait: Duration,

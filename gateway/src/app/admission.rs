@@ -162,10 +162,13 @@ pub enum RefusalReason {
     /// A TLS connection closed (with an alert when rustls made one): not TLS, a handshake
     /// rustls refused, or a bad record.
     TlsError,
+    /// 429: a `subscribe` on a multiplexed WebSocket past its connection's subscribe pace
+    /// (`WS_SUBSCRIBE_BURST` at once, `WS_SUBSCRIBES_PER_SEC` sustained).
+    WsSubscribeRate,
 }
 
 /// How many refusal reasons there are.
-pub const REFUSAL_REASONS: usize = RefusalReason::TlsError as usize + 1;
+pub const REFUSAL_REASONS: usize = RefusalReason::WsSubscribeRate as usize + 1;
 
 impl RefusalReason {
     /// Every reason, in label order.
@@ -187,6 +190,7 @@ impl RefusalReason {
         RefusalReason::TlsClientHelloTooLarge,
         RefusalReason::TlsHandshakeTimeout,
         RefusalReason::TlsError,
+        RefusalReason::WsSubscribeRate,
     ];
 
     /// The `reason` label value.
@@ -209,6 +213,7 @@ impl RefusalReason {
             RefusalReason::TlsClientHelloTooLarge => "tls_client_hello_too_large",
             RefusalReason::TlsHandshakeTimeout => "tls_handshake_timeout",
             RefusalReason::TlsError => "tls_error",
+            RefusalReason::WsSubscribeRate => "ws_subscribe_rate",
         }
     }
 

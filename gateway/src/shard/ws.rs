@@ -262,6 +262,9 @@ pub(super) struct WsDriver {
     transport: WsTransport,
     /// What the next receive asks for: more after a receive that filled its room.
     recv_room: u32,
+    /// The pace of a multiplexed connection's subscribes: kept here, not in `talk`, so
+    /// that it holds across `release_talk` (one `u32`, in the driver's padding).
+    pub(super) subscribe_rate: subscribe_rate::SubscribeRate,
 }
 
 /// The part of a WebSocket's driver state only a talking client uses (boxed apart, made
@@ -331,6 +334,7 @@ impl WsDriver {
             end_by: None,
             transport,
             recv_room: WS_RECV_BYTES as u32,
+            subscribe_rate: Default::default(),
         }
     }
 
@@ -726,6 +730,7 @@ impl Shard {
 }
 
 mod io;
+pub(super) mod subscribe_rate;
 
 #[cfg(test)]
 mod tests;

@@ -10,9 +10,12 @@
 //! flight. Must not touch: frames and the machine (ws.rs), the fan-out's own state.
 
 use super::upstreams::ClusterStart;
+use super::ws::subscribe_rate::WS_SUBSCRIBES_PER_SEC;
 use super::ws::{WsRoom, WsRoute, WsUpgrade};
 use super::*;
-use crate::conn::ws::protocol::{encode_ack, encode_error, encode_subscribed, encode_unsubscribed};
+use crate::conn::ws::protocol::{
+    encode_ack, encode_error, encode_rate_error, encode_subscribed, encode_unsubscribed,
+};
 use crate::conn::ws::{parse_command, Command, Ref};
 use ringcast_core::frame::Format;
 
@@ -162,18 +165,35 @@ impl Shard {
     /// `{"type":"subscribe","room":R,"since":ID?}` on a multiplexed connection: the SSE
     /// route's checks (private rooms with the upgrade's token, admission), then a fan-out
     /// subscription of its own, whose first frame is the `subscribed` object. Refusals
-    /// are error objects: 409 already subscribed, 429 too many rooms, 401/403 token,
-    /// the auth callback's status, 503 admission (or Redis unreachable in cluster mode).
+    /// are error objects: 409 already subscribed, 429 too many rooms, 429 with
+    /// `retry_after_ms` past the connection's subscribe pace (ws/subscribe_rate.rs: a
+    /// subscribe not refused 409 or for its room count takes one before any costly step,
+    /// whether it is then admitted or refused), 401/403 token, the auth callback's status,
+    /// 503 admission (or Redis unreachable in cluster mode).
     fn ws_subscribe(&mut self, now: Instant, slot: u32, room: String, since: Option<ResumeId>) {
         let now_seconds = self.now_unix / 1_000_000_000;
-        let Some(ws) = self.conn(slot).and_then(|c| c.ws()) else {
+        let elapsed = now.saturating_duration_since(self.shared.clock.anchor());
+        let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) else {
             return;
         };
         let token = ws.route().token().map(str::to_owned);
         let held = ws.rooms.iter().any(|held| *held.room == *room)
             || ws.pending_rooms().iter().any(|held| **held == *room);
         let full = ws.rooms.len() + ws.pending_rooms().len() >= WS_ROOMS_PER_CONN_MAX;
-        let denied = self.shared.config.jwt.as_deref().and_then(|jwt| {
+        if !held && !full {
+            if let Err(wait) = ws.subscribe_rate.handle_subscribe(elapsed) {
+                ws.answer(&encode_rate_error(
+                    &room,
+                    &format!("more than {WS_SUBSCRIBES_PER_SEC} subscribes per second on this connection"),
+                    u64::try_from(wait.as_millis()).expect("at most a tick"),
+                ));
+                self.count_refusal(RefusalReason::WsSubscribeRate);
+                return;
+            }
+        }
+        // Checked only for a subscribe that passed the pace (a signature check costs).
+        let denied = self.shared.config.jwt.as_deref().filter(|_| !held && !full);
+        let denied = denied.and_then(|jwt| {
             jwt.check_subscribe(&room, token.as_deref(), now_seconds)
                 .err()
         });

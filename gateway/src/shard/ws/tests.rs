@@ -190,3 +190,77 @@ fn rooms_keep_one_subscription_in_place_and_more_in_a_vector() {
     one.push(room(8));
     assert_eq!(subs(&one), [8]);
 }
+
+/// A client's text message, masked (with a zero key: the payload as it is).
+fn text_frame(text: &str) -> Vec<u8> {
+    assert!(text.len() < 126, "a short command");
+    let mut frame = vec![0x81, 0x80 | text.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(text.as_bytes());
+    frame
+}
+
+#[test]
+fn the_subscribe_pace_holds_after_the_talking_part_is_released() {
+    use super::subscribe_rate::WS_SUBSCRIBE_BURST;
+    let (mut shard, listener) = shard();
+    let client = connect(&mut shard, &listener, &upgrade("/ws"));
+    let mut got = Vec::new();
+    let burst = WS_SUBSCRIBE_BURST as usize;
+    // RFC 6455 §4.1: nothing before the `101`.
+    for _ in 0..500 {
+        turn(&mut shard);
+        read_into(&client, &mut got);
+        if count(&got, " 101 ") == 1 {
+            break;
+        }
+    }
+    assert_eq!(count(&got, " 101 "), 1);
+    // The whole burst, churned on one room, answered and written out.
+    let churn: Vec<u8> = (0..burst)
+        .flat_map(|_| {
+            let mut pair = text_frame(r#"{"type":"subscribe","room":"c"}"#);
+            pair.extend(text_frame(r#"{"type":"unsubscribe","room":"c"}"#));
+            pair
+        })
+        .collect();
+    (&client).write_all(&churn).unwrap();
+    for _ in 0..500 {
+        turn(&mut shard);
+        read_into(&client, &mut got);
+        if count(&got, "\"type\":\"unsubscribed\"") == burst {
+            break;
+        }
+    }
+    assert_eq!(count(&got, "\"type\":\"unsubscribed\""), burst);
+    assert_eq!(count(&got, "\"status\":429"), 0, "the burst is taken whole");
+    for _ in 0..5 {
+        turn(&mut shard);
+    }
+    // Idle again: no talking part, the `Conn` as small as a viewer's.
+    let (conn, ws) = driver(&shard, 0);
+    assert!(!conn.pipe.writing());
+    assert!(ws.talk.is_none(), "released");
+    // Still empty: distinct rooms in one write, well past what a few ticks earn.
+    let rooms = 20;
+    let more: Vec<u8> = (0..rooms)
+        .flat_map(|n| text_frame(&format!(r#"{{"type":"subscribe","room":"x{n}"}}"#)))
+        .collect();
+    (&client).write_all(&more).unwrap();
+    for _ in 0..500 {
+        turn(&mut shard);
+        read_into(&client, &mut got);
+        let answered = count(&got, "\"status\":429") + count(&got, "\"room\":\"x");
+        if answered >= rooms {
+            break;
+        }
+    }
+    assert!(
+        count(&got, "\"status\":429") >= rooms / 2,
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(
+        count(&got, "\"status\":429"),
+        count(&got, "\"retry_after_ms\":")
+    );
+}

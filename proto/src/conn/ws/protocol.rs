@@ -273,6 +273,18 @@ pub fn encode_error(
         .end()
 }
 
+/// `{"type":"error","room":R,"status":429,"reason":"…","retry_after_ms":N}`: a command
+/// refused for its rate, with the wait (milliseconds) after which the same command is
+/// taken (an error object with one more field; clients ignore fields they do not know).
+pub fn encode_rate_error(room: &str, reason: &str, retry_after_ms: u64) -> String {
+    JsonObject::new("error")
+        .string("room", room)
+        .raw("status", "429")
+        .string("reason", reason)
+        .raw("retry_after_ms", &retry_after_ms.to_string())
+        .end()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,6 +429,10 @@ mod tests {
             (
                 encode_error(None, Some("a"), 403, "forbidden"),
                 r#"{"type":"error","room":"a","status":403,"reason":"forbidden"}"#,
+            ),
+            (
+                encode_rate_error("a", "slow down", 40),
+                r#"{"type":"error","room":"a","status":429,"reason":"slow down","retry_after_ms":40}"#,
             ),
             (
                 encode_reset("a", "unknown epoch", Some("5-1"), Some("5-0")),
