@@ -90,6 +90,11 @@ impl Shard {
         slot_mut(&mut self.conns, slot)
     }
 
+    /// The HTTP/1.1 state of the connection in `slot`, unless it was upgraded.
+    pub(super) fn http_driver(&mut self, slot: u32) -> Option<&mut HttpDriver> {
+        slot_mut(&mut self.conns, slot).and_then(Conn::http_driver_mut)
+    }
+
     /// The connection `key` names while it is open; `None` once its slot holds another
     /// connection (the serial differs): a stale key never reaches it (conn_key.rs).
     pub(super) fn conn_by_key(&mut self, key: ConnKey) -> Option<&mut Conn> {
@@ -124,8 +129,9 @@ impl Shard {
         let want = match &conn.machine {
             _ if conn.closing => None,
             Machine::Ws(ws) => ws.poll_timeout(),
-            Machine::Http(http) => http.poll_timeout(),
+            Machine::Http(driver) => driver.http.poll_timeout(),
         };
+        let want = want.map(|at| Deadline::new(self.origin, at));
         if let (true, Some((_, at)), Some(want)) = (conn.is_websocket(), &conn.timer, want) {
             if *at <= want {
                 // A WebSocket's deadline moves with every byte received: the timer stays
@@ -139,7 +145,7 @@ impl Shard {
                     conn.timer = Some((key, at));
                     return;
                 }
-                Some(want) if self.timers.reset(&key, want) => {
+                Some(want) if self.timers.reset(&key, want.at(self.origin)) => {
                     conn.timer = Some((key, want));
                     return;
                 }
@@ -152,7 +158,7 @@ impl Shard {
             let key = self
                 .timers
                 .insert(
-                    at,
+                    at.at(self.origin),
                     ConnKey {
                         slot,
                         serial: conn.serial,
@@ -174,12 +180,14 @@ impl Shard {
     pub(super) fn expire_timers(&mut self, now: Instant) {
         while let Some(key) = self.timers.poll_expired(now) {
             let slot = key.slot;
+            let origin = self.origin;
             let Some(conn) = self.conn_by_key(key) else {
                 continue;
             };
             let Some((_, at)) = conn.timer.take() else {
                 continue;
             };
+            let at = at.at(origin);
             let handshaking = conn.pipe.handshaking();
             let result = if conn.is_websocket() {
                 self.ws_timeout(now.max(at), slot)

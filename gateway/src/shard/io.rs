@@ -16,10 +16,13 @@ impl Shard {
         if conn.closing || conn.pipe.receiving() {
             return Ok(());
         }
-        let Machine::Http(http) = &conn.machine else {
+        let Machine::Http(HttpDriver {
+            http, ws_upgrade, ..
+        }) = &conn.machine
+        else {
             return self.ws_post_recv(slot);
         };
-        if conn.ws_upgrade.is_some() && http.awaits_answer() {
+        if ws_upgrade.is_some() && http.awaits_answer() {
             // A room WebSocket waiting for auth and admission: its client sends nothing
             // before the `101` (RFC 6455 §4.1), and a receive posted now would hold a
             // request-sized buffer for as long as the idle viewer stays.
@@ -74,7 +77,7 @@ impl Shard {
         let received = conn
             .pipe
             .on_recv(c, &mut conn.recv, self.shared.tls_http1.as_ref());
-        let Machine::Http(http) = &mut conn.machine else {
+        let Machine::Http(HttpDriver { http, .. }) = &mut conn.machine else {
             return self.ws_received(now, slot, received);
         };
         match received {
@@ -213,8 +216,8 @@ impl Shard {
                                     .is_some_and(|http| http.state() == HttpState::Streaming)
                         });
                         if writable && !frames.is_empty() {
-                            if let Some(c) = self.conn(slot) {
-                                c.close_after_write = true;
+                            if let Some(driver) = self.http_driver(slot) {
+                                driver.close_after_write = true;
                             }
                             self.start_write(slot, &mut frames)?;
                         } else {
@@ -360,15 +363,21 @@ impl Shard {
                 conn.stamps = Vec::new();
             }
         }
-        let Machine::Http(http) = &mut conn.machine else {
+        let Machine::Http(HttpDriver {
+            http,
+            close_after_write,
+            sub,
+            ..
+        }) = &mut conn.machine
+        else {
             return self.ws_written(now, slot);
         };
-        if conn.close_after_write {
+        if *close_after_write {
             return self.begin_close(slot);
         }
         if http.state() == HttpState::Streaming {
             // The fan-out's write: its next one may go.
-            if let Some(sub) = conn.sub {
+            if let Some(sub) = *sub {
                 self.fanout.handle_write_done(now, sub);
             }
             return Ok(());
@@ -469,7 +478,10 @@ impl Shard {
         // Its subscriptions leave the fan-out (a no-op for one the fan-out already let go)
         // and their ids are free.
         let ws_rooms = conn.ws_mut().map(|ws| std::mem::take(&mut ws.rooms));
-        let subs = conn.sub.take().into_iter();
+        let subs = conn
+            .http_driver_mut()
+            .and_then(|h| h.sub.take())
+            .into_iter();
         let ws_subs = ws_rooms
             .iter()
             .flat_map(|rooms| rooms.iter())
@@ -507,7 +519,10 @@ impl Shard {
                 "a released connection holds no ticker"
             );
             debug_assert!(
-                conn.sub.is_none() && conn.ws().is_none_or(|ws| ws.rooms.is_empty()),
+                match &conn.machine {
+                    Machine::Http(driver) => driver.sub.is_none(),
+                    Machine::Ws(ws) => ws.rooms.is_empty(),
+                },
                 "a released connection holds no subscription id"
             );
             if let Some(ip) = conn.peer {

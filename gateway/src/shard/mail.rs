@@ -115,11 +115,11 @@ impl Shard {
                 let Some(conn) = self.conn_by_key(reply.conn) else {
                     return Ok(());
                 };
-                if conn.is_websocket() {
+                let Some(driver) = conn.http_driver_mut() else {
                     self.ws_published(reply.conn.slot, reply.index, result);
                     return self.ws_pump(now, reply.conn.slot);
-                }
-                match conn.pending.as_deref_mut() {
+                };
+                match driver.pending.as_deref_mut() {
                     Some(Pending::Publish {
                         result: slot_result,
                         ..
@@ -131,9 +131,9 @@ impl Shard {
                     }
                     _ => return Ok(()),
                 }
-                assert!(conn.outstanding > 0, "a reply nobody waits for");
-                conn.outstanding -= 1;
-                if conn.outstanding == 0 {
+                assert!(driver.outstanding > 0, "a reply nobody waits for");
+                driver.outstanding -= 1;
+                if driver.outstanding == 0 {
                     return self.complete_pending(reply.conn.slot);
                 }
             }
@@ -143,7 +143,8 @@ impl Shard {
                 last_id,
                 history_len,
             } => {
-                let Some(conn) = self.conn_by_key(reply.conn) else {
+                let Some(driver) = self.conn_by_key(reply.conn).and_then(Conn::http_driver_mut)
+                else {
                     return Ok(());
                 };
                 if let Some(Pending::RoomInfo {
@@ -151,14 +152,14 @@ impl Shard {
                     last_id: last_max,
                     history_len: history_max,
                     ..
-                }) = conn.pending.as_deref_mut()
+                }) = driver.pending.as_deref_mut()
                 {
                     *total += subscribers;
                     *last_max = (*last_max).max(last_id);
                     *history_max = (*history_max).max(history_len);
-                    assert!(conn.outstanding > 0, "a count nobody waits for");
-                    conn.outstanding -= 1;
-                    if conn.outstanding == 0 {
+                    assert!(driver.outstanding > 0, "a count nobody waits for");
+                    driver.outstanding -= 1;
+                    if driver.outstanding == 0 {
                         return self.complete_pending(reply.conn.slot);
                     }
                 }

@@ -100,19 +100,54 @@ enum BatchLine {
 /// WebSocket driver in its place (in the same memory: an upgraded connection holds no HTTP
 /// state, and an idle WebSocket is one allocation, its `Conn`).
 enum Machine {
-    /// The HTTP/1.1 connection machine (conn/http1): request states, deadlines,
-    /// keep-alive, `100 Continue`, HEAD, linger, drain, the stream after its head. The shard
-    /// only moves its bytes and timer.
-    Http(Connection),
+    /// The HTTP/1.1 connection machine and what only HTTP/1.1 uses (`HttpDriver`).
+    Http(HttpDriver),
     /// Upgraded to a WebSocket: its driver, which takes every input of the connection
     /// (ws.rs).
     Ws(ws::WsDriver),
 }
 
+/// An HTTP/1.1 connection's state: its machine and what only a connection answering
+/// HTTP/1.1 requests (an SSE stream among them) uses. It shares its place with the
+/// (larger) WebSocket driver, so what lives here costs a connection nothing; a WebSocket
+/// holds none of it (the upgrade drops it).
+struct HttpDriver {
+    /// The HTTP/1.1 connection machine (conn/http1): request states, deadlines,
+    /// keep-alive, `100 Continue`, HEAD, linger, drain, the stream after its head. The shard
+    /// only moves its bytes and timer.
+    http: Connection,
+    /// An answer waiting for other shards (a publish, a batch, a room's figures): rare, so
+    /// boxed.
+    pending: Option<Box<Pending>>,
+    /// Replies `pending` still waits for.
+    outstanding: u32,
+    /// The fan-out's last frames for a subscriber it cut: close once they are written.
+    close_after_write: bool,
+    /// A room WebSocket's checked upgrade, waiting for auth and admission (ws_rooms.rs).
+    ws_upgrade: Option<Box<ws::WsUpgrade>>,
+    /// Its fan-out subscription, once it streams (SSE) or before its upgrade (a room
+    /// WebSocket; the driver holds it afterwards).
+    sub: Option<ConnId>,
+}
+
+impl HttpDriver {
+    /// A connection about to read its first request.
+    fn new(http: Connection) -> Self {
+        Self {
+            http,
+            pending: None,
+            outstanding: 0,
+            close_after_write: false,
+            ws_upgrade: None,
+            sub: None,
+        }
+    }
+}
+
 struct Conn {
     serial: u32,
-    /// The HTTP/1.1 machine, or the WebSocket driver after an upgrade ([`Conn::http`],
-    /// [`Conn::ws`]).
+    /// The HTTP/1.1 machine (with what only HTTP uses), or the WebSocket driver after an
+    /// upgrade ([`Conn::http`], [`Conn::http_driver`], [`Conn::ws`]).
     machine: Machine,
     /// The receive buffer of a plain connection reading a request (its bytes go to `http`
     /// at once), of a TLS connection's ClientHello (kept whole: an `h2` client is handed on
@@ -124,23 +159,12 @@ struct Conn {
     pipe: Pipe,
     /// Closing: the close is on the ring (or done); completions still due only settle.
     closing: bool,
-    /// The fan-out's last frames for a subscriber it cut: close once they are written.
-    close_after_write: bool,
-    /// The timer-wheel entry for `http`'s deadline, at this instant.
-    timer: Option<(TimerKey, Instant)>,
-    /// An answer waiting for other shards (a publish, a batch, a room's figures): rare, so
-    /// boxed (an idle connection holds one word for it).
-    pending: Option<Box<Pending>>,
-    outstanding: u32,
+    /// The timer-wheel entry for the machine's deadline, at this instant.
+    timer: Option<(TimerKey, Deadline)>,
     /// The client's address while it counts against the per-address limit.
     peer: Option<IpAddr>,
     /// Sequencing stamps of the message frames the write in flight carries.
     stamps: Vec<u64>,
-    /// A room WebSocket's checked upgrade, waiting for auth and admission (ws_rooms.rs).
-    ws_upgrade: Option<Box<ws::WsUpgrade>>,
-    /// Its fan-out subscription, once it streams (SSE) or before its upgrade (a room
-    /// WebSocket; the driver holds it afterwards).
-    sub: Option<ConnId>,
 }
 
 impl Conn {
@@ -148,25 +172,36 @@ impl Conn {
     fn new(serial: u32, pipe: Pipe, http: Connection) -> Self {
         Self {
             serial,
-            machine: Machine::Http(http),
+            machine: Machine::Http(HttpDriver::new(http)),
             recv: Vec::new(),
             pipe,
             closing: false,
-            close_after_write: false,
             timer: None,
-            pending: None,
-            outstanding: 0,
             peer: None,
             stamps: Vec::new(),
-            ws_upgrade: None,
-            sub: None,
+        }
+    }
+
+    /// Its HTTP/1.1 state, unless it was upgraded to a WebSocket.
+    fn http_driver(&self) -> Option<&HttpDriver> {
+        match &self.machine {
+            Machine::Http(driver) => Some(driver),
+            Machine::Ws(_) => None,
+        }
+    }
+
+    /// Its HTTP/1.1 state, unless it was upgraded to a WebSocket.
+    fn http_driver_mut(&mut self) -> Option<&mut HttpDriver> {
+        match &mut self.machine {
+            Machine::Http(driver) => Some(driver),
+            Machine::Ws(_) => None,
         }
     }
 
     /// Its HTTP/1.1 machine, unless it was upgraded to a WebSocket.
     fn http(&self) -> Option<&Connection> {
         match &self.machine {
-            Machine::Http(http) => Some(http),
+            Machine::Http(driver) => Some(&driver.http),
             Machine::Ws(_) => None,
         }
     }
@@ -174,7 +209,7 @@ impl Conn {
     /// Its HTTP/1.1 machine, unless it was upgraded to a WebSocket.
     fn http_mut(&mut self) -> Option<&mut Connection> {
         match &mut self.machine {
-            Machine::Http(http) => Some(http),
+            Machine::Http(driver) => Some(&mut driver.http),
             Machine::Ws(_) => None,
         }
     }
@@ -209,15 +244,44 @@ impl Conn {
     }
 }
 
+/// A connection's timer deadline: nanoseconds since its shard's `origin`, plus one. Exact
+/// (it converts back to the same `Instant`), in 8 bytes where an `Instant` takes 16, and
+/// never 0, so the `Option` of a timer needs no tag of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Deadline(std::num::NonZeroU64);
+
+impl Deadline {
+    /// `at`, as its shard (started at `origin`) keeps it.
+    fn new(origin: Instant, at: Instant) -> Self {
+        debug_assert!(at >= origin, "a deadline before its shard started");
+        // Past u64 nanoseconds is 584 years after the start.
+        let nanos =
+            u64::try_from(at.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX - 1);
+        Self(std::num::NonZeroU64::MIN.saturating_add(nanos))
+    }
+
+    /// The instant it stands for.
+    fn at(self, origin: Instant) -> Instant {
+        origin + Duration::from_nanos(self.0.get() - 1)
+    }
+}
+
 /// A connection slot (boxed: the table of a shard is mostly empty slots, and a `Conn` is
 /// large). Nothing the kernel uses lives in it: ops own their memory (uring/ring/).
 type Slot = Option<Box<Conn>>;
 
 // An idle WebSocket's state is its `Conn` alone, in mimalloc's 640-byte size class (issue
-// 16's idle-memory bar): the driver shares the HTTP machine's place, what only a talking
-// client uses is in `WsTalk` (made on first use), frames waiting behind a write borrow a
-// vector of the shard's, and rare answers are boxed (`Pending`).
-const _: () = assert!(std::mem::size_of::<Conn>() <= 640);
+// 16's idle-memory bar, <= 1 KiB a connection): the driver shares the HTTP machine's place
+// (and what only HTTP uses, `HttpDriver`, lives in the driver's shadow), what only a
+// talking client uses is in `WsTalk` (made on first use), frames waiting behind a write
+// borrow a vector of the shard's, and rare answers are boxed (`Pending`). mimalloc's classes
+// here are 512, 640 and 768 bytes: past 640 every connection costs 128 B more. `Conn` is
+// 560 B; the bound keeps 64 B of that class free, so a field added to `Conn`, `HttpDriver`
+// or `WsDriver` spends the headroom on purpose (by moving this bound), never the class by
+// accident. (The 512-B class needs 48 B less: the HTTP side alone is 368 B, 336 of them
+// the HTTP/1.1 machine's, beside 168 B every connection holds.)
+const CONN_BYTES_MAX: usize = 576;
+const _: () = assert!(std::mem::size_of::<Conn>() <= CONN_BYTES_MAX);
 
 /// The connection in `slot`, borrowing only the slot table (so other fields of the shard
 /// stay usable while it is held).
@@ -289,6 +353,8 @@ pub struct Shard {
     /// Bytes submitted to writes and not yet written (the admission bound).
     pending_write_bytes: usize,
     room_sizes_at: Instant,
+    /// When the shard started: connections' timer deadlines count from it ([`Deadline`]).
+    origin: Instant,
     /// The WebSocket machines' limits, shared by this shard's connections.
     ws_configs: ws::WsConfigs,
     /// This shard's authorization breaker and calls, when `--auth-url` is set.
@@ -364,6 +430,7 @@ impl Shard {
             stamp_vecs: Vec::new(),
             pending_write_bytes: 0,
             room_sizes_at: now,
+            origin: now,
             ws_configs: ws::WsConfigs::new(&shared.config.ws),
             auth: shared.auth.as_ref().map(|pool| pool.shard(index)),
             cluster: shared.cluster.as_ref().map(|pool| pool.shard(index)),
@@ -699,4 +766,34 @@ impl Shard {
     // HTTP/1.1 over TLS on the ring (tls_conn.rs, docs/TRANSPORTS.md): the ring receives
     // and sends ciphertext; rustls turns it into the request buffer's plaintext and the
     // writes' frames into one send buffer per connection.
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+
+    /// A timer's deadline is kept in 8 bytes: it must come back as the very instant (the
+    /// machine is told its deadline was reached at it) and keep the order of instants
+    /// (a WebSocket's timer stays put while its deadline moves later).
+    #[test]
+    fn deadline_comes_back_exactly_and_keeps_order() {
+        let origin = Instant::now();
+        let ats = [
+            origin,
+            origin + Duration::from_nanos(1),
+            origin + Duration::from_millis(10),
+            origin + Duration::from_secs(86_400 * 365 * 100) + Duration::from_nanos(7),
+        ];
+        for at in ats {
+            assert_eq!(Deadline::new(origin, at).at(origin), at);
+        }
+        for pair in ats.windows(2) {
+            assert!(Deadline::new(origin, pair[0]) < Deadline::new(origin, pair[1]));
+        }
+        assert_eq!(
+            std::mem::size_of::<Option<(TimerKey, Deadline)>>(),
+            16,
+            "a timer takes no tag"
+        );
+    }
 }

@@ -68,9 +68,9 @@ impl Shard {
         {
             return self.finish_publish(slot, &room, result.map_err(PublishRefusal::from));
         }
-        if let Some(conn) = self.conn(slot) {
-            conn.outstanding = 1;
-            conn.pending = Some(Box::new(Pending::Publish { room, result: None }));
+        if let Some(driver) = self.http_driver(slot) {
+            driver.outstanding = 1;
+            driver.pending = Some(Box::new(Pending::Publish { room, result: None }));
         }
         Ok(())
     }
@@ -170,9 +170,9 @@ impl Shard {
                 }
             }
         }
-        if let Some(conn) = self.conn(slot) {
-            conn.pending = Some(Box::new(Pending::Batch { results }));
-            conn.outstanding = outstanding;
+        if let Some(driver) = self.http_driver(slot) {
+            driver.pending = Some(Box::new(Pending::Batch { results }));
+            driver.outstanding = outstanding;
         }
         if outstanding == 0 {
             return self.complete_pending(slot);

@@ -48,7 +48,7 @@ impl Shard {
             if conn.closing {
                 return Ok(());
             }
-            let Machine::Http(http) = &mut conn.machine else {
+            let Machine::Http(HttpDriver { http, .. }) = &mut conn.machine else {
                 return self.ws_pump(now, slot);
             };
             if let Some(event) = http.poll_event(now) {
@@ -333,9 +333,9 @@ impl Shard {
     ) -> std::io::Result<()> {
         match admitted {
             Ok(()) => {
-                if let Some(conn) = self.conn(slot) {
-                    debug_assert!(conn.sub.is_none(), "one subscription per request");
-                    conn.sub = Some(sub);
+                if let Some(driver) = self.http_driver(slot) {
+                    debug_assert!(driver.sub.is_none(), "one subscription per request");
+                    driver.sub = Some(sub);
                 }
                 if self.ws_admitted(self.now, slot)? {
                     return Ok(());
@@ -368,14 +368,14 @@ impl Shard {
             info.map_or((0, None, 0), |i| (i.subscribers, i.last_id, i.history_len));
         let reply = self.reply_to(slot, 0);
         let outstanding = self.sequencer.query_room(&room, reply);
-        if let Some(conn) = self.conn(slot) {
-            conn.pending = Some(Box::new(Pending::RoomInfo {
+        if let Some(driver) = self.http_driver(slot) {
+            driver.pending = Some(Box::new(Pending::RoomInfo {
                 room,
                 subscribers,
                 last_id,
                 history_len,
             }));
-            conn.outstanding = u32::try_from(outstanding).expect("at most 1024 shards");
+            driver.outstanding = u32::try_from(outstanding).expect("at most 1024 shards");
         }
         if outstanding == 0 {
             return self.complete_pending(slot);
@@ -384,11 +384,11 @@ impl Shard {
     }
 
     pub(super) fn complete_pending(&mut self, slot: u32) -> std::io::Result<()> {
-        let Some(conn) = self.conn(slot) else {
+        let Some(driver) = self.http_driver(slot) else {
             return Ok(());
         };
-        let close = conn.http().is_none_or(|http| !http.keep_alive());
-        let Some(pending) = conn.pending.take() else {
+        let close = !driver.http.keep_alive();
+        let Some(pending) = driver.pending.take() else {
             return Ok(());
         };
         let response = match *pending {

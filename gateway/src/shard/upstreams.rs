@@ -151,9 +151,9 @@ impl Shard {
         if let Err(reason) = self.cluster_append(now, ticket, room.clone(), data, idempotency_key) {
             return self.finish_publish(slot, &room, Err(reason));
         }
-        if let Some(conn) = self.conn(slot) {
-            conn.outstanding = 1;
-            conn.pending = Some(Box::new(Pending::Publish { room, result: None }));
+        if let Some(driver) = self.http_driver(slot) {
+            driver.outstanding = 1;
+            driver.pending = Some(Box::new(Pending::Publish { room, result: None }));
         }
         Ok(())
     }

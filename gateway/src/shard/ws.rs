@@ -511,9 +511,13 @@ impl Shard {
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
             return Ok(());
         };
+        // The upgrade drops the HTTP state: it must hold nothing that needs releasing.
         debug_assert!(
-            conn.http().is_some_and(Connection::awaits_answer),
-            "upgraded in answer to a request"
+            conn.http_driver().is_some_and(|h| h.http.awaits_answer()
+                && h.sub.is_none()
+                && h.pending.is_none()
+                && h.ws_upgrade.is_none()),
+            "upgraded in answer to a request, holding nothing of HTTP's"
         );
         conn.recv = Vec::new();
         let transport = match (conn.pipe.is_tls(), conn.pipe.is_virtual()) {

@@ -58,8 +58,8 @@ impl Shard {
         let Some(response) = self.ws_handshake(slot, raw_head)? else {
             return Ok(());
         };
-        if let Some(conn) = self.conn(slot) {
-            conn.ws_upgrade = Some(Box::new(WsUpgrade {
+        if let Some(driver) = self.http_driver(slot) {
+            driver.ws_upgrade = Some(Box::new(WsUpgrade {
                 response,
                 room: Arc::from(room.as_str()),
                 token,
@@ -81,7 +81,8 @@ impl Shard {
             .conns
             .get(slot as usize)
             .and_then(|c| c.as_deref())
-            .is_some_and(|c| c.ws_upgrade.is_some());
+            .and_then(|c| c.http_driver())
+            .is_some_and(|h| h.ws_upgrade.is_some());
         if upgrading {
             let subscribed = crate::conn::ws::frame::encode_frame(
                 crate::conn::ws::Opcode::Text,
@@ -96,7 +97,7 @@ impl Shard {
     /// The fan-out admitted a subscriber: a WebSocket waiting for it upgrades now.
     /// Returns whether it did (else the connection is an SSE stream).
     pub(super) fn ws_admitted(&mut self, now: Instant, slot: u32) -> std::io::Result<bool> {
-        let Some(upgrade) = self.conn(slot).and_then(|c| c.ws_upgrade.take()) else {
+        let Some(upgrade) = self.http_driver(slot).and_then(|h| h.ws_upgrade.take()) else {
             return Ok(false);
         };
         let WsUpgrade {
@@ -107,7 +108,7 @@ impl Shard {
         // The driver holds the subscription from now on, with the fan-out's copy of the
         // room's name (the upgrade's own is freed).
         let room = self.fanout.room_name(&room).unwrap_or(room);
-        let sub = self.conn(slot).and_then(|c| c.sub.take());
+        let sub = self.http_driver(slot).and_then(|h| h.sub.take());
         debug_assert!(sub.is_some(), "admitted with a subscription");
         let rooms = sub.map(|sub| WsRoom::new(room.clone(), sub));
         self.ws_upgrade(now, slot, WsRoute::Room { token }, response, rooms)?;

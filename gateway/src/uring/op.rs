@@ -4,6 +4,7 @@
 //! entries from it.
 
 use bytes::Bytes;
+use std::num::NonZeroU64;
 use std::os::fd::OwnedFd;
 
 /// What an operation was.
@@ -28,21 +29,33 @@ pub enum OpKind {
 
 /// Names one operation in the ring until its (last) completion: the `user_data` the kernel
 /// carries, index and generation of the ring's slot for the op. A stale id (its op
-/// completed) names nothing: cancelling it is harmless.
+/// completed) names nothing: cancelling it is harmless. Never 0 (a generation is at least
+/// 1), so an `Option<OpId>` takes 8 bytes, not 16 (a connection's pipe holds two).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct OpId(pub(super) u64);
+pub struct OpId(pub(super) NonZeroU64);
 
 impl OpId {
     pub(super) fn new(index: u32, generation: u32) -> Self {
-        Self(u64::from(generation) << 32 | u64::from(index))
+        Self::from_word(u64::from(generation) << 32 | u64::from(index))
+    }
+
+    /// The id a completion's `user_data` carries (every entry this ring submits carries
+    /// one).
+    pub(super) fn from_word(word: u64) -> Self {
+        Self(NonZeroU64::new(word).expect("an op's generation is at least 1"))
+    }
+
+    /// The `user_data` of its entries.
+    pub(super) fn word(self) -> u64 {
+        self.0.get()
     }
 
     pub(super) fn index(self) -> u32 {
-        self.0 as u32
+        self.word() as u32
     }
 
     pub(super) fn generation(self) -> u32 {
-        (self.0 >> 32) as u32
+        (self.word() >> 32) as u32
     }
 }
 

@@ -149,7 +149,7 @@ fn an_idle_websocket_holds_no_staging_vectors_after_fan_out_messages() {
         );
         assert_eq!(conn.stamps.capacity(), 0, "slot {slot}: latency stamps");
         assert!(ws.talk.is_none(), "slot {slot}: no talking part");
-        assert!(conn.pending.is_none() && conn.ws_upgrade.is_none());
+        assert!(conn.http_driver().is_none(), "slot {slot}: no HTTP state");
     }
     assert!(
         matches!(driver(&shard, 0).1.rooms, WsRooms::One(_)),

@@ -257,7 +257,7 @@ impl Ring {
     /// Cancels `op` (no-op if it already completed); the cancel's own completion carries
     /// `key`.
     pub fn cancel(&mut self, key: u64, op: OpId) -> OpId {
-        let entry = opcode::AsyncCancel::new(op.0).build();
+        let entry = opcode::AsyncCancel::new(op.word()).build();
         self.start(OpKind::Cancel, key, Memory::Nothing, |_| entry)
     }
 
@@ -407,7 +407,7 @@ impl Ring {
     ) -> OpId {
         let id = self.insert(kind, key, memory);
         let memory = &mut self.slots[id.index() as usize].memory;
-        let entry = build(memory).user_data(id.0);
+        let entry = build(memory).user_data(id.word());
         self.push(entry);
         id
     }
@@ -570,7 +570,7 @@ impl Ring {
         );
         out.reserve(cqes.len());
         for &(data, result, flags) in &cqes {
-            if let Some(completion) = self.complete(OpId(data), result, flags) {
+            if let Some(completion) = self.complete(OpId::from_word(data), result, flags) {
                 out.push(completion);
             }
         }
@@ -617,7 +617,7 @@ impl Ring {
                 buf: Vec::with_capacity(POOL_BUFFER_BYTES),
                 room: POOL_BUFFER_BYTES as u32,
             };
-            let entry = recv_entry(fd, &mut slot.memory).user_data(id.0);
+            let entry = recv_entry(fd, &mut slot.memory).user_data(id.word());
             self.stats.pool_exhausted_total += 1;
             // Into the queue if it has room (no kernel entry here: this runs inside a
             // reap), else parked, in order.

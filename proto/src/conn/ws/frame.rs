@@ -71,8 +71,9 @@ pub struct FrameHeader {
     pub mask: [u8; 4],
     /// Payload length in bytes.
     pub payload_len: u64,
-    /// Header length in bytes (2 to 14).
-    pub header_len: usize,
+    /// Header length in bytes (2 to 14; a `u8`, so a connection's frame state in its
+    /// machine takes 8 bytes less).
+    pub header_len: u8,
 }
 
 /// Why a client frame header is refused (each closes with 1002).
@@ -157,7 +158,8 @@ pub fn parse_header(buf: &[u8]) -> Result<FrameHeader, HeaderError> {
         opcode,
         mask,
         payload_len,
-        header_len: buf.len(),
+        // At most `FRAME_HEADER_BYTES_MAX` (14): `buf` is a whole header (the assert above).
+        header_len: buf.len() as u8,
     })
 }
 
