@@ -16,16 +16,6 @@ use transports::{h2_connect, h2_send, request, H3Client, TestCert};
 
 const WAIT: Duration = Duration::from_secs(5);
 
-fn labelled(metrics: &Metrics, name: &str, reason: &str) -> u64 {
-    let label = format!("reason=\"{reason}\"");
-    metrics
-        .samples(name)
-        .iter()
-        .filter(|(labels, _)| labels.contains(&label))
-        .map(|(_, v)| *v as u64)
-        .sum()
-}
-
 #[test]
 fn a_burst_of_new_connections_beyond_the_bucket_gets_503() {
     let server = Server::start(&["--shards", "2", "--max-new-connections-per-ip-per-sec", "5"]);
@@ -56,11 +46,7 @@ fn a_burst_of_new_connections_beyond_the_bucket_gets_503() {
     std::thread::sleep(Duration::from_millis(1100));
     let metrics = server.metrics();
     assert_eq!(
-        labelled(
-            &metrics,
-            "ringcast_admission_rejections_total",
-            "new_connection_rate"
-        ),
+        metrics.by_reason("ringcast_admission_rejections_total", "new_connection_rate"),
         rejected as u64,
         "{}",
         metrics.0
@@ -111,11 +97,11 @@ fn a_body_that_does_not_arrive_in_time_gets_408() {
     );
     let metrics = server.metrics();
     assert_eq!(
-        labelled(&metrics, "ringcast_refusals_total", "body_timeout"),
+        metrics.by_reason("ringcast_refusals_total", "body_timeout"),
         1
     );
     assert_eq!(
-        labelled(&metrics, "ringcast_refusals_total", "header_timeout"),
+        metrics.by_reason("ringcast_refusals_total", "header_timeout"),
         0
     );
     // A body that arrives whole in time is served.
@@ -172,11 +158,7 @@ fn an_http2_connection_holds_at_most_max_streams_per_conn_subscriptions() {
         }
         assert_eq!(fourth.status, 200);
         let metrics = server.metrics();
-        let refused = labelled(
-            &metrics,
-            "ringcast_refusals_total",
-            "streams_per_connection",
-        );
+        let refused = metrics.by_reason("ringcast_refusals_total", "streams_per_connection");
         assert!(refused >= 1, "{}", metrics.0);
     });
 }
@@ -209,11 +191,7 @@ fn an_http3_connection_holds_at_most_max_streams_per_conn_subscriptions() {
         assert_eq!(published.status, 201);
         assert_eq!(first.next_event(WAIT).await.data, "m");
         let metrics = server.metrics();
-        let refused = labelled(
-            &metrics,
-            "ringcast_refusals_total",
-            "streams_per_connection",
-        );
+        let refused = metrics.by_reason("ringcast_refusals_total", "streams_per_connection");
         assert_eq!(refused, 1, "{}", metrics.0);
     });
 }
@@ -333,10 +311,9 @@ fn slowloris_connections_do_not_delay_new_subscribers_and_close_at_the_header_ti
     );
     assert_eq!(not_408, 0, "connections closed without a 408");
     assert!(wait_until(WAIT, || {
-        labelled(
-            &server.metrics(),
-            "ringcast_refusals_total",
-            "header_timeout",
-        ) >= SLOW as u64
+        server
+            .metrics()
+            .by_reason("ringcast_refusals_total", "header_timeout")
+            >= SLOW as u64
     }));
 }

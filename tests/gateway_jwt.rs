@@ -188,16 +188,6 @@ async fn wait_subscribers(server: &Server, room: &str) {
     }
 }
 
-fn refusals(metrics: &Metrics, reason: &str) -> u64 {
-    let label = format!("reason=\"{reason}\"");
-    metrics
-        .samples("ringcast_refusals_total")
-        .iter()
-        .filter(|(labels, _)| labels.contains(&label))
-        .map(|(_, v)| *v as u64)
-        .sum()
-}
-
 fn expect(answer: &Answer, status: u16, body: &str, what: &str) {
     assert_eq!(answer.status, status, "{what}: {answer:?}");
     assert!(answer.body.starts_with(body), "{what}: {answer:?}");
@@ -389,7 +379,7 @@ fn tokens_are_checked_the_same_on_http1_http2_and_http3() {
             "room_forbidden",
         ]
         .into_iter()
-        .map(|reason| (reason, refusals(&metrics, reason)))
+        .map(|reason| (reason, metrics.by_reason("ringcast_refusals_total", reason)))
         .collect();
         // Per transport: publish 1 missing, 2 invalid, 1 expired, 1 forbidden; batch 1
         // forbidden line, 1 missing; subscribe ×2: 1 missing, 2 invalid, 1 expired, 1 forbidden.

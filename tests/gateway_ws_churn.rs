@@ -18,16 +18,6 @@ const BURST: usize = 128;
 /// The sustained pace (`WS_SUBSCRIBES_PER_SEC`).
 const PER_SEC: u64 = 10;
 
-fn labelled(metrics: &common::Metrics, name: &str, reason: &str) -> u64 {
-    let label = format!("reason=\"{reason}\"");
-    metrics
-        .samples(name)
-        .iter()
-        .filter(|(labels, _)| labels.contains(&label))
-        .map(|(_, v)| *v as u64)
-        .sum()
-}
-
 /// A refusal for the pace, exactly; its wait.
 fn rate_refusal(value: &Value, room: &str) -> Option<Duration> {
     let wait = value.get("retry_after_ms")?.as_u64()?;
@@ -99,11 +89,9 @@ fn a_client_churning_subscribes_gets_429_past_its_burst_keeps_its_room_and_is_ta
     // The whole burst was taken, and after it no more than the pace earned meanwhile.
     assert!(left >= BURST - 1, "{left} taken before a 429");
     assert!(left < pairs, "{left}");
-    let refusals = labelled(
-        &server.metrics(),
-        "ringcast_refusals_total",
-        "ws_subscribe_rate",
-    );
+    let refusals = server
+        .metrics()
+        .by_reason("ringcast_refusals_total", "ws_subscribe_rate");
     assert_eq!(refusals, refused as u64);
 
     // Still open, its other room untouched.

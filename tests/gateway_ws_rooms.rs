@@ -192,6 +192,16 @@ fn bad_commands_get_error_objects_and_the_connection_stays_open() {
     let ack = viewer.next_json(WAIT);
     assert_eq!(ack["type"], "ack", "{ack}");
     assert!(ack.get("ref").is_none(), "no ref, none echoed: {ack}");
+    // Refusals are counted as the HTTP routes' are: 400 bad_request, 413 body_too_large.
+    let metrics = server.metrics();
+    assert_eq!(
+        metrics.by_reason("ringcast_refusals_total", "body_too_large"),
+        1
+    );
+    assert_eq!(
+        metrics.by_reason("ringcast_refusals_total", "bad_request"),
+        5
+    );
 }
 
 #[test]
@@ -493,7 +503,12 @@ fn a_multiplexed_connection_is_bounded_in_rooms_and_checked_per_room() {
         client.next_json(WAIT),
         json!({"type":"error","room":"one-too-many","status":429,"reason":"at most 64 rooms per connection"})
     );
-    assert_eq!(server.metrics().sum("ringcast_subscribers"), 64);
+    let metrics = server.metrics();
+    assert_eq!(metrics.sum("ringcast_subscribers"), 64);
+    assert_eq!(
+        metrics.by_reason("ringcast_refusals_total", "ws_rooms_per_connection"),
+        1
+    );
     drop(client);
     assert!(common::wait_until(WAIT, || {
         let metrics = server.metrics();

@@ -32,6 +32,16 @@ impl Metrics {
         samples.iter().map(|(_, v)| *v).sum::<f64>() as u64
     }
 
+    /// `name` summed over the samples labelled `reason="<reason>"` (0 when there is none).
+    pub fn by_reason(&self, name: &str, reason: &str) -> u64 {
+        let label = format!("reason=\"{reason}\"");
+        self.samples(name)
+            .iter()
+            .filter(|(labels, _)| labels.contains(&label))
+            .map(|(_, v)| *v as u64)
+            .sum()
+    }
+
     /// `name{shard="N"}` for each shard, in shard order.
     pub fn per_shard(&self, name: &str) -> Vec<u64> {
         let mut by_shard: Vec<(usize, u64)> = self

@@ -169,10 +169,16 @@ pub enum RefusalReason {
     /// (companion/bridge.rs: streams the client reset or that hold a subscription, a burst
     /// of twice the connection's streams and `--new-streams-per-conn-per-sec` sustained).
     StreamRate,
+    /// 429: a `subscribe` on a multiplexed WebSocket that already follows
+    /// `WS_ROOMS_PER_CONN_MAX` rooms (the WebSocket's `streams_per_connection`).
+    WsRoomsPerConnection,
+    /// 429: a WebSocket `publish` while `WS_PUBLISHES_IN_FLIGHT_MAX` of the connection's
+    /// publishes wait for their acks.
+    WsPublishesInFlight,
 }
 
 /// How many refusal reasons there are.
-pub const REFUSAL_REASONS: usize = RefusalReason::StreamRate as usize + 1;
+pub const REFUSAL_REASONS: usize = RefusalReason::WsPublishesInFlight as usize + 1;
 
 impl RefusalReason {
     /// Every reason, in label order.
@@ -196,6 +202,8 @@ impl RefusalReason {
         RefusalReason::TlsError,
         RefusalReason::WsSubscribeRate,
         RefusalReason::StreamRate,
+        RefusalReason::WsRoomsPerConnection,
+        RefusalReason::WsPublishesInFlight,
     ];
 
     /// The `reason` label value.
@@ -220,6 +228,8 @@ impl RefusalReason {
             RefusalReason::TlsError => "tls_error",
             RefusalReason::WsSubscribeRate => "ws_subscribe_rate",
             RefusalReason::StreamRate => "stream_rate",
+            RefusalReason::WsRoomsPerConnection => "ws_rooms_per_connection",
+            RefusalReason::WsPublishesInFlight => "ws_publishes_in_flight",
         }
     }
 

@@ -131,6 +131,9 @@ enum Outcome {
     Hold(WsEvent),
     /// A command for the shard (a room connection's text message).
     Command(String),
+    /// Answered with a 400 error object (a binary message where commands are text): the
+    /// shard counts it as the HTTP routes' bad requests.
+    Refused,
 }
 
 /// One fan-out subscription of a WebSocket connection.
@@ -399,7 +402,7 @@ impl WsDriver {
             }
             (WsRoute::Room { .. } | WsRoute::Mux { .. }, WsEvent::Binary(_)) => {
                 self.answer(&CommandRefusal::binary().to_json());
-                return Outcome::Done;
+                return Outcome::Refused;
             }
         };
         match sent {
@@ -610,6 +613,7 @@ impl Shard {
                     break;
                 }
                 Outcome::Command(text) => self.ws_command(now, slot, &text),
+                Outcome::Refused => self.count_refusal(RefusalReason::BadRequest),
             }
         }
         let Some(conn) = slot_mut(&mut self.conns, slot) else {
@@ -720,7 +724,9 @@ impl Shard {
                     match ws.on_event(self.now, event) {
                         Outcome::Hold(event) => ws.talk().held = Some(event),
                         Outcome::Done => {}
-                        Outcome::Command(_) => unreachable!("only an echo is held"),
+                        Outcome::Command(_) | Outcome::Refused => {
+                            unreachable!("only an echo is held")
+                        }
                     }
                 }
             }

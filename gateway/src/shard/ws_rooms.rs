@@ -200,6 +200,7 @@ impl Shard {
         let refusal: Option<(u16, String)> = if held {
             Some((409, "already subscribed".into()))
         } else if full {
+            self.count_refusal(RefusalReason::WsRoomsPerConnection);
             Some((
                 429,
                 format!("at most {WS_ROOMS_PER_CONN_MAX} rooms per connection"),
@@ -513,7 +514,10 @@ impl Shard {
             return;
         };
         match parse_command(text) {
-            Err(refusal) => ws.answer(&refusal.to_json()),
+            Err(refusal) => {
+                ws.answer(&refusal.to_json());
+                self.count_refusal(RefusalReason::BadRequest);
+            }
             Ok(Command::Publish {
                 room,
                 data,
@@ -529,6 +533,7 @@ impl Shard {
                     400,
                     "this connection follows its route's room only",
                 ));
+                self.count_refusal(RefusalReason::BadRequest);
             }
             Ok(Command::Subscribe { room, since }) => self.ws_subscribe(now, slot, room, since),
             Ok(Command::Unsubscribe { room }) => self.ws_unsubscribe(slot, &room),
@@ -570,6 +575,7 @@ impl Shard {
         }
         let max = self.shared.config.max_message_bytes;
         if refusal.is_none() && data.len() > max {
+            self.count_refusal(RefusalReason::BodyTooLarge);
             refusal = Some(refused(413, &format!("data over {max} bytes")));
         }
         if refusal.is_none() && self.backlogged() {
@@ -588,7 +594,8 @@ impl Shard {
             }
             None => None,
         };
-        if refusal.is_none() && free.is_none() {
+        let in_flight_full = refusal.is_none() && free.is_none();
+        if in_flight_full {
             refusal = Some(refused(
                 429,
                 "too many publishes in flight on this connection",
@@ -602,6 +609,9 @@ impl Shard {
                 status,
                 &reason,
             ));
+            if in_flight_full {
+                self.count_refusal(RefusalReason::WsPublishesInFlight);
+            }
             return;
         };
         let room: Arc<str> = Arc::from(room);
