@@ -8,7 +8,7 @@
 mod common;
 mod transports;
 
-use common::{wait_until, Client, Metrics, Server, Sse, PATIENCE};
+use common::{wait_until, Client, Server, Sse, PATIENCE};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};

@@ -8,7 +8,7 @@
 mod common;
 mod transports;
 
-use common::{Client, Metrics, Server, Sse};
+use common::{Client, Server, Sse};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use transports::{h2_connect, h2_send, request, H3Client, TestCert};
