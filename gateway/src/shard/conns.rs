@@ -128,7 +128,7 @@ impl Shard {
         };
         let want = match &conn.machine {
             _ if conn.closing => None,
-            Machine::Ws(ws) => ws.poll_timeout(),
+            Machine::Ws(ws) => ws.poll_timeout(self.origin),
             Machine::Http(driver) => driver.http.poll_timeout(),
         };
         let want = want.map(|at| Deadline::new(self.origin, at));

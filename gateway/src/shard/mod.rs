@@ -270,17 +270,21 @@ impl Deadline {
 /// large). Nothing the kernel uses lives in it: ops own their memory (uring/ring/).
 type Slot = Option<Box<Conn>>;
 
-// An idle WebSocket's state is its `Conn` alone, in mimalloc's 640-byte size class (issue
+// An idle WebSocket's state is its `Conn` alone, in mimalloc's 512-byte size class (issue
 // 16's idle-memory bar, <= 1 KiB a connection): the driver shares the HTTP machine's place
 // (and what only HTTP uses, `HttpDriver`, lives in the driver's shadow), what only a
 // talking client uses is in `WsTalk` (made on first use), frames waiting behind a write
-// borrow a vector of the shard's, and rare answers are boxed (`Pending`). mimalloc's classes
-// here are 512, 640 and 768 bytes: past 640 every connection costs 128 B more. `Conn` is
-// 560 B; the bound keeps 64 B of that class free, so a field added to `Conn`, `HttpDriver`
-// or `WsDriver` spends the headroom on purpose (by moving this bound), never the class by
-// accident. (The 512-B class needs 48 B less: the HTTP side alone is 368 B, 336 of them
-// the HTTP/1.1 machine's, beside 168 B every connection holds.)
-const CONN_BYTES_MAX: usize = 576;
+// borrow a vector of the shard's, and rare state is boxed (`Pending`, the WebSocket
+// machine's close state, what an upgrade carried: `WsCarried`). mimalloc's classes here are
+// 448, 512 and 640 bytes: past 512 every connection costs 128 B more. `Conn` is 496 B (the
+// WebSocket side, `WsDriver`, is the larger: 328 B, beside 168 B every connection holds;
+// `HttpDriver` is 192 B). The bound is the size itself, so that a field added to `Conn`,
+// `HttpDriver` or `WsDriver` spends the last 16 B of the class on purpose (by moving this
+// bound, at most to `CONN_CLASS_BYTES`), never the class by accident.
+const CONN_BYTES_MAX: usize = 496;
+/// The mimalloc size class `Conn` must stay in (see `CONN_BYTES_MAX`).
+const CONN_CLASS_BYTES: usize = 512;
+const _: () = assert!(CONN_BYTES_MAX <= CONN_CLASS_BYTES);
 const _: () = assert!(std::mem::size_of::<Conn>() <= CONN_BYTES_MAX);
 
 /// The connection in `slot`, borrowing only the slot table (so other fields of the shard

@@ -111,7 +111,7 @@ impl Shard {
         let sub = self.http_driver(slot).and_then(|h| h.sub.take());
         debug_assert!(sub.is_some(), "admitted with a subscription");
         let rooms = sub.map(|sub| WsRoom::new(room.clone(), sub));
-        self.ws_upgrade(now, slot, WsRoute::Room { token }, response, rooms)?;
+        self.ws_upgrade(now, slot, WsRoute::room(token), response, rooms)?;
         Ok(true)
     }
 
@@ -154,7 +154,7 @@ impl Shard {
             return Ok(());
         };
         let auth_head = self.auth.is_some().then(|| Box::from(raw_head));
-        let route = WsRoute::Mux { token, auth_head };
+        let route = WsRoute::mux(token, auth_head);
         self.ws_upgrade(now, slot, route, response, None)?;
         for room in rooms {
             self.ws_subscribe(now, slot, room, None);
@@ -370,10 +370,14 @@ impl Shard {
             .and_then(|c| c.as_deref_mut())?;
         let client = conn.pipe.raw_fd().and_then(crate::uring::sys::peer_addr);
         let ws = conn.ws_mut()?;
-        let WsRoute::Mux { auth_head, .. } = ws.route() else {
+        if !matches!(ws.route(), WsRoute::Mux(_)) {
             return None;
-        };
-        let head = auth_head.as_deref().map(<[u8]>::to_vec).unwrap_or_default();
+        }
+        let head = ws
+            .route()
+            .auth_head()
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
         ws.talk().pending_rooms.push(Arc::from(room.as_str()));
         let ticket = crate::upstream::auth::Ticket {
             conn: key,

@@ -63,7 +63,7 @@ impl Shard {
                 return self.begin_close(slot).map(|()| false);
             }
             ws.fanout_cut = true;
-            ws.end_soon(self.now);
+            ws.end_soon(self.now, self.origin);
         } else if let Some(room) = room {
             room.write = RoomWrite::Waiting;
         }
@@ -134,9 +134,10 @@ impl Shard {
                 if closed {
                     // TLS close_notify: the client sends nothing more. What it sent is
                     // answered (its close echoed), then the connection closes.
+                    let origin = self.origin;
                     if let Some(ws) = self.conn(slot).and_then(|c| c.ws_mut()) {
                         ws.closed = true;
-                        ws.end_soon(now);
+                        ws.end_soon(now, origin);
                     }
                 }
                 self.ws_pump(now, slot)
@@ -213,7 +214,7 @@ impl Shard {
     /// timeout.
     pub(in crate::shard) fn ws_timeout(&mut self, now: Instant, slot: u32) -> std::io::Result<()> {
         if let Some(ws) = slot_mut(&mut self.conns, slot).and_then(|c| c.ws_mut()) {
-            if ws.end_by.is_some_and(|end| now >= end) {
+            if ws.end_by.is_some_and(|end| now >= end.at(self.origin)) {
                 // Its last frames were not taken in time (a client that does not read).
                 return self.begin_close(slot);
             }

@@ -148,6 +148,41 @@ pub enum Event {
     Close(Close),
 }
 
+/// A notice the machine holds for the application: only what the machine decides itself,
+/// never a request, so it takes 2 bytes in every connection where an [`Event`] takes 176
+/// (`poll_event` makes the event from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Notice {
+    /// The head was not complete in time: its 408 is queued ([`Event::Refused`], cause
+    /// [`Cause::HeaderTimeout`]).
+    HeaderTimeout,
+    /// The body was not complete in time: its 408 is queued ([`Event::Refused`], cause
+    /// [`Cause::BodyTimeout`]).
+    BodyTimeout,
+    /// [`Event::Linger`].
+    Linger,
+    /// [`Event::Close`].
+    Close(Close),
+}
+
+impl Notice {
+    /// The event it stands for.
+    fn event(self) -> Event {
+        match self {
+            Notice::HeaderTimeout => Event::Refused {
+                refusal: timeout_refusal(Cause::HeaderTimeout),
+                cause: Cause::HeaderTimeout,
+            },
+            Notice::BodyTimeout => Event::Refused {
+                refusal: timeout_refusal(Cause::BodyTimeout),
+                cause: Cause::BodyTimeout,
+            },
+            Notice::Linger => Event::Linger,
+            Notice::Close(why) => Event::Close(why),
+        }
+    }
+}
+
 /// What the write in flight is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Writing {
@@ -172,7 +207,7 @@ pub struct Connection {
     /// Taken by the driver and not yet written ([`Self::on_written`]).
     writing: Option<Writing>,
     /// A notice for the application, ahead of anything parsed.
-    notice: Option<Event>,
+    notice: Option<Notice>,
     /// The connection may serve another request after this one.
     keep_alive: bool,
     /// Accepted (or not yet spoken) during a drain: its request gets 503 `draining`.
@@ -342,8 +377,8 @@ impl Connection {
     /// The next thing for the application, if any: notices first, then the request the
     /// buffer makes (only while nothing of the machine's is being written).
     pub fn poll_event(&mut self, now: Instant) -> Option<Event> {
-        if let Some(event) = self.notice.take() {
-            return Some(event);
+        if let Some(notice) = self.notice.take() {
+            return Some(notice.event());
         }
         if self.writing() || !matches!(self.state, State::Head | State::Body) {
             return None;
@@ -488,7 +523,7 @@ impl Connection {
             (Writing::Refusal, _) => {
                 self.state = State::Lingering;
                 self.deadline = Some(now + LINGER);
-                self.notice = Some(Event::Linger);
+                self.notice = Some(Notice::Linger);
             }
         }
     }
@@ -504,12 +539,15 @@ impl Connection {
             // Not reading (a `100 Continue` the client does not take): closed as an answer.
             State::Head | State::Body if self.writing() => self.close_with(Close::AnswerTimeout),
             State::Head => {
-                let refusal = timeout_refusal("request head not complete in time");
-                self.notice = Some(self.refuse_request(now, refusal, Cause::HeaderTimeout));
+                self.refuse(
+                    now,
+                    h1::refusal(&timeout_refusal(Cause::HeaderTimeout), true),
+                );
+                self.notice = Some(Notice::HeaderTimeout);
             }
             State::Body => {
-                let refusal = timeout_refusal("request body not complete in time");
-                self.notice = Some(self.refuse_request(now, refusal, Cause::BodyTimeout));
+                self.refuse(now, h1::refusal(&timeout_refusal(Cause::BodyTimeout), true));
+                self.notice = Some(Notice::BodyTimeout);
             }
             State::Answering => self.close_with(Close::AnswerTimeout),
             State::Refusing | State::Lingering => self.close_with(Close::Lingered),
@@ -549,7 +587,7 @@ impl Connection {
 
     fn close_with(&mut self, why: Close) {
         self.close();
-        self.notice = Some(Event::Close(why));
+        self.notice = Some(Notice::Close(why));
     }
 
     fn refuse_request(&mut self, now: Instant, refusal: Refusal, cause: Cause) -> Event {
@@ -558,7 +596,13 @@ impl Connection {
     }
 }
 
-fn timeout_refusal(reason: &str) -> Refusal {
+/// The 408 of a deadline that passed (`cause` is a timeout's).
+fn timeout_refusal(cause: Cause) -> Refusal {
+    debug_assert_ne!(cause, Cause::Request, "not a timeout");
+    let reason = match cause {
+        Cause::HeaderTimeout | Cause::Request => "request head not complete in time",
+        Cause::BodyTimeout => "request body not complete in time",
+    };
     Refusal {
         status: 408,
         reason: reason.into(),
