@@ -17,7 +17,6 @@ mod transports;
 use bytes::{Buf, Bytes};
 use common::Server;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use transports::TestCert;
 
@@ -323,33 +322,12 @@ fn an_h2_post_reset_before_its_body_is_whole_is_not_published() {
 
 type H3Stream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
-struct H3 {
-    send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
-    _endpoint: quinn::Endpoint,
-}
+/// An HTTP/3 connection whose streams the test ends as it likes.
+struct H3(transports::H3Client);
 
 impl H3 {
     async fn connect(addr: SocketAddr, cert: &TestCert) -> H3 {
-        let tls = cert.client_config(&[b"h3"]);
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from((*tls).clone()).unwrap();
-        let config = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_default_client_config(config);
-        let connection = endpoint
-            .connect(addr, "localhost")
-            .unwrap()
-            .await
-            .expect("QUIC handshake");
-        let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(connection))
-            .await
-            .expect("h3 setup");
-        tokio::spawn(async move {
-            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
-        });
-        H3 {
-            send,
-            _endpoint: endpoint,
-        }
+        H3(transports::H3Client::connect(addr, cert, None).await)
     }
 
     /// Sends `GET path`; its status, `Retry-After` and stream (body unread).
@@ -363,7 +341,7 @@ impl H3 {
             .uri(format!("https://localhost{path}"))
             .body(())
             .unwrap();
-        let mut stream = tokio::time::timeout(WAIT, self.send.send_request(request))
+        let mut stream = tokio::time::timeout(WAIT, self.0.sender().send_request(request))
             .await
             .expect("a stream in time")
             .map_err(|err| format!("{err:?}"))?;

@@ -354,6 +354,11 @@ pub struct H3Client {
 }
 
 impl H3Client {
+    /// Its request sender, for a test that drives streams itself (resets, stops).
+    pub fn sender(&mut self) -> &mut h3::client::SendRequest<h3_quinn::OpenStreams, Bytes> {
+        &mut self.send
+    }
+
     /// Connects to `addr` trusting `cert`; `window` bounds the receive windows (stream and
     /// connection) when set.
     pub async fn connect(addr: SocketAddr, cert: &TestCert, window: Option<u32>) -> H3Client {
