@@ -3,11 +3,11 @@
 //! of a request to HTTP/1.1 bytes and of the shard's answer back to response parts.
 //! Must not touch sockets of the shard's ring or the shard's connections.
 
+use super::stream_pace::{stream_pace, StreamPace, StreamRefusal};
 use crate::mesh::mail::{Mail, TlsHandOff};
 use crate::mesh::virtual_conn::{Doorbell, Transport, VirtualSink};
 use crate::runtime::shared::Shared;
 use bytes::{Bytes, BytesMut};
-use ringcast_core::pace::{Bucket, Pace};
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,6 +24,11 @@ const RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
 /// limit (hyper's `max_concurrent_streams`, quinn's `max_concurrent_bidi_streams`) is the sum,
 /// so even a client that opens only subscriptions is held by the protocol itself.
 pub const SHORT_STREAMS_SLACK: usize = 16;
+
+// The largest `--max-streams-per-conn` gives a burst the stream pace can hold
+// (stream_pace.rs: twice the connection's streams, read modulo 2^32 ticks).
+const _: () =
+    assert!(2 * (crate::config::MAX_STREAMS_PER_CONN_LIMIT + SHORT_STREAMS_SLACK) < 1 << 31);
 /// The body of the 429 for a subscription past `--max-streams-per-conn`.
 const STREAMS_REFUSAL: &str = "too many streams on this connection\n";
 
@@ -77,117 +82,6 @@ impl StreamCount {
 impl Drop for StreamPlace {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// The stream pace of a connection that may hold `streams_max` streams at once (the
-/// protocol's limit, `--max-streams-per-conn` + [`SHORT_STREAMS_SLACK`]): a burst of twice
-/// that, so a client that fills its connection and then replaces every stream once is never
-/// refused, and `per_sec` (`--new-streams-per-conn-per-sec`) sustained. Each paced stream
-/// costs a subscribe (admission, a history replay, an `--auth-url` call, a Redis read in
-/// cluster mode) or shard work nobody waits for.
-pub fn stream_pace(streams_max: u32, per_sec: u32) -> Pace {
-    Pace::per_sec(streams_max.saturating_mul(2), per_sec)
-}
-
-// The largest `--max-streams-per-conn` gives a burst the pace can hold.
-const _: () =
-    assert!(2 * (crate::config::MAX_STREAMS_PER_CONN_LIMIT + SHORT_STREAMS_SLACK) < 1 << 31);
-
-/// One HTTP/2 or HTTP/3 connection's stream pace, against "rapid reset" (CVE-2023-44487):
-/// the protocol bounds the streams open at once, but a stream the client resets frees its
-/// place at once while the work it started (a virtual connection on the shard) goes on, so
-/// a reset loop on one connection would make work without bound. Every new stream takes
-/// one action of the pace ([`stream_pace`]); past it the stream is refused with 429 before
-/// any work. A request whose answer ended (the work it started is done) gives its action
-/// back ([`PaceToken::give_back`]): such requests hold their stream until then, so the
-/// protocol's concurrency bounds them (a load generator's request loop is never refused).
-/// What counts is streams that hold a subscription or WebSocket (a session, which HTTP/1.1
-/// pays a new connection for, bounded by `--max-new-connections-per-ip-per-sec`) and
-/// streams abandoned (reset, stopped) before their answer ended.
-///
-/// A refused stream still costs a little (its head decoded, a task, the 429): a client that
-/// goes on past its pace as fast as it is refused (its refusals, paced alike, run out: a
-/// burst's worth faster than a tick each) is told to stop ([`StreamRefusal::close`]).
-#[derive(Clone)]
-pub struct StreamPace {
-    pace: Pace,
-    /// Shared by the connection's stream tasks; only this thread touches it, the lock is
-    /// never contended.
-    buckets: Arc<Mutex<Buckets>>,
-    anchor: Instant,
-    /// Woken once the refusals ran out (the HTTP/2 connection's task sends GOAWAY).
-    excess: Arc<tokio::sync::Notify>,
-}
-
-/// A connection's buckets: its streams', and its refusals'.
-struct Buckets {
-    streams: Bucket,
-    refusals: Bucket,
-}
-
-/// A new stream refused by its connection's pace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamRefusal {
-    /// Until one more stream is earned (at most a tick of the pace).
-    pub wait: Duration,
-    /// The connection's refusals ran out too: it gets no more streams (HTTP/2 GOAWAY, its
-    /// open streams finish; HTTP/3 closed with H3_EXCESSIVE_LOAD).
-    pub close: bool,
-}
-
-impl StreamPace {
-    /// A new connection's pace, full at `now`: `anchor` is the process clock's.
-    pub fn new(pace: Pace, anchor: Instant, now: Instant) -> Self {
-        let full = Bucket::full_at(now.saturating_duration_since(anchor), pace);
-        Self {
-            pace,
-            buckets: Arc::new(Mutex::new(Buckets {
-                streams: full,
-                refusals: full,
-            })),
-            anchor,
-            excess: Arc::default(),
-        }
-    }
-
-    /// Takes one action for a new stream at `now`, or refuses it (and takes one refusal).
-    pub fn try_open(&self, now: Instant) -> Result<PaceToken, StreamRefusal> {
-        let elapsed = now.saturating_duration_since(self.anchor);
-        let mut buckets = self.buckets.lock().expect("stream pace");
-        match buckets.streams.handle_take(elapsed, self.pace) {
-            Ok(()) => Ok(PaceToken(self.clone())),
-            Err(wait) => {
-                let close = buckets.refusals.handle_take(elapsed, self.pace).is_err();
-                if close {
-                    self.excess.notify_one();
-                }
-                Err(StreamRefusal { wait, close })
-            }
-        }
-    }
-
-    /// Resolves once the connection's refusals ran out ([`StreamRefusal::close`]).
-    pub async fn excess(&self) {
-        self.excess.notified().await
-    }
-}
-
-/// One stream's action of its connection's pace: kept when dropped (a session, or a stream
-/// abandoned), given back by [`Self::give_back`] once the answer ended.
-#[must_use = "dropped, the stream's action is kept"]
-pub struct PaceToken(StreamPace);
-
-impl PaceToken {
-    /// The stream's answer ended: its action is given back.
-    pub fn give_back(self) {
-        let pace = self.0;
-        let elapsed = Instant::now().saturating_duration_since(pace.anchor);
-        pace.buckets
-            .lock()
-            .expect("stream pace")
-            .streams
-            .handle_give_back(elapsed, pace.pace);
     }
 }
 
@@ -792,198 +686,4 @@ impl http_body::Body for VirtualBody {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_become_few_chunks() {
-        let mut out = VecDeque::new();
-        join_batch(vec![Bytes::from_static(b"one")], &mut out);
-        assert_eq!(out.len(), 1);
-        out.clear();
-        join_batch(
-            vec![
-                Bytes::from_static(b"a"),
-                Bytes::from_static(b"bc"),
-                Bytes::from_static(b"d"),
-            ],
-            &mut out,
-        );
-        assert_eq!(out, [Bytes::from_static(b"abcd")]);
-        out.clear();
-        let big = Bytes::from(vec![b'x'; CHUNK_BYTES_MAX]);
-        let half = Bytes::from(vec![b'y'; CHUNK_BYTES_MAX / 2 + 1]);
-        join_batch(
-            vec![
-                half.clone(),
-                half.clone(),
-                big.clone(),
-                Bytes::from_static(b"z"),
-            ],
-            &mut out,
-        );
-        let lens: Vec<usize> = out.iter().map(Bytes::len).collect();
-        assert_eq!(lens, [half.len(), half.len(), big.len(), 1]);
-        let joined: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
-        let expected: Vec<u8> = [&half[..], &half[..], &big[..], b"z"].concat();
-        assert_eq!(joined, expected);
-    }
-
-    /// A connection's pace: a full burst of twice its streams at once, then one a tick;
-    /// a stream given back (answered) is one more, a kept one (a session, or abandoned)
-    /// is not.
-    #[test]
-    fn a_connection_s_stream_pace_counts_kept_streams_only() {
-        let streams_max = 20;
-        let pace = stream_pace(streams_max, 10);
-        assert_eq!(pace.burst(), 40);
-        assert_eq!(pace.tick(), Duration::from_millis(100));
-        let anchor = Instant::now();
-        let now = anchor + Duration::from_secs(3);
-        let connection = StreamPace::new(pace, anchor, now);
-        // Requests answered one after another never run out.
-        for _ in 0..1000 {
-            connection
-                .try_open(now)
-                .expect("an answered request")
-                .give_back();
-        }
-        // Sessions and abandoned streams do: the burst, then refused with the wait to
-        // the next tick.
-        for _ in 0..40 {
-            drop(connection.try_open(now).expect("within the burst"));
-        }
-        let refused = |at| connection.try_open(at).err().expect("past the burst");
-        assert_eq!(
-            refused(now),
-            StreamRefusal {
-                wait: pace.tick(),
-                close: false
-            }
-        );
-        // Another connection has its own.
-        assert!(StreamPace::new(pace, anchor, now).try_open(now).is_ok());
-        // A tick later, one more.
-        let later = now + pace.tick();
-        drop(connection.try_open(later).expect("earned"));
-        // Refusals are paced alike: a burst's worth at once (the one at `now` was earned
-        // back by the tick), then the connection is to be closed, and its task is woken.
-        for _ in 0..40 {
-            assert!(!refused(later).close);
-        }
-        assert!(refused(later).close);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            tokio::time::timeout(Duration::from_secs(1), connection.excess())
-                .await
-                .expect("woken");
-        });
-        // A client refused once a tick (it tries again when told) is never closed.
-        let quiet = later + Duration::from_secs(3600);
-        let other = StreamPace::new(pace, anchor, quiet);
-        for _ in 0..40 {
-            drop(other.try_open(quiet).expect("within the burst"));
-        }
-        for tick in 1..1000 {
-            let at = quiet + pace.tick() * tick;
-            drop(other.try_open(at).expect("earned"));
-            let refusal = other.try_open(at).err().expect("one a tick");
-            assert!(!refusal.close, "tick {tick}");
-        }
-    }
-
-    #[test]
-    fn h2_request_becomes_http1() {
-        let request = http::Request::builder()
-            .method("GET")
-            .uri("https://example.org:8443/rooms/a/events?last_event_id=3")
-            .header("last-event-id", "2")
-            .header("connection", "keep-alive")
-            .body(())
-            .unwrap();
-        let (parts, ()) = request.into_parts();
-        let bytes = http1_request(&parts, b"", 0);
-        let text = String::from_utf8(bytes).unwrap();
-        assert!(
-            text.starts_with("GET /rooms/a/events?last_event_id=3 HTTP/1.1\r\n"),
-            "{text}"
-        );
-        assert!(text.contains("host: example.org:8443\r\n"));
-        assert!(text.contains("last-event-id: 2\r\n"));
-        assert!(!text.contains("keep-alive"));
-        assert!(text.ends_with("\r\n\r\n"));
-    }
-
-    /// The companion counts a request against `--max-streams-per-conn` exactly when the
-    /// route table makes it a subscription: `/rooms/a/b/events` (404 on HTTP/1.1) is none.
-    #[test]
-    fn subscriptions_are_what_the_route_table_says() {
-        let parts = |method: &str, uri: &str| {
-            let request = http::Request::builder().method(method).uri(uri);
-            request.body(()).unwrap().into_parts().0
-        };
-        let table = [
-            ("GET", "/rooms/a/events", true),
-            (
-                "GET",
-                "https://example.org/rooms/a/events?last_event_id=1-2",
-                true,
-            ),
-            ("HEAD", "/rooms/a/events", false),
-            ("POST", "/rooms/a/events", false),
-            ("GET", "/rooms/a/b/events", false),
-            ("GET", "/rooms//events", false),
-            ("GET", "/rooms/a%20b/events", false),
-            ("GET", "/rooms/a/messages", false),
-            ("GET", "/metrics", false),
-        ];
-        for (method, uri, want) in table {
-            assert_eq!(is_subscribe(&parts(method, uri)), want, "{method} {uri}");
-        }
-    }
-
-    #[test]
-    fn a_declared_length_over_the_limit_is_refused_from_the_head() {
-        let parts = |length: &str| {
-            let (parts, ()) = http::Request::builder()
-                .method("POST")
-                .uri("/rooms/a/messages")
-                .header("content-length", length)
-                .body(())
-                .unwrap()
-                .into_parts();
-            parts
-        };
-        let table = [
-            ("10", None),
-            ("100", None),
-            ("101", Some(101)),
-            ("18446744073709551615", Some(101)),
-            ("99999999999999999999999999", Some(101)),
-            ("", None),
-            ("-1", None),
-        ];
-        for (length, want) in table {
-            assert_eq!(declared_over_limit(&parts(length), 100), want, "{length:?}");
-        }
-        let (none, ()) = http::Request::new(()).into_parts();
-        assert_eq!(declared_over_limit(&none, 100), None);
-    }
-
-    #[test]
-    fn response_heads_lose_connection_fields() {
-        let head = crate::http::h1::response(201, "application/json", "", b"{\"id\":1}", true);
-        let (parts, len, content_length) = parse_head(&head).unwrap().unwrap();
-        assert_eq!(parts.status, 201);
-        assert_eq!(len, head.len() - 8);
-        assert_eq!(content_length, Some(8));
-        assert!(parts.headers.get("connection").is_none());
-        let (parts, _, content_length) = parse_head(crate::http::h1::SSE_HEAD).unwrap().unwrap();
-        assert_eq!(parts.status, 200);
-        assert_eq!(content_length, None);
-        assert!(matches!(parse_head(b"HTTP/1.1 200 OK\r\n"), Ok(None)));
-    }
-}
+mod tests;

@@ -11,9 +11,8 @@
 //! cuts it as a slow consumer. Memory held for it: one batch.
 
 use crate::app::admission::RefusalReason;
-use crate::companion::bridge::{
-    Companion, ConnectionPlace, PaceToken, StreamCount, StreamPace, VirtualBody,
-};
+use crate::companion::bridge::{Companion, ConnectionPlace, StreamCount, VirtualBody};
+use crate::companion::stream_pace::{PaceToken, StreamPace};
 use crate::mesh::mail::TlsHandOff;
 use crate::mesh::virtual_conn::Transport;
 use http_body_util::BodyExt;

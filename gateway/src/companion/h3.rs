@@ -14,8 +14,9 @@
 //! batch in the sink and the fan-out cuts it as a slow consumer.
 
 use crate::app::admission::RefusalReason;
-use crate::companion::bridge::{Companion, StreamCount, StreamPace};
+use crate::companion::bridge::{Companion, StreamCount};
 use crate::companion::quic_streams::{Stopped, Stops};
+use crate::companion::stream_pace::StreamPace;
 use crate::mesh::virtual_conn::Transport;
 use bytes::{Buf, Bytes};
 use std::sync::Arc;

@@ -13,6 +13,7 @@ pub mod bridge;
 pub mod h2;
 pub mod h3;
 pub mod quic_streams;
+pub mod stream_pace;
 pub mod ws_tunnel;
 
 use self::bridge::Companion;

@@ -9,6 +9,7 @@
 
 pub mod accept;
 mod conns;
+mod deadline;
 mod figures;
 mod io;
 mod mail;
@@ -36,6 +37,7 @@ use crate::metrics::{Figure, TlsHandshake, ROOM_SIZE_LABELS};
 use crate::runtime::clock::ShardClock;
 use crate::runtime::shared::Shared;
 use crate::shard::accept::{AcceptErrno, AcceptPacer};
+use crate::shard::deadline::Deadline;
 use crate::shard::pipe::{recycle_tls_out, Closing, Linger, Pipe, Received, RecvInto, Wrote};
 use crate::uring::{Completion, Held, OpId, OpKind, Ring, LISTENER_PLAIN, LISTENER_TLS};
 use bytes::Bytes;
@@ -241,28 +243,6 @@ impl Conn {
             slot,
             serial: self.serial,
         }
-    }
-}
-
-/// A connection's timer deadline: nanoseconds since its shard's `origin`, plus one. Exact
-/// (it converts back to the same `Instant`), in 8 bytes where an `Instant` takes 16, and
-/// never 0, so the `Option` of a timer needs no tag of its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Deadline(std::num::NonZeroU64);
-
-impl Deadline {
-    /// `at`, as its shard (started at `origin`) keeps it.
-    fn new(origin: Instant, at: Instant) -> Self {
-        debug_assert!(at >= origin, "a deadline before its shard started");
-        // Past u64 nanoseconds is 584 years after the start.
-        let nanos =
-            u64::try_from(at.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX - 1);
-        Self(std::num::NonZeroU64::MIN.saturating_add(nanos))
-    }
-
-    /// The instant it stands for.
-    fn at(self, origin: Instant) -> Instant {
-        origin + Duration::from_nanos(self.0.get() - 1)
     }
 }
 
@@ -770,34 +750,4 @@ impl Shard {
     // HTTP/1.1 over TLS on the ring (tls_conn.rs, docs/TRANSPORTS.md): the ring receives
     // and sends ciphertext; rustls turns it into the request buffer's plaintext and the
     // writes' frames into one send buffer per connection.
-}
-
-#[cfg(test)]
-mod deadline_tests {
-    use super::*;
-
-    /// A timer's deadline is kept in 8 bytes: it must come back as the very instant (the
-    /// machine is told its deadline was reached at it) and keep the order of instants
-    /// (a WebSocket's timer stays put while its deadline moves later).
-    #[test]
-    fn deadline_comes_back_exactly_and_keeps_order() {
-        let origin = Instant::now();
-        let ats = [
-            origin,
-            origin + Duration::from_nanos(1),
-            origin + Duration::from_millis(10),
-            origin + Duration::from_secs(86_400 * 365 * 100) + Duration::from_nanos(7),
-        ];
-        for at in ats {
-            assert_eq!(Deadline::new(origin, at).at(origin), at);
-        }
-        for pair in ats.windows(2) {
-            assert!(Deadline::new(origin, pair[0]) < Deadline::new(origin, pair[1]));
-        }
-        assert_eq!(
-            std::mem::size_of::<Option<(TimerKey, Deadline)>>(),
-            16,
-            "a timer takes no tag"
-        );
-    }
 }
